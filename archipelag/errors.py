@@ -1,0 +1,148 @@
+"""Errors: the one ArchipelagError tree, each class with a stable code and an HTTP status.
+
+Constructors take primitives only, so an error survives pickling through ``ray.get``.
+Library errors are translated into this tree in the module that talks to the library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ArchipelagError(Exception):
+    """Root of every error Archipelag raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "code": self.code, **self.details}
+
+
+def _rebuild(cls: type[ArchipelagError], message: str, details: dict[str, Any]) -> ArchipelagError:
+    return cls(message, **details)
+
+
+# --- request errors (4xx) -------------------------------------------------------------------------
+
+
+class RequestError(ArchipelagError):
+    code = "bad_request"
+    http_status = 400
+
+
+class ValidationFailed(RequestError):
+    """The request's shape or values are wrong; ``errors`` maps field → message."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class PaymentRequired(RequestError):
+    code = "insufficient_credits"
+    http_status = 402
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(RequestError):
+    code = "conflict"
+    http_status = 409
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+    http_status = 429
+
+
+# --- capacity (503) -------------------------------------------------------------------------------
+
+
+class NoCapacity(ArchipelagError):
+    """No online host can take this job now."""
+
+    code = "no_capacity"
+    http_status = 503
+
+
+# --- workloads, hosts, ledger ---------------------------------------------------------------------
+
+
+class WorkloadError(ArchipelagError):
+    """The workload itself misbehaved: bad output, a budget exceeded, a crash."""
+
+    code = "workload_error"
+    http_status = 500
+
+
+class WorkloadRefused(WorkloadError):
+    """The host refused to run the artifact (hash or signature mismatch, unknown artifact)."""
+
+    code = "workload_refused"
+
+
+class BudgetExceeded(WorkloadError):
+    """The workload ran past its fuel, time, memory or output budget."""
+
+    code = "budget_exceeded"
+
+
+class ProtocolViolation(WorkloadError):
+    """The workload wrote output that is not the JSON-lines event protocol."""
+
+    code = "protocol_violation"
+
+
+class JobCancelled(ArchipelagError):
+    code = "cancelled"
+    http_status = 409
+
+
+class HostLost(ArchipelagError):
+    """The host running a job vanished (node died, actor unreachable)."""
+
+    code = "host_lost"
+    http_status = 503
+
+
+class LedgerError(ArchipelagError):
+    code = "ledger_error"
+    http_status = 500
+
+
+class InvalidTransition(LedgerError):
+    """A state move the lifecycle table forbids, or one another writer won first."""
+
+    code = "invalid_transition"
+    http_status = 409
+
+
+class ConfigError(ArchipelagError):
+    code = "config_error"
+
+
+class WorkloadTimedOut(BudgetExceeded):
+    """The workload ran past its wall-clock budget (the job ends `timed_out`)."""
+
+    code = "timed_out"

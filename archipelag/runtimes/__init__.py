@@ -1,0 +1,1 @@
+"""Runtimes: the sandboxes a host runs workloads in, behind one seam (base.Runtime)."""
