@@ -7,7 +7,7 @@ Nested fields use ``__``: ``ARCHIPELAG_PLACEMENT__WEIGHT_KARMA=0.5``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,12 +30,37 @@ class TierSettings(BaseModel):
         return Limits(**self.model_dump())
 
 
-def _default_tiers() -> dict[Tier, TierSettings]:
-    return {
-        Tier.RESTRICTED: TierSettings(memory_mb=256, timeout_s=60, network=False, gpu=False, fuel=2_000_000_000),
-        Tier.STANDARD: TierSettings(memory_mb=1024, timeout_s=300, network=False, gpu=True, fuel=20_000_000_000),
-        Tier.ELEVATED: TierSettings(memory_mb=8192, timeout_s=600, network=True, gpu=True, fuel=100_000_000_000),
-    }
+class RestrictedTier(TierSettings):
+    memory_mb: int = 256
+    timeout_s: float = 60
+    network: bool = False
+    gpu: bool = False
+    fuel: int = 2_000_000_000
+
+
+class StandardTier(TierSettings):
+    memory_mb: int = 1024
+    timeout_s: float = 300
+    network: bool = False
+    gpu: bool = True
+    fuel: int = 20_000_000_000
+
+
+class ElevatedTier(TierSettings):
+    memory_mb: int = 8192
+    timeout_s: float = 600
+    network: bool = True
+    gpu: bool = True
+    fuel: int = 100_000_000_000
+
+
+class Tiers(BaseModel):
+    """Limits per sandbox tier (DESIGN §5); each field can be set alone, e.g.
+    ``ARCHIPELAG_TIERS__RESTRICTED__TIMEOUT_S=30``."""
+
+    restricted: RestrictedTier = Field(default_factory=RestrictedTier)
+    standard: StandardTier = Field(default_factory=StandardTier)
+    elevated: ElevatedTier = Field(default_factory=ElevatedTier)
 
 
 class PlacementSettings(BaseModel):
@@ -60,6 +85,8 @@ class Settings(BaseSettings):
     ray_namespace: str = "archipelag"
     ray_head_port: int = 6380
     ray_address: str = ""  # empty → the local head started by `up`
+    ray_auth: Literal["token", "disabled"] = "token"  # Ray's token auth for every join (DESIGN §10)
+    ray_temp_dir: Path = Path("/tmp/archipelag")  # short: Ray's socket paths must stay under 107 bytes
 
     heartbeat_interval_s: float = 10.0
     missed_heartbeats_offline: int = 3
@@ -70,7 +97,7 @@ class Settings(BaseSettings):
     initial_credits: float = 1000.0  # credits for an account created by `up`
     admin_api_key: SecretStr | None = None
 
-    tiers: dict[Tier, TierSettings] = Field(default_factory=_default_tiers)
+    tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
 
     def effective_database_url(self) -> str:
@@ -78,8 +105,16 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'archipelag.db').resolve()}"
 
+    def ray_env(self) -> dict[str, str]:
+        """Environment for every Ray process of this network (nodes, drivers), so all agree on auth."""
+        env = {"RAY_AUTH_MODE": self.ray_auth, "RAY_TMPDIR": str(self.ray_temp_dir)}
+        if self.ray_auth == "token":
+            env["RAY_AUTH_TOKEN_PATH"] = str((self.state_dir / "ray_auth_token").resolve())
+        return env
+
     def limits_for(self, tier: Tier) -> Limits:
-        return self.tiers[tier].limits()
+        tier_settings: TierSettings = getattr(self.tiers, tier.value)
+        return tier_settings.limits()
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings for `archipelag config show`, secrets hidden."""

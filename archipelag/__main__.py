@@ -1,0 +1,3 @@
+from archipelag.cli import main
+
+main()

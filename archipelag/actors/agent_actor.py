@@ -1,0 +1,82 @@
+"""HostAgentActor: the Ray shell around HostAgent, one per host node, pinned to that node."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from archipelag.actors.hardware import Hardware, metrics
+from archipelag.actors.heartbeat import Heartbeat
+from archipelag.actors.host_agent import HostAgent
+from archipelag.ids import HostId, JobId
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.client import PlacementClient
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.protocol import Event
+from archipelag.runtimes.base import JobSpec, Runtime
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_runtimes(settings: Settings, host_id: HostId) -> dict[str, Runtime]:
+    from archipelag.runtimes.wasm import WasmRuntime
+
+    return {"wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve())}
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class HostAgentActor:
+    """Thin shell: every method forwards to HostAgent; the heartbeat thread reports to placement."""
+
+    def __init__(self, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
+                 accepts: tuple[str, ...]) -> None:
+        self._settings = settings
+        self._host_id = host_id
+        self._name = name
+        self._region = region
+        self._hardware = hardware
+        self._accepts = accepts
+        self._agent = HostAgent(host_id, build_runtimes(settings, host_id), settings.host_slots)
+        self._placement = PlacementClient.connect(settings)
+        self._placement.register(self._snapshot())
+        self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")
+        self._heartbeat.start()
+
+    def _snapshot(self) -> HostSnapshot:
+        live = metrics(self._hardware)
+        load = self._agent.load()
+        return HostSnapshot(
+            host_id=self._host_id, name=self._name, region=self._region, status=HostStatus.ONLINE,
+            runtimes=self._agent.runtimes, cpu_cores=self._hardware.cpu_cores, ram_mb=self._hardware.ram_mb,
+            free_ram_mb=live["free_ram_mb"], gpu_model=self._hardware.gpu_model,
+            vram_mb=self._hardware.gpu_vram_mb, free_vram_mb=live["free_vram_mb"], slots=load.slots,
+            active_jobs=load.active_jobs, karma=0.5, accepts=self._accepts, warm=frozenset(), speed=0.5,
+            last_heartbeat_at=time.time(), node_id=ray.get_runtime_context().get_node_id(),
+        )
+
+    def _beat(self) -> None:
+        live = metrics(self._hardware)
+        load = self._agent.load()
+        self._placement.heartbeat(self._host_id, {**live, "active_jobs": load.active_jobs})
+
+    def run(self, spec: JobSpec) -> Iterator[Event]:
+        yield from self._agent.run(spec)
+
+    def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
+        return self._agent.cancel(job_id, reason)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {**self._hardware.as_capabilities(), "runtimes": sorted(self._agent.runtimes)}
+
+    def ping(self) -> str:
+        return self._host_id
+
+    def leave(self) -> None:
+        """Stop heartbeating and cancel what runs; the node is about to go."""
+        self._heartbeat.stop()
+        self._agent.cancel_all("the host is leaving the network")

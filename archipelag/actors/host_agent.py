@@ -1,0 +1,114 @@
+"""Host agent: runs jobs on one host in its sandboxed runtimes and streams their events.
+
+``HostAgent`` holds the logic and imports no Ray; ``HostAgentActor`` (in actor.py) is the thin
+Ray shell pinned to the host's node. Every event leaving the agent carries ``seq``; every job
+ends with exactly one final ``done`` or ``error`` event, whatever the workload did.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from archipelag.errors import ArchipelagError, JobCancelled, WorkloadError
+from archipelag.ids import HostId, JobId
+from archipelag.protocol import Event, error_event, is_final
+from archipelag.runtimes.base import CancelToken, JobSpec, Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    active_jobs: int
+    slots: int
+    running: tuple[JobId, ...]
+
+
+class HostAgent:
+    def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int) -> None:
+        self.host_id = host_id
+        self._runtimes = dict(runtimes)
+        self._slots = slots
+        self._tokens: dict[JobId, CancelToken] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def runtimes(self) -> frozenset[str]:
+        return frozenset(self._runtimes)
+
+    def load(self) -> HostLoad:
+        with self._lock:
+            return HostLoad(len(self._tokens), self._slots, tuple(self._tokens))
+
+    def run(self, spec: JobSpec) -> Iterator[Event]:
+        """Run one job; yield its events numbered by ``seq``. Never raises for workload faults."""
+        seq = 0
+
+        def numbered(event: Event) -> Event:
+            nonlocal seq
+            event["seq"] = seq
+            seq += 1
+            return event
+
+        token = self._admit(spec.job_id)
+        if token is None:
+            yield numbered(error_event(f"host {self.host_id} is full ({self._slots} jobs running)", "host_busy"))
+            return
+        try:
+            runtime = self._runtimes.get(spec.workload.runtime)
+            if runtime is None:
+                yield numbered(error_event(
+                    f"host {self.host_id} has no {spec.workload.runtime} runtime", "runtime_unavailable"))
+                return
+            yield numbered({"type": "status", "message": f"started on {self.host_id}"})
+            ended = False
+            events = runtime.run(spec, token)
+            try:
+                for event in events:
+                    yield numbered(event)
+                    if is_final(event):
+                        ended = True
+                        break
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()  # a consumer that walked away stops the sandbox too
+            if not ended:
+                yield numbered(error_event("workload ended without a done or error event", "protocol_violation"))
+        except JobCancelled as exc:
+            yield numbered(error_event(token.reason or exc.message, JobCancelled.code))
+        except ArchipelagError as exc:
+            yield numbered(error_event(exc.message, exc.code))
+        except Exception as exc:  # a runtime bug must not take the host down with it
+            log.exception("runtime crashed on job %s", spec.job_id)
+            yield numbered(error_event(f"the host's runtime failed: {type(exc).__name__}: {exc}",
+                                       WorkloadError.code))
+        finally:
+            with self._lock:
+                self._tokens.pop(spec.job_id, None)
+
+    def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
+        """Interrupt a running job; False when it is not running here."""
+        with self._lock:
+            token = self._tokens.get(job_id)
+        if token is None:
+            return False
+        token.cancel(reason)
+        return True
+
+    def cancel_all(self, reason: str) -> None:
+        with self._lock:
+            tokens = list(self._tokens.values())
+        for token in tokens:
+            token.cancel(reason)
+
+    def _admit(self, job_id: JobId) -> CancelToken | None:
+        with self._lock:
+            if len(self._tokens) >= self._slots:
+                return None
+            token = CancelToken()
+            self._tokens[job_id] = token
+            return token

@@ -1,0 +1,140 @@
+"""The `archipelag` command: parse, build Settings, call one function, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from archipelag.errors import ArchipelagError
+from archipelag.settings import Settings
+
+app = typer.Typer(help="Archipelag: run AI and utility workloads on lent machines.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+host_app = typer.Typer(help="Lend this machine to a network.", no_args_is_help=True)
+db_app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+app.add_typer(host_app, name="host")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@app.command()
+def up(
+    hosts: Annotated[int, typer.Option(help="Local hosts to start.", min=0, max=16)] = 3,
+    regions: Annotated[str, typer.Option(help="Comma-separated regions, assigned round-robin.")] =
+        "eu-west,us-east,ap-south",
+    port: Annotated[int | None, typer.Option(help="API port (default 8000).")] = None,
+) -> None:
+    """Run the whole network on this machine: a coordinator, N hosts, the API. Ctrl-C stops it."""
+    from archipelag.network import start_network
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings(**({"api_port": port} if port else {}))
+    region_list = tuple(r.strip() for r in regions.split(",") if r.strip())
+    typer.echo(f"starting the network: a coordinator and {hosts} hosts in {', '.join(region_list)} …")
+    try:
+        network = start_network(settings, hosts, region_list)
+    except ArchipelagError as exc:
+        _fail(exc.message)
+        return
+    typer.echo(f"""
+Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.region}]' for h in network.hosts)})
+
+  export ARCHIPELAG_API_KEY={network.api_key}
+  archipelag submit wasm-hash --input '{{"text": "hello"}}' --stream
+  curl -s -H "Authorization: Bearer $ARCHIPELAG_API_KEY" {network.url}/api/v1/hosts
+
+Ctrl-C stops everything this command started.""", err=False)
+    sys.stdout.flush()
+    try:
+        _wait_for_signal()
+    finally:
+        typer.echo("stopping the network …")
+        network.stop()
+        typer.echo("stopped.")
+
+
+@host_app.command("join")
+def host_join(
+    coordinator: Annotated[str, typer.Option(help="The coordinator's Ray address, HOST:PORT.")],
+    region: Annotated[str, typer.Option(help="Where this machine is, e.g. eu-west.")],
+    name: Annotated[str | None, typer.Option(help="A display name.")] = None,
+    accept: Annotated[str, typer.Option(help="Comma-separated workload patterns to accept (default all).")] = "",
+    max_memory_mb: Annotated[int | None, typer.Option(help="Lend at most this much RAM.")] = None,
+    max_cores: Annotated[int | None, typer.Option(help="Lend at most this many cores.")] = None,
+    host_id: Annotated[str | None, typer.Option(help="Keep a stable host id across joins.")] = None,
+    node_ip: Annotated[str | None, typer.Option(help="This machine's address as the coordinator sees it.")]
+        = None,
+) -> None:
+    """Join a network as a host; stays in the foreground until Ctrl-C, then leaves cleanly."""
+    from archipelag.actors.join import join
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings()
+    accepts = tuple(p.strip() for p in accept.split(",") if p.strip())
+    try:
+        joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip)
+    except ArchipelagError as exc:
+        _fail(exc.message)
+        return
+    hw = joined.hardware
+    typer.echo(f"host {joined.host_id} joined {coordinator} in {region}: {hw.cpu_cores} cores, {hw.ram_mb} MB RAM, "
+               f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(sorted(hw.runtimes))}. Ctrl-C leaves.")
+    sys.stdout.flush()
+    try:
+        _wait_for_signal()
+    finally:
+        joined.leave()
+        typer.echo(f"host {joined.host_id} left.")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create or upgrade the ledger's schema and sync the catalog into it."""
+    from archipelag.coordinator import prepare_ledger
+
+    settings = Settings()
+    prepare_ledger(settings)
+    typer.echo(f"ledger ready at {settings.redacted()['database_url']}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings, secrets redacted."""
+    typer.echo(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
+
+
+def _register_client_commands() -> None:
+    try:
+        from archipelag.cli import jobs
+    except ImportError:
+        return
+    jobs.register(app)
+
+
+_register_client_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except ArchipelagError as exc:
+        _fail(exc.message)

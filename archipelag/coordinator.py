@@ -1,0 +1,110 @@
+"""Coordinator: the head node and what runs on it — ledger, catalog, placement, and the API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from archipelag.catalog import load_catalog
+from archipelag.ledger import Ledger
+from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, start_head
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def prepare_ray_env(settings: Settings) -> dict[str, str]:
+    """Write the cluster's auth token (once) and put Ray's environment into this process."""
+    env = settings.ray_env()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
+    token_path = env.get("RAY_AUTH_TOKEN_PATH")
+    if token_path and not Path(token_path).exists():
+        Path(token_path).write_text(secrets.token_hex(32))
+        Path(token_path).chmod(0o600)
+    os.environ.update(env)
+    return env
+
+
+def prepare_ledger(settings: Settings) -> Ledger:
+    """Schema up to date and the catalog synced: what the API needs before it starts."""
+    ledger = Ledger(settings.effective_database_url())
+    ledger.migrate()
+    ledger.sync_catalog(load_catalog(settings.workloads_dir).values())
+    return ledger
+
+
+@dataclass
+class Coordinator:
+    settings: Settings
+    head: RayNodeProcess | None
+    address: str
+
+    def stop(self) -> None:
+        import ray
+
+        from archipelag.serve.app import undeploy
+
+        try:
+            undeploy()
+        except Exception:
+            log.warning("serve did not shut down cleanly", exc_info=True)
+        ray.shutdown()
+        if self.head is not None:
+            self.head.stop()
+
+
+def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) -> Coordinator:
+    """Start a head node (unless settings name one), then placement and the API on it."""
+    import ray
+
+    from archipelag.placement.client import PlacementClient
+    from archipelag.serve.app import deploy
+
+    env = prepare_ray_env(settings)
+    prepare_ledger(settings)
+    head = None
+    address = settings.ray_address
+    if not address:
+        head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=env)
+        address = f"127.0.0.1:{settings.ray_head_port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
+                     log_to_driver=False)
+            break
+        except (ConnectionError, RuntimeError):
+            if head is not None and not head.alive():
+                raise RuntimeError(f"the Ray head exited; see {head.log_path}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    if head is not None:
+        head.remember_tree()
+    PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
+    deploy(settings)
+    return Coordinator(settings=settings, head=head, address=address)
+
+
+def ensure_local_account(settings: Settings, ledger: Ledger, email: str = "you@localhost") -> str:
+    """The embedded network's own account and API key, saved to ``state_dir/api_key`` (mode 600)."""
+    from archipelag.catalog import MICRO
+    from archipelag.errors import Unauthorized
+
+    key_path = settings.state_dir / "api_key"
+    if key_path.exists():
+        try:
+            ledger.authenticate(key_path.read_text().strip())
+            return key_path.read_text().strip()
+        except Unauthorized:
+            pass
+    account = ledger.create_account(email, round(settings.initial_credits * MICRO))
+    _, key = ledger.create_api_key(account.id, "local", ("read", "write"))
+    key_path.write_text(key)
+    key_path.chmod(0o600)
+    return key

@@ -1,0 +1,133 @@
+"""Network: the embedded network `archipelag up` runs — a coordinator and N local hosts.
+
+Each local host is a real `archipelag host join` process (the same path a remote machine takes),
+with its own Ray node, region, resources and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from archipelag.coordinator import Coordinator, ensure_local_account, prepare_ledger, start_coordinator
+from archipelag.errors import ConfigError
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
+
+
+@dataclass
+class LocalHost:
+    host_id: str
+    region: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def record(self, settings: Settings) -> dict[str, object]:
+        path = settings.state_dir / "hosts" / f"{self.host_id}.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def leave(self, timeout_s: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+@dataclass
+class EmbeddedNetwork:
+    settings: Settings
+    coordinator: Coordinator
+    api_key: str
+    hosts: list[LocalHost] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def add_host(self, region: str, host_id: str, name: str | None = None) -> LocalHost:
+        log_dir = (self.settings.state_dir / "logs").resolve()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"join-{host_id}.log"
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", self.coordinator.address,
+                 "--region", region, "--name", name or host_id, "--host-id", host_id, "--node-ip", "127.0.0.1"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        host = LocalHost(host_id, region, process, log_path)
+        self.hosts.append(host)
+        return host
+
+    def wait_online(self, host_ids: list[str], timeout_s: float = 120) -> None:
+        from archipelag.lifecycle import HostStatus
+        from archipelag.placement.client import PlacementClient
+
+        placement = PlacementClient.connect(self.settings)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            online = {s.host_id for s in placement.hosts() if s.status == HostStatus.ONLINE}
+            if set(host_ids) <= online:
+                return
+            for host in self.hosts:
+                if host.host_id in host_ids and host.process.poll() is not None:
+                    raise ConfigError(f"host {host.host_id} failed to join; see {host.log_path}")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"hosts {sorted(set(host_ids) - online)} did not come online in {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def kill_host(self, host_id: str) -> None:
+        """Make a host vanish as a machine would: SIGKILL its Ray node's processes and its join process."""
+        host = next(h for h in self.hosts if h.host_id == host_id)
+        record = host.record(self.settings)
+        pids = [host.process.pid]
+        ray_pid = record.get("ray_pid")
+        if isinstance(ray_pid, int):
+            try:
+                pids += [ray_pid] + [c.pid for c in psutil.Process(ray_pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for pid in pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        host.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for host in self.hosts:
+            if host.process.poll() is None:
+                host.process.send_signal(signal.SIGINT)
+        for host in self.hosts:
+            host.leave()
+        self.coordinator.stop()
+
+
+def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                  timeout_s: float = 180) -> EmbeddedNetwork:
+    log_dir = (settings.state_dir / "logs").resolve()
+    coordinator = start_coordinator(settings, log_dir)
+    network = EmbeddedNetwork(settings, coordinator, api_key="")
+    try:
+        network.api_key = ensure_local_account(settings, prepare_ledger(settings))
+        ids = [f"island-{i + 1}" for i in range(hosts)]
+        for index, host_id in enumerate(ids):
+            network.add_host(regions[index % len(regions)], host_id)
+        network.wait_online(ids, timeout_s)
+    except BaseException:
+        network.stop()
+        raise
+    return network

@@ -1,0 +1,72 @@
+"""App: builds the API (FastAPI) and deploys it as the Ray Serve ingress on the head node."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Response
+
+from archipelag import __version__
+from archipelag.nodes import COORDINATOR_RESOURCE
+from archipelag.serve import api_jobs, api_resources
+from archipelag.serve.responses import FastJSON, install_error_handlers
+from archipelag.serve.services import Services
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+APP_NAME = "archipelag"
+
+
+def build_api(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await services.dispatcher.close()
+
+    app = FastAPI(title="Archipelag", version=__version__, lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return FastJSON({"status": "ok", "version": __version__})
+
+    app.include_router(api_jobs.router)
+    app.include_router(api_resources.router)
+    return app
+
+
+def _ingress_class() -> Any:
+    from ray import serve
+
+    @serve.deployment(
+        name="Ingress", num_replicas=1, max_ongoing_requests=2000,
+        ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 1}},
+    )
+    @serve.ingress()
+    class Ingress:
+        def __init__(self, settings: Settings) -> None:
+            logging.basicConfig(level=logging.INFO)
+            self._services = Services.build(settings)
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return build_api(self._services)
+
+    return Ingress
+
+
+def deploy(settings: Settings) -> None:
+    """Start Serve's HTTP proxy on the head and run the ingress (returns once it is ready)."""
+    from ray import serve
+
+    serve.start(http_options={"host": settings.api_host, "port": settings.api_port, "location": "HeadOnly"})
+    serve.run(_ingress_class().bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def undeploy() -> None:
+    from ray import serve
+
+    serve.shutdown()

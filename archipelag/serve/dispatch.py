@@ -1,0 +1,232 @@
+"""Dispatch: takes a queued job to a host, relays its events to subscribers, and records the end.
+
+One ``LiveJob`` per job this ingress is running: its events so far (for late subscribers) and a
+waiter that wakes streams when the next event arrives. A job's host is lost → the job goes back
+to `queued` and the next host of the ranked list takes it, up to the attempt limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
+
+from archipelag.catalog import Manifest
+from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
+from archipelag.ids import HostId, JobId
+from archipelag.lifecycle import JobStatus
+from archipelag.protocol import Event, collect_output, error_event
+from archipelag.runtimes.base import JobSpec
+from archipelag.sandbox import Limits
+
+log = logging.getLogger(__name__)
+
+# Final error codes → the job's end state; anything else is `failed`.
+_END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_OUT}
+# A host that turns the job away before running it: try the next host, no attempt used.
+_TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})
+
+
+class HostRunner(Protocol):
+    """What the dispatcher needs of a host (HostAgentClient in production)."""
+
+    def run(self, spec: JobSpec) -> AsyncIterator[Event]: ...
+
+    async def cancel(self, job_id: JobId, reason: str = ...) -> bool: ...
+
+
+@dataclass
+class LiveJob:
+    job_id: JobId
+    events: list[Event] = field(default_factory=list)
+    done: bool = False
+    host_id: HostId | None = None
+    cancel_requested: bool = False
+    _waiter: asyncio.Future[None] | None = None
+
+    def publish(self, event: Event) -> None:
+        event["seq"] = len(self.events)
+        self.events.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    async def follow(self, start: int = 0) -> AsyncIterator[Event]:
+        """Every event from ``start`` on, waiting for new ones until the job is done."""
+        index = start
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done:
+                return
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        ledger: Any,
+        hosts: Callable[[HostId], HostRunner],
+        rerank: Callable[[Manifest, str | None, frozenset[HostId]], Any],
+        placement_events: Any,
+        max_attempts: int,
+    ) -> None:
+        self._ledger = ledger
+        self._hosts = hosts
+        self._rerank = rerank  # async (manifest, region, excluded) -> list[HostId]
+        self._placement = placement_events  # job_assigned / job_released / mark_offline, fire-and-forget
+        self._max_attempts = max_attempts
+        self._live: dict[JobId, LiveJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def live(self, job_id: JobId) -> LiveJob | None:
+        return self._live.get(job_id)
+
+    def start(self, job_id: JobId, manifest: Manifest, job_input: dict[str, Any], limits: Limits,
+              region: str | None, ranked: Sequence[HostId]) -> LiveJob:
+        live = LiveJob(job_id)
+        self._live[job_id] = live
+        task = asyncio.get_running_loop().create_task(
+            self._drive(live, manifest, JobSpec(job_id, manifest, job_input, limits), region, list(ranked)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return live
+
+    async def cancel(self, job_id: JobId) -> bool:
+        """Ask the job's host to stop it; True when it was running here."""
+        live = self._live.get(job_id)
+        if live is None or live.done:
+            return False
+        live.cancel_requested = True
+        if live.host_id is not None:
+            await self._hosts(live.host_id).cancel(job_id, "cancelled by the user")
+        return True
+
+    async def wait_done(self, job_id: JobId, timeout_s: float) -> None:
+        live = self._live.get(job_id)
+        if live is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for _ in live.follow(len(live.events)):
+                    pass
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    async def _drive(self, live: LiveJob, manifest: Manifest, spec: JobSpec, region: str | None,
+                     candidates: list[HostId]) -> None:
+        try:
+            await self._attempts(live, manifest, spec, region, candidates)
+        except Exception as exc:  # never leave a job hanging because of a bug here
+            log.exception("dispatch of job %s failed", live.job_id)
+            await self._finish(live, manifest, JobStatus.FAILED, [], f"internal error: {exc}", None)
+        finally:
+            live.close()
+            asyncio.get_running_loop().call_later(60, self._live.pop, live.job_id, None)
+
+    async def _attempts(self, live: LiveJob, manifest: Manifest, spec: JobSpec, region: str | None,
+                        candidates: list[HostId]) -> None:
+        attempt = 0
+        excluded: set[HostId] = set()
+        while True:
+            if live.cancel_requested:
+                await self._finish(live, manifest, JobStatus.CANCELLED, [], "cancelled by the user", None)
+                return
+            if not candidates:
+                try:
+                    candidates = list(await self._rerank(manifest, region, frozenset(excluded)))
+                except NoCapacity as exc:
+                    await self._finish(live, manifest, JobStatus.FAILED, [], f"no host could take the job: "
+                                       f"{exc.message}", None)
+                    return
+            host_id = candidates.pop(0)
+            try:
+                await self._db(self._ledger.transition, live.job_id, JobStatus.ASSIGNED, host_id=host_id,
+                               attempt=attempt)
+            except InvalidTransition:
+                return  # cancelled (or finished) by another writer meanwhile
+            live.host_id = host_id
+            self._placement.job_assigned(host_id)
+            try:
+                outcome = await self._run_on(live, host_id, spec, attempt)
+            except HostLost as exc:
+                self._placement.mark_offline(host_id, exc.message)
+                excluded.add(host_id)
+                attempt += 1
+                if attempt >= self._max_attempts:
+                    await self._finish(live, manifest, JobStatus.FAILED, [], f"{exc.message}; gave up after "
+                                       f"{attempt} attempts", None)
+                    return
+                await self._db(self._ledger.transition, live.job_id, JobStatus.QUEUED, reason=exc.message)
+                live.publish({"type": "status", "message": f"host {host_id} was lost; retrying on another host "
+                              f"(attempt {attempt + 1} of {self._max_attempts})"})
+                continue
+            finally:
+                self._placement.job_released(host_id)
+                live.host_id = None
+            if outcome is None:  # turned away before it started: next host, same attempt
+                excluded.add(host_id)
+                await self._db(self._ledger.transition, live.job_id, JobStatus.QUEUED,
+                               reason=f"host {host_id} turned the job away")
+                continue
+            status, events, error = outcome
+            await self._finish(live, manifest, status, events, error, host_id)
+            return
+
+    async def _run_on(self, live: LiveJob, host_id: HostId, spec: JobSpec,
+                      attempt: int) -> tuple[JobStatus, list[Event], str | None] | None:
+        events: list[Event] = []
+        moved = 0  # 1 after `started`, 2 after `streaming`
+        async for event in self._hosts(host_id).run(spec):
+            if event["type"] == "error" and event.get("code") in _TURNED_AWAY and not events:
+                return None
+            if moved < 2:
+                target = JobStatus.STARTED if moved == 0 else JobStatus.STREAMING
+                await self._db(self._ledger.transition, live.job_id, target)
+                moved += 1
+            event.pop("seq", None)
+            events.append(event)
+            live.publish(event)
+            if event["type"] == "done":
+                return JobStatus.SUCCEEDED, events, None
+            if event["type"] == "error":
+                return _END_BY_CODE.get(event.get("code", ""), JobStatus.FAILED), events, event["message"]
+        raise HostLost(f"host {host_id} closed the job's stream without a final event", host_id=host_id)
+
+    async def _finish(self, live: LiveJob, manifest: Manifest, status: JobStatus, events: list[Event],
+                      error: str | None, host_id: HostId | None) -> None:
+        if status != JobStatus.SUCCEEDED and not any(e["type"] == "error" for e in events):
+            event = error_event(error or status.value, "cancelled" if status == JobStatus.CANCELLED else "failed")
+            events = [*events, event]
+            live.publish(event)
+        done = next((e for e in reversed(events) if e["type"] == "done"), None)
+        usage = dict(done.get("usage") or {}) if done else {}
+        price_micro = manifest.price_micro if status == JobStatus.SUCCEEDED else 0
+        try:
+            await self._db(self._ledger.finish, live.job_id, status, output=collect_output(events), error=error,
+                           usage=usage, events=events, price_micro=price_micro, host_id=host_id)
+        except InvalidTransition:
+            log.info("job %s already ended elsewhere", live.job_id)
+        except ArchipelagError:
+            log.exception("could not record the end of job %s", live.job_id)

@@ -1,0 +1,72 @@
+"""Responses: the API's envelopes, and the one place errors become HTTP (DESIGN §8)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from archipelag.errors import ArchipelagError, RateLimited
+
+log = logging.getLogger(__name__)
+
+
+class FastJSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), default=str).encode()
+
+
+def data(value: Any, status_code: int = 200) -> Response:
+    return FastJSON({"data": value}, status_code=status_code)
+
+
+def page(items: Sequence[Any], total: int, limit: int, offset: int) -> Response:
+    return FastJSON({"data": list(items), "meta": {"total": total, "limit": limit, "offset": offset}})
+
+
+def error_body(message: str, code: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "code": code, **details}}
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ArchipelagError)
+    async def archipelag_error(_: Request, exc: ArchipelagError) -> Response:
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.details.get("retry_after", 60))
+        return FastJSON(jsonable_encoder(error_body(exc.message, exc.code, **exc.details)),
+                        status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errors: dict[str, str] = {}
+        for item in exc.errors():
+            errors.setdefault(_field_name(item.get("loc", ())), str(item.get("msg", "invalid")))
+        names = ", ".join(sorted(errors))
+        return FastJSON(error_body(f"the request is invalid: {names}", "validation_error", errors=errors),
+                        status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return FastJSON(error_body(str(exc.detail), code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return FastJSON(error_body("internal error; the operator's logs have the details", "internal_error"),
+                        status_code=500)

@@ -1,0 +1,78 @@
+"""Services: what the API's handlers share inside one ingress replica, built once from Settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from archipelag.actors.client import HostAgentClient
+from archipelag.catalog import Manifest, load_catalog
+from archipelag.errors import NoCapacity
+from archipelag.ids import HostId, WorkloadSlug
+from archipelag.ledger import Ledger
+from archipelag.placement.client import PlacementClient
+from archipelag.placement.scoring import JobRequest
+from archipelag.serve.auth import KeyCache, RateLimiter
+from archipelag.serve.dispatch import Dispatcher
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def job_request(manifest: Manifest, region: str | None) -> JobRequest:
+    return JobRequest(
+        workload=manifest.slug, runtime=manifest.runtime, required_ram_mb=manifest.required_ram_mb,
+        required_vram_mb=manifest.required_vram_mb, caller_region=region,
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    ledger: Ledger
+    catalog: dict[WorkloadSlug, Manifest]
+    placement: PlacementClient
+    keys: KeyCache = field(default_factory=KeyCache)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    _hosts: dict[HostId, HostAgentClient] = field(default_factory=dict)
+    _dispatcher: Dispatcher | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            ledger=Ledger(settings.effective_database_url()),
+            catalog=load_catalog(settings.workloads_dir),
+            placement=PlacementClient.connect(settings),
+            limiter=RateLimiter(settings.rate_limit_per_min),
+        )
+
+    def host(self, host_id: HostId) -> HostAgentClient:
+        client = self._hosts.get(host_id)
+        if client is None:
+            client = self._hosts[host_id] = HostAgentClient.connect(self.settings, host_id)
+        return client
+
+    async def rank(self, manifest: Manifest, region: str | None,
+                   excluded: frozenset[HostId] = frozenset()) -> list[HostId]:
+        ranked = [h for h in await self.placement.rank_async(job_request(manifest, region)) if h not in excluded]
+        if not ranked:
+            raise NoCapacity(f"every host able to run {manifest.slug} has already failed this job")
+        return ranked
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Created on first use, inside the replica's event loop."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(
+                ledger=self.ledger, hosts=self.host, rerank=self.rank, placement_events=self.placement,
+                max_attempts=self.settings.max_attempts,
+            )
+        return self._dispatcher
+
+    def forget_host(self, host_id: HostId) -> None:
+        self._hosts.pop(host_id, None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"workloads": len(self.catalog)}

@@ -1,0 +1,104 @@
+"""Views: ledger and placement records rendered as the API's objects (DESIGN §8)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from archipelag.catalog import MICRO
+from archipelag.lifecycle import JobStatus, public_status
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_view(job: Any) -> dict[str, Any]:
+    usage = dict(job.usage or {})
+    prompt = int(usage.get("prompt_tokens", 0))
+    completion = int(usage.get("completion_tokens", 0))
+    duration_ms = None
+    if job.started_at is not None and job.completed_at is not None:
+        duration_ms = int((job.completed_at - job.started_at).total_seconds() * 1000)
+    return {
+        "id": job.id,
+        "workload_id": job.workload_id,
+        "workload_slug": job.workload_slug,
+        "status": public_status(JobStatus(job.status)),
+        "input": job.input,
+        "output": job.output,
+        "error": job.error,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "credits_used": (job.credits_used_micro or 0) / MICRO,
+        },
+        "host_id": job.host_id,
+        "region": job.region,
+        "attempt": job.attempt,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "duration_ms": duration_ms,
+    }
+
+
+def workload_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "slug": row.slug,
+        "description": row.description,
+        "runtime_type": "wasm" if row.runtime == "wasm" else "container",
+        "required_vram_mb": row.required_vram_mb,
+        "required_ram_mb": row.required_ram_mb,
+        "price_per_job": row.price_micro / MICRO,
+        "trust_level": row.trust_level,
+        "is_enabled": row.is_enabled,
+    }
+
+
+def account_view(account: Any, balance_micro: int) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "email": account.email,
+        "credits": balance_micro / MICRO,
+        "home_region": account.home_region,
+        "created_at": iso(account.created_at),
+    }
+
+
+def api_key_view(key: Any, full_key: str | None = None) -> dict[str, Any]:
+    view = {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": sorted(key.scopes),
+        "created_at": iso(key.created_at),
+        "last_used_at": iso(key.last_used_at),
+        "expires_at": iso(key.expires_at),
+    }
+    if full_key is not None:
+        view["key"] = full_key
+    return view
+
+
+def host_view(snapshot: Any, karma_score: float, stale: bool) -> dict[str, Any]:
+    last = datetime.fromtimestamp(snapshot.last_heartbeat_at).astimezone() if snapshot.last_heartbeat_at else None
+    return {
+        "id": snapshot.host_id,
+        "name": snapshot.name,
+        "status": "offline" if stale else str(snapshot.status),
+        "region": snapshot.region,
+        "capabilities": {
+            "cpu_cores": snapshot.cpu_cores,
+            "ram_mb": snapshot.ram_mb,
+            "gpu_model": snapshot.gpu_model,
+            "gpu_vram_mb": snapshot.vram_mb,
+            "runtimes": sorted(snapshot.runtimes),
+        },
+        "karma_score": karma_score,
+        "active_jobs": snapshot.active_jobs,
+        "last_heartbeat_at": iso(last),
+    }

@@ -1,0 +1,109 @@
+"""The network started the way `make up` starts it, driven over HTTP by the SDK and by plain httpx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from archipelag.sdk import Client
+from tests.netutil import eventually, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@dataclass
+class Up:
+    url: str
+    api_key: str
+    process: subprocess.Popen[str]
+    state_dir: Path
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    state_dir = tmp_path_factory.mktemp("up")
+    port = free_port()
+    env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(state_dir), "ARCHIPELAG_RAY_HEAD_PORT": str(free_port()),
+           "ARCHIPELAG_HEARTBEAT_INTERVAL_S": "1", "ARCHIPELAG_RAY_AUTH": "token", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_AUTH_MODE", None)  # `up` decides: token auth, its own token file
+    process = subprocess.Popen([sys.executable, "-m", "archipelag", "up", "--hosts", "3", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output: list[str] = []
+    deadline = time.monotonic() + 240
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+        if "Archipelag is up" in line or time.monotonic() > deadline:
+            break
+    assert any("Archipelag is up" in line for line in output), "".join(output)
+    api_key = (state_dir / "api_key").read_text().strip()
+    yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+
+
+def test_up_prints_a_working_key_and_serves_health(up: Up) -> None:
+    assert up.api_key.startswith("ak_")
+    assert httpx.get(f"{up.url}/health").json()["status"] == "ok"
+
+
+def test_three_hosts_in_three_regions_are_online(up: Up) -> None:
+    client = Client(up.url, api_key=up.api_key)
+    hosts = eventually(lambda: [h for h in client.hosts() if h.status == "online"] if len(
+        [h for h in client.hosts() if h.status == "online"]) == 3 else None)
+    assert sorted(h.region for h in hosts) == ["ap-south", "eu-west", "us-east"]
+
+
+def test_sdk_submit_get_and_stream(up: Up) -> None:
+    client = Client(up.url, api_key=up.api_key)
+    ref = client.submit("wasm-hash", {"text": "hello"})
+    output = json.loads(client.get(ref))
+    assert output["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    events = list(client.submit("wasm-echo-stream", {"text": "one two three", "repeat": 2}).stream())
+    assert [e["content"] for e in events if e["type"] == "token"][:3] == ["one", "two", "three"]
+    assert events[-1]["type"] == "done"
+    assert [e["seq"] for e in events] == list(range(len(events)))
+
+
+def test_plain_httpx_create_stream_and_get(up: Up) -> None:
+    headers = {"Authorization": f"Bearer {up.api_key}"}
+    with httpx.Client(base_url=up.url, headers=headers, timeout=30) as http:
+        created = http.post("/api/v1/jobs", json={"workload": "wasm-base64",
+                                                   "input": {"text": "hi", "mode": "encode"}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["data"]["id"]
+        with http.stream("GET", f"/api/v1/jobs/{job_id}/stream") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+        assert events[-1]["type"] == "done"
+        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+        assert job["status"] == "completed" and job["host_id"]
+        assert "aGk=" in job["output"]
+        listed = http.get("/api/v1/jobs", params={"limit": 1}).json()
+        assert listed["meta"]["limit"] == 1 and listed["meta"]["total"] >= 1
+
+
+def test_ctrl_c_stops_everything_up_started(up: Up) -> None:
+    records = [json.loads(p.read_text()) for p in (up.state_dir / "hosts").glob("*.json")]
+    assert len(records) == 3
+    children = psutil.Process(up.process.pid).children(recursive=True)
+    up.process.send_signal(signal.SIGINT)
+    rest, _ = up.process.communicate(timeout=120)
+    assert up.process.returncode == 0, rest
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    # Ray's own node processes were started in their own sessions; none may outlive `up`.
+    eventually(lambda: not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+               timeout_s=30)

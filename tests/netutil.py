@@ -1,0 +1,46 @@
+"""Builders for tests that run a whole network: free ports, settings, polling."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from archipelag.settings import Settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def network_settings(state_dir: Path, **overrides: object) -> Settings:
+    """Settings for a test network: its own state dir and ports, fast heartbeats, Ray auth off."""
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "api_port": free_port(),
+        "ray_head_port": free_port(),
+        "ray_auth": "disabled",
+        "ray_temp_dir": Path("/tmp/archipelag-test-ray"),
+        "heartbeat_interval_s": 0.5,
+        "rate_limit_per_min": 0,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def eventually(check: Callable[[], T], timeout_s: float = 20, interval_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail with its last answer."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s; last answer: {last!r}")
