@@ -1,0 +1,202 @@
+"""Credits: the double-entry book of integer micro-credits (DESIGN §7).
+
+Every movement is a transfer of postings that sum to zero, so the sum over all postings is always zero.
+Books (``credit_accounts``): one per user account and per host, plus the platform's ``escrow`` (reservations
+of open jobs), ``platform`` (fees) and ``mint`` (the source of granted credits; its balance is minus all
+credits ever granted). A book's balance is the sum of its postings; ``balance_micro`` on the row is a running
+total kept in the same transaction (cheap reads, and the guarded update that stops overdrafts).
+
+- ``grant``: mint → user (sign-up credits, top-ups).
+- ``reserve``: user → escrow at submit; ``PaymentRequired`` (required/available, in credits) when short.
+- ``settle``: escrow → host (price minus the platform fee), platform (fee), user (the unused rest).
+- ``refund``: escrow → user, all of it (a failed, cancelled or timed-out job is never charged).
+- ``total_is_zero``: the books' invariants, for tests and audits.
+
+Functions here take an open session; ``Ledger`` owns the transactions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from archipelag.catalog import MICRO
+from archipelag.errors import LedgerError, PaymentRequired
+from archipelag.ledger.tables import CreditAccountRow, PostingRow, TransferRow, utcnow
+
+PLATFORM_FEE_BPS = 1_000  # the platform keeps 10% of each job's price; hosts earn the rest
+
+
+def platform_fee_micro(price_micro: int) -> int:
+    return price_micro * PLATFORM_FEE_BPS // 10_000
+
+
+def _find_book(session: Session, kind: str, owner: str) -> int | None:
+    return session.execute(
+        select(col(CreditAccountRow.id)).where(
+            col(CreditAccountRow.kind) == kind, col(CreditAccountRow.owner) == owner
+        )
+    ).scalar_one_or_none()
+
+
+def book(session: Session, kind: str, owner: str = "") -> int:
+    """The id of a book, created when missing (safe under concurrent creators)."""
+    found = _find_book(session, kind, owner)
+    if found is not None:
+        return found
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(CreditAccountRow).values(kind=kind, owner=owner, balance_micro=0).on_conflict_do_nothing()
+    )
+    created = _find_book(session, kind, owner)
+    if created is None:
+        raise LedgerError(f"the {kind} book {owner!r} is missing; run `archipelag db migrate`")
+    return created
+
+
+def user_book(session: Session, account_id: int) -> int:
+    return book(session, "user", str(account_id))
+
+
+def _balance_of(session: Session, kind: str, owner: str) -> int:
+    balance = session.execute(
+        select(col(CreditAccountRow.balance_micro)).where(
+            col(CreditAccountRow.kind) == kind, col(CreditAccountRow.owner) == owner
+        )
+    ).scalar_one_or_none()
+    return int(balance) if balance is not None else 0
+
+
+def balance_micro(session: Session, account_id: int) -> int:
+    return _balance_of(session, "user", str(account_id))
+
+
+def host_earnings_micro(session: Session, host_id: str) -> int:
+    return _balance_of(session, "host", host_id)
+
+
+def transfer(
+    session: Session,
+    kind: str,
+    legs: dict[int, int],
+    *,
+    job_id: str | None = None,
+    memo: str | None = None,
+    no_overdraft: int | None = None,
+) -> None:
+    """Post ``legs`` ({book id: amount}) as one transfer. ``no_overdraft`` names a book that may not go negative;
+    when it would, raises PaymentRequired and the caller's transaction rolls back."""
+    legs = {book_id: amount for book_id, amount in legs.items() if amount != 0}
+    if sum(legs.values()) != 0:
+        raise LedgerError(f"transfer {kind} does not balance: {legs}")
+    if not legs:
+        return
+    balance = col(CreditAccountRow.balance_micro)
+    # Lock books in id order so concurrent transfers never deadlock on PostgreSQL.
+    for book_id in sorted(legs):
+        amount = legs[book_id]
+        stmt = update(CreditAccountRow).where(col(CreditAccountRow.id) == book_id)
+        if book_id == no_overdraft and amount < 0:
+            stmt = stmt.where(balance + amount >= 0)  # the guarded update: no overdraft, even under races
+        result = session.execute(stmt.values(balance_micro=balance + amount))
+        assert isinstance(result, CursorResult)
+        if result.rowcount == 1:
+            continue
+        if book_id == no_overdraft:
+            available = session.execute(
+                select(balance).where(col(CreditAccountRow.id) == book_id)
+            ).scalar_one()
+            raise PaymentRequired(
+                f"this job needs {-amount / MICRO:g} credits and the account has {available / MICRO:g}; "
+                "add credits or lower the job's price",
+                required=-amount / MICRO,
+                available=available / MICRO,
+            )
+        raise LedgerError(f"book {book_id} is missing")
+    row = TransferRow(kind=kind, job_id=job_id, at=utcnow(), memo=memo)
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    session.add_all(
+        [PostingRow(transfer_id=row.id, credit_account_id=b, amount_micro=a) for b, a in legs.items()]
+    )
+    session.flush()
+
+
+def grant(session: Session, account_id: int, amount_micro: int, memo: str | None = None) -> None:
+    if amount_micro < 0:
+        raise ValueError("a grant cannot be negative")
+    transfer(
+        session,
+        "grant",
+        {book(session, "mint"): -amount_micro, user_book(session, account_id): amount_micro},
+        memo=memo,
+    )
+
+
+def reserve(session: Session, account_id: int, job_id: str, amount_micro: int) -> None:
+    user = user_book(session, account_id)
+    transfer(
+        session,
+        "reserve",
+        {user: -amount_micro, book(session, "escrow"): amount_micro},
+        job_id=job_id,
+        no_overdraft=user,
+    )
+
+
+def settle(
+    session: Session, account_id: int, job_id: str, reserved_micro: int, price_micro: int, host_id: str | None
+) -> int:
+    """Charge ``price_micro`` (capped at the reservation) and release the rest; returns the amount charged."""
+    charged = max(0, min(price_micro, reserved_micro))
+    fee = platform_fee_micro(charged) if host_id else charged  # no host to pay: the platform keeps it all
+    legs: dict[int, int] = {}
+
+    def add(book_id: int, amount: int) -> None:
+        legs[book_id] = legs.get(book_id, 0) + amount
+
+    add(book(session, "escrow"), -reserved_micro)
+    add(user_book(session, account_id), reserved_micro - charged)
+    add(book(session, "platform"), fee)
+    if host_id:
+        add(book(session, "host", host_id), charged - fee)
+    transfer(session, "settle", legs, job_id=job_id)
+    return charged
+
+
+def refund(session: Session, account_id: int, job_id: str, reserved_micro: int) -> None:
+    transfer(
+        session,
+        "refund",
+        {book(session, "escrow"): -reserved_micro, user_book(session, account_id): reserved_micro},
+        job_id=job_id,
+    )
+
+
+def total_is_zero(session: Session) -> bool:
+    """True when all postings sum to zero, every transfer sums to zero, and every book's running balance equals
+    the sum of its postings."""
+    amount = col(PostingRow.amount_micro)
+    total = session.execute(select(func.coalesce(func.sum(amount), 0))).scalar_one()
+    unbalanced = session.execute(
+        select(col(PostingRow.transfer_id))
+        .group_by(col(PostingRow.transfer_id))
+        .having(func.sum(amount) != 0)
+    ).first()
+    sums = (
+        select(col(PostingRow.credit_account_id).label("book"), func.sum(amount).label("posted"))
+        .group_by(col(PostingRow.credit_account_id))
+        .subquery()
+    )
+    drifted = session.execute(
+        select(col(CreditAccountRow.id))
+        .outerjoin(sums, sums.c.book == col(CreditAccountRow.id))
+        .where(col(CreditAccountRow.balance_micro) != func.coalesce(sums.c.posted, 0))
+    ).first()
+    return int(total) == 0 and unbalanced is None and drifted is None

@@ -1,0 +1,316 @@
+"""Ledger: the one facade the head's HTTP layer and scheduler call; everything else in this package is internal.
+
+Every method is synchronous and thread-safe: each opens its own session and transaction, and returns frozen
+dataclasses from ``records`` or plain values, never ORM rows. Errors come from ``archipelag.errors``
+(NotFound, Unauthorized, PaymentRequired, InvalidTransition, Conflict, ValidationFailed, LedgerError).
+Money is integer micro-credits (``catalog.MICRO`` per credit).
+
+Schema: ``migrate()``, ``schema_version()``.
+Accounts and keys: ``create_account``, ``get_account``, ``grant_credits``, ``create_api_key``, ``authenticate``,
+``list_api_keys``, ``revoke_api_key``.
+Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
+Jobs: ``create_job``, ``transition``, ``requeue``, ``finish``, ``get_job``, ``list_jobs``, ``job_events``,
+``stored_output_events``.
+Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
+Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
+``record_karma``, ``karma_events``, ``karma_score``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from archipelag.catalog import Manifest
+from archipelag.errors import InvalidTransition
+from archipelag.ledger import accounts, credits, db, hosts, jobs, workloads
+from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
+from archipelag.ledger.records import Account, ApiKey, Host, Job, JobEvent, KarmaEvent, Workload
+from archipelag.ledger.tables import utcnow
+from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
+
+if TYPE_CHECKING:
+    from archipelag.settings import Settings
+
+KEY_TOUCH_INTERVAL_S = 5.0  # authenticate() writes last_used_at at most this often per key (per process)
+
+
+class Ledger:
+    def __init__(self, url: str, *, karma_rules: KarmaRules = DEFAULT_RULES) -> None:
+        self.engine = db.create_engine_for(url)
+        self.karma_rules = karma_rules
+        self._touched: dict[int, float] = {}
+        self._touched_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ledger:
+        return cls(settings.effective_database_url())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- schema -------------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version. Idempotent."""
+        return db.migrate(self.engine)
+
+    def schema_version(self) -> int | None:
+        return db.schema_version(self.engine)
+
+    # --- accounts and api keys --------------------------------------------------------------------------
+
+    def create_account(self, email: str, credits_micro: int, home_region: str | None = None) -> Account:
+        """A new account holding ``credits_micro`` granted credits. Conflict when the email is taken."""
+        with db.write_session(self.engine) as session:
+            return accounts.create_account(session, email, credits_micro, home_region)
+
+    def get_account(self, account_id: int) -> Account:
+        with db.read_session(self.engine) as session:
+            return accounts.get_account(session, account_id)
+
+    def grant_credits(self, account_id: int, credits_micro: int, memo: str | None = None) -> Account:
+        with db.write_session(self.engine) as session:
+            accounts.get_account(session, account_id)
+            credits.grant(session, account_id, credits_micro, memo)
+            return accounts.get_account(session, account_id)
+
+    def create_api_key(
+        self,
+        account_id: int,
+        name: str,
+        scopes: Iterable[str] = ("read", "write"),
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its full text (``ak_…``), which is shown once and never stored."""
+        with db.write_session(self.engine) as session:
+            return accounts.create_api_key(session, account_id, name, scopes, expires_at)
+
+    def authenticate(self, full_key: str) -> tuple[Account, ApiKey]:
+        """The account and key behind a bearer key; Unauthorized when unknown, revoked or expired."""
+        now = utcnow()
+        with db.read_session(self.engine) as session:
+            account, key = accounts.find_key(session, full_key, now)
+        if self._due_for_touch(key.id):
+            with db.write_session(self.engine) as session:
+                accounts.touch_key(session, key.id, now)
+            key = ApiKey(**{**key.__dict__, "last_used_at": now})
+        return account, key
+
+    def _due_for_touch(self, key_id: int) -> bool:
+        clock = time.monotonic()
+        with self._touched_lock:
+            last = self._touched.get(key_id)
+            if last is not None and clock - last < KEY_TOUCH_INTERVAL_S:
+                return False
+            self._touched[key_id] = clock
+            return True
+
+    def list_api_keys(self, account_id: int) -> list[ApiKey]:
+        """The account's keys that are not revoked, oldest first."""
+        with db.read_session(self.engine) as session:
+            return accounts.list_api_keys(session, account_id)
+
+    def revoke_api_key(self, account_id: int, key_id: int) -> ApiKey:
+        """Revoke one of the account's keys; NotFound when it is not theirs (or already revoked)."""
+        with db.write_session(self.engine) as session:
+            return accounts.revoke_api_key(session, account_id, key_id)
+
+    # --- workloads ------------------------------------------------------------------------------------
+
+    def sync_catalog(self, manifests: Iterable[Manifest]) -> list[Workload]:
+        """Upsert the catalog by slug (ids stay stable); slugs no longer in it are disabled. All rows by id."""
+        with db.write_session(self.engine) as session:
+            return workloads.sync(session, manifests)
+
+    def list_workloads(self) -> list[Workload]:
+        with db.read_session(self.engine) as session:
+            return workloads.list_all(session)
+
+    def get_workload(self, slug_or_id: str | int) -> Workload:
+        with db.read_session(self.engine) as session:
+            return workloads.record(workloads.get_row(session, slug_or_id))
+
+    # --- jobs -----------------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        account_id: int,
+        workload_slug: str,
+        input: Mapping[str, Any],
+        region: str | None = None,
+        priority: int = 0,
+        reserve_micro: int = 0,
+    ) -> Job:
+        """A job in ``submitted`` with ``reserve_micro`` moved to escrow, in one transaction.
+        PaymentRequired (required/available, in credits) when the balance is short; nothing is written then."""
+        with db.write_session(self.engine) as session:
+            return jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro)
+
+    def transition(self, job_id: str, to: JobStatus, reason: str | None = None, **fields: Any) -> Job:
+        """The guarded move to ``to`` plus a JobEvent. ``fields`` may set host_id, attempt, started_at,
+        completed_at, output, error, usage, events, credits_used_micro (started_at/completed_at default to now
+        on entering started/a terminal state). InvalidTransition when the table forbids it or another writer won;
+        NotFound when the job does not exist. Use ``finish`` for terminal states so credits are settled."""
+        with db.write_session(self.engine) as session:
+            jobs.transition(session, job_id, to, reason, fields)
+            return jobs.get(session, job_id)
+
+    def requeue(self, job_id: str, reason: str) -> Job:
+        """assigned/started/streaming → queued, attempt + 1, host cleared (its host was lost)."""
+        with db.write_session(self.engine) as session:
+            jobs.requeue(session, job_id, reason)
+            return jobs.get(session, job_id)
+
+    def finish(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+        events: list[dict[str, Any]] | None = None,
+        price_micro: int = 0,
+        host_id: str | None = None,
+        reason: str | None = None,
+    ) -> Job:
+        """The terminal move and the credit settlement in one transaction. ``succeeded`` charges ``price_micro``
+        (capped at the reservation; the host earns it minus the platform fee) and releases the rest;
+        failed/cancelled/timed_out refund the whole reservation."""
+        if to not in TERMINAL_JOB_STATES:
+            raise InvalidTransition(f"finish() takes a terminal state, not {to}", job_id=job_id, to=str(to))
+        with db.write_session(self.engine) as session:
+            account_id, reserved, recorded_host = jobs.reservation(session, job_id, lock=True)
+            earner = host_id or recorded_host
+            charged = max(0, min(price_micro, reserved)) if to is JobStatus.SUCCEEDED else 0
+            values: dict[str, Any] = {
+                "output": output,
+                "error": error,
+                "credits_used_micro": charged,
+                "usage": dict(usage) if usage is not None else None,
+                "events": events,
+            }
+            if host_id is not None:
+                values["host_id"] = host_id
+            jobs.transition(session, job_id, to, reason or str(to), values)
+            if to is JobStatus.SUCCEEDED:
+                credits.settle(session, account_id, job_id, reserved, charged, earner)
+            else:
+                credits.refund(session, account_id, job_id, reserved)
+            return jobs.get(session, job_id)
+
+    def get_job(self, job_id: str, account_id: int | None = None) -> Job:
+        """NotFound when absent, or when ``account_id`` is given and the job is another account's."""
+        with db.read_session(self.engine) as session:
+            return jobs.get(session, job_id, account_id)
+
+    def list_jobs(self, account_id: int, limit: int = 20, offset: int = 0) -> tuple[list[Job], int]:
+        """One page of the account's jobs, newest first, and the total count."""
+        with db.read_session(self.engine) as session:
+            return jobs.list_for(session, account_id, max(0, limit), max(0, offset))
+
+    def job_events(self, job_id: str) -> list[JobEvent]:
+        """The job's state-transition history, oldest first."""
+        with db.read_session(self.engine) as session:
+            jobs.reservation(session, job_id)  # NotFound for an unknown job
+            return jobs.events(session, job_id)
+
+    def stored_output_events(self, job_id: str) -> list[dict[str, Any]]:
+        """The protocol events stored with the finished job (empty while it runs)."""
+        with db.read_session(self.engine) as session:
+            return jobs.stored_output_events(session, job_id)
+
+    # --- credits --------------------------------------------------------------------------------------
+
+    def balance_micro(self, account_id: int) -> int:
+        with db.read_session(self.engine) as session:
+            return credits.balance_micro(session, account_id)
+
+    def host_earnings_micro(self, host_id: str) -> int:
+        with db.read_session(self.engine) as session:
+            return credits.host_earnings_micro(session, host_id)
+
+    def total_is_zero(self) -> bool:
+        """The double-entry invariants hold (see ``credits.total_is_zero``)."""
+        with db.read_session(self.engine) as session:
+            return credits.total_is_zero(session)
+
+    # --- hosts and karma ------------------------------------------------------------------------------
+
+    def upsert_host(
+        self,
+        host_id: str,
+        name: str,
+        region: str,
+        capabilities: Mapping[str, Any],
+        status: HostStatus = HostStatus.JOINING,
+    ) -> Host:
+        """Record a host or update a known one; a status change must follow the host lifecycle."""
+        with db.write_session(self.engine) as session:
+            hosts.upsert(session, host_id, name, region, dict(capabilities), status)
+            return self._host(session, host_id)
+
+    def set_host_status(self, host_id: str, status: HostStatus) -> Host:
+        """Guarded by lifecycle.HOST_TRANSITIONS; moving to the current state is a no-op."""
+        with db.write_session(self.engine) as session:
+            hosts.set_status(session, host_id, status)
+            return self._host(session, host_id)
+
+    def record_heartbeat(self, host_id: str, at: datetime | None = None) -> None:
+        with db.write_session(self.engine) as session:
+            hosts.record_heartbeat(session, host_id, at or utcnow())
+
+    def list_hosts(self) -> list[Host]:
+        with db.read_session(self.engine) as session:
+            totals = hosts.karma_totals(session)
+            active = jobs.active_counts(session)
+            return [
+                hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
+                for row in hosts.all_rows(session)
+            ]
+
+    def get_host(self, host_id: str) -> Host:
+        with db.read_session(self.engine) as session:
+            return self._host(session, host_id)
+
+    def _host(self, session: Any, host_id: str) -> Host:
+        row = hosts.get_row(session, host_id)
+        score = self.karma_rules.score(hosts.karma_total(session, host_id))
+        return hosts.record(row, score, jobs.active_counts(session).get(host_id, 0))
+
+    def record_karma(
+        self,
+        host_id: str,
+        kind: KarmaKind,
+        *,
+        job_id: str | None = None,
+        compute_s: float = 0.0,
+        adjustment: float = 0.0,
+        reason: str | None = None,
+    ) -> KarmaEvent:
+        """Append one karma event; its points come from the karma rules."""
+        with db.write_session(self.engine) as session:
+            return hosts.add_karma(
+                session,
+                self.karma_rules,
+                host_id,
+                kind,
+                job_id=job_id,
+                compute_s=compute_s,
+                adjustment=adjustment,
+                reason=reason,
+            )
+
+    def karma_events(self, host_id: str) -> list[KarmaEvent]:
+        with db.read_session(self.engine) as session:
+            return hosts.karma_events(session, host_id)
+
+    def karma_score(self, host_id: str) -> float:
+        """The derived score in [0, 1] placement reads."""
+        with db.read_session(self.engine) as session:
+            hosts.get_row(session, host_id)
+            return self.karma_rules.score(hosts.karma_total(session, host_id))

@@ -1,0 +1,123 @@
+"""Records: the frozen dataclasses the ledger hands to its callers (never ORM rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from archipelag.catalog import MICRO
+from archipelag.ids import AccountId, HostId, JobId, WorkloadSlug
+from archipelag.lifecycle import HostStatus, JobStatus
+
+
+@dataclass(frozen=True)
+class Account:
+    id: AccountId
+    email: str
+    credits_micro: int  # current balance
+    home_region: str | None
+    created_at: datetime
+
+    @property
+    def credits(self) -> float:
+        return self.credits_micro / MICRO
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    account_id: AccountId
+    name: str
+    prefix: str  # the first characters of the key, to recognise it in a list
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class Workload:
+    id: int
+    slug: WorkloadSlug
+    name: str
+    description: str
+    runtime: str  # "wasm" or "container"
+    trust_level: int
+    price_micro: int
+    required_ram_mb: int
+    required_vram_mb: int
+    is_enabled: bool
+
+    @property
+    def runtime_type(self) -> str:
+        return self.runtime
+
+    @property
+    def price(self) -> float:
+        return self.price_micro / MICRO
+
+
+@dataclass(frozen=True)
+class Job:
+    id: JobId
+    account_id: AccountId
+    workload_id: int
+    workload_slug: WorkloadSlug
+    status: JobStatus
+    input: dict[str, Any]
+    output: str | None
+    error: str | None
+    usage: dict[str, Any] | None
+    host_id: HostId | None
+    attempt: int  # 1 on the first placement, +1 each time a lost host sends it back to queued
+    region: str | None
+    priority: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    reserved_micro: int
+    credits_used_micro: int
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return round((self.completed_at - self.started_at).total_seconds() * 1000)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: JobId
+    from_status: JobStatus | None  # None for the first event (the job was created)
+    to_status: JobStatus
+    at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Host:
+    id: HostId
+    name: str
+    region: str
+    capabilities: dict[str, Any]
+    status: HostStatus
+    created_at: datetime
+    last_heartbeat_at: datetime | None
+    karma_score: float
+    active_jobs: int  # jobs assigned/started/streaming on it now
+
+
+@dataclass(frozen=True)
+class KarmaEvent:
+    id: int
+    host_id: HostId
+    kind: str
+    points: float
+    job_id: JobId | None
+    at: datetime
+    reason: str | None

@@ -1,0 +1,148 @@
+"""Ledger test fixtures and builders: one ``ledger`` fixture parametrized over SQLite and PostgreSQL.
+
+PostgreSQL comes from ARCHIPELAG_TEST_POSTGRES_URL when set; otherwise ``tests/postgres.sh`` starts a
+throwaway cluster under /tmp for the session (installing PostgreSQL with apt-get when it is missing and we
+are root) and stops it at the end. When none can be had the postgres tests skip with the reason. Each
+postgres test gets its own schema (dropped afterwards); each SQLite test its own file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from archipelag.catalog import Manifest
+from archipelag.ids import WorkloadSlug
+from archipelag.ledger import Account, Job, Ledger
+from archipelag.lifecycle import JOB_TRANSITIONS, JobStatus
+
+POSTGRES_SCRIPT = Path(__file__).resolve().parent / "postgres.sh"
+MICRO = 1_000_000
+
+
+# --- backends ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The base URL of a PostgreSQL server for this session, or a skip saying why there is none."""
+    given = os.environ.get("ARCHIPELAG_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    data_dir = tempfile.mkdtemp(prefix="archipelag-pg.", dir="/tmp")
+    started = subprocess.run(
+        [str(POSTGRES_SCRIPT), "start", data_dir], capture_output=True, text=True, timeout=600, check=False
+    )
+    if started.returncode != 0:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop", data_dir], capture_output=True, timeout=60, check=False)
+        pytest.skip(
+            f"PostgreSQL unavailable: tests/postgres.sh start failed: {started.stderr.strip()[-500:]}"
+        )
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop", data_dir], capture_output=True, timeout=60, check=False)
+
+
+def _psycopg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections use a fresh schema of their own, dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_psycopg_dsn(postgres_url), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield (
+            make_url(postgres_url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with psycopg.connect(_psycopg_dsn(postgres_url), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url: str = request.getfixturevalue("postgres_schema_url")
+    return url
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    """A migrated ledger holding the builders' catalog."""
+    instance = Ledger(ledger_url)
+    instance.migrate()
+    instance.sync_catalog([a_manifest()])
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+# --- builders --------------------------------------------------------------------------------------------
+
+
+def a_manifest(slug: str = "echo", price_micro: int = 10_000, name: str | None = None) -> Manifest:
+    return Manifest(
+        slug=WorkloadSlug(slug),
+        name=name or slug.title(),
+        description=f"the {slug} workload",
+        runtime="wasm",
+        trust_level=0,
+        price_micro=price_micro,
+    )
+
+
+def an_account(ledger: Ledger, credits: float = 10.0, email: str | None = None) -> Account:
+    return ledger.create_account(email or f"{uuid.uuid4().hex[:8]}@example.com", round(credits * MICRO))
+
+
+def path_to(target: JobStatus) -> list[JobStatus]:
+    """The shortest sequence of moves from submitted to ``target`` (empty for submitted)."""
+    previous: dict[JobStatus, JobStatus] = {}
+    seen = {JobStatus.SUBMITTED}
+    queue = deque([JobStatus.SUBMITTED])
+    while queue:
+        state = queue.popleft()
+        for nxt in sorted(JOB_TRANSITIONS[state]):
+            if nxt not in seen:
+                seen.add(nxt)
+                previous[nxt] = state
+                queue.append(nxt)
+    steps: list[JobStatus] = []
+    while target is not JobStatus.SUBMITTED:
+        steps.append(target)
+        target = previous[target]
+    return steps[::-1]
+
+
+def a_job(
+    ledger: Ledger,
+    account: Account | None = None,
+    status: JobStatus = JobStatus.SUBMITTED,
+    reserve_micro: int = 50_000,
+    host_id: str | None = None,
+) -> Job:
+    """A job walked from submitted to ``status`` through the lifecycle (terminal states via transition)."""
+    account = account or an_account(ledger)
+    job = ledger.create_job(account.id, "echo", {"text": "hi"}, region="eu", reserve_micro=reserve_micro)
+    for step in path_to(status):
+        fields = {"host_id": host_id} if step is JobStatus.ASSIGNED and host_id else {}
+        job = ledger.transition(job.id, step, reason="builder", **fields)
+    return job
