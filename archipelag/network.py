@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class EmbeddedNetwork:
                 [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", self.coordinator.address,
                  "--region", region, "--name", name or host_id, "--host-id", host_id, "--node-ip", "127.0.0.1"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **self.settings.to_env()},
             )
         host = LocalHost(host_id, region, process, log_path)
         self.hosts.append(host)

@@ -6,10 +6,11 @@ Nested fields use ``__``: ``ARCHIPELAG_PLACEMENT__WEIGHT_KARMA=0.5``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archipelag.sandbox import Limits, Tier
@@ -100,6 +101,11 @@ class Settings(BaseSettings):
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
 
+    @field_validator("state_dir", "workloads_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -110,6 +116,17 @@ class Settings(BaseSettings):
         env = {"RAY_AUTH_MODE": self.ray_auth, "RAY_TMPDIR": str(self.ray_temp_dir)}
         if self.ray_auth == "token":
             env["RAY_AUTH_TOKEN_PATH"] = str((self.state_dir / "ray_auth_token").resolve())
+        return env
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ARCHIPELAG_* variables, for child processes (a local host's join)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if name == "admin_api_key":
+                value = self.admin_api_key.get_secret_value() if self.admin_api_key else None
+            if value is None:
+                continue
+            env[f"ARCHIPELAG_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
         return env
 
     def limits_for(self, tier: Tier) -> Limits:

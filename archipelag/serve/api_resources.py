@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from archipelag.errors import NotFound
 from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.responses import data, page
-from archipelag.serve.views import account_view, api_key_view, host_view, workload_view
+from archipelag.serve.views import account_view, api_key_view, host_view, karma_event_view, workload_view
 
 router = APIRouter(prefix="/api/v1")
 
@@ -66,7 +66,7 @@ async def revoke_key(key_id: int, caller: Writer, svc: Svc) -> Response:
 
 @router.get("/hosts")
 async def list_hosts(_: Reader, svc: Svc) -> Response:
-    snapshots = await svc.placement.hosts_async()
+    snapshots = await svc.record_fleet()
     views = [host_view(s, await run_in_threadpool(svc.ledger.karma_score, s.host_id), stale=False)
              for s in snapshots]
     return page(views, len(views), len(views), 0)
@@ -74,7 +74,7 @@ async def list_hosts(_: Reader, svc: Svc) -> Response:
 
 @router.get("/hosts/{host_id}")
 async def get_host(host_id: str, _: Reader, svc: Svc) -> Response:
-    snapshot = next((s for s in await svc.placement.hosts_async() if s.host_id == host_id), None)
+    snapshot = next((s for s in await svc.record_fleet() if s.host_id == host_id), None)
     if snapshot is None:
         raise NotFound(f"no host {host_id!r}; GET /api/v1/hosts lists them")
     return data(host_view(snapshot, await run_in_threadpool(svc.ledger.karma_score, host_id), stale=False))
@@ -82,9 +82,8 @@ async def get_host(host_id: str, _: Reader, svc: Svc) -> Response:
 
 @router.get("/hosts/{host_id}/karma")
 async def host_karma(host_id: str, _: Reader, svc: Svc) -> Response:
-    if not any(s.host_id == host_id for s in await svc.placement.hosts_async()):
+    if not any(s.host_id == host_id for s in await svc.record_fleet()):
         raise NotFound(f"no host {host_id!r}; GET /api/v1/hosts lists them")
     score = await run_in_threadpool(svc.ledger.karma_score, host_id)
     events = await run_in_threadpool(svc.ledger.karma_events, host_id)
-    return data({"host_id": host_id, "karma_score": score,
-                 "events": [e if isinstance(e, dict) else getattr(e, "__dict__", e) for e in events]})
+    return data({"host_id": host_id, "karma_score": score, "events": [karma_event_view(e) for e in events]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from archipelag.catalog import Manifest
 from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
 from archipelag.ids import HostId, JobId
+from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.lifecycle import JobStatus
 from archipelag.protocol import Event, collect_output, error_event
 from archipelag.runtimes.base import JobSpec
@@ -46,6 +48,7 @@ class LiveJob:
     done: bool = False
     host_id: HostId | None = None
     cancel_requested: bool = False
+    started_monotonic: float | None = None
     _waiter: asyncio.Future[None] | None = None
 
     def publish(self, event: Event) -> None:
@@ -84,7 +87,9 @@ class Dispatcher:
         rerank: Callable[[Manifest, str | None, frozenset[HostId]], Any],
         placement_events: Any,
         max_attempts: int,
+        forget_host: Callable[[HostId], None] = lambda _: None,
     ) -> None:
+        self._forget_host = forget_host
         self._ledger = ledger
         self._hosts = hosts
         self._rerank = rerank  # async (manifest, region, excluded) -> list[HostId]
@@ -162,23 +167,24 @@ class Dispatcher:
                     return
             host_id = candidates.pop(0)
             try:
-                await self._db(self._ledger.transition, live.job_id, JobStatus.ASSIGNED, host_id=host_id,
-                               attempt=attempt)
+                await self._db(self._ledger.transition, live.job_id, JobStatus.ASSIGNED, host_id=host_id)
             except InvalidTransition:
                 return  # cancelled (or finished) by another writer meanwhile
             live.host_id = host_id
             self._placement.job_assigned(host_id)
             try:
-                outcome = await self._run_on(live, host_id, spec, attempt)
+                outcome = await self._run_on(live, host_id, spec)
             except HostLost as exc:
                 self._placement.mark_offline(host_id, exc.message)
+                self._forget_host(host_id)
+                await self._karma(host_id, KarmaKind.HOST_DROPPED, live.job_id, reason=exc.message)
                 excluded.add(host_id)
                 attempt += 1
                 if attempt >= self._max_attempts:
                     await self._finish(live, manifest, JobStatus.FAILED, [], f"{exc.message}; gave up after "
                                        f"{attempt} attempts", None)
                     return
-                await self._db(self._ledger.transition, live.job_id, JobStatus.QUEUED, reason=exc.message)
+                await self._db(self._ledger.requeue, live.job_id, exc.message)
                 live.publish({"type": "status", "message": f"host {host_id} was lost; retrying on another host "
                               f"(attempt {attempt + 1} of {self._max_attempts})"})
                 continue
@@ -194,13 +200,15 @@ class Dispatcher:
             await self._finish(live, manifest, status, events, error, host_id)
             return
 
-    async def _run_on(self, live: LiveJob, host_id: HostId, spec: JobSpec,
-                      attempt: int) -> tuple[JobStatus, list[Event], str | None] | None:
+    async def _run_on(self, live: LiveJob, host_id: HostId,
+                      spec: JobSpec) -> tuple[JobStatus, list[Event], str | None] | None:
         events: list[Event] = []
         moved = 0  # 1 after `started`, 2 after `streaming`
         async for event in self._hosts(host_id).run(spec):
             if event["type"] == "error" and event.get("code") in _TURNED_AWAY and not events:
                 return None
+            if moved == 0:
+                live.started_monotonic = time.monotonic()
             if moved < 2:
                 target = JobStatus.STARTED if moved == 0 else JobStatus.STREAMING
                 await self._db(self._ledger.transition, live.job_id, target)
@@ -230,3 +238,14 @@ class Dispatcher:
             log.info("job %s already ended elsewhere", live.job_id)
         except ArchipelagError:
             log.exception("could not record the end of job %s", live.job_id)
+        if host_id is not None and status == JobStatus.SUCCEEDED:
+            started = live.started_monotonic or time.monotonic()
+            await self._karma(host_id, KarmaKind.JOB_SUCCEEDED, live.job_id, compute_s=time.monotonic() - started)
+
+    async def _karma(self, host_id: HostId, kind: KarmaKind, job_id: JobId, compute_s: float = 0.0,
+                     reason: str | None = None) -> None:
+        try:
+            await self._db(self._ledger.record_karma, host_id, kind, job_id=job_id, compute_s=compute_s,
+                           reason=reason)
+        except ArchipelagError as exc:
+            log.warning("karma for %s not recorded: %s", host_id, exc.message)

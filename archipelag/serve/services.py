@@ -8,11 +8,13 @@ from typing import Any
 
 from archipelag.actors.client import HostAgentClient
 from archipelag.catalog import Manifest, load_catalog
-from archipelag.errors import NoCapacity
+from starlette.concurrency import run_in_threadpool
+
+from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.ledger import Ledger
 from archipelag.placement.client import PlacementClient
-from archipelag.placement.scoring import JobRequest
+from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.serve.auth import KeyCache, RateLimiter
 from archipelag.serve.dispatch import Dispatcher
 from archipelag.settings import Settings
@@ -37,6 +39,7 @@ class Services:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     _hosts: dict[HostId, HostAgentClient] = field(default_factory=dict)
     _dispatcher: Dispatcher | None = None
+    _recorded: dict[HostId, str] = field(default_factory=dict)  # host → status as last written to the ledger
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -57,6 +60,8 @@ class Services:
     async def rank(self, manifest: Manifest, region: str | None,
                    excluded: frozenset[HostId] = frozenset()) -> list[HostId]:
         ranked = [h for h in await self.placement.rank_async(job_request(manifest, region)) if h not in excluded]
+        if not self._recorded.issuperset(ranked):
+            await self.record_fleet()
         if not ranked:
             raise NoCapacity(f"every host able to run {manifest.slug} has already failed this job")
         return ranked
@@ -67,12 +72,28 @@ class Services:
         if self._dispatcher is None:
             self._dispatcher = Dispatcher(
                 ledger=self.ledger, hosts=self.host, rerank=self.rank, placement_events=self.placement,
-                max_attempts=self.settings.max_attempts,
+                max_attempts=self.settings.max_attempts, forget_host=self.forget_host,
             )
         return self._dispatcher
 
     def forget_host(self, host_id: HostId) -> None:
         self._hosts.pop(host_id, None)
+
+    async def record_fleet(self) -> list[HostSnapshot]:
+        """Write hosts that are new or changed status into the ledger (karma and jobs refer to them)."""
+        snapshots = await self.placement.hosts_async()
+        for snap in snapshots:
+            if self._recorded.get(snap.host_id) == str(snap.status):
+                continue
+            capabilities = {"cpu_cores": snap.cpu_cores, "ram_mb": snap.ram_mb, "gpu_model": snap.gpu_model,
+                            "gpu_vram_mb": snap.vram_mb, "runtimes": sorted(snap.runtimes)}
+            try:
+                await run_in_threadpool(self.ledger.upsert_host, snap.host_id, snap.name, snap.region,
+                                        capabilities, snap.status)
+                self._recorded[snap.host_id] = str(snap.status)
+            except ArchipelagError as exc:
+                log.warning("host %s not recorded: %s", snap.host_id, exc.message)
+        return snapshots
 
     def describe(self) -> dict[str, Any]:
         return {"workloads": len(self.catalog)}

@@ -102,3 +102,8 @@ def host_view(snapshot: Any, karma_score: float, stale: bool) -> dict[str, Any]:
         "active_jobs": snapshot.active_jobs,
         "last_heartbeat_at": iso(last),
     }
+
+
+def karma_event_view(event: Any) -> dict[str, Any]:
+    return {"id": event.id, "kind": str(event.kind), "points": event.points, "job_id": event.job_id,
+            "reason": event.reason, "at": iso(event.at)}

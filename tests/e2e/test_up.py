@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from archipelag.sdk import Client
-from tests.netutil import eventually, free_port
+from netutil import eventually, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
