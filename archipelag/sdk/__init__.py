@@ -1,0 +1,51 @@
+"""The Python client of an Archipelag network: ``Client`` (and ``AsyncClient``) over the HTTP API.
+
+    from archipelag.sdk import Client
+
+    with Client() as client:                      # ARCHIPELAG_API_KEY from the environment
+        ref = client.submit("llm-chat", {"prompt": "hello"})
+        for event in ref:                         # token, status, progress … then done or error
+            print(event)
+        print(client.get(ref))                    # the job's output; JobFailed if it did not complete
+"""
+
+from archipelag.sdk.aio import AsyncClient, AsyncJobRef
+from archipelag.sdk.client import DEFAULT_URL, Client, JobRef
+from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.models import (
+    TERMINAL_STATES,
+    Account,
+    ApiKey,
+    Event,
+    Host,
+    HostCapabilities,
+    HostKarma,
+    Job,
+    JobState,
+    Page,
+    Usage,
+    Workload,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL_STATES",
+    "Account",
+    "ApiKey",
+    "AsyncClient",
+    "AsyncJobRef",
+    "Client",
+    "Event",
+    "Host",
+    "HostCapabilities",
+    "HostKarma",
+    "Job",
+    "JobFailed",
+    "JobRef",
+    "JobState",
+    "Page",
+    "Unreachable",
+    "Usage",
+    "WaitTimeout",
+    "Workload",
+]

@@ -1,0 +1,259 @@
+"""AsyncClient: the asyncio twin of ``Client``, same methods and results, awaited.
+
+It shares the wire decoding and the rules (what a job body is, when a job failed) with ``client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, overload
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from archipelag.errors import ArchipelagError
+from archipelag.ids import JobId
+from archipelag.sdk import wire
+from archipelag.sdk.client import (
+    API,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    POLL_FIRST_S,
+    POLL_MAX_S,
+    headers_for,
+    job_body,
+    output_of,
+    remaining_s,
+    resolve_api_key,
+    wait_timeout,
+)
+from archipelag.sdk.errors import Unreachable
+from archipelag.sdk.models import (
+    FINAL_EVENT_TYPES,
+    Account,
+    ApiKey,
+    Event,
+    Host,
+    HostKarma,
+    Job,
+    Page,
+    Workload,
+)
+
+
+@dataclass(frozen=True)
+class AsyncJobRef:
+    """A submitted job for ``AsyncClient.get``/``wait``; ``async for event in ref`` streams it."""
+
+    job_id: JobId
+    client: AsyncClient = field(repr=False, compare=False)
+
+    def stream(self) -> AsyncIterator[Event]:
+        return self.client.stream(self.job_id)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.stream()
+
+    async def job(self) -> Job:
+        return await self.client.get_job(self.job_id)
+
+    async def result(self, timeout_s: float | None = None) -> str | None:
+        return await self.client.get(self, timeout_s=timeout_s)
+
+    async def cancel(self) -> Job:
+        return await self.client.cancel_job(self.job_id)
+
+
+class AsyncClient:
+    """A connection to one network for asyncio code. ``async with AsyncClient() as c: …``."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers_for(resolve_api_key(api_key)),
+                                       timeout=timeout_s, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.base_url!r})"
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise wire.unreachable(exc, self.base_url) from exc
+
+    async def _data(self, method: str, path: str, **kwargs: Any) -> Any:
+        return wire.data_of(await self._request(method, path, **kwargs))
+
+    # --- resources ------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        body = wire.body_of(await self._request("GET", "/health"))
+        return dict(body.get("data", body)) if isinstance(body, dict) else {"status": body}
+
+    async def create_job(self, workload: str, input: dict[str, Any], priority: int | None = None,
+                         region: str | None = None) -> Job:
+        body = job_body(workload, input, priority, region)
+        return Job.model_validate(await self._data("POST", f"{API}/jobs", json=body))
+
+    async def get_job(self, job_id: str) -> Job:
+        return Job.model_validate(await self._data("GET", f"{API}/jobs/{job_id}"))
+
+    async def list_jobs(self, limit: int = 20, offset: int = 0) -> Page[Job]:
+        response = await self._request("GET", f"{API}/jobs", params={"limit": limit, "offset": offset})
+        return wire.page_of(response, Job.model_validate)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return Job.model_validate(await self._data("DELETE", f"{API}/jobs/{job_id}"))
+
+    async def workloads(self) -> Page[Workload]:
+        return wire.page_of(await self._request("GET", f"{API}/workloads"), Workload.model_validate)
+
+    async def workload(self, slug: str) -> Workload:
+        return Workload.model_validate(await self._data("GET", f"{API}/workloads/{slug}"))
+
+    async def account(self) -> Account:
+        return Account.model_validate(await self._data("GET", f"{API}/account"))
+
+    async def hosts(self) -> Page[Host]:
+        return wire.page_of(await self._request("GET", f"{API}/hosts"), Host.model_validate)
+
+    async def host(self, host_id: str) -> Host:
+        return Host.model_validate(await self._data("GET", f"{API}/hosts/{host_id}"))
+
+    async def host_karma(self, host_id: str) -> HostKarma:
+        return HostKarma.model_validate(await self._data("GET", f"{API}/hosts/{host_id}/karma"))
+
+    async def api_keys(self) -> Page[ApiKey]:
+        return wire.page_of(await self._request("GET", f"{API}/api-keys"), ApiKey.model_validate)
+
+    async def create_api_key(self, name: str, scopes: Sequence[str] | None = None) -> ApiKey:
+        body: dict[str, Any] = {"name": name}
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        return ApiKey.model_validate(await self._data("POST", f"{API}/api-keys", json=body))
+
+    async def revoke_api_key(self, key_id: int) -> ApiKey:
+        return ApiKey.model_validate(await self._data("DELETE", f"{API}/api-keys/{key_id}"))
+
+    # --- streams and waiting --------------------------------------------------------------------
+
+    def stream(self, job_id: str) -> AsyncIterator[Event]:
+        """The job's events as they come (replayed if it already ended); stops after `done` or `error`."""
+        return self._events(job_id, read_timeout_s=None)
+
+    async def _events(self, job_id: str, read_timeout_s: float | None) -> AsyncGenerator[Event, None]:
+        timeout = httpx.Timeout(self.timeout_s, read=read_timeout_s)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=headers,
+                                         timeout=timeout) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise wire.error_for(response)
+                async for sse in EventSource(response).aiter_sse():
+                    if not sse.data:
+                        continue
+                    event = wire.parse_event(sse.data)
+                    yield event
+                    if event["type"] in FINAL_EVENT_TYPES:
+                        return
+        except SSEError as exc:
+            raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
+        except httpx.TransportError as exc:
+            raise wire.unreachable(exc, self.base_url) from exc
+        raise Unreachable(f"the stream of job {job_id} closed before its last event; "
+                          "GET the job for its status", job_id=job_id)
+
+    async def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Wait until the job is terminal and return it; WaitTimeout past ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = await self.get_job(job_id)
+        if job.is_terminal:
+            return job
+        events = self._events(job_id, read_timeout_s=remaining_s(deadline))
+        try:
+            async for _ in events:
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        except Unreachable:
+            pass  # the stream broke or timed out; polling decides, and raises if the server is gone
+        finally:
+            await events.aclose()
+        return await self._poll(job_id, deadline, timeout_s)
+
+    async def _poll(self, job_id: str, deadline: float | None, timeout_s: float | None) -> Job:
+        delay = POLL_FIRST_S
+        while True:
+            job = await self.get_job(job_id)
+            if job.is_terminal:
+                return job
+            left = remaining_s(deadline)
+            if left is not None and left <= 0:
+                raise wait_timeout(job_id, job.status, timeout_s)
+            await asyncio.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, POLL_MAX_S)
+
+    # --- the ray.get-style surface --------------------------------------------------------------
+
+    async def submit(self, workload: str, input: dict[str, Any], priority: int | None = None,
+                     region: str | None = None) -> AsyncJobRef:
+        job = await self.create_job(workload, input, priority=priority, region=region)
+        return self.ref(job.id)
+
+    def ref(self, job_id: str) -> AsyncJobRef:
+        return AsyncJobRef(JobId(job_id), self)
+
+    @overload
+    async def get(self, refs: AsyncJobRef, timeout_s: float | None = None) -> str | None: ...
+
+    @overload
+    async def get(self, refs: Sequence[AsyncJobRef], timeout_s: float | None = None) -> list[str | None]: ...
+
+    async def get(self, refs: AsyncJobRef | Sequence[AsyncJobRef],
+                  timeout_s: float | None = None) -> str | None | list[str | None]:
+        """Wait until the job(s) end; return the output(s). JobFailed if one did not complete.
+
+        A list is awaited concurrently."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if isinstance(refs, AsyncJobRef):
+            return output_of(await self.wait_job(refs.job_id, remaining_s(deadline)))
+        jobs = await asyncio.gather(*(self.wait_job(ref.job_id, remaining_s(deadline)) for ref in refs))
+        return [output_of(job) for job in jobs]
+
+    async def wait(self, refs: Sequence[AsyncJobRef], num_returns: int = 1,
+                   timeout_s: float | None = None) -> tuple[list[AsyncJobRef], list[AsyncJobRef]]:
+        """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
+        refs = list(refs)
+        if not 0 <= num_returns <= len(refs):
+            raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ended: set[JobId] = set()
+        delay = POLL_FIRST_S
+        while True:
+            for ref in refs:
+                if len(ended) >= num_returns:
+                    break
+                if ref.job_id not in ended and (await self.get_job(ref.job_id)).is_terminal:
+                    ended.add(ref.job_id)
+            left = remaining_s(deadline)
+            if len(ended) >= num_returns or (left is not None and left <= 0):
+                break
+            await asyncio.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, POLL_MAX_S)
+        ready = [ref for ref in refs if ref.job_id in ended][:num_returns]
+        return ready, [ref for ref in refs if ref not in ready]

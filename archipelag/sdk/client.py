@@ -1,0 +1,291 @@
+"""Client: the synchronous Python client of an Archipelag network's HTTP API (DESIGN §8).
+
+Two surfaces over one connection: resource calls (``create_job``, ``get_job``, ``hosts`` …) that
+return typed models, and a ``ray.get``-style one (``submit`` → ``JobRef``, ``get``, ``wait``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any, Self, overload
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from archipelag import __version__
+from archipelag.errors import ArchipelagError
+from archipelag.ids import JobId
+from archipelag.sdk import wire
+from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.models import (
+    FINAL_EVENT_TYPES,
+    Account,
+    ApiKey,
+    Event,
+    Host,
+    HostKarma,
+    Job,
+    JobState,
+    Page,
+    Workload,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 30.0
+API = "/api/v1"
+API_KEY_ENV = "ARCHIPELAG_API_KEY"
+POLL_FIRST_S = 0.05
+POLL_MAX_S = 1.0
+
+
+def headers_for(api_key: str | None) -> dict[str, str]:
+    headers = {"User-Agent": f"archipelag-sdk/{__version__}", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key given, else ``ARCHIPELAG_API_KEY`` (read when a client is built, never at import)."""
+    return api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+
+
+def job_body(workload: str, input: dict[str, Any], priority: int | None,
+             region: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"workload": workload, "input": input}
+    if priority is not None:
+        body["priority"] = priority
+    if region is not None:
+        body["region"] = region
+    return body
+
+
+def remaining_s(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def output_of(job: Job) -> str | None:
+    """A finished job's output, or JobFailed when it ended without one."""
+    if job.status is JobState.COMPLETED:
+        return job.output
+    reason = job.error or "no reason given"
+    raise JobFailed(f"job {job.id} ended {job.status.value}: {reason}", job_id=job.id,
+                    status=job.status.value, error=job.error)
+
+
+def wait_timeout(job_id: str, status: JobState, timeout_s: float | None) -> WaitTimeout:
+    return WaitTimeout(f"job {job_id} is still {status.value} after {timeout_s}s; it goes on running",
+                       job_id=job_id, status=status.value)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A submitted job, like a Ray ``ObjectRef``: pass it to ``Client.get``/``wait``; iterate its events."""
+
+    job_id: JobId
+    client: Client = field(repr=False, compare=False)
+
+    def stream(self) -> Iterator[Event]:
+        return self.client.stream(self.job_id)
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.stream()
+
+    def job(self) -> Job:
+        return self.client.get_job(self.job_id)
+
+    def result(self, timeout_s: float | None = None) -> str | None:
+        return self.client.get(self, timeout_s=timeout_s)
+
+    def cancel(self) -> Job:
+        return self.client.cancel_job(self.job_id)
+
+
+class Client:
+    """A connection to one network. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(base_url=self.base_url, headers=headers_for(resolve_api_key(api_key)),
+                                  timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise wire.unreachable(exc, self.base_url) from exc
+
+    def _data(self, method: str, path: str, **kwargs: Any) -> Any:
+        return wire.data_of(self._request(method, path, **kwargs))
+
+    # --- resources ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        body = wire.body_of(self._request("GET", "/health"))
+        return dict(body.get("data", body)) if isinstance(body, dict) else {"status": body}
+
+    def create_job(self, workload: str, input: dict[str, Any], priority: int | None = None,
+                   region: str | None = None) -> Job:
+        return Job.model_validate(self._data("POST", f"{API}/jobs",
+                                             json=job_body(workload, input, priority, region)))
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.model_validate(self._data("GET", f"{API}/jobs/{job_id}"))
+
+    def list_jobs(self, limit: int = 20, offset: int = 0) -> Page[Job]:
+        response = self._request("GET", f"{API}/jobs", params={"limit": limit, "offset": offset})
+        return wire.page_of(response, Job.model_validate)
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job.model_validate(self._data("DELETE", f"{API}/jobs/{job_id}"))
+
+    def workloads(self) -> Page[Workload]:
+        return wire.page_of(self._request("GET", f"{API}/workloads"), Workload.model_validate)
+
+    def workload(self, slug: str) -> Workload:
+        return Workload.model_validate(self._data("GET", f"{API}/workloads/{slug}"))
+
+    def account(self) -> Account:
+        return Account.model_validate(self._data("GET", f"{API}/account"))
+
+    def hosts(self) -> Page[Host]:
+        return wire.page_of(self._request("GET", f"{API}/hosts"), Host.model_validate)
+
+    def host(self, host_id: str) -> Host:
+        return Host.model_validate(self._data("GET", f"{API}/hosts/{host_id}"))
+
+    def host_karma(self, host_id: str) -> HostKarma:
+        return HostKarma.model_validate(self._data("GET", f"{API}/hosts/{host_id}/karma"))
+
+    def api_keys(self) -> Page[ApiKey]:
+        return wire.page_of(self._request("GET", f"{API}/api-keys"), ApiKey.model_validate)
+
+    def create_api_key(self, name: str, scopes: Sequence[str] | None = None) -> ApiKey:
+        body: dict[str, Any] = {"name": name}
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        return ApiKey.model_validate(self._data("POST", f"{API}/api-keys", json=body))
+
+    def revoke_api_key(self, key_id: int) -> ApiKey:
+        return ApiKey.model_validate(self._data("DELETE", f"{API}/api-keys/{key_id}"))
+
+    # --- streams and waiting --------------------------------------------------------------------
+
+    def stream(self, job_id: str) -> Iterator[Event]:
+        """The job's events as they come (replayed if it already ended); stops after `done` or `error`."""
+        return self._events(job_id, read_timeout_s=None)
+
+    def _events(self, job_id: str, read_timeout_s: float | None) -> Generator[Event, None, None]:
+        timeout = httpx.Timeout(self.timeout_s, read=read_timeout_s)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=headers,
+                                   timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    raise wire.error_for(response)
+                for sse in EventSource(response).iter_sse():
+                    if not sse.data:
+                        continue
+                    event = wire.parse_event(sse.data)
+                    yield event
+                    if event["type"] in FINAL_EVENT_TYPES:
+                        return
+        except SSEError as exc:
+            raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
+        except httpx.TransportError as exc:
+            raise wire.unreachable(exc, self.base_url) from exc
+        raise Unreachable(f"the stream of job {job_id} closed before its last event; "
+                          "GET the job for its status", job_id=job_id)
+
+    def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Block until the job is terminal and return it; WaitTimeout past ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = self.get_job(job_id)
+        if job.is_terminal:
+            return job
+        try:
+            with closing(self._events(job_id, read_timeout_s=remaining_s(deadline))) as events:
+                for _ in events:
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+        except Unreachable:
+            pass  # the stream broke or timed out; polling decides, and raises if the server is gone
+        return self._poll(job_id, deadline, timeout_s)
+
+    def _poll(self, job_id: str, deadline: float | None, timeout_s: float | None) -> Job:
+        delay = POLL_FIRST_S
+        while True:
+            job = self.get_job(job_id)
+            if job.is_terminal:
+                return job
+            left = remaining_s(deadline)
+            if left is not None and left <= 0:
+                raise wait_timeout(job_id, job.status, timeout_s)
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, POLL_MAX_S)
+
+    # --- the ray.get-style surface --------------------------------------------------------------
+
+    def submit(self, workload: str, input: dict[str, Any], priority: int | None = None,
+               region: str | None = None) -> JobRef:
+        return self.ref(self.create_job(workload, input, priority=priority, region=region).id)
+
+    def ref(self, job_id: str) -> JobRef:
+        """A JobRef for a job submitted elsewhere."""
+        return JobRef(JobId(job_id), self)
+
+    @overload
+    def get(self, refs: JobRef, timeout_s: float | None = None) -> str | None: ...
+
+    @overload
+    def get(self, refs: Sequence[JobRef], timeout_s: float | None = None) -> list[str | None]: ...
+
+    def get(self, refs: JobRef | Sequence[JobRef],
+            timeout_s: float | None = None) -> str | None | list[str | None]:
+        """Block until the job(s) end; return the output(s). JobFailed if one did not complete."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if isinstance(refs, JobRef):
+            return output_of(self.wait_job(refs.job_id, remaining_s(deadline)))
+        return [output_of(self.wait_job(ref.job_id, remaining_s(deadline))) for ref in refs]
+
+    def wait(self, refs: Sequence[JobRef], num_returns: int = 1,
+             timeout_s: float | None = None) -> tuple[list[JobRef], list[JobRef]]:
+        """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
+        refs = list(refs)
+        if not 0 <= num_returns <= len(refs):
+            raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ended: set[JobId] = set()
+        delay = POLL_FIRST_S
+        while True:
+            for ref in refs:
+                if len(ended) >= num_returns:
+                    break
+                if ref.job_id not in ended and self.get_job(ref.job_id).is_terminal:
+                    ended.add(ref.job_id)
+            left = remaining_s(deadline)
+            if len(ended) >= num_returns or (left is not None and left <= 0):
+                break
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, POLL_MAX_S)
+        ready = [ref for ref in refs if ref.job_id in ended][:num_returns]
+        return ready, [ref for ref in refs if ref not in ready]

@@ -1,0 +1,155 @@
+"""Models: the API's objects as the client sees them (DESIGN §8), frozen and tolerant of extra fields.
+
+A newer server may add fields; they are kept (``model_extra``) and never break an older client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from archipelag.ids import HostId, JobId
+
+Event = dict[str, Any]
+"""One stream event as sent by the API: ``{"type": "token", "content": …, "seq": 0}`` and so on."""
+
+FINAL_EVENT_TYPES = frozenset({"done", "error"})
+
+
+class JobState(StrEnum):
+    """A job's status in the public vocabulary of the API."""
+
+    PENDING = "pending"  # accepted, not yet handed to placement
+    QUEUED = "queued"  # waiting for a host
+    RUNNING = "running"  # a host has it (assigned, started or streaming)
+    COMPLETED = "completed"  # ended with a `done` event
+    FAILED = "failed"  # ended with an error
+    CANCELLED = "cancelled"  # cancelled by its owner
+    TIMEOUT = "timeout"  # ran past its wall-clock budget
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+class Usage(_ApiModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    credits_used: float = 0.0
+
+
+class Job(_ApiModel):
+    id: JobId
+    workload_id: int | None = None
+    workload_slug: str | None = None
+    status: JobState
+    input: dict[str, Any] = Field(default_factory=dict)
+    output: str | None = None  # text for chat/text workloads; JSON-encoded for structured output
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    host_id: HostId | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def output_json(self) -> Any:
+        """The output decoded as JSON (structured workloads such as images); None when there is none."""
+        return None if self.output is None else json.loads(self.output)
+
+
+class Workload(_ApiModel):
+    id: int
+    name: str
+    slug: str
+    description: str = ""
+    runtime_type: str = "container"  # "container" or "wasm"
+    required_vram_mb: int | None = None
+    required_ram_mb: int | None = None
+    price_per_job: float = 0.0
+    trust_level: int = 0
+    is_enabled: bool = True
+
+
+class Account(_ApiModel):
+    id: int
+    email: str | None = None
+    credits: float = 0.0
+    created_at: datetime | None = None
+
+
+class ApiKey(_ApiModel):
+    id: int
+    name: str
+    prefix: str = ""
+    scopes: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    key: str | None = None  # the full key: present only in the answer that created it
+
+
+class HostCapabilities(_ApiModel):
+    cpu_cores: int | None = None
+    ram_mb: int | None = None
+    gpu_model: str | None = None
+    gpu_vram_mb: int | None = None
+    runtimes: tuple[str, ...] = ()
+
+
+class Host(_ApiModel):
+    id: HostId
+    name: str | None = None
+    status: str
+    region: str | None = None
+    capabilities: HostCapabilities = Field(default_factory=HostCapabilities)
+    karma_score: float = 0.0
+    active_jobs: int = 0
+    last_heartbeat_at: datetime | None = None
+
+
+class HostKarma(_ApiModel):
+    host_id: HostId
+    karma_score: float
+    events: tuple[dict[str, Any], ...] = ()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list: its items and the server's ``meta`` (total, limit, offset)."""
+
+    items: tuple[T, ...]
+    total: int
+    limit: int
+    offset: int
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.total
