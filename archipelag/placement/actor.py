@@ -1,0 +1,103 @@
+"""PlacementActor: the one named actor on the head that holds the fleet and answers placement requests.
+
+A thin shell over ``Fleet``: it stamps heartbeats with the coordinator's clock (hosts' clocks are not
+trusted), turns an empty ranking into ``NoCapacity`` with the reason, and hides stale hosts as offline.
+The class imports no Ray; ``PlacementClient.start`` wraps it with ``ray.remote``, and unit tests use it as is.
+
+Ray runs it with ``max_concurrency=1``: calls execute one at a time in the order each caller sent them, so a
+fire-and-forget ``job_assigned`` is always counted before its ``job_released``, and the fleet needs no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from archipelag.errors import InvalidTransition, NoCapacity, NotFound
+from archipelag.ids import HostId
+from archipelag.lifecycle import HostStatus, host_can_move
+from archipelag.placement.fleet import Fleet, Heartbeat
+from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PlacementActor:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._limit = settings.placement.max_candidates
+        stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
+        self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
+
+    def _known(self, host_id: HostId) -> None:
+        if host_id not in self._fleet:
+            raise NotFound(f"placement knows no host {host_id!r}", host_id=host_id)
+
+    def register(self, snapshot: HostSnapshot) -> None:
+        """Add or refresh a host; its heartbeat clock starts now."""
+        self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
+        log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
+
+    def heartbeat(self, host_id: HostId, metrics: dict[str, Any]) -> bool:
+        """Record a heartbeat; False for a host placement does not know (it should register again)."""
+        if host_id not in self._fleet:
+            log.warning("heartbeat from unregistered host %s", host_id)
+            return False
+        self._fleet.heartbeat(host_id, self._clock(), Heartbeat.from_metrics(metrics))
+        return True
+
+    def set_status(self, host_id: HostId, status: HostStatus) -> None:
+        self._known(host_id)
+        current = self._fleet.status(host_id)
+        if current == status:
+            return
+        if not host_can_move(current, status):
+            raise InvalidTransition(f"host {host_id} cannot go from {current} to {status}",
+                                    host_id=host_id, current=str(current), target=str(status))
+        self._fleet.set_status(host_id, status)
+
+    def mark_offline(self, host_id: HostId, reason: str) -> None:
+        """Take a host out of placement at once (a lost node), without waiting for missed heartbeats."""
+        if host_id in self._fleet and self._fleet.status(host_id) != HostStatus.OFFLINE:
+            log.warning("host %s marked offline: %s", host_id, reason)
+            self._fleet.set_status(host_id, HostStatus.OFFLINE)
+
+    def set_karma(self, host_id: HostId, karma: float) -> None:
+        self._known(host_id)
+        self._fleet.set_karma(host_id, karma)
+
+    def rank(self, request: JobRequest) -> list[HostId]:
+        """Hosts for ``request``, best first; NoCapacity with the reason when none can take it."""
+        now = self._clock()
+        ranked = self._fleet.rank(request, now, self._limit)
+        if not ranked:
+            raise NoCapacity(self._fleet.explain(request, now), workload=request.workload)
+        return ranked
+
+    def job_assigned(self, host_id: HostId) -> None:
+        if host_id in self._fleet:
+            self._fleet.job_assigned(host_id)
+
+    def job_released(self, host_id: HostId) -> None:
+        if host_id in self._fleet:
+            self._fleet.job_released(host_id)
+
+    def hosts(self) -> list[HostSnapshot]:
+        """Every known host; one whose heartbeats stopped reads as offline."""
+        return self._fleet.snapshots(self._clock())
+
+    def get(self, host_id: HostId) -> HostSnapshot:
+        self._known(host_id)
+        return self._fleet.get(host_id, self._clock())
+
+    def remove(self, host_id: HostId) -> None:
+        if host_id in self._fleet:
+            self._fleet.remove(host_id)
+
+    def ping(self) -> int:
+        """The number of known hosts (a cheap liveness call)."""
+        return len(self._fleet)

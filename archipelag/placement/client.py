@@ -1,0 +1,185 @@
+"""PlacementClient: the typed wrapper around the placement actor; the only code that calls it.
+
+``start`` creates the named detached actor on the head, ``connect`` finds it, ``local`` runs the same actor
+class in-process (no Ray) as a stand-in for unit tests. Ray's errors are translated here: an error the actor
+raised on purpose comes back as itself; an unreachable actor becomes ``NoCapacity`` (503, retry).
+Load updates (heartbeat, job_assigned/released, mark_offline, set_karma) are fire-and-forget: they never
+block a heartbeat thread or the API's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from archipelag.errors import ArchipelagError, NoCapacity
+from archipelag.ids import HostId
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.actor import PlacementActor
+from archipelag.placement.scoring import HostSnapshot, JobRequest
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "placement"
+CALL_TIMEOUT_S = 30.0
+
+
+class _Calls(Protocol):
+    def call(self, method: str, *args: Any) -> Any: ...
+    def send(self, method: str, *args: Any) -> None: ...
+    async def call_async(self, method: str, *args: Any) -> Any: ...
+
+
+class _RayCalls:
+    """Calls through a Ray actor handle, with Ray's errors translated into ours."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def call(self, method: str, *args: Any) -> Any:
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+        except RayError as exc:
+            raise _translated(exc) from None
+
+    def send(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self._handle, method).remote(*args)
+        except Exception:  # a lost update is repaired by the next heartbeat; never fail the caller for it
+            log.warning("placement.%s was not sent", method, exc_info=True)
+
+    async def call_async(self, method: str, *args: Any) -> Any:
+        from ray.exceptions import RayError
+
+        try:
+            return await asyncio.wait_for(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+        except (RayError, TimeoutError) as exc:
+            raise _translated(exc) from None
+
+
+def _translated(exc: Exception) -> Exception:
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, ArchipelagError):
+        return exc.cause
+    if isinstance(exc, (RayActorError, GetTimeoutError, TimeoutError)):
+        return NoCapacity(f"placement is not answering ({type(exc).__name__}); retry shortly")
+    return exc
+
+
+class _LocalCalls:
+    """Direct calls to an in-process PlacementActor: the stand-in with the same behaviour, minus Ray."""
+
+    def __init__(self, actor: PlacementActor) -> None:
+        self.actor = actor
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.actor, method)(*args)
+
+    def send(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.actor, method)(*args)
+        except ArchipelagError:  # fire-and-forget through Ray drops the error too
+            log.warning("placement.%s failed", method, exc_info=True)
+
+    async def call_async(self, method: str, *args: Any) -> Any:
+        return self.call(method, *args)
+
+
+class PlacementClient:
+    def __init__(self, calls: _Calls) -> None:
+        self._calls = calls
+
+    @classmethod
+    def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> PlacementClient:
+        """Create the named, detached placement actor (or find the running one) and wait until it answers."""
+        import ray
+
+        handle = ray.remote(PlacementActor).options(
+            name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
+            num_cpus=0, resources=resources or {}, max_restarts=-1,
+            max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
+        ).remote(settings)
+        client = cls(_RayCalls(handle))
+        client.ping()
+        return client
+
+    @classmethod
+    def connect(cls, settings: Settings) -> PlacementClient:
+        import ray
+
+        try:
+            handle = ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace)
+        except ValueError:
+            raise NoCapacity(f"placement is not running in namespace {settings.ray_namespace!r}; "
+                             "start the coordinator (`archipelag up`) first") from None
+        return cls(_RayCalls(handle))
+
+    @classmethod
+    def local(cls, settings: Settings, clock: Callable[[], float] = time.time) -> PlacementClient:
+        """An in-process placement with the same behaviour, for tests that do not start Ray."""
+        return cls(_LocalCalls(PlacementActor(settings, clock)))
+
+    # --- hosts reporting ----------------------------------------------------------------------------
+
+    def register(self, snapshot: HostSnapshot) -> None:
+        self._calls.call("register", snapshot)
+
+    def heartbeat(self, host_id: HostId, metrics: dict[str, Any]) -> None:
+        """Fire-and-forget: free_ram_mb, free_vram_mb, active_jobs, warm; other keys are ignored."""
+        self._calls.send("heartbeat", host_id, metrics)
+
+    def set_status(self, host_id: HostId, status: HostStatus) -> None:
+        self._calls.call("set_status", host_id, status)
+
+    def mark_offline(self, host_id: HostId, reason: str) -> None:
+        self._calls.send("mark_offline", host_id, reason)
+
+    def set_karma(self, host_id: HostId, karma: float) -> None:
+        self._calls.send("set_karma", host_id, karma)
+
+    def remove(self, host_id: HostId) -> None:
+        self._calls.call("remove", host_id)
+
+    # --- live load between heartbeats ---------------------------------------------------------------
+
+    def job_assigned(self, host_id: HostId) -> None:
+        self._calls.send("job_assigned", host_id)
+
+    def job_released(self, host_id: HostId) -> None:
+        self._calls.send("job_released", host_id)
+
+    # --- questions ----------------------------------------------------------------------------------
+
+    def rank(self, request: JobRequest) -> list[HostId]:
+        """Hosts for ``request``, best first; NoCapacity (with the reason) when none can take it."""
+        return list(self._calls.call("rank", request))
+
+    async def rank_async(self, request: JobRequest) -> list[HostId]:
+        return list(await self._calls.call_async("rank", request))
+
+    def hosts(self) -> list[HostSnapshot]:
+        return list(self._calls.call("hosts"))
+
+    async def hosts_async(self) -> list[HostSnapshot]:
+        return list(await self._calls.call_async("hosts"))
+
+    def get(self, host_id: HostId) -> HostSnapshot:
+        """One host; NotFound if placement does not know it."""
+        snapshot: HostSnapshot = self._calls.call("get", host_id)
+        return snapshot
+
+    async def get_async(self, host_id: HostId) -> HostSnapshot:
+        snapshot: HostSnapshot = await self._calls.call_async("get", host_id)
+        return snapshot
+
+    def ping(self) -> int:
+        """The number of known hosts; NoCapacity if placement does not answer."""
+        return int(self._calls.call("ping"))

@@ -1,0 +1,118 @@
+"""The placement actor through its client's in-process stand-in (no Ray), on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from builders import NOW, a_host, a_job
+
+from archipelag.errors import InvalidTransition, NoCapacity, NotFound
+from archipelag.ids import HostId
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.client import PlacementClient
+from archipelag.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def placement(clock: Clock) -> PlacementClient:
+    return PlacementClient.local(Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3), clock)
+
+
+def test_registered_hosts_are_ranked_and_listed(placement: PlacementClient) -> None:
+    placement.register(a_host("a", region="eu-west"))
+    placement.register(a_host("b", region="us-east"))
+    assert placement.rank(a_job(caller_region="us-east")) == ["b", "a"]
+    assert {h.host_id for h in placement.hosts()} == {"a", "b"}
+    assert placement.ping() == 2
+
+
+def test_register_stamps_the_coordinators_clock(placement: PlacementClient, clock: Clock) -> None:
+    placement.register(a_host("a", last_heartbeat_at=0.0))  # a host's own clock is not trusted
+    assert placement.get(HostId("a")).last_heartbeat_at == clock.now
+
+
+def test_a_host_that_misses_three_heartbeats_is_offline(placement: PlacementClient, clock: Clock) -> None:
+    placement.register(a_host("a"))
+    clock.now += 29
+    assert placement.get(HostId("a")).status == HostStatus.ONLINE
+    clock.now += 2
+    assert placement.get(HostId("a")).status == HostStatus.OFFLINE
+    assert [h.status for h in placement.hosts()] == [HostStatus.OFFLINE]
+    with pytest.raises(NoCapacity, match="none of the 1 known hosts is online"):
+        placement.rank(a_job())
+    placement.heartbeat(HostId("a"), {"free_ram_mb": 4000, "active_jobs": 1, "cpu_percent": 12.0})
+    host = placement.get(HostId("a"))
+    assert (host.status, host.free_ram_mb, host.active_jobs) == (HostStatus.ONLINE, 4000, 1)
+
+
+def test_rank_with_no_match_raises_no_capacity_with_the_reason(placement: PlacementClient) -> None:
+    placement.register(a_host("a"))
+    with pytest.raises(NoCapacity, match="no online host supports runtime 'container'") as caught:
+        placement.rank(a_job(runtime="container"))
+    assert caught.value.http_status == 503
+
+
+def test_mark_offline_takes_a_host_out_at_once(placement: PlacementClient) -> None:
+    placement.register(a_host("a"))
+    placement.register(a_host("b", karma=0.1))
+    placement.mark_offline(HostId("a"), "actor died")
+    assert placement.rank(a_job()) == ["b"]
+    placement.heartbeat(HostId("a"), {})  # it was alive after all
+    assert placement.rank(a_job()) == ["a", "b"]
+
+
+def test_set_status_follows_the_host_lifecycle(placement: PlacementClient) -> None:
+    placement.register(a_host("a"))
+    placement.set_status(HostId("a"), HostStatus.DRAINING)
+    with pytest.raises(NoCapacity):
+        placement.rank(a_job())
+    with pytest.raises(InvalidTransition):
+        placement.set_status(HostId("a"), HostStatus.ONLINE)
+
+
+def test_unknown_hosts(placement: PlacementClient) -> None:
+    with pytest.raises(NotFound):
+        placement.get(HostId("ghost"))
+    placement.heartbeat(HostId("ghost"), {"active_jobs": 1})  # ignored, not raised
+    placement.job_assigned(HostId("ghost"))
+    placement.mark_offline(HostId("ghost"), "gone")
+
+
+def test_a_burst_spreads_over_hosts(placement: PlacementClient) -> None:
+    for host_id in ("a", "b", "c"):
+        placement.register(a_host(host_id, slots=1))
+    chosen = []
+    for _ in range(3):
+        host_id = placement.rank(a_job())[0]
+        placement.job_assigned(host_id)
+        chosen.append(host_id)
+    assert sorted(chosen) == ["a", "b", "c"]
+    with pytest.raises(NoCapacity, match="all 3 eligible hosts are full"):
+        placement.rank(a_job())
+    placement.job_released(HostId("b"))
+    assert placement.rank(a_job()) == ["b"]
+
+
+async def _rank_async(placement: PlacementClient) -> list[HostId]:
+    return await placement.rank_async(a_job())
+
+
+def test_async_variants(placement: PlacementClient) -> None:
+    import asyncio
+
+    placement.register(a_host("a"))
+    assert asyncio.run(_rank_async(placement)) == ["a"]
+    assert [h.host_id for h in asyncio.run(placement.hosts_async())] == ["a"]
+    assert asyncio.run(placement.get_async(HostId("a"))).host_id == "a"
