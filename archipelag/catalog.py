@@ -1,4 +1,5 @@
-"""Catalog: the workloads the network offers, read from ``workloads/<slug>/manifest.toml``. Pure.
+"""Catalog: the workloads the network offers, read from ``workloads/<slug>/manifest.toml`` and compiled into
+one canonical JSON file (``compile_catalog``) that ``archipelag.catalog_signing`` signs and hosts verify.
 
 A manifest looks like::
 
@@ -8,10 +9,14 @@ A manifest looks like::
     runtime = "wasm"                 # "wasm" or "container"
     module = "wasm_hash.wasm"        # wasm: module file beside the manifest
     sha256 = "…"                     # wasm: the module's SHA-256, checked before it runs
+    # image = "archipelag/pdf-extract:1"   container: repository:tag, must match allowed_image_sources
+    # image_id = "sha256:…"                container: optional; `catalog build` pins the local image's ID
     trust_level = 0                  # 0-3 → sandbox tier
     price = 0.01                     # credits per job
     required_ram_mb = 64
     required_vram_mb = 0
+    required_cores = 0               # optional
+    requires_gpu = false             # optional; default: required_vram_mb > 0
     [limits]                         # optional; may only narrow the tier's limits
     timeout_s = 10
     fuel = 500000000
@@ -21,8 +26,13 @@ A manifest looks like::
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,7 @@ from archipelag.sandbox import Limits, Tier, tier_for_trust
 
 RUNTIMES = frozenset({"wasm", "container"})
 MICRO = 1_000_000  # micro-credits per credit
+CATALOG_FORMAT = 1  # the compiled catalog's schema version
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,13 @@ class Manifest:
     required_vram_mb: int = 0
     module: str | None = None
     sha256: str | None = None
-    image: str | None = None
+    image: str | None = None  # container: repository:tag
+    image_id: str | None = None  # container: the pinned image ID, "sha256:…"
     limits: dict[str, Any] = field(default_factory=dict)
     required_inputs: tuple[str, ...] = ()
     directory: str = ""  # where the manifest was read from
+    required_cores: int = 0
+    requires_gpu: bool = False
 
     @property
     def tier(self) -> Tier:
@@ -90,9 +104,12 @@ def parse_manifest(data: dict[str, Any], directory: Path) -> Manifest:
             module=data.get("module"),
             sha256=data.get("sha256"),
             image=data.get("image"),
+            image_id=data.get("image_id"),
             limits=dict(data.get("limits", {})),
             required_inputs=tuple(data.get("input", {}).get("required", ())),
             directory=str(directory.resolve()),
+            required_cores=int(data.get("required_cores", 0)),
+            requires_gpu=bool(data.get("requires_gpu", int(data.get("required_vram_mb", 0)) > 0)),
         )
     except KeyError as missing:
         raise ConfigError(f"{directory}/manifest.toml is missing {missing}") from None
@@ -115,3 +132,102 @@ def lookup(catalog: dict[WorkloadSlug, Manifest], slug: str) -> Manifest:
         return catalog[WorkloadSlug(slug)]
     except KeyError:
         raise NotFound(f"unknown workload {slug!r}; GET /api/v1/workloads lists them") from None
+
+
+# --- the compiled catalog -------------------------------------------------------------------------
+# One canonical JSON document for every manifest: sorted keys, fixed layout, so the same manifests give
+# the same bytes (what a signature covers). ``version`` is the SHA-256 of the workloads part alone;
+# ``built_at`` is kept from the previous file while the version is unchanged (see ``write_catalog``).
+
+_ENTRY_FIELDS = ("slug", "name", "description", "runtime", "trust_level", "price_micro", "required_ram_mb",
+                 "required_vram_mb", "required_cores", "requires_gpu", "module", "sha256", "image", "image_id",
+                 "limits", "required_inputs")
+
+
+@dataclass(frozen=True)
+class CompiledCatalog:
+    """A compiled catalog read back: its version, build time and manifests by slug."""
+
+    version: str
+    built_at: str
+    manifests: dict[WorkloadSlug, Manifest]
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=True, allow_nan=False).encode() + b"\n"
+
+
+def _entry(manifest: Manifest) -> dict[str, Any]:
+    if manifest.runtime == "wasm" and not manifest.sha256:
+        raise ConfigError(f"workload {manifest.slug}: a wasm workload needs the module's sha256 in its manifest")
+    if manifest.runtime == "container" and not (manifest.image and manifest.image_id):
+        raise ConfigError(f"workload {manifest.slug}: a container workload needs `image` (repository:tag) and "
+                          "its `image_id` (sha256:…); build the image first, or pin image_id in the manifest")
+    data = asdict(manifest)
+    entry = {name: data[name] for name in _ENTRY_FIELDS}
+    entry["required_inputs"] = list(manifest.required_inputs)
+    entry["sha256"] = manifest.sha256.lower() if manifest.sha256 else None
+    entry["tier"] = manifest.tier.value
+    entry["folder"] = Path(manifest.directory).name if manifest.directory else ""
+    return entry
+
+
+def catalog_version(manifests: Iterable[Manifest]) -> str:
+    """The content hash of the workloads part of a compiled catalog."""
+    workloads = {m.slug: _entry(m) for m in manifests}
+    return hashlib.sha256(_canonical(workloads)).hexdigest()
+
+
+def compile_catalog(manifests: Iterable[Manifest], built_at: str) -> bytes:
+    """The canonical catalog document for ``manifests``; deterministic for the same input."""
+    listed = list(manifests)
+    workloads = {m.slug: _entry(m) for m in listed}
+    if len(workloads) != len(listed):
+        raise ConfigError("two workloads use the same slug")
+    return _canonical({"format": CATALOG_FORMAT, "version": catalog_version(listed), "built_at": built_at,
+                       "workloads": workloads})
+
+
+def parse_compiled_catalog(data: bytes, workloads_dir: Path) -> CompiledCatalog:
+    """Read a compiled catalog; each manifest's directory is ``workloads_dir/<folder>`` on this machine."""
+    try:
+        document = json.loads(data)
+        if document.get("format") != CATALOG_FORMAT:
+            raise ConfigError(f"catalog format {document.get('format')!r} is not {CATALOG_FORMAT}; "
+                              "rebuild it with `archipelag catalog build`")
+        manifests: dict[WorkloadSlug, Manifest] = {}
+        for slug, entry in sorted(document["workloads"].items()):
+            fields = {name: entry[name] for name in _ENTRY_FIELDS}
+            fields["slug"] = WorkloadSlug(slug)
+            fields["required_inputs"] = tuple(entry["required_inputs"])
+            folder = str(entry.get("folder") or slug)
+            if "/" in folder or folder in {"", ".", ".."}:
+                raise ConfigError(f"catalog entry {slug!r} has an invalid folder {folder!r}")
+            manifests[WorkloadSlug(slug)] = Manifest(**fields, directory=str((workloads_dir / folder).resolve()))
+        return CompiledCatalog(str(document["version"]), str(document["built_at"]), manifests)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"the catalog is not a valid compiled catalog ({type(exc).__name__}: {exc})") from None
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_catalog(path: Path, manifests: Iterable[Manifest], built_at: str | None = None) -> bool:
+    """Compile ``manifests`` into ``path`` atomically; False (file untouched, so its signature stays valid)
+    when the file already holds the same workloads."""
+    listed = list(manifests)
+    if path.is_file():
+        old = path.read_bytes()
+        try:
+            previous = json.loads(old).get("built_at")
+        except (ValueError, AttributeError):
+            previous = None  # unreadable: rewrite it
+        if isinstance(previous, str) and compile_catalog(listed, previous) == old:
+            return False
+    data = compile_catalog(listed, built_at or utc_now())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    return True

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     initial_credits: float = 1000.0  # credits for an account created by `up`
     admin_api_key: SecretStr | None = None
 
+    # The signed catalog (DESIGN §10): hosts run only what a trusted key signed. Keys are Ed25519 public keys
+    # in base64; list several to rotate. `up` trusts the dev key it makes; production keeps its key offline.
+    trusted_catalog_keys: list[str] = Field(default_factory=list)
+    catalog_signing_key: Path | None = None  # None → state_dir/catalog_signing.key (dev only)
+    allowed_image_sources: list[str] = Field(default_factory=lambda: ["archipelag/*"])  # image repo patterns
+
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
 
