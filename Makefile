@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 wasm: $(STAMP)
-	$(PY) workloads/build_wasm.py
+	$(PY) workloads/build_wasm.py $(if $(CI),--check,)
 
 up: env wasm
 	$(VENV)/bin/archipelag up $(ARGS)

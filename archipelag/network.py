@@ -20,6 +20,7 @@ import psutil
 
 from archipelag.coordinator import Coordinator, ensure_local_account, prepare_ledger, start_coordinator
 from archipelag.errors import ConfigError
+from archipelag.nodes import host_resource
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,20 @@ class EmbeddedNetwork:
         self.hosts.append(host)
         return host
 
+    def wait_node(self, host: LocalHost, timeout_s: float = 60) -> None:
+        """Wait until the host's Ray node has registered. Local nodes start one after another: two
+        `ray start` processes in one session at once can race for the same socket names."""
+        import ray
+
+        resource = host_resource(host.host_id)
+        deadline = time.monotonic() + timeout_s
+        while not any(n["Alive"] and resource in n["Resources"] for n in ray.nodes()):
+            if host.process.poll() is not None:
+                raise ConfigError(f"host {host.host_id} failed to join; see {host.log_path}")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"host {host.host_id}'s node did not register in {timeout_s:.0f} s")
+            time.sleep(0.1)
+
     def wait_online(self, host_ids: list[str], timeout_s: float = 120) -> None:
         from archipelag.lifecycle import HostStatus
         from archipelag.placement.client import PlacementClient
@@ -127,7 +142,7 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
         network.api_key = ensure_local_account(settings, prepare_ledger(settings))
         ids = [f"island-{i + 1}" for i in range(hosts)]
         for index, host_id in enumerate(ids):
-            network.add_host(regions[index % len(regions)], host_id)
+            network.wait_node(network.add_host(regions[index % len(regions)], host_id))
         network.wait_online(ids, timeout_s)
     except BaseException:
         network.stop()

@@ -62,7 +62,8 @@ class HostAgentActor:
     def _beat(self) -> None:
         live = metrics(self._hardware)
         load = self._agent.load()
-        self._placement.heartbeat(self._host_id, {**live, "active_jobs": load.active_jobs})
+        if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs}):
+            self._placement.register(self._snapshot())
 
     def run(self, spec: JobSpec) -> Iterator[Event]:
         yield from self._agent.run(spec)
@@ -79,4 +80,4 @@ class HostAgentActor:
     def leave(self) -> None:
         """Stop heartbeating and cancel what runs; the node is about to go."""
         self._heartbeat.stop()
-        self._agent.cancel_all("the host is leaving the network")
+        self._agent.close()

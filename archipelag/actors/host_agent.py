@@ -105,6 +105,12 @@ class HostAgent:
         for token in tokens:
             token.cancel(reason)
 
+    def close(self, reason: str = "the host is leaving the network") -> None:
+        """Cancel what runs and release every runtime."""
+        self.cancel_all(reason)
+        for runtime in self._runtimes.values():
+            runtime.close()
+
     def _admit(self, job_id: JobId) -> CancelToken | None:
         with self._lock:
             if len(self._tokens) >= self._slots:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from archipelag.cli import jobs
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -136,15 +137,7 @@ def config_show() -> None:
     typer.echo(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
 
 
-def _register_client_commands() -> None:
-    try:
-        from archipelag.cli import jobs
-    except ImportError:
-        return
-    jobs.register(app)
-
-
-_register_client_commands()
+jobs.register(app)
 
 
 def main() -> None:

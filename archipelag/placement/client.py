@@ -136,6 +136,11 @@ class PlacementClient:
         """Fire-and-forget: free_ram_mb, free_vram_mb, active_jobs, warm; other keys are ignored."""
         self._calls.send("heartbeat", host_id, metrics)
 
+    def beat(self, host_id: HostId, metrics: dict[str, Any]) -> bool:
+        """A heartbeat that waits for the answer: False when placement does not know the host
+        (it restarted), so the host registers again."""
+        return bool(self._calls.call("heartbeat", host_id, metrics))
+
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._calls.call("set_status", host_id, status)
 

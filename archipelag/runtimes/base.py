@@ -70,3 +70,6 @@ class Runtime(Protocol):
     name: str
 
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]: ...
+
+    def close(self) -> None:
+        """Release the runtime's threads and handles; the host is leaving."""

@@ -247,5 +247,6 @@ class Dispatcher:
         try:
             await self._db(self._ledger.record_karma, host_id, kind, job_id=job_id, compute_s=compute_s,
                            reason=reason)
+            self._placement.set_karma(host_id, await self._db(self._ledger.karma_score, host_id))
         except ArchipelagError as exc:
             log.warning("karma for %s not recorded: %s", host_id, exc.message)

@@ -60,7 +60,7 @@ class Services:
     async def rank(self, manifest: Manifest, region: str | None,
                    excluded: frozenset[HostId] = frozenset()) -> list[HostId]:
         ranked = [h for h in await self.placement.rank_async(job_request(manifest, region)) if h not in excluded]
-        if not self._recorded.issuperset(ranked):
+        if not self._recorded.keys() >= set(ranked):
             await self.record_fleet()
         if not ranked:
             raise NoCapacity(f"every host able to run {manifest.slug} has already failed this job")
@@ -90,6 +90,9 @@ class Services:
             try:
                 await run_in_threadpool(self.ledger.upsert_host, snap.host_id, snap.name, snap.region,
                                         capabilities, snap.status)
+                if snap.host_id not in self._recorded:  # a host that rejoins keeps the karma it earned
+                    self.placement.set_karma(snap.host_id,
+                                             await run_in_threadpool(self.ledger.karma_score, snap.host_id))
                 self._recorded[snap.host_id] = str(snap.status)
             except ArchipelagError as exc:
                 log.warning("host %s not recorded: %s", snap.host_id, exc.message)

@@ -50,6 +50,7 @@ class StandInHost:
 class PlacementEvents:
     def __init__(self) -> None:
         self.offline: list[HostId] = []
+        self.karma: dict[HostId, float] = {}
 
     def job_assigned(self, host_id: HostId) -> None: ...
 
@@ -57,6 +58,9 @@ class PlacementEvents:
 
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         self.offline.append(host_id)
+
+    def set_karma(self, host_id: HostId, karma: float) -> None:
+        self.karma[host_id] = karma
 
 
 @pytest.fixture

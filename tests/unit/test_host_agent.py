@@ -30,6 +30,9 @@ class ScriptedRuntime:
         if self.error is not None:
             raise self.error
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def a_spec(job_id: str = "j1", runtime: str = "wasm") -> JobSpec:
     manifest = Manifest(slug=WorkloadSlug("w"), name="w", description="", runtime=runtime, trust_level=0,

@@ -1,0 +1,56 @@
+"""`make bench`: every benchmark, each section a table with its baseline measured in the same run.
+
+    python -m bench                 # all sections
+    python -m bench placement wasm  # some of them
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+SECTIONS = ("placement", "wasm", "network")
+
+
+def _placement() -> None:
+    from bench import bench_placement
+
+    bench_placement.main()
+
+
+def _wasm() -> None:
+    from bench import bench_wasm
+
+    bench_wasm.main([])
+
+
+def _network() -> None:
+    from bench import bench_network
+
+    rows = bench_network.run()
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':{width}}  {'value':>18}  note")
+    for name, value, note in rows:
+        print(f"{name:{width}}  {value:>18}  {note}")
+
+
+RUNNERS: dict[str, Callable[[], None]] = {"placement": _placement, "wasm": _wasm, "network": _network}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(SECTIONS)
+    unknown = [s for s in chosen if s not in RUNNERS]
+    if unknown:
+        print(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr)
+        return 2
+    for section in chosen:
+        print(f"\n== {section} " + "=" * (70 - len(section)))
+        started = time.perf_counter()
+        RUNNERS[section]()
+        print(f"({section}: {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

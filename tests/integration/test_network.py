@@ -1,0 +1,193 @@
+"""The network on a real multi-node Ray cluster: real `ray start` hosts, wasmtime, the SQLite ledger, HTTP.
+
+One network for the module (starting it costs ~15 s); the test that kills a host runs last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from catalog_builders import network_catalog
+from netutil import eventually, network_settings
+
+from archipelag.network import EmbeddedNetwork, start_network
+from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
+    root = tmp_path_factory.mktemp("network")
+    settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
+    net = start_network(settings, hosts=3)
+    yield net
+    net.stop()
+
+
+@pytest.fixture(scope="module")
+def http(network: EmbeddedNetwork) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},
+                      timeout=60) as client:
+        yield client
+
+
+def run_job(http: httpx.Client, workload: str, job_input: dict[str, Any], **extra: Any) -> tuple[dict[str, Any],
+                                                                                                 list[dict[str, Any]]]:
+    created = http.post("/api/v1/jobs", json={"workload": workload, "input": job_input, **extra})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["data"]["id"]
+    events = stream(http, job_id)
+    return http.get(f"/api/v1/jobs/{job_id}").json()["data"], events
+
+
+def stream(http: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    with http.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
+        assert response.status_code == 200
+        return [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+
+
+def test_the_head_carries_no_host_resources_and_each_host_has_its_own_node(network: EmbeddedNetwork) -> None:
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    head = [n for n in nodes if COORDINATOR_RESOURCE in n["Resources"]]
+    hosts = [n for n in nodes if HOST_RESOURCE in n["Resources"]]
+    assert len(head) == 1 and HOST_RESOURCE not in head[0]["Resources"]
+    assert len(hosts) == 3
+    assert sorted(n["Labels"]["archipelag.io/region"] for n in hosts) == ["ap-south", "eu-west", "us-east"]
+
+
+def test_hosts_are_listed_online_with_their_capabilities(http: httpx.Client) -> None:
+    hosts = http.get("/api/v1/hosts").json()["data"]
+    assert {h["id"] for h in hosts} == {"island-1", "island-2", "island-3"}
+    for host in hosts:
+        assert host["status"] == "online"
+        assert host["capabilities"]["runtimes"] == ["wasm"] and host["capabilities"]["cpu_cores"] >= 1
+        assert host["last_heartbeat_at"]
+
+
+def test_a_wasm_job_runs_end_to_end_and_its_result_is_stored(http: httpx.Client) -> None:
+    job, events = run_job(http, "wasm-hash", {"text": "hello"})
+    assert events[0]["type"] == "status" and events[-1]["type"] == "done"
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert job["status"] == "completed"
+    assert json.loads(job["output"])["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert job["host_id"] in {"island-1", "island-2", "island-3"}
+    assert job["usage"]["credits_used"] == pytest.approx(0.001)
+    assert job["started_at"] and job["completed_at"] and job["duration_ms"] is not None
+    # A client that connects after the job finished still gets its events.
+    assert stream(http, job["id"]) == events
+
+
+def test_the_job_lands_in_the_callers_region(http: httpx.Client) -> None:
+    for region, host in (("eu-west", "island-1"), ("us-east", "island-2"), ("ap-south", "island-3")):
+        job, _ = run_job(http, "wasm-hash", {"text": region}, region=region)
+        assert job["host_id"] == host, region
+
+
+def test_events_stream_as_they_are_produced(http: httpx.Client) -> None:
+    job, events = run_job(http, "wasm-echo-stream", {"text": "a b c", "repeat": 200})
+    assert "".join(e["content"] for e in events if e["type"] == "token").split() == ["a", "b", "c"] * 200
+    assert job["status"] == "completed"
+
+
+def test_unknown_workload_is_404(http: httpx.Client) -> None:
+    response = http.post("/api/v1/jobs", json={"workload": "nope", "input": {}})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_malformed_bodies_are_422_naming_the_field(http: httpx.Client) -> None:
+    response = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": "not an object"})
+    assert response.status_code == 422 and "input" in response.json()["error"]["errors"]
+    response = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {}})
+    assert response.status_code == 422 and "input.text" in response.json()["error"]["errors"]
+    response = http.post("/api/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_missing_or_invalid_key_is_401_and_read_only_key_cannot_submit(network: EmbeddedNetwork,
+                                                                        http: httpx.Client) -> None:
+    assert httpx.get(f"{network.url}/api/v1/jobs").status_code == 401
+    bad = httpx.get(f"{network.url}/api/v1/jobs", headers={"Authorization": "Bearer ak_wrong"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+    key = http.post("/api/v1/api-keys", json={"name": "ro", "scopes": ["read"]}).json()["data"]["key"]
+    read_only = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{network.url}/api/v1/jobs", headers=read_only).status_code == 200
+    denied = httpx.post(f"{network.url}/api/v1/jobs", headers=read_only,
+                        json={"workload": "wasm-hash", "input": {"text": "x"}})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+
+
+def test_a_module_that_loops_forever_fails_on_its_fuel_budget_and_the_host_keeps_serving(
+        http: httpx.Client) -> None:
+    job, events = run_job(http, "test-loop", {}, region="eu-west")
+    assert job["status"] == "failed" and "fuel" in job["error"]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "budget_exceeded"
+    after, _ = run_job(http, "wasm-hash", {"text": "still here"}, region="eu-west")
+    assert after["status"] == "completed" and after["host_id"] == job["host_id"]
+
+
+def test_a_module_past_its_wall_clock_budget_times_out(http: httpx.Client) -> None:
+    started = time.monotonic()
+    job, events = run_job(http, "test-slow-loop", {})
+    assert job["status"] == "timeout" and events[-1]["code"] == "timed_out"
+    assert time.monotonic() - started < 10
+
+
+def test_invalid_json_and_output_floods_fail_with_a_clear_reason(http: httpx.Client) -> None:
+    job, _ = run_job(http, "test-invalid-json", {})
+    assert job["status"] == "failed" and "not valid JSON" in job["error"]
+    job, _ = run_job(http, "test-flood", {})
+    assert job["status"] == "failed" and "output limit" in job["error"]
+
+
+def test_a_module_whose_hash_does_not_match_is_refused_before_it_runs(http: httpx.Client) -> None:
+    job, events = run_job(http, "test-tampered", {})
+    assert job["status"] == "failed" and events[-1]["code"] == "workload_refused"
+    assert "SHA-256" in job["error"] and "refusing to run it" in job["error"]
+    assert job["usage"]["credits_used"] == 0
+
+
+def test_cancelling_a_running_job_stops_it(http: httpx.Client) -> None:
+    job_id = http.post("/api/v1/jobs", json={"workload": "test-spin", "input": {}}).json()["data"]["id"]
+    eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] == "running")
+    cancelled = http.delete(f"/api/v1/jobs/{job_id}")
+    assert cancelled.status_code == 200 and cancelled.json()["data"]["status"] == "cancelled"
+    events = stream(http, job_id)
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "cancelled"
+
+
+def test_no_host_able_to_take_the_job_is_503_with_a_reason(http: httpx.Client) -> None:
+    response = http.post("/api/v1/jobs", json={"workload": "test-huge", "input": {}})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_capacity" and response.json()["error"]["message"]
+
+
+def test_account_credits_and_workloads_are_listed(http: httpx.Client) -> None:
+    account = http.get("/api/v1/account").json()["data"]
+    assert 0 < account["credits"] < 1000
+    workloads = http.get("/api/v1/workloads").json()
+    slugs = {w["slug"] for w in workloads["data"]}
+    assert {"wasm-hash", "wasm-base64", "wasm-json", "wasm-echo-stream"} <= slugs
+    assert workloads["meta"]["total"] == len(workloads["data"])
+    hash_workload = http.get("/api/v1/workloads/wasm-hash").json()["data"]
+    assert hash_workload["runtime_type"] == "wasm" and isinstance(hash_workload["id"], int)
+
+
+def test_a_host_killed_while_idle_goes_offline_and_jobs_go_to_the_others(network: EmbeddedNetwork,
+                                                                        http: httpx.Client) -> None:
+    network.kill_host("island-1")
+    interval = network.settings.heartbeat_interval_s
+    started = time.monotonic()
+    eventually(lambda: {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}["island-1"]
+               == "offline", timeout_s=interval * 3 + 10)
+    assert time.monotonic() - started <= interval * (network.settings.missed_heartbeats_offline + 1) + 5
+    job, _ = run_job(http, "wasm-hash", {"text": "eu caller"}, region="eu-west")
+    assert job["status"] == "completed" and job["host_id"] in {"island-2", "island-3"}
