@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,30 +59,23 @@ class Coordinator:
 
 def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) -> Coordinator:
     """Start a head node (unless settings name one), then placement and the API on it."""
+    env = prepare_ray_env(settings)  # before Ray is imported: it reads its auth settings at import
+
     import ray
 
     from archipelag.placement.client import PlacementClient
     from archipelag.serve.app import deploy
 
-    env = prepare_ray_env(settings)
     prepare_ledger(settings)
     head = None
     address = settings.ray_address
     if not address:
         head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=env)
         address = f"127.0.0.1:{settings.ray_head_port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
-                     log_to_driver=False)
-            break
-        except (ConnectionError, RuntimeError):
-            if head is not None and not head.alive():
-                raise RuntimeError(f"the Ray head exited; see {head.log_path}") from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    if head is not None:
+        head.wait_started(timeout_s)
+    ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
+             log_to_driver=False)
     if head is not None:
         head.remember_tree()
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})

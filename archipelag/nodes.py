@@ -66,6 +66,18 @@ class RayNodeProcess:
         except psutil.NoSuchProcess:
             pass
 
+    def wait_started(self, timeout_s: float = 90) -> None:
+        """Block until `ray start` reports its node running (connecting earlier can fail for good:
+        a driver that reached a half-started token-auth GCS kept being refused)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _STARTED in self.log_path.read_bytes():
+                return
+            if not self.alive():
+                raise ConfigError(f"the Ray node {self.name} exited at start; see {self.log_path}")
+            time.sleep(0.1)
+        raise ConfigError(f"the Ray node {self.name} did not start within {timeout_s:.0f} s; see {self.log_path}")
+
     def kill_hard(self) -> None:
         """Simulate the machine vanishing: SIGKILL the node's processes at once."""
         self.remember_tree()
@@ -92,6 +104,9 @@ class RayNodeProcess:
                 continue
             except psutil.TimeoutExpired:
                 _signal(pid, signal.SIGKILL)
+
+
+_STARTED = b"Ray runtime started"
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -8,13 +8,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from archipelag.actors.client import HostAgentClient
 from archipelag.actors.hardware import Hardware, detect
 from archipelag.errors import ConfigError, HostLost
 from archipelag.ids import HostId, new_host_id
 from archipelag.nodes import RayNodeProcess, host_resource, start_host_node
 from archipelag.settings import Settings
+
+if TYPE_CHECKING:  # the client imports Ray, which must not load before its environment is set
+    from archipelag.actors.client import HostAgentClient
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +67,17 @@ def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> s
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120) -> JoinedHost:
-    import ray
-
     env = settings.ray_env()
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
     if token_path and not Path(token_path).exists():
         raise ConfigError(f"no Ray auth token at {token_path}: a host needs the token its coordinator's owner "
                           "approved (copy it there, or set ARCHIPELAG_STATE_DIR to where it lies)")
-    os.environ.update(env)
+    os.environ.update(env)  # before Ray is imported: it reads its auth settings at import
+
+    import ray
+
+    from archipelag.actors.client import HostAgentClient
+
     hardware = detect(max_memory_mb, max_cores)
     hid = HostId(host_id) if host_id else new_host_id()
     log_dir = (settings.state_dir / "logs").resolve()

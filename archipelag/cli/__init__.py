@@ -32,6 +32,15 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM while starting up unwinds like Ctrl-C, so what was started is stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,6 +62,7 @@ def up(
     settings = Settings(**({"api_port": port} if port else {}))
     region_list = tuple(r.strip() for r in regions.split(",") if r.strip())
     typer.echo(f"starting the network: a coordinator and {hosts} hosts in {', '.join(region_list)} …")
+    _stop_cleanly_on_sigterm()
     try:
         network = start_network(settings, hosts, region_list)
     except ArchipelagError as exc:
@@ -93,6 +103,7 @@ def host_join(
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
     accepts = tuple(p.strip() for p in accept.split(",") if p.strip())
+    _stop_cleanly_on_sigterm()
     try:
         joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip)
     except ArchipelagError as exc:

@@ -62,7 +62,7 @@ def deploy(settings: Settings) -> None:
     """Start Serve's HTTP proxy on the head and run the ingress (returns once it is ready)."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port, "location": "HeadOnly"})
+    serve.start(http_options={"host": settings.api_host, "port": settings.api_port}, proxy_location="HeadOnly")
     serve.run(_ingress_class().bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
 
 
