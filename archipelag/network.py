@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, ensure_local_account, prepare_ledger, start_coordinator
 from archipelag.errors import ConfigError
 from archipelag.nodes import host_resource
@@ -136,6 +137,10 @@ class EmbeddedNetwork:
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,
                   timeout_s: float = 180) -> EmbeddedNetwork:
     log_dir = (settings.state_dir / "logs").resolve()
+    # The embedded network signs its own catalog with a dev key its hosts trust; a deployment signs
+    # offline and hands hosts the public key (README).
+    _, key = ensure_dev_signed_catalog(settings)
+    settings = settings.model_copy(update={"trusted_catalog_keys": [*settings.trusted_catalog_keys, key]})
     coordinator = start_coordinator(settings, log_dir)
     network = EmbeddedNetwork(settings, coordinator, api_key="")
     try:

@@ -12,6 +12,7 @@ import ray
 from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
+from archipelag.catalog_signing import CatalogGuard
 from archipelag.ids import HostId, JobId
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
@@ -41,7 +42,8 @@ class HostAgentActor:
         self._region = region
         self._hardware = hardware
         self._accepts = accepts
-        self._agent = HostAgent(host_id, build_runtimes(settings, host_id), settings.host_slots)
+        guard = CatalogGuard.from_settings(settings)
+        self._agent = HostAgent(host_id, build_runtimes(settings, host_id), settings.host_slots, guard.admit)
         self._placement = PlacementClient.connect(settings)
         self._placement.register(self._snapshot())
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")

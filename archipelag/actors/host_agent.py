@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from archipelag.errors import ArchipelagError, JobCancelled, WorkloadError
@@ -27,9 +27,21 @@ class HostLoad:
     running: tuple[JobId, ...]
 
 
+Admission = Callable[[JobSpec], JobSpec]
+
+
+def admit_all(spec: JobSpec) -> JobSpec:
+    return spec
+
+
 class HostAgent:
-    def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int) -> None:
+    """``admit`` checks a job against the host's verified catalog before anything runs and returns
+    the spec to run (the signed entry's); it raises WorkloadRefused to refuse."""
+
+    def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int,
+                 admit: Admission = admit_all) -> None:
         self.host_id = host_id
+        self._admit_spec = admit
         self._runtimes = dict(runtimes)
         self._slots = slots
         self._tokens: dict[JobId, CancelToken] = {}
@@ -63,6 +75,7 @@ class HostAgent:
                 yield numbered(error_event(
                     f"host {self.host_id} has no {spec.workload.runtime} runtime", "runtime_unavailable"))
                 return
+            spec = self._admit_spec(spec)
             yield numbered({"type": "status", "message": f"started on {self.host_id}"})
             ended = False
             events = runtime.run(spec, token)

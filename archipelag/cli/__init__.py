@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import jobs
+from archipelag.cli import catalog, jobs
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -149,6 +149,7 @@ def config_show() -> None:
 
 
 jobs.register(app)
+catalog.register(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from archipelag.catalog_signing import catalog_files
 from archipelag.errors import NotFound
 from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.responses import data, page
@@ -27,6 +28,17 @@ async def list_workloads(_: Reader, svc: Svc) -> Response:
 async def get_workload(slug: str, _: Reader, svc: Svc) -> Response:
     row = await run_in_threadpool(svc.ledger.get_workload, slug)
     return data(workload_view(row))
+
+
+@router.get("/catalog")
+async def signed_catalog(svc: Svc) -> Response:
+    """The signed catalog hosts verify (public: it holds no secrets)."""
+    return Response(catalog_files(svc.settings)[0], media_type="application/json")
+
+
+@router.get("/catalog.sig")
+async def catalog_signature(svc: Svc) -> Response:
+    return Response(catalog_files(svc.settings)[1], media_type="application/json")
 
 
 @router.get("/account")

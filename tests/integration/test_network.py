@@ -181,6 +181,16 @@ def test_account_credits_and_workloads_are_listed(http: httpx.Client) -> None:
     assert hash_workload["runtime_type"] == "wasm" and isinstance(hash_workload["id"], int)
 
 
+def test_the_coordinator_serves_the_signed_catalog_hosts_verify(network: EmbeddedNetwork,
+                                                                 http: httpx.Client) -> None:
+    from archipelag.catalog_signing import verify_catalog
+
+    data, signature = http.get("/api/v1/catalog").content, http.get("/api/v1/catalog.sig").content
+    catalog = verify_catalog(data, signature, network.settings.trusted_catalog_keys,
+                             network.settings.workloads_dir)
+    assert "wasm-hash" in catalog.manifests
+
+
 def test_a_host_killed_while_idle_goes_offline_and_jobs_go_to_the_others(network: EmbeddedNetwork,
                                                                         http: httpx.Client) -> None:
     network.kill_host("island-1")
