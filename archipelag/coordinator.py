@@ -63,6 +63,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
 
     import ray
 
+    from archipelag.ledger.client import LedgerClient
     from archipelag.placement.client import PlacementClient
     from archipelag.serve.app import deploy
 
@@ -78,6 +79,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
              log_to_driver=False)
     if head is not None:
         head.remember_tree()
+    LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     deploy(settings)
     return Coordinator(settings=settings, head=head, address=address)

@@ -26,6 +26,9 @@ class TierSettings(BaseModel):
     fuel: int
     output_bytes: int = 8 * 1024 * 1024
     line_bytes: int = 4 * 1024 * 1024
+    pids_limit: int = 128
+    cpus: float = 1.0
+    tmp_mb: int = 64
 
     def limits(self) -> Limits:
         return Limits(**self.model_dump())
@@ -45,6 +48,9 @@ class StandardTier(TierSettings):
     network: bool = False
     gpu: bool = True
     fuel: int = 20_000_000_000
+    pids_limit: int = 256
+    cpus: float = 2.0
+    tmp_mb: int = 256
 
 
 class ElevatedTier(TierSettings):
@@ -53,6 +59,9 @@ class ElevatedTier(TierSettings):
     network: bool = True
     gpu: bool = True
     fuel: int = 100_000_000_000
+    pids_limit: int = 1024
+    cpus: float = 4.0
+    tmp_mb: int = 1024
 
 
 class Tiers(BaseModel):
@@ -93,6 +102,7 @@ class Settings(BaseSettings):
     missed_heartbeats_offline: int = 3
     host_slots: int = 4  # jobs one host runs at once
     max_attempts: int = 3  # placements before a job whose hosts keep vanishing fails
+    queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
 
     rate_limit_per_min: int = 100
     initial_credits: float = 1000.0  # credits for an account created by `up`

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import tempfile
 import time
@@ -21,6 +22,12 @@ from archipelag.network import start_network
 from archipelag.settings import Settings
 
 Row = tuple[str, str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -92,8 +99,8 @@ async def _stream(url: str, key: str, tokens: int) -> tuple[float, float, int]:
 
 def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="archipelag-bench-") as state:
-        settings = Settings(state_dir=Path(state), api_port=18_765, ray_head_port=16_390, rate_limit_per_min=0,
-                            ray_auth="disabled")
+        settings = Settings(state_dir=Path(state), api_port=_free_port(), ray_head_port=_free_port(),
+                            rate_limit_per_min=0, ray_auth="disabled")
         network = start_network(settings, hosts=3)
         try:
             asyncio.run(_jobs_rps(network.url, network.api_key, 2.0, 4))  # warm caches and workers

@@ -144,11 +144,17 @@ class Ledger:
         region: str | None = None,
         priority: int = 0,
         reserve_micro: int = 0,
+        queue: bool = False,
     ) -> Job:
-        """A job in ``submitted`` with ``reserve_micro`` moved to escrow, in one transaction.
+        """A job in ``submitted`` with ``reserve_micro`` moved to escrow, in one transaction; with ``queue`` it
+        moves on to ``queued`` in the same transaction (both events recorded).
         PaymentRequired (required/available, in credits) when the balance is short; nothing is written then."""
         with db.write_session(self.engine) as session:
-            return jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro)
+            job = jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro)
+            if not queue:
+                return job
+            jobs.transition(session, job.id, JobStatus.QUEUED, "queued", {})
+            return jobs.get(session, job.id)
 
     def transition(self, job_id: str, to: JobStatus, reason: str | None = None, **fields: Any) -> Job:
         """The guarded move to ``to`` plus a JobEvent. ``fields`` may set host_id, attempt, started_at,
@@ -177,10 +183,13 @@ class Ledger:
         price_micro: int = 0,
         host_id: str | None = None,
         reason: str | None = None,
+        karma: KarmaKind | None = None,
+        compute_s: float = 0.0,
     ) -> Job:
         """The terminal move and the credit settlement in one transaction. ``succeeded`` charges ``price_micro``
         (capped at the reservation; the host earns it minus the platform fee) and releases the rest;
-        failed/cancelled/timed_out refund the whole reservation."""
+        failed/cancelled/timed_out refund the whole reservation. ``karma`` appends the host's karma event for
+        this outcome in the same transaction."""
         if to not in TERMINAL_JOB_STATES:
             raise InvalidTransition(f"finish() takes a terminal state, not {to}", job_id=job_id, to=str(to))
         with db.write_session(self.engine) as session:
@@ -201,6 +210,9 @@ class Ledger:
                 credits.settle(session, account_id, job_id, reserved, charged, earner)
             else:
                 credits.refund(session, account_id, job_id, reserved)
+            if karma is not None and earner is not None:
+                hosts.add_karma(session, self.karma_rules, earner, karma, job_id=job_id, compute_s=compute_s,
+                                adjustment=0.0, reason=None)
             return jobs.get(session, job_id)
 
     def get_job(self, job_id: str, account_id: int | None = None) -> Job:

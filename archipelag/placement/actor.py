@@ -20,7 +20,7 @@ from archipelag.errors import InvalidTransition, NoCapacity, NotFound
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.placement.fleet import Fleet, Heartbeat
-from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights
+from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, reason
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,10 @@ class PlacementActor:
         now = self._clock()
         ranked = self._fleet.rank(request, now, self._limit)
         if not ranked:
-            raise NoCapacity(self._fleet.explain(request, now), workload=request.workload)
+            funnel = self._fleet.funnel(request, now)
+            # `full`: hosts could run it but every slot is taken; the job can wait in the queue.
+            raise NoCapacity(reason(funnel, request), workload=request.workload,
+                             full=funnel.total > 0 and blocking_stage(funnel) == "slots")
         return ranked
 
     def job_assigned(self, host_id: HostId) -> None:

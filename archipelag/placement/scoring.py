@@ -188,6 +188,14 @@ def funnel(hosts: Sequence[HostSnapshot], request: JobRequest, now: float, stale
     return Funnel(total=len(hosts), survivors=tuple(survivors))
 
 
+def blocking_stage(funnel: Funnel) -> str | None:
+    """The first filter stage that left no host (None when some host passed them all)."""
+    for stage, left in zip(STAGES, funnel.survivors, strict=True):
+        if left == 0:
+            return stage
+    return None
+
+
 def reason(funnel: Funnel, request: JobRequest) -> str:
     """The 503 message for a funnel that ends empty: the first stage that left no host."""
     if funnel.total == 0:

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from archipelag.catalog import Manifest, lookup
-from archipelag.errors import ValidationFailed
+from archipelag.errors import NoCapacity, ValidationFailed
 from archipelag.ids import JobId
 from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
 from archipelag.protocol import Event, to_api_event
@@ -54,11 +53,15 @@ async def create_job(body: JobCreate, caller: Writer, svc: Svc) -> Response:
     manifest = lookup(svc.catalog, body.workload)
     validate_input(manifest, body.input)
     region = body.region or caller.home_region
-    ranked = await svc.rank(manifest, region)  # 503 before anything is written or reserved
-    job = await run_in_threadpool(
-        svc.ledger.create_job, caller.account_id, manifest.slug, body.input, region=region,
-        priority=body.priority or 0, reserve_micro=manifest.price_micro)
-    job = await run_in_threadpool(svc.ledger.transition, job.id, JobStatus.QUEUED)
+    try:
+        ranked = await svc.rank(manifest, region)  # 503 before anything is written or reserved
+    except NoCapacity as exc:
+        if not exc.details.get("full"):
+            raise
+        ranked = []  # hosts can run it but all are busy: it waits in the queue
+    job = await svc.db(
+        "create_job", caller.account_id, manifest.slug, body.input, region=region,
+        priority=body.priority or 0, reserve_micro=manifest.price_micro, queue=True)
     limits = manifest.limits_under(svc.settings.limits_for(manifest.tier))
     svc.dispatcher.start(JobId(job.id), manifest, body.input, limits, region, ranked)
     return data(job_view(job), status_code=201)
@@ -67,27 +70,27 @@ async def create_job(body: JobCreate, caller: Writer, svc: Svc) -> Response:
 @router.get("/jobs")
 async def list_jobs(caller: Reader, svc: Svc, limit: Annotated[int, Query(ge=1, le=200)] = 20,
                     offset: Annotated[int, Query(ge=0)] = 0) -> Response:
-    jobs, total = await run_in_threadpool(svc.ledger.list_jobs, caller.account_id, limit, offset)
+    jobs, total = await svc.db("list_jobs", caller.account_id, limit, offset)
     return page([job_view(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, caller: Reader, svc: Svc) -> Response:
-    job = await run_in_threadpool(svc.ledger.get_job, job_id, caller.account_id)
+    job = await svc.db("get_job", job_id, caller.account_id)
     return data(job_view(job))
 
 
 @router.delete("/jobs/{job_id}")
 async def cancel_job(job_id: str, caller: Writer, svc: Svc) -> Response:
-    job = await run_in_threadpool(svc.ledger.get_job, job_id, caller.account_id)
+    job = await svc.db("get_job", job_id, caller.account_id)
     if JobStatus(job.status) not in TERMINAL_JOB_STATES:
         if await svc.dispatcher.cancel(JobId(job_id)):
             await svc.dispatcher.wait_done(JobId(job_id), timeout_s=10)
         else:
-            await run_in_threadpool(svc.ledger.finish, job_id, JobStatus.CANCELLED, output=None,
+            await svc.db("finish", job_id, JobStatus.CANCELLED, output=None,
                                     error="cancelled by the user", usage={}, events=[], price_micro=0,
                                     host_id=job.host_id)
-        job = await run_in_threadpool(svc.ledger.get_job, job_id, caller.account_id)
+        job = await svc.db("get_job", job_id, caller.account_id)
     return data(job_view(job))
 
 
@@ -97,7 +100,7 @@ def sse(event: Event) -> bytes:
 
 @router.get("/jobs/{job_id}/stream")
 async def stream_job(job_id: str, caller: Reader, svc: Svc) -> StreamingResponse:
-    job = await run_in_threadpool(svc.ledger.get_job, job_id, caller.account_id)  # 404 before streaming
+    job = await svc.db("get_job", job_id, caller.account_id)  # 404 before streaming
     live = svc.dispatcher.live(JobId(job_id))
 
     async def events() -> AsyncIterator[bytes]:
@@ -105,7 +108,7 @@ async def stream_job(job_id: str, caller: Reader, svc: Svc) -> StreamingResponse
             async for event in live.follow():
                 yield sse(event)
             return
-        stored = await run_in_threadpool(svc.ledger.stored_output_events, job_id)
+        stored = await svc.db("stored_output_events", job_id)
         for event in stored:
             yield sse(event)
         if not stored or stored[-1]["type"] not in {"done", "error"}:

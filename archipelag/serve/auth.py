@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from archipelag.errors import Forbidden, RateLimited, Unauthorized
 
@@ -83,7 +82,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
         digest = hashlib.sha256(key.encode()).hexdigest()
         caller = services.keys.get(digest)
         if caller is None:
-            account, api_key = await run_in_threadpool(services.ledger.authenticate, key)
+            account, api_key = await services.db("authenticate", key)
             caller = Caller(account_id=account.id, key_id=api_key.id, scopes=frozenset(api_key.scopes),
                             home_region=account.home_region)
             services.keys.put(digest, caller)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from starlette.concurrency import run_in_threadpool
 
 from archipelag.catalog import Manifest
 from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
@@ -29,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Final error codes → the job's end state; anything else is `failed`.
 _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_OUT}
+# Events that are output (the job is `streaming` once the first arrives); status events are not.
+_OUTPUT = frozenset({"token", "progress", "image"})
 # A host that turns the job away before running it: try the next host, no attempt used.
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})
 
@@ -82,15 +82,17 @@ class LiveJob:
 class Dispatcher:
     def __init__(
         self,
-        ledger: Any,
+        db: Callable[..., Awaitable[Any]],
         hosts: Callable[[HostId], HostRunner],
         rerank: Callable[[Manifest, str | None, frozenset[HostId]], Any],
         placement_events: Any,
         max_attempts: int,
         forget_host: Callable[[HostId], None] = lambda _: None,
+        queue_timeout_s: float = 120.0,
     ) -> None:
+        self._queue_timeout_s = queue_timeout_s
         self._forget_host = forget_host
-        self._ledger = ledger
+        self._db = db  # db("method", *args): a Ledger method, run off the event loop
         self._hosts = hosts
         self._rerank = rerank  # async (manifest, region, excluded) -> list[HostId]
         self._placement = placement_events  # job_assigned / job_released / mark_offline, fire-and-forget
@@ -136,9 +138,6 @@ class Dispatcher:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await run_in_threadpool(fn, *args, **kwargs)
-
     async def _drive(self, live: LiveJob, manifest: Manifest, spec: JobSpec, region: str | None,
                      candidates: list[HostId]) -> None:
         try:
@@ -152,8 +151,10 @@ class Dispatcher:
 
     async def _attempts(self, live: LiveJob, manifest: Manifest, spec: JobSpec, region: str | None,
                         candidates: list[HostId]) -> None:
-        attempt = 0
-        excluded: set[HostId] = set()
+        lost = 0
+        excluded: set[HostId] = set()  # hosts lost while running this job
+        deadline = time.monotonic() + self._queue_timeout_s
+        backoff_s = 0.01
         while True:
             if live.cancel_requested:
                 await self._finish(live, manifest, JobStatus.CANCELLED, [], "cancelled by the user", None)
@@ -162,12 +163,16 @@ class Dispatcher:
                 try:
                     candidates = list(await self._rerank(manifest, region, frozenset(excluded)))
                 except NoCapacity as exc:
+                    if exc.details.get("full") and time.monotonic() < deadline:  # wait in the queue
+                        await asyncio.sleep(backoff_s)
+                        backoff_s = min(backoff_s * 2, 0.5)
+                        continue
                     await self._finish(live, manifest, JobStatus.FAILED, [], f"no host could take the job: "
                                        f"{exc.message}", None)
                     return
             host_id = candidates.pop(0)
             try:
-                await self._db(self._ledger.transition, live.job_id, JobStatus.ASSIGNED, host_id=host_id)
+                await self._db("transition", live.job_id, JobStatus.ASSIGNED, host_id=host_id)
             except InvalidTransition:
                 return  # cancelled (or finished) by another writer meanwhile
             live.host_id = host_id
@@ -179,22 +184,28 @@ class Dispatcher:
                 self._forget_host(host_id)
                 await self._karma(host_id, KarmaKind.HOST_DROPPED, live.job_id, reason=exc.message)
                 excluded.add(host_id)
-                attempt += 1
-                if attempt >= self._max_attempts:
+                lost += 1
+                if lost >= self._max_attempts:
                     await self._finish(live, manifest, JobStatus.FAILED, [], f"{exc.message}; gave up after "
-                                       f"{attempt} attempts", None)
+                                       f"{lost} attempts", None)
                     return
-                await self._db(self._ledger.requeue, live.job_id, exc.message)
+                await self._db("requeue", live.job_id, exc.message)
                 live.publish({"type": "status", "message": f"host {host_id} was lost; retrying on another host "
-                              f"(attempt {attempt + 1} of {self._max_attempts})"})
+                              f"(attempt {lost + 1} of {self._max_attempts})"})
                 continue
             finally:
                 self._placement.job_released(host_id)
                 live.host_id = None
-            if outcome is None:  # turned away before it started: next host, same attempt
-                excluded.add(host_id)
-                await self._db(self._ledger.transition, live.job_id, JobStatus.QUEUED,
+            if outcome is None:  # turned away before it started (full): back to the queue, same attempt
+                await self._db("transition", live.job_id, JobStatus.QUEUED,
                                reason=f"host {host_id} turned the job away")
+                if time.monotonic() > deadline:
+                    await self._finish(live, manifest, JobStatus.FAILED, [], "no host had a free slot within "
+                                       f"{self._queue_timeout_s:.0f} s", None)
+                    return
+                if not candidates:
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 0.5)
                 continue
             status, events, error = outcome
             await self._finish(live, manifest, status, events, error, host_id)
@@ -203,16 +214,17 @@ class Dispatcher:
     async def _run_on(self, live: LiveJob, host_id: HostId,
                       spec: JobSpec) -> tuple[JobStatus, list[Event], str | None] | None:
         events: list[Event] = []
-        moved = 0  # 1 after `started`, 2 after `streaming`
+        started = streaming = False
         async for event in self._hosts(host_id).run(spec):
             if event["type"] == "error" and event.get("code") in _TURNED_AWAY and not events:
                 return None
-            if moved == 0:
+            if not started:  # the host took it: its first event
+                started = True
                 live.started_monotonic = time.monotonic()
-            if moved < 2:
-                target = JobStatus.STARTED if moved == 0 else JobStatus.STREAMING
-                await self._db(self._ledger.transition, live.job_id, target)
-                moved += 1
+                await self._db("transition", live.job_id, JobStatus.STARTED)
+            elif not streaming and event["type"] in _OUTPUT:  # output begins to flow
+                streaming = True
+                await self._db("transition", live.job_id, JobStatus.STREAMING)
             event.pop("seq", None)
             events.append(event)
             live.publish(event)
@@ -230,23 +242,23 @@ class Dispatcher:
             live.publish(event)
         done = next((e for e in reversed(events) if e["type"] == "done"), None)
         usage = dict(done.get("usage") or {}) if done else {}
-        price_micro = manifest.price_micro if status == JobStatus.SUCCEEDED else 0
+        succeeded = status == JobStatus.SUCCEEDED
+        compute_s = time.monotonic() - (live.started_monotonic or time.monotonic())
         try:
-            await self._db(self._ledger.finish, live.job_id, status, output=collect_output(events), error=error,
-                           usage=usage, events=events, price_micro=price_micro, host_id=host_id)
+            await self._db("finish", live.job_id, status, output=collect_output(events), error=error,
+                           usage=usage, events=events, price_micro=manifest.price_micro if succeeded else 0,
+                           host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
+                           compute_s=compute_s)
         except InvalidTransition:
             log.info("job %s already ended elsewhere", live.job_id)
         except ArchipelagError:
             log.exception("could not record the end of job %s", live.job_id)
-        if host_id is not None and status == JobStatus.SUCCEEDED:
-            started = live.started_monotonic or time.monotonic()
-            await self._karma(host_id, KarmaKind.JOB_SUCCEEDED, live.job_id, compute_s=time.monotonic() - started)
 
     async def _karma(self, host_id: HostId, kind: KarmaKind, job_id: JobId, compute_s: float = 0.0,
                      reason: str | None = None) -> None:
         try:
-            await self._db(self._ledger.record_karma, host_id, kind, job_id=job_id, compute_s=compute_s,
+            await self._db("record_karma", host_id, kind, job_id=job_id, compute_s=compute_s,
                            reason=reason)
-            self._placement.set_karma(host_id, await self._db(self._ledger.karma_score, host_id))
+            self._placement.set_karma(host_id, await self._db("karma_score", host_id))
         except ArchipelagError as exc:
             log.warning("karma for %s not recorded: %s", host_id, exc.message)

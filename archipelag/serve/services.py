@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from archipelag.actors.client import HostAgentClient
 from archipelag.catalog import Manifest, load_catalog
-from starlette.concurrency import run_in_threadpool
-
 from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.ids import HostId, WorkloadSlug
-from archipelag.ledger import Ledger
+from archipelag.ledger.client import LedgerClient
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.serve.auth import KeyCache, RateLimiter
@@ -32,24 +31,30 @@ def job_request(manifest: Manifest, region: str | None) -> JobRequest:
 @dataclass
 class Services:
     settings: Settings
-    ledger: Ledger
+    ledger: LedgerClient
     catalog: dict[WorkloadSlug, Manifest]
     placement: PlacementClient
     keys: KeyCache = field(default_factory=KeyCache)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     _hosts: dict[HostId, HostAgentClient] = field(default_factory=dict)
     _dispatcher: Dispatcher | None = None
+    _fleet_task: asyncio.Task[None] | None = None
     _recorded: dict[HostId, str] = field(default_factory=dict)  # host → status as last written to the ledger
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         return cls(
             settings=settings,
-            ledger=Ledger(settings.effective_database_url()),
+            ledger=LedgerClient.connect(settings),
             catalog=load_catalog(settings.workloads_dir),
             placement=PlacementClient.connect(settings),
             limiter=RateLimiter(settings.rate_limit_per_min),
         )
+
+    async def db(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a ``Ledger`` method in the ledger actor (its own process: SQL never runs on this
+        event loop, and one writer at a time suits SQLite)."""
+        return await self.ledger.call(method, *args, **kwargs)
 
     def host(self, host_id: HostId) -> HostAgentClient:
         client = self._hosts.get(host_id)
@@ -68,13 +73,25 @@ class Services:
 
     @property
     def dispatcher(self) -> Dispatcher:
-        """Created on first use, inside the replica's event loop."""
+        """Created on first use, inside the replica's event loop (with the fleet recorder)."""
         if self._dispatcher is None:
+            self._fleet_task = asyncio.get_running_loop().create_task(self._record_fleet_forever())
             self._dispatcher = Dispatcher(
-                ledger=self.ledger, hosts=self.host, rerank=self.rank, placement_events=self.placement,
+                db=self.db, hosts=self.host, rerank=self.rank, placement_events=self.placement,
                 max_attempts=self.settings.max_attempts, forget_host=self.forget_host,
+                queue_timeout_s=self.settings.queue_timeout_s,
             )
         return self._dispatcher
+
+    async def _record_fleet_forever(self) -> None:
+        """Keep the ledger's host rows current and feed placement the karma the ledger derives."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                for snap in await self.record_fleet():
+                    self.placement.set_karma(snap.host_id, await self.db("karma_score", snap.host_id))
+            except ArchipelagError as exc:
+                log.warning("fleet not recorded: %s", exc.message)
 
     def forget_host(self, host_id: HostId) -> None:
         self._hosts.pop(host_id, None)
@@ -88,11 +105,11 @@ class Services:
             capabilities = {"cpu_cores": snap.cpu_cores, "ram_mb": snap.ram_mb, "gpu_model": snap.gpu_model,
                             "gpu_vram_mb": snap.vram_mb, "runtimes": sorted(snap.runtimes)}
             try:
-                await run_in_threadpool(self.ledger.upsert_host, snap.host_id, snap.name, snap.region,
+                await self.db("upsert_host", snap.host_id, snap.name, snap.region,
                                         capabilities, snap.status)
                 if snap.host_id not in self._recorded:  # a host that rejoins keeps the karma it earned
                     self.placement.set_karma(snap.host_id,
-                                             await run_in_threadpool(self.ledger.karma_score, snap.host_id))
+                                             await self.db("karma_score", snap.host_id))
                 self._recorded[snap.host_id] = str(snap.status)
             except ArchipelagError as exc:
                 log.warning("host %s not recorded: %s", snap.host_id, exc.message)

@@ -87,7 +87,10 @@ async def drive(ledger: Ledger, hosts: dict[str, StandInHost], ranked: list[str]
     async def no_more(*_: Any) -> list[HostId]:
         raise NoCapacity("no other host")
 
-    dispatcher = Dispatcher(ledger, lambda h: hosts[h], rerank or no_more, placement, max_attempts=3)
+    async def db(method: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(ledger, method), *args, **kwargs)
+
+    dispatcher = Dispatcher(db, lambda h: hosts[h], rerank or no_more, placement, max_attempts=3)
     _, job_id = submit(ledger)
     live = dispatcher.start(JobId(job_id), MANIFEST, {"text": "x"}, Settings().limits_for(MANIFEST.tier), None,
                             [HostId(h) for h in ranked])
@@ -174,3 +177,18 @@ def test_a_busy_host_turns_the_job_away_and_the_next_one_runs_it(ledger: Ledger)
     asyncio.run(drive(ledger, hosts, ["a", "b"]))
     job = ledger.list_jobs(1)[0][0]
     assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 1
+
+
+def test_a_job_waits_in_the_queue_while_every_able_host_is_full(ledger: Ledger) -> None:
+    hosts = {"a": StandInHost(DONE)}
+    answers: list[Any] = [NoCapacity("all 1 eligible hosts are full", full=True)] * 3 + [["a"]]
+
+    async def rerank(*_: Any) -> list[HostId]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return [HostId(h) for h in answer]
+
+    asyncio.run(drive(ledger, hosts, [], rerank=rerank))
+    job = ledger.list_jobs(1)[0][0]
+    assert job.status == JobStatus.SUCCEEDED and job.host_id == "a" and not answers

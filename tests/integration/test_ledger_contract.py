@@ -229,6 +229,23 @@ def test_a_succeeded_job_is_charged_its_price_and_its_host_earns_it_less_the_fee
     assert ledger.total_is_zero()
 
 
+def test_a_job_can_be_created_straight_into_the_queue_in_one_transaction(ledger: Ledger) -> None:
+    account = an_account(ledger, credits=1.0)
+    job = ledger.create_job(account.id, "echo", {"text": "hi"}, reserve_micro=100_000, queue=True)
+    assert job.status == JobStatus.QUEUED
+    assert [(e.from_status, e.to_status) for e in ledger.job_events(job.id)] == [
+        (None, JobStatus.SUBMITTED), (JobStatus.SUBMITTED, JobStatus.QUEUED)]
+
+
+def test_finish_can_record_the_hosts_karma_in_the_same_transaction(ledger: Ledger) -> None:
+    ledger.upsert_host("host-k", "k", "eu", {})
+    job = a_job(ledger, an_account(ledger), status=JobStatus.STREAMING, host_id="host-k")
+    ledger.finish(job.id, JobStatus.SUCCEEDED, price_micro=10_000, karma=KarmaKind.JOB_SUCCEEDED, compute_s=60.0)
+    events = ledger.karma_events("host-k")
+    assert [(e.kind, e.job_id) for e in events] == [(KarmaKind.JOB_SUCCEEDED, job.id)]
+    assert ledger.karma_score("host-k") > 0.5
+
+
 def test_a_price_above_the_reservation_is_capped_at_it(ledger: Ledger) -> None:
     account = an_account(ledger, credits=1.0)
     job = a_job(ledger, account, status=JobStatus.STREAMING, reserve_micro=300_000, host_id="host-a")
