@@ -67,8 +67,8 @@ class HostAgentActor:
         if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs}):
             self._placement.register(self._snapshot())
 
-    def run(self, spec: JobSpec) -> Iterator[Event]:
-        yield from self._agent.run(spec)
+    def run(self, spec: JobSpec) -> Iterator[list[Event]]:
+        yield from self._agent.run_batched(spec)
 
     def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         return self._agent.cancel(job_id, reason)

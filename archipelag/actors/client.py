@@ -63,7 +63,8 @@ class HostAgentClient:
         try:
             stream = self._handle.run.remote(spec)
             async for ref in stream:
-                yield await ref
+                for event in await ref:  # the host sends what it has, in lists
+                    yield event
         except _LOST as exc:
             raise HostLost(f"host {self.host_id} was lost while running the job: {type(exc).__name__}",
                            host_id=self.host_id) from None

@@ -8,6 +8,7 @@ ends with exactly one final ``done`` or ``error`` event, whatever the workload d
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -102,6 +103,47 @@ class HostAgent:
         finally:
             with self._lock:
                 self._tokens.pop(spec.job_id, None)
+
+    def run_batched(self, spec: JobSpec, max_batch: int = 1024) -> Iterator[list[Event]]:
+        """``run``'s events in lists: whatever has arrived since the last list, never waiting for more.
+        One list per Ray item instead of one event per item lifts the events/s a stream can carry,
+        without delaying a single event. The job runs in its own thread."""
+        mailbox: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        consumer_gone = threading.Event()
+
+        def produce() -> None:
+            events = self.run(spec)
+            try:
+                for event in events:
+                    mailbox.put(event)
+                    if consumer_gone.is_set():
+                        break
+            finally:
+                events.close()
+                mailbox.put(None)
+
+        worker = threading.Thread(target=produce, name=f"job-{spec.job_id}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                first = mailbox.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < max_batch:
+                    try:
+                        event = mailbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if event is None:
+                        yield batch
+                        return
+                    batch.append(event)
+                yield batch
+        finally:
+            consumer_gone.set()
+            self.cancel(spec.job_id, "the job's consumer went away")
+            worker.join(timeout=10)
 
     def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         """Interrupt a running job; False when it is not running here."""

@@ -105,8 +105,8 @@ async def stream_job(job_id: str, caller: Reader, svc: Svc) -> StreamingResponse
 
     async def events() -> AsyncIterator[bytes]:
         if live is not None:
-            async for event in live.follow():
-                yield sse(event)
+            async for batch in live.batches():  # one write per burst of events, not per event
+                yield b"".join(sse(event) for event in batch)
             return
         stored = await svc.db("stored_output_events", job_id)
         for event in stored:

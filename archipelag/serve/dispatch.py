@@ -67,11 +67,19 @@ class LiveJob:
 
     async def follow(self, start: int = 0) -> AsyncIterator[Event]:
         """Every event from ``start`` on, waiting for new ones until the job is done."""
+        async for batch in self.batches(start):
+            for event in batch:
+                yield event
+
+    async def batches(self, start: int = 0) -> AsyncIterator[list[Event]]:
+        """Like ``follow``, but each time all events that have arrived, as one list."""
         index = start
         while True:
-            while index < len(self.events):
-                yield self.events[index]
-                index += 1
+            if index < len(self.events):
+                batch = self.events[index:]
+                index += len(batch)
+                yield batch
+                continue
             if self.done:
                 return
             if self._waiter is None:

@@ -106,3 +106,22 @@ def test_closing_the_stream_early_closes_the_runtime_and_frees_the_slot() -> Non
     next(stream), next(stream)
     stream.close()
     assert agent.load().active_jobs == 0
+
+
+def test_batched_run_carries_every_event_in_order_and_frees_the_slot() -> None:
+    agent = agent_with(ScriptedRuntime([{"type": "token", "content": str(i)} for i in range(500)]
+                                       + [{"type": "done"}]))
+    batches = list(agent.run_batched(a_spec()))
+    events = [e for batch in batches for e in batch]
+    assert [e["seq"] for e in events] == list(range(502))
+    assert events[-1]["type"] == "done" and all(batches)
+    assert agent.load().active_jobs == 0
+
+
+def test_closing_a_batched_run_early_cancels_the_job() -> None:
+    runtime = ScriptedRuntime([{"type": "token", "content": "x"}], block=True)
+    agent = agent_with(runtime)
+    stream = agent.run_batched(a_spec("j2"))
+    assert next(stream)[0]["type"] == "status"
+    stream.close()
+    assert agent.load().active_jobs == 0
