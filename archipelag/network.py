@@ -83,7 +83,8 @@ class EmbeddedNetwork:
 
         resource = host_resource(host.host_id)
         deadline = time.monotonic() + timeout_s
-        while not any(n["Alive"] and resource in n["Resources"] for n in ray.nodes()):
+        while not any(n["Alive"] and resource in n["Resources"]
+                      for n in ray.nodes()):  # type: ignore[no-untyped-call]
             if host.process.poll() is not None:
                 raise ConfigError(f"host {host.host_id} failed to join; see {host.log_path}")
             if time.monotonic() > deadline:

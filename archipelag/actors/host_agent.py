@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 
 from archipelag.errors import ArchipelagError, JobCancelled, WorkloadError
@@ -56,7 +56,7 @@ class HostAgent:
         with self._lock:
             return HostLoad(len(self._tokens), self._slots, tuple(self._tokens))
 
-    def run(self, spec: JobSpec) -> Iterator[Event]:
+    def run(self, spec: JobSpec) -> Generator[Event, None, None]:
         """Run one job; yield its events numbered by ``seq``. Never raises for workload faults."""
         seq = 0
 

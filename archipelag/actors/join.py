@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from archipelag.actors.hardware import Hardware, detect
 from archipelag.errors import ConfigError, HostLost
@@ -54,7 +54,8 @@ def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> s
     deadline = time.monotonic() + timeout_s
     resource = host_resource(host_id)
     while time.monotonic() < deadline:
-        for info in ray.nodes():
+        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        for info in nodes:
             if info.get("Alive") and resource in info.get("Resources", {}):
                 return str(info["NodeID"])
         if not node.alive():

@@ -59,7 +59,7 @@ def up(
     from archipelag.network import start_network
 
     logging.basicConfig(level=logging.WARNING)
-    settings = Settings(**({"api_port": port} if port else {}))
+    settings = Settings(api_port=port) if port else Settings()
     region_list = tuple(r.strip() for r in regions.split(",") if r.strip())
     typer.echo(f"starting the network: a coordinator and {hosts} hosts in {', '.join(region_list)} …")
     _stop_cleanly_on_sigterm()

@@ -19,7 +19,8 @@ class LedgerClient:
 
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> LedgerClient:
-        handle = ray.remote(LedgerActor).options(  # type: ignore[attr-defined]
+        actor: Any = ray.remote(LedgerActor)
+        handle = actor.options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
         ).remote(settings.effective_database_url())

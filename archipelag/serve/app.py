@@ -69,4 +69,4 @@ def deploy(settings: Settings) -> None:
 def undeploy() -> None:
     from ray import serve
 
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]

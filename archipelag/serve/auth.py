@@ -80,7 +80,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
         services: Any = request.app.state.services
         key = bearer_key(request)
         digest = hashlib.sha256(key.encode()).hexdigest()
-        caller = services.keys.get(digest)
+        caller: Caller | None = services.keys.get(digest)
         if caller is None:
             account, api_key = await services.db("authenticate", key)
             caller = Caller(account_id=account.id, key_id=api_key.id, scopes=frozenset(api_key.scopes),
