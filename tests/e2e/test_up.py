@@ -96,6 +96,24 @@ def test_plain_httpx_create_stream_and_get(up: Up) -> None:
         assert listed["meta"]["limit"] == 1 and listed["meta"]["total"] >= 1
 
 
+def test_the_cli_submits_streams_and_lists(up: Up) -> None:
+    env = {**os.environ, "ARCHIPELAG_URL": up.url, "ARCHIPELAG_API_KEY": up.api_key}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "archipelag", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    submitted = cli("submit", "wasm-hash", "--input", '{"text": "hello"}', "--stream")
+    assert submitted.returncode == 0, submitted.stderr
+    assert hashlib.sha256(b"hello").hexdigest() in submitted.stdout + submitted.stderr
+    listed = cli("jobs", "list", "--json")
+    assert listed.returncode == 0 and "wasm-hash" in listed.stdout
+    hosts = cli("hosts", "list")
+    assert hosts.returncode == 0 and "island-1" in hosts.stdout
+    failed = cli("submit", "no-such-workload", "--input", "{}")
+    assert failed.returncode == 1 and "unknown workload" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_ctrl_c_stops_everything_up_started(up: Up) -> None:
     records = [json.loads(p.read_text()) for p in (up.state_dir / "hosts").glob("*.json")]
     assert len(records) == 3
