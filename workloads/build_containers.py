@@ -1,0 +1,173 @@
+"""Build: the container workloads' images, offline, from local files.
+
+    .venv/bin/python workloads/build_containers.py                # stage and build every container workload
+    .venv/bin/python workloads/build_containers.py pdf-extract    # only these slugs
+    .venv/bin/python workloads/build_containers.py --stage-only   # stage vendor/ dirs, no Docker needed
+    .venv/bin/python workloads/build_containers.py --offline      # never download; fail if a wheel is missing
+
+A container workload is a folder with ``manifest.toml`` (runtime = "container", image = "archipelag/<slug>:1"),
+a ``Dockerfile`` (``ARG BASE`` / ``FROM ${BASE}``, ``COPY vendor/ /app/vendor/``), its program, and an optional
+``requirements.txt`` of pinned third-party packages. Staging fills the folder's git-ignored ``vendor/`` with
+those packages, installed with pip from a wheel cache outside the repository (``--wheels``, default
+``~/.cache/archipelag/wheels``; wheels missing there are fetched once with ``pip download``), plus
+``container_sdk/workload_io.py``. The wheels are the ones for this machine's CPython, which is the interpreter
+of the base image ``archipelag/base:py311`` (``archipelag.runtimes.images``). A stamp in ``vendor/`` skips
+staging while nothing that goes into it changed, so files keep their times and the image build stays cached.
+
+A compiled wheel (Pillow) may link system libraries that manylinux wheels may assume (libpthread, libdl,
+libstdc++, libgcc_s, …) but the base image lacks, because it holds only what the interpreter links. Staging copies
+those, as ``ldd`` resolves them here, into the folder's git-ignored ``system-libs/``, which such a Dockerfile copies
+to ``/usr/lib`` (searched after the loader's cache, so on a public base the image's own libraries still win).
+The image is then built by ``archipelag.runtimes.images.build_workload`` (base built first when absent); its ID is
+printed, and ``archipelag catalog build`` pins it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from archipelag.catalog import Manifest, load_catalog
+
+WORKLOADS = Path(__file__).resolve().parent
+SDK = WORKLOADS / "container_sdk" / "workload_io.py"
+DEFAULT_WHEELS = Path.home() / ".cache" / "archipelag" / "wheels"
+STAMP = ".staged"
+LAYOUT_VERSION = "1"  # bump when staging changes what goes into vendor/
+_PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
+def container_workloads(slugs: list[str] | None = None) -> list[Manifest]:
+    """The container workloads with a Dockerfile, in slug order; all of them when ``slugs`` is empty."""
+    found = [m for m in load_catalog(WORKLOADS).values()
+             if m.runtime == "container" and (Path(m.directory) / "Dockerfile").is_file()]
+    if slugs:
+        unknown = sorted(set(slugs) - {m.slug for m in found})
+        if unknown:
+            raise SystemExit(f"no container workload named {', '.join(unknown)} in {WORKLOADS}")
+        found = [m for m in found if m.slug in slugs]
+    return found
+
+
+def stamp_of(folder: Path) -> str:
+    """What identifies a staged vendor/: the pins, the SDK, and the interpreter the wheels are for."""
+    requirements = folder / "requirements.txt"
+    digest = hashlib.sha256(f"{LAYOUT_VERSION}|{sys.version}|{sysconfig.get_platform()}\n".encode())
+    digest.update(requirements.read_bytes() if requirements.is_file() else b"")
+    digest.update(SDK.read_bytes())
+    return digest.hexdigest()
+
+
+def stage(folder: Path, wheels: Path, offline: bool) -> bool:
+    """Fill ``folder/vendor``; False when it was already staged from the same inputs."""
+    vendor = folder / "vendor"
+    stamp = stamp_of(folder)
+    if (vendor / STAMP).is_file() and (vendor / STAMP).read_text().strip() == stamp:
+        return False
+    partial = folder / ".vendor.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    requirements = folder / "requirements.txt"
+    if requirements.is_file() and requirements.read_text().strip():
+        _install(requirements, partial, wheels, offline)
+    shutil.rmtree(partial / "bin", ignore_errors=True)  # console scripts point at this machine's interpreter
+    shutil.copy2(SDK, partial / SDK.name)
+    _stage_system_libs(partial, folder / "system-libs")
+    (partial / STAMP).write_text(stamp + "\n")
+    shutil.rmtree(vendor, ignore_errors=True)
+    partial.rename(vendor)
+    return True
+
+
+def _stage_system_libs(vendor: Path, out: Path) -> None:
+    """Copy into ``out`` the system libraries that ``vendor``'s native modules link and the interpreter does not."""
+    shutil.rmtree(out, ignore_errors=True)
+    modules = [p for p in vendor.rglob("*.so*") if p.is_file()]
+    if not modules:
+        return
+    interpreter = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    dynload = Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload"
+    present = {path.name for path in _linked([interpreter, *dynload.glob("*.so")])}
+    needed = [path for path in _linked(modules) if not path.is_relative_to(vendor) and path.name not in present]
+    if needed:
+        out.mkdir()
+        for library in needed:
+            shutil.copy2(library.resolve(), out / library.name)
+
+
+def _linked(binaries: list[Path]) -> set[Path]:
+    """The shared libraries ``binaries`` load, as ``ldd`` resolves them on this machine."""
+    result = subprocess.run(["ldd", *map(str, binaries)], capture_output=True, text=True, check=False)
+    found: set[Path] = set()
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if line.startswith("\t") and "=>" in words and len(words) > 3 and words[2].startswith("/"):
+            found.add(Path(words[2]))
+    return found
+
+
+def _install(requirements: Path, target: Path, wheels: Path, offline: bool) -> None:
+    install = [*_PIP, "install", "--quiet", "--no-index", "--find-links", str(wheels), "--only-binary=:all:",
+               "--no-compile", "--target", str(target), "-r", str(requirements)]
+    wheels.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(install, check=False, capture_output=True).returncode == 0:
+        return
+    if offline:
+        raise SystemExit(f"{requirements}: a pinned wheel is not in {wheels}, and --offline forbids fetching it")
+    print(f"fetching the wheels of {requirements.relative_to(WORKLOADS)} into {wheels}", file=sys.stderr)
+    _run([*_PIP, "download", "--quiet", "--only-binary=:all:", "--dest", str(wheels), "-r", str(requirements)])
+    _run(install)
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[2:6])} … failed:\n{result.stderr[-2000:]}")
+
+
+def build(manifests: list[Manifest]) -> dict[str, str]:
+    """Build every workload's image on the local engine; slug → image ID."""
+    import docker
+    import docker.errors
+
+    from archipelag.errors import ConfigError
+    from archipelag.runtimes.images import build_workload
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise SystemExit(f"the Docker engine does not answer ({exc}); start it with "
+                         "scripts/docker-engine.sh ensure") from None
+    try:
+        return {m.slug: build_workload(client, m) for m in manifests}
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("slugs", nargs="*", help="workloads to build (default: every container workload)")
+    parser.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS, help="the wheel cache")
+    parser.add_argument("--offline", action="store_true", help="never download a wheel")
+    parser.add_argument("--stage-only", action="store_true", help="stage vendor/ dirs, build no image")
+    args = parser.parse_args()
+    manifests = container_workloads(args.slugs)
+    for manifest in manifests:
+        if stage(Path(manifest.directory), args.wheels, args.offline):
+            print(f"staged {manifest.slug}/vendor", file=sys.stderr)
+    if args.stage_only:
+        return
+    for slug, image_id in build(manifests).items():
+        print(f"{slug} {image_id}")
+
+
+if __name__ == "__main__":
+    main()
