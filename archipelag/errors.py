@@ -114,6 +114,13 @@ class ProtocolViolation(WorkloadError):
     code = "protocol_violation"
 
 
+class RuntimeUnavailable(ArchipelagError):
+    """The host cannot run this kind of workload now (e.g. its Docker engine does not answer)."""
+
+    code = "runtime_unavailable"
+    http_status = 503
+
+
 class JobCancelled(ArchipelagError):
     code = "cancelled"
     http_status = 409

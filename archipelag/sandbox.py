@@ -32,6 +32,9 @@ class Limits:
     fuel: int  # WASM instructions budget (wasmtime fuel units)
     output_bytes: int  # total stdout a job may write
     line_bytes: int  # longest single output line
+    pids_limit: int = 128  # containers: processes and threads at once
+    cpus: float = 1.0  # containers: CPU quota in cores (capped at the host's core count)
+    tmp_mb: int = 64  # containers: size of the writable /tmp (a tmpfs, counted in memory)
 
     def narrowed(self, memory_mb: int | None = None, timeout_s: float | None = None,
                  fuel: int | None = None, output_bytes: int | None = None) -> Limits:
@@ -43,4 +46,7 @@ class Limits:
             fuel=min(self.fuel, fuel) if fuel else self.fuel,
             output_bytes=min(self.output_bytes, output_bytes) if output_bytes else self.output_bytes,
             line_bytes=self.line_bytes,
+            pids_limit=self.pids_limit,
+            cpus=self.cpus,
+            tmp_mb=self.tmp_mb,
         )

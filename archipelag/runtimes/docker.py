@@ -1,0 +1,380 @@
+"""Docker runtime: runs one job's workload image in a hardened container on a real Docker engine.
+
+Per job (DESIGN §5): the image is checked first (present here, and its ID equal to the one the catalog pins,
+else ``WorkloadRefused`` and nothing runs); then a container is created from that exact ID with a read-only
+root, a size-capped tmpfs ``/tmp`` (mode 1777, noexec), every capability dropped, no-new-privileges, the tier's
+seccomp profile (``runtimes.seccomp``), no network unless the tier allows it, a pids limit, memory = memory+swap,
+a CPU quota, the non-root user 10001, no log driver (output travels only over the attach socket) and stdin open.
+
+The input JSON goes to the container's stdin over the attach socket, which is then half-closed (StdinOnce makes
+that EOF). The same socket carries stdout and stderr in Docker's multiplexed frames; ``run`` reads them on the
+caller's thread and yields each stdout line as a protocol event when it arrives. stderr is only kept as a short
+tail for error messages. Budgets: a timer kills at ``timeout_s`` (``WorkloadTimedOut``); an OOM kill becomes
+``BudgetExceeded("out of memory …")``; output past ``output_bytes`` or a line past ``line_bytes`` kills
+(``BudgetExceeded``); a line that is not an event kills (``ProtocolViolation``); cancel kills (``JobCancelled``).
+Killing ends the attach stream, so the reader never needs a timeout of its own. The container is removed in every
+case — also when the consumer closes the generator early. Docker SDK errors are translated here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import DeviceRequest, LogConfig, Ulimit
+
+from archipelag.catalog import Manifest
+from archipelag.errors import (
+    ArchipelagError,
+    BudgetExceeded,
+    JobCancelled,
+    ProtocolViolation,
+    RuntimeUnavailable,
+    WorkloadError,
+    WorkloadRefused,
+    WorkloadTimedOut,
+)
+from archipelag.protocol import Event, is_final, parse_line
+from archipelag.runtimes import seccomp
+from archipelag.runtimes.base import CancelToken, JobSpec
+
+WORKLOAD_USER: Final = "10001:10001"  # the `workload` user of the base image's /etc/passwd
+JOB_LABEL: Final = "io.archipelag.job"
+WORKLOAD_LABEL: Final = "io.archipelag.workload"
+READ_BYTES: Final = 64 * 1024
+STDERR_TAIL_BYTES: Final = 2048
+EXIT_WAIT_S: Final = 30.0  # how long to wait for the exit status once the output has ended
+_STDOUT, _STDERR = 1, 2
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host offers containers: its core count (caps the CPU quota) and whether a GPU can be passed."""
+
+    cpu_count: int
+    gpu: bool = False
+
+    @classmethod
+    def detect(cls, gpu: bool = False) -> HostFacts:
+        return cls(cpu_count=os.cpu_count() or 1, gpu=gpu)
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What ``create_container`` gets for one job: the container's own settings and its host config."""
+
+    create: dict[str, Any]
+    host_config: dict[str, Any]
+
+
+def container_request(spec: JobSpec, image_id: str, host: HostFacts) -> ContainerRequest:
+    """The container for ``spec``: the sandbox of its tier, nothing else. Pure."""
+    limits = spec.limits
+    memory = f"{limits.memory_mb}m"
+    create: dict[str, Any] = {
+        "image": image_id,
+        "user": WORKLOAD_USER,
+        "labels": {JOB_LABEL: str(spec.job_id), WORKLOAD_LABEL: str(spec.workload.slug)},
+        "stdin_open": True,  # with detach=False the SDK also sets StdinOnce: the engine closes the workload's
+        "detach": False,  # stdin when we half-close the attach socket
+        "tty": False,
+        "environment": {},
+    }
+    host_config: dict[str, Any] = {
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmp_mb}m,mode=1777"},
+        "shm_size": f"{limits.tmp_mb}m",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges", f"seccomp={seccomp.profile_json(spec.workload.tier)}"],
+        "network_mode": "bridge" if limits.network else "none",
+        "ipc_mode": "private",
+        "pids_limit": limits.pids_limit,
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "nano_cpus": int(min(limits.cpus, host.cpu_count) * 1e9),
+        "oom_score_adj": 500,  # under host memory pressure, workloads die before the host's own processes
+        "ulimits": [Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)],
+        "log_config": LogConfig(type=LogConfig.types.NONE),
+    }
+    if spec.workload.requires_gpu:
+        if not limits.gpu:
+            raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU, which its "
+                                  f"{spec.workload.tier.value} tier does not allow", reason="gpu_not_allowed")
+        if not host.gpu:
+            raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU and this host has none",
+                                  reason="gpu_missing")
+        host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return ContainerRequest(create, host_config)
+
+
+class DockerRuntime:
+    """Runs container workloads (DESIGN §5) on one Docker engine. Thread-safe: many jobs may run at once.
+
+    ``DockerRuntime(docker.DockerClient(...))``, or ``DockerRuntime.connect()`` for the local engine."""
+
+    name = "container"
+
+    def __init__(self, client: docker.DockerClient, host: HostFacts | None = None) -> None:
+        self._client = client
+        self._host = host or HostFacts.detect()
+
+    @classmethod
+    def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False) -> DockerRuntime:
+        """A runtime on the engine at ``base_url``; RuntimeUnavailable when it does not answer."""
+        try:
+            client = docker.DockerClient(base_url=base_url)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
+                                     "with scripts/docker-engine.sh ensure") from None
+        return cls(client, HostFacts.detect(gpu=gpu))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]:
+        image_id = self._checked_image(spec.workload)  # refuses before anything runs
+        request = container_request(spec, image_id, self._host)
+        return self._stream(spec, request, cancel)
+
+    def _checked_image(self, workload: Manifest) -> str:
+        pinned = workload.image_id
+        if not pinned:
+            raise WorkloadRefused(f"workload {workload.slug!r} has no pinned image ID; the catalog must pin one",
+                                  reason="image_unpinned")
+        reference = workload.image or pinned
+        try:
+            found = str(self._client.images.get(reference).id)
+        except docker.errors.ImageNotFound:
+            raise WorkloadRefused(f"image {reference} of workload {workload.slug!r} is not on this host",
+                                  reason="image_missing") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc) from None
+        if found != pinned:
+            raise WorkloadRefused(f"image {reference} here is {found}, but the catalog pins {pinned} for workload "
+                                  f"{workload.slug!r}; refusing to run it", reason="image_mismatch")
+        return found
+
+    def _create(self, request: ContainerRequest) -> Container:
+        api = self._client.api
+        created = api.create_container(**request.create, host_config=api.create_host_config(**request.host_config))
+        container: Container = self._client.containers.prepare_model({"Id": created["Id"]})
+        return container
+
+    def _stream(self, spec: JobSpec, request: ContainerRequest, cancel: CancelToken) -> Iterator[Event]:
+        job = _Job(spec)
+        timer = threading.Timer(spec.limits.timeout_s, job.stop, [WorkloadTimedOut(
+            f"timed out: the workload ran past its {spec.limits.timeout_s:g} s wall-clock budget and was killed")])
+        timer.daemon = True
+        sock: socket.socket | None = None
+        try:
+            try:
+                job.container = self._create(request)
+                sock = _attach(job.container)
+                cancel.on_cancel(lambda: job.stop(JobCancelled(cancel.reason or "cancelled")))
+                job.start()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise _engine_error(exc) from None
+            timer.start()
+            _send_input(sock, json.dumps(spec.input).encode() + b"\n")
+            for event in _events(job, sock):
+                yield event
+                if is_final(event):
+                    job.finish()
+                    return
+            raise job.error or job.failure()
+        finally:
+            timer.cancel()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            job.finish()
+            job.remove()
+
+
+class _Job:
+    """One running container's stop switch, shared by the reader, the timer and the cancel callback."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.container: Container | None = None
+        self.error: ArchipelagError | None = None  # why it was stopped; None while it runs on its own
+        self.stderr_tail = b""
+        self._started = False
+        self._finished = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.error is not None:  # cancelled before it started
+                raise self.error
+            assert self.container is not None
+            self.container.start()
+            self._started = True
+
+    def stop(self, error: ArchipelagError, kill: bool = True) -> None:
+        """Stop the job for ``error``; the first reason wins, and a finished job ignores it. The reader itself
+        passes ``kill=False``: the engine's kill waits for buffered output to drain, and only the reader drains,
+        so the reader closes its socket first and kills on its way out."""
+        with self._lock:
+            if self.error is not None or self._finished:
+                return
+            self.error = error
+            container = self.container if self._started and kill else None
+        if container is not None:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                container.kill()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+
+    def failure(self) -> ArchipelagError:
+        """Why a container whose output ended without a final event failed: OOM, a crash, or no done event."""
+        assert self.container is not None
+        limits = self.spec.limits
+        try:
+            status = int(self.container.wait(timeout=limits.timeout_s + EXIT_WAIT_S)["StatusCode"])
+            self.container.reload()
+            state = self.container.attrs.get("State", {})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            return _engine_error(exc)
+        if self.error is not None:  # the timer or a cancel fired while we waited
+            return self.error
+        stderr = self.stderr_tail.decode("utf-8", "replace").strip()
+        last_line = stderr.splitlines()[-1][-300:] if stderr else ""
+        said = f": {last_line}" if last_line else " (its stderr is empty)"
+        if state.get("OOMKilled"):
+            return BudgetExceeded(f"out of memory: the workload went past its {limits.memory_mb} MB memory limit "
+                                  "and was killed", reason="out_of_memory")
+        if status != 0:
+            return WorkloadError(f"the workload exited with status {status} before a done event "
+                                 f"(limits: {limits.memory_mb} MB, {limits.pids_limit} processes){said}",
+                                 exit_status=status, stderr_tail=stderr)
+        return ProtocolViolation(f"the workload exited without a done event{said}", stderr_tail=stderr)
+
+    def remove(self) -> None:
+        """Kill and remove the container, whatever state it is in; retried while Docker is still busy with it."""
+        if self.container is None:
+            return
+        for _ in range(5):
+            try:
+                self.container.remove(force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                threading.Event().wait(0.2)  # "removal already in progress" and the like
+
+
+def _attach(container: Container) -> socket.socket:
+    """The attach socket for stdin, stdout and stderr, opened before the container starts so no output is lost."""
+    response = container.client.api.attach_socket(
+        container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+    raw = getattr(response, "_sock", response)  # the SDK hands back a SocketIO around the real socket
+    if not isinstance(raw, socket.socket):
+        raise RuntimeUnavailable(f"the Docker engine's attach stream is a {type(raw).__name__}, not a socket")
+    return raw
+
+
+def _send_input(sock: socket.socket, payload: bytes) -> None:
+    """Write the input on a helper thread (a workload that never reads stdin must not block us), then
+    half-close the socket: with StdinOnce the engine closes the container's stdin."""
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=write, name="docker-stdin", daemon=True).start()
+
+
+def _frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """Docker's multiplexed attach stream: an 8-byte header (stream id, 3 zero bytes, big-endian length) per
+    frame. Ends at EOF — the container exited or was killed."""
+    buffer = b""
+    while True:
+        while len(buffer) < 8:
+            chunk = _recv(sock)
+            if not chunk:
+                return
+            buffer += chunk
+        stream, length = struct.unpack(">BxxxL", buffer[:8])
+        buffer = buffer[8:]
+        while length > 0:
+            if not buffer:
+                buffer = _recv(sock)
+                if not buffer:
+                    return
+            piece, buffer = buffer[:length], buffer[length:]
+            length -= len(piece)
+            yield stream, piece
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(READ_BYTES)
+    except OSError:
+        return b""
+
+
+def _events(job: _Job, sock: socket.socket) -> Iterator[Event]:
+    """Protocol events from the container's stdout as they arrive. A budget overrun or a bad line marks the job
+    stopped and ends the iteration; the caller then closes the socket and kills the container."""
+    limits = job.spec.limits
+    too_long = f"output limit: the workload wrote a line longer than {limits.line_bytes} bytes"
+    pending = b""
+    total = 0
+    for stream, data in _frames(sock):
+        if stream == _STDERR:
+            job.stderr_tail = (job.stderr_tail + data)[-STDERR_TAIL_BYTES:]
+            continue
+        if stream != _STDOUT:
+            continue
+        total += len(data)
+        if total > limits.output_bytes:
+            job.stop(BudgetExceeded(f"output limit: the workload wrote more than {limits.output_bytes} bytes"),
+                     kill=False)
+            return
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if len(line) > limits.line_bytes:
+                job.stop(BudgetExceeded(too_long), kill=False)
+                return
+            if not line.strip():
+                continue
+            try:
+                event = parse_line(line)
+            except ProtocolViolation as exc:
+                job.stop(exc, kill=False)
+                return
+            yield event
+        if len(pending) > limits.line_bytes:
+            job.stop(BudgetExceeded(too_long), kill=False)
+            return
+    if pending.strip() and job.error is None:
+        yield parse_line(pending)  # a last line without its newline still counts
+
+
+def _engine_error(exc: Exception) -> ArchipelagError:
+    """A Docker SDK or transport error as ours: the engine refusing a request is the workload's failure to
+    run here; an engine that does not answer makes the runtime unavailable."""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return WorkloadRefused(f"the workload's image is not on this host: {exc.explanation}",
+                               reason="image_missing")
+    if isinstance(exc, docker.errors.APIError):
+        return WorkloadError(f"the Docker engine refused the container: {exc.explanation or exc}")
+    return RuntimeUnavailable(f"the Docker engine does not answer: {exc}")
