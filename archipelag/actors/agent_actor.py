@@ -13,6 +13,7 @@ from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
 from archipelag.catalog_signing import CatalogGuard
+from archipelag.errors import RuntimeUnavailable
 from archipelag.ids import HostId, JobId
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
@@ -24,10 +25,19 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_runtimes(settings: Settings, host_id: HostId) -> dict[str, Runtime]:
+def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> dict[str, Runtime]:
+    """WASM always; containers when this machine's Docker engine answers."""
+    from archipelag.runtimes.docker import DockerRuntime
     from archipelag.runtimes.wasm import WasmRuntime
 
-    return {"wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve())}
+    runtimes: dict[str, Runtime] = {
+        "wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve()),
+    }
+    try:
+        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None)
+    except RuntimeUnavailable as exc:
+        log.warning("host %s offers no container runtime: %s", host_id, exc.message)
+    return runtimes
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -43,7 +53,7 @@ class HostAgentActor:
         self._hardware = hardware
         self._accepts = accepts
         guard = CatalogGuard.from_settings(settings)
-        self._agent = HostAgent(host_id, build_runtimes(settings, host_id), settings.host_slots, guard.admit)
+        self._agent = HostAgent(host_id, build_runtimes(settings, host_id, hardware), settings.host_slots, guard.admit)
         self._placement = PlacementClient.connect(settings)
         self._placement.register(self._snapshot())
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")

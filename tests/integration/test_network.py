@@ -21,7 +21,7 @@ from netutil import eventually, network_settings
 from archipelag.network import EmbeddedNetwork, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,21 @@ def test_events_stream_as_they_are_produced(http: httpx.Client) -> None:
     assert job["status"] == "completed"
 
 
+@pytest.mark.docker
+def test_container_workloads_run_through_the_jobs_api(http: httpx.Client) -> None:
+    hosts = http.get("/api/v1/hosts").json()["data"]
+    if not any("container" in h["capabilities"]["runtimes"] for h in hosts):
+        pytest.skip("no Docker engine on this machine: the hosts offer no container runtime")
+    listed = {w["slug"]: w for w in http.get("/api/v1/workloads").json()["data"]}
+    assert listed["csv-stats"]["runtime_type"] == "container"
+    job, events = run_job(http, "csv-stats", {"csv": "a,b\n1,x\n3,y\n"})
+    assert job["status"] == "completed", job["error"]
+    columns = {c["name"]: c for c in json.loads(job["output"])["columns"]}
+    assert columns["a"]["mean"] == 2 and events[-1]["type"] == "done"
+    bad, _ = run_job(http, "text-stats", {"text": 5})
+    assert bad["status"] == "failed"
+
+
 def test_unknown_workload_is_404(http: httpx.Client) -> None:
     response = http.post("/api/v1/jobs", json={"workload": "nope", "input": {}})
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
@@ -146,6 +161,14 @@ def test_invalid_json_and_output_floods_fail_with_a_clear_reason(http: httpx.Cli
     assert job["status"] == "failed" and "not valid JSON" in job["error"]
     job, _ = run_job(http, "test-flood", {})
     assert job["status"] == "failed" and "output limit" in job["error"]
+
+
+def test_a_module_that_traps_or_runs_out_of_memory_fails_and_the_host_survives(http: httpx.Client) -> None:
+    for workload, reason in (("test-trap", "trapped"), ("test-grow-memory", "out of memory")):
+        job, _ = run_job(http, workload, {}, region="us-east")
+        assert job["status"] == "failed" and reason in job["error"], job["error"]
+        after, _ = run_job(http, "wasm-hash", {"text": "alive"}, region="us-east")
+        assert after["status"] == "completed" and after["host_id"] == job["host_id"]
 
 
 def test_a_module_whose_hash_does_not_match_is_refused_before_it_runs(http: httpx.Client) -> None:

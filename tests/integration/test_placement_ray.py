@@ -16,7 +16,7 @@ from archipelag.placement.client import PlacementClient
 from archipelag.settings import Settings
 
 # tests/conftest.py sets RAY_AUTH_MODE=disabled and RAY_TMPDIR before any test imports ray.
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ray_driver]
 
 SETTINGS = Settings(ray_namespace="placement-test", heartbeat_interval_s=0.5, missed_heartbeats_offline=3)
 
