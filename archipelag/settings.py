@@ -76,9 +76,9 @@ class Tiers(BaseModel):
 class PlacementSettings(BaseModel):
     weight_karma: float = 0.30
     weight_proximity: float = 0.30
-    weight_load: float = 0.25
-    weight_fit: float = 0.15
-    weight_warm: float = 0.0
+    weight_load: float = 0.20
+    weight_fit: float = 0.10
+    weight_warm: float = 0.10  # below the proximity gap to another region: a warm host far away loses
     weight_speed: float = 0.0
     max_candidates: int = 8  # length of the ranked list handed back
 
@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     missed_heartbeats_offline: int = 3
     host_slots: int = 4  # jobs one host runs at once
     max_attempts: int = 3  # placements before a job whose hosts keep vanishing fails
+    image_cache_max: int = 20  # workload images a host keeps (LRU beyond)
+    warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
 
     rate_limit_per_min: int = 100

@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> dict[str, Runtime]:
     """WASM always; containers when this machine's Docker engine answers."""
     from archipelag.runtimes.docker import DockerRuntime
+    from archipelag.runtimes.image_cache import ImageCache
     from archipelag.runtimes.wasm import WasmRuntime
 
     runtimes: dict[str, Runtime] = {
         "wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve()),
     }
     try:
-        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None)
+        cache = ImageCache(settings.image_cache_max, settings.warm_ttl_s)
+        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None, cache=cache)
     except RuntimeUnavailable as exc:
         log.warning("host %s offers no container runtime: %s", host_id, exc.message)
     return runtimes
@@ -67,14 +69,16 @@ class HostAgentActor:
             runtimes=self._agent.runtimes, cpu_cores=self._hardware.cpu_cores, ram_mb=self._hardware.ram_mb,
             free_ram_mb=live["free_ram_mb"], gpu_model=self._hardware.gpu_model,
             vram_mb=self._hardware.gpu_vram_mb, free_vram_mb=live["free_vram_mb"], slots=load.slots,
-            active_jobs=load.active_jobs, karma=0.5, accepts=self._accepts, warm=frozenset(), speed=0.5,
+            active_jobs=load.active_jobs, karma=0.5, accepts=self._accepts, warm=self._agent.warm(time.time()),
+            speed=0.5,
             last_heartbeat_at=time.time(), node_id=ray.get_runtime_context().get_node_id(),
         )
 
     def _beat(self) -> None:
         live = metrics(self._hardware)
         load = self._agent.load()
-        if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs}):
+        warm = sorted(self._agent.warm(time.time()))
+        if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs, "warm": warm}):
             self._placement.register(self._snapshot())
 
     def run(self, spec: JobSpec) -> Iterator[list[Event]]:

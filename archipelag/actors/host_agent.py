@@ -52,6 +52,15 @@ class HostAgent:
     def runtimes(self) -> frozenset[str]:
         return frozenset(self._runtimes)
 
+    def warm(self, now: float) -> frozenset[str]:
+        """Workloads a runtime here can start without a build or load (e.g. a cached image)."""
+        found: set[str] = set()
+        for runtime in self._runtimes.values():
+            warm = getattr(runtime, "warm", None)
+            if warm is not None:
+                found |= warm(now)
+        return frozenset(found)
+
     def load(self) -> HostLoad:
         with self._lock:
             return HostLoad(len(self._tokens), self._slots, tuple(self._tokens))

@@ -24,7 +24,8 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +49,7 @@ from archipelag.errors import (
 from archipelag.protocol import Event, is_final, parse_line
 from archipelag.runtimes import seccomp
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.image_cache import ImageCache
 
 WORKLOAD_USER: Final = "10001:10001"  # the `workload` user of the base image's /etc/passwd
 JOB_LABEL: Final = "io.archipelag.job"
@@ -125,12 +127,15 @@ class DockerRuntime:
 
     name = "container"
 
-    def __init__(self, client: docker.DockerClient, host: HostFacts | None = None) -> None:
+    def __init__(self, client: docker.DockerClient, host: HostFacts | None = None,
+                 cache: ImageCache | None = None) -> None:
         self._client = client
         self._host = host or HostFacts.detect()
+        self._cache = cache or ImageCache()
 
     @classmethod
-    def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False) -> DockerRuntime:
+    def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False,
+                cache: ImageCache | None = None) -> DockerRuntime:
         """A runtime on the engine at ``base_url``; RuntimeUnavailable when it does not answer."""
         try:
             client = docker.DockerClient(base_url=base_url)
@@ -138,7 +143,7 @@ class DockerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
                                      "with scripts/docker-engine.sh ensure") from None
-        return cls(client, HostFacts.detect(gpu=gpu))
+        return cls(client, HostFacts.detect(gpu=gpu), cache)
 
     def close(self) -> None:
         self._client.close()
@@ -146,7 +151,28 @@ class DockerRuntime:
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]:
         image_id = self._checked_image(spec.workload)  # refuses before anything runs
         request = container_request(spec, image_id, self._host)
-        return self._stream(spec, request, cancel)
+        self._cache.acquire(image_id, spec.workload.slug, time.time())
+        return self._tracked(image_id, self._stream(spec, request, cancel))
+
+    def warm(self, now: float) -> frozenset[str]:
+        """Workloads whose image this host used recently (reported in heartbeats; placement prefers it)."""
+        return self._cache.warm(now)
+
+    def _tracked(self, image_id: str, events: Generator[Event, None, None]) -> Iterator[Event]:
+        try:
+            yield from events
+        finally:
+            events.close()
+            for stale in self._cache.release(image_id, time.time()):
+                self._evict(stale)
+
+    def _evict(self, image_id: str) -> None:
+        """Remove an image past the cache's limit; one still in use elsewhere on the engine stays."""
+        try:
+            self._client.images.remove(image_id, force=False)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return
+        self._cache.forget(image_id)
 
     def _checked_image(self, workload: Manifest) -> str:
         pinned = workload.image_id
@@ -172,7 +198,7 @@ class DockerRuntime:
         container: Container = self._client.containers.prepare_model({"Id": created["Id"]})
         return container
 
-    def _stream(self, spec: JobSpec, request: ContainerRequest, cancel: CancelToken) -> Iterator[Event]:
+    def _stream(self, spec: JobSpec, request: ContainerRequest, cancel: CancelToken) -> Generator[Event, None, None]:
         job = _Job(spec)
         timer = threading.Timer(spec.limits.timeout_s, job.stop, [WorkloadTimedOut(
             f"timed out: the workload ran past its {spec.limits.timeout_s:g} s wall-clock budget and was killed")])

@@ -100,6 +100,7 @@ def host_view(snapshot: Any, karma_score: float, stale: bool) -> dict[str, Any]:
         },
         "karma_score": karma_score,
         "active_jobs": snapshot.active_jobs,
+        "warm_workloads": sorted(snapshot.warm),
         "last_heartbeat_at": iso(last),
     }
 

@@ -111,6 +111,11 @@ def test_container_workloads_run_through_the_jobs_api(http: httpx.Client) -> Non
     assert columns["a"]["mean"] == 2 and events[-1]["type"] == "done"
     bad, _ = run_job(http, "text-stats", {"text": 5})
     assert bad["status"] == "failed"
+    # The host that ran it holds the image warm, says so in its heartbeat, and placement prefers it.
+    eventually(lambda: "csv-stats" in {h["id"]: h for h in http.get("/api/v1/hosts").json()["data"]}[
+        job["host_id"]]["warm_workloads"])
+    again, _ = run_job(http, "csv-stats", {"csv": "a\n1\n"})
+    assert again["host_id"] == job["host_id"]
 
 
 def test_unknown_workload_is_404(http: httpx.Client) -> None:
