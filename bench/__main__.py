@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "network")
+SECTIONS = ("placement", "wasm", "docker", "network")
 
 
 def _placement() -> None:
@@ -25,17 +25,28 @@ def _wasm() -> None:
     bench_wasm.main([])
 
 
-def _network() -> None:
-    from bench import bench_network
-
-    rows = bench_network.run()
+def _table(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':{width}}  {'value':>18}  note")
     for name, value, note in rows:
         print(f"{name:{width}}  {value:>18}  {note}")
 
 
-RUNNERS: dict[str, Callable[[], None]] = {"placement": _placement, "wasm": _wasm, "network": _network}
+def _docker() -> None:
+    from bench import bench_docker
+
+    _table(bench_docker.rows())
+
+
+def _network() -> None:
+    from bench import bench_network
+
+    _table(bench_network.run())
+
+
+RUNNERS: dict[str, Callable[[], None]] = {
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network,
+}
 
 
 def main(argv: list[str]) -> int:

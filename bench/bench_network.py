@@ -112,8 +112,8 @@ def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> l
     return [
         ("ingress no-op GET /health (baseline)", f"{noop:,.0f} req/s", f"concurrency {concurrency}"),
         ("WASM jobs end to end (wasm-hash)", f"{jobs:,.1f} jobs/s",
-         f"{100 * jobs / noop:.0f} % of no-op; p50 {1000 * statistics.median(latencies):.1f} ms, "
-         f"p99 {1000 * _pct(latencies, 0.99):.1f} ms"),
+         (f"{100 * jobs / noop:.0f} % of no-op; p50 {1000 * statistics.median(latencies):.1f} ms, "
+          f"p99 {1000 * _pct(latencies, 0.99):.1f} ms")),
         ("streamed job: time to first event", f"{1000 * first:.1f} ms", "submit → first SSE event"),
         ("streamed job: events/s", f"{events_s:,.0f} events/s", f"{events:,} events over SSE"),
     ]

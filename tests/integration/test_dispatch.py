@@ -146,7 +146,7 @@ def test_no_host_left_to_try_fails_the_job_with_the_reason(ledger: Ledger) -> No
 
 def test_a_workload_error_fails_the_job_without_charge(ledger: Ledger) -> None:
     hosts = {"a": StandInHost([{"type": "error", "message": "fuel budget exhausted", "code": "budget_exceeded"}])}
-    events, _ = asyncio.run(drive(ledger, hosts, ["a"]))
+    asyncio.run(drive(ledger, hosts, ["a"]))
     job = ledger.list_jobs(1)[0][0]
     assert job.status == JobStatus.FAILED and job.error == "fuel budget exhausted"
     assert ledger.balance_micro(1) == 1_000_000
