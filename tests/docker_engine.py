@@ -8,6 +8,7 @@ tests skip with the reason; CI turns that skip into a failure (tests/conftest.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -51,24 +52,41 @@ class DockerEnv:
         return [c.id for c in containers if c.labels.get(JOB_LABEL, "").endswith(SESSION_SUFFIX)]
 
 
-def _engine(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ENGINE_SCRIPT), command, str(os.getpid())], capture_output=True, text=True,
+def _engine(command: str, holder: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ENGINE_SCRIPT), command, str(holder)], capture_output=True, text=True,
                           timeout=300, check=False)
+
+
+@contextlib.contextmanager
+def engine_lease() -> Iterator[str | None]:
+    """Hold a lease on a running Docker engine (starting one when missing) for the block; yields None
+    when none can be had, else why not. The engine is stopped after, if this started it and no one else holds it."""
+    # Each lease has a holder process of its own, so two leases in one test process stay independent.
+    holder = subprocess.Popen(["sleep", "infinity"])
+    try:
+        ensured = _engine("ensure", holder.pid)
+        if ensured.returncode != 0:
+            yield f"no Docker engine can be had here: {ensured.stderr.strip()[-500:]}"
+            return
+        try:
+            yield None
+        finally:
+            _engine("stop", holder.pid)  # stops only a dockerd the script started, once no one holds it
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture(scope="session")
 def docker_env() -> Iterator[DockerEnv]:
-    ensured = _engine("ensure")
-    if ensured.returncode != 0:
-        pytest.skip(f"no Docker engine can be had here: {ensured.stderr.strip()[-500:]}")
-    started = ensured.stdout.strip().startswith("started")
-    client = docker.DockerClient(base_url=ENGINE_URL)
-    try:
-        yield DockerEnv(client, images.build_image(client, PROBE_DIR, PROBE_TAG))
-    finally:
-        client.close()
-        if started:
-            _engine("stop")
+    with engine_lease() as missing:
+        if missing:
+            pytest.skip(missing)
+        client = docker.DockerClient(base_url=ENGINE_URL)
+        try:
+            yield DockerEnv(client, images.build_image(client, PROBE_DIR, PROBE_TAG))
+        finally:
+            client.close()
 
 
 SESSION_SUFFIX = f"-{os.getpid()}"

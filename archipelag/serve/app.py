@@ -24,7 +24,7 @@ def build_api(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await services.dispatcher.close()
+        await services.close()
 
     app = FastAPI(title="Archipelag", version=__version__, lifespan=lifespan)
     app.state.services = services

@@ -90,8 +90,8 @@ class Services:
             try:
                 for snap in await self.record_fleet():
                     self.placement.set_karma(snap.host_id, await self.db("karma_score", snap.host_id))
-            except ArchipelagError as exc:
-                log.warning("fleet not recorded: %s", exc.message)
+            except Exception:  # keep recording: a missed round is retried on the next one
+                log.warning("fleet not recorded this round", exc_info=True)
 
     def forget_host(self, host_id: HostId) -> None:
         self._hosts.pop(host_id, None)
@@ -105,15 +105,14 @@ class Services:
             capabilities = {"cpu_cores": snap.cpu_cores, "ram_mb": snap.ram_mb, "gpu_model": snap.gpu_model,
                             "gpu_vram_mb": snap.vram_mb, "runtimes": sorted(snap.runtimes)}
             try:
-                await self.db("upsert_host", snap.host_id, snap.name, snap.region,
-                                        capabilities, snap.status)
-                if snap.host_id not in self._recorded:  # a host that rejoins keeps the karma it earned
-                    self.placement.set_karma(snap.host_id,
-                                             await self.db("karma_score", snap.host_id))
+                await self.db("upsert_host", snap.host_id, snap.name, snap.region, capabilities, snap.status)
                 self._recorded[snap.host_id] = str(snap.status)
             except ArchipelagError as exc:
                 log.warning("host %s not recorded: %s", snap.host_id, exc.message)
         return snapshots
 
-    def describe(self) -> dict[str, Any]:
-        return {"workloads": len(self.catalog)}
+    async def close(self) -> None:
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
+        if self._dispatcher is not None:
+            await self._dispatcher.close()

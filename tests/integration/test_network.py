@@ -15,6 +15,7 @@ import httpx
 import pytest
 import ray
 from catalog_builders import network_catalog
+from docker_engine import engine_lease
 from netutil import eventually, network_settings
 
 from archipelag.network import EmbeddedNetwork, start_network
@@ -27,9 +28,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
     root = tmp_path_factory.mktemp("network")
     settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
-    net = start_network(settings, hosts=3)
-    yield net
-    net.stop()
+    with engine_lease():  # the hosts offer containers when an engine answers (the container test skips if not)
+        net = start_network(settings, hosts=3)
+        yield net
+        net.stop()
 
 
 @pytest.fixture(scope="module")
