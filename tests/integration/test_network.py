@@ -70,7 +70,7 @@ def test_hosts_are_listed_online_with_their_capabilities(http: httpx.Client) -> 
     assert {h["id"] for h in hosts} == {"island-1", "island-2", "island-3"}
     for host in hosts:
         assert host["status"] == "online"
-        assert host["capabilities"]["runtimes"] == ["wasm"] and host["capabilities"]["cpu_cores"] >= 1
+        assert "wasm" in host["capabilities"]["runtimes"] and host["capabilities"]["cpu_cores"] >= 1
         assert host["last_heartbeat_at"]
 
 
