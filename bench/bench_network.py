@@ -106,6 +106,7 @@ def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> l
             asyncio.run(_jobs_rps(network.url, network.api_key, 2.0, 4))  # warm caches and workers
             noop = asyncio.run(_noop_rps(network.url, seconds, concurrency))
             jobs, latencies = asyncio.run(_jobs_rps(network.url, network.api_key, seconds, concurrency))
+            _, alone = asyncio.run(_jobs_rps(network.url, network.api_key, seconds / 2, 1))
             first, events_s, events = asyncio.run(_stream(network.url, network.api_key, tokens))
         finally:
             network.stop()
@@ -114,6 +115,8 @@ def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> l
         ("WASM jobs end to end (wasm-hash)", f"{jobs:,.1f} jobs/s",
          (f"{100 * jobs / noop:.0f} % of no-op; p50 {1000 * statistics.median(latencies):.1f} ms, "
           f"p99 {1000 * _pct(latencies, 0.99):.1f} ms")),
+        ("WASM job latency, one at a time", f"{1000 * statistics.median(alone):.1f} ms",
+         f"p50; p99 {1000 * _pct(alone, 0.99):.1f} ms; submit → done over HTTP"),
         ("streamed job: time to first event", f"{1000 * first:.1f} ms", "submit → first SSE event"),
         ("streamed job: events/s", f"{events_s:,.0f} events/s", f"{events:,} events over SSE"),
     ]

@@ -107,6 +107,7 @@ class Dispatcher:
         self._max_attempts = max_attempts
         self._live: dict[JobId, LiveJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._capacity = asyncio.Condition()  # notified when a job here frees a slot; waiters queue FIFO
 
     def live(self, job_id: JobId) -> LiveJob | None:
         return self._live.get(job_id)
@@ -162,7 +163,6 @@ class Dispatcher:
         lost = 0
         excluded: set[HostId] = set()  # hosts lost while running this job
         deadline = time.monotonic() + self._queue_timeout_s
-        backoff_s = 0.01
         while True:
             if live.cancel_requested:
                 await self._finish(live, manifest, JobStatus.CANCELLED, [], "cancelled by the user", None)
@@ -172,8 +172,7 @@ class Dispatcher:
                     candidates = list(await self._rerank(manifest, region, frozenset(excluded)))
                 except NoCapacity as exc:
                     if exc.details.get("full") and time.monotonic() < deadline:  # wait in the queue
-                        await asyncio.sleep(backoff_s)
-                        backoff_s = min(backoff_s * 2, 0.5)
+                        await self._wait_for_capacity()
                         continue
                     await self._finish(live, manifest, JobStatus.FAILED, [], f"no host could take the job: "
                                        f"{exc.message}", None)
@@ -204,6 +203,7 @@ class Dispatcher:
             finally:
                 self._placement.job_released(host_id)
                 live.host_id = None
+                await self._slot_freed()
             if outcome is None:  # turned away before it started (full): back to the queue, same attempt
                 await self._db("transition", live.job_id, JobStatus.QUEUED,
                                reason=f"host {host_id} turned the job away")
@@ -212,12 +212,23 @@ class Dispatcher:
                                        f"{self._queue_timeout_s:.0f} s", None)
                     return
                 if not candidates:
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 0.5)
+                    await self._wait_for_capacity()
                 continue
             status, events, error = outcome
             await self._finish(live, manifest, status, events, error, host_id)
             return
+
+    async def _wait_for_capacity(self, longest_s: float = 0.5) -> None:
+        """Wait, in arrival order, until a job here frees a slot (or a while: slots also free elsewhere)."""
+        async with self._capacity:
+            try:
+                await asyncio.wait_for(self._capacity.wait(), longest_s)
+            except TimeoutError:
+                pass
+
+    async def _slot_freed(self) -> None:
+        async with self._capacity:
+            self._capacity.notify(1)
 
     async def _run_on(self, live: LiveJob, host_id: HostId,
                       spec: JobSpec) -> tuple[JobStatus, list[Event], str | None] | None:
