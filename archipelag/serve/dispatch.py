@@ -264,8 +264,9 @@ class Dispatcher:
         succeeded = status == JobStatus.SUCCEEDED
         compute_s = time.monotonic() - (live.started_monotonic or time.monotonic())
         try:
+            # Stored: everything the live stream carried (earlier attempts too), so a late reader sees the same.
             await self._db("finish", live.job_id, status, output=collect_output(events), error=error,
-                           usage=usage, events=events, price_micro=manifest.price_micro if succeeded else 0,
+                           usage=usage, events=list(live.events), price_micro=manifest.price_micro if succeeded else 0,
                            host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
                            compute_s=compute_s)
         except InvalidTransition:

@@ -126,6 +126,7 @@ def test_a_host_lost_mid_job_requeues_it_to_the_next_host(ledger: Ledger) -> Non
     assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 2
     assert [e.to_status for e in ledger.job_events(job.id)].count(JobStatus.QUEUED) == 2
     assert [e.kind for e in ledger.karma_events("a")] == ["host_dropped"]
+    assert ledger.stored_output_events(job.id) == events  # a late reader sees what the live stream carried
 
 
 def test_a_job_whose_hosts_keep_vanishing_fails_and_is_refunded(ledger: Ledger) -> None:
