@@ -27,7 +27,8 @@ containers: $(STAMP)
 # The network on this machine. Without a Docker engine it still runs, with the WASM workloads only.
 # A dockerd started here is stopped when `up` ends (the shell's PID holds its lease).
 up: env wasm
-	@if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py; then :; \
+	@trap true INT TERM; \
+	if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py; then :; \
 	  else echo "warning: no Docker engine here; container workloads are left out"; fi; \
 	$(VENV)/bin/archipelag up $(ARGS); status=$$?; \
 	bash $(ENGINE) stop $$$$ >/dev/null 2>&1; exit $$status

@@ -85,8 +85,9 @@ class RayNodeProcess:
             _signal(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Graceful stop: SIGINT lets `ray start --block` shut its node down; stragglers get SIGKILL."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Graceful stop: SIGINT lets `ray start --block` shut its node down; after ``timeout_s`` (its
+        graceful shutdown can wait long on workers) the node and its processes get SIGKILL."""
         self.remember_tree()
         if self.alive():
             _signal(self.process.pid, signal.SIGINT)
@@ -95,7 +96,7 @@ class RayNodeProcess:
             except subprocess.TimeoutExpired:
                 _signal(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 2
         for pid in sorted(self._tree):
             try:
                 proc = psutil.Process(pid)

@@ -58,6 +58,13 @@ class HostAgentClient:
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
                            host_id=self.host_id) from None
 
+    def capabilities(self, timeout_s: float = 10) -> dict[str, Any]:
+        try:
+            return dict(ray.get(self._handle.capabilities.remote(), timeout=timeout_s))
+        except (*_LOST, GetTimeoutError) as exc:
+            raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
+                           host_id=self.host_id) from None
+
     async def run(self, spec: JobSpec) -> AsyncIterator[Event]:
         """The job's events as the host yields them; HostLost when the host vanishes mid-job."""
         try:

@@ -110,8 +110,9 @@ def host_join(
         _fail(exc.message)
         return
     hw = joined.hardware
+    runtimes = joined.agent.capabilities()["runtimes"]
     typer.echo(f"host {joined.host_id} joined {coordinator} in {region}: {hw.cpu_cores} cores, {hw.ram_mb} MB RAM, "
-               f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(sorted(hw.runtimes))}. Ctrl-C leaves.")
+               f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(runtimes)}. Ctrl-C leaves.")
     sys.stdout.flush()
     try:
         _wait_for_signal()
