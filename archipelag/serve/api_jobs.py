@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -108,12 +109,21 @@ async def stream_job(job_id: str, caller: Reader, svc: Svc) -> StreamingResponse
             async for batch in live.batches():  # one write per burst of events, not per event
                 yield b"".join(sse(event) for event in batch)
             return
+        current = job
+        deadline = asyncio.get_running_loop().time() + svc.settings.queue_timeout_s + 600
+        while JobStatus(current.status) not in TERMINAL_JOB_STATES:  # running, but not from this replica
+            if asyncio.get_running_loop().time() > deadline:
+                yield sse({"type": "error", "message": "the job's events are not available here; GET the job "
+                           "for its result", "code": "stream_unavailable", "seq": 0})
+                return
+            await asyncio.sleep(0.5)
+            current = await svc.db("get_job", job_id, caller.account_id)
         stored = await svc.db("stored_output_events", job_id)
         for event in stored:
             yield sse(event)
         if not stored or stored[-1]["type"] not in {"done", "error"}:
-            status = JobStatus(job.status)
-            message = job.error or f"the job is {status.value} and its events are not available here"
+            status = JobStatus(current.status)
+            message = current.error or f"the job ended {status.value}"
             yield sse({"type": "error", "message": message, "code": status.value, "seq": len(stored)})
 
     return StreamingResponse(events(), media_type="text/event-stream",
