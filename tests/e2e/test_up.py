@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +48,17 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         output.append(line)
         if "Archipelag is up" in line or time.monotonic() > deadline:
             break
-    assert any("Archipelag is up" in line for line in output), "".join(output)
+    if not any("Archipelag is up" in line for line in output):
+        process.send_signal(signal.SIGINT)  # stop what it started before failing
+        rest, _ = process.communicate(timeout=120)
+        pytest.fail("archipelag up did not come up:\n" + "".join(output) + rest)
     api_key = (state_dir / "api_key").read_text().strip()
+    # Keep reading its output so a full pipe can never block it.
+    threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True).start()
     yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
+        process.wait(timeout=120)
 
 
 def test_up_prints_a_working_key_and_serves_health(up: Up) -> None:
@@ -119,8 +125,7 @@ def test_ctrl_c_stops_everything_up_started(up: Up) -> None:
     assert len(records) == 3
     children = psutil.Process(up.process.pid).children(recursive=True)
     up.process.send_signal(signal.SIGINT)
-    rest, _ = up.process.communicate(timeout=120)
-    assert up.process.returncode == 0, rest
+    assert up.process.wait(timeout=120) == 0
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     # Ray's own node processes were started in their own sessions; none may outlive `up`.
     eventually(lambda: not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
