@@ -42,6 +42,7 @@ class Coordinator:
     settings: Settings
     head: RayNodeProcess | None
     address: str
+    ledger: Ledger  # migrated and synced with the catalog at start
 
     def stop(self) -> None:
         import ray
@@ -67,7 +68,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
     from archipelag.placement.client import PlacementClient
     from archipelag.serve.app import deploy
 
-    prepare_ledger(settings)
+    ledger = prepare_ledger(settings)
     head = None
     address = settings.ray_address
     if not address:
@@ -82,7 +83,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
     LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     deploy(settings)
-    return Coordinator(settings=settings, head=head, address=address)
+    return Coordinator(settings=settings, head=head, address=address, ledger=ledger)
 
 
 def ensure_local_account(settings: Settings, ledger: Ledger, email: str = "you@localhost") -> str:

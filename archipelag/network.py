@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from archipelag.catalog_signing import ensure_dev_signed_catalog
-from archipelag.coordinator import Coordinator, ensure_local_account, prepare_ledger, start_coordinator
+from archipelag.coordinator import Coordinator, ensure_local_account, start_coordinator
 from archipelag.errors import ConfigError
 from archipelag.nodes import host_resource
 from archipelag.settings import Settings
@@ -40,14 +40,16 @@ class LocalHost:
         path = settings.state_dir / "hosts" / f"{self.host_id}.json"
         return dict(json.loads(path.read_text())) if path.exists() else {}
 
-    def leave(self, timeout_s: float = 30) -> None:
+    def ask_to_leave(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+            self.process.send_signal(signal.SIGINT)  # `host join` leaves cleanly on Ctrl-C
+
+    def wait_gone(self, timeout_s: float = 30) -> None:
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
 
 
 @dataclass
@@ -127,11 +129,10 @@ class EmbeddedNetwork:
         host.process.wait(timeout=10)
 
     def stop(self) -> None:
+        for host in self.hosts:  # all at once, so they leave in parallel
+            host.ask_to_leave()
         for host in self.hosts:
-            if host.process.poll() is None:
-                host.process.send_signal(signal.SIGINT)
-        for host in self.hosts:
-            host.leave()
+            host.wait_gone()
         self.coordinator.stop()
 
 
@@ -145,7 +146,7 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
     coordinator = start_coordinator(settings, log_dir)
     network = EmbeddedNetwork(settings, coordinator, api_key="")
     try:
-        network.api_key = ensure_local_account(settings, prepare_ledger(settings))
+        network.api_key = ensure_local_account(settings, coordinator.ledger)
         ids = [f"island-{i + 1}" for i in range(hosts)]
         for index, host_id in enumerate(ids):
             network.wait_node(network.add_host(regions[index % len(regions)], host_id))

@@ -78,13 +78,6 @@ class RayNodeProcess:
             time.sleep(0.1)
         raise ConfigError(f"the Ray node {self.name} did not start within {timeout_s:.0f} s; see {self.log_path}")
 
-    def kill_hard(self) -> None:
-        """Simulate the machine vanishing: SIGKILL the node's processes at once."""
-        self.remember_tree()
-        for pid in [self.process.pid, *self._tree]:
-            _signal(pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
     def stop(self, timeout_s: float = 5.0) -> None:
         """Graceful stop: SIGINT lets `ray start --block` shut its node down; after ``timeout_s`` (its
         graceful shutdown can wait long on workers) the node and its processes get SIGKILL."""

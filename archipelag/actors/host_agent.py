@@ -54,12 +54,7 @@ class HostAgent:
 
     def warm(self, now: float) -> frozenset[str]:
         """Workloads a runtime here can start without a build or load (e.g. a cached image)."""
-        found: set[str] = set()
-        for runtime in self._runtimes.values():
-            warm = getattr(runtime, "warm", None)
-            if warm is not None:
-                found |= warm(now)
-        return frozenset(found)
+        return frozenset().union(*(runtime.warm(now) for runtime in self._runtimes.values()))
 
     def load(self) -> HostLoad:
         with self._lock:

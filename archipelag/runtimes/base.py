@@ -71,5 +71,8 @@ class Runtime(Protocol):
 
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]: ...
 
+    def warm(self, now: float) -> frozenset[str]:
+        """Workload slugs this runtime can start without a build or load (placement prefers them)."""
+
     def close(self) -> None:
         """Release the runtime's threads and handles; the host is leaving."""

@@ -74,6 +74,10 @@ class WasmRuntime:
     def cache_stats(self) -> CacheStats:
         return self._modules.stats
 
+    def warm(self, now: float) -> frozenset[str]:
+        """None to report: compiling a module takes ~0.1 s once, then the cache serves every host job."""
+        return frozenset()
+
     def close(self) -> None:
         """Stop the watchdog and the idle worker threads (after the jobs still running end)."""
         self._watchdog.close()

@@ -78,7 +78,7 @@ async def revoke_key(key_id: int, caller: Writer, svc: Svc) -> Response:
 @router.get("/hosts")
 async def list_hosts(_: Reader, svc: Svc) -> Response:
     snapshots = await svc.record_fleet()
-    views = [host_view(s, await svc.db("karma_score", s.host_id), stale=False)
+    views = [host_view(s, await svc.db("karma_score", s.host_id))
              for s in snapshots]
     return page(views, len(views), len(views), 0)
 
@@ -88,7 +88,7 @@ async def get_host(host_id: str, _: Reader, svc: Svc) -> Response:
     snapshot = next((s for s in await svc.record_fleet() if s.host_id == host_id), None)
     if snapshot is None:
         raise NotFound(f"no host {host_id!r}; GET /api/v1/hosts lists them")
-    return data(host_view(snapshot, await svc.db("karma_score", host_id), stale=False))
+    return data(host_view(snapshot, await svc.db("karma_score", host_id)))
 
 
 @router.get("/hosts/{host_id}/karma")

@@ -84,12 +84,12 @@ def api_key_view(key: Any, full_key: str | None = None) -> dict[str, Any]:
     return view
 
 
-def host_view(snapshot: Any, karma_score: float, stale: bool) -> dict[str, Any]:
+def host_view(snapshot: Any, karma_score: float) -> dict[str, Any]:
     last = datetime.fromtimestamp(snapshot.last_heartbeat_at).astimezone() if snapshot.last_heartbeat_at else None
     return {
         "id": snapshot.host_id,
         "name": snapshot.name,
-        "status": "offline" if stale else str(snapshot.status),
+        "status": str(snapshot.status),  # placement reports a host with stale heartbeats as offline
         "region": snapshot.region,
         "capabilities": {
             "cpu_cores": snapshot.cpu_cores,

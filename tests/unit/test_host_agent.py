@@ -30,8 +30,11 @@ class ScriptedRuntime:
         if self.error is not None:
             raise self.error
 
+    def warm(self, now: float) -> frozenset[str]:
+        return frozenset()
+
     def close(self) -> None:
-        self.closed = True
+        pass
 
 
 def a_spec(job_id: str = "j1", runtime: str = "wasm") -> JobSpec:
