@@ -37,6 +37,7 @@ from archipelag.catalog import Manifest, load_catalog
 WORKLOADS = Path(__file__).resolve().parent
 SDK = WORKLOADS / "container_sdk" / "workload_io.py"
 DEFAULT_WHEELS = Path.home() / ".cache" / "archipelag" / "wheels"
+LOCAL_WHEELS = (Path("/opt/wheels"),)  # wheels that lie on this kind of machine (torch's CPU build)
 STAMP = ".staged"
 LAYOUT_VERSION = "1"  # bump when staging changes what goes into vendor/
 _PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -111,16 +112,22 @@ def _linked(binaries: list[Path]) -> set[Path]:
     return found
 
 
+def _local_wheels(wheels: Path) -> list[str]:
+    """``--find-links`` for the wheel cache and for wheels this machine ships (torch's CPU wheel, DESIGN §9)."""
+    return [arg for folder in (wheels, *LOCAL_WHEELS) if folder.is_dir() for arg in ("--find-links", str(folder))]
+
+
 def _install(requirements: Path, target: Path, wheels: Path, offline: bool) -> None:
-    install = [*_PIP, "install", "--quiet", "--no-index", "--find-links", str(wheels), "--only-binary=:all:",
-               "--no-compile", "--target", str(target), "-r", str(requirements)]
     wheels.mkdir(parents=True, exist_ok=True)
+    install = [*_PIP, "install", "--quiet", "--no-index", *_local_wheels(wheels), "--only-binary=:all:",
+               "--no-compile", "--target", str(target), "-r", str(requirements)]
     if subprocess.run(install, check=False, capture_output=True).returncode == 0:
         return
     if offline:
         raise SystemExit(f"{requirements}: a pinned wheel is not in {wheels}, and --offline forbids fetching it")
     print(f"fetching the wheels of {requirements.relative_to(WORKLOADS)} into {wheels}", file=sys.stderr)
-    _run([*_PIP, "download", "--quiet", "--only-binary=:all:", "--dest", str(wheels), "-r", str(requirements)])
+    _run([*_PIP, "download", "--quiet", "--only-binary=:all:", *_local_wheels(wheels), "--dest", str(wheels),
+          "-r", str(requirements)])
     _run(install)
 
 
