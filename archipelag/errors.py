@@ -86,6 +86,13 @@ class NoCapacity(ArchipelagError):
     http_status = 503
 
 
+class HostBusy(ArchipelagError):
+    """This host cannot take the job now (no free slot, no memory for another model): try the next host."""
+
+    code = "host_busy"
+    http_status = 503
+
+
 # --- workloads, hosts, ledger ---------------------------------------------------------------------
 
 

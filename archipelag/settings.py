@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
 
+    # Models (LLM and image weights): looked up by file name here, verified against the catalog's SHA-256.
+    models_dir: Path = Path.home() / ".cache" / "archipelag" / "models"
+    model_idle_ttl_s: float = 300.0  # a warm model worker idle this long is stopped, freeing its memory
+    max_model_workers: int = 2  # warm model workers one host keeps at once (least recently used goes first)
+    model_memory_reserve_mb: int = 1024  # a new worker starts only if the host keeps this much free after it
+
     rate_limit_per_min: int = 100
     initial_credits: float = 1000.0  # credits for an account created by `up`
     admin_api_key: SecretStr | None = None
@@ -119,7 +125,7 @@ class Settings(BaseSettings):
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
 
-    @field_validator("state_dir", "workloads_dir")
+    @field_validator("state_dir", "workloads_dir", "models_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from archipelag.errors import RuntimeUnavailable
 from archipelag.ids import HostId, JobId
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
-from archipelag.placement.scoring import HostSnapshot
+from archipelag.placement.scoring import HostSnapshot, accepts
 from archipelag.protocol import Event
 from archipelag.runtimes.base import JobSpec, Runtime
+from archipelag.runtimes.models import ModelStore
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,19 @@ def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> d
     """WASM always; containers when this machine's Docker engine answers."""
     from archipelag.runtimes.docker import DockerRuntime
     from archipelag.runtimes.image_cache import ImageCache
+    from archipelag.runtimes.models import ModelStore
     from archipelag.runtimes.wasm import WasmRuntime
+    from archipelag.runtimes.workers import WorkerPool
 
     runtimes: dict[str, Runtime] = {
         "wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve()),
     }
     try:
         cache = ImageCache(settings.image_cache_max, settings.warm_ttl_s)
-        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None, cache=cache)
+        pool = functools.partial(WorkerPool, idle_ttl_s=settings.model_idle_ttl_s,
+                                 max_workers=settings.max_model_workers, reserve_mb=settings.model_memory_reserve_mb)
+        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None, cache=cache,
+                                                      models=ModelStore(settings.models_dir), pool=pool)
     except RuntimeUnavailable as exc:
         log.warning("host %s offers no container runtime: %s", host_id, exc.message)
     return runtimes
@@ -54,8 +61,10 @@ class HostAgentActor:
         self._region = region
         self._hardware = hardware
         self._accepts = accepts
-        guard = CatalogGuard.from_settings(settings)
-        self._agent = HostAgent(host_id, build_runtimes(settings, host_id, hardware), settings.host_slots, guard.admit)
+        self._guard = CatalogGuard.from_settings(settings)
+        runtimes = build_runtimes(settings, host_id, hardware)
+        self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit)
+        self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
         self._placement.register(self._snapshot())
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")
@@ -69,10 +78,21 @@ class HostAgentActor:
             runtimes=self._agent.runtimes, cpu_cores=self._hardware.cpu_cores, ram_mb=self._hardware.ram_mb,
             free_ram_mb=live["free_ram_mb"], gpu_model=self._hardware.gpu_model,
             vram_mb=self._hardware.gpu_vram_mb, free_vram_mb=live["free_vram_mb"], slots=load.slots,
-            active_jobs=load.active_jobs, karma=0.5, accepts=self._accepts, warm=self._agent.warm(time.time()),
+            active_jobs=load.active_jobs, karma=0.5, accepts=self._effective_accepts(), warm=self._agent.warm(time.time()),
             speed=0.5,
             last_heartbeat_at=time.time(), node_id=ray.get_runtime_context().get_node_id(),
         )
+
+    def _effective_accepts(self) -> tuple[str, ...]:
+        """The operator's accept patterns, less the workloads whose model weights this host lacks (an explicit
+        slug list then; placement never sends those here). Re-read when the host registers again."""
+        manifests = self._guard.catalog.manifests
+        lacking = {slug for slug, m in manifests.items()
+                   if m.model is not None and (self._models is None or not self._models.has(m.model))}
+        if not lacking:
+            return self._accepts
+        able = tuple(slug for slug in manifests if slug not in lacking and accepts(self._accepts, slug))
+        return able or ("-none-",)  # an empty list would mean "everything"
 
     def _beat(self) -> None:
         live = metrics(self._hardware)

@@ -81,9 +81,9 @@ class HostAgent:
                     f"host {self.host_id} has no {spec.workload.runtime} runtime", "runtime_unavailable"))
                 return
             spec = self._admit_spec(spec)
+            events = runtime.run(spec, token)  # refuses (or turns the job away) before it counts as started
             yield numbered({"type": "status", "message": f"started on {self.host_id}"})
             ended = False
-            events = runtime.run(spec, token)
             try:
                 for event in events:
                     yield numbered(event)

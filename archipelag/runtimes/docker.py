@@ -25,15 +25,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.types import DeviceRequest, LogConfig, Ulimit
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from archipelag.catalog import Manifest
 from archipelag.errors import (
@@ -50,6 +51,9 @@ from archipelag.protocol import Event, is_final, parse_line
 from archipelag.runtimes import seccomp
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.image_cache import ImageCache
+from archipelag.runtimes.models import ModelStore
+from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, sweep_orphans
+from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
 
 WORKLOAD_USER: Final = "10001:10001"  # the `workload` user of the base image's /etc/passwd
 JOB_LABEL: Final = "io.archipelag.job"
@@ -80,18 +84,26 @@ class ContainerRequest:
     host_config: dict[str, Any]
 
 
-def container_request(spec: JobSpec, image_id: str, host: HostFacts) -> ContainerRequest:
-    """The container for ``spec``: the sandbox of its tier, nothing else. Pure."""
+def container_request(spec: JobSpec, image_id: str, host: HostFacts, model: Path | None = None,
+                      worker: bool = False, owner: dict[str, str] | None = None) -> ContainerRequest:
+    """The container for ``spec``: the sandbox of its tier, nothing else. Pure.
+
+    ``model``: weights mounted read-only at ``/models/<name>`` (``ARCHIPELAG_MODEL``). ``worker``: a long-lived
+    model worker (``runtimes.workers``) whose stdin stays open across requests. ``owner``: labels naming the
+    host process, so a later sweep can remove what a killed host left behind."""
     limits = spec.limits
     memory = f"{limits.memory_mb}m"
+    environment = {"ARCHIPELAG_THREADS": str(max(1, int(min(limits.cpus, host.cpu_count))))}
+    labels = {JOB_LABEL: "worker" if worker else str(spec.job_id), WORKLOAD_LABEL: str(spec.workload.slug),
+              **(owner or {})}
     create: dict[str, Any] = {
         "image": image_id,
         "user": WORKLOAD_USER,
-        "labels": {JOB_LABEL: str(spec.job_id), WORKLOAD_LABEL: str(spec.workload.slug)},
+        "labels": labels,
         "stdin_open": True,  # with detach=False the SDK also sets StdinOnce: the engine closes the workload's
-        "detach": False,  # stdin when we half-close the attach socket
+        "detach": worker,  # stdin when we half-close the attach socket; a worker's stdin stays open
         "tty": False,
-        "environment": {},
+        "environment": environment,
     }
     host_config: dict[str, Any] = {
         "read_only": True,
@@ -109,6 +121,12 @@ def container_request(spec: JobSpec, image_id: str, host: HostFacts) -> Containe
         "ulimits": [Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)],
         "log_config": LogConfig(type=LogConfig.types.NONE),
     }
+    if worker:
+        environment["ARCHIPELAG_WORKER"] = "1"
+    if model is not None:
+        target = f"/models/{model.name}"
+        host_config["mounts"] = [Mount(target=target, source=str(model), type="bind", read_only=True)]
+        environment["ARCHIPELAG_MODEL"] = target
     if spec.workload.requires_gpu:
         if not limits.gpu:
             raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU, which its "
@@ -117,6 +135,10 @@ def container_request(spec: JobSpec, image_id: str, host: HostFacts) -> Containe
             raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU and this host has none",
                                   reason="gpu_missing")
         host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        environment["ARCHIPELAG_GPU"] = "1"
+    elif spec.workload.model is not None and limits.gpu and host.gpu:
+        host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]  # offload if it can
+        environment["ARCHIPELAG_GPU"] = "1"
     return ContainerRequest(create, host_config)
 
 
@@ -128,14 +150,21 @@ class DockerRuntime:
     name = "container"
 
     def __init__(self, client: docker.DockerClient, host: HostFacts | None = None,
-                 cache: ImageCache | None = None) -> None:
+                 cache: ImageCache | None = None, models: ModelStore | None = None,
+                 pool: Callable[[StartWorker], WorkerPool] | None = None) -> None:
         self._client = client
         self._host = host or HostFacts.detect()
         self._cache = cache or ImageCache()
+        self._models = models or ModelStore(Path.home() / ".cache" / "archipelag" / "models")
+        self._pool = (pool or WorkerPool)(self._start_worker)
+        self._worker_slugs: set[str] = set()
+        self._owner = {OWNER_LABEL: owner_tag()}
+        sweep_orphans(client)
 
     @classmethod
     def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False,
-                cache: ImageCache | None = None) -> DockerRuntime:
+                cache: ImageCache | None = None, models: ModelStore | None = None,
+                pool: Callable[[StartWorker], WorkerPool] | None = None) -> DockerRuntime:
         """A runtime on the engine at ``base_url``; RuntimeUnavailable when it does not answer."""
         try:
             client = docker.DockerClient(base_url=base_url)
@@ -143,20 +172,46 @@ class DockerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
                                      "with scripts/docker-engine.sh ensure") from None
-        return cls(client, HostFacts.detect(gpu=gpu), cache)
+        return cls(client, HostFacts.detect(gpu=gpu), cache, models, pool)
 
     def close(self) -> None:
+        self._pool.close()
         self._client.close()
+
+    @property
+    def models(self) -> ModelStore:
+        return self._models
+
+    @property
+    def pool(self) -> WorkerPool:
+        return self._pool
 
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]:
         image_id = self._checked_image(spec.workload)  # refuses before anything runs
-        request = container_request(spec, image_id, self._host)
+        model = self._models.verified(spec.workload.model) if spec.workload.model else None
+        if spec.workload.worker:
+            self._worker_slugs.add(str(spec.workload.slug))
+            self._pool.check_room(spec, image_id, model)  # HostBusy now, before the job counts as started here
+            self._cache.acquire(image_id, spec.workload.slug, time.time())
+            return self._tracked(image_id, self._pool.serve(spec, image_id, model, cancel))
+        request = container_request(spec, image_id, self._host, model, owner=self._owner)
         self._cache.acquire(image_id, spec.workload.slug, time.time())
         return self._tracked(image_id, self._stream(spec, request, cancel))
 
     def warm(self, now: float) -> frozenset[str]:
-        """Workloads whose image this host used recently (reported in heartbeats; placement prefers it)."""
-        return self._cache.warm(now)
+        """Workloads whose image this host used recently, and model workloads with a live worker (reported in
+        heartbeats; placement prefers it). A model workload is warm only while its model is loaded."""
+        return (self._cache.warm(now) - self._worker_slugs) | self._pool.warm()
+
+    def _start_worker(self, spec: JobSpec, image_id: str, model: Path | None) -> Started:
+        request = container_request(spec, image_id, self._host, model, worker=True, owner=self._owner)
+        try:
+            container = self._create(request)
+            sock = _attach(container)
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc) from None
+        return Started(container, sock, _frames(sock))
 
     def _tracked(self, image_id: str, events: Generator[Event, None, None]) -> Iterator[Event]:
         try:
@@ -404,3 +459,4 @@ def _engine_error(exc: Exception) -> ArchipelagError:
     if isinstance(exc, docker.errors.APIError):
         return WorkloadError(f"the Docker engine refused the container: {exc.explanation or exc}")
     return RuntimeUnavailable(f"the Docker engine does not answer: {exc}")
+

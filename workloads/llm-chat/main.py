@@ -1,0 +1,163 @@
+"""llm-chat: chat completions with llama.cpp, one ``token`` event per generated piece.
+
+Input  {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, …]}
+       or {"prompt": str, "system_prompt"?: str};
+       plus "max_tokens"? (1-4096, default 256), "temperature"? (0-2, default 0.7), "top_p"? (0-1, default 0.95),
+       "stop"? (a string or a list of up to 4), "seed"? (0 to 2^31-1; random when absent).
+Events status "loading model" (the first request of a worker), token {content} per piece, then
+       done {usage: {prompt_tokens, completion_tokens}, seed, finish_reason: "stop"|"length"}.
+
+The model is the GGUF file the host mounted read-only at ``$ARCHIPELAG_MODEL`` (its SHA-256 checked against the
+catalog before the container started); its own chat template formats the messages. In worker mode the model is
+loaded once and serves request after request; ``cancelled()`` is polled between tokens. Threads:
+``$ARCHIPELAG_THREADS``; layers go to the GPU when ``$ARCHIPELAG_GPU=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+from workload_io import Cancelled, Done, InputError, cancelled, emit, int_field, serve, text_field
+
+MAX_INPUT_BYTES = 4 * 1024 * 1024 + 64 * 1024  # 128 messages of 32 KB, and the rest of the request
+MAX_MESSAGES = 128
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_TOKENS = 4096
+ROLES = ("system", "user", "assistant", "tool")
+CONTEXT_TOKENS = 2048
+
+_model: Any = None
+
+
+def load_model() -> Any:
+    """The model, loaded on first use and kept (worker mode serves many requests with it)."""
+    global _model
+    if _model is None:
+        path = os.environ.get("ARCHIPELAG_MODEL")
+        if not path or not os.path.isfile(path):
+            raise RuntimeError("no model mounted: ARCHIPELAG_MODEL does not name a file")
+        emit("status", message="loading model")
+        from llama_cpp import Llama
+
+        threads = max(1, int(os.environ.get("ARCHIPELAG_THREADS", "1")))
+        _model = Llama(model_path=path, n_ctx=CONTEXT_TOKENS, n_threads=threads, n_threads_batch=threads,
+                       n_gpu_layers=-1 if os.environ.get("ARCHIPELAG_GPU") == "1" else 0, verbose=False)
+    return _model
+
+
+def number_field(job: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = job.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"field {name!r} must be a number from {low:g} to {high:g}")
+    if not low <= value <= high:
+        raise InputError(f"field {name!r} must be from {low:g} to {high:g}, not {value:g}")
+    return float(value)
+
+
+def messages_of(job: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat as a list of {role, content}; InputError naming what is wrong."""
+    if "messages" in job:
+        raw = job["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise InputError("field 'messages' must be a non-empty list of {role, content} objects")
+        if len(raw) > MAX_MESSAGES:
+            raise InputError(f"at most {MAX_MESSAGES} messages, not {len(raw)}")
+        messages = []
+        for index, message in enumerate(raw):
+            if not isinstance(message, dict):
+                raise InputError(f"messages[{index}] must be an object with role and content")
+            role, content = message.get("role"), message.get("content")
+            if role not in ROLES:
+                raise InputError(f"messages[{index}].role must be one of {', '.join(ROLES)}, not {role!r}")
+            if not isinstance(content, str):
+                raise InputError(f"messages[{index}].content must be a string")
+            if len(content.encode()) > MAX_MESSAGE_BYTES:
+                raise InputError(f"messages[{index}].content is longer than {MAX_MESSAGE_BYTES} bytes")
+            messages.append({"role": role, "content": content})
+        return messages
+    prompt = text_field(job, "prompt")
+    system = text_field(job, "system_prompt", required=False)
+    assert prompt is not None
+    for name, text in (("prompt", prompt), ("system_prompt", system or "")):
+        if len(text.encode()) > MAX_MESSAGE_BYTES:
+            raise InputError(f"field {name!r} is longer than {MAX_MESSAGE_BYTES} bytes")
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def stops_of(job: dict[str, Any]) -> list[str]:
+    stop = job.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise InputError("field 'stop' must be a non-empty string or a list of up to 4 of them")
+    return stops
+
+
+def parameters(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything but the model: checked before the model is touched, so bad input fails fast."""
+    seed = int_field(job, "seed", None, 0, 2**31 - 1)
+    return {
+        "messages": messages_of(job),
+        "max_tokens": int_field(job, "max_tokens", 256, 1, MAX_TOKENS),
+        "temperature": number_field(job, "temperature", 0.7, 0.0, 2.0),
+        "top_p": number_field(job, "top_p", 0.95, 0.0, 1.0),
+        "stop": stops_of(job),
+        "seed": random.randrange(2**31) if seed is None else seed,
+    }
+
+
+def prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+    """The chat formatted by the model's own template, as tokens, and the template's stop strings."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise InputError("the model has no chat template; send a model with one")
+    vocab = llm._model  # noqa: SLF001 - the token texts live on the model object
+    eos = vocab.token_get_text(llm.token_eos())
+    bos = vocab.token_get_text(llm.token_bos())
+    formatted = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages)
+    tokens = llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+    stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+    return tokens, [s for s in stop if s]
+
+
+def handle(job: dict[str, Any]) -> Done:
+    params = parameters(job)
+    llm = load_model()
+    tokens, template_stops = prompt_tokens(llm, params["messages"])
+    if len(tokens) + 1 >= CONTEXT_TOKENS:
+        raise InputError(f"the chat is {len(tokens)} tokens; this model's context holds {CONTEXT_TOKENS}")
+    max_tokens = min(params["max_tokens"], CONTEXT_TOKENS - len(tokens))
+    completion = 0
+    finish = "stop"
+    stream = llm.create_completion(
+        prompt=tokens, max_tokens=max_tokens, temperature=params["temperature"], top_p=params["top_p"],
+        stop=params["stop"] + template_stops, seed=params["seed"], stream=True)
+    try:
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            text = choice.get("text") or ""
+            if text:
+                completion += 1
+                emit("token", content=text)
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+            if cancelled():
+                raise Cancelled
+    finally:
+        stream.close()
+    if finish == "length":
+        completion = max_tokens  # every sampled token counts, also pieces held back as incomplete UTF-8
+    return Done(seed=params["seed"], usage={"prompt_tokens": len(tokens), "completion_tokens": completion},
+                extra={"finish_reason": finish})
+
+
+if __name__ == "__main__":
+    serve(handle, MAX_INPUT_BYTES)
