@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network")
+SECTIONS = ("placement", "wasm", "docker", "network", "llm")
 
 
 def _placement() -> None:
@@ -44,8 +44,14 @@ def _network() -> None:
     _table(bench_network.run())
 
 
+def _llm() -> None:
+    from bench import bench_llm
+
+    _table(bench_llm.run())
+
+
 RUNNERS: dict[str, Callable[[], None]] = {
-    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network,
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "llm": _llm,
 }
 
 

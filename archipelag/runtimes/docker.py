@@ -187,8 +187,12 @@ class DockerRuntime:
         return self._pool
 
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]:
-        image_id = self._checked_image(spec.workload)  # refuses before anything runs
         model = self._models.verified(spec.workload.model) if spec.workload.model else None
+        pinned = spec.workload.image_id or ""
+        if spec.workload.worker and self._pool.serves(str(spec.workload.slug), pinned, model):
+            image_id = pinned  # its live worker was started from exactly this image: no engine round trip
+        else:
+            image_id = self._checked_image(spec.workload)  # refuses before anything runs
         if spec.workload.worker:
             self._worker_slugs.add(str(spec.workload.slug))
             self._pool.check_room(spec, image_id, model)  # HostBusy now, before the job counts as started here

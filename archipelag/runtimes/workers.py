@@ -252,6 +252,12 @@ class WorkerPool:
         with self._lock:
             return list(self._workers.values())
 
+    def serves(self, slug: str, image_id: str, model: Path | None) -> bool:
+        """Whether a live worker of exactly this workload, image and model is here."""
+        with self._lock:
+            worker = self._workers.get((slug, image_id, str(model or "")))
+            return worker is not None and worker.alive
+
     def check_room(self, spec: JobSpec, image_id: str, model: Path | None) -> None:
         """Before the job is taken: HostBusy when no worker of its model lives here and none can start."""
         key = _key(spec, image_id, model)

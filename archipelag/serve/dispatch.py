@@ -49,6 +49,7 @@ class LiveJob:
     host_id: HostId | None = None
     cancel_requested: bool = False
     started_monotonic: float | None = None
+    ledger_tail: asyncio.Task[None] | None = None  # the last queued ledger write (they run in order)
     _waiter: asyncio.Future[None] | None = None
 
     def publish(self, event: Event) -> None:
@@ -178,10 +179,7 @@ class Dispatcher:
                                        f"{exc.message}", None)
                     return
             host_id = candidates.pop(0)
-            try:
-                await self._db("transition", live.job_id, JobStatus.ASSIGNED, host_id=host_id)
-            except InvalidTransition:
-                return  # cancelled (or finished) by another writer meanwhile
+            self._record(live, "transition", live.job_id, JobStatus.ASSIGNED, host_id=host_id)
             live.host_id = host_id
             self._placement.job_assigned(host_id)
             try:
@@ -196,6 +194,7 @@ class Dispatcher:
                     await self._finish(live, manifest, JobStatus.FAILED, [], f"{exc.message}; gave up after "
                                        f"{lost} attempts", None)
                     return
+                await self._recorded(live)
                 await self._db("requeue", live.job_id, exc.message)
                 live.publish({"type": "status", "message": f"host {host_id} was lost; retrying on another host "
                               f"(attempt {lost + 1} of {self._max_attempts})"})
@@ -205,6 +204,7 @@ class Dispatcher:
                 live.host_id = None
                 await self._slot_freed()
             if outcome is None:  # turned away before it started (full): back to the queue, same attempt
+                await self._recorded(live)
                 await self._db("transition", live.job_id, JobStatus.QUEUED,
                                reason=f"host {host_id} turned the job away")
                 if time.monotonic() > deadline:
@@ -240,10 +240,10 @@ class Dispatcher:
             if not started:  # the host took it: its first event
                 started = True
                 live.started_monotonic = time.monotonic()
-                await self._db("transition", live.job_id, JobStatus.STARTED)
+                self._record(live, "transition", live.job_id, JobStatus.STARTED)
             elif not streaming and event["type"] in _OUTPUT:  # output begins to flow
                 streaming = True
-                await self._db("transition", live.job_id, JobStatus.STREAMING)
+                self._record(live, "transition", live.job_id, JobStatus.STREAMING)
             event.pop("seq", None)
             events.append(event)
             live.publish(event)
@@ -259,6 +259,7 @@ class Dispatcher:
             event = error_event(error or status.value, "cancelled" if status == JobStatus.CANCELLED else "failed")
             events = [*events, event]
             live.publish(event)
+        await self._recorded(live)
         done = next((e for e in reversed(events) if e["type"] == "done"), None)
         usage = dict(done.get("usage") or {}) if done else {}
         succeeded = status == JobStatus.SUCCEEDED
@@ -273,6 +274,30 @@ class Dispatcher:
             log.info("job %s already ended elsewhere", live.job_id)
         except ArchipelagError:
             log.exception("could not record the end of job %s", live.job_id)
+
+    def _record(self, live: LiveJob, method: str, *args: Any, **kwargs: Any) -> None:
+        """Queue a ledger write of the job behind its earlier ones, off the event path: the host starts and the
+        first token reaches the user without waiting on SQL. A write that loses to another writer (the job was
+        cancelled meanwhile) cancels the run on its host."""
+        previous = live.ledger_tail
+
+        async def write() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await self._db(method, *args, **kwargs)
+            except InvalidTransition:
+                log.info("job %s moved elsewhere meanwhile; stopping its run", live.job_id)
+                await self.cancel(live.job_id)
+            except ArchipelagError as exc:
+                log.warning("job %s: ledger %s not recorded: %s", live.job_id, method, exc.message)
+
+        live.ledger_tail = asyncio.get_running_loop().create_task(write())
+
+    async def _recorded(self, live: LiveJob) -> None:
+        """Wait for the job's queued ledger writes (before a write that must follow them)."""
+        if live.ledger_tail is not None:
+            await live.ledger_tail
 
     async def _karma(self, host_id: HostId, kind: KarmaKind, job_id: JobId, compute_s: float = 0.0,
                      reason: str | None = None) -> None:

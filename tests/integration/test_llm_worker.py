@@ -47,7 +47,7 @@ def llm(docker_env: DockerEnv) -> Manifest:  # noqa: F811
 
 @pytest.fixture
 def runtime(docker_env: DockerEnv, tmp_path: Path) -> Iterator[DockerRuntime]:  # noqa: F811
-    pool = lambda start: WorkerPool(start, idle_ttl_s=60, reap_every_s=0.2)  # noqa: E731
+    pool = lambda start: WorkerPool(start, idle_ttl_s=60, reap_every_s=0.2)
     runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path / "models"),
                             pool=pool)
     yield runtime
@@ -146,7 +146,7 @@ def test_bad_input_is_an_error_event_and_the_worker_lives_on(runtime: DockerRunt
 
 def test_an_idle_worker_is_stopped_after_its_ttl(docker_env: DockerEnv, llm: Manifest,  # noqa: F811
                                                  tmp_path: Path) -> None:
-    pool = lambda start: WorkerPool(start, idle_ttl_s=0.5, reap_every_s=0.2)  # noqa: E731
+    pool = lambda start: WorkerPool(start, idle_ttl_s=0.5, reap_every_s=0.2)
     runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path), pool=pool)
     try:
         run(runtime, spec_of(llm, {"prompt": "Hi", "max_tokens": 1}))
@@ -162,7 +162,7 @@ def test_an_idle_worker_is_stopped_after_its_ttl(docker_env: DockerEnv, llm: Man
 
 def test_no_memory_for_a_new_worker_turns_the_job_away(docker_env: DockerEnv, llm: Manifest,  # noqa: F811
                                                        tmp_path: Path) -> None:
-    pool = lambda start: WorkerPool(start, reserve_mb=1024, free_memory_mb=lambda: 900)  # noqa: E731
+    pool = lambda start: WorkerPool(start, reserve_mb=1024, free_memory_mb=lambda: 900)
     runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path), pool=pool)
     try:
         with pytest.raises(HostBusy, match="no room for another model worker"):
