@@ -84,6 +84,7 @@ def create(
     region: str | None,
     priority: int,
     reserve_micro: int,
+    job_id: JobId | None = None,
 ) -> Job:
     if reserve_micro < 0:
         raise ValidationFailed("invalid job", errors={"reserve": "cannot be negative"})
@@ -95,7 +96,7 @@ def create(
             f"workload {workload_slug!r} is disabled; GET /api/v1/workloads lists the enabled ones"
         )
     assert workload.id is not None
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     now = utcnow()
     credits.reserve(
         session, account_id, job_id, reserve_micro

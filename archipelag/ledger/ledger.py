@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
+from archipelag.ids import JobId
 from archipelag.ledger import accounts, credits, db, hosts, jobs, workloads
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
 from archipelag.ledger.records import Account, ApiKey, Host, Job, JobEvent, KarmaEvent, Workload
@@ -145,12 +146,14 @@ class Ledger:
         priority: int = 0,
         reserve_micro: int = 0,
         queue: bool = False,
+        job_id: str | None = None,
     ) -> Job:
         """A job in ``submitted`` with ``reserve_micro`` moved to escrow, in one transaction; with ``queue`` it
         moves on to ``queued`` in the same transaction (both events recorded).
         PaymentRequired (required/available, in credits) when the balance is short; nothing is written then."""
         with db.write_session(self.engine) as session:
-            job = jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro)
+            job = jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro,
+                              JobId(job_id) if job_id else None)
             if not queue:
                 return job
             jobs.transition(session, job.id, JobStatus.QUEUED, "queued", {})

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from archipelag.catalog import Manifest, lookup
-from archipelag.errors import NoCapacity, ValidationFailed
+from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
 from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
 from archipelag.protocol import Event, to_api_event
@@ -53,18 +53,8 @@ def validate_input(manifest: Manifest, job_input: dict[str, Any]) -> None:
 async def create_job(body: JobCreate, caller: Writer, svc: Svc) -> Response:
     manifest = lookup(svc.catalog, body.workload)
     validate_input(manifest, body.input)
-    region = body.region or caller.home_region
-    try:
-        ranked = await svc.rank(manifest, region)  # 503 before anything is written or reserved
-    except NoCapacity as exc:
-        if not exc.details.get("full"):
-            raise
-        ranked = []  # hosts can run it but all are busy: it waits in the queue
-    job = await svc.db(
-        "create_job", caller.account_id, manifest.slug, body.input, region=region,
-        priority=body.priority or 0, reserve_micro=manifest.price_micro, queue=True)
-    limits = manifest.limits_under(svc.settings.limits_for(manifest.tier))
-    svc.dispatcher.start(JobId(job.id), manifest, body.input, limits, region, ranked)
+    job, _ = await svc.submit(caller.account_id, manifest, body.input, body.region or caller.home_region,
+                              body.priority or 0)
     return data(job_view(job), status_code=201)
 
 

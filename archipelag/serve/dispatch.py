@@ -50,6 +50,7 @@ class LiveJob:
     cancel_requested: bool = False
     started_monotonic: float | None = None
     ledger_tail: asyncio.Task[None] | None = None  # the last queued ledger write (they run in order)
+    abandoned: bool = False  # the ledger refused to create the job: stop the run, write nothing
     _waiter: asyncio.Future[None] | None = None
 
     def publish(self, event: Event) -> None:
@@ -114,14 +115,25 @@ class Dispatcher:
         return self._live.get(job_id)
 
     def start(self, job_id: JobId, manifest: Manifest, job_input: dict[str, Any], limits: Limits,
-              region: str | None, ranked: Sequence[HostId]) -> LiveJob:
+              region: str | None, ranked: Sequence[HostId], admitted: Awaitable[Any] | None = None) -> LiveJob:
+        """Run the job. ``admitted``: the ledger's creation of the job, still under way; the job's ledger writes
+        wait for it, and if it fails the run stops and nothing more is written."""
         live = LiveJob(job_id)
+        if admitted is not None:
+            live.ledger_tail = asyncio.get_running_loop().create_task(self._admitted(live, admitted))
         self._live[job_id] = live
         task = asyncio.get_running_loop().create_task(
             self._drive(live, manifest, JobSpec(job_id, manifest, job_input, limits), region, list(ranked)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return live
+
+    async def _admitted(self, live: LiveJob, admitted: Awaitable[Any]) -> None:
+        try:
+            await admitted
+        except Exception:  # noqa: BLE001 - the submitter reports why to its caller
+            live.abandoned = True
+            await self.cancel(live.job_id)
 
     async def cancel(self, job_id: JobId) -> bool:
         """Ask the job's host to stop it; True when it was running here."""
@@ -260,6 +272,8 @@ class Dispatcher:
             events = [*events, event]
             live.publish(event)
         await self._recorded(live)
+        if live.abandoned:
+            return
         done = next((e for e in reversed(events) if e["type"] == "done"), None)
         usage = dict(done.get("usage") or {}) if done else {}
         succeeded = status == JobStatus.SUCCEEDED
@@ -284,6 +298,8 @@ class Dispatcher:
         async def write() -> None:
             if previous is not None:
                 await previous
+            if live.abandoned:
+                return
             try:
                 await self._db(method, *args, **kwargs)
             except InvalidTransition:

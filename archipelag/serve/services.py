@@ -10,12 +10,13 @@ from typing import Any
 from archipelag.actors.client import HostAgentClient
 from archipelag.catalog import Manifest, load_catalog
 from archipelag.errors import ArchipelagError, NoCapacity
-from archipelag.ids import HostId, WorkloadSlug
+from archipelag.ids import HostId, WorkloadSlug, new_job_id
 from archipelag.ledger.client import LedgerClient
+from archipelag.ledger.records import Job
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.serve.auth import KeyCache, RateLimiter
-from archipelag.serve.dispatch import Dispatcher
+from archipelag.serve.dispatch import Dispatcher, LiveJob
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,27 @@ class Services:
         if not ranked:
             raise NoCapacity(f"every host able to run {manifest.slug} has already failed this job")
         return ranked
+
+    async def submit(self, account_id: int, manifest: Manifest, job_input: dict[str, Any], region: str | None,
+                     priority: int = 0) -> tuple[Job, LiveJob]:
+        """Place and start a job. 503 (NoCapacity) before anything is written or reserved when no host can
+        ever run it; a job whose hosts are all busy waits in the queue. The ledger records the job (and
+        reserves its credits) while its host already starts, so the first token does not wait on SQL; when
+        the ledger refuses it (402 and the like) the run is stopped and the error raised here."""
+        try:
+            ranked = await self.rank(manifest, region)
+        except NoCapacity as exc:
+            if not exc.details.get("full"):
+                raise
+            ranked = []
+        job_id = new_job_id()
+        created = asyncio.ensure_future(self.db(
+            "create_job", account_id, manifest.slug, job_input, region=region, priority=priority,
+            reserve_micro=manifest.price_micro, queue=True, job_id=job_id))
+        limits = manifest.limits_under(self.settings.limits_for(manifest.tier))
+        live = self.dispatcher.start(job_id, manifest, job_input, limits, region, ranked, admitted=created)
+        job: Job = await created
+        return job, live
 
     @property
     def dispatcher(self) -> Dispatcher:
