@@ -11,7 +11,7 @@ from fastapi import FastAPI, Response
 
 from archipelag import __version__
 from archipelag.nodes import COORDINATOR_RESOURCE
-from archipelag.serve import api_jobs, api_resources
+from archipelag.serve import api_jobs, api_openai, api_resources
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
 from archipelag.settings import Settings
@@ -36,6 +36,7 @@ def build_api(services: Services) -> FastAPI:
 
     app.include_router(api_jobs.router)
     app.include_router(api_resources.router)
+    app.include_router(api_openai.router)
     return app
 
 

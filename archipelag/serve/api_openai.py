@@ -1,0 +1,324 @@
+"""OpenAI-compatible API: chat completions, models and image generations, each one an ordinary job.
+
+    POST /v1/chat/completions       also /api/v1/chat/completions     write scope
+    GET  /v1/models                 also /api/v1/models               read scope
+    GET  /v1/models/{model}         also /api/v1/models/{model}       read scope
+    POST /v1/images/generations     also /api/v1/images/generations   write scope
+
+Point an OpenAI client at ``http://HOST:8000/v1`` with an ``ak_…`` key as its API key.
+
+- ``model`` is a catalog model id (``smollm2-135m-instruct``, ``sd-tiny``) or its workload's slug
+  (``llm-chat``, ``sd-diffusers``). Chat models are workloads whose ``[model]`` is a GGUF, image models those
+  whose ``[model]`` is a diffusers folder. ``/v1/models`` lists the ones some online host can run now (all hosts
+  busy still counts: the job queues); each object adds ``kind`` ("chat"|"image") and ``workload`` (the slug).
+- A request creates a job the way ``POST /api/v1/jobs`` does (credits reserved, hosts ranked, dispatched); it
+  shows in ``/api/v1/jobs`` with its usage, and every answer names it in the ``X-Archipelag-Job-Id`` header.
+- Chat: the body is OpenAI's (``messages``, ``stream``, ``stream_options.include_usage``, ``max_tokens`` or
+  ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` = 1; others ignored); limits in
+  ``openai_requests``. ``stream: true`` answers SSE ``chat.completion.chunk`` frames: one with the role, one per
+  token, one with ``finish_reason``, a usage chunk (``choices: []``) when asked, then ``data: [DONE]``.
+  ``finish_reason`` is "length" when the completion reached ``max_tokens`` (default 256), else "stop".
+- Images: ``prompt``, ``model`` (default: the first image model a host can run, ``sd-tiny``), ``n`` = 1,
+  ``size`` "WxH" (default per model: 64x64 for sd-tiny, 1024x1024 for sdxl, else 512x512),
+  ``response_format`` "b64_json" only, plus ``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``.
+  Answer ``{created, data: [{b64_json, revised_prompt, seed, width, height}], size, output_format}``. With
+  ``stream: true``: SSE frames ``{"type": "image_generation.progress", step, total}`` per step, then
+  ``image_generation.completed`` (with ``b64_json`` and ``seed``), then ``data: [DONE]``.
+- Errors answer in OpenAI's shape (``openai_wire``): 401/403/429 as the jobs API, 402 short balance, 404
+  ``model_not_found``, 422 ``invalid_request_error`` with ``param`` and the ``errors`` map, 503 when no online
+  host could ever run the model (the placement reason in the message). A stream waits for the job's first
+  output before it answers, so a job that fails first (a queue timeout, a refused input) is an HTTP error too;
+  one that fails later sends a last ``{"error": {…}}`` frame, then ``data: [DONE]``.
+- A client that goes away cancels its job, as ``DELETE /api/v1/jobs/{id}`` would, freeing the host: see
+  ``watch_client`` and ``abandoned_cancels``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from archipelag.catalog import Manifest
+from archipelag.errors import NoCapacity
+from archipelag.ids import JobId
+from archipelag.protocol import FINAL_TYPES
+from archipelag.serve.api_jobs import Reader, Svc, Writer
+from archipelag.serve.dispatch import LiveJob
+from archipelag.serve.openai_requests import ChatRequest, ImageRequest, chat_input, image_input
+from archipelag.serve.openai_wire import (
+    DONE_FRAME,
+    ChatIds,
+    ImageTranscript,
+    ModelNotFound,
+    OpenAIRoute,
+    Transcript,
+    chunk,
+    completion,
+    failure_of,
+    image_completed_event,
+    image_progress_event,
+    images_response,
+    model_object,
+    sse_frame,
+    stream_error,
+    usage_chunk,
+)
+from archipelag.serve.responses import FastJSON
+from archipelag.serve.services import Services, job_request
+
+log = logging.getLogger(__name__)
+router = APIRouter(route_class=OpenAIRoute)
+
+JOB_HEADER = "X-Archipelag-Job-Id"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+KINDS = {"gguf": "chat", "diffusers": "image"}  # a manifest's model kind → the API's model kind
+DISCONNECT_POLL_S = 0.5
+CANCEL_RETRY_S = 1.0
+CANCEL_TRIES = 30
+_STARTED = int(time.time())  # `created` of the model objects: when this ingress began offering them
+_background: set[asyncio.Task[None]] = set()  # client watchers and cancels (a reference keeps a task alive)
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def model_manifests(catalog: dict[Any, Manifest], kind: str | None = None) -> list[Manifest]:
+    """The catalog's chat and/or image workloads, in slug order."""
+    return [m for m in catalog.values()
+            if m.model is not None and KINDS.get(m.model.kind) is not None
+            and (kind is None or KINDS[m.model.kind] == kind)]
+
+
+def resolve(catalog: dict[Any, Manifest], name: str, kind: str | None = None) -> Manifest:
+    """The workload serving model ``name`` (a model id or a workload slug); ModelNotFound (404) when none."""
+    for manifest in model_manifests(catalog, kind):
+        assert manifest.model is not None
+        if name in (manifest.model.id, manifest.slug):
+            return manifest
+    listed = ", ".join(m.model.id for m in model_manifests(catalog, kind) if m.model) or "none"
+    what = f"{kind} model" if kind else "model"
+    raise ModelNotFound(f"the {what} {name!r} does not exist here; {what}s: {listed} (GET /v1/models)",
+                        param="model")
+
+
+async def placement_problem(svc: Services, manifest: Manifest, region: str | None) -> str | None:
+    """None when some online host could run ``manifest`` now (busy ones count: the job would queue), else why
+    not, in placement's words."""
+    try:
+        await svc.placement.rank_async(job_request(manifest, region))
+    except NoCapacity as exc:
+        return None if exc.details.get("full") else exc.message
+    return None
+
+
+def model_view(manifest: Manifest) -> dict[str, Any]:
+    assert manifest.model is not None
+    return model_object(manifest.model.id, _STARTED, KINDS[manifest.model.kind], manifest.slug)
+
+
+@router.get("/v1/models")
+@router.get("/api/v1/models")
+async def list_models(caller: Reader, svc: Svc) -> Response:
+    manifests = model_manifests(svc.catalog)
+    problems = await asyncio.gather(*(placement_problem(svc, m, caller.home_region) for m in manifests))
+    servable = [model_view(m) for m, problem in zip(manifests, problems, strict=True) if problem is None]
+    return FastJSON({"object": "list", "data": servable})
+
+
+@router.get("/v1/models/{model:path}")
+@router.get("/api/v1/models/{model:path}")
+async def get_model(model: str, caller: Reader, svc: Svc) -> Response:
+    manifest = resolve(svc.catalog, model)
+    problem = await placement_problem(svc, manifest, caller.home_region)
+    if problem is not None:
+        raise ModelNotFound(f"the model {model!r} cannot be served now: {problem}", param="model")
+    return FastJSON(model_view(manifest))
+
+
+# --- following a job, and cancelling it when its client goes away --------------------------------------
+
+
+def _ended(live: LiveJob) -> bool:
+    return live.done or bool(live.events and live.events[-1]["type"] in FINAL_TYPES)
+
+
+async def cancel_abandoned(svc: Services, job_id: JobId) -> None:
+    """Cancel the job as ``DELETE /api/v1/jobs/{id}`` does, through the dispatcher; asked again each second
+    until it ends, since a host that has not admitted the job yet cannot cancel it."""
+    live = svc.dispatcher.live(job_id)
+    try:
+        for _ in range(CANCEL_TRIES):
+            if live is None or _ended(live) or not await svc.dispatcher.cancel(job_id):
+                return
+            await asyncio.sleep(CANCEL_RETRY_S)
+    except Exception:  # a background task: log, never raise into the void
+        log.warning("job %s: cancel after the client left failed", job_id, exc_info=True)
+
+
+def _cancel_soon(svc: Services, job_id: JobId) -> None:
+    log.info("job %s: its client went away; cancelling it", job_id)
+    _keep(asyncio.get_running_loop().create_task(cancel_abandoned(svc, job_id)))
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _watch_disconnect(request: Request, svc: Services, live: LiveJob) -> None:
+    try:
+        while not _ended(live):
+            if await request.is_disconnected():
+                _cancel_soon(svc, live.job_id)
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
+    except Exception:  # a background task: log, never raise into the void
+        log.warning("job %s: watching its client failed", live.job_id, exc_info=True)
+
+
+def watch_client(request: Request, svc: Services, live: LiveJob) -> None:
+    """Until the job ends, poll whether its client is still there; cancel the job when it is not. Polled,
+    because a queued job has nothing to send that would reveal a closed connection."""
+    _keep(asyncio.get_running_loop().create_task(_watch_disconnect(request, svc, live)))
+
+
+@asynccontextmanager
+async def abandoned_cancels(svc: Services, live: LiveJob) -> AsyncIterator[None]:
+    """A job left by an exception inside — the handler or its stream cancelled (Starlette and Serve do that
+    when the client disconnects), a stream closed early — is cancelled. The cancel runs as its own task:
+    the code that notices may itself be under cancellation."""
+    try:
+        yield
+    except BaseException:
+        if not _ended(live):
+            _cancel_soon(svc, live.job_id)
+        raise
+
+
+async def first_output(live: LiveJob, kinds: frozenset[str]) -> None:
+    """Wait for the job's first event of ``kinds`` or its end; raise the job's error if it ends first."""
+    async for batch in live.batches():
+        for event in batch:
+            if event["type"] == "error":
+                raise failure_of(event)
+            if event["type"] in kinds or event["type"] == "done":
+                return
+
+
+# --- chat ---------------------------------------------------------------------------------------------
+
+
+@router.post("/v1/chat/completions")
+@router.post("/api/v1/chat/completions")
+async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request: Request) -> Response:
+    manifest = resolve(svc.catalog, body.model, "chat")
+    assert manifest.model is not None
+    job_input = chat_input(body)
+    job, live = await svc.submit(caller.account_id, manifest, job_input, caller.home_region)
+    watch_client(request, svc, live)
+    ids = ChatIds(job.id, manifest.model.id, int(time.time()))
+    transcript = Transcript(max_tokens=job_input["max_tokens"])
+    headers = {JOB_HEADER: job.id}
+    if not body.stream:
+        async with abandoned_cancels(svc, live):
+            async for batch in live.batches():
+                for event in batch:
+                    transcript.add(event)
+        if transcript.error is not None or transcript.done is None:
+            raise failure_of(transcript.error or {"message": "the job ended without an answer"})
+        return FastJSON(completion(ids, transcript), headers=headers)
+    async with abandoned_cancels(svc, live):
+        await first_output(live, frozenset({"token"}))
+    return StreamingResponse(chat_frames(svc, live, ids, transcript, body.include_usage),
+                             media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+
+async def chat_frames(svc: Services, live: LiveJob, ids: ChatIds, transcript: Transcript,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+    async with abandoned_cancels(svc, live):
+        yield sse_frame(chunk(ids, {"role": "assistant", "content": ""}))
+        async for batch in live.batches():  # one write per burst of events, not per event
+            frames = []
+            for event in batch:
+                transcript.add(event)
+                if event["type"] == "token":
+                    frames.append(sse_frame(chunk(ids, {"content": event["content"]})))
+                elif event["type"] == "done":
+                    frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason)))
+                    if include_usage:
+                        frames.append(sse_frame(usage_chunk(ids, transcript)))
+                elif event["type"] == "error":
+                    frames.append(sse_frame(stream_error(event)))
+            if frames:
+                yield b"".join(frames)
+            if transcript.ended:
+                break
+        yield DONE_FRAME
+
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+async def image_model(svc: Services, name: str | None, region: str | None) -> Manifest:
+    """The named image model, or the first one a host can run now (the first of the catalog when none can:
+    submitting it then answers 503 with the reason)."""
+    if name:
+        return resolve(svc.catalog, name, "image")
+    manifests = model_manifests(svc.catalog, "image")
+    if not manifests:
+        raise ModelNotFound("this network offers no image model", param="model")
+    problems = await asyncio.gather(*(placement_problem(svc, m, region) for m in manifests))
+    return next((m for m, problem in zip(manifests, problems, strict=True) if problem is None), manifests[0])
+
+
+@router.post("/v1/images/generations")
+@router.post("/api/v1/images/generations")
+async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, request: Request) -> Response:
+    manifest = await image_model(svc, body.model, caller.home_region)
+    assert manifest.model is not None
+    image_job = image_input(body, manifest.model.id)
+    job, live = await svc.submit(caller.account_id, manifest, image_job.input, caller.home_region)
+    watch_client(request, svc, live)
+    created = int(time.time())
+    transcript = ImageTranscript()
+    headers = {JOB_HEADER: job.id}
+    if not body.stream:
+        async with abandoned_cancels(svc, live):
+            async for batch in live.batches():
+                for event in batch:
+                    transcript.add(event)
+        if transcript.error is not None or transcript.done is None:
+            raise failure_of(transcript.error or {"message": "the job ended without an image"})
+        return FastJSON(images_response(created, transcript), headers=headers)
+    async with abandoned_cancels(svc, live):
+        await first_output(live, frozenset({"progress", "image"}))
+    return StreamingResponse(image_frames(svc, live, created, transcript),
+                             media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+
+async def image_frames(svc: Services, live: LiveJob, created: int, transcript: ImageTranscript) -> AsyncIterator[bytes]:
+    async with abandoned_cancels(svc, live):
+        async for batch in live.batches():
+            frames = []
+            for event in batch:
+                transcript.add(event)
+                if event["type"] == "progress":
+                    frames.append(sse_frame(image_progress_event(transcript)))
+                elif event["type"] == "done" and transcript.image is not None:
+                    frames.append(sse_frame(image_completed_event(created, transcript)))
+                elif event["type"] == "done":
+                    frames.append(sse_frame(stream_error({"message": "the image job ended without an image"})))
+                elif event["type"] == "error":
+                    frames.append(sse_frame(stream_error(event)))
+            if frames:
+                yield b"".join(frames)
+            if transcript.ended:
+                break
+        yield DONE_FRAME
