@@ -1,4 +1,4 @@
-"""The container workloads in ``workloads/``, built offline into images on the real engine and run by the real
+"""The utility container workloads in ``workloads/``, built offline into images on the real engine and run by the real
 Docker runtime (read-only root, no capabilities, no network, user 10001, the restricted tier's seccomp profile)."""
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def workloads(docker_env: DockerEnv, builder: ModuleType) -> dict[str, Manifest]
     """Every container workload, staged and built as `make` does, with its image ID pinned."""
     built = {}
     for manifest in builder.container_workloads():
+        if manifest.model is not None:
+            continue  # model workloads have tests of their own (test_llm_worker.py, test_sd_diffusers.py)
         builder.stage(Path(manifest.directory), builder.DEFAULT_WHEELS, offline=False)
         built[manifest.slug] = replace(manifest, image_id=images.build_workload(docker_env.client, manifest))
     return built
