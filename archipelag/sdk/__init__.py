@@ -7,11 +7,17 @@
         for event in ref:                         # token, status, progress … then done or error
             print(event)
         print(client.get(ref))                    # the job's output; JobFailed if it did not complete
+
+        for piece in client.chat_stream("Tell me a story", max_tokens=64):
+            print(piece, end="", flush=True)      # tokens as they come
+        print(client.chat("hello").content)       # ChatResult: content, usage, job_id, finish_reason
+        client.generate_image("a red fox", out="fox.png", on_progress=lambda step, total: ...)
 """
 
 from archipelag.sdk.aio import AsyncClient, AsyncJobRef
 from archipelag.sdk.client import DEFAULT_URL, Client, JobRef
 from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.generation import AsyncChatStream, ChatResult, ChatStream, ImageResult
 from archipelag.sdk.models import (
     TERMINAL_STATES,
     Account,
@@ -32,13 +38,17 @@ __all__ = [
     "TERMINAL_STATES",
     "Account",
     "ApiKey",
+    "AsyncChatStream",
     "AsyncClient",
     "AsyncJobRef",
+    "ChatResult",
+    "ChatStream",
     "Client",
     "Event",
     "Host",
     "HostCapabilities",
     "HostKarma",
+    "ImageResult",
     "Job",
     "JobFailed",
     "JobRef",

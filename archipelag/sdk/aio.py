@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self, overload
 
 import httpx
@@ -16,7 +17,7 @@ from httpx_sse import EventSource, SSEError
 
 from archipelag.errors import ArchipelagError
 from archipelag.ids import JobId
-from archipelag.sdk import wire
+from archipelag.sdk import generation, wire
 from archipelag.sdk.client import (
     API,
     DEFAULT_TIMEOUT_S,
@@ -31,6 +32,19 @@ from archipelag.sdk.client import (
     wait_timeout,
 )
 from archipelag.sdk.errors import Unreachable
+from archipelag.sdk.generation import (
+    CHAT_PATH,
+    DEFAULT_CHAT_MODEL,
+    AsyncChatStream,
+    ChatResult,
+    ImageResult,
+    Messages,
+    ProgressCallback,
+    chat_body,
+    chat_result,
+    image_body,
+    job_id_of,
+)
 from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
@@ -257,3 +271,36 @@ class AsyncClient:
             delay = min(delay * 1.5, POLL_MAX_S)
         ready = [ref for ref in refs if ref.job_id in ended][:num_returns]
         return ready, [ref for ref in refs if ref not in ready]
+
+    # --- generation: chat and images ------------------------------------------------------------
+
+    async def chat(self, messages: Messages, model: str = DEFAULT_CHAT_MODEL, *, system: str | None = None,
+                   max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                   **params: Any) -> ChatResult:
+        """Ask a chat model and wait for the whole answer (see ``Client.chat``)."""
+        body = chat_body(messages, model, system, False,
+                         {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, **params})
+        response = await self._request("POST", CHAT_PATH, json=body,
+                                       timeout=httpx.Timeout(self.timeout_s, read=None))
+        return chat_result(wire.body_of(response), job_id_of(response))
+
+    def chat_stream(self, messages: Messages, model: str = DEFAULT_CHAT_MODEL, *, system: str | None = None,
+                    max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                    **params: Any) -> AsyncChatStream:
+        """``async for piece in client.chat_stream(…)``; ``usage``, ``content``, ``job_id`` afterwards.
+        ``aclose()`` before the end cancels the job."""
+        body = chat_body(messages, model, system, True,
+                         {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, **params})
+        return AsyncChatStream(
+            lambda opened: generation.async_sse_frames(self._http, CHAT_PATH, body, self.timeout_s, opened))
+
+    async def generate_image(self, prompt: str, out: Path | str | None = None,
+                             on_progress: ProgressCallback | None = None, *, model: str | None = None,
+                             size: str | None = None, steps: int | None = None, seed: int | None = None,
+                             negative_prompt: str | None = None, guidance_scale: float | None = None,
+                             **params: Any) -> ImageResult:
+        """Make a picture (see ``Client.generate_image``)."""
+        diffusion = {"steps": steps, "seed": seed, "guidance_scale": guidance_scale,
+                     "negative_prompt": negative_prompt}
+        body = image_body(prompt, model, size, {**diffusion, **params})
+        return await generation.async_generate_image(self._http, self.timeout_s, body, out, on_progress)

@@ -1,7 +1,9 @@
 """Client: the synchronous Python client of an Archipelag network's HTTP API (DESIGN §8).
 
-Two surfaces over one connection: resource calls (``create_job``, ``get_job``, ``hosts`` …) that
-return typed models, and a ``ray.get``-style one (``submit`` → ``JobRef``, ``get``, ``wait``).
+Three surfaces over one connection: resource calls (``create_job``, ``get_job``, ``hosts`` …) that
+return typed models, a ``ray.get``-style one (``submit`` → ``JobRef``, ``get``, ``wait``), and generation
+(``chat`` → ``ChatResult``, ``chat_stream`` → ``ChatStream`` of text pieces, ``generate_image`` →
+``ImageResult``) over the OpenAI-compatible endpoints (see ``archipelag.sdk.generation``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self, overload
 
 import httpx
@@ -19,8 +22,21 @@ from httpx_sse import EventSource, SSEError
 from archipelag import __version__
 from archipelag.errors import ArchipelagError
 from archipelag.ids import JobId
-from archipelag.sdk import wire
+from archipelag.sdk import generation, wire
 from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.generation import (
+    CHAT_PATH,
+    DEFAULT_CHAT_MODEL,
+    ChatResult,
+    ChatStream,
+    ImageResult,
+    Messages,
+    ProgressCallback,
+    chat_body,
+    chat_result,
+    image_body,
+    job_id_of,
+)
 from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
@@ -289,3 +305,38 @@ class Client:
             delay = min(delay * 1.5, POLL_MAX_S)
         ready = [ref for ref in refs if ref.job_id in ended][:num_returns]
         return ready, [ref for ref in refs if ref not in ready]
+
+    # --- generation: chat and images ------------------------------------------------------------
+
+    def chat(self, messages: Messages, model: str = DEFAULT_CHAT_MODEL, *, system: str | None = None,
+             max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+             **params: Any) -> ChatResult:
+        """Ask a chat model and wait for the whole answer. ``messages``: a prompt, or OpenAI-style
+        ``[{"role", "content"}…]``; ``params``: more OpenAI fields (``top_p``, ``stop`` …)."""
+        body = chat_body(messages, model, system, False,
+                         {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, **params})
+        timeout = httpx.Timeout(self.timeout_s, read=None)  # a queued job may wait long for its host
+        response = self._request("POST", CHAT_PATH, json=body, timeout=timeout)
+        return chat_result(wire.body_of(response), job_id_of(response))
+
+    def chat_stream(self, messages: Messages, model: str = DEFAULT_CHAT_MODEL, *, system: str | None = None,
+                    max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                    **params: Any) -> ChatStream:
+        """The answer's text pieces as they come (iterate it); its ``usage``, ``content``, ``job_id`` and
+        ``finish_reason`` afterwards. ``close()`` before the end cancels the job."""
+        body = chat_body(messages, model, system, True,
+                         {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, **params})
+        return ChatStream(
+            lambda opened: generation.sse_frames(self._http, CHAT_PATH, body, self.timeout_s, opened))
+
+    def generate_image(self, prompt: str, out: Path | str | None = None,
+                       on_progress: ProgressCallback | None = None, *, model: str | None = None,
+                       size: str | None = None, steps: int | None = None, seed: int | None = None,
+                       negative_prompt: str | None = None, guidance_scale: float | None = None,
+                       **params: Any) -> ImageResult:
+        """Make a picture; ``on_progress(step, total)`` per denoising step; the PNG is written to ``out`` when
+        given. ``model`` defaults to the network's first image model, ``size`` ("WxH") to that model's."""
+        diffusion = {"steps": steps, "seed": seed, "guidance_scale": guidance_scale,
+                     "negative_prompt": negative_prompt}
+        body = image_body(prompt, model, size, {**diffusion, **params})
+        return generation.generate_image(self._http, self.timeout_s, body, out, on_progress)

@@ -8,15 +8,17 @@
 Point an OpenAI client at ``http://HOST:8000/v1`` with an ``ak_…`` key as its API key.
 
 - ``model`` is a catalog model id (``smollm2-135m-instruct``, ``sd-tiny``) or its workload's slug
-  (``llm-chat``, ``sd-diffusers``). Chat models are workloads whose ``[model]`` is a GGUF, image models those
-  whose ``[model]`` is a diffusers folder. ``/v1/models`` lists the ones some online host can run now (all hosts
-  busy still counts: the job queues); each object adds ``kind`` ("chat"|"image") and ``workload`` (the slug).
+  (``llm-chat``, ``sd-diffusers``). Chat models are workloads whose ``[model]`` is a GGUF, image models
+  those whose ``[model]`` is a diffusers folder. ``/v1/models`` lists the ones some online host can run now
+  (all hosts busy still counts: the job queues); each object adds ``kind`` ("chat"|"image") and
+  ``workload`` (the slug).
 - A request creates a job the way ``POST /api/v1/jobs`` does (credits reserved, hosts ranked, dispatched); it
   shows in ``/api/v1/jobs`` with its usage, and every answer names it in the ``X-Archipelag-Job-Id`` header.
-- Chat: the body is OpenAI's (``messages``, ``stream``, ``stream_options.include_usage``, ``max_tokens`` or
-  ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` = 1; others ignored); limits in
-  ``openai_requests``. ``stream: true`` answers SSE ``chat.completion.chunk`` frames: one with the role, one per
-  token, one with ``finish_reason``, a usage chunk (``choices: []``) when asked, then ``data: [DONE]``.
+- Chat: the body is OpenAI's (``messages``, ``stream``, ``stream_options.include_usage``, ``max_tokens``
+  or ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` = 1; others ignored);
+  limits in ``openai_requests``. ``stream: true`` answers SSE ``chat.completion.chunk`` frames: one with the
+  role, one per token, one with ``finish_reason`` (and our ``seed``), a usage chunk (``choices: []``) when
+  asked, then ``data: [DONE]``.
   ``finish_reason`` is "length" when the completion reached ``max_tokens`` (default 256), else "stop".
 - Images: ``prompt``, ``model`` (default: the first image model a host can run, ``sd-tiny``), ``n`` = 1,
   ``size`` "WxH" (default per model: 64x64 for sd-tiny, 1024x1024 for sdxl, else 512x512),
@@ -251,7 +253,7 @@ async def chat_frames(svc: Services, live: LiveJob, ids: ChatIds, transcript: Tr
                 if event["type"] == "token":
                     frames.append(sse_frame(chunk(ids, {"content": event["content"]})))
                 elif event["type"] == "done":
-                    frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason)))
+                    frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason, seed=transcript.seed)))
                     if include_usage:
                         frames.append(sse_frame(usage_chunk(ids, transcript)))
                 elif event["type"] == "error":
@@ -303,7 +305,8 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
                              media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
-async def image_frames(svc: Services, live: LiveJob, created: int, transcript: ImageTranscript) -> AsyncIterator[bytes]:
+async def image_frames(svc: Services, live: LiveJob, created: int,
+                       transcript: ImageTranscript) -> AsyncIterator[bytes]:
     async with abandoned_cancels(svc, live):
         async for batch in live.batches():
             frames = []
@@ -314,7 +317,7 @@ async def image_frames(svc: Services, live: LiveJob, created: int, transcript: I
                 elif event["type"] == "done" and transcript.image is not None:
                     frames.append(sse_frame(image_completed_event(created, transcript)))
                 elif event["type"] == "done":
-                    frames.append(sse_frame(stream_error({"message": "the image job ended without an image"})))
+                    frames.append(sse_frame(stream_error({"message": "the job ended without an image"})))
                 elif event["type"] == "error":
                     frames.append(sse_frame(stream_error(event)))
             if frames:

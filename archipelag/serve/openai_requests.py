@@ -137,7 +137,7 @@ def chat_input(body: ChatRequest) -> dict[str, Any]:
             problems.add(f"{param}.role", f"must be one of {', '.join(sorted(ROLES))}, not {message.role!r}")
         content = _text_of(message.content, f"{param}.content", problems)
         if len(content.encode()) > MAX_MESSAGE_BYTES:
-            problems.add(f"{param}.content", f"longer than {MAX_MESSAGE_BYTES} bytes ({len(content.encode())})")
+            problems.add(f"{param}.content", f"longer than {MAX_MESSAGE_BYTES} bytes")
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": content})
     max_tokens = max_tokens_of(body)
@@ -184,7 +184,8 @@ def _size(value: str, problems: _Problems) -> tuple[int, int] | None:
         return None
     w, h = int(width), int(height)
     if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE) or w % 8 or h % 8:
-        problems.add("size", f"each side must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, not {value!r}")
+        problems.add("size", f"each side must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, "
+                     f"not {value!r}")
         return None
     return w, h
 

@@ -145,7 +145,8 @@ class Transcript:
     @property
     def usage(self) -> dict[str, int]:
         raw = (self.done or {}).get("usage") or {}
-        prompt, completion = int(raw.get("prompt_tokens", 0)), int(raw.get("completion_tokens", len(self.pieces)))
+        prompt = int(raw.get("prompt_tokens", 0))
+        completion = int(raw.get("completion_tokens", len(self.pieces)))
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     @property
@@ -178,7 +179,8 @@ def completion(ids: ChatIds, transcript: Transcript) -> dict[str, Any]:
     return {
         "id": ids.completion_id, "object": "chat.completion", "created": ids.created, "model": ids.model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": transcript.content, "refusal": None},
+        "choices": [{"index": 0,
+                     "message": {"role": "assistant", "content": transcript.content, "refusal": None},
                      "logprobs": None, "finish_reason": transcript.finish_reason}],
         "usage": transcript.usage, "seed": transcript.seed,
     }
@@ -187,8 +189,8 @@ def completion(ids: ChatIds, transcript: Transcript) -> dict[str, Any]:
 def chunk(ids: ChatIds, delta: dict[str, Any], finish_reason: str | None = None,
           **extra: Any) -> dict[str, Any]:
     return {
-        "id": ids.completion_id, "object": "chat.completion.chunk", "created": ids.created, "model": ids.model,
-        "system_fingerprint": None,
+        "id": ids.completion_id, "object": "chat.completion.chunk", "created": ids.created,
+        "model": ids.model, "system_fingerprint": None,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra,
     }
 

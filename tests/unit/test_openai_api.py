@@ -140,6 +140,7 @@ def test_stream_sends_the_role_one_chunk_per_token_the_finish_usage_and_done(api
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["a", " b", " c"]
     assert chunks[4]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert chunks[4]["seed"] == 42  # an extension: the seed the workload used
     assert chunks[5]["choices"] == [] and chunks[5]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
                                                                  "total_tokens": 6}
     assert len(chunks) == 6
