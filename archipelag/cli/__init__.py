@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import catalog, jobs
+from archipelag.cli import catalog, chat, jobs
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -151,6 +151,7 @@ def config_show() -> None:
 
 jobs.register(app)
 catalog.register(app)
+chat.register(app)
 
 
 def main() -> None:
