@@ -2,7 +2,7 @@
 
     archipelag chat "Why is the sea salty?"        tokens to the terminal as they come; usage on stderr
     echo "Summarise: …" | archipelag chat          the prompt from stdin when piped
-    archipelag chat                                a conversation (REPL) when stdin is a terminal; -i forces it
+    archipelag chat                                a conversation (REPL) when stdin is a terminal (or -i)
     archipelag image "a red fox" --out fox.png     a progress bar per denoising step; prints the path and seed
 
 Errors are one line on stderr and exit code 1 (2 for usage, 130 when interrupted). Ctrl-C while an answer
@@ -100,16 +100,19 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, max=4096,
                                                    help="The answer's length limit (default 256).")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="0 is most predictable.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="0 is most predictable.")]
+        = None,
     seed: Annotated[int | None, typer.Option(min=0, help="The same seed and prompt give the same answer.")]
         = None,
     interactive: Annotated[bool | None, typer.Option("--interactive/--once", "-i",
-                                                     help="Force a conversation, or a single answer.")] = None,
+                                                     help="Force a conversation, or a single answer.")]
+        = None,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
     """Chat with a model on the network: the answer streams to the terminal as it is made."""
-    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature,
+                              "seed": seed}
     as_repl = interactive if interactive is not None else prompt is None and sys.stdin.isatty()
     if as_repl:
         with connected(url, api_key) as client:
@@ -118,7 +121,8 @@ def chat(
     text = prompt if prompt is not None else sys.stdin.read()
     if not text.strip():
         fail("nothing to ask: give a PROMPT, or pipe the prompt into stdin", code=2)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": text})
     with connected(url, api_key) as client:
         try:
             stream_answer(client, messages, params)
@@ -139,9 +143,10 @@ def image(
         = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="An image model (default: the first "
                                               "the network can run).")] = None,
-    negative: Annotated[str | None, typer.Option("--negative", help="What the image should not show.")] = None,
-    guidance: Annotated[float | None, typer.Option(min=0.0, max=30.0, help="How closely to follow the prompt.")]
+    negative: Annotated[str | None, typer.Option("--negative", help="What the image should not show.")]
         = None,
+    guidance: Annotated[float | None, typer.Option(min=0.0, max=30.0,
+                                                   help="How closely to follow the prompt.")] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
@@ -158,8 +163,9 @@ def image(
             progress.update(task, description="denoising", completed=step, total=total)
 
         try:
-            result = client.generate_image(prompt, on_progress=on_progress, model=model, size=size, steps=steps,
-                                           seed=seed, negative_prompt=negative, guidance_scale=guidance)
+            result = client.generate_image(prompt, on_progress=on_progress, model=model, size=size,
+                                           steps=steps, seed=seed, negative_prompt=negative,
+                                           guidance_scale=guidance)
         except KeyboardInterrupt:
             progress.stop()
             fail("interrupted; the image's job was cancelled", code=130)

@@ -50,8 +50,10 @@ from fastapi.responses import StreamingResponse
 from archipelag.catalog import Manifest
 from archipelag.errors import NoCapacity
 from archipelag.ids import JobId
+from archipelag.ledger.records import Job
 from archipelag.protocol import FINAL_TYPES
 from archipelag.serve.api_jobs import Reader, Svc, Writer
+from archipelag.serve.auth import Caller
 from archipelag.serve.dispatch import LiveJob
 from archipelag.serve.openai_requests import ChatRequest, ImageRequest, chat_input, image_input
 from archipelag.serve.openai_wire import (
@@ -147,6 +149,17 @@ async def get_model(model: str, caller: Reader, svc: Svc) -> Response:
 # --- following a job, and cancelling it when its client goes away --------------------------------------
 
 
+async def submit(svc: Services, caller: Caller, manifest: Manifest,
+                 job_input: dict[str, Any]) -> tuple[Job, LiveJob]:
+    """Start the job as the jobs API does; a 503 names the model as well as placement's reason."""
+    try:
+        return await svc.submit(caller.account_id, manifest, job_input, caller.home_region)
+    except NoCapacity as exc:
+        model = manifest.model.id if manifest.model else manifest.slug
+        raise NoCapacity(f"no online host can serve the model {model!r} now: {exc.message}",
+                         **exc.details) from None
+
+
 def _ended(live: LiveJob) -> bool:
     return live.done or bool(live.events and live.events[-1]["type"] in FINAL_TYPES)
 
@@ -223,7 +236,7 @@ async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request:
     manifest = resolve(svc.catalog, body.model, "chat")
     assert manifest.model is not None
     job_input = chat_input(body)
-    job, live = await svc.submit(caller.account_id, manifest, job_input, caller.home_region)
+    job, live = await submit(svc, caller, manifest, job_input)
     watch_client(request, svc, live)
     ids = ChatIds(job.id, manifest.model.id, int(time.time()))
     transcript = Transcript(max_tokens=job_input["max_tokens"])
@@ -286,7 +299,7 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
     manifest = await image_model(svc, body.model, caller.home_region)
     assert manifest.model is not None
     image_job = image_input(body, manifest.model.id)
-    job, live = await svc.submit(caller.account_id, manifest, image_job.input, caller.home_region)
+    job, live = await submit(svc, caller, manifest, image_job.input)
     watch_client(request, svc, live)
     created = int(time.time())
     transcript = ImageTranscript()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import socket
 import threading
 import zlib
@@ -56,14 +55,13 @@ def png(width: int, height: int) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    out = io.BytesIO()
-    out.write(b"\x89PNG\r\n\x1a\n" + block(b"IHDR", header) + block(b"IDAT", zlib.compress(rows)) + block(b"IEND", b""))
-    return out.getvalue()
+    chunks = block(b"IHDR", header) + block(b"IDAT", zlib.compress(rows)) + block(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 @dataclass
 class ScriptedHost:
-    """A host that runs chat and image jobs from a script; records what it ran and what it was asked to stop."""
+    """Runs chat and image jobs from a script; records what it ran and what it was asked to stop."""
 
     ran: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[JobId] = field(default_factory=list)
@@ -120,8 +118,8 @@ class ScriptedHost:
             return [{"type": "error", "message": "the prompt was refused", "code": "invalid_input"}]
         if "park" in job_input["prompt"].split():
             return [{"type": "progress", "step": 1, "total": 2}, {"type": "wait"}]
-        width, height, steps, seed = job_input["width"], job_input["height"], job_input["steps"], job_input.get(
-            "seed", 7)
+        width, height, steps = job_input["width"], job_input["height"], job_input["steps"]
+        seed = job_input.get("seed", 7)
         events: list[Event] = [{"type": "progress", "step": s, "total": steps} for s in range(1, steps + 1)]
         data = base64.b64encode(png(width, height)).decode()
         events.append({"type": "image", "data": data, "format": "png", "width": width, "height": height})

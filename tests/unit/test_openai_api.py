@@ -223,7 +223,8 @@ def test_a_model_no_online_host_can_run_is_503_with_placements_reason(tmp_path: 
         response = api.post("/v1/chat/completions", json=chat("hi", stream=True))
     error = assert_openai_error(response, 503, "no_capacity")
     assert error["type"] == "server_error"
-    assert "no online host supports runtime 'container'" in error["message"]
+    assert error["message"] == ("no online host can serve the model 'smollm2-135m-instruct' now: "
+                                "no online host supports runtime 'container'")
     assert net.ledger.list_jobs(net.account_id)[1] == 0
 
 
@@ -332,7 +333,7 @@ def test_image_requests_past_a_limit_are_422(api: TestClient, body: dict[str, An
 def test_an_image_model_no_host_can_run_is_503_and_a_chat_model_is_404(api: TestClient) -> None:
     error = assert_openai_error(api.post("/v1/images/generations", json={"prompt": "x", "model": "sdxl"}),
                                 503, "no_capacity")
-    assert "GPU memory" in error["message"]
+    assert "'sdxl'" in error["message"] and "GPU memory" in error["message"]
     assert_openai_error(api.post("/v1/images/generations", json={"prompt": "x", "model": "llm-chat"}),
                         404, "model_not_found")
 
