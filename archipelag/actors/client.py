@@ -7,14 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    TaskCancelledError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from archipelag.actors.agent_actor import HostAgentActor
 from archipelag.actors.hardware import Hardware
-from archipelag.errors import HostLost
+from archipelag.errors import HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
-from archipelag.protocol import Event
+from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
 from archipelag.settings import Settings
 
@@ -75,6 +81,9 @@ class HostAgentClient:
         except _LOST as exc:
             raise HostLost(f"host {self.host_id} was lost while running the job: {type(exc).__name__}",
                            host_id=self.host_id) from None
+        except TaskCancelledError:
+            # Serve cancels a request's Ray calls when its client disconnects: the job ends as cancelled.
+            yield error_event("cancelled: the client that started the job went away", JobCancelled.code)
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         try:
