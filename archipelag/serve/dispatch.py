@@ -252,6 +252,8 @@ class Dispatcher:
             if not started:  # the host took it: its first event
                 started = True
                 live.started_monotonic = time.monotonic()
+                if live.cancel_requested:  # a cancel that came while the host was still admitting it
+                    await self._hosts(host_id).cancel(live.job_id, "cancelled by the user")
                 self._record(live, "transition", live.job_id, JobStatus.STARTED)
             elif not streaming and event["type"] in _OUTPUT:  # output begins to flow
                 streaming = True
