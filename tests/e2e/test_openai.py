@@ -1,0 +1,162 @@
+"""The official ``openai`` package pointed at a real network: 3 `ray start` hosts with Docker, llama.cpp serving
+SmolLM2-135M-Instruct in warm sandboxed workers, the tiny Stable Diffusion pipeline, the SQLite ledger."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from docker_engine import engine_lease
+from netutil import eventually, network_settings
+from PIL import Image
+
+from archipelag.network import EmbeddedNetwork, start_network
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow, pytest.mark.ray_driver]
+
+CHAT_MODEL = "smollm2-135m-instruct"
+HI = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
+    settings = network_settings(tmp_path_factory.mktemp("openai") / "state", host_slots=2)
+    settings.tiers.standard.cpus = 1.0  # one llama.cpp thread per sandbox (DESIGN §9)
+    with engine_lease() as missing:
+        if missing:
+            pytest.skip(missing)
+        net = start_network(settings, hosts=3)
+        yield net
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def client(network: EmbeddedNetwork) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{network.url}/v1", api_key=network.api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(network: EmbeddedNetwork) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},
+                      timeout=60) as client:
+        yield client
+
+
+def test_models_lists_what_the_network_can_serve_now(client: openai.OpenAI) -> None:
+    ids = {model.id for model in client.models.list()}
+    assert CHAT_MODEL in ids and "sd-tiny" in ids
+    assert "sdxl" not in ids  # no host holds its weights
+
+
+def test_a_streamed_chat_arrives_chunk_by_chunk_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=16, seed=1, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2 and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish in (["stop"], ["length"])
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 16
+
+
+def test_a_chat_without_streaming_answers_once_and_is_a_job_with_usage(client: openai.OpenAI,
+                                                                        http: httpx.Client) -> None:
+    answer = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=8, seed=3, temperature=0)
+    assert answer.object == "chat.completion" and answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.total_tokens == (
+        answer.usage.prompt_tokens + answer.usage.completion_tokens)
+    job_id = answer.id.removeprefix("chatcmpl-")
+    job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    assert job["workload_slug"] == "llm-chat" and job["status"] == "completed"
+    assert job["output"] == answer.choices[0].message.content
+    assert job["usage"]["completion_tokens"] == answer.usage.completion_tokens
+
+
+def test_the_same_seed_gives_the_same_answer_through_the_network(client: openai.OpenAI) -> None:
+    answers = {client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=12, seed=9,
+                                              temperature=0.8).choices[0].message.content for _ in range(2)}
+    assert len(answers) == 1
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"messages": [{"role": "user", "content": "x"}] * 129}, "128"),
+    ({"messages": [{"role": "user", "content": "x" * (33 * 1024)}]}, "32"),
+    ({"max_tokens": 5000}, "4096"),
+])
+def test_requests_past_the_limits_are_refused_with_422(client: openai.OpenAI, change: dict[str, object],
+                                                        match: str) -> None:
+    body: dict[str, object] = {"model": CHAT_MODEL, "messages": HI, **change}
+    with pytest.raises(openai.UnprocessableEntityError, match=match):
+        client.chat.completions.create(**body)  # type: ignore[call-overload]
+
+
+def test_an_unknown_model_is_404_and_one_no_host_holds_is_503(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-17", messages=HI)
+    with pytest.raises(openai.InternalServerError) as caught:  # 503
+        client.images.generate(model="sdxl", prompt="a cat", size="1024x1024")
+    assert caught.value.status_code == 503 and "sdxl" in str(caught.value)
+
+
+def test_a_bad_key_is_refused(network: EmbeddedNetwork) -> None:
+    stranger = openai.OpenAI(base_url=f"{network.url}/v1", api_key="ak_nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(model=CHAT_MODEL, messages=HI)
+
+
+def test_an_image_is_generated_as_a_png(client: openai.OpenAI) -> None:
+    result = client.images.generate(model="sd-tiny", prompt="a red boat", size="64x64", response_format="b64_json",
+                                    extra_body={"steps": 2, "seed": 5})
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    assert image.format == "PNG" and image.size == (64, 64)
+
+
+def test_concurrent_chats_spread_over_several_hosts(client: openai.OpenAI, http: httpx.Client) -> None:
+    answers: list[str] = []
+
+    def chat(n: int) -> None:
+        reply = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": f"#{n}"}],
+                                               max_tokens=24, temperature=0)
+        answers.append(reply.id.removeprefix("chatcmpl-"))
+
+    threads = [threading.Thread(target=chat, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(answers) == 6
+    hosts = {http.get(f"/api/v1/jobs/{job_id}").json()["data"]["host_id"] for job_id in answers}
+    assert len(hosts) >= 2
+
+
+def test_a_client_that_goes_away_mid_stream_frees_the_host(client: openai.OpenAI, http: httpx.Client) -> None:
+    stream = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "Tell a long "
+                                            "story."}], max_tokens=2000, temperature=0, stream=True)
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 3:
+            break
+    job_id = chunk.id.removeprefix("chatcmpl-")
+    stream.close()
+
+    def ended() -> dict[str, object] | None:
+        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+        return job if job["status"] == "cancelled" else None
+
+    job = eventually(ended, timeout_s=30)
+    assert job["host_id"]
+    eventually(lambda: http.get(f"/api/v1/hosts/{job['host_id']}").json()["data"]["active_jobs"] == 0,
+               timeout_s=30)
+    started = time.monotonic()
+    reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=4)
+    assert reply.choices[0].message.content is not None and time.monotonic() - started < 30
