@@ -119,7 +119,7 @@ def prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> tuple[list[int], 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise InputError("the model has no chat template; send a model with one")
-    vocab = llm._model  # noqa: SLF001 - the token texts live on the model object
+    vocab = llm._model  # the token texts live on the model object (llama-cpp-python has no public accessor)
     eos = vocab.token_get_text(llm.token_eos())
     bos = vocab.token_get_text(llm.token_bos())
     formatted = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages)
