@@ -73,7 +73,10 @@ Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.r
 
   export ARCHIPELAG_API_KEY={network.api_key}
   archipelag submit wasm-hash --input '{{"text": "hello"}}' --stream
+  archipelag chat "Write a haiku about islands"
+  archipelag image "a red boat" --out boat.png
   curl -s -H "Authorization: Bearer $ARCHIPELAG_API_KEY" {network.url}/api/v1/hosts
+  OpenAI clients: base_url={network.url}/v1, api_key=$ARCHIPELAG_API_KEY, model=smollm2-135m-instruct
 
 Ctrl-C stops everything this command started.""", err=False)
     sys.stdout.flush()
