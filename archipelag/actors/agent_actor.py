@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import ray
@@ -13,9 +13,10 @@ import ray
 from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
+from archipelag.catalog import Manifest, ModelSpec
 from archipelag.catalog_signing import CatalogGuard
 from archipelag.errors import RuntimeUnavailable
-from archipelag.ids import HostId, JobId
+from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot, accepts
@@ -47,6 +48,17 @@ def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> d
     except RuntimeUnavailable as exc:
         log.warning("host %s offers no container runtime: %s", host_id, exc.message)
     return runtimes
+
+
+def accepts_with_models(patterns: tuple[str, ...], manifests: Mapping[WorkloadSlug, Manifest],
+                        has_model: Callable[[ModelSpec], bool]) -> tuple[str, ...]:
+    """The operator's accept patterns, less the workloads whose model weights this host lacks: then an explicit
+    list of slugs (placement never sends the others here). Pure."""
+    lacking = {slug for slug, m in manifests.items() if m.model is not None and not has_model(m.model)}
+    if not lacking:
+        return patterns
+    able = tuple(slug for slug in manifests if slug not in lacking and accepts(patterns, slug))
+    return able or ("-none-",)  # an empty list would mean "everything"
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -84,15 +96,9 @@ class HostAgentActor:
         )
 
     def _effective_accepts(self) -> tuple[str, ...]:
-        """The operator's accept patterns, less the workloads whose model weights this host lacks (an explicit
-        slug list then; placement never sends those here). Re-read when the host registers again."""
-        manifests = self._guard.catalog.manifests
-        lacking = {slug for slug, m in manifests.items()
-                   if m.model is not None and (self._models is None or not self._models.has(m.model))}
-        if not lacking:
-            return self._accepts
-        able = tuple(slug for slug in manifests if slug not in lacking and accepts(self._accepts, slug))
-        return able or ("-none-",)  # an empty list would mean "everything"
+        """Re-read when the host registers again (a model copied in later counts from then)."""
+        has = self._models.has if self._models is not None else (lambda _: False)
+        return accepts_with_models(self._accepts, self._guard.catalog.manifests, has)
 
     def _beat(self) -> None:
         live = metrics(self._hardware)

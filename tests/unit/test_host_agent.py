@@ -3,8 +3,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from archipelag.actors.agent_actor import accepts_with_models
 from archipelag.actors.host_agent import HostAgent
-from archipelag.catalog import Manifest
+from archipelag.catalog import Manifest, ModelSpec
 from archipelag.errors import BudgetExceeded, JobCancelled
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.protocol import Event
@@ -128,3 +129,27 @@ def test_closing_a_batched_run_early_cancels_the_job() -> None:
     assert next(stream)[0]["type"] == "status"
     stream.close()
     assert agent.load().active_jobs == 0
+
+
+# --- which workloads a host takes, given the model weights it holds ------------------------------------
+
+
+def _models_catalog() -> dict[WorkloadSlug, Manifest]:
+    chat = ModelSpec("chat-model", "gguf", "chat.gguf", "a" * 64)
+    big = ModelSpec("big-model", "diffusers", "big", "b" * 64)
+    entries = [Manifest(slug=WorkloadSlug(slug), name=slug, description="", runtime="container", trust_level=1,
+                        price_micro=0, model=model)
+               for slug, model in (("llm-chat", chat), ("sdxl", big), ("text-stats", None))]
+    return {m.slug: m for m in entries}
+
+
+def test_a_host_holding_every_model_keeps_its_accept_patterns() -> None:
+    assert accepts_with_models((), _models_catalog(), lambda model: True) == ()
+    assert accepts_with_models(("llm-*",), _models_catalog(), lambda model: True) == ("llm-*",)
+
+
+def test_a_host_without_a_models_weights_never_accepts_its_workload() -> None:
+    held = {"chat-model"}
+    assert accepts_with_models((), _models_catalog(), lambda m: m.id in held) == ("llm-chat", "text-stats")
+    assert accepts_with_models(("text-*",), _models_catalog(), lambda m: m.id in held) == ("text-stats",)
+    assert accepts_with_models(("sdxl",), _models_catalog(), lambda m: m.id in held) == ("-none-",)
