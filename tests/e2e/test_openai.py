@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -157,6 +156,5 @@ def test_a_client_that_goes_away_mid_stream_frees_the_host(client: openai.OpenAI
     assert job["host_id"]
     eventually(lambda: http.get(f"/api/v1/hosts/{job['host_id']}").json()["data"]["active_jobs"] == 0,
                timeout_s=30)
-    started = time.monotonic()
     reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=4)
-    assert reply.choices[0].message.content is not None and time.monotonic() - started < 30
+    assert reply.choices[0].message.content is not None

@@ -4,8 +4,8 @@ Input  {"prompt": str, "negative_prompt"?: str, "width"?: int, "height"?: int (6
        the model's native size), "steps"?: 1-100 (default 20), "guidance_scale"?: 0-20 (default 7.5),
        "seed"?: 0 to 2^32-1 (random when absent)}
 Events status "loading model" (the first request of a worker), progress {step, total} per denoising step,
-       one image {data (base64 PNG), format: "png", width, height}, then done {output: {format, width, height,
-       seed}, seed}.
+       one image {data (base64 PNG), format: "png", width, height}, then done {seed} (the job's `output` is then
+       {"image_data", "format", "width", "height", "seed"}, DESIGN §8).
 
 The model is the diffusers folder the host mounted read-only at ``$ARCHIPELAG_MODEL`` (its hash checked against
 the catalog before the container started); the pipeline class comes from its ``model_index.json``, weights are
@@ -164,8 +164,7 @@ def handle(job: dict[str, Any]) -> Done:
             callback_on_step_end=on_step_end)
     image = result.images[0]
     emit("image", data=png_of(image), format="png", width=image.width, height=image.height)
-    return Done(output={"format": "png", "width": image.width, "height": image.height, "seed": params["seed"]},
-                seed=params["seed"])
+    return Done(seed=params["seed"])  # the job's output is built from the image event and this seed
 
 
 if __name__ == "__main__":
