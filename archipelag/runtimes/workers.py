@@ -100,13 +100,18 @@ class Worker:
             f"timed out: the workload ran past its {limits.timeout_s:g} s wall-clock budget and was killed")])
         timer.daemon = True
         grace: threading.Timer | None = None
+        over = False  # the request has ended: a late cancel must not touch the worker
+        guard = threading.Lock()
 
         def on_cancel() -> None:
             nonlocal grace
-            self._send({"cancel": ident})
-            grace = threading.Timer(CANCEL_GRACE_S, self.kill, [JobCancelled(cancel.reason or "cancelled")])
-            grace.daemon = True
-            grace.start()
+            with guard:
+                if over:
+                    return
+                self._send({"cancel": ident})
+                grace = threading.Timer(CANCEL_GRACE_S, self.kill, [JobCancelled(cancel.reason or "cancelled")])
+                grace.daemon = True
+                grace.start()
 
         finished = False
         try:
@@ -139,8 +144,10 @@ class Worker:
                 yield event
         finally:
             timer.cancel()
-            if grace is not None:
-                grace.cancel()
+            with guard:
+                over = True
+                if grace is not None:
+                    grace.cancel()
             if not finished and self.alive:
                 # The consumer walked away mid-request (or we raised): the worker is in an unknown state.
                 self.kill(JobCancelled("the job's consumer went away"))
@@ -328,10 +335,11 @@ class WorkerPool:
             if fits:
                 return
             idle = sorted((w for w in others if not w.busy.locked()), key=lambda w: w.last_used)
-            if not idle:
+            taken = next((w for w in idle if w.busy.acquire(blocking=False)), None)  # nobody gets it after this
+            if taken is None:
                 raise HostBusy(f"no room for another model worker on this host ({len(others)} busy, "
                                f"{self._free_mb()} MB free, {memory_mb} MB needed + {self._reserve_mb} MB kept free)")
-            self._drop(idle[0])
+            self._drop(taken)
 
     def _drop(self, worker: Worker) -> None:
         with self._lock:
