@@ -213,7 +213,8 @@ def _stage_reason(stage: str, before: int, request: JobRequest) -> str:
     messages = {
         "online": f"none of the {before} known hosts is online; retry when one comes back",
         "runtime": f"no online host supports runtime {runtime!r}",
-        "accepts": f"no online host with runtime {runtime!r} accepts workload {slug!r}",
+        "accepts": f"no online host with runtime {runtime!r} accepts workload {slug!r} (a host takes only the "
+                   "workloads its operator allows and whose model weights it holds)",
         "region": f"no host in regions {', '.join(sorted(request.allowed_regions or ()))} can run {slug!r}; "
                   "allow more regions or retry later",
         "karma": f"no host able to run {slug!r} has karma ≥ {request.min_karma:.2f}; lower min_karma",
