@@ -93,8 +93,9 @@ async def _stream(url: str, key: str, tokens: int) -> tuple[float, float, int]:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
         await _job(http, "wasm-echo-stream", {"text": "warm", "repeat": 1})
+        firsts = [(await _job(http, "wasm-echo-stream", {"text": "tok", "repeat": 100}))[1] for _ in range(7)]
         total, first, events = await _job(http, "wasm-echo-stream", {"text": "tok", "repeat": tokens})
-        return first, events / max(total - first, 1e-9), events
+        return statistics.median(firsts), events / max(total - first, 1e-9), events
 
 
 def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> list[Row]:
@@ -117,6 +118,6 @@ def run(seconds: float = 10.0, concurrency: int = 16, tokens: int = 20_000) -> l
           f"p99 {1000 * _pct(latencies, 0.99):.1f} ms")),
         ("WASM job latency, one at a time", f"{1000 * statistics.median(alone):.1f} ms",
          f"p50; p99 {1000 * _pct(alone, 0.99):.1f} ms; submit → done over HTTP"),
-        ("streamed job: time to first event", f"{1000 * first:.1f} ms", "submit → first SSE event"),
+        ("streamed job: time to first event", f"{1000 * first:.1f} ms", "submit → first SSE event, p50 of 7"),
         ("streamed job: events/s", f"{events_s:,.0f} events/s", f"{events:,} events over SSE"),
     ]
