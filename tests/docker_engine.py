@@ -21,7 +21,7 @@ import pytest
 from archipelag.catalog import Manifest
 from archipelag.ids import JobId, WorkloadSlug
 from archipelag.runtimes import images
-from archipelag.runtimes.docker import JOB_LABEL
+from archipelag.runtimes.container_spec import JOB_LABEL
 from archipelag.sandbox import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,10 +1,11 @@
 """Docker runtime: runs one job's workload image in a hardened container on a real Docker engine.
 
 Per job (DESIGN §5): the image is checked first (present here, and its ID equal to the one the catalog pins,
-else ``WorkloadRefused`` and nothing runs); then a container is created from that exact ID with a read-only
-root, a size-capped tmpfs ``/tmp`` (mode 1777, noexec), every capability dropped, no-new-privileges, the tier's
-seccomp profile (``runtimes.seccomp``), no network unless the tier allows it, a pids limit, memory = memory+swap,
-a CPU quota, the non-root user 10001, no log driver (output travels only over the attach socket) and stdin open.
+else ``WorkloadRefused`` and nothing runs); then a container is created from that exact ID in the tier's sandbox
+(``runtimes.container_spec``: read-only root, tmpfs ``/tmp``, no capabilities, seccomp, no network, limits, user
+10001, no log driver: output travels only over the attach socket). A workload with a model gets it mounted
+read-only after ``runtimes.models`` verified it; a ``worker = true`` workload is served by a warm worker
+(``runtimes.workers``) instead of a container per job.
 
 The input JSON goes to the container's stdin over the attach socket, which is then half-closed (StdinOnce makes
 that EOF). The same socket carries stdout and stderr in Docker's multiplexed frames; ``run`` reads them on the
@@ -20,21 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from archipelag.catalog import Manifest
 from archipelag.errors import (
@@ -48,98 +46,17 @@ from archipelag.errors import (
     WorkloadTimedOut,
 )
 from archipelag.protocol import Event, is_final, parse_line
-from archipelag.runtimes import seccomp
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.container_spec import ContainerRequest, HostFacts, container_request
 from archipelag.runtimes.image_cache import ImageCache
 from archipelag.runtimes.models import ModelStore
-from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, sweep_orphans
+from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, remove_container, sweep_orphans
 from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
 
-WORKLOAD_USER: Final = "10001:10001"  # the `workload` user of the base image's /etc/passwd
-JOB_LABEL: Final = "io.archipelag.job"
-WORKLOAD_LABEL: Final = "io.archipelag.workload"
 READ_BYTES: Final = 64 * 1024
 STDERR_TAIL_BYTES: Final = 2048
 EXIT_WAIT_S: Final = 30.0  # how long to wait for the exit status once the output has ended
 _STDOUT, _STDERR = 1, 2
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What the host offers containers: its core count (caps the CPU quota) and whether a GPU can be passed."""
-
-    cpu_count: int
-    gpu: bool = False
-
-    @classmethod
-    def detect(cls, gpu: bool = False) -> HostFacts:
-        return cls(cpu_count=os.cpu_count() or 1, gpu=gpu)
-
-
-@dataclass(frozen=True)
-class ContainerRequest:
-    """What ``create_container`` gets for one job: the container's own settings and its host config."""
-
-    create: dict[str, Any]
-    host_config: dict[str, Any]
-
-
-def container_request(spec: JobSpec, image_id: str, host: HostFacts, model: Path | None = None,
-                      worker: bool = False, owner: dict[str, str] | None = None) -> ContainerRequest:
-    """The container for ``spec``: the sandbox of its tier, nothing else. Pure.
-
-    ``model``: weights mounted read-only at ``/models/<name>`` (``ARCHIPELAG_MODEL``). ``worker``: a long-lived
-    model worker (``runtimes.workers``) whose stdin stays open across requests. ``owner``: labels naming the
-    host process, so a later sweep can remove what a killed host left behind."""
-    limits = spec.limits
-    memory = f"{limits.memory_mb}m"
-    environment = {"ARCHIPELAG_THREADS": str(max(1, int(min(limits.cpus, host.cpu_count))))}
-    labels = {JOB_LABEL: "worker" if worker else str(spec.job_id), WORKLOAD_LABEL: str(spec.workload.slug),
-              **(owner or {})}
-    create: dict[str, Any] = {
-        "image": image_id,
-        "user": WORKLOAD_USER,
-        "labels": labels,
-        "stdin_open": True,  # with detach=False the SDK also sets StdinOnce: the engine closes the workload's
-        "detach": worker,  # stdin when we half-close the attach socket; a worker's stdin stays open
-        "tty": False,
-        "environment": environment,
-    }
-    host_config: dict[str, Any] = {
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmp_mb}m,mode=1777"},
-        "shm_size": f"{limits.tmp_mb}m",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges", f"seccomp={seccomp.profile_json(spec.workload.tier)}"],
-        "network_mode": "bridge" if limits.network else "none",
-        "ipc_mode": "private",
-        "pids_limit": limits.pids_limit,
-        "mem_limit": memory,
-        "memswap_limit": memory,
-        "nano_cpus": int(min(limits.cpus, host.cpu_count) * 1e9),
-        "oom_score_adj": 500,  # under host memory pressure, workloads die before the host's own processes
-        "ulimits": [Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)],
-        "log_config": LogConfig(type=LogConfig.types.NONE),
-    }
-    if worker:
-        environment["ARCHIPELAG_WORKER"] = "1"
-    if model is not None:
-        target = f"/models/{model.name}"
-        host_config["mounts"] = [Mount(target=target, source=str(model), type="bind", read_only=True)]
-        environment["ARCHIPELAG_MODEL"] = target
-    if spec.workload.requires_gpu:
-        if not limits.gpu:
-            raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU, which its "
-                                  f"{spec.workload.tier.value} tier does not allow", reason="gpu_not_allowed")
-        if not host.gpu:
-            raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU and this host has none",
-                                  reason="gpu_missing")
-        host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        environment["ARCHIPELAG_GPU"] = "1"
-    elif spec.workload.model is not None and limits.gpu and host.gpu:
-        host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]  # offload if it can
-        environment["ARCHIPELAG_GPU"] = "1"
-    return ContainerRequest(create, host_config)
 
 
 class DockerRuntime:
@@ -352,16 +269,8 @@ class _Job:
 
     def remove(self) -> None:
         """Kill and remove the container, whatever state it is in; retried while Docker is still busy with it."""
-        if self.container is None:
-            return
-        for _ in range(5):
-            try:
-                self.container.remove(force=True, v=True)
-                return
-            except docker.errors.NotFound:
-                return
-            except (docker.errors.DockerException, requests.exceptions.RequestException):
-                threading.Event().wait(0.2)  # "removal already in progress" and the like
+        if self.container is not None:
+            remove_container(self.container)
 
 
 def _attach(container: Container) -> socket.socket:

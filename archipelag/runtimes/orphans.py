@@ -1,4 +1,5 @@
-"""Containers a killed host left behind: each container carries its host process as an owner label, and a host
+"""Removing containers: ``remove_container`` for one we are done with, and the sweep of those a killed host left
+behind: each container carries its host process as an owner label, and a host
 starting on the same machine removes those whose owner is gone (a warm model worker would otherwise hold its
 memory forever; a finished one-shot container would stay as litter)."""
 
@@ -6,14 +7,28 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from typing import Final
 
 import docker
 import docker.errors
 import psutil
 import requests.exceptions
+from docker.models.containers import Container
 
 OWNER_LABEL: Final = "io.archipelag.owner"  # "<machine>:<pid>:<start time>" of the host process that made it
+
+
+def remove_container(container: Container) -> None:
+    """Kill and remove a container, whatever state it is in; retried while Docker is still busy with it."""
+    for _ in range(5):
+        try:
+            container.remove(force=True, v=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            threading.Event().wait(0.2)  # "removal already in progress" and the like
 
 
 def owner_tag() -> str:

@@ -46,6 +46,7 @@ from archipelag.errors import (
 )
 from archipelag.protocol import Event, is_final, parse_line
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.orphans import remove_container
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +220,7 @@ class Worker:
         self.kill(JobCancelled("the model worker was stopped"))
         with contextlib.suppress(OSError):
             self._sock.close()
-        for _ in range(5):
-            try:
-                self._container.remove(force=True, v=True)
-                return
-            except docker.errors.NotFound:
-                return
-            except (docker.errors.DockerException, requests.exceptions.RequestException):
-                threading.Event().wait(0.2)
+        remove_container(self._container)
 
 
 StartWorker = Callable[[JobSpec, str, Path | None], Started]

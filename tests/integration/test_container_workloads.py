@@ -21,7 +21,8 @@ from archipelag.catalog import Manifest
 from archipelag.protocol import Event
 from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
-from archipelag.runtimes.docker import JOB_LABEL, WORKLOAD_LABEL, WORKLOAD_USER, DockerRuntime, HostFacts
+from archipelag.runtimes.container_spec import JOB_LABEL, WORKLOAD_LABEL, WORKLOAD_USER
+from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

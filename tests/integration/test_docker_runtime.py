@@ -13,7 +13,8 @@ from docker_engine import LIMITS, DockerEnv, a_job_id, docker_env  # noqa: F401
 from archipelag.errors import JobCancelled, ProtocolViolation, WorkloadRefused
 from archipelag.protocol import Event
 from archipelag.runtimes.base import CancelToken, JobSpec
-from archipelag.runtimes.docker import JOB_LABEL, DockerRuntime, HostFacts
+from archipelag.runtimes.container_spec import JOB_LABEL
+from archipelag.runtimes.docker import DockerRuntime, HostFacts
 
 pytestmark = pytest.mark.docker
 

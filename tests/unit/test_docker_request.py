@@ -12,7 +12,7 @@ from archipelag.errors import WorkloadRefused
 from archipelag.ids import JobId, WorkloadSlug
 from archipelag.runtimes import seccomp
 from archipelag.runtimes.base import JobSpec
-from archipelag.runtimes.docker import JOB_LABEL, HostFacts, container_request
+from archipelag.runtimes.container_spec import JOB_LABEL, HostFacts, container_request
 from archipelag.sandbox import Tier
 from archipelag.settings import Settings
 

@@ -124,6 +124,18 @@ def int_field(job: dict[str, Any], name: str, default: int | None, low: int, hig
     return int(value)
 
 
+def number_field(job: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    """``job[name]`` as a finite number in [low, high]; ``default`` when absent."""
+    value = job.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"field {name!r} must be a number from {low:g} to {high:g}")
+    if not low <= value <= high:
+        raise InputError(f"field {name!r} must be from {low:g} to {high:g}, not {value:g}")
+    return float(value)
+
+
 def bool_field(job: dict[str, Any], name: str, default: bool) -> bool:
     value = job.get(name, default)
     if not isinstance(value, bool):

@@ -15,12 +15,21 @@ loaded once and serves request after request; ``cancelled()`` is polled between 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from typing import Any
 
-from workload_io import Cancelled, Done, InputError, cancelled, emit, int_field, serve, text_field
+from workload_io import (
+    Cancelled,
+    Done,
+    InputError,
+    cancelled,
+    emit,
+    int_field,
+    number_field,
+    serve,
+    text_field,
+)
 
 MAX_INPUT_BYTES = 4 * 1024 * 1024 + 64 * 1024  # 128 messages of 32 KB, and the rest of the request
 MAX_MESSAGES = 128
@@ -46,17 +55,6 @@ def load_model() -> Any:
         _model = Llama(model_path=path, n_ctx=CONTEXT_TOKENS, n_threads=threads, n_threads_batch=threads,
                        n_gpu_layers=-1 if os.environ.get("ARCHIPELAG_GPU") == "1" else 0, verbose=False)
     return _model
-
-
-def number_field(job: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = job.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"field {name!r} must be a number from {low:g} to {high:g}")
-    if not low <= value <= high:
-        raise InputError(f"field {name!r} must be from {low:g} to {high:g}, not {value:g}")
-    return float(value)
 
 
 def messages_of(job: dict[str, Any]) -> list[dict[str, str]]:

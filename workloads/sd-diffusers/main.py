@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import random
 from pathlib import Path
@@ -33,6 +32,7 @@ from workload_io import (
     cancelled,
     emit,
     int_field,
+    number_field,
     serve,
     text_field,
 )
@@ -52,17 +52,6 @@ SCRATCH_ENV = {"HF_HOME": "/tmp/hf", "XDG_CACHE_HOME": "/tmp/cache", "HF_HUB_OFF
                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 _pipeline: Any = None
-
-
-def number_field(job: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = job.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"field {name!r} must be a number from {low:g} to {high:g}")
-    if not low <= value <= high:
-        raise InputError(f"field {name!r} must be from {low:g} to {high:g}, not {value:g}")
-    return float(value)
 
 
 def side_field(job: dict[str, Any], name: str) -> int | None:
