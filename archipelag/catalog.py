@@ -13,6 +13,7 @@ A manifest looks like::
     # image_id = "sha256:…"                container: optional; `catalog build` pins the local image's ID
     trust_level = 0                  # 0-3 → sandbox tier
     price = 0.01                     # credits per job
+    price_per_1k_tokens = 0.02       # optional (LLM): plus credits per 1000 completion tokens, settled at the end
     required_ram_mb = 64
     required_vram_mb = 0
     required_cores = 0               # optional
@@ -105,6 +106,7 @@ class Manifest:
     requires_gpu: bool = False
     model: ModelSpec | None = None
     worker: bool = False  # container: served by a long-lived worker per host (keeps its model warm)
+    token_price_micro: int = 0  # micro-credits per 1000 completion tokens, on top of price_micro (LLM)
 
     @property
     def tier(self) -> Tier:
@@ -126,6 +128,28 @@ class Manifest:
             fuel=self.limits.get("fuel"),
             output_bytes=self.limits.get("output_bytes"),
         )
+
+
+DEFAULT_MAX_TOKENS = 256  # what llm-chat generates when a request names no max_tokens
+
+
+def max_price_micro(manifest: Manifest, job_input: dict[str, Any]) -> int:
+    """What a job may cost at most (reserved when it is submitted, DESIGN §7): the job's price, plus for a
+    per-token workload its ``max_tokens`` at the token price."""
+    if not manifest.token_price_micro:
+        return manifest.price_micro
+    requested = job_input.get("max_tokens")
+    tokens = requested if isinstance(requested, int) and requested > 0 else DEFAULT_MAX_TOKENS
+    return manifest.price_micro + -(-tokens * manifest.token_price_micro // 1000)
+
+
+def price_micro(manifest: Manifest, usage: dict[str, Any]) -> int:
+    """What a completed job costs: its price, plus for a per-token workload the completion tokens it made."""
+    if not manifest.token_price_micro:
+        return manifest.price_micro
+    tokens = usage.get("completion_tokens")
+    made = int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else 0
+    return manifest.price_micro + -(-made * manifest.token_price_micro // 1000)
 
 
 def parse_manifest(data: dict[str, Any], directory: Path) -> Manifest:
@@ -153,6 +177,7 @@ def parse_manifest(data: dict[str, Any], directory: Path) -> Manifest:
             requires_gpu=bool(data.get("requires_gpu", int(data.get("required_vram_mb", 0)) > 0)),
             model=ModelSpec.parse(data["model"], str(directory)) if "model" in data else None,
             worker=bool(data.get("worker", False)),
+            token_price_micro=round(float(data.get("price_per_1k_tokens", 0)) * MICRO),
         )
     except KeyError as missing:
         raise ConfigError(f"{directory}/manifest.toml is missing {missing}") from None
@@ -184,7 +209,7 @@ def lookup(catalog: dict[WorkloadSlug, Manifest], slug: str) -> Manifest:
 
 _ENTRY_FIELDS = ("slug", "name", "description", "runtime", "trust_level", "price_micro", "required_ram_mb",
                  "required_vram_mb", "required_cores", "requires_gpu", "module", "sha256", "image", "image_id",
-                 "limits", "required_inputs", "model", "worker")
+                 "limits", "required_inputs", "model", "worker", "token_price_micro")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from archipelag.catalog import Manifest
+from archipelag.catalog import Manifest, price_micro
 from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
 from archipelag.ids import HostId, JobId
 from archipelag.ledger.karma_rules import KarmaKind
@@ -279,11 +279,12 @@ class Dispatcher:
         done = next((e for e in reversed(events) if e["type"] == "done"), None)
         usage = dict(done.get("usage") or {}) if done else {}
         succeeded = status == JobStatus.SUCCEEDED
+        charge = price_micro(manifest, usage) if succeeded else 0  # per token for LLMs (DESIGN §7)
         compute_s = time.monotonic() - (live.started_monotonic or time.monotonic())
         try:
             # Stored: everything the live stream carried (earlier attempts too), so a late reader sees the same.
             await self._db("finish", live.job_id, status, output=collect_output(events), error=error,
-                           usage=usage, events=list(live.events), price_micro=manifest.price_micro if succeeded else 0,
+                           usage=usage, events=list(live.events), price_micro=charge,
                            host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
                            compute_s=compute_s)
         except InvalidTransition:

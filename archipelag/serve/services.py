@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archipelag.actors.client import HostAgentClient
-from archipelag.catalog import Manifest, load_catalog
+from archipelag.catalog import Manifest, load_catalog, max_price_micro
 from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.ids import HostId, WorkloadSlug, new_job_id
 from archipelag.ledger.client import LedgerClient
@@ -87,7 +87,7 @@ class Services:
         job_id = new_job_id()
         created = asyncio.ensure_future(self.db(
             "create_job", account_id, manifest.slug, job_input, region=region, priority=priority,
-            reserve_micro=manifest.price_micro, queue=True, job_id=job_id))
+            reserve_micro=max_price_micro(manifest, job_input), queue=True, job_id=job_id))
         limits = manifest.limits_under(self.settings.limits_for(manifest.tier))
         live = self.dispatcher.start(job_id, manifest, job_input, limits, region, ranked, admitted=created)
         job: Job = await created

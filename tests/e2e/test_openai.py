@@ -78,6 +78,8 @@ def test_a_chat_without_streaming_answers_once_and_is_a_job_with_usage(client: o
     assert job["workload_slug"] == "llm-chat" and job["status"] == "completed"
     assert job["output"] == answer.choices[0].message.content
     assert job["usage"]["completion_tokens"] == answer.usage.completion_tokens
+    # llm-chat costs 0.002 per chat + 0.02 per 1000 completion tokens (DESIGN §7: LLM jobs settle per token)
+    assert job["usage"]["credits_used"] == pytest.approx(0.002 + answer.usage.completion_tokens * 0.02 / 1000)
 
 
 def test_the_same_seed_gives_the_same_answer_through_the_network(client: openai.OpenAI) -> None:

@@ -112,3 +112,20 @@ def test_a_malformed_catalog_is_a_config_error(tmp_path: Path) -> None:
         parse_compiled_catalog(b'{"format": 1, "workloads": {"x": {}}}', tmp_path)
     with pytest.raises(ConfigError, match="format"):
         parse_compiled_catalog(b'{"format": 99}', tmp_path)
+
+
+# --- prices: per job, and per completion token for LLM workloads (DESIGN §7) ---------------------------
+
+
+def test_a_per_token_workload_reserves_its_max_tokens_and_charges_what_it_made() -> None:
+    from archipelag.catalog import Manifest, max_price_micro, price_micro
+
+    chat = Manifest(slug=WorkloadSlug("llm-chat"), name="chat", description="", runtime="container", trust_level=1,
+                    price_micro=2_000, token_price_micro=20_000)  # 0.002 per chat + 0.02 per 1k tokens
+    assert max_price_micro(chat, {"max_tokens": 100}) == 2_000 + 2_000
+    assert max_price_micro(chat, {}) == 2_000 + 256 * 20  # llm-chat's default max_tokens
+    assert price_micro(chat, {"prompt_tokens": 30, "completion_tokens": 7}) == 2_000 + 140
+    assert price_micro(chat, {}) == 2_000
+    flat = Manifest(slug=WorkloadSlug("t"), name="t", description="", runtime="wasm", trust_level=0,
+                    price_micro=2_000)
+    assert max_price_micro(flat, {"max_tokens": 100}) == price_micro(flat, {"completion_tokens": 9}) == 2_000
