@@ -262,9 +262,14 @@ async def chat_frames(svc: Services, live: LiveJob, ids: ChatIds, transcript: Tr
         async for batch in live.batches():  # one write per burst of events, not per event
             frames = []
             for event in batch:
-                transcript.add(event)
+                pieces = transcript.add(event)  # a retried job's replayed tokens are not sent twice
+                if transcript.error is not None and event["type"] != "error":  # the retry diverged
+                    frames.append(sse_frame(stream_error(transcript.error)))
+                    yield b"".join(frames)
+                    _cancel_soon(svc, live.job_id)
+                    return
                 if event["type"] == "token":
-                    frames.append(sse_frame(chunk(ids, {"content": event["content"]})))
+                    frames.extend(sse_frame(chunk(ids, {"content": piece})) for piece in pieces)
                 elif event["type"] == "done":
                     frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason, seed=transcript.seed)))
                     if include_usage:

@@ -209,7 +209,7 @@ class Dispatcher:
                 await self._recorded(live)
                 await self._db("requeue", live.job_id, exc.message)
                 live.publish({"type": "status", "message": f"host {host_id} was lost; retrying on another host "
-                              f"(attempt {lost + 1} of {self._max_attempts})"})
+                              f"(attempt {lost + 1} of {self._max_attempts})", "retry": lost + 1})
                 continue
             finally:
                 self._placement.job_released(host_id)

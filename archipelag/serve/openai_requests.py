@@ -8,6 +8,7 @@ A breach raises ``ValidationFailed`` whose ``errors`` map names the field as Ope
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,9 +151,11 @@ def chat_input(body: ChatRequest) -> dict[str, Any]:
         problems.add("n", "only n = 1 is supported")
     stops = _stops(body.stop, problems)
     problems.raise_if_any()
-    job_input: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens}
-    for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("stop", stops),
-                        ("seed", body.seed)):
+    # The seed is fixed here, not left to the host: a retry after a host was lost then replays the same tokens,
+    # and the stream goes on where it stopped (openai_wire.Transcript).
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    job_input: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "seed": seed}
+    for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("stop", stops)):
         if value is not None:
             job_input[name] = value
     return job_input

@@ -8,6 +8,7 @@ import io
 import threading
 from collections.abc import Iterator
 
+import docker
 import httpx
 import openai
 import pytest
@@ -16,6 +17,7 @@ from netutil import eventually, network_settings
 from PIL import Image
 
 from archipelag.network import EmbeddedNetwork, start_network
+from archipelag.runtimes.orphans import sweep_orphans
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow, pytest.mark.ray_driver]
 
@@ -160,3 +162,27 @@ def test_a_client_that_goes_away_mid_stream_frees_the_host(client: openai.OpenAI
                timeout_s=30)
     reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=4)
     assert reply.choices[0].message.content is not None
+
+
+def test_a_stream_survives_its_host_being_killed_mid_answer(client: openai.OpenAI, http: httpx.Client,
+                                                            network: EmbeddedNetwork) -> None:
+    """Runs last: it kills a host. The retry on another host replays the same seed; the client gets one
+    continuous answer, without the tokens it had already seen twice."""
+    stream = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "Tell a long story about a lost lighthouse."}],
+        max_tokens=300, temperature=0, seed=11, stream=True)
+    pieces: list[str] = []
+    killed = None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if len(pieces) == 5 and killed is None:
+            job_id = chunk.id.removeprefix("chatcmpl-")
+            killed = http.get(f"/api/v1/jobs/{job_id}").json()["data"]["host_id"]
+            network.kill_host(killed)
+    job = eventually(lambda: (j := http.get(f"/api/v1/jobs/{job_id}").json()["data"])["status"] == "completed"
+                     and j, timeout_s=60)
+    assert killed is not None and job["host_id"] != killed
+    assert "".join(pieces) == job["output"]  # the stored output is the retry's whole answer
+    assert len(pieces) == job["usage"]["completion_tokens"] or job["usage"]["completion_tokens"] == 300
+    sweep_orphans(docker.from_env())  # the killed host's warm worker

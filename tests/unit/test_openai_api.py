@@ -127,7 +127,7 @@ def test_a_workload_error_answers_as_an_http_error(api: TestClient, net: ModelNe
 
 
 def test_stream_sends_the_role_one_chunk_per_token_the_finish_usage_and_done(api: TestClient) -> None:
-    response = api.post("/v1/chat/completions", json=chat("a b c", stream=True,
+    response = api.post("/v1/chat/completions", json=chat("a b c", stream=True, seed=42,
                                                            stream_options={"include_usage": True}))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -439,3 +439,41 @@ def test_the_openai_client_raises_its_own_errors(openai_client: openai.OpenAI) -
         for _ in openai_client.chat.completions.create(
                 model="llm-chat", messages=[{"role": "user", "content": "x fail"}], stream=True):
             pass
+
+
+# --- a stream that survives its host -------------------------------------------------------------------
+
+
+def test_a_chat_without_a_seed_gets_one_at_the_ingress_so_a_retry_replays_the_same_tokens() -> None:
+    from archipelag.serve.openai_requests import ChatRequest, chat_input
+
+    first = chat_input(ChatRequest.model_validate(chat("hi")))
+    assert isinstance(first["seed"], int) and 0 <= first["seed"] <= 2**31 - 1
+    assert chat_input(ChatRequest.model_validate(chat("hi", seed=5)))["seed"] == 5
+
+
+def test_a_retried_chat_sends_only_what_the_client_has_not_seen() -> None:
+    from archipelag.serve.openai_wire import Transcript
+
+    transcript = Transcript(max_tokens=10)
+    sent = [p for kind, content in (("token", "The"), ("token", " sea"))
+            for p in transcript.add({"type": kind, "content": content})]
+    retry = {"type": "status", "message": "host h was lost; retrying on another host (attempt 2 of 3)", "retry": 2}
+    sent += transcript.add(retry)
+    sent += transcript.add({"type": "status", "message": "started on island-2"})
+    for piece in ("The", " sea", " is", " calm"):
+        sent += transcript.add({"type": "token", "content": piece})
+    transcript.add({"type": "done", "usage": {"prompt_tokens": 4, "completion_tokens": 4}})
+    assert sent == ["The", " sea", " is", " calm"] and transcript.content == "The sea is calm"
+    assert transcript.error is None and transcript.usage["completion_tokens"] == 4
+
+
+def test_a_retry_that_diverges_ends_the_answer_with_an_error_not_garbled_text() -> None:
+    from archipelag.serve.openai_wire import Transcript
+
+    transcript = Transcript(max_tokens=10)
+    transcript.add({"type": "token", "content": "The"})
+    transcript.add({"type": "status", "message": "retrying", "retry": 2})
+    assert transcript.add({"type": "token", "content": "A"}) == []
+    assert transcript.error is not None and "diverged" in transcript.error["message"]
+    assert transcript.content == "The"
