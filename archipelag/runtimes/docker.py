@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -41,22 +40,19 @@ from archipelag.errors import (
     JobCancelled,
     ProtocolViolation,
     RuntimeUnavailable,
-    WorkloadError,
     WorkloadRefused,
     WorkloadTimedOut,
 )
 from archipelag.protocol import Event, is_final, parse_line
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.container_io import Output, engine_error, exit_failure, frames
 from archipelag.runtimes.container_spec import ContainerRequest, HostFacts, container_request
 from archipelag.runtimes.image_cache import ImageCache
 from archipelag.runtimes.models import ModelStore
 from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, remove_container, sweep_orphans
 from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
 
-READ_BYTES: Final = 64 * 1024
-STDERR_TAIL_BYTES: Final = 2048
 EXIT_WAIT_S: Final = 30.0  # how long to wait for the exit status once the output has ended
-_STDOUT, _STDERR = 1, 2
 
 
 class DockerRuntime:
@@ -131,8 +127,8 @@ class DockerRuntime:
             sock = _attach(container)
             container.start()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc) from None
-        return Started(container, sock, _frames(sock))
+            raise engine_error(exc) from None
+        return Started(container, sock, Output(frames(sock)))
 
     def _tracked(self, image_id: str, events: Generator[Event, None, None]) -> Iterator[Event]:
         try:
@@ -162,7 +158,7 @@ class DockerRuntime:
             raise WorkloadRefused(f"image {reference} of workload {workload.slug!r} is not on this host",
                                   reason="image_missing") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc) from None
+            raise engine_error(exc) from None
         if found != pinned:
             raise WorkloadRefused(f"image {reference} here is {found}, but the catalog pins {pinned} for workload "
                                   f"{workload.slug!r}; refusing to run it", reason="image_mismatch")
@@ -187,10 +183,11 @@ class DockerRuntime:
                 cancel.on_cancel(lambda: job.stop(JobCancelled(cancel.reason or "cancelled")))
                 job.start()
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise _engine_error(exc) from None
+                raise engine_error(exc) from None
             timer.start()
             _send_input(sock, json.dumps(spec.input).encode() + b"\n")
-            for event in _events(job, sock):
+            job.output = Output(frames(sock))
+            for event in _events(job, job.output):
                 yield event
                 if is_final(event):
                     job.finish()
@@ -213,7 +210,7 @@ class _Job:
         self.spec = spec
         self.container: Container | None = None
         self.error: ArchipelagError | None = None  # why it was stopped; None while it runs on its own
-        self.stderr_tail = b""
+        self.output: Output | None = None
         self._started = False
         self._finished = False
         self._lock = threading.Lock()
@@ -246,26 +243,9 @@ class _Job:
     def failure(self) -> ArchipelagError:
         """Why a container whose output ended without a final event failed: OOM, a crash, or no done event."""
         assert self.container is not None
-        limits = self.spec.limits
-        try:
-            status = int(self.container.wait(timeout=limits.timeout_s + EXIT_WAIT_S)["StatusCode"])
-            self.container.reload()
-            state = self.container.attrs.get("State", {})
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            return _engine_error(exc)
-        if self.error is not None:  # the timer or a cancel fired while we waited
-            return self.error
-        stderr = self.stderr_tail.decode("utf-8", "replace").strip()
-        last_line = stderr.splitlines()[-1][-300:] if stderr else ""
-        said = f": {last_line}" if last_line else " (its stderr is empty)"
-        if state.get("OOMKilled"):
-            return BudgetExceeded(f"out of memory: the workload went past its {limits.memory_mb} MB memory limit "
-                                  "and was killed", reason="out_of_memory")
-        if status != 0:
-            return WorkloadError(f"the workload exited with status {status} before a done event "
-                                 f"(limits: {limits.memory_mb} MB, {limits.pids_limit} processes){said}",
-                                 exit_status=status, stderr_tail=stderr)
-        return ProtocolViolation(f"the workload exited without a done event{said}", stderr_tail=stderr)
+        stderr = self.output.stderr_tail if self.output is not None else b""
+        failure = exit_failure(self.container, self.spec.limits, stderr, self.spec.limits.timeout_s + EXIT_WAIT_S)
+        return self.error or failure  # the timer or a cancel may have fired while we waited
 
     def remove(self) -> None:
         """Kill and remove the container, whatever state it is in; retried while Docker is still busy with it."""
@@ -295,81 +275,19 @@ def _send_input(sock: socket.socket, payload: bytes) -> None:
     threading.Thread(target=write, name="docker-stdin", daemon=True).start()
 
 
-def _frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
-    """Docker's multiplexed attach stream: an 8-byte header (stream id, 3 zero bytes, big-endian length) per
-    frame. Ends at EOF — the container exited or was killed."""
-    buffer = b""
-    while True:
-        while len(buffer) < 8:
-            chunk = _recv(sock)
-            if not chunk:
-                return
-            buffer += chunk
-        stream, length = struct.unpack(">BxxxL", buffer[:8])
-        buffer = buffer[8:]
-        while length > 0:
-            if not buffer:
-                buffer = _recv(sock)
-                if not buffer:
-                    return
-            piece, buffer = buffer[:length], buffer[length:]
-            length -= len(piece)
-            yield stream, piece
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(READ_BYTES)
-    except OSError:
-        return b""
-
-
-def _events(job: _Job, sock: socket.socket) -> Iterator[Event]:
+def _events(job: _Job, output: Output) -> Iterator[Event]:
     """Protocol events from the container's stdout as they arrive. A budget overrun or a bad line marks the job
     stopped and ends the iteration; the caller then closes the socket and kills the container."""
     limits = job.spec.limits
-    too_long = f"output limit: the workload wrote a line longer than {limits.line_bytes} bytes"
-    pending = b""
-    total = 0
-    for stream, data in _frames(sock):
-        if stream == _STDERR:
-            job.stderr_tail = (job.stderr_tail + data)[-STDERR_TAIL_BYTES:]
-            continue
-        if stream != _STDOUT:
-            continue
-        total += len(data)
-        if total > limits.output_bytes:
-            job.stop(BudgetExceeded(f"output limit: the workload wrote more than {limits.output_bytes} bytes"),
-                     kill=False)
+    while True:
+        try:
+            line = output.line(limits.line_bytes, limits.output_bytes)
+            if line is None:
+                break
+            if line.strip():
+                yield parse_line(line)
+        except (BudgetExceeded, ProtocolViolation) as exc:
+            job.stop(exc, kill=False)
             return
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if len(line) > limits.line_bytes:
-                job.stop(BudgetExceeded(too_long), kill=False)
-                return
-            if not line.strip():
-                continue
-            try:
-                event = parse_line(line)
-            except ProtocolViolation as exc:
-                job.stop(exc, kill=False)
-                return
-            yield event
-        if len(pending) > limits.line_bytes:
-            job.stop(BudgetExceeded(too_long), kill=False)
-            return
-    if pending.strip() and job.error is None:
-        yield parse_line(pending)  # a last line without its newline still counts
-
-
-def _engine_error(exc: Exception) -> ArchipelagError:
-    """A Docker SDK or transport error as ours: the engine refusing a request is the workload's failure to
-    run here; an engine that does not answer makes the runtime unavailable."""
-    if isinstance(exc, docker.errors.ImageNotFound):
-        return WorkloadRefused(f"the workload's image is not on this host: {exc.explanation}",
-                               reason="image_missing")
-    if isinstance(exc, docker.errors.APIError):
-        return WorkloadError(f"the Docker engine refused the container: {exc.explanation or exc}")
-    return RuntimeUnavailable(f"the Docker engine does not answer: {exc}")
-
+    if output.rest().strip() and job.error is None:
+        yield parse_line(output.rest())  # a last line without its newline still counts

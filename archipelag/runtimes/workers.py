@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,18 +40,16 @@ from archipelag.errors import (
     HostBusy,
     JobCancelled,
     ProtocolViolation,
-    WorkloadError,
     WorkloadTimedOut,
 )
 from archipelag.protocol import Event, is_final, parse_line
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.container_io import Output, exit_failure
 from archipelag.runtimes.orphans import remove_container
-
-log = logging.getLogger(__name__)
+from archipelag.sandbox import Limits
 
 CANCEL_GRACE_S: Final = 3.0  # a worker that ignores a cancel this long is killed
-STDERR_TAIL_BYTES: Final = 2048
-_STDOUT, _STDERR = 1, 2
+EXIT_WAIT_S: Final = 10.0  # how long to wait for a worker's exit status once its output ended
 
 WorkerKey = tuple[str, str, str]  # (workload slug, image ID, model path)
 
@@ -63,7 +60,7 @@ class Started:
 
     container: Container
     sock: socket.socket
-    frames: Iterator[tuple[int, bytes]]
+    output: Output
 
 
 class Worker:
@@ -76,9 +73,7 @@ class Worker:
         self.busy = threading.Lock()
         self._container = started.container
         self._sock = started.sock
-        self._frames = started.frames
-        self._pending = b""
-        self._stderr_tail = b""
+        self._output = started.output
         self._next_id = 0
         self._send_lock = threading.Lock()
         self._dead: ArchipelagError | None = None  # why it was killed; set once
@@ -119,23 +114,18 @@ class Worker:
             timer.start()
             self._send({"id": ident, "input": spec.input})
             cancel.on_cancel(on_cancel)
-            total = 0
+            stdout_limit = self._output.stdout_bytes + limits.output_bytes  # this request's budget
             while True:
-                line = self._line(limits.line_bytes)
-                if line is None:
-                    raise self._dead or self._failure(limits.memory_mb)
-                total += len(line) + 1
-                if total > limits.output_bytes:
-                    self.kill(BudgetExceeded(f"output limit: the workload wrote more than "
-                                             f"{limits.output_bytes} bytes"))
-                    raise self._dead or BudgetExceeded("output limit")
-                if not line.strip():
-                    continue
                 try:
+                    line = self._output.line(limits.line_bytes, stdout_limit)
+                    if line is None:
+                        raise self._dead or self._failure(limits)
+                    if not line.strip():
+                        continue
                     event = parse_line(line)
-                except ProtocolViolation as exc:
+                except (BudgetExceeded, ProtocolViolation) as exc:
                     self.kill(exc)
-                    raise
+                    raise self._dead or exc from None
                 if is_final(event):
                     finished = True
                     if event["type"] == "error" and cancel.cancelled:
@@ -159,30 +149,6 @@ class Worker:
         with self._send_lock, contextlib.suppress(OSError):
             self._sock.sendall(data)
 
-    def _line(self, line_bytes: int) -> bytes | None:
-        """The next stdout line; None when the output ended (the worker exited or was killed)."""
-        while b"\n" not in self._pending:
-            if len(self._pending) > line_bytes:
-                self.kill(BudgetExceeded(f"output limit: the workload wrote a line longer than {line_bytes} bytes"))
-                return None
-            chunk = self._stdout_chunk()
-            if chunk is None:
-                return None
-            self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
-        if len(line) > line_bytes:
-            self.kill(BudgetExceeded(f"output limit: the workload wrote a line longer than {line_bytes} bytes"))
-            return None
-        return line
-
-    def _stdout_chunk(self) -> bytes | None:
-        for stream, data in self._frames:
-            if stream == _STDOUT:
-                return data
-            if stream == _STDERR:
-                self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL_BYTES:]
-        return None
-
     def kill(self, error: ArchipelagError) -> None:
         """Stop the worker for ``error`` (the first reason wins); its socket closes, so a reader wakes."""
         with self._dead_lock:
@@ -194,26 +160,11 @@ class Worker:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
-    def _failure(self, memory_mb: int) -> ArchipelagError:
+    def _failure(self, limits: Limits) -> ArchipelagError:
         """Why the worker's output ended on its own: OOM, a crash."""
-        try:
-            status = int(self._container.wait(timeout=10)["StatusCode"])
-            self._container.reload()
-            oom = bool(self._container.attrs.get("State", {}).get("OOMKilled"))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            status, oom = -1, False
-            log.warning("worker %s: no exit status (%s)", self.slug, exc)
-        stderr = self._stderr_tail.decode("utf-8", "replace").strip()
-        said = f": {stderr.splitlines()[-1][-300:]}" if stderr else " (its stderr is empty)"
-        if oom:
-            error: ArchipelagError = BudgetExceeded(
-                f"out of memory: the workload went past its {memory_mb} MB memory limit and was killed",
-                reason="out_of_memory")
-        else:
-            error = WorkloadError(f"the model worker exited with status {status} before a done event{said}",
-                                  exit_status=status, stderr_tail=stderr)
+        error = exit_failure(self._container, limits, self._output.stderr_tail, EXIT_WAIT_S)
         self.kill(error)
-        return error
+        return self._dead or error
 
     def remove(self) -> None:
         """Stop and remove the container; retried while Docker is busy with it."""

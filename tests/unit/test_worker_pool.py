@@ -18,6 +18,7 @@ from archipelag.catalog import Manifest
 from archipelag.errors import HostBusy
 from archipelag.ids import JobId, WorkloadSlug
 from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.runtimes.container_io import Output
 from archipelag.runtimes.workers import Started, WorkerPool
 from archipelag.settings import Settings
 
@@ -78,7 +79,7 @@ class Engine:
         threading.Thread(target=program, args=(theirs,), daemon=True).start()
         container = FakeContainer(theirs)
         self.started.append(container)
-        return Started(container, ours, frames(ours))  # type: ignore[arg-type]
+        return Started(container, ours, Output(frames(ours)))  # type: ignore[arg-type]
 
 
 def spec(slug: str) -> JobSpec:
