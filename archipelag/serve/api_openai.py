@@ -84,8 +84,6 @@ JOB_HEADER = "X-Archipelag-Job-Id"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KINDS = {"gguf": "chat", "diffusers": "image"}  # a manifest's model kind → the API's model kind
 DISCONNECT_POLL_S = 0.5
-CANCEL_RETRY_S = 1.0
-CANCEL_TRIES = 30
 _STARTED = int(time.time())  # `created` of the model objects: when this ingress began offering them
 _background: set[asyncio.Task[None]] = set()  # client watchers and cancels (a reference keeps a task alive)
 
@@ -165,14 +163,10 @@ def _ended(live: LiveJob) -> bool:
 
 
 async def cancel_abandoned(svc: Services, job_id: JobId) -> None:
-    """Cancel the job as ``DELETE /api/v1/jobs/{id}`` does, through the dispatcher; asked again each second
-    until it ends, since a host that has not admitted the job yet cannot cancel it."""
-    live = svc.dispatcher.live(job_id)
+    """Cancel the job as ``DELETE /api/v1/jobs/{id}`` does, through the dispatcher (which also stops a job whose
+    host had not admitted it yet, once it starts)."""
     try:
-        for _ in range(CANCEL_TRIES):
-            if live is None or _ended(live) or not await svc.dispatcher.cancel(job_id):
-                return
-            await asyncio.sleep(CANCEL_RETRY_S)
+        await svc.dispatcher.cancel(job_id)
     except Exception:  # a background task: log, never raise into the void
         log.warning("job %s: cancel after the client left failed", job_id, exc_info=True)
 
@@ -217,6 +211,14 @@ async def abandoned_cancels(svc: Services, live: LiveJob) -> AsyncIterator[None]
         raise
 
 
+async def follow_to_end(svc: Services, live: LiveJob, transcript: Transcript | ImageTranscript) -> None:
+    """Feed every event of the job to ``transcript`` until it ends (an answer that is not streamed)."""
+    async with abandoned_cancels(svc, live):
+        async for batch in live.batches():
+            for event in batch:
+                transcript.add(event)
+
+
 async def first_output(live: LiveJob, kinds: frozenset[str]) -> None:
     """Wait for the job's first event of ``kinds`` or its end; raise the job's error if it ends first."""
     async for batch in live.batches():
@@ -242,10 +244,7 @@ async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request:
     transcript = Transcript(max_tokens=job_input["max_tokens"])
     headers = {JOB_HEADER: job.id}
     if not body.stream:
-        async with abandoned_cancels(svc, live):
-            async for batch in live.batches():
-                for event in batch:
-                    transcript.add(event)
+        await follow_to_end(svc, live, transcript)
         if transcript.error is not None or transcript.done is None:
             raise failure_of(transcript.error or {"message": "the job ended without an answer"})
         return FastJSON(completion(ids, transcript), headers=headers)
@@ -310,10 +309,7 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
     transcript = ImageTranscript()
     headers = {JOB_HEADER: job.id}
     if not body.stream:
-        async with abandoned_cancels(svc, live):
-            async for batch in live.batches():
-                for event in batch:
-                    transcript.add(event)
+        await follow_to_end(svc, live, transcript)
         if transcript.error is not None or transcript.done is None:
             raise failure_of(transcript.error or {"message": "the job ended without an image"})
         return FastJSON(images_response(created, transcript), headers=headers)
