@@ -93,9 +93,8 @@ def container_request(spec: JobSpec, image_id: str, host: HostFacts, model: Path
         if not host.gpu:
             raise WorkloadRefused(f"workload {spec.workload.slug!r} needs a GPU and this host has none",
                                   reason="gpu_missing")
+    # A workload that needs a GPU gets it; a model workload gets one when it can (layers offloaded).
+    if spec.workload.requires_gpu or (spec.workload.model is not None and limits.gpu and host.gpu):
         host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        environment["ARCHIPELAG_GPU"] = "1"
-    elif spec.workload.model is not None and limits.gpu and host.gpu:
-        host_config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]  # offload if it can
         environment["ARCHIPELAG_GPU"] = "1"
     return ContainerRequest(create, host_config)
