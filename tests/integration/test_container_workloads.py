@@ -4,7 +4,6 @@ Docker runtime (read-only root, no capabilities, no network, user 10001, the res
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import shutil
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from docker_engine import DockerEnv, a_job_id, docker_env  # noqa: F401 - docker_env is a fixture
 from PIL import Image
+from workload_files import build_script
 
 from archipelag.catalog import Manifest
 from archipelag.protocol import Event
@@ -32,17 +32,9 @@ INPUTS = REPO_ROOT / "tests" / "fixtures" / "container-inputs"
 SLUGS = ["csv-stats", "image-resize", "json-format", "markdown-to-html", "pdf-extract", "qr-encode", "text-stats"]
 
 
-def _builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_containers", WORKLOADS / "build_containers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def builder() -> ModuleType:
-    return _builder()
+    return build_script()
 
 
 @pytest.fixture(scope="module")

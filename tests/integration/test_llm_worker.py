@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 from docker_engine import DockerEnv, a_job_id, docker_env  # noqa: F401 - docker_env is a fixture
 from tiny_gguf import write_tiny_llama
+from workload_files import built_workload
 
-from archipelag.catalog import Manifest, ModelSpec, load_catalog
+from archipelag.catalog import Manifest, ModelSpec
 from archipelag.errors import HostBusy, JobCancelled, WorkloadRefused, WorkloadTimedOut
 from archipelag.protocol import Event
-from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.runtimes.models import ModelStore, file_sha256
 from archipelag.runtimes.orphans import OWNER_LABEL, sweep_orphans
 from archipelag.runtimes.workers import WorkerPool
-from archipelag.settings import REPO_ROOT, Settings
+from archipelag.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -34,15 +34,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def llm(docker_env: DockerEnv) -> Manifest:  # noqa: F811
     """The llm-chat catalog entry with the image built as `make containers` does and its ID pinned."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_containers", REPO_ROOT / "workloads" / "build_containers.py")
-    assert spec is not None and spec.loader is not None
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    manifest = load_catalog(REPO_ROOT / "workloads")["llm-chat"]
-    builder.stage(Path(manifest.directory), builder.DEFAULT_WHEELS, offline=False)
-    return replace(manifest, image_id=images.build_workload(docker_env.client, manifest))
+    return built_workload(docker_env.client, "llm-chat")
 
 
 @pytest.fixture

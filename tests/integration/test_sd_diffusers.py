@@ -7,7 +7,6 @@ docker CLI so these tests see the image alone; the host's worker pool has tests 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import queue
@@ -17,16 +16,14 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from docker_engine import SESSION_SUFFIX, DockerEnv, docker_env  # noqa: F401 - docker_env is a fixture
 from PIL import Image
+from workload_files import built_workload, load_module
 
-from archipelag.catalog import load_catalog, lookup
 from archipelag.protocol import Event, is_final, parse_line
-from archipelag.runtimes import images
 from archipelag.runtimes.models import folder_sha256
 from archipelag.settings import REPO_ROOT
 
@@ -38,28 +35,17 @@ MOUNT = "/models/sd-tiny"
 EVENT_TIMEOUT_S = 60.0
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def image(docker_env: DockerEnv) -> str:  # noqa: F811
     """The sd-diffusers image, staged and built as `make containers` does; its ID."""
-    builder = _module("build_containers", WORKLOADS / "build_containers.py")
-    manifest = lookup(load_catalog(WORKLOADS), "sd-diffusers")
-    builder.stage(Path(manifest.directory), builder.DEFAULT_WHEELS, offline=False)
-    return images.build_workload(docker_env.client, manifest)
+    return str(built_workload(docker_env.client, "sd-diffusers").image_id)
 
 
 @pytest.fixture(scope="module")
 def model(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline, made in the image as `make models` does (which also checks the pinned hash)."""
     out = tmp_path_factory.mktemp("models") / "sd-tiny"
-    _module("make_tiny", FOLDER / "make_tiny.py").make_via_docker(out)
+    load_module(FOLDER / "make_tiny.py").make_via_docker(out)
     return out
 
 

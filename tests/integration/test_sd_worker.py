@@ -4,50 +4,33 @@ read-only and kept warm in a sandboxed worker; progress per step, one PNG, the s
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 from docker_engine import DockerEnv, a_job_id, docker_env  # noqa: F401 - docker_env is a fixture
 from PIL import Image
+from workload_files import WORKLOADS, built_workload, load_module
 
-from archipelag.catalog import Manifest, load_catalog
+from archipelag.catalog import Manifest
 from archipelag.errors import JobCancelled
 from archipelag.protocol import Event, collect_output
-from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.runtimes.models import ModelStore
 from archipelag.runtimes.workers import WorkerPool
-from archipelag.settings import REPO_ROOT, Settings
+from archipelag.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def _module(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def sd(docker_env: DockerEnv) -> Manifest:  # noqa: F811
     """The sd-diffusers entry, its image built and pinned, its tiny model made as `make sd-model` does."""
-    builder = _module(REPO_ROOT / "workloads" / "build_containers.py")
-    manifest = load_catalog(REPO_ROOT / "workloads")["sd-diffusers"]
-    builder.stage(Path(manifest.directory), builder.DEFAULT_WHEELS, offline=False)
-    pinned = replace(manifest, image_id=images.build_workload(docker_env.client, manifest))
-    made = subprocess.run([sys.executable, str(REPO_ROOT / "workloads" / "sd-diffusers" / "make_tiny.py"),
-                           "--via-docker"], capture_output=True, text=True, check=False)
-    assert made.returncode == 0, made.stderr
+    pinned = built_workload(docker_env.client, "sd-diffusers")
+    load_module(WORKLOADS / "sd-diffusers" / "make_tiny.py").make_via_docker(Settings().models_dir / "sd-tiny")
     return pinned
 
 

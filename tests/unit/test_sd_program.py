@@ -4,7 +4,6 @@ model's helpers in ``make_tiny.py``. The real pipeline runs in its image: tests/
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from workload_files import load_module
 
 from archipelag.catalog import load_catalog, lookup
 from archipelag.catalog_signing import pin_images
@@ -29,26 +29,18 @@ SDK = WORKLOADS / "container_sdk"
 IMAGE = "archipelag/sd-diffusers:1"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def program() -> Iterator[ModuleType]:
     sys.path.insert(0, str(SDK))  # main.py imports workload_io, as it does in its image
     try:
-        yield _load("sd_diffusers_main", FOLDER / "main.py")
+        yield load_module(FOLDER / "main.py", "sd_diffusers_main")
     finally:
         sys.path.remove(str(SDK))
 
 
 @pytest.fixture(scope="module")
 def make_tiny() -> ModuleType:
-    return _load("sd_make_tiny", FOLDER / "make_tiny.py")
+    return load_module(FOLDER / "make_tiny.py", "sd_make_tiny")
 
 
 def run(stdin: str, worker: bool = False) -> tuple[list[Event], int]:
