@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from archipelag.sandbox import Limits, Tier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS_DIR = Path.home() / ".cache" / "archipelag" / "models"  # where a host keeps model weights
 
 
 class TierSettings(BaseModel):
@@ -108,7 +109,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
 
     # Models (LLM and image weights): looked up by file name here, verified against the catalog's SHA-256.
-    models_dir: Path = Path.home() / ".cache" / "archipelag" / "models"
+    models_dir: Path = DEFAULT_MODELS_DIR
     model_idle_ttl_s: float = 300.0  # a warm model worker idle this long is stopped, freeing its memory
     max_model_workers: int = 2  # warm model workers one host keeps at once (least recently used goes first)
     model_memory_reserve_mb: int = 1024  # a new worker starts only if the host keeps this much free after it

@@ -51,6 +51,7 @@ from archipelag.runtimes.image_cache import ImageCache
 from archipelag.runtimes.models import ModelStore
 from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, remove_container, sweep_orphans
 from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
+from archipelag.settings import DEFAULT_MODELS_DIR
 
 EXIT_WAIT_S: Final = 30.0  # how long to wait for the exit status once the output has ended
 
@@ -68,7 +69,7 @@ class DockerRuntime:
         self._client = client
         self._host = host or HostFacts.detect()
         self._cache = cache or ImageCache()
-        self._models = models or ModelStore(Path.home() / ".cache" / "archipelag" / "models")
+        self._models = models or ModelStore(DEFAULT_MODELS_DIR)
         self._pool = (pool or WorkerPool)(self._start_worker)
         self._worker_slugs: set[str] = set()
         self._owner = {OWNER_LABEL: owner_tag()}
