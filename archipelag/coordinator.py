@@ -1,4 +1,4 @@
-"""Coordinator: the head node and what runs on it — ledger, catalog, placement, and the API."""
+"""Coordinator: the head node and what runs on it — ledger, catalog, placement, the jobs service, and the API."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
 
     import ray
 
+    from archipelag.jobs.client import JobsClient
     from archipelag.ledger.client import LedgerClient
     from archipelag.placement.client import PlacementClient
     from archipelag.serve.app import deploy
@@ -82,6 +83,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
         head.remember_tree()
     LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
+    JobsClient.start(settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
     deploy(settings)
     return Coordinator(settings=settings, head=head, address=address, ledger=ledger)
 

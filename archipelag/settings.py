@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     image_cache_max: int = 20  # workload images a host keeps (LRU beyond)
     warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
+    queue_max_jobs: int = 1000  # jobs waiting at once; past it a new job gets 503 with Retry-After
+    lease_s: float = 3.0  # a running job's host silent this long has lost it (it runs again elsewhere)
+    keepalive_s: float = 1.0  # a host sends an empty batch this often while a job is quiet (keeps its lease)
+    relay_checkpoint_s: float = 0.5  # live streams are saved this often, so a restart resumes them
+    ingress_replicas: int = 2  # API processes (Ray Serve replicas) on the head; any serves any job
 
     # Models (LLM and image weights): looked up by file name here, verified against the catalog's SHA-256.
     models_dir: Path = DEFAULT_MODELS_DIR

@@ -108,7 +108,7 @@ class HostAgentActor:
             self._placement.register(self._snapshot())
 
     def run(self, spec: JobSpec) -> Iterator[list[Event]]:
-        yield from self._agent.run_batched(spec)
+        yield from self._agent.run_batched(spec, self._settings.keepalive_s)
 
     def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         return self._agent.cancel(job_id, reason)

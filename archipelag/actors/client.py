@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import ray
@@ -25,6 +26,7 @@ from archipelag.runtimes.base import JobSpec
 from archipelag.settings import Settings
 
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+log = logging.getLogger(__name__)
 
 
 def actor_name(host_id: HostId) -> str:
@@ -32,9 +34,10 @@ def actor_name(host_id: HostId) -> str:
 
 
 class HostAgentClient:
-    def __init__(self, host_id: HostId, handle: Any) -> None:
+    def __init__(self, host_id: HostId, handle: Any, on_lost: Callable[[HostId], None] = lambda _: None) -> None:
         self.host_id = host_id
         self._handle = handle
+        self._on_lost = on_lost  # told when the agent is found gone, so the next call looks it up again
 
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
@@ -50,12 +53,13 @@ class HostAgentClient:
         return client
 
     @classmethod
-    def connect(cls, settings: Settings, host_id: HostId) -> HostAgentClient:
+    def connect(cls, settings: Settings, host_id: HostId,
+                on_lost: Callable[[HostId], None] = lambda _: None) -> HostAgentClient:
         try:
             handle = ray.get_actor(actor_name(host_id), namespace=settings.ray_namespace)
         except ValueError:
             raise HostLost(f"host {host_id} has no running agent", host_id=host_id) from None
-        return cls(host_id, handle)
+        return cls(host_id, handle, on_lost)
 
     def ping(self, timeout_s: float = 10) -> str:
         try:
@@ -71,19 +75,29 @@ class HostAgentClient:
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
                            host_id=self.host_id) from None
 
-    async def run(self, spec: JobSpec) -> AsyncIterator[Event]:
-        """The job's events as the host yields them; HostLost when the host vanishes mid-job."""
+    async def run_batches(self, spec: JobSpec) -> AsyncGenerator[list[Event], None]:
+        """The job's events in the batches the host sends (an empty one: alive, the job quiet); HostLost when the
+        host vanishes mid-job. Leaving early cancels the call, so a host that answers late is not waited on."""
+        stream = self._handle.run.remote(spec)
+        finished = False
         try:
-            stream = self._handle.run.remote(spec)
             async for ref in stream:
-                for event in await ref:  # the host sends what it has, in lists
-                    yield event
+                yield list(await ref)
+            finished = True
         except _LOST as exc:
+            finished = True
+            self._on_lost(self.host_id)
             raise HostLost(f"host {self.host_id} was lost while running the job: {type(exc).__name__}",
                            host_id=self.host_id) from None
         except TaskCancelledError:
-            # Serve cancels a request's Ray calls when its client disconnects: the job ends as cancelled.
-            yield error_event("cancelled: the client that started the job went away", JobCancelled.code)
+            finished = True
+            yield [error_event("cancelled: the job's run was cancelled", JobCancelled.code)]
+        finally:
+            if not finished:
+                try:
+                    ray.cancel(stream)
+                except Exception:  # best effort: the lease already fenced this run
+                    log.debug("could not cancel the run of %s on %s", spec.job_id, self.host_id, exc_info=True)
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         try:

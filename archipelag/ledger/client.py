@@ -1,41 +1,146 @@
-"""LedgerClient: the typed way to reach the LedgerActor; callers never write `.remote()`."""
+"""LedgerClient: the typed, async way to reach the ledger; callers never write `.remote()` or method names.
+
+In a network the ledger lives in a named actor on the head (its own process: SQL never runs on an API or
+scheduler event loop, and one call at a time suits SQLite). ``local`` runs the same ``Ledger`` in this
+process, its calls in threads, for tests that do not start Ray.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-import ray
-
 from archipelag.errors import LedgerError
-from archipelag.ledger.actor import LedgerActor
+from archipelag.ids import JobId
+from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.ledger.ledger import Ledger
+from archipelag.ledger.records import Account, ApiKey, Job, KarmaEvent, Workload
+from archipelag.lifecycle import HostStatus, JobStatus
+from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
 
 ACTOR_NAME = "ledger"
 
 
 class LedgerClient:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
 
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> LedgerClient:
-        actor: Any = ray.remote(LedgerActor)
+        import ray
+
+        actor: Any = ray.remote(Ledger)
         handle = actor.options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
         ).remote(settings.effective_database_url())
-        ray.get(handle.ping.remote(), timeout=60)
-        return cls(handle)
+        ray.get(handle.schema_version.remote(), timeout=60)
+        return cls(RayCalls(handle, "ledger"))
 
     @classmethod
     def connect(cls, settings: Settings) -> LedgerClient:
+        import ray
+
         try:
-            return cls(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace))
+            return cls(RayCalls(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), "ledger"))
         except ValueError:
             raise LedgerError("the ledger actor is not running; start the coordinator first") from None
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        ok, value = await self._handle.call.remote(method, args, kwargs)
-        if not ok:
-            raise value
-        return value
+    @classmethod
+    def local(cls, ledger: Ledger) -> LedgerClient:
+        return cls(LocalCalls(ledger))
+
+    # --- accounts and keys ------------------------------------------------------------------------
+
+    async def authenticate(self, full_key: str) -> tuple[Account, ApiKey]:
+        account, key = await self._calls.call("authenticate", full_key)
+        return account, key
+
+    async def get_account(self, account_id: int) -> Account:
+        account: Account = await self._calls.call("get_account", account_id)
+        return account
+
+    async def balance_micro(self, account_id: int) -> int:
+        return int(await self._calls.call("balance_micro", account_id))
+
+    async def create_api_key(self, account_id: int, name: str, scopes: tuple[str, ...],
+                             expires_at: datetime | None) -> tuple[ApiKey, str]:
+        key, full = await self._calls.call("create_api_key", account_id, name, scopes, expires_at)
+        return key, full
+
+    async def list_api_keys(self, account_id: int) -> list[ApiKey]:
+        return list(await self._calls.call("list_api_keys", account_id))
+
+    async def revoke_api_key(self, account_id: int, key_id: int) -> ApiKey:
+        key: ApiKey = await self._calls.call("revoke_api_key", account_id, key_id)
+        return key
+
+    # --- workloads --------------------------------------------------------------------------------
+
+    async def list_workloads(self) -> list[Workload]:
+        return list(await self._calls.call("list_workloads"))
+
+    async def get_workload(self, slug_or_id: str | int) -> Workload:
+        workload: Workload = await self._calls.call("get_workload", slug_or_id)
+        return workload
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
+                         region: str | None, priority: int, reserve_micro: int, job_id: JobId) -> Job:
+        """The job, queued, with its maximum price reserved; PaymentRequired (402) when the balance is short."""
+        job: Job = await self._calls.call("create_job", account_id, workload_slug, dict(job_input), region=region,
+                                          priority=priority, reserve_micro=reserve_micro, queue=True,
+                                          job_id=job_id)
+        return job
+
+    async def transition(self, job_id: JobId, to: JobStatus, reason: str | None = None, **fields: Any) -> Job:
+        job: Job = await self._calls.call("transition", job_id, to, reason, **fields)
+        return job
+
+    async def requeue(self, job_id: JobId, reason: str) -> Job:
+        job: Job = await self._calls.call("requeue", job_id, reason)
+        return job
+
+    async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
+                     usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
+                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0) -> Job:
+        job: Job = await self._calls.call("finish", job_id, to, output=output, error=error, usage=dict(usage),
+                                          events=events, price_micro=price_micro, host_id=host_id, karma=karma,
+                                          compute_s=compute_s)
+        return job
+
+    async def save_events(self, job_id: JobId, events: list[dict[str, Any]]) -> None:
+        await self._calls.call("save_events", job_id, events)
+
+    async def get_job(self, job_id: str, account_id: int | None = None) -> Job:
+        job: Job = await self._calls.call("get_job", job_id, account_id)
+        return job
+
+    async def list_jobs(self, account_id: int, limit: int, offset: int) -> tuple[list[Job], int]:
+        jobs, total = await self._calls.call("list_jobs", account_id, limit, offset)
+        return list(jobs), int(total)
+
+    async def unfinished_jobs(self) -> list[Job]:
+        return list(await self._calls.call("unfinished_jobs"))
+
+    async def stored_output_events(self, job_id: str) -> list[dict[str, Any]]:
+        return list(await self._calls.call("stored_output_events", job_id))
+
+    # --- hosts and karma --------------------------------------------------------------------------
+
+    async def upsert_host(self, host_id: str, name: str, region: str, capabilities: Mapping[str, Any],
+                          status: HostStatus) -> None:
+        await self._calls.call("upsert_host", host_id, name, region, dict(capabilities), status)
+
+    async def record_karma(self, host_id: str, kind: KarmaKind, job_id: str | None = None,
+                           reason: str | None = None) -> None:
+        await self._calls.call("record_karma", host_id, kind, job_id=job_id, reason=reason)
+
+    async def karma_score(self, host_id: str) -> float:
+        return float(await self._calls.call("karma_score", host_id))
+
+    async def karma_events(self, host_id: str) -> list[KarmaEvent]:
+        return list(await self._calls.call("karma_events", host_id))

@@ -198,6 +198,27 @@ def reservation(session: Session, job_id: str, *, lock: bool = False) -> tuple[i
     return int(found[0]), int(found[1]), found[2]
 
 
+def save_events(session: Session, job_id: str, events: list[dict[str, Any]]) -> bool:
+    result = session.execute(
+        update(JobRow)
+        .where(col(JobRow.id) == job_id,
+               col(JobRow.status).not_in([str(s) for s in TERMINAL_JOB_STATES]))
+        .values(events=events)
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def unfinished(session: Session) -> list[Job]:
+    rows = session.execute(
+        select(JobRow, col(WorkloadRow.slug))
+        .join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
+        .where(col(JobRow.status).not_in([str(s) for s in TERMINAL_JOB_STATES]))
+        .order_by(col(JobRow.created_at), col(JobRow.id))
+    ).all()
+    return [record(row, slug) for row, slug in rows]
+
+
 def list_for(session: Session, account_id: int, limit: int, offset: int) -> tuple[list[Job], int]:
     total = session.execute(
         select(func.count()).select_from(JobRow).where(col(JobRow.account_id) == account_id)

@@ -9,8 +9,8 @@ Schema: ``migrate()``, ``schema_version()``.
 Accounts and keys: ``create_account``, ``get_account``, ``grant_credits``, ``create_api_key``, ``authenticate``,
 ``list_api_keys``, ``revoke_api_key``.
 Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
-Jobs: ``create_job``, ``transition``, ``requeue``, ``finish``, ``get_job``, ``list_jobs``, ``job_events``,
-``stored_output_events``.
+Jobs: ``create_job``, ``transition``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
+``unfinished_jobs``, ``job_events``, ``stored_output_events``.
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_score``.
@@ -217,6 +217,18 @@ class Ledger:
                 hosts.add_karma(session, self.karma_rules, earner, karma, job_id=job_id, compute_s=compute_s,
                                 adjustment=0.0, reason=None)
             return jobs.get(session, job_id)
+
+    def save_events(self, job_id: str, events: list[dict[str, Any]]) -> bool:
+        """Checkpoint a running job's live events (what its stream has carried so far), so a restarted
+        coordinator resumes its stream where it was. False when the job has ended meanwhile (its stored
+        events are final and stay)."""
+        with db.write_session(self.engine) as session:
+            return jobs.save_events(session, job_id, events)
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Every job not in a terminal state, oldest first: what a starting coordinator resumes."""
+        with db.read_session(self.engine) as session:
+            return jobs.unfinished(session)
 
     def get_job(self, job_id: str, account_id: int | None = None) -> Job:
         """NotFound when absent, or when ``account_id`` is given and the job is another account's."""

@@ -50,11 +50,11 @@ from fastapi.responses import StreamingResponse
 from archipelag.catalog import Manifest
 from archipelag.errors import NoCapacity
 from archipelag.ids import JobId
+from archipelag.jobs.admission import job_request
 from archipelag.ledger.records import Job
-from archipelag.protocol import FINAL_TYPES
-from archipelag.serve.api_jobs import Reader, Svc, Writer
+from archipelag.protocol import FINAL_TYPES, Event
+from archipelag.serve.api_jobs import Reader, Svc, Writer, follow_job
 from archipelag.serve.auth import Caller
-from archipelag.serve.dispatch import LiveJob
 from archipelag.serve.openai_requests import ChatRequest, ImageRequest, chat_input, image_input
 from archipelag.serve.openai_wire import (
     DONE_FRAME,
@@ -75,7 +75,7 @@ from archipelag.serve.openai_wire import (
     usage_chunk,
 )
 from archipelag.serve.responses import FastJSON
-from archipelag.serve.services import Services, job_request
+from archipelag.serve.services import Services
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=OpenAIRoute)
@@ -147,26 +147,54 @@ async def get_model(model: str, caller: Reader, svc: Svc) -> Response:
 # --- following a job, and cancelling it when its client goes away --------------------------------------
 
 
-async def submit(svc: Services, caller: Caller, manifest: Manifest,
-                 job_input: dict[str, Any]) -> tuple[Job, LiveJob]:
+async def submit(svc: Services, caller: Caller, manifest: Manifest, job_input: dict[str, Any]) -> Job:
     """Start the job as the jobs API does; a 503 names the model as well as placement's reason."""
     try:
-        return await svc.submit(caller.account_id, manifest, job_input, caller.home_region)
+        return await svc.jobs.submit(caller.account_id, manifest.slug, job_input, caller.home_region)
     except NoCapacity as exc:
         model = manifest.model.id if manifest.model else manifest.slug
-        raise NoCapacity(f"no online host can serve the model {model!r} now: {exc.message}",
-                         **exc.details) from None
+        raise type(exc)(f"no online host can serve the model {model!r} now: {exc.message}", **exc.details) from None
 
 
-def _ended(live: LiveJob) -> bool:
-    return live.done or bool(live.events and live.events[-1]["type"] in FINAL_TYPES)
+class Follower:
+    """One request's view of its job's stream: batches from the relay, with the ones read ahead (while waiting
+    for the first output) handed out again first. ``ended`` once the final event has been read."""
+
+    def __init__(self, svc: Services, job_id: JobId) -> None:
+        self.svc = svc
+        self.job_id = job_id
+        self.ended = False
+        self._ahead: list[list[Event]] = []
+        self._source = follow_job(svc, job_id, -1)
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        while self._ahead:
+            yield self._ahead.pop(0)
+        async for batch in self._source:
+            if any(e["type"] in FINAL_TYPES for e in batch):
+                self.ended = True
+            if batch:
+                yield batch
+
+    async def first_output(self, kinds: frozenset[str]) -> None:
+        """Wait for the job's first event of ``kinds`` or its end; raise the job's error if it ends first. What
+        was read stays for ``batches``."""
+        async for batch in self._source:
+            if not batch:
+                continue
+            self._ahead.append(batch)
+            for event in batch:
+                if event["type"] == "error":
+                    self.ended = True
+                    raise failure_of(event)
+                if event["type"] in kinds or event["type"] == "done":
+                    return
 
 
 async def cancel_abandoned(svc: Services, job_id: JobId) -> None:
-    """Cancel the job as ``DELETE /api/v1/jobs/{id}`` does, through the dispatcher (which also stops a job whose
-    host had not admitted it yet, once it starts)."""
+    """Cancel the job through the jobs service's one cancel path, as ``DELETE /api/v1/jobs/{id}`` does."""
     try:
-        await svc.dispatcher.cancel(job_id)
+        await svc.jobs.cancel(job_id, "cancelled: the client that started the job went away")
     except Exception:  # a background task: log, never raise into the void
         log.warning("job %s: cancel after the client left failed", job_id, exc_info=True)
 
@@ -181,52 +209,42 @@ def _keep(task: asyncio.Task[None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-async def _watch_disconnect(request: Request, svc: Services, live: LiveJob) -> None:
+async def _watch_disconnect(request: Request, follower: Follower) -> None:
     try:
-        while not _ended(live):
+        while not follower.ended:
             if await request.is_disconnected():
-                _cancel_soon(svc, live.job_id)
+                _cancel_soon(follower.svc, follower.job_id)
                 return
             await asyncio.sleep(DISCONNECT_POLL_S)
     except Exception:  # a background task: log, never raise into the void
-        log.warning("job %s: watching its client failed", live.job_id, exc_info=True)
+        log.warning("job %s: watching its client failed", follower.job_id, exc_info=True)
 
 
-def watch_client(request: Request, svc: Services, live: LiveJob) -> None:
+def watch_client(request: Request, follower: Follower) -> None:
     """Until the job ends, poll whether its client is still there; cancel the job when it is not. Polled,
     because a queued job has nothing to send that would reveal a closed connection."""
-    _keep(asyncio.get_running_loop().create_task(_watch_disconnect(request, svc, live)))
+    _keep(asyncio.get_running_loop().create_task(_watch_disconnect(request, follower)))
 
 
 @asynccontextmanager
-async def abandoned_cancels(svc: Services, live: LiveJob) -> AsyncIterator[None]:
+async def abandoned_cancels(follower: Follower) -> AsyncIterator[None]:
     """A job left by an exception inside — the handler or its stream cancelled (Starlette and Serve do that
     when the client disconnects), a stream closed early — is cancelled. The cancel runs as its own task:
     the code that notices may itself be under cancellation."""
     try:
         yield
     except BaseException:
-        if not _ended(live):
-            _cancel_soon(svc, live.job_id)
+        if not follower.ended:
+            _cancel_soon(follower.svc, follower.job_id)
         raise
 
 
-async def follow_to_end(svc: Services, live: LiveJob, transcript: Transcript | ImageTranscript) -> None:
+async def follow_to_end(follower: Follower, transcript: Transcript | ImageTranscript) -> None:
     """Feed every event of the job to ``transcript`` until it ends (an answer that is not streamed)."""
-    async with abandoned_cancels(svc, live):
-        async for batch in live.batches():
+    async with abandoned_cancels(follower):
+        async for batch in follower.batches():
             for event in batch:
                 transcript.add(event)
-
-
-async def first_output(live: LiveJob, kinds: frozenset[str]) -> None:
-    """Wait for the job's first event of ``kinds`` or its end; raise the job's error if it ends first."""
-    async for batch in live.batches():
-        for event in batch:
-            if event["type"] == "error":
-                raise failure_of(event)
-            if event["type"] in kinds or event["type"] == "done":
-                return
 
 
 # --- chat ---------------------------------------------------------------------------------------------
@@ -238,37 +256,33 @@ async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request:
     manifest = resolve(svc.catalog, body.model, "chat")
     assert manifest.model is not None
     job_input = chat_input(body)
-    job, live = await submit(svc, caller, manifest, job_input)
-    watch_client(request, svc, live)
+    job = await submit(svc, caller, manifest, job_input)
+    follower = Follower(svc, job.id)
+    watch_client(request, follower)
     ids = ChatIds(job.id, manifest.model.id, int(time.time()))
     transcript = Transcript(max_tokens=job_input["max_tokens"])
     headers = {JOB_HEADER: job.id}
     if not body.stream:
-        await follow_to_end(svc, live, transcript)
+        await follow_to_end(follower, transcript)
         if transcript.error is not None or transcript.done is None:
             raise failure_of(transcript.error or {"message": "the job ended without an answer"})
         return FastJSON(completion(ids, transcript), headers=headers)
-    async with abandoned_cancels(svc, live):
-        await first_output(live, frozenset({"token"}))
-    return StreamingResponse(chat_frames(svc, live, ids, transcript, body.include_usage),
+    async with abandoned_cancels(follower):
+        await follower.first_output(frozenset({"token"}))
+    return StreamingResponse(chat_frames(follower, ids, transcript, body.include_usage),
                              media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
-async def chat_frames(svc: Services, live: LiveJob, ids: ChatIds, transcript: Transcript,
+async def chat_frames(follower: Follower, ids: ChatIds, transcript: Transcript,
                       include_usage: bool) -> AsyncIterator[bytes]:
-    async with abandoned_cancels(svc, live):
+    async with abandoned_cancels(follower):
         yield sse_frame(chunk(ids, {"role": "assistant", "content": ""}))
-        async for batch in live.batches():  # one write per burst of events, not per event
+        async for batch in follower.batches():  # one write per burst of events, not per event
             frames = []
             for event in batch:
-                pieces = transcript.add(event)  # a retried job's replayed tokens are not sent twice
-                if transcript.error is not None and event["type"] != "error":  # the retry diverged
-                    frames.append(sse_frame(stream_error(transcript.error)))
-                    yield b"".join(frames)
-                    _cancel_soon(svc, live.job_id)
-                    return
+                transcript.add(event)
                 if event["type"] == "token":
-                    frames.extend(sse_frame(chunk(ids, {"content": piece})) for piece in pieces)
+                    frames.append(sse_frame(chunk(ids, {"content": event["content"]})))
                 elif event["type"] == "done":
                     frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason, seed=transcript.seed)))
                     if include_usage:
@@ -303,26 +317,26 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
     manifest = await image_model(svc, body.model, caller.home_region)
     assert manifest.model is not None
     image_job = image_input(body, manifest.model.id)
-    job, live = await submit(svc, caller, manifest, image_job.input)
-    watch_client(request, svc, live)
+    job = await submit(svc, caller, manifest, image_job.input)
+    follower = Follower(svc, job.id)
+    watch_client(request, follower)
     created = int(time.time())
     transcript = ImageTranscript()
     headers = {JOB_HEADER: job.id}
     if not body.stream:
-        await follow_to_end(svc, live, transcript)
+        await follow_to_end(follower, transcript)
         if transcript.error is not None or transcript.done is None:
             raise failure_of(transcript.error or {"message": "the job ended without an image"})
         return FastJSON(images_response(created, transcript), headers=headers)
-    async with abandoned_cancels(svc, live):
-        await first_output(live, frozenset({"progress", "image"}))
-    return StreamingResponse(image_frames(svc, live, created, transcript),
+    async with abandoned_cancels(follower):
+        await follower.first_output(frozenset({"progress", "image"}))
+    return StreamingResponse(image_frames(follower, created, transcript),
                              media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
-async def image_frames(svc: Services, live: LiveJob, created: int,
-                       transcript: ImageTranscript) -> AsyncIterator[bytes]:
-    async with abandoned_cancels(svc, live):
-        async for batch in live.batches():
+async def image_frames(follower: Follower, created: int, transcript: ImageTranscript) -> AsyncIterator[bytes]:
+    async with abandoned_cancels(follower):
+        async for batch in follower.batches():
             frames = []
             for event in batch:
                 transcript.add(event)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Response
@@ -21,12 +19,7 @@ APP_NAME = "archipelag"
 
 
 def build_api(services: Services) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await services.close()
-
-    app = FastAPI(title="Archipelag", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="Archipelag", version=__version__)
     app.state.services = services
     install_error_handlers(app)
 
@@ -40,11 +33,11 @@ def build_api(services: Services) -> FastAPI:
     return app
 
 
-def _ingress_class() -> Any:
+def _ingress_class(replicas: int) -> Any:
     from ray import serve
 
     @serve.deployment(
-        name="Ingress", num_replicas=1, max_ongoing_requests=2000,
+        name="Ingress", num_replicas=replicas, max_ongoing_requests=2000,
         ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 1}},
     )
     @serve.ingress()
@@ -60,11 +53,12 @@ def _ingress_class() -> Any:
 
 
 def deploy(settings: Settings) -> None:
-    """Start Serve's HTTP proxy on the head and run the ingress (returns once it is ready)."""
+    """Start Serve's HTTP proxy on the head and run the ingress replicas (returns once they are ready). Any
+    replica serves any request: they hold HTTP only."""
     from ray import serve
 
     serve.start(http_options={"host": settings.api_host, "port": settings.api_port}, proxy_location="HeadOnly")
-    serve.run(_ingress_class().bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(_ingress_class(settings.ingress_replicas).bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
 
 
 def undeploy() -> None:

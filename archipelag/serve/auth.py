@@ -82,7 +82,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
         digest = hashlib.sha256(key.encode()).hexdigest()
         caller: Caller | None = services.keys.get(digest)
         if caller is None:
-            account, api_key = await services.db("authenticate", key)
+            account, api_key = await services.ledger.authenticate(key)
             caller = Caller(account_id=account.id, key_id=api_key.id, scopes=frozenset(api_key.scopes),
                             home_region=account.home_region)
             services.keys.put(digest, caller)

@@ -56,7 +56,7 @@ def error_body(exc: ArchipelagError) -> dict[str, Any]:
 
 def error_response(exc: ArchipelagError) -> Response:
     headers = {}
-    if isinstance(exc, RateLimited):
+    if "retry_after" in exc.details or isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.details.get("retry_after", 60))
     return FastJSON(error_body(exc), status_code=exc.http_status, headers=headers)
 
@@ -116,44 +116,22 @@ def stream_error(event: Event) -> dict[str, Any]:
 
 @dataclass
 class Transcript:
-    """What a chat job has said so far, fed its events: the text, the usage, and how it ended.
-
-    A stream survives its host: when the dispatcher retries the job elsewhere (a status event with ``retry``),
-    the same seed makes the new host say the same tokens again; those already sent are checked and skipped, and
-    the client sees one continuous answer. A retry that says something else ends the answer with an error
-    rather than a garbled text."""
+    """What a chat job has said so far, fed its events: the text, the usage, and how it ended. (A job retried
+    on another host arrives here already continuous: the relay swallows what the retry says again.)"""
 
     max_tokens: int
     pieces: list[str] = field(default_factory=list)
     done: Event | None = None
     error: Event | None = None
-    replayed: int | None = None  # during a retry: how many of the pieces sent before it the retry has said again
-    _before_retry: int = 0  # how many pieces had been sent when the retry began
 
-    def add(self, event: Event) -> list[str]:
-        """Take one event; the token pieces that are new to the client (none while a retry replays)."""
+    def add(self, event: Event) -> None:
         kind = event["type"]
         if kind == "token":
-            return self._token(event["content"])
-        if kind == "status" and event.get("retry"):
-            self.replayed, self._before_retry = 0, len(self.pieces)
+            self.pieces.append(event["content"])
         elif kind == "done":
             self.done = event
         elif kind == "error":
             self.error = event
-        return []
-
-    def _token(self, piece: str) -> list[str]:
-        if self.replayed is not None and self.replayed < self._before_retry:
-            if piece != self.pieces[self.replayed]:
-                self.error = {"type": "error", "code": "failed", "message": (
-                    "the job's host was lost mid-answer and the retry on another host diverged from what was "
-                    f"already sent (at token {self.replayed + 1}); ask again")}
-                return []
-            self.replayed += 1
-            return []
-        self.pieces.append(piece)
-        return [piece]
 
     @property
     def ended(self) -> bool:

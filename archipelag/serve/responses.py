@@ -46,7 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ArchipelagError)
     async def archipelag_error(_: Request, exc: ArchipelagError) -> Response:
         headers = {}
-        if isinstance(exc, RateLimited):
+        if "retry_after" in exc.details or isinstance(exc, RateLimited):
             headers["Retry-After"] = str(exc.details.get("retry_after", 60))
         return FastJSON(jsonable_encoder(error_body(exc.message, exc.code, **exc.details)),
                         status_code=exc.http_status, headers=headers)

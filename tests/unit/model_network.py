@@ -1,5 +1,6 @@
-"""A model network of stand-ins behind the real API app: the real ``build_api``, ``Services``, ``Dispatcher``,
-ledger (SQLite in a temp dir) and placement (in-process), with scripted hosts in place of HostAgents.
+"""A model network of stand-ins behind the real API app: the real ``build_api``, ``Services``, ``JobService``
+(dispatcher and relay), ledger (SQLite in a temp dir) and placement (in-process), with scripted hosts in place
+of HostAgents.
 
 The scripted hosts answer chat jobs with the words of the last message as tokens (capped at ``max_tokens``)
 and image jobs with ``progress`` events and a real PNG. Words in the prompt steer them:
@@ -26,7 +27,10 @@ from fastapi import FastAPI
 
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.ids import HostId, JobId, WorkloadSlug
+from archipelag.jobs.client import JobsClient
+from archipelag.jobs.service import JobService
 from archipelag.ledger import Ledger
+from archipelag.ledger.client import LedgerClient
 from archipelag.placement.client import PlacementClient
 from archipelag.protocol import Event
 from archipelag.runtimes.base import JobSpec
@@ -78,12 +82,20 @@ class ScriptedHost:
             events = self._image(spec.input)
         for event in events:
             if event["type"] == "wait":
-                await stop.wait()
+                while not stop.is_set():  # alive and quiet: keep the lease
+                    try:
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                    except TimeoutError:
+                        yield {"type": "keepalive"}
                 yield {"type": "error", "message": "cancelled by the user", "code": "cancelled"}
                 return
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
             yield event
+
+    async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
+        async for event in self.run(spec):
+            yield [] if event["type"] == "keepalive" else [event]
 
     async def cancel(self, job_id: JobId, reason: str = "") -> bool:
         self.cancelled.append(job_id)
@@ -128,16 +140,6 @@ class ScriptedHost:
         return events
 
 
-class LedgerInThreads:
-    """The LedgerClient seam: a real Ledger, its calls run off the event loop as the actor would."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.ledger, method), *args, **kwargs)
-
-
 @dataclass
 class ModelNetwork:
     services: Services
@@ -163,12 +165,12 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
     _, key = ledger.create_api_key(account.id, "test")
     placement = PlacementClient.local(settings, clock=lambda: NOW)
     host = ScriptedHost()
-    services = Services(settings=settings, ledger=LedgerInThreads(ledger),  # type: ignore[arg-type]
-                        catalog=dict(CATALOG), placement=placement)
+    jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host)
+    services = Services(settings=settings, ledger=LedgerClient.local(ledger), jobs=JobsClient.local(jobs),
+                        placement=placement, catalog=dict(CATALOG))
     for index in range(hosts):
         host_id = HostId(f"host-{chr(ord('a') + index)}")
         placement.register(a_host(host_id, runtimes=runtimes, slots=slots, active_jobs=active_jobs))
-        services._hosts[host_id] = host  # type: ignore[assignment]
     return ModelNetwork(services, ledger, placement, host, key, account.id, build_api(services))
 
 

@@ -131,6 +131,17 @@ def test_closing_a_batched_run_early_cancels_the_job() -> None:
     assert agent.load().active_jobs == 0
 
 
+def test_a_quiet_job_sends_empty_batches_so_the_coordinator_keeps_its_lease() -> None:
+    runtime = ScriptedRuntime([{"type": "token", "content": "x"}], block=True)
+    agent = agent_with(runtime)
+    stream = agent.run_batched(a_spec("j3"), keepalive_s=0.05)
+    assert next(stream)[0]["type"] == "status"
+    assert [next(stream) for _ in range(3)][-1] == []  # the token, then keep-alives while it blocks
+    agent.cancel(JobId("j3"))
+    assert [e["code"] for batch in stream for e in batch] == ["cancelled"]
+    assert agent.load().active_jobs == 0
+
+
 # --- which workloads a host takes, given the model weights it holds ------------------------------------
 
 

@@ -1,0 +1,76 @@
+"""JobsActor: the Ray shell around ``JobService`` — one named, detached actor on the head.
+
+An async actor: the dispatcher, the relay and every reader's wait share one event loop, so no lock is needed.
+Ray restarts it if its process dies; the new one resumes unfinished jobs from the ledger (``JobService.start``),
+as a restarted coordinator does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from archipelag.actors.client import HostAgentClient
+from archipelag.catalog import load_catalog
+from archipelag.ids import HostId, JobId
+from archipelag.jobs.relay import Batch
+from archipelag.jobs.service import JobService, JobStats
+from archipelag.ledger.client import LedgerClient
+from archipelag.ledger.records import Job
+from archipelag.placement.client import PlacementClient
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class HostClients:
+    """The typed client of each host's agent, found once by name (a lost host's is dropped: it may come back)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[HostId, HostAgentClient] = {}
+
+    def __call__(self, host_id: HostId) -> HostAgentClient:
+        client = self._clients.get(host_id)
+        if client is None:
+            client = self._clients[host_id] = HostAgentClient.connect(self._settings, host_id, self.forget)
+        return client
+
+    def forget(self, host_id: HostId) -> None:
+        self._clients.pop(host_id, None)
+
+
+class JobsActor:
+    """A plain class; ``JobsClient.start`` runs it as a named Ray actor."""
+
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._service = JobService(settings, load_catalog(settings.workloads_dir), LedgerClient.connect(settings),
+                                   PlacementClient.connect(settings), HostClients(settings))
+        self._starting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._service.start())
+        await asyncio.shield(self._starting)
+
+    async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                     priority: int) -> Job:
+        await self.start()
+        return await self._service.submit(account_id, slug, job_input, region, priority)
+
+    async def read(self, job_id: JobId, after: int, wait_s: float) -> Batch:
+        await self.start()
+        return await self._service.read(job_id, after, wait_s)
+
+    async def cancel(self, job_id: JobId, reason: str) -> None:
+        await self.start()
+        await self._service.cancel(job_id, reason)
+
+    async def hosts(self) -> list[HostSnapshot]:
+        return await self._service.hosts()
+
+    async def stats(self) -> JobStats:
+        return self._service.stats()

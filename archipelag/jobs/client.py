@@ -1,0 +1,82 @@
+"""JobsClient: the typed way to reach the jobs core (the JobsActor on the head, or a JobService in this process
+for tests without Ray); the API's replicas hold one each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from archipelag.errors import ArchipelagError
+from archipelag.ids import JobId
+from archipelag.jobs.relay import Batch
+from archipelag.jobs.service import JobService, JobStats
+from archipelag.ledger.records import Job
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.remote import Calls, LocalCalls, RayCalls
+from archipelag.settings import Settings
+
+ACTOR_NAME = "jobs"
+READ_WAIT_S = 15.0  # one read waits this long for news before answering empty (a stream sends a keep-alive)
+
+
+class JobsClient:
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    @classmethod
+    def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> JobsClient:
+        """Create the named, detached jobs actor (or find the running one); it resumes unfinished jobs."""
+        import ray
+
+        from archipelag.jobs.actor import JobsActor
+
+        actor: Any = ray.remote(JobsActor)
+        handle = actor.options(
+            name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
+            num_cpus=0, max_restarts=-1, max_task_retries=0, resources=resources or {},
+            max_concurrency=10_000,  # every reader's long wait is a pending call
+        ).remote(settings)
+        ray.get(handle.start.remote(), timeout=120)
+        return cls(RayCalls(handle, "jobs service"))
+
+    @classmethod
+    def connect(cls, settings: Settings) -> JobsClient:
+        import ray
+
+        try:
+            return cls(RayCalls(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), "jobs service"))
+        except ValueError:
+            raise ArchipelagError("the jobs service is not running; start the coordinator first") from None
+
+    @classmethod
+    def local(cls, service: JobService) -> JobsClient:
+        return cls(LocalCalls(service))
+
+    async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                     priority: int = 0) -> Job:
+        job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority)
+        return job
+
+    async def read(self, job_id: JobId, after: int = -1, wait_s: float = READ_WAIT_S) -> Batch:
+        batch: Batch = await self._calls.call("read", job_id, after, wait_s)
+        return batch
+
+    async def follow(self, job_id: JobId, after: int = -1) -> AsyncIterator[list[dict[str, Any]]]:
+        """The job's events after ``after``, a batch at a time, until its stream ends."""
+        while True:
+            batch = await self.read(job_id, after)
+            if batch.events:
+                after = batch.events[-1]["seq"]
+                yield batch.events
+            if batch.ended:
+                return
+
+    async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
+        await self._calls.call("cancel", job_id, reason)
+
+    async def hosts(self) -> list[HostSnapshot]:
+        return list(await self._calls.call("hosts"))
+
+    async def stats(self) -> JobStats:
+        stats: JobStats = await self._calls.call("stats")
+        return stats

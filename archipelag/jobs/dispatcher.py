@@ -1,0 +1,409 @@
+"""Dispatcher: takes queued jobs to hosts — in queue order, each attempt under a lease — and records how
+each job ends.
+
+A job's status belongs to the ledger (every move below is a guarded transition there, queued behind the job's
+earlier writes and off the event path); its live events belong to the relay. What the dispatcher keeps is a
+``Ticket`` per job it is working on: the attempt, the host, the hosts that failed it, a cancel request.
+
+- **Leases.** A running attempt holds a lease on its host: the host sends a batch (an empty one while the job
+  is quiet) at least every ``keepalive_s``; silence past ``lease_s`` — a killed node, a cut network, a hung
+  (SIGSTOPped) process Ray still thinks alive — loses the host the job. The attempt is fenced: the relay drops
+  whatever that host sends later.
+- **Failover.** A lost host is taken out of placement, charged a drop in karma, and the job goes back to the
+  queue (attempt + 1) to be ranked again; after ``max_attempts`` it fails and is refunded. A host that turns the
+  job away before starting it (full) costs no attempt: the next ranked host takes it.
+- **Cancellation** has one path, ``cancel``: a waiting job leaves the queue, a running one is stopped on its
+  host, and the attempt's end records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from archipelag.catalog import Manifest, price_micro
+from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
+from archipelag.ids import HostId, JobId
+from archipelag.jobs.admission import job_request
+from archipelag.jobs.ports import Hosts, JobLedger, Placement
+from archipelag.jobs.queue import JobQueue
+from archipelag.jobs.relay import JobLog, Relay, diverged_error
+from archipelag.jobs.replay import Diverged
+from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.lifecycle import JobStatus
+from archipelag.placement.scoring import JobRequest
+from archipelag.protocol import collect_output, error_event
+from archipelag.runtimes.base import JobSpec
+from archipelag.sandbox import Limits
+
+log = logging.getLogger(__name__)
+
+# A final error's code → the job's end state; anything else is `failed`.
+_END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_OUT}
+_OUTPUT = frozenset({"token", "progress", "image"})  # the job is `streaming` once one arrives
+_TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
+SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
+
+
+@dataclass(frozen=True)
+class DispatchRules:
+    lease_s: float = 3.0
+    max_attempts: int = 3
+    queue_timeout_s: float = 120.0
+
+
+@dataclass
+class Ticket:
+    """The dispatcher's working state of one job."""
+
+    job_id: JobId
+    manifest: Manifest
+    input: dict[str, Any]
+    limits: Limits
+    region: str | None
+    priority: int
+    attempt: int
+    log: JobLog
+    excluded: set[HostId] = field(default_factory=set)  # hosts lost while running it
+    ranked: list[HostId] = field(default_factory=list)  # the rest of the last ranking, to try next
+    host_id: HostId | None = None
+    cancel_reason: str | None = None
+    started_monotonic: float | None = None
+    ledger_tail: asyncio.Task[None] | None = None  # its latest ledger write; they run in order
+    abandoned: bool = False  # the ledger refused to create it: stop, write nothing
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def request(self) -> JobRequest:
+        return job_request(self.manifest, self.region)
+
+    @property
+    def spec(self) -> JobSpec:
+        return JobSpec(self.job_id, self.manifest, self.input, self.limits)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    status: JobStatus
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _Lost:
+    reason: str
+
+
+_TURNED_AWAY_OUTCOME = object()
+
+
+class Dispatcher:
+    def __init__(self, rules: DispatchRules, ledger: JobLedger, placement: Placement, hosts: Hosts,
+                 relay: Relay, queue: JobQueue[Ticket],
+                 before_assign: Callable[[list[HostId]], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rules = rules
+        self._ledger = ledger
+        self._placement = placement
+        self._hosts = hosts
+        self._relay = relay
+        self._queue = queue
+        self._before_assign = before_assign
+        self._clock = clock
+        self._tickets: dict[JobId, Ticket] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._kick = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # --- the outside -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = self._spawn(self._schedule_forever())
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *([self._loop_task] if self._loop_task else [])]:
+            task.cancel()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._tickets
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._tickets) - len(self._queue)
+
+    def admit(self) -> None:
+        """QueueFull (503, Retry-After) when a new job would wait behind too many."""
+        self._queue.admit()
+
+    def enqueue(self, ticket: Ticket, created: Awaitable[Any] | None = None) -> None:
+        """Queue a job. ``created``: the ledger's creation of it, still under way — its writes wait for it, and
+        if it fails the job is dropped without a trace."""
+        self._tickets[ticket.job_id] = ticket
+        if created is not None:
+            ticket.ledger_tail = self._spawn(self._admitted(ticket, created))
+        self._queue.push(ticket.job_id, ticket, ticket.priority, self._clock() + self._rules.queue_timeout_s)
+        self._kick.set()
+
+    async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
+        """Stop the job wherever it is; False when the dispatcher is not working on it."""
+        ticket = self._tickets.get(job_id)
+        if ticket is None:
+            return False
+        ticket.cancel_reason = ticket.cancel_reason or reason
+        if self._queue.remove(job_id) is not None:
+            self._spawn(self._finish(ticket, JobStatus.CANCELLED, reason, None))
+        elif ticket.host_id is not None:
+            await self._hosts(ticket.host_id).cancel(job_id, reason)
+        return True
+
+    async def wait_ended(self, job_id: JobId, timeout_s: float) -> None:
+        ticket = self._tickets.get(job_id)
+        if ticket is not None:
+            try:
+                await asyncio.wait_for(ticket.ended.wait(), timeout_s)
+            except TimeoutError:
+                pass
+
+    # --- the queue ---------------------------------------------------------------------------------
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), SCHEDULE_EVERY_S)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self._schedule_once()
+            except Exception:  # keep scheduling: the next round retries
+                log.exception("scheduling round failed")
+
+    async def _schedule_once(self) -> None:
+        """Every waiting job that some host can take now goes; the others keep their place."""
+        now = self._clock()
+        blocked: dict[tuple[str, str | None], str] = {}  # requests no host can take in this round
+        for job_id, ticket, deadline in list(self._queue.in_order()):
+            key = (ticket.manifest.slug, ticket.region)
+            why = blocked.get(key) if not ticket.excluded else None
+            ranked: list[HostId] = [] if why is not None else [  # ranked at submit, if it was
+                h for h in ticket.ranked if h not in ticket.excluded]
+            ticket.ranked = []
+            if why is None and not ranked:
+                try:
+                    ranked = [h for h in await self._placement.rank_async(ticket.request)
+                              if h not in ticket.excluded]
+                    why = "every host able to run it has already failed this job"
+                except NoCapacity as exc:
+                    why = exc.message
+            if job_id not in self._queue:  # cancelled meanwhile
+                continue
+            if not ranked:
+                why = why or "no host is free"
+                if not ticket.excluded:
+                    blocked[key] = why
+                if now > deadline:
+                    self._queue.remove(job_id)
+                    self._spawn(self._finish(ticket, JobStatus.FAILED, f"no host could take the job within "
+                                             f"{self._rules.queue_timeout_s:.0f} s: {why}", None, "queue_timeout"))
+                continue
+            self._queue.remove(job_id)
+            if self._before_assign is not None:
+                await self._before_assign(ranked)
+            self._assign(ticket, ranked[0])
+            ticket.ranked = ranked[1:]
+            self._spawn(self._run(ticket))
+
+    def _assign(self, ticket: Ticket, host_id: HostId) -> None:
+        """Count the job on its host now, before the next ranking (placement takes calls in order)."""
+        ticket.host_id = host_id
+        self._placement.job_assigned(host_id)
+
+    def _requeue(self, ticket: Ticket) -> None:
+        ticket.ranked = []
+        self._queue.push(ticket.job_id, ticket, ticket.priority, self._clock() + self._rules.queue_timeout_s)
+        self._kick.set()
+
+    # --- one job -----------------------------------------------------------------------------------
+
+    async def _run(self, ticket: Ticket) -> None:
+        try:
+            await self._attempts(ticket)
+        except Exception as exc:  # never leave a job hanging because of a bug here
+            log.exception("dispatch of job %s failed", ticket.job_id)
+            await self._finish(ticket, JobStatus.FAILED, f"internal error: {exc}", ticket.host_id)
+
+    async def _attempts(self, ticket: Ticket) -> None:
+        while True:
+            host_id = ticket.host_id
+            assert host_id is not None
+            try:
+                outcome = await self._attempt(ticket, host_id)
+            finally:
+                self._placement.job_released(host_id)
+                ticket.host_id = None
+                self._kick.set()  # a slot is free
+            if isinstance(outcome, _Ended):
+                await self._finish(ticket, outcome.status, outcome.error, host_id)
+                return
+            if ticket.cancel_reason is not None:
+                await self._finish(ticket, JobStatus.CANCELLED, ticket.cancel_reason, None)
+                return
+            if isinstance(outcome, _Lost):
+                if not await self._lost(ticket, host_id, outcome.reason):
+                    return
+                self._requeue(ticket)
+                return
+            # Turned away before it started: the next ranked host, else back to the queue (same attempt).
+            self._record(ticket, functools.partial(self._ledger.transition, ticket.job_id, JobStatus.QUEUED,
+                                                   f"host {host_id} turned the job away"))
+            if not ticket.ranked:
+                self._requeue(ticket)
+                return
+            self._assign(ticket, ticket.ranked.pop(0))
+
+    async def _lost(self, ticket: Ticket, host_id: HostId, reason: str) -> bool:
+        """The host lost the job: out of placement, a drop in karma; True when the job may run again."""
+        log.warning("job %s lost host %s: %s", ticket.job_id, host_id, reason)
+        self._placement.mark_offline(host_id, reason)
+        ticket.excluded.add(host_id)
+        self._spawn(self._karma_drop(host_id, ticket.job_id, reason))
+        if ticket.attempt >= self._rules.max_attempts:
+            await self._finish(ticket, JobStatus.FAILED, f"{reason}; gave up after {ticket.attempt} attempts",
+                               None, "host_lost")
+            return False
+        ticket.attempt += 1
+        self._record(ticket, lambda: self._ledger.requeue(ticket.job_id, reason))
+        ticket.log.note({"type": "status", "retry": ticket.attempt,
+                         "message": f"host {host_id} was lost; retrying on another host "
+                                    f"(attempt {ticket.attempt} of {self._rules.max_attempts})"})
+        return True
+
+    async def _attempt(self, ticket: Ticket, host_id: HostId) -> _Ended | _Lost | object:
+        job_id = ticket.job_id
+        ticket.log.begin(ticket.attempt)
+        attempt = ticket.attempt
+        self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.ASSIGNED, host_id=host_id,
+                                                             attempt=attempt))
+        host = self._hosts(host_id)
+        stream = host.run_batches(ticket.spec)
+        started = streaming = False
+        try:
+            while True:
+                try:
+                    batch = await asyncio.wait_for(anext(stream), self._rules.lease_s)
+                except TimeoutError:
+                    self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
+                    return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)")
+                except StopAsyncIteration:
+                    return _Lost(f"host {host_id} closed the job's stream without a final event")
+                except HostLost as exc:
+                    return _Lost(exc.message)
+                if not batch:
+                    continue  # the host is alive; the job is quiet
+                if not started:
+                    first = batch[0]
+                    if first["type"] == "error" and first.get("code") in _TURNED_AWAY:
+                        return _TURNED_AWAY_OUTCOME
+                    started = True
+                    ticket.started_monotonic = self._clock()
+                    if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
+                        self._spawn(host.cancel(job_id, ticket.cancel_reason))
+                    self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STARTED))
+                if not streaming and any(e["type"] in _OUTPUT for e in batch):
+                    streaming = True
+                    self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
+                try:
+                    ticket.log.publish(attempt, batch)
+                except Diverged as exc:
+                    ticket.log.note(diverged_error(exc))
+                    self._spawn(host.cancel(job_id, "the retry diverged"))
+                    return _Ended(JobStatus.FAILED, str(exc))
+                final = ticket.log.final
+                if final is not None:
+                    if final["type"] == "done":
+                        return _Ended(JobStatus.SUCCEEDED, None)
+                    return _Ended(_END_BY_CODE.get(str(final.get("code")), JobStatus.FAILED), final["message"])
+        finally:
+            await stream.aclose()
+
+    async def _finish(self, ticket: Ticket, status: JobStatus, error: str | None, host_id: HostId | None,
+                      code: str | None = None) -> None:
+        """Record the end (credits settled in the same transaction), then release the stream's last event."""
+        job_id = ticket.job_id
+        try:
+            if status is not JobStatus.SUCCEEDED and ticket.log.final is None:
+                ticket.log.note(error_event(error or str(status), code or (
+                    "cancelled" if status is JobStatus.CANCELLED else "failed")))
+            if ticket.ledger_tail is not None:
+                await ticket.ledger_tail
+            if ticket.abandoned:
+                return
+            events = ticket.log.events
+            done = ticket.log.final if ticket.log.final and ticket.log.final["type"] == "done" else None
+            usage = dict(done.get("usage") or {}) if done else {}
+            succeeded = status is JobStatus.SUCCEEDED
+            started = ticket.started_monotonic
+            try:
+                await self._ledger.finish(
+                    job_id, status, output=collect_output(events), error=error, usage=usage, events=list(events),
+                    price_micro=price_micro(ticket.manifest, usage) if succeeded else 0, host_id=host_id,
+                    karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
+                    compute_s=self._clock() - started if started is not None else 0.0)
+            except InvalidTransition:
+                log.info("job %s had already ended", job_id)
+            except ArchipelagError:
+                log.exception("could not record the end of job %s", job_id)
+        finally:
+            self._relay.end(job_id)
+            self._tickets.pop(job_id, None)
+            ticket.ended.set()
+
+    # --- the ledger, off the event path ----------------------------------------------------------
+
+    async def _admitted(self, ticket: Ticket, created: Awaitable[Any]) -> None:
+        try:
+            await created
+        except Exception:  # noqa: BLE001 - the submitter reports why to its caller
+            ticket.abandoned = True
+            await self.cancel(ticket.job_id, "the job was not accepted")
+
+    def _record(self, ticket: Ticket, write: Callable[[], Awaitable[Any]]) -> None:
+        """Queue a ledger write behind the job's earlier ones: the host starts and the first token reaches the
+        user without waiting on SQL. A write another writer beat (the job was ended meanwhile) stops the run."""
+        previous = ticket.ledger_tail
+
+        async def run() -> None:
+            if previous is not None:
+                await previous
+            if ticket.abandoned:
+                return
+            try:
+                await write()
+            except InvalidTransition:
+                log.info("job %s moved elsewhere meanwhile; stopping its run", ticket.job_id)
+                await self.cancel(ticket.job_id, "the job ended elsewhere")
+            except ArchipelagError as exc:
+                log.warning("job %s: a ledger write was not recorded: %s", ticket.job_id, exc.message)
+
+        ticket.ledger_tail = self._spawn(run())
+
+    async def _karma_drop(self, host_id: HostId, job_id: JobId, reason: str) -> None:
+        try:
+            await self._ledger.record_karma(host_id, KarmaKind.HOST_DROPPED, job_id=job_id, reason=reason)
+            self._placement.set_karma(host_id, await self._ledger.karma_score(host_id))
+        except ArchipelagError as exc:
+            log.warning("karma for %s not recorded: %s", host_id, exc.message)
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,73 @@
+"""Ports: what the jobs core needs of its collaborators, as Protocols (the ledger, placement, hosts).
+
+In a network they are ``LedgerClient``, ``PlacementClient`` and ``HostAgentClient``; tests pass the same
+clients over in-process stand-ins, or scripted hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Protocol
+
+from archipelag.ids import HostId, JobId
+from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.ledger.records import Job
+from archipelag.lifecycle import HostStatus, JobStatus
+from archipelag.placement.scoring import HostSnapshot, JobRequest
+from archipelag.protocol import Event
+from archipelag.runtimes.base import JobSpec
+
+
+class HostRunner(Protocol):
+    """One host: runs a job and yields its events in batches (an empty batch: the host is alive, the job quiet)."""
+
+    def run_batches(self, spec: JobSpec) -> AsyncGenerator[list[Event], None]: ...
+
+    async def cancel(self, job_id: JobId, reason: str = ...) -> bool: ...
+
+
+class Hosts(Protocol):
+    def __call__(self, host_id: HostId) -> HostRunner: ...
+
+
+class Placement(Protocol):
+    async def rank_async(self, request: JobRequest) -> list[HostId]: ...
+
+    async def hosts_async(self) -> list[HostSnapshot]: ...
+
+    def job_assigned(self, host_id: HostId) -> None: ...
+
+    def job_released(self, host_id: HostId) -> None: ...
+
+    def mark_offline(self, host_id: HostId, reason: str) -> None: ...
+
+    def set_karma(self, host_id: HostId, karma: float) -> None: ...
+
+
+class JobLedger(Protocol):
+    async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
+                         region: str | None, priority: int, reserve_micro: int, job_id: JobId) -> Job: ...
+
+    async def transition(self, job_id: JobId, to: JobStatus, reason: str | None = None, **fields: Any) -> Job: ...
+
+    async def requeue(self, job_id: JobId, reason: str) -> Job: ...
+
+    async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
+                     usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
+                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0) -> Job: ...
+
+    async def save_events(self, job_id: JobId, events: list[dict[str, Any]]) -> None: ...
+
+    async def get_job(self, job_id: str, account_id: int | None = None) -> Job: ...
+
+    async def unfinished_jobs(self) -> list[Job]: ...
+
+    async def stored_output_events(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    async def upsert_host(self, host_id: str, name: str, region: str, capabilities: Mapping[str, Any],
+                          status: HostStatus) -> None: ...
+
+    async def record_karma(self, host_id: str, kind: KarmaKind, job_id: str | None = None,
+                           reason: str | None = None) -> None: ...
+
+    async def karma_score(self, host_id: str) -> float: ...

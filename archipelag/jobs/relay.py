@@ -1,0 +1,172 @@
+"""Relay: the one owner of every running job's live events.
+
+Events are numbered once, here (``seq`` 0, 1, 2 … is also the SSE ``id:``), de-duplicated across retried
+attempts (``replay``) and fenced by attempt: a batch from an attempt that is no longer current (a host that
+lost its lease and answered late) is dropped. Readers on any API replica read batches after the last ``seq``
+they saw, waiting when there is nothing new — one call per burst of events, never one per event.
+
+A job's final event is held back from readers until ``end`` — after the ledger has recorded the end — so a
+client that sees ``done`` and then asks for the job finds it finished. No Ray here: the JobsActor holds one
+Relay on its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from archipelag.ids import JobId
+from archipelag.jobs.replay import Diverged, Replay
+from archipelag.protocol import FINAL_TYPES, Event, error_event
+
+MAX_BATCH = 512  # events in one read
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Events after the reader's last ``seq``, and whether the stream has ended (nothing will follow)."""
+
+    events: list[Event]
+    ended: bool
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.events[-1]["seq"] if self.events else None
+
+
+class JobLog:
+    """One job's stream: the numbered events, the current attempt, and the readers waiting for more."""
+
+    def __init__(self, job_id: JobId, events: Iterable[Event] = ()) -> None:
+        self.job_id = job_id
+        self.events: list[Event] = [dict(e, seq=i) for i, e in enumerate(events)]  # a checkpoint, renumbered
+        self.saved = len(self.events)  # how many of them a checkpoint holds
+        self.attempt = 0
+        self.ended = False
+        self._visible = len(self.events)
+        self._replay: Replay | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def final(self) -> Event | None:
+        return self.events[-1] if self.events and self.events[-1]["type"] in FINAL_TYPES else None
+
+    def begin(self, attempt: int) -> None:
+        """A new attempt takes over the stream; what it says again is swallowed (``Replay``)."""
+        self.attempt = attempt
+        said = any(e["type"] in ("token", "progress") for e in self.events)
+        self._replay = Replay(self.events) if said else None
+
+    def publish(self, attempt: int, events: Sequence[Event]) -> list[Event]:
+        """Take a batch from ``attempt``'s host; the events that were new, numbered. Diverged when the
+        attempt contradicts what the stream already carried."""
+        if attempt != self.attempt or self.ended or self.final is not None:
+            return []  # fenced: a late answer from an attempt that lost its host
+        published = []
+        for raw in events:
+            event = {k: v for k, v in raw.items() if k != "seq"}
+            if self._replay is not None:
+                kept = self._replay.filter(event)
+                if kept is None:
+                    continue
+                event = kept
+            published.append(self._append(event))
+            if event["type"] in FINAL_TYPES:
+                break
+        return published
+
+    def note(self, event: Event) -> Event:
+        """An event of the coordinator's own (a retry notice, the error that ends a job)."""
+        if self.final is not None or self.ended:
+            return self.final or event
+        return self._append(dict(event))
+
+    def end(self) -> None:
+        """The job's end is recorded: release the final event and stop readers waiting."""
+        self.ended = True
+        self._visible = len(self.events)
+        self._wake()
+
+    def read(self, after: int) -> Batch:
+        start = max(0, after + 1)
+        stop = min(self._visible, start + MAX_BATCH)
+        return Batch(self.events[start:stop], self.ended and stop >= self._visible)
+
+    async def wait(self, after: int, wait_s: float) -> Batch:
+        """Events after ``after``; when there are none yet, wait up to ``wait_s`` for some."""
+        batch = self.read(after)
+        if batch.events or batch.ended or wait_s <= 0:
+            return batch
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiter), wait_s)
+        except TimeoutError:
+            pass
+        return self.read(after)
+
+    def _append(self, event: Event) -> Event:
+        event["seq"] = len(self.events)
+        self.events.append(event)
+        if event["type"] not in FINAL_TYPES:  # a final event waits for `end` (the ledger first)
+            self._visible = len(self.events)
+            self._wake()
+        return event
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+
+class Relay:
+    """Every live job's log. An ended job's log stays ``keep_ended_s`` for late readers, then the ledger's
+    stored events serve them."""
+
+    def __init__(self, keep_ended_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logs: dict[JobId, JobLog] = {}
+        self._ended_at: dict[JobId, float] = {}
+        self._keep_ended_s = keep_ended_s
+        self._clock = clock
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._logs
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def open(self, job_id: JobId, events: Iterable[Event] = ()) -> JobLog:
+        self._forget_old()
+        log = self._logs[job_id] = JobLog(job_id, events)
+        return log
+
+    def log(self, job_id: JobId) -> JobLog | None:
+        return self._logs.get(job_id)
+
+    def publish(self, job_id: JobId, attempt: int, events: Sequence[Event]) -> list[Event]:
+        log = self._logs.get(job_id)
+        return log.publish(attempt, events) if log is not None else []
+
+    def end(self, job_id: JobId) -> None:
+        log = self._logs.get(job_id)
+        if log is not None:
+            log.end()
+            self._ended_at[job_id] = self._clock()
+
+    def unsaved(self) -> list[JobLog]:
+        """Running jobs with events their last checkpoint lacks."""
+        return [log for log in self._logs.values() if not log.ended and len(log.events) > log.saved]
+
+    def _forget_old(self) -> None:
+        cutoff = self._clock() - self._keep_ended_s
+        for job_id, at in list(self._ended_at.items()):
+            if at < cutoff:
+                del self._ended_at[job_id]
+                self._logs.pop(job_id, None)
+
+
+def diverged_error(exc: Diverged) -> Event:
+    return error_event(f"the job's retry on another host did not repeat what was already sent ({exc}); "
+                       "submit it again", "retry_diverged")

@@ -1,0 +1,216 @@
+"""JobService: the jobs core put together — admission, the queue, the dispatcher, the relay, recovery after a
+restart, and the ledger's view of the fleet. One lives in the JobsActor on the head; every API replica talks
+to it through ``JobsClient``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from archipelag.catalog import Manifest
+from archipelag.errors import ArchipelagError, InvalidTransition, NoCapacity, NotFound
+from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
+from archipelag.jobs.admission import admit, hosts_now, job_request
+from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket
+from archipelag.jobs.ports import Hosts, JobLedger, Placement
+from archipelag.jobs.queue import JobQueue
+from archipelag.jobs.relay import Batch, Relay
+from archipelag.ledger.records import Job
+from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.protocol import FINAL_TYPES, error_event
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RUNNING = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
+
+
+@dataclass(frozen=True)
+class JobStats:
+    waiting: int  # in the queue
+    running: int  # on a host
+    live_streams: int  # jobs whose events the relay holds
+
+
+class JobService:
+    def __init__(self, settings: Settings, catalog: dict[WorkloadSlug, Manifest], ledger: JobLedger,
+                 placement: Placement, hosts: Hosts) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._ledger = ledger
+        self._placement = placement
+        self._relay = Relay()
+        self._recorded: dict[HostId, str] = {}  # host → status as last written to the ledger
+        rules = DispatchRules(lease_s=settings.lease_s, max_attempts=settings.max_attempts,
+                              queue_timeout_s=settings.queue_timeout_s)
+        self._dispatcher = Dispatcher(rules, ledger, placement, hosts, self._relay,
+                                      JobQueue(settings.queue_max_jobs), before_assign=self._ensure_recorded)
+        self._loops: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        """Resume what an earlier coordinator left unfinished, then dispatch. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        await self._recover()
+        self._dispatcher.start()
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._checkpoint_forever()), loop.create_task(self._record_fleet_forever())]
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await self._dispatcher.close()
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                     priority: int = 0) -> Job:
+        """Admit, reserve and queue a job; the job as the ledger created it. 404/422 for a wrong request, 503
+        when no online host could ever run it or the queue is full, 402 when the balance is short — each
+        before anything is held."""
+        await self.start()
+        manifest, reserve_micro = admit(self._catalog, slug, job_input)
+        self._dispatcher.admit()
+        ranking: list[HostId] | NoCapacity
+        try:
+            ranking = await self._placement.rank_async(job_request(manifest, region))
+        except NoCapacity as exc:
+            ranking = exc
+        ranked = hosts_now(ranking)
+        job_id = new_job_id()
+        # The ledger records the job (and reserves its credits) while its host already starts.
+        created = asyncio.ensure_future(self._ledger.create_job(
+            account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
+        ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
+                        region, priority, attempt=1, log=self._relay.open(job_id), ranked=ranked)
+        self._dispatcher.enqueue(ticket, created)
+        return await created
+
+    async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0) -> Batch:
+        """The job's events after ``seq`` ``after``, waiting up to ``wait_s`` for some; from the ledger once the
+        relay has let an ended job go."""
+        log_ = self._relay.log(job_id)
+        if log_ is not None:
+            return await log_.wait(after, wait_s)
+        job = await self._ledger.get_job(job_id)
+        if job.status not in TERMINAL_JOB_STATES:  # not resumed yet (a coordinator starting): come back
+            await asyncio.sleep(min(wait_s, 1.0))
+            return Batch([], False)
+        events = [dict(e, seq=i) for i, e in enumerate(await self._ledger.stored_output_events(job_id))]
+        if not events or events[-1]["type"] not in FINAL_TYPES:
+            events.append(dict(error_event(job.error or f"the job ended {job.status}", str(job.status)),
+                               seq=len(events)))
+        return Batch(events[max(0, after + 1):], True)
+
+    async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
+        """Cancel through the one path: the dispatcher stops it wherever it is and records it; a job it does not
+        hold (left over, never resumed) is ended in the ledger directly."""
+        if await self._dispatcher.cancel(job_id, reason):
+            await self._dispatcher.wait_ended(job_id, timeout_s=10)
+            return
+        job = await self._ledger.get_job(job_id)
+        if job.status in TERMINAL_JOB_STATES:
+            return
+        try:
+            await self._ledger.finish(job_id, JobStatus.CANCELLED, output=None, error=reason, usage={},
+                                      events=await self._ledger.stored_output_events(job_id), price_micro=0,
+                                      host_id=job.host_id)
+        except InvalidTransition:
+            pass
+
+    def stats(self) -> JobStats:
+        return JobStats(self._dispatcher.waiting, self._dispatcher.running, len(self._relay))
+
+    # --- a restart ---------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Every job an earlier coordinator left unfinished runs again: queued ones take their place in the
+        queue, running ones (their host's run died with the old cluster, or is orphaned) are re-run elsewhere,
+        their stream continuing from its last checkpoint. A job past its attempts fails and is refunded."""
+        try:
+            unfinished = await self._ledger.unfinished_jobs()
+        except ArchipelagError:
+            log.exception("could not read unfinished jobs; none resumed")
+            return
+        for job in unfinished:
+            try:
+                await self._resume(job)
+            except ArchipelagError:
+                log.exception("job %s could not be resumed", job.id)
+        if unfinished:
+            log.warning("resumed %d unfinished jobs", len(unfinished))
+
+    async def _resume(self, job: Job) -> None:
+        reason = "the coordinator restarted while the job ran"
+        if job.status in _RUNNING:
+            job = await self._ledger.requeue(job.id, reason)
+        elif job.status is JobStatus.SUBMITTED:
+            job = await self._ledger.transition(job.id, JobStatus.QUEUED, "resumed after a restart")
+        manifest = self._catalog.get(job.workload_slug)
+        events = await self._ledger.stored_output_events(job.id)
+        if manifest is None or job.attempt > self._settings.max_attempts:
+            why = (f"{reason}; gave up after {job.attempt - 1} attempts" if manifest is not None
+                   else f"the workload {job.workload_slug} is no longer in the catalog")
+            await self._ledger.finish(job.id, JobStatus.FAILED, output=None, error=why, usage={},
+                                      events=[*events, error_event(why, "failed")], price_micro=0, host_id=None)
+            return
+        log_ = self._relay.open(job.id, events)
+        if events:
+            log_.note({"type": "status", "message": f"{reason}; resuming", "retry": job.attempt})
+        ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
+                        job.region, job.priority, attempt=job.attempt, log=log_)
+        self._dispatcher.enqueue(ticket)
+
+    # --- checkpoints of live streams ---------------------------------------------------------------
+
+    async def _checkpoint_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.relay_checkpoint_s)
+            for job_log in self._relay.unsaved():
+                count = len(job_log.events)
+                try:
+                    await self._ledger.save_events(job_log.job_id, job_log.events[:count])
+                    job_log.saved = count
+                except NotFound:
+                    job_log.saved = count  # not created (refused): nothing to keep
+                except ArchipelagError as exc:
+                    log.warning("job %s: stream not checkpointed: %s", job_log.job_id, exc.message)
+
+    # --- the ledger's view of the fleet ------------------------------------------------------------
+
+    async def hosts(self) -> list[HostSnapshot]:
+        """Placement's fleet, with new or changed hosts written to the ledger first."""
+        return await self._record_fleet()
+
+    async def _ensure_recorded(self, host_ids: list[HostId]) -> None:
+        if not self._recorded.keys() >= set(host_ids):
+            await self._record_fleet()
+
+    async def _record_fleet(self) -> list[HostSnapshot]:
+        snapshots = await self._placement.hosts_async()
+        for snap in snapshots:
+            if self._recorded.get(snap.host_id) == str(snap.status):
+                continue
+            capabilities = {"cpu_cores": snap.cpu_cores, "ram_mb": snap.ram_mb, "gpu_model": snap.gpu_model,
+                            "gpu_vram_mb": snap.vram_mb, "runtimes": sorted(snap.runtimes)}
+            try:
+                await self._ledger.upsert_host(snap.host_id, snap.name, snap.region, capabilities, snap.status)
+                self._recorded[snap.host_id] = str(snap.status)
+            except ArchipelagError as exc:
+                log.warning("host %s not recorded: %s", snap.host_id, exc.message)
+        return snapshots
+
+    async def _record_fleet_forever(self) -> None:
+        """Keep the ledger's host rows current and feed placement the karma the ledger derives."""
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+            try:
+                for snap in await self._record_fleet():
+                    self._placement.set_karma(snap.host_id, await self._ledger.karma_score(snap.host_id))
+            except Exception:  # a missed round is retried on the next one
+                log.warning("fleet not recorded this round", exc_info=True)

@@ -1,0 +1,85 @@
+"""Remote calls: how a typed client reaches an object that lives in a Ray actor — or, for tests without Ray,
+in this process — with Ray's errors translated once, here.
+
+A client (``LedgerClient``, ``JobsClient``) holds a ``Calls`` and writes one typed method per remote method;
+callers never see method names as strings or ``.remote()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from archipelag.errors import ArchipelagError
+
+log = logging.getLogger(__name__)
+
+
+class Calls(Protocol):
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None: ...
+
+
+class Unreachable(ArchipelagError):
+    """The actor behind a client does not answer (it is restarting, or its node is gone): retry shortly."""
+
+    code = "service_unavailable"
+    http_status = 503
+
+
+class RayCalls:
+    """Calls through a Ray actor handle. An error the object raised on purpose comes back as itself."""
+
+    def __init__(self, handle: Any, what: str, timeout_s: float | None = None) -> None:
+        self._handle = handle
+        self._what = what
+        self._timeout_s = timeout_s
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from ray.exceptions import RayError
+
+        try:
+            ref = getattr(self._handle, method).remote(*args, **kwargs)
+            if self._timeout_s is None:
+                return await ref
+            return await asyncio.wait_for(ref, self._timeout_s)
+        except (RayError, TimeoutError) as exc:
+            raise translated(exc, self._what) from None
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            getattr(self._handle, method).remote(*args, **kwargs)
+        except Exception:  # fire-and-forget: the caller never fails for a lost notice
+            log.warning("%s.%s was not sent", self._what, method, exc_info=True)
+
+
+def translated(exc: BaseException, what: str) -> BaseException:
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, ArchipelagError):
+        return exc.cause
+    if isinstance(exc, RayTaskError):
+        return ArchipelagError(f"{what} failed: {exc.cause!r}")
+    return Unreachable(f"the {what} is not answering ({type(exc).__name__}); retry shortly")
+
+
+class LocalCalls:
+    """Calls to an object in this process: the stand-in with the same behaviour, minus Ray. Synchronous
+    methods run in a thread (as in their actor, off the caller's event loop); coroutines are awaited."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        function = getattr(self.target, method)
+        if asyncio.iscoroutinefunction(function):
+            return await function(*args, **kwargs)
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self.call(method, *args, **kwargs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

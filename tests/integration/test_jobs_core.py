@@ -1,0 +1,314 @@
+"""The jobs core (admission, queue, dispatcher with leases, relay, recovery) against the real ledger (SQLite)
+and the real placement logic in-process, with stand-in hosts that can vanish, hang, answer late or refuse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import NOW, a_host
+
+from archipelag.catalog import Manifest
+from archipelag.errors import HostLost, NoCapacity
+from archipelag.ids import HostId, JobId, WorkloadSlug
+from archipelag.jobs.queue import QueueFull
+from archipelag.jobs.service import JobService
+from archipelag.ledger import Ledger
+from archipelag.ledger.client import LedgerClient
+from archipelag.lifecycle import JobStatus
+from archipelag.placement.client import PlacementClient
+from archipelag.protocol import Event
+from archipelag.runtimes.base import JobSpec
+from archipelag.settings import Settings
+
+MANIFEST = Manifest(slug=WorkloadSlug("wasm-hash"), name="hash", description="", runtime="wasm", trust_level=0,
+                    price_micro=10_000)
+CREDITS = 1_000_000
+SENTENCE = [{"type": "token", "content": t} for t in ("The", " sea", " is", " calm")]
+DONE = {"type": "done", "usage": {"completion_tokens": 4}}
+
+
+class StandInHost:
+    """Yields scripted events, one batch each. ``lose_after``: vanish before event N (as Ray reports a dead node);
+    ``hang_after``: fall silent before event N — no keep-alive — until ``wake`` is set, then say ``late``;
+    ``hold``: after the events, stay quiet (keep-alives only) until cancelled or released."""
+
+    def __init__(self, events: list[Event], lose_after: int | None = None, hang_after: int | None = None,
+                 hold: bool = False, late: list[Event] | None = None) -> None:
+        self.events, self.lose_after, self.hang_after, self.hold = events, lose_after, hang_after, hold
+        self.late = late or []
+        self.ran: list[JobId] = []
+        self.cancelled: list[JobId] = []
+        self.wake = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
+        self.ran.append(spec.job_id)
+        yield [{"type": "status", "message": "started", "seq": 0}]
+        for index, event in enumerate(self.events):
+            if index == self.lose_after:
+                raise HostLost("node died", host_id="x")
+            if index == self.hang_after:
+                await self.wake.wait()
+                for late in self.late:
+                    yield [dict(late)]
+            yield [dict(event)]
+        while self.hold and not self.release.is_set():
+            if spec.job_id in self.cancelled:
+                yield [{"type": "error", "message": "cancelled by the user", "code": "cancelled"}]
+                return
+            await asyncio.sleep(0.05)
+            yield []
+        if self.hold:
+            yield [dict(DONE)]
+
+    async def cancel(self, job_id: JobId, reason: str = "") -> bool:
+        self.cancelled.append(job_id)
+        return True
+
+
+class Net:
+    def __init__(self, tmp_path: Path, hosts: dict[str, StandInHost], **settings: Any) -> None:
+        self.settings = Settings(state_dir=tmp_path, **{"lease_s": 0.5, "queue_timeout_s": 5.0, **settings})
+        self.ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        self.ledger.migrate()
+        self.ledger.sync_catalog([MANIFEST])
+        self.account = self.ledger.create_account("u@example.org", CREDITS).id
+        self.placement = PlacementClient.local(self.settings, clock=lambda: NOW)
+        for rank, host_id in enumerate(hosts):  # a before b before c
+            self.placement.register(a_host(host_id, karma=0.9 - rank / 10, slots=settings.get("host_slots", 4)))
+        self.hosts = hosts
+        self.service = self.build()
+
+    def build(self) -> JobService:
+        return JobService(self.settings, {MANIFEST.slug: MANIFEST}, LedgerClient.local(self.ledger), self.placement,
+                          lambda host_id: self.hosts[host_id])
+
+    async def submit(self, priority: int = 0) -> JobId:
+        job = await self.service.submit(self.account, "wasm-hash", {"text": "x"}, None, priority)
+        return job.id
+
+    async def stream(self, job_id: JobId, after: int = -1) -> list[Event]:
+        events: list[Event] = []
+        async with asyncio.timeout(20):
+            while True:
+                batch = await self.service.read(job_id, after, wait_s=5)
+                events += batch.events
+                after = events[-1]["seq"] if events else after
+                if batch.ended:
+                    return events
+
+    def job(self, job_id: JobId) -> Any:
+        return self.ledger.get_job(job_id)
+
+
+def text(events: list[Event]) -> str:
+    return "".join(e["content"] for e in events if e["type"] == "token")
+
+
+def test_a_job_runs_on_the_best_host_numbered_once_and_charged(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE]), "b": StandInHost([DONE])})
+        events = await net.stream(await net.submit())
+        assert [e["seq"] for e in events] == list(range(len(events)))
+        assert text(events) == "The sea is calm" and events[-1]["type"] == "done"
+        job = net.job(events and net.ledger.list_jobs(net.account)[0][0].id)
+        assert job.status == JobStatus.SUCCEEDED and job.host_id == "a" and job.output == "The sea is calm"
+        assert job.credits_used_micro == MANIFEST.price_micro and net.hosts["b"].ran == []
+        assert net.ledger.stored_output_events(job.id) == events
+        assert net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+def test_a_host_lost_mid_stream_hands_the_job_on_and_the_stream_neither_repeats_nor_skips(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE], lose_after=2), "b": StandInHost([*SENTENCE, DONE])})
+        job_id = await net.submit()
+        events = await net.stream(job_id)
+        assert text(events) == "The sea is calm"
+        assert [e["content"] for e in events if e["type"] == "token"] == ["The", " sea", " is", " calm"]
+        assert any(e.get("retry") == 2 for e in events)
+        job = net.job(job_id)
+        assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 2
+        assert [e.to_status for e in net.ledger.job_events(job_id)].count(JobStatus.QUEUED) == 2
+        assert [e.kind for e in net.ledger.karma_events("a")] == ["host_dropped"]
+        assert net.placement.get(HostId("a")).status == "offline"
+        assert net.ledger.stored_output_events(job_id) == events  # a late reader sees what the live one did
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_host_loses_its_lease_and_its_late_answer_is_discarded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        hung = StandInHost([*SENTENCE, DONE], hang_after=1, late=[{"type": "token", "content": " LATE"}])
+        net = Net(tmp_path, {"a": hung, "b": StandInHost([*SENTENCE, DONE])})
+        job_id = await net.submit()
+        events = await net.stream(job_id)
+        hung.wake.set()  # the hung host comes back and answers: nobody listens any more
+        await asyncio.sleep(0.2)
+        assert text(events) == "The sea is calm" and "LATE" not in text(await net.stream(job_id))
+        assert net.job(job_id).attempt == 2 and net.job(job_id).host_id == "b"
+        assert job_id in hung.cancelled  # told to stop, in case it wakes
+        assert "lease" in next(e for e in net.ledger.karma_events("a")).reason
+
+    asyncio.run(scenario())
+
+
+def test_a_job_whose_hosts_keep_vanishing_fails_after_the_attempt_limit_and_is_refunded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {h: StandInHost([*SENTENCE, DONE], lose_after=0) for h in "abc"})
+        job_id = await net.submit()
+        events = await net.stream(job_id)
+        assert events[-1]["type"] == "error" and "gave up after 3 attempts" in events[-1]["message"]
+        job = net.job(job_id)
+        assert job.status == JobStatus.FAILED and job.credits_used_micro == 0
+        assert net.ledger.balance_micro(net.account) == CREDITS and net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ({"type": "error", "message": "fuel budget exhausted", "code": "budget_exceeded"}, JobStatus.FAILED),
+    ({"type": "error", "message": "wall-clock budget of 1 s exceeded", "code": "timed_out"}, JobStatus.TIMED_OUT),
+])
+def test_a_workload_error_ends_the_job_without_charge(tmp_path: Path, error: Event, status: JobStatus) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([error])})
+        job_id = await net.submit()
+        await net.stream(job_id)
+        assert net.job(job_id).status == status and net.job(job_id).error == error["message"]
+        assert net.ledger.balance_micro(net.account) == CREDITS
+
+    asyncio.run(scenario())
+
+
+def test_cancel_reaches_the_host_and_ends_the_job_cancelled(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([SENTENCE[0]], hold=True)})
+        job_id = await net.submit()
+        await asyncio.sleep(0.2)
+        await net.service.cancel(job_id)
+        assert net.job(job_id).status == JobStatus.CANCELLED and job_id in net.hosts["a"].cancelled
+        assert (await net.stream(job_id))[-1]["code"] == "cancelled"
+        assert net.ledger.balance_micro(net.account) == CREDITS
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_host_turns_the_job_away_and_the_next_one_runs_it(tmp_path: Path) -> None:
+    class Busy(StandInHost):
+        async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
+            self.ran.append(spec.job_id)
+            yield [{"type": "error", "message": "full", "code": "host_busy"}]
+
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": Busy([]), "b": StandInHost([DONE])})
+        job_id = await net.submit()
+        await net.stream(job_id)
+        job = net.job(job_id)
+        assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_beyond_capacity_waits_in_the_queue_and_runs_by_priority(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        host = StandInHost([], hold=True)
+        net = Net(tmp_path, {"a": host}, host_slots=1)
+        first = await net.submit()
+        await asyncio.sleep(0.1)
+        later = [await net.submit(priority) for priority in (0, 5, 0)]
+        await asyncio.sleep(0.3)
+        assert [net.job(j).status for j in later] == [JobStatus.QUEUED] * 3
+        host.release.set()
+        for job_id in [first, *later]:
+            await net.stream(job_id)
+        assert host.ran == [first, later[1], later[0], later[2]]
+        assert all(net.job(j).status == JobStatus.SUCCEEDED for j in [first, *later])
+
+    asyncio.run(scenario())
+
+
+def test_past_the_queue_limit_a_job_is_refused_with_retry_after_and_nothing_is_held(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        host = StandInHost([], hold=True)
+        net = Net(tmp_path, {"a": host}, host_slots=1, queue_max_jobs=1)
+        running = await net.submit()
+        await asyncio.sleep(0.1)
+        waiting = await net.submit()
+        with pytest.raises(QueueFull) as refused:
+            await net.submit()
+        assert refused.value.http_status == 503 and refused.value.details["retry_after"] > 0
+        assert net.ledger.list_jobs(net.account)[1] == 2
+        host.release.set()
+        await net.stream(running)
+        await net.stream(waiting)
+
+    asyncio.run(scenario())
+
+
+def test_a_job_no_host_frees_up_for_fails_at_the_queue_timeout_and_is_refunded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        host = StandInHost([], hold=True)
+        net = Net(tmp_path, {"a": host}, host_slots=1, queue_timeout_s=0.5)
+        await net.submit()
+        await asyncio.sleep(0.1)
+        waiting = await net.submit()
+        events = await net.stream(waiting)
+        assert events[-1]["code"] == "queue_timeout" and net.job(waiting).status == JobStatus.FAILED
+        host.release.set()
+        assert net.ledger.balance_micro(net.account) < CREDITS  # the first still holds its reservation
+        await asyncio.sleep(0.3)
+        assert net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+def test_no_online_host_that_could_run_it_is_a_503_before_anything_is_written(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {})
+        with pytest.raises(NoCapacity):
+            await net.submit()
+        assert net.ledger.list_jobs(net.account)[1] == 0 and net.ledger.balance_micro(net.account) == CREDITS
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_resumes_after_the_last_event_it_saw(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE])})
+        job_id = await net.submit()
+        whole = await net.stream(job_id)
+        assert await net.stream(job_id, after=2) == whole[3:]
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_service_resumes_queued_and_running_jobs_and_their_streams(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE])})
+        ledger = net.ledger
+        queued = ledger.create_job(net.account, "wasm-hash", {"text": "x"}, reserve_micro=10_000, queue=True)
+        running = ledger.create_job(net.account, "wasm-hash", {"text": "x"}, reserve_micro=10_000, queue=True)
+        ledger.upsert_host("a", "a", "eu-west", {})
+        for status in (JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING):
+            ledger.transition(running.id, status, host_id="a")
+        seen = [{"type": "status", "message": "started", "seq": 0}, {**SENTENCE[0], "seq": 1},
+                {**SENTENCE[1], "seq": 2}]
+        ledger.save_events(running.id, seen)  # the checkpoint the crashed coordinator left
+        await net.service.start()
+        rest = await net.stream(running.id, after=2)
+        assert text(rest) == " is calm" and rest[-1]["type"] == "done"
+        assert net.job(running.id).status == JobStatus.SUCCEEDED and net.job(running.id).attempt == 2
+        await net.stream(queued.id)
+        assert net.job(queued.id).status == JobStatus.SUCCEEDED
+        assert all(j.reserved_micro == 0 or j.status == JobStatus.SUCCEEDED
+                   for j in ledger.list_jobs(net.account)[0])
+        assert ledger.balance_micro(net.account) == CREDITS - 2 * MANIFEST.price_micro
+        assert ledger.total_is_zero()
+
+    asyncio.run(scenario())

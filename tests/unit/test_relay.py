@@ -1,0 +1,128 @@
+"""The relay: events numbered once, retried attempts de-duplicated for every reader, late attempts fenced,
+the final event held until the end is recorded; and the replay rules on their own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from archipelag.ids import JobId
+from archipelag.jobs.queue import JobQueue, QueueFull
+from archipelag.jobs.relay import JobLog, Relay
+from archipelag.jobs.replay import Diverged, Replay
+
+JOB = JobId("j")
+
+
+def tokens(*pieces: str) -> list[dict[str, object]]:
+    return [{"type": "token", "content": p} for p in pieces]
+
+
+def contents(log: JobLog, after: int = -1) -> list[str]:
+    return [e["content"] for e in log.read(after).events if e["type"] == "token"]
+
+
+def test_events_are_numbered_once_whatever_seq_the_host_sent() -> None:
+    log = JobLog(JOB)
+    log.begin(1)
+    published = log.publish(1, [{"type": "status", "message": "s", "seq": 7}, *tokens("a", "b")])
+    assert [e["seq"] for e in published] == [0, 1, 2]
+    assert [e["seq"] for e in log.read(0).events] == [1, 2]
+
+
+def test_a_retry_that_repeats_the_stream_adds_only_what_is_new() -> None:
+    log = JobLog(JOB)
+    log.begin(1)
+    log.publish(1, tokens("The", " sea"))
+    log.note({"type": "status", "message": "retrying", "retry": 2})
+    log.begin(2)
+    log.publish(2, [{"type": "status", "message": "started on b"}, *tokens("The", " sea", " is")])
+    log.publish(2, tokens(" calm"))
+    assert contents(log) == ["The", " sea", " is", " calm"]
+
+
+def test_a_retry_whose_tokens_are_cut_differently_still_continues_the_text() -> None:
+    replay = Replay(tokens("The s", "ea"))
+    assert replay.filter({"type": "token", "content": "The"}) is None
+    assert replay.filter({"type": "token", "content": " sea is"}) == {"type": "token", "content": " is"}
+
+
+def test_a_retry_that_says_something_else_diverges() -> None:
+    replay = Replay(tokens("The", " sea"))
+    with pytest.raises(Diverged):
+        replay.filter({"type": "token", "content": "A"})
+
+
+def test_a_retry_that_ends_before_repeating_what_was_sent_diverges() -> None:
+    replay = Replay(tokens("The", " sea"))
+    replay.filter({"type": "token", "content": "The"})
+    with pytest.raises(Diverged):
+        replay.filter({"type": "done"})
+
+
+def test_progress_already_shown_is_not_shown_again() -> None:
+    replay = Replay([{"type": "progress", "step": 1, "total": 3}, {"type": "progress", "step": 2, "total": 3}])
+    assert replay.filter({"type": "progress", "step": 2, "total": 3}) is None
+    assert replay.filter({"type": "progress", "step": 3, "total": 3}) is not None
+
+
+def test_a_late_batch_from_a_superseded_attempt_is_dropped() -> None:
+    log = JobLog(JOB)
+    log.begin(1)
+    log.publish(1, tokens("a"))
+    log.begin(2)
+    assert log.publish(1, tokens("LATE")) == []
+    assert contents(log) == ["a"]
+
+
+def test_the_final_event_waits_for_the_end_to_be_recorded_and_nothing_follows_it() -> None:
+    log = JobLog(JOB)
+    log.begin(1)
+    log.publish(1, [*tokens("a"), {"type": "done"}, *tokens("after")])
+    assert [e["type"] for e in log.read(-1).events] == ["token"] and not log.read(-1).ended
+    log.end()
+    batch = log.read(-1)
+    assert [e["type"] for e in batch.events] == ["token", "done"] and batch.ended
+
+
+def test_a_waiting_reader_wakes_on_the_next_event() -> None:
+    async def scenario() -> None:
+        log = JobLog(JOB)
+        log.begin(1)
+        reader = asyncio.ensure_future(log.wait(-1, wait_s=5))
+        await asyncio.sleep(0.01)
+        log.publish(1, tokens("a"))
+        assert [e["content"] for e in (await reader).events] == ["a"]
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_seeds_a_resumed_stream_and_a_retry_continues_it() -> None:
+    log = JobLog(JOB, [{"type": "status", "message": "s", "seq": 0}, *tokens("The")])
+    assert [e["seq"] for e in log.read(-1).events] == [0, 1]
+    log.begin(2)
+    log.publish(2, tokens("The", " end"))
+    assert contents(log, after=1) == [" end"]
+
+
+def test_the_relay_lets_ended_jobs_go_after_a_while() -> None:
+    now = [0.0]
+    relay = Relay(keep_ended_s=10, clock=lambda: now[0])
+    relay.open(JOB).begin(1)
+    relay.end(JOB)
+    now[0] = 11
+    relay.open(JobId("other"))
+    assert JOB not in relay and JobId("other") in relay
+
+
+def test_the_queue_hands_out_by_priority_then_arrival_and_refuses_past_its_limit() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=3)
+    for job_id, priority in (("a", 0), ("b", 5), ("c", 0)):
+        queue.admit()
+        queue.push(JobId(job_id), job_id, priority, deadline=0.0)
+    assert [item for _, item, _ in queue.in_order()] == ["b", "a", "c"]
+    with pytest.raises(QueueFull):
+        queue.admit()
+    queue.remove(JobId("b"))
+    queue.admit()
