@@ -36,6 +36,7 @@ def network_catalog(root: Path) -> Path:
     _fixture(workloads, "test-slow-loop", "status_then_loop.wat", {"timeout_s": 2}, trust_level=1)
     _fixture(workloads, "test-spin", "status_then_loop.wat", {"timeout_s": 60}, trust_level=1)
     _fixture(workloads, "test-count", "count_then_done.wat", {"timeout_s": 60}, trust_level=1)
+    _fixture(workloads, "test-ticks", "ticks.wat", {"timeout_s": 60}, trust_level=1)
     _fixture(workloads, "test-invalid-json", "invalid_json.wat", {"timeout_s": 5})
     _fixture(workloads, "test-flood", "flood.wat", {"timeout_s": 20, "output_bytes": 65_536})
     _fixture(workloads, "test-trap", "trap.wat", {"timeout_s": 5})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -78,6 +79,7 @@ def sse(event: Event) -> bytes:
 
 
 KEEP_ALIVE = b": keep-alive\n\n"
+REPLICA_HEADER = "X-Archipelag-Replica"  # which ingress process serves a stream (any may: they hold no job state)
 UNREACHABLE_GRACE_S = 30.0  # a stream outlives a jobs-service restart this long
 
 
@@ -127,5 +129,5 @@ async def stream_job(job_id: str, caller: Reader, svc: Svc,
         async for batch in follow_job(svc, JobId(job_id), after):  # one write per burst of events
             yield b"".join(sse(event) for event in batch) if batch else KEEP_ALIVE
 
-    return StreamingResponse(frames(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", REPLICA_HEADER: f"{os.getpid()}"})

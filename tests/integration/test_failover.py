@@ -1,0 +1,201 @@
+"""Jobs that outlive their host and their reader's replica, on a real multi-node Ray network: hosts killed or
+hung (SIGSTOP) mid-stream, streams read from either ingress replica, resumed with Last-Event-ID, a burst larger
+than the network's capacity. One network for the module; tests that break hosts run last."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from catalog_builders import network_catalog
+from netutil import eventually, network_settings
+
+from archipelag.network import EmbeddedNetwork, start_network
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
+
+TICKS = 40  # test-ticks says "tick " this many times, ~0.1 s apart
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
+    root = tmp_path_factory.mktemp("failover")
+    settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2,
+                                ingress_replicas=2)
+    net = start_network(settings, hosts=3)
+    yield net
+    net.stop()
+
+
+@pytest.fixture(scope="module")
+def http(network: EmbeddedNetwork) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},
+                      timeout=60) as client:
+        yield client
+
+
+def submit(http: httpx.Client, workload: str = "test-ticks", job_input: dict[str, Any] | None = None,
+           **extra: Any) -> str:
+    created = http.post("/api/v1/jobs", json={"workload": workload, "input": job_input or {}, **extra})
+    assert created.status_code == 201, created.text
+    return str(created.json()["data"]["id"])
+
+
+def sse(http: httpx.Client, job_id: str, last_event_id: int | None = None,
+        stop_after: int | None = None) -> tuple[list[tuple[int, dict[str, Any]]], str]:
+    """(id, event) pairs of the job's stream, and the replica that served it."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    frames: list[tuple[int, dict[str, Any]]] = []
+    with http.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        event_id = None
+        for line in response.iter_lines():
+            if line.startswith("id:"):
+                event_id = int(line[3:])
+            elif line.startswith("data:"):
+                assert event_id is not None
+                frames.append((event_id, json.loads(line[5:])))
+                if stop_after is not None and len(frames) >= stop_after:
+                    break
+        return frames, response.headers["X-Archipelag-Replica"]
+
+
+def ticks(frames: list[tuple[int, dict[str, Any]]]) -> str:
+    return "".join(e["content"] for _, e in frames if e["type"] == "token")
+
+
+def host_of(http: httpx.Client, job_id: str) -> str:
+    return str(eventually(lambda: (j := http.get(f"/api/v1/jobs/{job_id}").json()["data"])["status"] == "running"
+                          and j["host_id"]))
+
+
+def host_processes(network: EmbeddedNetwork, host_id: str) -> list[psutil.Process]:
+    """A host's join process and every process of its Ray node's session (raylet, workers, its agent)."""
+    host = next(h for h in network.hosts if h.host_id == host_id)
+    record = host.record(network.settings)
+    session = os.getsid(int(record["ray_pid"]))
+    found = [psutil.Process(host.process.pid)]
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def test_any_replica_serves_any_jobs_stream_live_from_the_first_event_in_order_once(
+        http: httpx.Client) -> None:
+    job_id = submit(http)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sse(http, job_id), range(8)))
+    replicas = {replica for _, replica in results}
+    assert len(replicas) == 2, replicas  # the readers were spread over both replicas
+    first = results[0][0]
+    assert [i for i, _ in first] == list(range(len(first)))
+    assert ticks(first) == "tick " * TICKS and first[-1][1]["type"] == "done"
+    assert all(frames == first for frames, _ in results)
+
+
+def test_a_reader_that_reconnects_with_last_event_id_continues_where_it_left_off(http: httpx.Client) -> None:
+    job_id = submit(http)
+    head, _ = sse(http, job_id, stop_after=5)
+    rest, _ = sse(http, job_id, last_event_id=head[-1][0])
+    whole, _ = sse(http, job_id)
+    assert head + rest == whole and ticks(whole) == "tick " * TICKS
+    bad = http.get(f"/api/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "soon"})
+    assert bad.status_code == 422
+
+
+def test_a_burst_beyond_capacity_waits_in_the_queue_and_every_job_completes(http: httpx.Client) -> None:
+    def one(index: int) -> tuple[int, str]:
+        response = http.post("/api/v1/jobs", json={"workload": "wasm-echo-stream",
+                                                   "input": {"text": f"burst {index}", "repeat": 50}})
+        if response.status_code != 201:
+            return response.status_code, response.text
+        job_id = response.json()["data"]["id"]
+        frames, _ = sse(http, job_id)
+        return 201, frames[-1][1]["type"]
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(one, range(24)))  # 3 hosts × 2 slots: most jobs wait in the queue
+    assert outcomes == [(201, "done")] * 24
+
+
+def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client,
+                           fault: str) -> tuple[list[tuple[int, dict[str, Any]]], float, str]:
+    """Start a ticking job, break its host once the stream is under way, and read the whole stream; returns
+    the frames, the seconds from the fault to the next event on the stream, and the broken host."""
+    job_id = submit(http, region="eu-west")
+    host = host_of(http, job_id)
+    frames: list[tuple[int, dict[str, Any]]] = []
+    broke_at: list[float] = []
+    next_event_at: list[float] = []
+
+    def read() -> None:
+        with http.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
+            event_id = None
+            for line in response.iter_lines():
+                if line.startswith("id:"):
+                    event_id = int(line[3:])
+                elif line.startswith("data:"):
+                    assert event_id is not None
+                    frames.append((event_id, json.loads(line[5:])))
+                    if broke_at and not next_event_at:
+                        next_event_at.append(time.monotonic())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    eventually(lambda: sum(e["type"] == "token" for _, e in frames) >= 5)
+    if fault == "kill":
+        network.kill_host(host)
+    else:
+        for proc in host_processes(network, host):
+            proc.send_signal(signal.SIGSTOP)
+    broke_at.append(time.monotonic())
+    reader.join(timeout=120)
+    assert not reader.is_alive()
+    return frames, next_event_at[0] - broke_at[0], host
+
+
+def test_a_host_hung_mid_stream_loses_the_job_within_its_lease_and_the_stream_carries_on(
+        network: EmbeddedNetwork, http: httpx.Client) -> None:
+    frames, gap_s, hung = follow_through_a_fault(network, http, "hang")
+    try:
+        assert [i for i, _ in frames] == list(range(len(frames)))
+        assert ticks(frames) == "tick " * TICKS and frames[-1][1]["type"] == "done"  # nothing twice, nothing lost
+        assert any(e.get("retry") == 2 for _, e in frames)
+        # Ray would notice a stopped node only after its own health checks (tens of seconds); the lease acts first.
+        print(f"hang → next event: {gap_s:.2f} s")
+        assert gap_s < network.settings.lease_s + 10
+        hosts = {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}
+        assert hosts[hung] == "offline"
+    finally:
+        for proc in host_processes(network, hung):
+            proc.send_signal(signal.SIGCONT)
+    # Awake again, it heartbeats and comes back; what it said late went nowhere.
+    eventually(lambda: {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}[hung] == "online",
+               timeout_s=30)
+
+
+def test_a_host_killed_mid_stream_hands_the_job_on_and_the_stream_has_no_gap_or_repeat(
+        network: EmbeddedNetwork, http: httpx.Client) -> None:
+    frames, gap_s, killed = follow_through_a_fault(network, http, "kill")
+    assert [i for i, _ in frames] == list(range(len(frames)))
+    assert ticks(frames) == "tick " * TICKS and frames[-1][1]["type"] == "done"
+    print(f"kill → next event: {gap_s:.2f} s")
+    job_id = http.get("/api/v1/jobs", params={"limit": 1}).json()["data"][0]["id"]
+    job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    assert job["status"] == "completed" and job["host_id"] != killed and job["attempt"] == 2
+    assert job["output"] == "tick " * TICKS
+    karma = http.get(f"/api/v1/hosts/{killed}/karma").json()["data"]
+    assert "host_dropped" in [e["kind"] for e in karma["events"]]
