@@ -56,8 +56,7 @@ class JobLog:
     def begin(self, attempt: int) -> None:
         """A new attempt takes over the stream; what it says again is swallowed (``Replay``)."""
         self.attempt = attempt
-        said = any(e["type"] in ("token", "progress") for e in self.events)
-        self._replay = Replay(self.events) if said else None
+        self._replay = Replay(self.events) if self.events else None
 
     def publish(self, attempt: int, events: Sequence[Event]) -> list[Event]:
         """Take a batch from ``attempt``'s host; the events that were new, numbered. Diverged when the

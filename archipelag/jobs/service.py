@@ -159,9 +159,7 @@ class JobService:
             await self._ledger.finish(job.id, JobStatus.FAILED, output=None, error=why, usage={},
                                       events=[*events, error_event(why, "failed")], price_micro=0, host_id=None)
             return
-        log_ = self._relay.open(job.id, events)
-        if events:
-            log_.note({"type": "status", "message": f"{reason}; resuming", "retry": job.attempt})
+        log_ = self._relay.open(job.id, events)  # no notice added: the stream keeps its numbering (Replay)
         ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         job.region, job.priority, attempt=job.attempt, log=log_)
         self._dispatcher.enqueue(ticket)

@@ -172,26 +172,32 @@ class AsyncClient:
 
     async def _events(self, job_id: str, read_timeout_s: float | None) -> AsyncGenerator[Event, None]:
         timeout = httpx.Timeout(self.timeout_s, read=read_timeout_s)
-        headers = {"Accept": "text/event-stream"}
-        try:
-            async with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=headers,
-                                         timeout=timeout) as response:
-                if response.is_error:
-                    await response.aread()
-                    raise wire.error_for(response)
-                async for sse in EventSource(response).aiter_sse():
-                    if not sse.data:
-                        continue
-                    event = wire.parse_event(sse.data)
-                    yield event
-                    if event["type"] in FINAL_EVENT_TYPES:
-                        return
-        except SSEError as exc:
-            raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
-        except httpx.TransportError as exc:
-            raise wire.unreachable(exc, self.base_url) from exc
-        raise Unreachable(f"the stream of job {job_id} closed before its last event; "
-                          "GET the job for its status", job_id=job_id)
+        resume = wire.Resumption()
+        while True:
+            try:
+                async with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=resume.headers(),
+                                       timeout=timeout) as response:
+                    if response.is_error and (response.status_code < 500 or resume.last_id is None):
+                        await response.aread()
+                        raise wire.error_for(response)
+                    if not response.is_error:
+                        async for sse in EventSource(response).aiter_sse():
+                            resume.received(sse.id)
+                            if not sse.data:
+                                continue
+                            event = wire.parse_event(sse.data)
+                            yield event
+                            if event["type"] in FINAL_EVENT_TYPES:
+                                return
+            except SSEError as exc:
+                raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
+            except httpx.TransportError as exc:
+                if resume.last_id is None or resume.gone():
+                    raise wire.unreachable(exc, self.base_url) from exc
+            if resume.last_id is None or resume.gone():  # else resume after the last event received
+                raise Unreachable(f"the stream of job {job_id} closed before its last event; "
+                                  "GET the job for its status", job_id=job_id)
+            await asyncio.sleep(resume.pause_s)
 
     async def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Wait until the job is terminal and return it; WaitTimeout past ``timeout_s``."""

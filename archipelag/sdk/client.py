@@ -211,26 +211,32 @@ class Client:
 
     def _events(self, job_id: str, read_timeout_s: float | None) -> Generator[Event, None, None]:
         timeout = httpx.Timeout(self.timeout_s, read=read_timeout_s)
-        headers = {"Accept": "text/event-stream"}
-        try:
-            with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=headers,
-                                   timeout=timeout) as response:
-                if response.is_error:
-                    response.read()
-                    raise wire.error_for(response)
-                for sse in EventSource(response).iter_sse():
-                    if not sse.data:
-                        continue
-                    event = wire.parse_event(sse.data)
-                    yield event
-                    if event["type"] in FINAL_EVENT_TYPES:
-                        return
-        except SSEError as exc:
-            raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
-        except httpx.TransportError as exc:
-            raise wire.unreachable(exc, self.base_url) from exc
-        raise Unreachable(f"the stream of job {job_id} closed before its last event; "
-                          "GET the job for its status", job_id=job_id)
+        resume = wire.Resumption()
+        while True:
+            try:
+                with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=resume.headers(),
+                                       timeout=timeout) as response:
+                    if response.is_error and (response.status_code < 500 or resume.last_id is None):
+                        response.read()
+                        raise wire.error_for(response)
+                    if not response.is_error:
+                        for sse in EventSource(response).iter_sse():
+                            resume.received(sse.id)
+                            if not sse.data:
+                                continue
+                            event = wire.parse_event(sse.data)
+                            yield event
+                            if event["type"] in FINAL_EVENT_TYPES:
+                                return
+            except SSEError as exc:
+                raise ArchipelagError(f"the server did not answer with an event stream: {exc}") from None
+            except httpx.TransportError as exc:
+                if resume.last_id is None or resume.gone():
+                    raise wire.unreachable(exc, self.base_url) from exc
+            if resume.last_id is None or resume.gone():  # else resume after the last event received
+                raise Unreachable(f"the stream of job {job_id} closed before its last event; "
+                                  "GET the job for its status", job_id=job_id)
+            time.sleep(resume.pause_s)
 
     def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Block until the job is terminal and return it; WaitTimeout past ``timeout_s``."""

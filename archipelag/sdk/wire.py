@@ -7,6 +7,7 @@ with the HTTP status choosing the class (DESIGN §8). httpx's transport errors b
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -130,3 +131,32 @@ def parse_event(data: str) -> dict[str, Any]:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise errors.ArchipelagError(f"the stream sent an event without a type: {data[:80]!r}")
     return event
+
+
+class Resumption:
+    """A job stream that dropped before its last event is opened again with ``Last-Event-ID`` (the id of the
+    last event received), so it continues where it was — across a restart of the coordinator too — for up to
+    ``window_s`` without news; then ``gone`` says to stop."""
+
+    def __init__(self, window_s: float = 90.0, pause_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self.pause_s = pause_s
+        self.last_id: str | None = None
+        self._since: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = self.last_id
+        return headers
+
+    def received(self, event_id: str) -> None:
+        if event_id:
+            self.last_id = event_id
+        self._since = None
+
+    def gone(self) -> bool:
+        """Called when the stream dropped: True once it has been gone past the window."""
+        now = time.monotonic()
+        self._since = self._since or now
+        return now - self._since > self.window_s

@@ -126,3 +126,15 @@ def test_the_queue_hands_out_by_priority_then_arrival_and_refuses_past_its_limit
         queue.admit()
     queue.remove(JobId("b"))
     queue.admit()
+
+
+def test_a_stream_resumed_from_a_checkpoint_numbers_its_events_as_the_lost_one_did() -> None:
+    lost = JobLog(JOB)
+    lost.begin(1)
+    lost.publish(1, [{"type": "status", "message": "started on a"}, *tokens("a", "b", "c", "d")])
+    checkpoint = lost.events[:2]  # saved before the crash; a client had already read up to seq 3
+    resumed = JobLog(JOB, checkpoint)
+    resumed.begin(2)
+    resumed.publish(2, [{"type": "status", "message": "started on b"}, *tokens("a", "b", "c", "d"),
+                        {"type": "status", "message": "finishing"}])
+    assert resumed.read(3).events == [*lost.read(3).events, {"type": "status", "message": "finishing", "seq": 5}]
