@@ -70,6 +70,7 @@ class JobsActor:
         await self._service.cancel(job_id, reason)
 
     async def hosts(self) -> list[HostSnapshot]:
+        await self.start()
         return await self._service.hosts()
 
     async def stats(self) -> JobStats:

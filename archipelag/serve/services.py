@@ -35,5 +35,11 @@ class Services:
             jobs=JobsClient.connect(settings),
             placement=PlacementClient.connect(settings),
             catalog=load_catalog(settings.workloads_dir),
-            limiter=RateLimiter(settings.rate_limit_per_min),
+            limiter=RateLimiter(replica_share(settings.rate_limit_per_min, settings.ingress_replicas)),
         )
+
+
+def replica_share(per_min: int, replicas: int) -> int:
+    """Each replica's part of a key's rate limit: Serve spreads requests over the replicas, so together they
+    allow about ``per_min`` (without a shared counter, a Ray hop per request). 0 stays 0: no limit."""
+    return per_min if per_min <= 0 else max(1, per_min // max(1, replicas))
