@@ -21,12 +21,15 @@ import psutil
 from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, ensure_local_account, start_coordinator
 from archipelag.errors import ConfigError
-from archipelag.nodes import host_resource
+from archipelag.nodes import GRACEFUL_STOP_S, die_with_parent, host_resource, kill_processes, session_members
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
+# A local host's leave takes well under this (its agent stops, placement hears it, its node gets
+# GRACEFUL_STOP_S); past it the host is killed, so a stuck host never holds the network's stop.
+LEAVE_GRACE_S = GRACEFUL_STOP_S + 3.0
 
 
 @dataclass
@@ -35,21 +38,45 @@ class LocalHost:
     region: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    ray_pid: int | None = None  # its Ray node's `ray start`, a session leader; known once it has joined
 
     def record(self, settings: Settings) -> dict[str, object]:
         path = settings.state_dir / "hosts" / f"{self.host_id}.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        record = dict(json.loads(path.read_text())) if path.exists() else {}
+        ray_pid = record.get("ray_pid")
+        if isinstance(ray_pid, int):
+            self.ray_pid = ray_pid
+        return record
 
     def ask_to_leave(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # `host join` leaves cleanly on Ctrl-C
 
-    def wait_gone(self, timeout_s: float = 30) -> None:
+    def off_cluster(self, settings: Settings) -> bool:
+        """Whether the host no longer needs the head: it has gone, or it has dropped its record (which it
+        does once its driver has left the cluster, before it stops its own node)."""
+        return self.process.poll() is not None or not self.record(settings)
+
+    def wait_gone(self, settings: Settings, timeout_s: float) -> None:
+        """Wait for the host to have left; past ``timeout_s`` it is killed, its node with it."""
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+            log.warning("host %s did not leave within %.1f s; killing it", self.host_id, timeout_s)
+            self.kill(settings)
+
+    def kill(self, settings: Settings) -> None:
+        """SIGKILL the join process and every process of its Ray node's session, and wait for them."""
+        self.record(settings)
+        processes = []
+        try:
+            processes.append(psutil.Process(self.process.pid))
+        except psutil.NoSuchProcess:
+            pass
+        if self.ray_pid is not None:
+            processes += session_members(self.ray_pid)
+        kill_processes(processes)
+        self.process.wait(timeout=10)
 
 
 @dataclass
@@ -73,6 +100,7 @@ class EmbeddedNetwork:
                  "--region", region, "--name", name or host_id, "--host-id", host_id, "--node-ip", "127.0.0.1"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, **self.settings.to_env()},
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
             )
         host = LocalHost(host_id, region, process, log_path)
         self.hosts.append(host)
@@ -112,28 +140,35 @@ class EmbeddedNetwork:
 
     def kill_host(self, host_id: str) -> None:
         """Make a host vanish as a machine would: SIGKILL its Ray node's processes and its join process."""
-        host = next(h for h in self.hosts if h.host_id == host_id)
-        record = host.record(self.settings)
-        pids = [host.process.pid]
-        ray_pid = record.get("ray_pid")
-        if isinstance(ray_pid, int):
-            try:
-                pids += [ray_pid] + [c.pid for c in psutil.Process(ray_pid).children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        for pid in pids:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
-        host.process.wait(timeout=10)
+        next(h for h in self.hosts if h.host_id == host_id).kill(self.settings)
 
-    def stop(self) -> None:
-        for host in self.hosts:  # all at once, so they leave in parallel
-            host.ask_to_leave()
+    def stop(self, leave_grace_s: float = LEAVE_GRACE_S) -> None:
+        """Stop everything within seconds. Hosts leave all at once; the head stops as soon as they are off
+        the cluster (each then stops its own node, in parallel with the head); a host still there after
+        ``leave_grace_s`` is killed with its node."""
         for host in self.hosts:
-            host.wait_gone()
-        self.coordinator.stop()
+            host.record(self.settings)  # remember its node, in case it must be killed
+            host.ask_to_leave()
+        deadline = time.monotonic() + leave_grace_s
+        while time.monotonic() < deadline and not all(h.off_cluster(self.settings) for h in self.hosts):
+            time.sleep(0.05)
+        self._stop_coordinator()
+        deadline = max(deadline, time.monotonic() + 1.0)
+        for host in self.hosts:
+            host.wait_gone(self.settings, max(0.0, deadline - time.monotonic()))
+
+    def _stop_coordinator(self) -> None:
+        """A head this network started goes with all it runs: Serve's graceful shutdown (which drains its
+        ingress replicas for up to 30 s) has nothing to hand over, so the head is stopped directly. A head
+        started by someone else outlives us: there the coordinator takes its own apps down."""
+        head = self.coordinator.head
+        if head is None:
+            self.coordinator.stop()
+            return
+        import ray
+
+        ray.shutdown()
+        head.stop()
 
 
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,

@@ -1,11 +1,15 @@
 """Ray nodes started by this process: the coordinator's head and local hosts, stopped by PID.
 
-Each node is a real ``ray start --block`` process. Stopping one never touches another Ray on the
-machine: we remember the node's own process tree and signal exactly those PIDs.
+Each node is a real ``ray start --block`` process in a session of its own. Stopping one never touches
+another Ray on the machine: we signal exactly the processes of that node's session (and the tree we
+remembered), never Ray processes by name. A node never outlives the process that started it: a
+watchdog kills its session when its owner dies, however it dies (SIGKILL included).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -14,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,13 +47,92 @@ def ray_executable() -> str:
     return found
 
 
+# A host's raylet gives up on a GCS that is gone after this long (Ray's default: 60 s) and its node exits,
+# so `host join` notices and rejoins a restarted coordinator within seconds.
+HOST_GCS_RECONNECT_TIMEOUT_S = 5
+# How long `ray start --block` may shut its node down on its own before its session gets SIGKILL. Its
+# graceful path waits on every worker in turn; nothing a node holds needs more than this to close.
+GRACEFUL_STOP_S = 2.0
+
+_STARTED = b"Ray runtime started"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies (None elsewhere).
+
+    The kernel tracks the *thread* that forked the child: spawn long-lived children from a thread
+    that lives as long as the process (the main thread). prctl is looked up here, before the fork,
+    so the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took hold
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
+# The watchdog: a tiny process that holds the read end of a pipe its owner writes nothing to. The pipe
+# closes when the owner dies, however it dies; the watchdog then SIGKILLs the node's whole session (Ray
+# daemonizes some of its processes, so the parent-death signal of `ray start` alone would not reach
+# them). Its own session and ignored SIGINT/SIGHUP keep terminal signals from ending it early; a clean
+# stop ends it by PID first.
+_WATCHDOG = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+sid = int(sys.argv[1])
+while sys.stdin.buffer.read(4096):
+    pass
+for _ in range(3):
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()] if os.path.isdir("/proc") else []
+    for pid in [sid] + pids:
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    """Every process whose session is ``sid``: a node's processes, even those Ray reparented to init."""
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid:
+                members.append(psutil.Process(pid))
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def kill_processes(processes: Iterable[psutil.Process], timeout_s: float = 5.0) -> list[psutil.Process]:
+    """SIGKILL these processes and wait for them; what is still there after ``timeout_s`` is returned."""
+    procs = list(processes)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    return list(alive)
+
+
 @dataclass
 class RayNodeProcess:
-    """One ``ray start --block`` process and the Ray processes it spawned."""
+    """One ``ray start --block`` process (a session leader) and the Ray processes it spawned."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    watchdog: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this run's output starts in a log that earlier runs wrote to
     _tree: set[int] = field(default_factory=set)
 
     @property
@@ -66,41 +150,78 @@ class RayNodeProcess:
         except psutil.NoSuchProcess:
             pass
 
+    def processes(self) -> list[psutil.Process]:
+        """The node's processes still running: its session, and the tree remembered (in case one left it)."""
+        found = {p.pid: p for p in session_members(self.pid)}
+        for pid in self._tree - found.keys():
+            try:
+                found[pid] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                continue
+        return list(found.values())
+
     def wait_started(self, timeout_s: float = 90) -> None:
         """Block until `ray start` reports its node running (connecting earlier can fail for good:
         a driver that reached a half-started token-auth GCS kept being refused)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if _STARTED in self.log_path.read_bytes():
-                return
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(self.log_offset)
+                if _STARTED in log_file.read():
+                    return
             if not self.alive():
                 raise ConfigError(f"the Ray node {self.name} exited at start; see {self.log_path}")
             time.sleep(0.1)
         raise ConfigError(f"the Ray node {self.name} did not start within {timeout_s:.0f} s; see {self.log_path}")
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Graceful stop: SIGINT lets `ray start --block` shut its node down; after ``timeout_s`` (its
-        graceful shutdown can wait long on workers) the node and its processes get SIGKILL."""
+    def ask_to_stop(self) -> None:
+        """The graceful part, without waiting: SIGINT lets `ray start --block` stop its processes. Not
+        SIGTERM: on SIGTERM Ray first drains the node, for up to 30 s."""
         self.remember_tree()
         if self.alive():
             _signal(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        deadline = time.monotonic() + 2
-        for pid in sorted(self._tree):
-            try:
-                proc = psutil.Process(pid)
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except psutil.NoSuchProcess:
-                continue
-            except psutil.TimeoutExpired:
-                _signal(pid, signal.SIGKILL)
+
+    def stop(self, grace_s: float = GRACEFUL_STOP_S) -> None:
+        """Stop the node: ``grace_s`` for `ray start` to stop it, then SIGKILL to what is left of its session.
+
+        Returns once every process of the node is gone."""
+        self.ask_to_stop()
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        left = kill_processes([*self.processes(), *_alive(self.process.pid)])
+        if left:
+            log.warning("node %s: processes %s survived SIGKILL", self.name, [p.pid for p in left])
+        self.process.poll()
+        self._end_watchdog()
+
+    def _end_watchdog(self) -> None:
+        if self.watchdog is not None and self.watchdog.poll() is None:
+            self.watchdog.kill()  # by PID, before its pipe closes: a clean stop needs no killing
+            self.watchdog.wait()
 
 
-_STARTED = b"Ray runtime started"
+def stop_all(nodes: Iterable[RayNodeProcess], grace_s: float = GRACEFUL_STOP_S) -> None:
+    """Stop several nodes at once: all get their graceful chance together, not one after another."""
+    nodes = list(nodes)
+    for node in nodes:
+        node.ask_to_stop()
+    deadline = time.monotonic() + grace_s
+    for node in nodes:
+        try:
+            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for node in nodes:
+        node.stop(grace_s=0)
+
+
+def _alive(pid: int) -> list[psutil.Process]:
+    try:
+        return [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -111,15 +232,24 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None) -> RayNodeProcess:
+    """`ray start --block` in a session of its own, so terminal signals reach only us and we decide
+    how it stops. Tied to this process twice: the parent-death signal for `ray start` itself, and a
+    watchdog for the processes it daemonizes."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as out:
+        offset = out.tell()
         process = subprocess.Popen(
             [ray_executable(), "start", "--block", "--disable-usage-stats", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
         )
-    return RayNodeProcess(name=name, process=process, log_path=log_path)
+    watchdog = subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(process.pid)], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    return RayNodeProcess(name=name, process=process, log_path=log_path, watchdog=watchdog, log_offset=offset)
 
 
 def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0.1",
@@ -146,4 +276,5 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
     ]
     if node_ip:
         args.append(f"--node-ip-address={node_ip}")
-    return _spawn(f"host-{host_id}", args, log_dir, env)
+    node_env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(HOST_GCS_RECONNECT_TIMEOUT_S), **(env or {})}
+    return _spawn(f"host-{host_id}", args, log_dir, node_env)
