@@ -1,10 +1,13 @@
-"""Join: a machine becomes a host — detect its hardware, start its Ray node, start its agent."""
+"""Join: a machine becomes a host — detect its hardware, start its Ray node, start its agent, and stay
+joined: when the node dies under it (its coordinator's head went away), join the same coordinator again."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +24,95 @@ if TYPE_CHECKING:  # the client imports Ray, which must not load before its envi
 
 log = logging.getLogger(__name__)
 
+# Between two tries to rejoin a coordinator that is not (yet) back: short, as a restarted head is
+# usually up within seconds, and a try costs nothing but a TCP connect while it is away.
+REJOIN_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """What a host asked for when it joined: enough to join again the same way, as the same host."""
+
+    settings: Settings
+    coordinator: str
+    host_id: HostId
+    region: str
+    name: str
+    hardware: Hardware
+    accepts: tuple[str, ...]
+    node_ip: str | None
+    timeout_s: float
+
+    @property
+    def record_path(self) -> Path:
+        return (self.settings.state_dir / "hosts" / f"{self.host_id}.json").resolve()
+
 
 @dataclass
 class JoinedHost:
-    settings: Settings
-    host_id: HostId
-    hardware: Hardware
+    request: JoinRequest
     node: RayNodeProcess
     agent: HostAgentClient
-    record_path: Path
+
+    @property
+    def host_id(self) -> HostId:
+        return self.request.host_id
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.request.hardware
+
+    @property
+    def settings(self) -> Settings:
+        return self.request.settings
+
+    def stay(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Serve as a host until ``stop`` is set. A Ray node exits when its GCS is gone (the head was
+        killed or restarted); the host then rejoins the same coordinator, every ``REJOIN_INTERVAL_S``
+        until it is back, without anyone restarting it."""
+        while not stop.wait(poll_s):
+            if not self.node.alive():
+                log.warning("host %s: its Ray node exited (see %s); rejoining %s", self.host_id,
+                            self.node.log_path, self.request.coordinator)
+                self._rejoin(stop)
+
+    def _rejoin(self, stop: threading.Event) -> None:
+        import ray
+
+        ray.shutdown()  # the driver's GCS is gone with the node's
+        self.node.stop(grace_s=0)
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                self.node, self.agent = _connect(self.request)
+                log.warning("host %s rejoined %s (try %d)", self.host_id, self.request.coordinator, attempt)
+                return
+            except Exception as exc:  # noqa: BLE001 - a try fails in any of Ray's ways; the host keeps trying
+                log.warning("host %s: rejoin try %d failed: %s; next try in %.0f s", self.host_id, attempt,
+                            getattr(exc, "message", exc), REJOIN_INTERVAL_S)
+            stop.wait(REJOIN_INTERVAL_S)
 
     def leave(self) -> None:
-        """Stop taking jobs, tell placement, and stop this host's Ray node."""
+        """Stop taking jobs, tell placement, leave the cluster, and stop this host's Ray node. Only the
+        node's stop is certain: with the node (or its head) gone there is nobody to tell.
+
+        The record goes as soon as this process is off the cluster: whoever stops the whole network
+        waits for that before stopping the head (a driver whose GCS is gone takes ~5 s to shut down)."""
         import ray
 
         from archipelag.lifecycle import HostStatus
         from archipelag.placement.client import PlacementClient
 
-        self.agent.leave()
-        try:
-            PlacementClient.connect(self.settings).set_status(self.host_id, HostStatus.OFFLINE)
-        except Exception:
-            log.warning("could not tell placement that %s left", self.host_id, exc_info=True)
+        if self.node.alive() and ray.is_initialized():
+            self.agent.leave()
+            try:
+                PlacementClient.connect(self.settings).set_status(self.host_id, HostStatus.OFFLINE)
+            except Exception:
+                log.warning("could not tell placement that %s left", self.host_id, exc_info=True)
         ray.shutdown()
+        self.request.record_path.unlink(missing_ok=True)
         self.node.stop()
-        self.record_path.unlink(missing_ok=True)
 
 
 def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> str:
@@ -65,6 +132,45 @@ def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> s
                    host_id=host_id)
 
 
+def _reachable(address: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
+    """Start this host's node against its coordinator, then its agent there; record who runs it."""
+    import ray
+
+    from archipelag.actors.client import HostAgentClient
+
+    if not _reachable(request.coordinator):
+        raise HostLost(f"the coordinator at {request.coordinator} does not answer", host_id=request.host_id)
+    settings = request.settings
+    log_dir = (settings.state_dir / "logs").resolve()
+    node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
+                           log_dir, node_ip=request.node_ip, env=settings.ray_env())
+    try:
+        ray.init(address=request.coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
+                 log_to_driver=False)
+        node_id = _wait_for_node(request.host_id, node, request.timeout_s)
+        node.remember_tree()
+        agent = HostAgentClient.start(settings, request.host_id, request.name, request.region, request.hardware,
+                                      request.accepts, node_id)
+    except BaseException:
+        ray.shutdown()
+        node.stop(grace_s=0)
+        raise
+    request.record_path.parent.mkdir(parents=True, exist_ok=True)
+    request.record_path.write_text(json.dumps({
+        "host_id": request.host_id, "pid": os.getpid(), "ray_pid": node.pid, "node_id": node_id,
+        "region": request.region}))
+    return node, agent
+
+
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120) -> JoinedHost:
@@ -75,26 +181,8 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
                           "approved (copy it there, or set ARCHIPELAG_STATE_DIR to where it lies)")
     os.environ.update(env)  # before Ray is imported: it reads its auth settings at import
 
-    import ray
-
-    from archipelag.actors.client import HostAgentClient
-
-    hardware = detect(max_memory_mb, max_cores)
     hid = HostId(host_id) if host_id else new_host_id()
-    log_dir = (settings.state_dir / "logs").resolve()
-    node = start_host_node(coordinator, hid, region, hardware.cpu_cores, log_dir, node_ip=node_ip, env=env)
-    try:
-        ray.init(address=coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
-                 log_to_driver=False)
-        node_id = _wait_for_node(hid, node, timeout_s)
-        node.remember_tree()
-        agent = HostAgentClient.start(settings, hid, name or hid, region, hardware, accepts, node_id)
-    except BaseException:
-        ray.shutdown()
-        node.stop()
-        raise
-    record = (settings.state_dir / "hosts" / f"{hid}.json").resolve()
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"host_id": hid, "pid": os.getpid(), "ray_pid": node.pid, "node_id": node_id,
-                                  "region": region}))
-    return JoinedHost(settings, hid, hardware, node, agent, record)
+    request = JoinRequest(settings, coordinator, hid, region, name or hid, detect(max_memory_mb, max_cores),
+                          accepts, node_ip, timeout_s)
+    node, agent = _connect(request)
+    return JoinedHost(request, node, agent)

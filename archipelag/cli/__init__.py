@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Annotated
 
 import typer
@@ -41,11 +42,12 @@ def _stop_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM: the foreground commands run until it is set, then stop."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 @app.command()
@@ -81,11 +83,12 @@ Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.r
 Ctrl-C stops everything this command started.""", err=False)
     sys.stdout.flush()
     try:
-        _wait_for_signal()
+        _stop_on_signal().wait()
     finally:
         typer.echo("stopping the network …")
+        started = time.monotonic()
         network.stop()
-        typer.echo("stopped.")
+        typer.echo(f"stopped in {time.monotonic() - started:.1f} s.")
 
 
 @host_app.command("join")
@@ -100,7 +103,8 @@ def host_join(
     node_ip: Annotated[str | None, typer.Option(help="This machine's address as the coordinator sees it.")]
         = None,
 ) -> None:
-    """Join a network as a host; stays in the foreground until Ctrl-C, then leaves cleanly."""
+    """Join a network as a host; stays in the foreground until Ctrl-C, then leaves cleanly. When the
+    coordinator goes away it keeps trying to join it again."""
     from archipelag.actors.join import join
 
     logging.basicConfig(level=logging.WARNING)
@@ -118,7 +122,7 @@ def host_join(
                f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(runtimes)}. Ctrl-C leaves.")
     sys.stdout.flush()
     try:
-        _wait_for_signal()
+        joined.stay(_stop_on_signal())
     finally:
         joined.leave()
         typer.echo(f"host {joined.host_id} left.")
