@@ -32,14 +32,12 @@ class Up:
     state_dir: Path
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    state_dir = tmp_path_factory.mktemp("up")
-    port = free_port()
-    env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(state_dir), "ARCHIPELAG_RAY_HEAD_PORT": str(free_port()),
+def start_up(state_dir: Path, port: int, head_port: int, hosts: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`archipelag up` as a user runs it, read until it says it is up (it is stopped if it never does)."""
+    env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(state_dir), "ARCHIPELAG_RAY_HEAD_PORT": str(head_port),
            "ARCHIPELAG_HEARTBEAT_INTERVAL_S": "1", "ARCHIPELAG_RAY_AUTH": "token", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_AUTH_MODE", None)  # `up` decides: token auth, its own token file
-    process = subprocess.Popen([sys.executable, "-m", "archipelag", "up", "--hosts", "3", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "archipelag", "up", "--hosts", str(hosts), "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output: list[str] = []
     deadline = time.monotonic() + 240
@@ -52,9 +50,34 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         process.send_signal(signal.SIGINT)  # stop what it started before failing
         rest, _ = process.communicate(timeout=120)
         pytest.fail("archipelag up did not come up:\n" + "".join(output) + rest)
-    api_key = (state_dir / "api_key").read_text().strip()
     # Keep reading its output so a full pipe can never block it.
     threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True).start()
+    return process, output
+
+
+def network_processes(up_pid: int) -> list[psutil.Process]:
+    """Every process `up` started: its descendants, and the sessions Ray's nodes run in (Ray reparents some)."""
+    root = psutil.Process(up_pid)
+    found = {p.pid: p for p in root.children(recursive=True)}
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in found:
+                found.setdefault(proc.pid, proc)
+        except OSError:
+            continue
+    return list(found.values())
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    state_dir = tmp_path_factory.mktemp("up")
+    port = free_port()
+    process, _ = start_up(state_dir, port, free_port(), hosts=3)
+    api_key = (state_dir / "api_key").read_text().strip()
     yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -120,13 +143,34 @@ def test_the_cli_submits_streams_and_lists(up: Up) -> None:
     assert failed.returncode == 1 and "unknown workload" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_ctrl_c_stops_everything_up_started(up: Up) -> None:
+def test_ctrl_c_stops_everything_up_started_within_seconds(up: Up) -> None:
     records = [json.loads(p.read_text()) for p in (up.state_dir / "hosts").glob("*.json")]
     assert len(records) == 3
-    children = psutil.Process(up.process.pid).children(recursive=True)
+    processes = network_processes(up.process.pid)
     up.process.send_signal(signal.SIGINT)
-    assert up.process.wait(timeout=120) == 0
-    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    # Ray's own node processes were started in their own sessions; none may outlive `up`.
-    eventually(lambda: not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-               timeout_s=30)
+    stopping = time.monotonic()
+    assert up.process.wait(timeout=60) == 0
+    # Ray's own node processes run in their own sessions; none may outlive `up`.
+    eventually(lambda: not still_running(processes), timeout_s=20)
+    print(f"\nCtrl-C: {len(processes)} processes gone {time.monotonic() - stopping:.1f} s after SIGINT")
+
+
+def test_a_killed_up_takes_its_network_with_it_and_the_next_up_starts_on_the_same_ports(
+        tmp_path: Path) -> None:
+    port, head_port = free_port(), free_port()
+    first, _ = start_up(tmp_path / "first", port, head_port, hosts=1)
+    processes = network_processes(first.pid)
+    assert len(processes) > 4  # a host's join, two Ray nodes and their processes
+    first.kill()
+    killed = time.monotonic()
+    first.wait(timeout=10)
+    eventually(lambda: not still_running(processes), timeout_s=20)
+    print(f"\nSIGKILL: {len(processes)} processes gone {time.monotonic() - killed:.1f} s after `up` was killed")
+    second, _ = start_up(tmp_path / "second", port, head_port, hosts=1)
+    try:
+        processes = network_processes(second.pid)
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=60) == 0
+        eventually(lambda: not still_running(processes), timeout_s=20)
+    finally:
+        second.kill()  # nothing, when the test passed; otherwise its network goes with it

@@ -1,0 +1,155 @@
+"""Nodes live as long as their owner: a stopped node leaves nothing behind, a node whose owner is killed
+goes with it, and a host whose coordinator's head is killed and started again joins it by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+from netutil import eventually, network_settings
+
+from archipelag.actors.client import HostAgentClient
+from archipelag.catalog_signing import ensure_dev_signed_catalog
+from archipelag.coordinator import prepare_ray_env
+from archipelag.errors import ArchipelagError
+from archipelag.ids import HostId
+from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, kill_processes, start_head
+from archipelag.placement.client import PlacementClient
+from archipelag.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from archipelag.nodes import start_head
+head = start_head(int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+head.wait_started()
+print(head.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def node_processes(root_pid: int) -> list[psutil.Process]:
+    """A process, its descendants, and everything in the sessions of those that lead one (Ray's nodes)."""
+    root = psutil.Process(root_pid)
+    tree = [root, *root.children(recursive=True)]
+    found = {p.pid: p for p in tree}
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in found:
+                found.setdefault(proc.pid, proc)
+        except OSError:
+            continue
+    return list(found.values())
+
+
+def test_a_node_goes_with_the_process_that_started_it_even_when_that_is_killed(tmp_path: Path) -> None:
+    settings = network_settings(tmp_path / "state")
+    env = {**os.environ, **prepare_ray_env(settings)}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(settings.ray_head_port), str(settings.ray_temp_dir),
+                              str(tmp_path / "logs")], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert owner.stdout is not None
+        head_pid = int(owner.stdout.readline())
+        processes = [p for p in node_processes(owner.pid) if p.pid != owner.pid]
+        assert any(p.pid == head_pid for p in processes) and len(processes) > 2
+        owner.kill()
+        killed = time.monotonic()
+        eventually(lambda: gone(processes), timeout_s=15)
+        print(f"\nthe node was gone {time.monotonic() - killed:.1f} s after its owner was killed")
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_stopped_node_leaves_no_process(tmp_path: Path) -> None:
+    settings = network_settings(tmp_path / "state")
+    head = start_head(settings.ray_head_port, settings.ray_temp_dir, tmp_path / "logs", env=prepare_ray_env(settings))
+    try:
+        head.wait_started()
+        processes = node_processes(head.pid)
+        started = time.monotonic()
+        head.stop()
+        print(f"\nthe head stopped in {time.monotonic() - started:.1f} s")
+        assert gone(processes)
+        assert head.watchdog is not None and head.watchdog.poll() is not None
+    finally:
+        head.stop()
+
+
+@pytest.fixture
+def head_settings(tmp_path: Path) -> Iterator[Settings]:
+    """A network's settings with the signed catalog its hosts' agents verify at start."""
+    settings = network_settings(tmp_path / "state")
+    _, key = ensure_dev_signed_catalog(settings)
+    settings = settings.model_copy(update={"trusted_catalog_keys": [*settings.trusted_catalog_keys, key]})
+    prepare_ray_env(settings)
+    yield settings
+    ray.shutdown()
+
+
+def start_coordinator_head(settings: Settings, log_dir: Path) -> RayNodeProcess:
+    """A head and the placement actor a host's agent registers with (the rest of the coordinator is not
+    needed to join)."""
+    head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=settings.ray_env())
+    head.wait_started()
+    ray.init(address=f"127.0.0.1:{settings.ray_head_port}", namespace=settings.ray_namespace,
+             log_to_driver=False)
+    PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
+    return head
+
+
+def agent_answers(settings: Settings, host_id: HostId) -> bool:
+    try:
+        return bool(HostAgentClient.connect(settings, host_id).ping(timeout_s=2))
+    except ArchipelagError:
+        return False
+
+
+@pytest.mark.ray_driver
+def test_a_host_rejoins_by_itself_when_its_coordinators_head_is_killed_and_restarted(
+        head_settings: Settings, tmp_path: Path) -> None:
+    settings, host_id, log_dir = head_settings, HostId("islet"), tmp_path / "logs"
+    head = start_coordinator_head(settings, log_dir)
+    join_log = (tmp_path / "join.log").open("wb")
+    host = subprocess.Popen(
+        [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", f"127.0.0.1:{settings.ray_head_port}",
+         "--region", "eu-west", "--host-id", host_id, "--node-ip", "127.0.0.1", "--max-cores", "1"],
+        stdout=join_log, stderr=subprocess.STDOUT, env={**os.environ, **settings.to_env()})
+    try:
+        eventually(lambda: agent_answers(settings, host_id), timeout_s=90, interval_s=0.5)
+        ray.shutdown()
+        kill_processes(head.processes())  # the head vanishes as a crashed machine would
+        head.stop(grace_s=0)
+        killed = time.monotonic()
+        # Its node goes once its raylet gives up on the GCS (`ray start --head` on this machine refuses to
+        # start while a raylet here still points at the old head's address).
+        eventually(lambda: b"its Ray node exited" in (tmp_path / "join.log").read_bytes(), timeout_s=60)
+        print(f"\nthe host's node exited {time.monotonic() - killed:.1f} s after its head was killed")
+        head = start_coordinator_head(settings, log_dir)
+        eventually(lambda: agent_answers(settings, host_id), timeout_s=120, interval_s=0.5)
+        print(f"the host answered again {time.monotonic() - killed:.1f} s after its head was killed")
+        eventually(lambda: b"rejoined" in (tmp_path / "join.log").read_bytes())
+        assert host.poll() is None
+    finally:
+        host.send_signal(signal.SIGINT)
+        try:
+            host.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+        join_log.close()
+        ray.shutdown()
+        head.stop()
