@@ -51,7 +51,8 @@ def ray_executable() -> str:
 # so `host join` notices and rejoins a restarted coordinator within seconds.
 HOST_GCS_RECONNECT_TIMEOUT_S = 5
 # How long `ray start --block` may shut its node down on its own before its session gets SIGKILL. Its
-# graceful path waits on every worker in turn; nothing a node holds needs more than this to close.
+# graceful path stops its processes one kind after another, up to 1 s each; nothing a node holds needs
+# more than this to close.
 GRACEFUL_STOP_S = 2.0
 
 _STARTED = b"Ray runtime started"
@@ -78,10 +79,11 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
 
 
 # The watchdog: a tiny process that holds the read end of a pipe its owner writes nothing to. The pipe
-# closes when the owner dies, however it dies; the watchdog then SIGKILLs the node's whole session (Ray
-# daemonizes some of its processes, so the parent-death signal of `ray start` alone would not reach
-# them). Its own session and ignored SIGINT/SIGHUP keep terminal signals from ending it early; a clean
-# stop ends it by PID first.
+# closes when the owner dies, however it dies; the watchdog then SIGKILLs the node's whole session. The
+# parent-death signal of `ray start` alone is not enough: Ray's own fate sharing takes gcs_server and
+# the raylet with it, but the raylet's dashboard and runtime-env agents outlived it by 20 s and more
+# (measured). Its own session and ignored SIGINT/SIGHUP keep terminal signals from ending it early; a
+# clean stop ends it by PID first.
 _WATCHDOG = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
