@@ -165,9 +165,11 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         node.stop(grace_s=0)
         raise
     request.record_path.parent.mkdir(parents=True, exist_ok=True)
-    request.record_path.write_text(json.dumps({
+    written = request.record_path.with_suffix(".tmp")  # renamed into place: readers never see half of it
+    written.write_text(json.dumps({
         "host_id": request.host_id, "pid": os.getpid(), "ray_pid": node.pid, "node_id": node_id,
         "region": request.region}))
+    written.replace(request.record_path)
     return node, agent
 
 
