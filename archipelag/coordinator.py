@@ -45,14 +45,18 @@ class Coordinator:
     ledger: Ledger  # migrated and synced with the catalog at start
 
     def stop(self) -> None:
+        """Take the coordinator down. A head of its own goes with everything it runs (Serve's graceful shutdown
+        would drain the ingress replicas for up to 30 s, with nothing to hand over: jobs resume from the ledger
+        at the next start); on a head someone else runs, its apps are taken down and the head stays."""
         import ray
 
         from archipelag.serve.app import undeploy
 
-        try:
-            undeploy()
-        except Exception:
-            log.warning("serve did not shut down cleanly", exc_info=True)
+        if self.head is None:
+            try:
+                undeploy()
+            except Exception:
+                log.warning("serve did not shut down cleanly", exc_info=True)
         ray.shutdown()
         if self.head is not None:
             self.head.stop()

@@ -152,23 +152,10 @@ class EmbeddedNetwork:
         deadline = time.monotonic() + leave_grace_s
         while time.monotonic() < deadline and not all(h.off_cluster(self.settings) for h in self.hosts):
             time.sleep(0.05)
-        self._stop_coordinator()
+        self.coordinator.stop()
         deadline = max(deadline, time.monotonic() + 1.0)
         for host in self.hosts:
             host.wait_gone(self.settings, max(0.0, deadline - time.monotonic()))
-
-    def _stop_coordinator(self) -> None:
-        """A head this network started goes with all it runs: Serve's graceful shutdown (which drains its
-        ingress replicas for up to 30 s) has nothing to hand over, so the head is stopped directly. A head
-        started by someone else outlives us: there the coordinator takes its own apps down."""
-        head = self.coordinator.head
-        if head is None:
-            self.coordinator.stop()
-            return
-        import ray
-
-        ray.shutdown()
-        head.stop()
 
 
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,

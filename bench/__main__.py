@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "llm")
+SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm")
 
 
 def _placement() -> None:
@@ -44,6 +44,13 @@ def _network() -> None:
     _table(bench_network.run())
 
 
+def _jobs() -> None:
+    from bench import bench_jobs
+
+    _table(bench_jobs.throughput_rows())
+    _table(bench_jobs.failover_rows())
+
+
 def _llm() -> None:
     from bench import bench_llm
 
@@ -51,7 +58,7 @@ def _llm() -> None:
 
 
 RUNNERS: dict[str, Callable[[], None]] = {
-    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "llm": _llm,
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "jobs": _jobs, "llm": _llm,
 }
 
 

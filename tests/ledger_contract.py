@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -61,6 +62,13 @@ def _psycopg_dsn(url: str) -> str:
 @pytest.fixture
 def postgres_schema_url(postgres_url: str) -> Iterator[str]:
     """A URL whose connections use a fresh schema of their own, dropped after the test."""
+    with fresh_schema(postgres_url) as url:
+        yield url
+
+
+@contextmanager
+def fresh_schema(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections use a new schema of their own, dropped at the end."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_psycopg_dsn(postgres_url), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')

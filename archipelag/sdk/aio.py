@@ -177,7 +177,7 @@ class AsyncClient:
             try:
                 async with self._http.stream("GET", f"{API}/jobs/{job_id}/stream", headers=resume.headers(),
                                        timeout=timeout) as response:
-                    if response.is_error and (response.status_code < 500 or resume.last_id is None):
+                    if response.is_error and not resume.retry_on(response.status_code):
                         await response.aread()
                         raise wire.error_for(response)
                     if not response.is_error:

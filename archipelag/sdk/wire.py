@@ -150,6 +150,11 @@ class Resumption:
             headers["Last-Event-ID"] = self.last_id
         return headers
 
+    def retry_on(self, status: int) -> bool:
+        """Whether an error answer to a resumed stream is the network coming back rather than a verdict: 5xx,
+        and 404 (a proxy up before its routes are)."""
+        return self.last_id is not None and (status >= 500 or status == 404)
+
     def received(self, event_id: str) -> None:
         if event_id:
             self.last_id = event_id

@@ -8,16 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
+from ledger_contract import fresh_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
 from netutil import eventually, free_port
+from up_process import network_processes, start_up, still_running
 
 from archipelag.sdk import Client
 
@@ -32,51 +32,21 @@ class Up:
     state_dir: Path
 
 
-def start_up(state_dir: Path, port: int, head_port: int, hosts: int) -> tuple[subprocess.Popen[str], list[str]]:
-    """`archipelag up` as a user runs it, read until it says it is up (it is stopped if it never does)."""
-    env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(state_dir), "ARCHIPELAG_RAY_HEAD_PORT": str(head_port),
-           "ARCHIPELAG_HEARTBEAT_INTERVAL_S": "1", "ARCHIPELAG_RAY_AUTH": "token", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_AUTH_MODE", None)  # `up` decides: token auth, its own token file
-    process = subprocess.Popen([sys.executable, "-m", "archipelag", "up", "--hosts", str(hosts), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    output: list[str] = []
-    deadline = time.monotonic() + 240
-    assert process.stdout is not None
-    for line in process.stdout:
-        output.append(line)
-        if "Archipelag is up" in line or time.monotonic() > deadline:
-            break
-    if not any("Archipelag is up" in line for line in output):
-        process.send_signal(signal.SIGINT)  # stop what it started before failing
-        rest, _ = process.communicate(timeout=120)
-        pytest.fail("archipelag up did not come up:\n" + "".join(output) + rest)
-    # Keep reading its output so a full pipe can never block it.
-    threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True).start()
-    return process, output
-
-
-def network_processes(up_pid: int) -> list[psutil.Process]:
-    """Every process `up` started: its descendants, and the sessions Ray's nodes run in (Ray reparents some)."""
-    root = psutil.Process(up_pid)
-    found = {p.pid: p for p in root.children(recursive=True)}
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) in found:
-                found.setdefault(proc.pid, proc)
-        except OSError:
-            continue
-    return list(found.values())
-
-
-def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The suite runs on the embedded SQLite and on PostgreSQL (a fresh schema of the tests' own server)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+def up(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Up]:
     state_dir = tmp_path_factory.mktemp("up")
     port = free_port()
-    process, _ = start_up(state_dir, port, free_port(), hosts=3)
+    process, _ = start_up(state_dir, port, free_port(), hosts=3, database_url=database_url)
     api_key = (state_dir / "api_key").read_text().strip()
     yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
     if process.poll() is None:

@@ -156,12 +156,13 @@ def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client,
     reader = threading.Thread(target=read)
     reader.start()
     eventually(lambda: sum(e["type"] == "token" for _, e in frames) >= 5)
+    processes = host_processes(network, host)
+    broke_at.append(time.monotonic())
     if fault == "kill":
         network.kill_host(host)
     else:
-        for proc in host_processes(network, host):
+        for proc in processes:
             proc.send_signal(signal.SIGSTOP)
-    broke_at.append(time.monotonic())
     reader.join(timeout=120)
     assert not reader.is_alive()
     return frames, next_event_at[0] - broke_at[0], host
