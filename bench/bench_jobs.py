@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -72,14 +73,16 @@ def _host_processes(network: EmbeddedNetwork, host_id: str) -> list[psutil.Proce
     return found
 
 
-def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str) -> float:
-    """Seconds from breaking a running job's host to the next event on its stream."""
+def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment: int) -> tuple[float, bool]:
+    """Seconds from breaking a running job's host (once its stream carried ``moment`` tokens) to the next event
+    on its stream, and whether the stream came out whole (every tick once, ids without a gap)."""
     created = http.post("/api/v1/jobs", json={"workload": "test-ticks", "input": {}})
     created.raise_for_status()
     job_id = created.json()["data"]["id"]
     tokens = 0
     broke_at: list[float] = []
     gap: list[float] = []
+    events: list[dict[str, Any]] = []
     got_tokens = threading.Event()
 
     def read() -> None:
@@ -90,8 +93,9 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str) -> floa
                     continue
                 if broke_at and not gap:
                     gap.append(time.monotonic() - broke_at[0])
-                tokens += json.loads(line[5:])["type"] == "token"
-                if tokens >= 3:
+                events.append(json.loads(line[5:]))
+                tokens += events[-1]["type"] == "token"
+                if tokens >= moment:
                     got_tokens.set()
 
     reader = threading.Thread(target=read)
@@ -118,7 +122,9 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str) -> floa
         while time.monotonic() < deadline and {h["id"]: h["status"] for h in http.get(
                 "/api/v1/hosts").json()["data"]}.get(host_id) != "online":
             time.sleep(0.2)
-    return gap[0] if gap else float("nan")
+    whole = ([e["seq"] for e in events] == list(range(len(events))) and events[-1]["type"] == "done"
+             and "".join(e["content"] for e in events if e["type"] == "token") == "tick " * 40)
+    return (gap[0] if gap else float("nan")), whole
 
 
 def failover_rows(trials: int = 20) -> list[Row]:
@@ -127,9 +133,12 @@ def failover_rows(trials: int = 20) -> list[Row]:
         try:
             with httpx.Client(base_url=network.url, timeout=120,
                               headers={"Authorization": f"Bearer {network.api_key}"}) as http:
-                hangs = [_fault_gap(network, http, "hang") for _ in range(trials)]
-                kills = [_fault_gap(network, http, "kill") for _ in range(trials)]
+                rng = random.Random(20)
+                hang_trials = [_fault_gap(network, http, "hang", rng.randint(1, 35)) for _ in range(trials)]
+                kill_trials = [_fault_gap(network, http, "kill", rng.randint(1, 35)) for _ in range(trials)]
                 lease = network.settings.lease_s
+                hangs, kills = [g for g, _ in hang_trials], [g for g, _ in kill_trials]
+                whole = sum(w for _, w in hang_trials + kill_trials)
         finally:
             network.stop()
     return [
@@ -137,6 +146,8 @@ def failover_rows(trials: int = 20) -> list[Row]:
          f"p50; p99 {_pct(kills, 0.99):.2f} s over {trials}; Ray alone: 15–55 s"),
         ("host SIGSTOPped mid-stream → next event", f"{statistics.median(hangs):.2f} s",
          f"p50; p99 {_pct(hangs, 0.99):.2f} s over {trials}; the lease is {lease:g} s"),
+        ("streams whole through those faults", f"{whole} of {2 * trials}",
+         "every token once, ids without a gap, ending in done (random moments)"),
     ]
 
 

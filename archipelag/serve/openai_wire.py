@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from archipelag.errors import (
     ArchipelagError,
     JobCancelled,
+    NoCapacity,
     NotFound,
     RateLimited,
     ValidationFailed,
@@ -32,6 +33,8 @@ from archipelag.protocol import Event
 from archipelag.serve.responses import FastJSON
 
 DONE_FRAME = b"data: [DONE]\n\n"
+NETWORK_FAILURES = frozenset({"queue_timeout", "host_lost"})  # a job's end codes that are no fault of the request
+NETWORK_RETRY_AFTER_S = 5
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
@@ -106,6 +109,8 @@ def failure_of(event: Event) -> ArchipelagError:
         return JobCancelled(message)
     if code == "timed_out":
         return WorkloadTimedOut(message)
+    if code in NETWORK_FAILURES:  # the network's shortfall, not the request's: 503, come back later
+        return NoCapacity(message, retry_after=NETWORK_RETRY_AFTER_S)
     return WorkloadError(message)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -131,10 +132,10 @@ def test_a_burst_beyond_capacity_waits_in_the_queue_and_every_job_completes(http
     assert outcomes == [(201, "done")] * 24
 
 
-def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client,
-                           fault: str) -> tuple[list[tuple[int, dict[str, Any]]], float, str]:
-    """Start a ticking job, break its host once the stream is under way, and read the whole stream; returns
-    the frames, the seconds from the fault to the next event on the stream, and the broken host."""
+def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client, fault: str,
+                           after_tokens: int = 5) -> tuple[list[tuple[int, dict[str, Any]]], float, str]:
+    """Start a ticking job, break its host once the stream has carried ``after_tokens`` tokens, and read the
+    whole stream; returns the frames, the seconds from the fault to the next event, and the broken host."""
     job_id = submit(http, region="eu-west")
     host = host_of(http, job_id)
     frames: list[tuple[int, dict[str, Any]]] = []
@@ -155,7 +156,7 @@ def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client,
 
     reader = threading.Thread(target=read)
     reader.start()
-    eventually(lambda: sum(e["type"] == "token" for _, e in frames) >= 5)
+    eventually(lambda: sum(e["type"] == "token" for _, e in frames) >= after_tokens, timeout_s=60)
     processes = host_processes(network, host)
     broke_at.append(time.monotonic())
     if fault == "kill":
@@ -186,6 +187,21 @@ def test_a_host_hung_mid_stream_loses_the_job_within_its_lease_and_the_stream_ca
     # Awake again, it heartbeats and comes back; what it said late went nowhere.
     eventually(lambda: {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}[hung] == "online",
                timeout_s=30)
+
+
+def test_hosts_hung_at_random_moments_never_cost_the_stream_a_token(network: EmbeddedNetwork,
+                                                                    http: httpx.Client) -> None:
+    rng = random.Random(8)
+    for trial in range(3):
+        moment = rng.randint(1, TICKS - 5)
+        frames, gap_s, hung = follow_through_a_fault(network, http, "hang", after_tokens=moment)
+        for proc in host_processes(network, hung):
+            proc.send_signal(signal.SIGCONT)
+        print(f"trial {trial}: hung {hung} after {moment} tokens → next event after {gap_s:.2f} s")
+        assert [i for i, _ in frames] == list(range(len(frames))), trial
+        assert ticks(frames) == "tick " * TICKS and frames[-1][1]["type"] == "done", trial
+        eventually(lambda h=hung: {x["id"]: x["status"] for x in http.get("/api/v1/hosts").json()["data"]}[h]
+                   == "online", timeout_s=30)
 
 
 def test_a_host_killed_mid_stream_hands_the_job_on_and_the_stream_has_no_gap_or_repeat(

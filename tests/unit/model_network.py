@@ -156,8 +156,9 @@ class ModelNetwork:
 
 def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jobs: int = 0,
                     runtimes: frozenset[str] = frozenset({"container"}), queue_timeout_s: float = 5.0,
-                    credits_micro: int = 1_000_000) -> ModelNetwork:
-    settings = Settings(state_dir=tmp_path, queue_timeout_s=queue_timeout_s, rate_limit_per_min=0)
+                    credits_micro: int = 1_000_000, queue_max_jobs: int = 1000) -> ModelNetwork:
+    settings = Settings(state_dir=tmp_path, queue_timeout_s=queue_timeout_s, rate_limit_per_min=0,
+                        queue_max_jobs=queue_max_jobs)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.migrate()
     ledger.sync_catalog(CATALOG.values())

@@ -236,6 +236,29 @@ def test_when_every_able_host_is_busy_the_request_queues_until_a_slot_frees(tmp_
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "at last"
 
 
+def test_a_request_that_waits_past_the_queue_timeout_is_a_503_with_retry_after_never_a_500(
+        tmp_path: Path) -> None:
+    net = a_model_network(tmp_path, slots=1, active_jobs=1, queue_timeout_s=0.3)
+    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+        for body in (chat("never", stream=True), chat("never")):
+            response = api.post("/v1/chat/completions", json=body)
+            assert_openai_error(response, 503, "no_capacity")
+            assert int(response.headers["Retry-After"]) > 0
+    assert all(job.status == JobStatus.FAILED for job in net.ledger.list_jobs(net.account_id)[0])
+    assert net.ledger.balance_micro(net.account_id) == 1_000_000  # refunded
+
+
+def test_past_the_queue_limit_a_request_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    net = a_model_network(tmp_path, slots=1, active_jobs=1, queue_max_jobs=0)
+    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+        response = api.post("/v1/chat/completions", json=chat("later"))
+        jobs_api = api.post("/api/v1/jobs", json={"workload": "llm-chat", "input": {"prompt": "later"}})
+    assert_openai_error(response, 503, "queue_full")
+    assert int(response.headers["Retry-After"]) > 0
+    assert jobs_api.status_code == 503 and jobs_api.json()["error"]["code"] == "queue_full"
+    assert "Retry-After" in jobs_api.headers and net.ledger.list_jobs(net.account_id)[1] == 0
+
+
 def test_a_short_balance_is_402_before_anything_runs(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, credits_micro=1)
     with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
