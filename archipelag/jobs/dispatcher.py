@@ -38,6 +38,7 @@ from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.lifecycle import JobStatus
 from archipelag.placement.scoring import JobRequest
 from archipelag.protocol import collect_output, error_event
+from archipelag.remote import Unreachable
 from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
 
@@ -48,6 +49,7 @@ _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_O
 _OUTPUT = frozenset({"token", "progress", "image"})  # the job is `streaming` once one arrives
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
+FINISH_TRIES = 10  # a job's end is written again while the ledger is unreachable (a restart resumes it after)
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,10 @@ class Dispatcher:
         attempt = ticket.attempt
         self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.ASSIGNED, host_id=host_id,
                                                              attempt=attempt))
-        host = self._hosts(host_id)
+        try:
+            host = self._hosts(host_id)
+        except HostLost as exc:  # its agent is gone (the node died between ranking and now)
+            return _Lost(exc.message)
         stream = host.run_batches(ticket.spec)
         started = streaming = False
         try:
@@ -351,16 +356,23 @@ class Dispatcher:
             usage = dict(done.get("usage") or {}) if done else {}
             succeeded = status is JobStatus.SUCCEEDED
             started = ticket.started_monotonic
-            try:
-                await self._ledger.finish(
-                    job_id, status, output=collect_output(events), error=error, usage=usage, events=list(events),
-                    price_micro=price_micro(ticket.manifest, usage) if succeeded else 0, host_id=host_id,
-                    karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
-                    compute_s=self._clock() - started if started is not None else 0.0)
-            except InvalidTransition:
-                log.info("job %s had already ended", job_id)
-            except ArchipelagError:
-                log.exception("could not record the end of job %s", job_id)
+            for attempt in range(FINISH_TRIES):  # a ledger restarting answers again within seconds
+                try:
+                    await self._ledger.finish(
+                        job_id, status, output=collect_output(events), error=error, usage=usage,
+                        events=list(events), price_micro=price_micro(ticket.manifest, usage) if succeeded else 0,
+                        host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
+                        compute_s=self._clock() - started if started is not None else 0.0)
+                    break
+                except InvalidTransition:
+                    log.info("job %s had already ended", job_id)
+                    break
+                except Unreachable:
+                    log.warning("job %s: the ledger is not answering (try %d)", job_id, attempt + 1)
+                    await asyncio.sleep(1.0)
+                except ArchipelagError:
+                    log.exception("could not record the end of job %s", job_id)
+                    break
         finally:
             self._relay.end(job_id)
             self._tickets.pop(job_id, None)

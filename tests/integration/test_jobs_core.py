@@ -312,3 +312,24 @@ def test_a_restarted_service_resumes_queued_and_running_jobs_and_their_streams(t
         assert ledger.total_is_zero()
 
     asyncio.run(scenario())
+
+
+def test_a_host_whose_agent_is_gone_before_the_job_reaches_it_is_lost_and_the_next_one_runs_it(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([DONE]), "b": StandInHost([DONE])})
+        hosts = net.hosts
+
+        def lookup(host_id: str) -> StandInHost:
+            if host_id == "a":
+                raise HostLost("host a has no running agent", host_id="a")
+            return hosts[host_id]
+
+        net.service = JobService(net.settings, {MANIFEST.slug: MANIFEST}, LedgerClient.local(net.ledger),
+                                 net.placement, lookup)
+        job_id = await net.submit()
+        await net.stream(job_id)
+        job = net.job(job_id)
+        assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 2
+
+    asyncio.run(scenario())
