@@ -65,8 +65,8 @@ class LocalHost:
             log.warning("host %s did not leave within %.1f s; killing it", self.host_id, timeout_s)
             self.kill(settings)
 
-    def kill(self, settings: Settings) -> None:
-        """SIGKILL the join process and every process of its Ray node's session, and wait for them."""
+    def processes(self, settings: Settings) -> list[psutil.Process]:
+        """The join process and every process of its Ray node's session (raylet, workers, the host's agent)."""
         self.record(settings)
         processes = []
         try:
@@ -75,7 +75,11 @@ class LocalHost:
             pass
         if self.ray_pid is not None:
             processes += session_members(self.ray_pid)
-        kill_processes(processes)
+        return processes
+
+    def kill(self, settings: Settings) -> None:
+        """SIGKILL the join process and every process of its Ray node's session, and wait for them."""
+        kill_processes(self.processes(settings))
         self.process.wait(timeout=10)
 
 
@@ -140,7 +144,20 @@ class EmbeddedNetwork:
 
     def kill_host(self, host_id: str) -> None:
         """Make a host vanish as a machine would: SIGKILL its Ray node's processes and its join process."""
-        next(h for h in self.hosts if h.host_id == host_id).kill(self.settings)
+        self._host(host_id).kill(self.settings)
+
+    def hang_host(self, host_id: str) -> list[psutil.Process]:
+        """Make a host hang as a machine that froze would: SIGSTOP all its processes (alive to Ray, silent to
+        us); ``resume_host`` lets them go on."""
+        processes = self._host(host_id).processes(self.settings)
+        _signal_all(processes, signal.SIGSTOP)
+        return processes
+
+    def resume_host(self, host_id: str) -> None:
+        _signal_all(self._host(host_id).processes(self.settings), signal.SIGCONT)
+
+    def _host(self, host_id: str) -> LocalHost:
+        return next(h for h in self.hosts if h.host_id == host_id)
 
     def stop(self, leave_grace_s: float = LEAVE_GRACE_S) -> None:
         """Stop everything within seconds. Hosts leave all at once; the head stops as soon as they are off
@@ -156,6 +173,14 @@ class EmbeddedNetwork:
         deadline = max(deadline, time.monotonic() + 1.0)
         for host in self.hosts:
             host.wait_gone(self.settings, max(0.0, deadline - time.monotonic()))
+
+
+def _signal_all(processes: list[psutil.Process], sig: int) -> None:
+    for proc in processes:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 import shutil
-import signal
 import statistics
 import tempfile
 import threading
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from archipelag.network import EmbeddedNetwork, start_network
 from archipelag.settings import Settings
@@ -60,19 +57,6 @@ def _with_ticks(state: str) -> Path:
     return workloads
 
 
-def _host_processes(network: EmbeddedNetwork, host_id: str) -> list[psutil.Process]:
-    host = next(h for h in network.hosts if h.host_id == host_id)
-    session = os.getsid(int(host.record(network.settings)["ray_pid"]))
-    found = [psutil.Process(host.process.pid)]
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == session:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
-
-
 def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment: int) -> tuple[float, bool]:
     """Seconds from breaking a running job's host (once its stream carried ``moment`` tokens) to the next event
     on its stream, and whether the stream came out whole (every tick once, ids without a gap)."""
@@ -102,13 +86,11 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment:
     reader.start()
     got_tokens.wait(60)
     host_id = http.get(f"/api/v1/jobs/{job_id}").json()["data"]["host_id"]
-    processes = _host_processes(network, host_id)
     broke_at.append(time.monotonic())
     if fault == "kill":
         network.kill_host(host_id)
     else:
-        for proc in processes:
-            proc.send_signal(signal.SIGSTOP)
+        network.hang_host(host_id)
     reader.join(120)
     if fault == "kill":
         network.hosts = [h for h in network.hosts if h.host_id != host_id]
@@ -116,8 +98,7 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment:
         network.wait_node(network.add_host("eu-west", replacement))
         network.wait_online([replacement])
     else:
-        for proc in processes:
-            proc.send_signal(signal.SIGCONT)
+        network.resume_host(host_id)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and {h["id"]: h["status"] for h in http.get(
                 "/api/v1/hosts").json()["data"]}.get(host_id) != "online":

@@ -83,6 +83,21 @@ def fresh_schema(postgres_url: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+# The databases a whole network runs its suites on: the embedded SQLite, and PostgreSQL.
+NETWORK_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def network_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """ARCHIPELAG_DATABASE_URL for a network on ``request.param``: "" (SQLite in its state dir) or a fresh
+    PostgreSQL schema of the tests' own server."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

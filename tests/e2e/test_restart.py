@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from catalog_builders import network_catalog
-from ledger_contract import fresh_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
+from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
 from netutil import eventually, free_port
 from up_process import network_processes, start_up, still_running, up_env
 
@@ -30,12 +30,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TICKS = 40
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=NETWORK_DATABASES)
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield ""
-        return
-    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+    with network_database(request) as url:
         yield url
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ledger_contract import fresh_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
+from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
 from netutil import eventually, free_port
 from up_process import network_processes, start_up, still_running
 
@@ -32,13 +32,9 @@ class Up:
     state_dir: Path
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=NETWORK_DATABASES)
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The suite runs on the embedded SQLite and on PostgreSQL (a fresh schema of the tests' own server)."""
-    if request.param == "sqlite":
-        yield ""
-        return
-    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+    with network_database(request) as url:
         yield url
 
 

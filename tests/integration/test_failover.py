@@ -5,9 +5,7 @@ than the network's capacity. One network for the module; tests that break hosts 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 from catalog_builders import network_catalog
 from netutil import eventually, network_settings
@@ -58,16 +55,22 @@ def sse(http: httpx.Client, job_id: str, last_event_id: int | None = None,
     frames: list[tuple[int, dict[str, Any]]] = []
     with http.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=headers) as response:
         assert response.status_code == 200, response.read()
-        event_id = None
-        for line in response.iter_lines():
-            if line.startswith("id:"):
-                event_id = int(line[3:])
-            elif line.startswith("data:"):
-                assert event_id is not None
-                frames.append((event_id, json.loads(line[5:])))
-                if stop_after is not None and len(frames) >= stop_after:
-                    break
+        for frame in iter_frames(response):
+            frames.append(frame)
+            if stop_after is not None and len(frames) >= stop_after:
+                break
         return frames, response.headers["X-Archipelag-Replica"]
+
+
+def iter_frames(response: httpx.Response) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, event) of each SSE frame; every frame must carry an id."""
+    event_id = None
+    for line in response.iter_lines():
+        if line.startswith("id:"):
+            event_id = int(line[3:])
+        elif line.startswith("data:"):
+            assert event_id is not None
+            yield event_id, json.loads(line[5:])
 
 
 def ticks(frames: list[tuple[int, dict[str, Any]]]) -> str:
@@ -77,21 +80,6 @@ def ticks(frames: list[tuple[int, dict[str, Any]]]) -> str:
 def host_of(http: httpx.Client, job_id: str) -> str:
     return str(eventually(lambda: (j := http.get(f"/api/v1/jobs/{job_id}").json()["data"])["status"] == "running"
                           and j["host_id"]))
-
-
-def host_processes(network: EmbeddedNetwork, host_id: str) -> list[psutil.Process]:
-    """A host's join process and every process of its Ray node's session (raylet, workers, its agent)."""
-    host = next(h for h in network.hosts if h.host_id == host_id)
-    record = host.record(network.settings)
-    session = os.getsid(int(record["ray_pid"]))
-    found = [psutil.Process(host.process.pid)]
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == session:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
 
 
 def test_any_replica_serves_any_jobs_stream_live_from_the_first_event_in_order_once(
@@ -144,26 +132,19 @@ def follow_through_a_fault(network: EmbeddedNetwork, http: httpx.Client, fault: 
 
     def read() -> None:
         with http.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
-            event_id = None
-            for line in response.iter_lines():
-                if line.startswith("id:"):
-                    event_id = int(line[3:])
-                elif line.startswith("data:"):
-                    assert event_id is not None
-                    frames.append((event_id, json.loads(line[5:])))
-                    if broke_at and not next_event_at:
-                        next_event_at.append(time.monotonic())
+            for frame in iter_frames(response):
+                frames.append(frame)
+                if broke_at and not next_event_at:
+                    next_event_at.append(time.monotonic())
 
     reader = threading.Thread(target=read)
     reader.start()
     eventually(lambda: sum(e["type"] == "token" for _, e in frames) >= after_tokens, timeout_s=60)
-    processes = host_processes(network, host)
     broke_at.append(time.monotonic())
     if fault == "kill":
         network.kill_host(host)
     else:
-        for proc in processes:
-            proc.send_signal(signal.SIGSTOP)
+        network.hang_host(host)
     reader.join(timeout=120)
     assert not reader.is_alive()
     return frames, next_event_at[0] - broke_at[0], host
@@ -182,8 +163,7 @@ def test_a_host_hung_mid_stream_loses_the_job_within_its_lease_and_the_stream_ca
         hosts = {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}
         assert hosts[hung] == "offline"
     finally:
-        for proc in host_processes(network, hung):
-            proc.send_signal(signal.SIGCONT)
+        network.resume_host(hung)
     # Awake again, it heartbeats and comes back; what it said late went nowhere.
     eventually(lambda: {h["id"]: h["status"] for h in http.get("/api/v1/hosts").json()["data"]}[hung] == "online",
                timeout_s=30)
@@ -195,8 +175,7 @@ def test_hosts_hung_at_random_moments_never_cost_the_stream_a_token(network: Emb
     for trial in range(3):
         moment = rng.randint(1, TICKS - 5)
         frames, gap_s, hung = follow_through_a_fault(network, http, "hang", after_tokens=moment)
-        for proc in host_processes(network, hung):
-            proc.send_signal(signal.SIGCONT)
+        network.resume_host(hung)
         print(f"trial {trial}: hung {hung} after {moment} tokens → next event after {gap_s:.2f} s")
         assert [i for i, _ in frames] == list(range(len(frames))), trial
         assert ticks(frames) == "tick " * TICKS and frames[-1][1]["type"] == "done", trial
