@@ -34,7 +34,7 @@ TICKS_WAT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "was
 
 def _settings(state: str, **extra: Any) -> Settings:
     return Settings(state_dir=Path(state), api_port=_free_port(), ray_head_port=_free_port(), rate_limit_per_min=0,
-                    ray_auth="disabled", heartbeat_interval_s=1.0, **extra)
+                    ray_auth="disabled", **extra)
 
 
 def _with_ticks(state: str) -> Path:
@@ -110,7 +110,9 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment:
 
 def failover_rows(trials: int = 20) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="archipelag-bench-") as state:
-        network = start_network(_settings(state, workloads_dir=_with_ticks(state), host_slots=2), hosts=3)
+        # Heartbeats every second: a hung host that wakes comes back online quickly for the next trial.
+        network = start_network(_settings(state, workloads_dir=_with_ticks(state), host_slots=2,
+                                          heartbeat_interval_s=1.0), hosts=3)
         try:
             with httpx.Client(base_url=network.url, timeout=120,
                               headers={"Authorization": f"Bearer {network.api_key}"}) as http:

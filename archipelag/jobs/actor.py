@@ -61,9 +61,9 @@ class JobsActor:
         await self.start()
         return await self._service.submit(account_id, slug, job_input, region, priority)
 
-    async def read(self, job_id: JobId, after: int, wait_s: float) -> Batch:
+    async def read(self, job_id: JobId, after: int, wait_s: float, account_id: int | None) -> Batch:
         await self.start()
-        return await self._service.read(job_id, after, wait_s)
+        return await self._service.read(job_id, after, wait_s, account_id)
 
     async def cancel(self, job_id: JobId, reason: str) -> None:
         await self.start()

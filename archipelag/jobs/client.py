@@ -3,7 +3,6 @@ for tests without Ray); the API's replicas hold one each."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from archipelag.errors import ArchipelagError
@@ -57,19 +56,11 @@ class JobsClient:
         job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority)
         return job
 
-    async def read(self, job_id: JobId, after: int = -1, wait_s: float = READ_WAIT_S) -> Batch:
-        batch: Batch = await self._calls.call("read", job_id, after, wait_s)
+    async def read(self, job_id: JobId, after: int = -1, wait_s: float = READ_WAIT_S,
+                   account_id: int | None = None) -> Batch:
+        """Events after ``after``; with ``account_id``, NotFound (404) unless the job is that account's."""
+        batch: Batch = await self._calls.call("read", job_id, after, wait_s, account_id)
         return batch
-
-    async def follow(self, job_id: JobId, after: int = -1) -> AsyncIterator[list[dict[str, Any]]]:
-        """The job's events after ``after``, a batch at a time, until its stream ends."""
-        while True:
-            batch = await self.read(job_id, after)
-            if batch.events:
-                after = batch.events[-1]["seq"]
-                yield batch.events
-            if batch.ended:
-                return
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         await self._calls.call("cancel", job_id, reason)

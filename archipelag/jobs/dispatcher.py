@@ -2,7 +2,9 @@
 each job ends.
 
 A job's status belongs to the ledger (every move below is a guarded transition there, queued behind the job's
-earlier writes and off the event path); its live events belong to the relay. What the dispatcher keeps is a
+earlier writes and off the event path; an attempt is written once its host has begun it, assigned and started in
+one write, so a host that turns the job away or never answers costs the ledger nothing); its live events belong
+to the relay. What the dispatcher keeps is a
 ``Ticket`` per job it is working on: the attempt, the host, the hosts that failed it, a cancel request.
 
 - **Leases.** A running attempt holds a lease on its host: the host sends a batch (an empty one while the job
@@ -19,7 +21,6 @@ earlier writes and off the event path); its live events belong to the relay. Wha
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -98,6 +99,7 @@ class _Ended:
 @dataclass(frozen=True)
 class _Lost:
     reason: str
+    started: bool  # the host had begun the attempt (and the ledger was told)
 
 
 _TURNED_AWAY_OUTCOME = object()
@@ -259,20 +261,19 @@ class Dispatcher:
                 await self._finish(ticket, JobStatus.CANCELLED, ticket.cancel_reason, None)
                 return
             if isinstance(outcome, _Lost):
-                if not await self._lost(ticket, host_id, outcome.reason):
+                if not await self._lost(ticket, host_id, outcome):
                     return
                 self._requeue(ticket)
                 return
-            # Turned away before it started: the next ranked host, else back to the queue (same attempt).
-            self._record(ticket, functools.partial(self._ledger.transition, ticket.job_id, JobStatus.QUEUED,
-                                                   f"host {host_id} turned the job away"))
+            # Turned away before it started (nothing was recorded): the next ranked host, else back to the queue.
             if not ticket.ranked:
                 self._requeue(ticket)
                 return
             self._assign(ticket, ticket.ranked.pop(0))
 
-    async def _lost(self, ticket: Ticket, host_id: HostId, reason: str) -> bool:
+    async def _lost(self, ticket: Ticket, host_id: HostId, lost: _Lost) -> bool:
         """The host lost the job: out of placement, a drop in karma; True when the job may run again."""
+        reason = lost.reason
         log.warning("job %s lost host %s: %s", ticket.job_id, host_id, reason)
         self._placement.mark_offline(host_id, reason)
         ticket.excluded.add(host_id)
@@ -282,7 +283,8 @@ class Dispatcher:
                                None, "host_lost")
             return False
         ticket.attempt += 1
-        self._record(ticket, lambda: self._ledger.requeue(ticket.job_id, reason))
+        if lost.started:  # the ledger has it started there: back to queued; else its next start says the attempt
+            self._record(ticket, lambda: self._ledger.requeue(ticket.job_id, reason))
         ticket.log.note({"type": "status", "retry": ticket.attempt,
                          "message": f"host {host_id} was lost; retrying on another host "
                                     f"(attempt {ticket.attempt} of {self._rules.max_attempts})"})
@@ -292,12 +294,10 @@ class Dispatcher:
         job_id = ticket.job_id
         ticket.log.begin(ticket.attempt)
         attempt = ticket.attempt
-        self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.ASSIGNED, host_id=host_id,
-                                                             attempt=attempt))
         try:
             host = self._hosts(host_id)
         except HostLost as exc:  # its agent is gone (the node died between ranking and now)
-            return _Lost(exc.message)
+            return _Lost(exc.message, started=False)
         stream = host.run_batches(ticket.spec)
         started = streaming = False
         try:
@@ -306,11 +306,12 @@ class Dispatcher:
                     batch = await asyncio.wait_for(anext(stream), self._rules.lease_s)
                 except TimeoutError:
                     self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
-                    return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)")
+                    return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)",
+                                 started)
                 except StopAsyncIteration:
-                    return _Lost(f"host {host_id} closed the job's stream without a final event")
+                    return _Lost(f"host {host_id} closed the job's stream without a final event", started)
                 except HostLost as exc:
-                    return _Lost(exc.message)
+                    return _Lost(exc.message, started)
                 if not batch:
                     continue  # the host is alive; the job is quiet
                 if not started:
@@ -321,7 +322,8 @@ class Dispatcher:
                     ticket.started_monotonic = self._clock()
                     if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
                         self._spawn(host.cancel(job_id, ticket.cancel_reason))
-                    self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STARTED))
+                    # Assigned and started in one write, once the host has begun: until then the job is queued.
+                    self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
                 if not streaming and any(e["type"] in _OUTPUT for e in batch):
                     streaming = True
                     self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))

@@ -22,6 +22,7 @@ from archipelag.jobs.replay import Diverged, Replay
 from archipelag.protocol import FINAL_TYPES, Event, error_event
 
 MAX_BATCH = 512  # events in one read
+OUTPUT_TYPES = frozenset({"token", "progress", "image"})
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class Batch:
 class JobLog:
     """One job's stream: the numbered events, the current attempt, and the readers waiting for more."""
 
-    def __init__(self, job_id: JobId, events: Iterable[Event] = ()) -> None:
+    def __init__(self, job_id: JobId, events: Iterable[Event] = (), owner: int | None = None) -> None:
         self.job_id = job_id
+        self.owner = owner  # the account whose job it is: the only one that may read it
         self.events: list[Event] = [dict(e, seq=i) for i, e in enumerate(events)]  # a checkpoint, renumbered
         self.saved = len(self.events)  # how many of them a checkpoint holds
         self.attempt = 0
@@ -136,9 +138,9 @@ class Relay:
     def __len__(self) -> int:
         return len(self._logs)
 
-    def open(self, job_id: JobId, events: Iterable[Event] = ()) -> JobLog:
+    def open(self, job_id: JobId, events: Iterable[Event] = (), owner: int | None = None) -> JobLog:
         self._forget_old()
-        log = self._logs[job_id] = JobLog(job_id, events)
+        log = self._logs[job_id] = JobLog(job_id, events, owner)
         return log
 
     def log(self, job_id: JobId) -> JobLog | None:
@@ -155,8 +157,10 @@ class Relay:
             self._ended_at[job_id] = self._clock()
 
     def unsaved(self) -> list[JobLog]:
-        """Running jobs with events their last checkpoint lacks."""
-        return [log for log in self._logs.values() if not log.ended and len(log.events) > log.saved]
+        """Running jobs whose output (tokens, progress, images) their last checkpoint lacks: what a restart
+        would have to say again. Status events alone are not worth a write."""
+        return [log for log in self._logs.values() if not log.ended and any(
+            e["type"] in OUTPUT_TYPES for e in log.events[log.saved:])]
 
     def _forget_old(self) -> None:
         cutoff = self._clock() - self._keep_ended_s

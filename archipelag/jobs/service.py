@@ -87,17 +87,19 @@ class JobService:
         created = asyncio.ensure_future(self._ledger.create_job(
             account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
         ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
-                        region, priority, attempt=1, log=self._relay.open(job_id), ranked=ranked)
+                        region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked)
         self._dispatcher.enqueue(ticket, created)
         return await created
 
-    async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0) -> Batch:
+    async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0, account_id: int | None = None) -> Batch:
         """The job's events after ``seq`` ``after``, waiting up to ``wait_s`` for some; from the ledger once the
-        relay has let an ended job go."""
+        relay has let an ended job go. With ``account_id``, NotFound unless the job is that account's."""
         log_ = self._relay.log(job_id)
         if log_ is not None:
+            if account_id is not None and log_.owner != account_id:
+                raise NotFound(f"job {job_id} does not exist")
             return await log_.wait(after, wait_s)
-        job = await self._ledger.get_job(job_id)
+        job = await self._ledger.get_job(job_id, account_id)
         if job.status not in TERMINAL_JOB_STATES:  # not resumed yet (a coordinator starting): come back
             await asyncio.sleep(min(wait_s, 1.0))
             return Batch([], False)
@@ -159,7 +161,7 @@ class JobService:
             await self._ledger.finish(job.id, JobStatus.FAILED, output=None, error=why, usage={},
                                       events=[*events, error_event(why, "failed")], price_micro=0, host_id=None)
             return
-        log_ = self._relay.open(job.id, events)  # no notice added: the stream keeps its numbering (Replay)
+        log_ = self._relay.open(job.id, events, job.account_id)  # no notice added: the stream keeps its numbering (Replay)
         ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         job.region, job.priority, attempt=job.attempt, log=log_)
         self._dispatcher.enqueue(ticket)
@@ -167,17 +169,21 @@ class JobService:
     # --- checkpoints of live streams ---------------------------------------------------------------
 
     async def _checkpoint_forever(self) -> None:
+        """Every few moments, one write holds what each running stream has said since its last checkpoint."""
         while True:
             await asyncio.sleep(self._settings.relay_checkpoint_s)
-            for job_log in self._relay.unsaved():
-                count = len(job_log.events)
-                try:
-                    await self._ledger.save_events(job_log.job_id, job_log.events[:count])
-                    job_log.saved = count
-                except NotFound:
-                    job_log.saved = count  # not created (refused): nothing to keep
-                except ArchipelagError as exc:
-                    log.warning("job %s: stream not checkpointed: %s", job_log.job_id, exc.message)
+            logs = self._relay.unsaved()
+            if not logs:
+                continue
+            counts = {job_log.job_id: len(job_log.events) for job_log in logs}
+            try:
+                await self._ledger.save_events({job_log.job_id: job_log.events[:counts[job_log.job_id]]
+                                                for job_log in logs})
+            except ArchipelagError as exc:
+                log.warning("%d streams not checkpointed: %s", len(logs), exc.message)
+                continue
+            for job_log in logs:
+                job_log.saved = counts[job_log.job_id]
 
     # --- the ledger's view of the fleet ------------------------------------------------------------
 

@@ -100,6 +100,9 @@ class LedgerClient:
         job: Job = await self._calls.call("transition", job_id, to, reason, **fields)
         return job
 
+    async def start_job(self, job_id: JobId, host_id: str, attempt: int) -> None:
+        await self._calls.call("start_job", job_id, host_id, attempt)
+
     async def requeue(self, job_id: JobId, reason: str) -> Job:
         job: Job = await self._calls.call("requeue", job_id, reason)
         return job
@@ -112,8 +115,8 @@ class LedgerClient:
                                           compute_s=compute_s)
         return job
 
-    async def save_events(self, job_id: JobId, events: list[dict[str, Any]]) -> None:
-        await self._calls.call("save_events", job_id, events)
+    async def save_events(self, checkpoints: Mapping[JobId, list[dict[str, Any]]]) -> None:
+        await self._calls.call("save_events", dict(checkpoints))
 
     async def get_job(self, job_id: str, account_id: int | None = None) -> Job:
         job: Job = await self._calls.call("get_job", job_id, account_id)

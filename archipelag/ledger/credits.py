@@ -43,10 +43,19 @@ def _find_book(session: Session, kind: str, owner: str) -> int | None:
     ).scalar_one_or_none()
 
 
+_KNOWN_BOOKS: dict[tuple[str, str, str], int] = {}  # (database, kind, owner) → id; books are never removed
+
+
 def book(session: Session, kind: str, owner: str = "") -> int:
-    """The id of a book, created when missing (safe under concurrent creators)."""
+    """The id of a book, created when missing (safe under concurrent creators). Ids of books that existed
+    before this transaction are remembered: each job's transfers would otherwise look up the same few books."""
+    key = (session.get_bind().engine.url.render_as_string(), kind, owner)
+    known = _KNOWN_BOOKS.get(key)
+    if known is not None:
+        return known
     found = _find_book(session, kind, owner)
     if found is not None:
+        _KNOWN_BOOKS[key] = found  # a transfer looks each book up once: found, it existed before this transaction
         return found
     dialect = session.get_bind().dialect.name
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -9,7 +9,7 @@ Schema: ``migrate()``, ``schema_version()``.
 Accounts and keys: ``create_account``, ``get_account``, ``grant_credits``, ``create_api_key``, ``authenticate``,
 ``list_api_keys``, ``revoke_api_key``.
 Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
-Jobs: ``create_job``, ``transition``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
+Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
 ``unfinished_jobs``, ``job_events``, ``stored_output_events``.
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
@@ -168,6 +168,14 @@ class Ledger:
             jobs.transition(session, job_id, to, reason, fields)
             return jobs.get(session, job_id)
 
+    def start_job(self, job_id: str, host_id: str, attempt: int) -> None:
+        """queued → assigned → started in one transaction (both events recorded): the host has begun the job's
+        ``attempt``. One write where the dispatcher would otherwise make two."""
+        with db.write_session(self.engine) as session:
+            jobs.transition(session, job_id, JobStatus.ASSIGNED, f"assigned to {host_id}",
+                            {"host_id": host_id, "attempt": attempt})
+            jobs.transition(session, job_id, JobStatus.STARTED, f"started on {host_id}", {})
+
     def requeue(self, job_id: str, reason: str) -> Job:
         """assigned/started/streaming → queued, attempt + 1, host cleared (its host was lost)."""
         with db.write_session(self.engine) as session:
@@ -218,12 +226,12 @@ class Ledger:
                                 adjustment=0.0, reason=None)
             return jobs.get(session, job_id)
 
-    def save_events(self, job_id: str, events: list[dict[str, Any]]) -> bool:
-        """Checkpoint a running job's live events (what its stream has carried so far), so a restarted
-        coordinator resumes its stream where it was. False when the job has ended meanwhile (its stored
-        events are final and stay)."""
+    def save_events(self, checkpoints: Mapping[str, list[dict[str, Any]]]) -> int:
+        """Checkpoint running jobs' live events (what each stream has carried so far), in one transaction, so a
+        restarted coordinator resumes their streams where they were. A job that has ended meanwhile keeps its
+        final events. Returns how many were saved."""
         with db.write_session(self.engine) as session:
-            return jobs.save_events(session, job_id, events)
+            return sum(jobs.save_events(session, job_id, events) for job_id, events in checkpoints.items())
 
     def unfinished_jobs(self) -> list[Job]:
         """Every job not in a terminal state, oldest first: what a starting coordinator resumes."""

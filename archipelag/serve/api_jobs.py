@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
+from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
 from archipelag.protocol import Event, to_api_event
 from archipelag.remote import Unreachable
@@ -81,6 +82,7 @@ def sse(event: Event) -> bytes:
 KEEP_ALIVE = b": keep-alive\n\n"
 REPLICA_HEADER = "X-Archipelag-Replica"  # which ingress process serves a stream (any may: they hold no job state)
 UNREACHABLE_GRACE_S = 30.0  # a stream outlives a jobs-service restart this long
+FIRST_READ_WAIT_S = 1.0  # a stream's headers wait this long for its first events (a queued job's come later)
 
 
 def resume_after(last_event_id: str | None) -> int:
@@ -97,36 +99,41 @@ def resume_after(last_event_id: str | None) -> int:
     return value
 
 
-async def follow_job(svc: Services, job_id: JobId, after: int) -> AsyncIterator[list[Event]]:
-    """The job's events after ``after``, a batch at a time, until they end; an empty batch now and then while
-    nothing happens. Rides out a short restart of the jobs service."""
+async def follow_job(svc: Services, job_id: JobId, after: int,
+                     first: Batch | None = None) -> AsyncIterator[list[Event]]:
+    """The job's events after ``after``, a batch at a time, until they end (``first``: a batch already read);
+    an empty batch now and then while nothing happens. Rides out a short restart of the jobs service."""
     lost_since: float | None = None
+    batch = first
     while True:
-        try:
-            batch = await svc.jobs.read(job_id, after)
-        except Unreachable:
-            now = asyncio.get_running_loop().time()
-            lost_since = lost_since or now
-            if now - lost_since > UNREACHABLE_GRACE_S:
-                raise
-            await asyncio.sleep(0.5)
-            continue
-        lost_since = None
+        if batch is None:
+            try:
+                batch = await svc.jobs.read(job_id, after)
+            except Unreachable:
+                now = asyncio.get_running_loop().time()
+                lost_since = lost_since or now
+                if now - lost_since > UNREACHABLE_GRACE_S:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
+            lost_since = None
         if batch.events:
             after = batch.events[-1]["seq"]
         yield batch.events
         if batch.ended:
             return
+        batch = None
 
 
 @router.get("/jobs/{job_id}/stream")
 async def stream_job(job_id: str, caller: Reader, svc: Svc,
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-    await svc.ledger.get_job(job_id, caller.account_id)  # 404 before streaming
     after = resume_after(last_event_id)
+    # The first read says 404 before streaming (another account's job) and usually carries the first events.
+    first = await svc.jobs.read(JobId(job_id), after, FIRST_READ_WAIT_S, account_id=caller.account_id)
 
     async def frames() -> AsyncIterator[bytes]:
-        async for batch in follow_job(svc, JobId(job_id), after):  # one write per burst of events
+        async for batch in follow_job(svc, JobId(job_id), after, first):  # one write per burst of events
             yield b"".join(sse(event) for event in batch) if batch else KEEP_ALIVE
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={

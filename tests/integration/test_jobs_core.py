@@ -12,7 +12,7 @@ import pytest
 from builders import NOW, a_host
 
 from archipelag.catalog import Manifest
-from archipelag.errors import HostLost, NoCapacity
+from archipelag.errors import HostLost, NoCapacity, NotFound
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.jobs.queue import QueueFull
 from archipelag.jobs.service import JobService
@@ -299,7 +299,7 @@ def test_a_restarted_service_resumes_queued_and_running_jobs_and_their_streams(t
             ledger.transition(running.id, status, host_id="a")
         seen = [{"type": "status", "message": "started", "seq": 0}, {**SENTENCE[0], "seq": 1},
                 {**SENTENCE[1], "seq": 2}]
-        ledger.save_events(running.id, seen)  # the checkpoint the crashed coordinator left
+        ledger.save_events({running.id: seen})  # the checkpoint the crashed coordinator left
         await net.service.start()
         rest = await net.stream(running.id, after=2)
         assert text(rest) == " is calm" and rest[-1]["type"] == "done"
@@ -331,5 +331,21 @@ def test_a_host_whose_agent_is_gone_before_the_job_reaches_it_is_lost_and_the_ne
         await net.stream(job_id)
         job = net.job(job_id)
         assert job.status == JobStatus.SUCCEEDED and job.host_id == "b" and job.attempt == 2
+
+    asyncio.run(scenario())
+
+
+def test_only_the_account_that_owns_a_job_may_read_its_stream(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([SENTENCE[0]], hold=True)})
+        job_id = await net.submit()
+        with pytest.raises(NotFound):
+            await net.service.read(job_id, account_id=net.account + 1)
+        assert (await net.service.read(job_id, wait_s=1, account_id=net.account)).events
+        await net.service.cancel(job_id)
+        later = net.build()  # a relay that no longer holds the ended job: the ledger answers
+        with pytest.raises(NotFound):
+            await later.read(job_id, account_id=net.account + 1)
+        assert (await later.read(job_id, account_id=net.account)).ended
 
     asyncio.run(scenario())
