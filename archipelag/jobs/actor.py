@@ -15,7 +15,7 @@ from archipelag.actors.client import HostAgentClient
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId
 from archipelag.jobs.relay import Batch
-from archipelag.jobs.service import JobService, JobStats
+from archipelag.jobs.service import JobService
 from archipelag.ledger.client import LedgerClient
 from archipelag.ledger.records import Job
 from archipelag.placement.client import PlacementClient
@@ -72,6 +72,3 @@ class JobsActor:
     async def hosts(self) -> list[HostSnapshot]:
         await self.start()
         return await self._service.hosts()
-
-    async def stats(self) -> JobStats:
-        return self._service.stats()

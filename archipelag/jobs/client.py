@@ -8,7 +8,7 @@ from typing import Any
 from archipelag.errors import ArchipelagError
 from archipelag.ids import JobId
 from archipelag.jobs.relay import Batch
-from archipelag.jobs.service import JobService, JobStats
+from archipelag.jobs.service import JobService
 from archipelag.ledger.records import Job
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.remote import Calls, LocalCalls, RayCalls
@@ -67,7 +67,3 @@ class JobsClient:
 
     async def hosts(self) -> list[HostSnapshot]:
         return list(await self._calls.call("hosts"))
-
-    async def stats(self) -> JobStats:
-        stats: JobStats = await self._calls.call("stats")
-        return stats

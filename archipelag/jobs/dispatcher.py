@@ -132,17 +132,6 @@ class Dispatcher:
         for task in [*self._tasks, *([self._loop_task] if self._loop_task else [])]:
             task.cancel()
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._tickets
-
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
-    @property
-    def running(self) -> int:
-        return len(self._tickets) - len(self._queue)
-
     def admit(self) -> None:
         """QueueFull (503, Retry-After) when a new job would wait behind too many."""
         self._queue.admit()
@@ -277,7 +266,7 @@ class Dispatcher:
         log.warning("job %s lost host %s: %s", ticket.job_id, host_id, reason)
         self._placement.mark_offline(host_id, reason)
         ticket.excluded.add(host_id)
-        self._spawn(self._karma_drop(host_id, ticket.job_id, reason))
+        self._record(ticket, lambda: self._karma_drop(host_id, ticket.job_id, reason))  # before the job's end
         if ticket.attempt >= self._rules.max_attempts:
             await self._finish(ticket, JobStatus.FAILED, f"{reason}; gave up after {ticket.attempt} attempts",
                                None, "host_lost")

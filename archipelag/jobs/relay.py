@@ -135,9 +135,6 @@ class Relay:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._logs
 
-    def __len__(self) -> int:
-        return len(self._logs)
-
     def open(self, job_id: JobId, events: Iterable[Event] = (), owner: int | None = None) -> JobLog:
         self._forget_old()
         log = self._logs[job_id] = JobLog(job_id, events, owner)

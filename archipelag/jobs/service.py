@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from archipelag.catalog import Manifest
@@ -26,13 +25,6 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 _RUNNING = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
-
-
-@dataclass(frozen=True)
-class JobStats:
-    waiting: int  # in the queue
-    running: int  # on a host
-    live_streams: int  # jobs whose events the relay holds
 
 
 class JobService:
@@ -124,9 +116,6 @@ class JobService:
                                       host_id=job.host_id)
         except InvalidTransition:
             pass
-
-    def stats(self) -> JobStats:
-        return JobStats(self._dispatcher.waiting, self._dispatcher.running, len(self._relay))
 
     # --- a restart ---------------------------------------------------------------------------------
 
