@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from archipelag.errors import ArchipelagError
@@ -20,6 +21,8 @@ class Calls(Protocol):
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None: ...
+
+    def stream(self, method: str, *args: Any) -> AsyncIterator[Any]: ...
 
 
 class Unreachable(ArchipelagError):
@@ -54,6 +57,28 @@ class RayCalls:
         except Exception:  # fire-and-forget: the caller never fails for a lost notice
             log.warning("%s.%s was not sent", self._what, method, exc_info=True)
 
+    async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        """The items a generator method yields, as Ray streams them (no call per item). Leaving early cancels
+        the generator in the actor."""
+        import ray
+        from ray.exceptions import RayError
+
+        generator = getattr(self._handle, method).remote(*args)
+        finished = False
+        try:
+            async for ref in generator:
+                yield await ref
+            finished = True
+        except RayError as exc:
+            finished = True
+            raise translated(exc, self._what) from None
+        finally:
+            if not finished:
+                try:
+                    ray.cancel(generator)
+                except Exception:  # best effort: the actor's generator ends at its next wait anyway
+                    log.debug("%s.%s was not cancelled", self._what, method, exc_info=True)
+
 
 def translated(exc: BaseException, what: str) -> BaseException:
     from ray.exceptions import RayTaskError
@@ -83,3 +108,7 @@ class LocalCalls:
         task = asyncio.get_running_loop().create_task(self.call(method, *args, **kwargs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        async for item in getattr(self.target, method)(*args):
+            yield item

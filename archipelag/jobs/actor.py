@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from archipelag.actors.client import HostAgentClient
@@ -64,6 +65,12 @@ class JobsActor:
     async def read(self, job_id: JobId, after: int, wait_s: float, account_id: int | None) -> Batch:
         await self.start()
         return await self._service.read(job_id, after, wait_s, account_id)
+
+    async def follow(self, job_id: JobId, after: int, account_id: int | None) -> AsyncIterator[Batch]:
+        """A Ray streaming generator: each batch goes to the reader as it comes, without a call per batch."""
+        await self.start()
+        async for batch in self._service.follow(job_id, after, account_id):
+            yield batch
 
     async def cancel(self, job_id: JobId, reason: str) -> None:
         await self.start()

@@ -3,6 +3,7 @@ for tests without Ray); the API's replicas hold one each."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from archipelag.errors import ArchipelagError
@@ -15,7 +16,6 @@ from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
 
 ACTOR_NAME = "jobs"
-READ_WAIT_S = 15.0  # one read waits this long for news before answering empty (a stream sends a keep-alive)
 
 
 class JobsClient:
@@ -56,11 +56,18 @@ class JobsClient:
         job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority)
         return job
 
-    async def read(self, job_id: JobId, after: int = -1, wait_s: float = READ_WAIT_S,
+    async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0,
                    account_id: int | None = None) -> Batch:
         """Events after ``after``; with ``account_id``, NotFound (404) unless the job is that account's."""
         batch: Batch = await self._calls.call("read", job_id, after, wait_s, account_id)
         return batch
+
+    async def follow(self, job_id: JobId, after: int = -1, account_id: int | None = None) -> AsyncIterator[Batch]:
+        """The job's events after ``after``, a batch at a time as the relay has them, until the stream ends (an
+        empty batch now and then while nothing happens). With ``account_id``, the first batch raises NotFound
+        (404) unless the job is that account's."""
+        async for batch in self._calls.stream("follow", job_id, after, account_id):
+            yield batch
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         await self._calls.call("cancel", job_id, reason)

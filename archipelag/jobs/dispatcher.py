@@ -289,44 +289,44 @@ class Dispatcher:
             return _Lost(exc.message, started=False)
         stream = host.run_batches(ticket.spec)
         started = streaming = False
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                try:
-                    batch = await asyncio.wait_for(anext(stream), self._rules.lease_s)
-                except TimeoutError:
-                    self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
-                    return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)",
-                                 started)
-                except StopAsyncIteration:
-                    return _Lost(f"host {host_id} closed the job's stream without a final event", started)
-                except HostLost as exc:
-                    return _Lost(exc.message, started)
-                if not batch:
-                    continue  # the host is alive; the job is quiet
-                if not started:
-                    first = batch[0]
-                    if first["type"] == "error" and first.get("code") in _TURNED_AWAY:
-                        return _TURNED_AWAY_OUTCOME
-                    started = True
-                    ticket.started_monotonic = self._clock()
-                    if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
-                        self._spawn(host.cancel(job_id, ticket.cancel_reason))
-                    # Assigned and started in one write, once the host has begun: until then the job is queued.
-                    self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
-                if not streaming and any(e["type"] in _OUTPUT for e in batch):
-                    streaming = True
-                    self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
-                try:
-                    ticket.log.publish(attempt, batch)
-                except Diverged as exc:
-                    ticket.log.note(diverged_error(exc))
-                    self._spawn(host.cancel(job_id, "the retry diverged"))
-                    return _Ended(JobStatus.FAILED, str(exc))
-                final = ticket.log.final
-                if final is not None:
-                    if final["type"] == "done":
-                        return _Ended(JobStatus.SUCCEEDED, None)
-                    return _Ended(_END_BY_CODE.get(str(final.get("code")), JobStatus.FAILED), final["message"])
+            async with asyncio.timeout(self._rules.lease_s) as lease:
+                async for batch in stream:
+                    lease.reschedule(loop.time() + self._rules.lease_s)  # heard from: the lease runs on
+                    if not batch:
+                        continue  # the host is alive; the job is quiet
+                    if not started:
+                        first = batch[0]
+                        if first["type"] == "error" and first.get("code") in _TURNED_AWAY:
+                            return _TURNED_AWAY_OUTCOME
+                        started = True
+                        ticket.started_monotonic = self._clock()
+                        if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
+                            self._spawn(host.cancel(job_id, ticket.cancel_reason))
+                        # Assigned and started in one write, once the host has begun: until then it is queued.
+                        self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
+                    if not streaming and any(e["type"] in _OUTPUT for e in batch):
+                        streaming = True
+                        self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
+                    try:
+                        ticket.log.publish(attempt, batch)
+                    except Diverged as exc:
+                        ticket.log.note(diverged_error(exc))
+                        self._spawn(host.cancel(job_id, "the retry diverged"))
+                        return _Ended(JobStatus.FAILED, str(exc))
+                    final = ticket.log.final
+                    if final is not None:
+                        if final["type"] == "done":
+                            return _Ended(JobStatus.SUCCEEDED, None)
+                        code = str(final.get("code"))
+                        return _Ended(_END_BY_CODE.get(code, JobStatus.FAILED), final["message"])
+            return _Lost(f"host {host_id} closed the job's stream without a final event", started)
+        except TimeoutError:
+            self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
+            return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)", started)
+        except HostLost as exc:
+            return _Lost(exc.message, started)
         finally:
             await stream.aclose()
 

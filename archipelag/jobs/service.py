@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from archipelag.catalog import Manifest
@@ -25,6 +26,8 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 _RUNNING = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
+FIRST_WAIT_S = 1.0  # a follower's first batch waits this long for events (a stream's headers wait for it)
+FOLLOW_WAIT_S = 15.0  # then an empty batch after this long without news (a stream sends a keep-alive)
 
 
 class JobService:
@@ -100,6 +103,21 @@ class JobService:
             events.append(dict(error_event(job.error or f"the job ended {job.status}", str(job.status)),
                                seq=len(events)))
         return Batch(events[max(0, after + 1):], True)
+
+    async def follow(self, job_id: JobId, after: int = -1, account_id: int | None = None,
+                     first_wait_s: float = FIRST_WAIT_S) -> AsyncIterator[Batch]:
+        """The job's events after ``after``, a batch as soon as there is news (an empty one every
+        ``FOLLOW_WAIT_S`` without), until the stream ends. The first batch comes within ``first_wait_s`` and
+        says NotFound when ``account_id`` is given and the job is not that account's."""
+        wait_s = first_wait_s
+        while True:
+            batch = await self.read(job_id, after, wait_s, account_id)
+            account_id, wait_s = None, FOLLOW_WAIT_S
+            if batch.events:
+                after = batch.events[-1]["seq"]
+            yield batch
+            if batch.ended:
+                return
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         """Cancel through the one path: the dispatcher stops it wherever it is and records it; a job it does not

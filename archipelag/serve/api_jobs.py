@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
-from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
 from archipelag.protocol import Event, to_api_event
 from archipelag.remote import Unreachable
@@ -82,7 +81,6 @@ def sse(event: Event) -> bytes:
 KEEP_ALIVE = b": keep-alive\n\n"
 REPLICA_HEADER = "X-Archipelag-Replica"  # which ingress process serves a stream (any may: they hold no job state)
 UNREACHABLE_GRACE_S = 30.0  # a stream outlives a jobs-service restart this long
-FIRST_READ_WAIT_S = 1.0  # a stream's headers wait this long for its first events (a queued job's come later)
 
 
 def resume_after(last_event_id: str | None) -> int:
@@ -100,41 +98,40 @@ def resume_after(last_event_id: str | None) -> int:
 
 
 async def follow_job(svc: Services, job_id: JobId, after: int,
-                     first: Batch | None = None) -> AsyncIterator[list[Event]]:
-    """The job's events after ``after``, a batch at a time, until they end (``first``: a batch already read);
-    an empty batch now and then while nothing happens. Rides out a short restart of the jobs service."""
+                     account_id: int | None = None) -> AsyncIterator[list[Event]]:
+    """The job's events after ``after``, a batch at a time, until they end; an empty batch now and then while
+    nothing happens. With ``account_id`` the first batch raises NotFound for another account's job. Rides out a
+    short restart of the jobs service, continuing after the last event it had."""
     lost_since: float | None = None
-    batch = first
     while True:
-        if batch is None:
-            try:
-                batch = await svc.jobs.read(job_id, after)
-            except Unreachable:
-                now = asyncio.get_running_loop().time()
-                lost_since = lost_since or now
-                if now - lost_since > UNREACHABLE_GRACE_S:
-                    raise
-                await asyncio.sleep(0.5)
-                continue
-            lost_since = None
-        if batch.events:
-            after = batch.events[-1]["seq"]
-        yield batch.events
-        if batch.ended:
+        try:
+            async for batch in svc.jobs.follow(job_id, after, account_id):
+                lost_since, account_id = None, None
+                if batch.events:
+                    after = batch.events[-1]["seq"]
+                yield batch.events
+                if batch.ended:
+                    return
             return
-        batch = None
+        except Unreachable:
+            now = asyncio.get_running_loop().time()
+            lost_since = lost_since or now
+            if now - lost_since > UNREACHABLE_GRACE_S:
+                raise
+            await asyncio.sleep(0.5)
 
 
 @router.get("/jobs/{job_id}/stream")
 async def stream_job(job_id: str, caller: Reader, svc: Svc,
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-    after = resume_after(last_event_id)
-    # The first read says 404 before streaming (another account's job) and usually carries the first events.
-    first = await svc.jobs.read(JobId(job_id), after, FIRST_READ_WAIT_S, account_id=caller.account_id)
+    batches = follow_job(svc, JobId(job_id), resume_after(last_event_id), caller.account_id)
+    first = await anext(batches)  # 404 before streaming for another account's job; usually the first events
 
     async def frames() -> AsyncIterator[bytes]:
-        async for batch in follow_job(svc, JobId(job_id), after, first):  # one write per burst of events
+        batch: list[Event] | None = first
+        while batch is not None:  # one write per burst of events
             yield b"".join(sse(event) for event in batch) if batch else KEEP_ALIVE
+            batch = await anext(batches, None)
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no", REPLICA_HEADER: f"{os.getpid()}"})
