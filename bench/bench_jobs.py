@@ -4,7 +4,8 @@
   p50/p99 over ``trials`` each (the baseline: Ray's own failure detection, 15–55 s, and a lease of 3 s);
 - WASM jobs/s end to end with 1 and with 2 ingress replicas, next to the no-op ``/health`` rate of the same
   ingress;
-- events/s through the relay to 1 and to 10 concurrent readers of one job, and what one relay read costs;
+- events/s through the relay to 1 and to 10 concurrent readers of one job, and what one relay read costs as a
+  call (a follower streams instead: one message per batch);
 - a coordinator's jobs service restarted (its actor killed): time until a queued job runs again.
 """
 
@@ -170,7 +171,8 @@ async def _read_cost(settings: Settings, job_id: str, calls: int = 300) -> float
 
 
 def _restart_rows(network: EmbeddedNetwork) -> list[Row]:
-    """Kill the jobs actor with a job waiting behind a full network; time until that job starts."""
+    """Kill the jobs actor (Ray restarts it; it resumes unfinished jobs first); time until a job submitted
+    meanwhile has completed."""
     import ray
 
     from archipelag.jobs.client import ACTOR_NAME
@@ -222,8 +224,8 @@ def throughput_rows(seconds: float = 8.0, concurrency: int = 16) -> list[Row]:
                     rows += [
                         ("relay → 1 reader of a job", f"{one:,.0f} events/s", "wasm-echo-stream, 20,000 tokens"),
                         ("relay → 10 readers of one job", f"{ten:,.0f} events/s", "each reader, the slowest"),
-                        ("one relay read (a Ray call)", f"{1000 * cost:.2f} ms",
-                         "paid per batch of events, never per event"),
+                        ("one relay read as a Ray call", f"{1000 * cost:.2f} ms",
+                         "a follower streams instead: one message per batch, never per event"),
                     ]
                     rows += _restart_rows(network)
             finally:
