@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,14 @@ def test_a_coordinator_killed_with_jobs_queued_and_running_resumes_them_when_it_
         assert client.get_job(queued.job_id).status == "queued"
 
         doomed = network_processes(coordinator.pid)
+        killed_at = time.time()
         coordinator.kill()  # SIGKILL: its head goes with it, as on a machine that lost power
         eventually(lambda: not still_running(doomed), timeout_s=20)
         ray_pid = json.loads((state / "hosts" / "island-r.json").read_text())["ray_pid"]
         eventually(lambda: not psutil.pid_exists(ray_pid) or psutil.Process(ray_pid).status() == "zombie",
                    timeout_s=30)  # the host's node notices its head is gone
         restarted, _ = start_up(state, port, head_port, hosts=0, **settings)
+        restarted_at = time.time()
 
         reader.join(timeout=180)
         assert not reader.is_alive(), "the SDK's stream did not resume across the restart"
@@ -80,6 +83,10 @@ def test_a_coordinator_killed_with_jobs_queued_and_running_resumes_them_when_it_
         assert done.status == "completed" and done.attempt == 2 and done.output == "tick " * TICKS
         after = client.wait_job(queued.job_id, timeout_s=60)
         assert after.status == "completed" and after.host_id == "island-r"
+        assert done.completed_at is not None and after.completed_at is not None
+        print(f"coordinator SIGKILL → restarted: {restarted_at - killed_at:.1f} s; → the queued job done: "
+              f"{after.completed_at.timestamp() - killed_at:.1f} s; → the running one done again: "
+              f"{done.completed_at.timestamp() - killed_at:.1f} s")
         jobs = client.list_jobs(limit=10).items
         assert all(job.status == "completed" for job in jobs)
         spent = sum(job.usage.credits_used for job in jobs)
