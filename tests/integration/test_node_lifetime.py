@@ -15,6 +15,7 @@ import psutil
 import pytest
 import ray
 from netutil import eventually, network_settings
+from up_process import network_processes, still_running
 
 from archipelag.actors.client import HostAgentClient
 from archipelag.catalog_signing import ensure_dev_signed_catalog
@@ -39,21 +40,12 @@ time.sleep(600)
 
 
 def gone(processes: list[psutil.Process]) -> bool:
-    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return not still_running(processes)
 
 
 def node_processes(root_pid: int) -> list[psutil.Process]:
     """A process, its descendants, and everything in the sessions of those that lead one (Ray's nodes)."""
-    root = psutil.Process(root_pid)
-    tree = [root, *root.children(recursive=True)]
-    found = {p.pid: p for p in tree}
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) in found:
-                found.setdefault(proc.pid, proc)
-        except OSError:
-            continue
-    return list(found.values())
+    return [psutil.Process(root_pid), *network_processes(root_pid)]
 
 
 def test_a_node_goes_with_the_process_that_started_it_even_when_that_is_killed(tmp_path: Path) -> None:
