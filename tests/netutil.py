@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
+
+from archipelag.network import EmbeddedNetwork
 from archipelag.settings import Settings
 
 T = TypeVar("T")
@@ -32,6 +36,14 @@ def network_settings(state_dir: Path, **overrides: object) -> Settings:
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def api_client(network: EmbeddedNetwork, timeout_s: float = 60) -> Iterator[httpx.Client]:
+    """An HTTP client for a test network's API, with its account's key."""
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},
+                      timeout=timeout_s) as client:
+        yield client
 
 
 def eventually(check: Callable[[], T], timeout_s: float = 20, interval_s: float = 0.1) -> T:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from catalog_builders import network_catalog
-from netutil import eventually, network_settings
+from netutil import api_client, eventually, network_settings
 
 from archipelag.network import EmbeddedNetwork, start_network
 
@@ -36,8 +36,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwor
 
 @pytest.fixture(scope="module")
 def http(network: EmbeddedNetwork) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},
-                      timeout=60) as client:
+    with api_client(network) as client:
         yield client
 
 
