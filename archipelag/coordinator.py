@@ -68,6 +68,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
 
     import ray
 
+    from archipelag.accounts.revocations import RevocationsClient
     from archipelag.jobs.client import JobsClient
     from archipelag.ledger.client import LedgerClient
     from archipelag.placement.client import PlacementClient
@@ -86,6 +87,7 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
     if head is not None:
         head.remember_tree()
     LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
+    RevocationsClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     JobsClient.start(settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
     deploy(settings)
@@ -93,7 +95,8 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
 
 
 def ensure_local_account(settings: Settings, ledger: Ledger, email: str = "you@localhost") -> str:
-    """The embedded network's own account and API key, saved to ``state_dir/api_key`` (mode 600)."""
+    """The embedded network's own account (its first: an admin) and an API key with every scope, saved to
+    ``state_dir/api_key`` (mode 600)."""
     from archipelag.catalog import MICRO
     from archipelag.errors import Unauthorized
 
@@ -104,8 +107,8 @@ def ensure_local_account(settings: Settings, ledger: Ledger, email: str = "you@l
             return key_path.read_text().strip()
         except Unauthorized:
             pass
-    account = ledger.create_account(email, round(settings.initial_credits * MICRO))
-    _, key = ledger.create_api_key(account.id, "local", ("read", "write"))
+    account = ledger.find_account(email) or ledger.create_account(email, round(settings.initial_credits * MICRO))
+    _, key = ledger.create_api_key(account.id, "local", ("keys", "read", "write"))
     key_path.write_text(key)
     key_path.chmod(0o600)
     return key

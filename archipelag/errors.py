@@ -61,6 +61,22 @@ class Forbidden(RequestError):
     http_status = 403
 
 
+class AccountSuspended(Forbidden):
+    code = "account_suspended"
+
+
+class EmailUnverified(Forbidden):
+    code = "email_unverified"
+
+
+class CsrfFailed(Forbidden):
+    code = "csrf_failed"
+
+
+class SignupClosed(Forbidden):
+    code = "signup_closed"
+
+
 class NotFound(RequestError):
     code = "not_found"
     http_status = 404

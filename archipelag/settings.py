@@ -121,7 +121,23 @@ class Settings(BaseSettings):
 
     rate_limit_per_min: int = 100
     initial_credits: float = 1000.0  # credits for an account created by `up`
-    admin_api_key: SecretStr | None = None
+
+    # Accounts: who may sign up, what they get, how long links and sessions last, where mail goes.
+    signup_policy: Literal["open", "invite", "closed"] = "invite"  # `archipelag up` makes its network open
+    signup_credits: float = 10_000.0  # granted when a new account verifies its address
+    auth_failures_per_min: int = 20  # failed sign-ins and bad keys one client address may send a minute
+    session_ttl_s: float = 7 * 24 * 3600.0
+    session_cookie_secure: bool = True  # browsers keep Secure cookies on http://localhost and 127.0.0.1 too
+    verify_link_ttl_s: float = 48 * 3600.0
+    reset_link_ttl_s: float = 3600.0
+    invite_ttl_s: float = 14 * 24 * 3600.0
+    public_api_url: str = ""  # the API's address in links that mail carries; empty → http://api_host:api_port
+    smtp_host: str = ""  # empty → mail is written to state_dir/logs/mail.log on the coordinator
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "Archipelag <noreply@localhost>"
 
     # The signed catalog (DESIGN §10): hosts run only what a trusted key signed. Keys are Ed25519 public keys
     # in base64; list several to rotate. `up` trusts the dev key it makes; production keeps its key offline.
@@ -142,6 +158,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'archipelag.db').resolve()}"
 
+    def public_url(self) -> str:
+        """The API's address as people reach it (links in mail)."""
+        return (self.public_api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
     def ray_env(self) -> dict[str, str]:
         """Environment for every Ray process of this network (nodes, drivers), so all agree on auth."""
         env = {"RAY_AUTH_MODE": self.ray_auth, "RAY_TMPDIR": str(self.ray_temp_dir)}
@@ -157,8 +177,8 @@ class Settings(BaseSettings):
         """These settings as ARCHIPELAG_* variables, for child processes (a local host's join)."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
-            if name == "admin_api_key":
-                value = self.admin_api_key.get_secret_value() if self.admin_api_key else None
+            if name == "smtp_password":
+                value = self.smtp_password.get_secret_value() if self.smtp_password else None
             if value is None:
                 continue
             env[f"ARCHIPELAG_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
@@ -178,5 +198,5 @@ class Settings(BaseSettings):
             user = creds.split(":", 1)[0]
             url = f"{scheme}://{user}:***@{host}" if ":" in creds else url
         data["database_url"] = url
-        data["admin_api_key"] = "***" if self.admin_api_key else None
+        data["smtp_password"] = "***" if self.smtp_password else None
         return data

@@ -32,7 +32,7 @@ def network_settings(state_dir: Path, **overrides: object) -> Settings:
         "ray_auth": "disabled",
         "ray_temp_dir": Path("/tmp/archipelag-test-ray"),
         "heartbeat_interval_s": 0.5,
-        "rate_limit_per_min": 0,
+        "rate_limit_per_min": 6000,  # the real limiter, at a pace tests do not reach
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

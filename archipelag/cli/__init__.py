@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -62,6 +63,8 @@ def up(
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(api_port=port) if port else Settings()
+    if "signup_policy" not in settings.model_fields_set:  # a network on one machine: anyone here may sign up
+        settings = settings.model_copy(update={"signup_policy": "open"})
     region_list = tuple(r.strip() for r in regions.split(",") if r.strip())
     typer.echo(f"starting the network: a coordinator and {hosts} hosts in {', '.join(region_list)} …")
     _stop_cleanly_on_sigterm()
@@ -73,7 +76,7 @@ def up(
     typer.echo(f"""
 Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.region}]' for h in network.hosts)})
 
-  export ARCHIPELAG_API_KEY={network.api_key}
+  export ARCHIPELAG_API_KEY=$(cat {shlex.quote(str((settings.state_dir / 'api_key').resolve()))})
   archipelag submit wasm-hash --input '{{"text": "hello"}}' --stream
   archipelag chat "Write a haiku about islands"
   archipelag image "a red boat" --out boat.png

@@ -15,7 +15,7 @@ from archipelag.errors import LedgerError
 from archipelag.ids import JobId
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.ledger.ledger import Ledger
-from archipelag.ledger.records import Account, ApiKey, Job, KarmaEvent, Workload
+from archipelag.ledger.records import Account, ApiKey, Invite, Job, KarmaEvent, Session, Workload
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
@@ -66,8 +66,9 @@ class LedgerClient:
         return int(await self._calls.call("balance_micro", account_id))
 
     async def create_api_key(self, account_id: int, name: str, scopes: tuple[str, ...],
-                             expires_at: datetime | None) -> tuple[ApiKey, str]:
-        key, full = await self._calls.call("create_api_key", account_id, name, scopes, expires_at)
+                             expires_at: datetime | None, within: tuple[str, ...] | None = None,
+                             ) -> tuple[ApiKey, str]:
+        key, full = await self._calls.call("create_api_key", account_id, name, scopes, expires_at, within)
         return key, full
 
     async def list_api_keys(self, account_id: int) -> list[ApiKey]:
@@ -76,6 +77,76 @@ class LedgerClient:
     async def revoke_api_key(self, account_id: int, key_id: int) -> ApiKey:
         key: ApiKey = await self._calls.call("revoke_api_key", account_id, key_id)
         return key
+
+    # --- sign-up, sessions, administration (``people.People``) -------------------------------------
+
+    async def sign_up(self, email: str, password_hash: str, *, invite_code: str | None, require_invite: bool,
+                      verify_ttl_s: float) -> tuple[Account, str]:
+        account, token = await self._calls.call("sign_up", email, password_hash, invite_code=invite_code,
+                                                require_invite=require_invite, verify_ttl_s=verify_ttl_s)
+        return account, token
+
+    async def account_for_sign_in(self, email: str) -> tuple[Account, str] | None:
+        found: tuple[Account, str] | None = await self._calls.call("account_for_sign_in", email)
+        return found
+
+    async def verify_email(self, token: str, grant_micro: int) -> Account:
+        account: Account = await self._calls.call("verify_email", token, grant_micro)
+        return account
+
+    async def new_verification(self, account_id: int, ttl_s: float) -> str | None:
+        token: str | None = await self._calls.call("new_verification", account_id, ttl_s)
+        return token
+
+    async def password_reset_token(self, email: str, ttl_s: float) -> tuple[Account, str] | None:
+        found: tuple[Account, str] | None = await self._calls.call("password_reset_token", email, ttl_s)
+        return found
+
+    async def reset_password(self, token: str, password_hash: str) -> Account:
+        account: Account = await self._calls.call("reset_password", token, password_hash)
+        return account
+
+    async def change_password(self, account_id: int, password_hash: str) -> None:
+        await self._calls.call("change_password", account_id, password_hash)
+
+    async def start_session(self, account_id: int, ttl_s: float) -> tuple[Session, str]:
+        session, token = await self._calls.call("start_session", account_id, ttl_s)
+        return session, token
+
+    async def authenticate_session(self, token: str) -> tuple[Account, Session]:
+        account, session = await self._calls.call("authenticate_session", token)
+        return account, session
+
+    async def end_session(self, session_id: int) -> None:
+        await self._calls.call("end_session", session_id)
+
+    async def find_account(self, email: str) -> Account | None:
+        account: Account | None = await self._calls.call("find_account", email)
+        return account
+
+    async def list_accounts(self, query: str | None, limit: int, offset: int) -> tuple[list[Account], int]:
+        found, total = await self._calls.call("list_accounts", query, limit, offset)
+        return list(found), int(total)
+
+    async def grant_credits(self, account_id: int, credits_micro: int, memo: str | None) -> Account:
+        account: Account = await self._calls.call("grant_credits", account_id, credits_micro, memo)
+        return account
+
+    async def set_suspended(self, account_id: int, reason: str | None) -> Account:
+        account: Account = await self._calls.call("set_suspended", account_id, reason)
+        return account
+
+    async def set_admin(self, account_id: int, is_admin: bool) -> Account:
+        account: Account = await self._calls.call("set_admin", account_id, is_admin)
+        return account
+
+    async def create_invite(self, admin_id: int, email: str | None, ttl_s: float) -> Invite:
+        invite: Invite = await self._calls.call("create_invite", admin_id, email, ttl_s)
+        return invite
+
+    async def network_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self._calls.call("network_stats")
+        return stats
 
     # --- workloads --------------------------------------------------------------------------------
 

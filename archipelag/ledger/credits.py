@@ -89,6 +89,11 @@ def host_earnings_micro(session: Session, host_id: str) -> int:
     return _balance_of(session, "host", host_id)
 
 
+def book_balance_micro(session: Session, kind: str) -> int:
+    """The balance of one of the platform's books (escrow, platform, mint)."""
+    return _balance_of(session, kind, "")
+
+
 def transfer(
     session: Session,
     kind: str,

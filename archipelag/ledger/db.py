@@ -127,8 +127,26 @@ def _ledger_tables() -> list[Any]:
     ]
 
 
+def _v2_people(connection: Connection) -> None:
+    """Accounts people sign in to: passwords, verified addresses, admins, suspension; sessions and tokens.
+    A database made at version 1 gets the new columns; a new one already has them from version 1's tables."""
+    have = {column["name"] for column in inspect(connection).get_columns(tables.AccountRow.__tablename__)}
+    added = {
+        "password_hash": "VARCHAR(255)",
+        "email_verified_at": "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME",
+        "is_admin": "BOOLEAN NOT NULL DEFAULT FALSE",
+        "suspended_at": "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME",
+        "suspended_reason": "VARCHAR(500)",
+    }
+    for name, sql_type in added.items():
+        if name not in have:
+            connection.exec_driver_sql(f"ALTER TABLE accounts ADD COLUMN {name} {sql_type}")
+    SQLModel.metadata.create_all(connection, tables=[tables.SessionRow.__table__,  # type: ignore[attr-defined]
+                                                     tables.AccountTokenRow.__table__])  # type: ignore[attr-defined]
+
+
 # Append new steps; never edit an applied one.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1_initial),)
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1_initial), (2, _v2_people))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -6,8 +6,7 @@ dataclasses from ``records`` or plain values, never ORM rows. Errors come from `
 Money is integer micro-credits (``catalog.MICRO`` per credit).
 
 Schema: ``migrate()``, ``schema_version()``.
-Accounts and keys: ``create_account``, ``get_account``, ``grant_credits``, ``create_api_key``, ``authenticate``,
-``list_api_keys``, ``revoke_api_key``.
+Accounts, keys, sessions, sign-up and administration: see ``people.People``, which ``Ledger`` includes.
 Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
 Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
 ``unfinished_jobs``, ``job_events``, ``stored_output_events``.
@@ -18,8 +17,6 @@ Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``l
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,24 +24,20 @@ from typing import TYPE_CHECKING, Any
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
 from archipelag.ids import JobId
-from archipelag.ledger import accounts, credits, db, hosts, jobs, workloads
+from archipelag.ledger import credits, db, hosts, jobs, workloads
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
-from archipelag.ledger.records import Account, ApiKey, Host, Job, JobEvent, KarmaEvent, Workload
+from archipelag.ledger.people import People
+from archipelag.ledger.records import Host, Job, JobEvent, KarmaEvent, Workload
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 
 if TYPE_CHECKING:
     from archipelag.settings import Settings
 
-KEY_TOUCH_INTERVAL_S = 5.0  # authenticate() writes last_used_at at most this often per key (per process)
-
-
-class Ledger:
+class Ledger(People):
     def __init__(self, url: str, *, karma_rules: KarmaRules = DEFAULT_RULES) -> None:
-        self.engine = db.create_engine_for(url)
+        super().__init__(db.create_engine_for(url))
         self.karma_rules = karma_rules
-        self._touched: dict[int, float] = {}
-        self._touched_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ledger:
@@ -61,64 +54,6 @@ class Ledger:
 
     def schema_version(self) -> int | None:
         return db.schema_version(self.engine)
-
-    # --- accounts and api keys --------------------------------------------------------------------------
-
-    def create_account(self, email: str, credits_micro: int, home_region: str | None = None) -> Account:
-        """A new account holding ``credits_micro`` granted credits. Conflict when the email is taken."""
-        with db.write_session(self.engine) as session:
-            return accounts.create_account(session, email, credits_micro, home_region)
-
-    def get_account(self, account_id: int) -> Account:
-        with db.read_session(self.engine) as session:
-            return accounts.get_account(session, account_id)
-
-    def grant_credits(self, account_id: int, credits_micro: int, memo: str | None = None) -> Account:
-        with db.write_session(self.engine) as session:
-            accounts.get_account(session, account_id)
-            credits.grant(session, account_id, credits_micro, memo)
-            return accounts.get_account(session, account_id)
-
-    def create_api_key(
-        self,
-        account_id: int,
-        name: str,
-        scopes: Iterable[str] = ("read", "write"),
-        expires_at: datetime | None = None,
-    ) -> tuple[ApiKey, str]:
-        """A new key and its full text (``ak_…``), which is shown once and never stored."""
-        with db.write_session(self.engine) as session:
-            return accounts.create_api_key(session, account_id, name, scopes, expires_at)
-
-    def authenticate(self, full_key: str) -> tuple[Account, ApiKey]:
-        """The account and key behind a bearer key; Unauthorized when unknown, revoked or expired."""
-        now = utcnow()
-        with db.read_session(self.engine) as session:
-            account, key = accounts.find_key(session, full_key, now)
-        if self._due_for_touch(key.id):
-            with db.write_session(self.engine) as session:
-                accounts.touch_key(session, key.id, now)
-            key = ApiKey(**{**key.__dict__, "last_used_at": now})
-        return account, key
-
-    def _due_for_touch(self, key_id: int) -> bool:
-        clock = time.monotonic()
-        with self._touched_lock:
-            last = self._touched.get(key_id)
-            if last is not None and clock - last < KEY_TOUCH_INTERVAL_S:
-                return False
-            self._touched[key_id] = clock
-            return True
-
-    def list_api_keys(self, account_id: int) -> list[ApiKey]:
-        """The account's keys that are not revoked, oldest first."""
-        with db.read_session(self.engine) as session:
-            return accounts.list_api_keys(session, account_id)
-
-    def revoke_api_key(self, account_id: int, key_id: int) -> ApiKey:
-        """Revoke one of the account's keys; NotFound when it is not theirs (or already revoked)."""
-        with db.write_session(self.engine) as session:
-            return accounts.revoke_api_key(session, account_id, key_id)
 
     # --- workloads ------------------------------------------------------------------------------------
 

@@ -18,10 +18,40 @@ class Account:
     credits_micro: int  # current balance
     home_region: str | None
     created_at: datetime
+    is_admin: bool = False
+    email_verified_at: datetime | None = None
+    suspended_at: datetime | None = None
+    suspended_reason: str | None = None
 
     @property
     def credits(self) -> float:
         return self.credits_micro / MICRO
+
+    @property
+    def verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in browser session (its token is never stored; only its hash)."""
+
+    id: int
+    account_id: AccountId
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Invite:
+    code: str  # shown once
+    email: str | None
+    expires_at: datetime
 
 
 @dataclass(frozen=True)

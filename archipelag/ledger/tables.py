@@ -63,6 +63,41 @@ class AccountRow(SQLModel, table=True):
     email: str = Field(unique=True, max_length=320)
     home_region: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts(nullable=False)
+    # Added in schema version 2 (people sign in; admins run the network):
+    password_hash: str | None = Field(default=None, max_length=255)  # argon2id; None: no password sign-in
+    email_verified_at: datetime | None = _ts()
+    is_admin: bool = Field(default=False)
+    suspended_at: datetime | None = _ts()  # set: every key and session of the account is refused
+    suspended_reason: str | None = Field(default=None, max_length=500)
+
+
+class SessionRow(SQLModel, table=True):
+    """A browser session: the cookie's token is stored hashed, as keys are; ``csrf_token`` is what the page
+    sends back in ``X-CSRF-Token`` on every state-changing request."""
+
+    __tablename__ = "sessions"
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    token_hash: str = Field(unique=True, max_length=64)
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    revoked_at: datetime | None = _ts()
+
+
+class AccountTokenRow(SQLModel, table=True):
+    """A single-use token sent by link or handed out: verify an email address, reset a password, or invite
+    someone to sign up (``account_id`` is then the inviting admin). Stored hashed."""
+
+    __tablename__ = "account_tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    purpose: str = Field(max_length=16)  # verify | reset | invite
+    token_hash: str = Field(unique=True, max_length=64)
+    email: str | None = Field(default=None, max_length=320)  # an invite may be for one address
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    used_at: datetime | None = _ts()
 
 
 class ApiKeyRow(SQLModel, table=True):

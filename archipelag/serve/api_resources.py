@@ -1,18 +1,14 @@
-"""Resources API: workloads, the caller's account and API keys, and the hosts of the network."""
+"""Resources API: workloads, the signed catalog, and the hosts of the network."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from archipelag.catalog_signing import catalog_files
 from archipelag.errors import NotFound
-from archipelag.serve.api_jobs import Reader, Svc, Writer
+from archipelag.serve.api_jobs import Reader, Svc
 from archipelag.serve.responses import data, page
-from archipelag.serve.views import account_view, api_key_view, host_view, karma_event_view, workload_view
+from archipelag.serve.views import host_view, karma_event_view, workload_view
 
 router = APIRouter(prefix="/api/v1")
 
@@ -38,41 +34,6 @@ async def signed_catalog(svc: Svc) -> Response:
 @router.get("/catalog.sig")
 async def catalog_signature(svc: Svc) -> Response:
     return Response(catalog_files(svc.settings)[1], media_type="application/json")
-
-
-@router.get("/account")
-async def get_account(caller: Reader, svc: Svc) -> Response:
-    account = await svc.ledger.get_account(caller.account_id)
-    balance = await svc.ledger.balance_micro(caller.account_id)
-    return data(account_view(account, balance))
-
-
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    scopes: list[Annotated[str, Field(pattern="^(read|write)$")]] = Field(default_factory=lambda: ["read", "write"])
-    expires_at: datetime | None = None
-
-
-@router.get("/api-keys")
-async def list_keys(caller: Reader, svc: Svc) -> Response:
-    keys = await svc.ledger.list_api_keys(caller.account_id)
-    return page([api_key_view(k) for k in keys], len(keys), len(keys), 0)
-
-
-@router.post("/api-keys", status_code=201)
-async def create_key(body: KeyCreate, caller: Writer, svc: Svc) -> Response:
-    key, full = await svc.ledger.create_api_key(caller.account_id, body.name, tuple(sorted(set(body.scopes))),
-                                                body.expires_at)
-    return data(api_key_view(key, full), status_code=201)
-
-
-@router.delete("/api-keys/{key_id}")
-async def revoke_key(key_id: int, caller: Writer, svc: Svc) -> Response:
-    key = await svc.ledger.revoke_api_key(caller.account_id, key_id)
-    svc.keys.forget_key(key_id)
-    return data(api_key_view(key))
 
 
 @router.get("/hosts")

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Response
 
 from archipelag import __version__
 from archipelag.nodes import COORDINATOR_RESOURCE
-from archipelag.serve import api_jobs, api_openai, api_resources
+from archipelag.serve import api_accounts, api_admin, api_jobs, api_openai, api_resources
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
 from archipelag.settings import Settings
@@ -29,6 +29,8 @@ def build_api(services: Services) -> FastAPI:
 
     app.include_router(api_jobs.router)
     app.include_router(api_resources.router)
+    app.include_router(api_accounts.router)
+    app.include_router(api_admin.router)
     app.include_router(api_openai.router)
     return app
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from archipelag.accounts.mail import Mailer
+from archipelag.accounts.revocations import Notice, RevocationsClient
 from archipelag.catalog import Manifest, load_catalog
 from archipelag.ids import WorkloadSlug
 from archipelag.jobs.client import JobsClient
 from archipelag.ledger.client import LedgerClient
 from archipelag.placement.client import PlacementClient
-from archipelag.serve.auth import KeyCache, RateLimiter
+from archipelag.serve.auth import CredentialCache, RateLimiter
 from archipelag.settings import Settings
 
 
@@ -24,8 +26,18 @@ class Services:
     jobs: JobsClient
     placement: PlacementClient
     catalog: dict[WorkloadSlug, Manifest]
-    keys: KeyCache = field(default_factory=KeyCache)
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    revocations: RevocationsClient = field(default_factory=RevocationsClient.local)
+    credentials: CredentialCache = field(default_factory=CredentialCache)
+    limiter: RateLimiter = field(init=False)  # per account, this replica's share
+    auth_failures: RateLimiter = field(init=False)  # per client address, this replica's share
+    mailer: Mailer = field(init=False)
+
+    def __post_init__(self) -> None:
+        replicas = self.settings.ingress_replicas
+        self.limiter = RateLimiter(replica_share(self.settings.rate_limit_per_min, replicas))
+        self.auth_failures = RateLimiter(replica_share(self.settings.auth_failures_per_min, replicas),
+                                         "failed authentications")
+        self.mailer = Mailer(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -35,11 +47,16 @@ class Services:
             jobs=JobsClient.connect(settings),
             placement=PlacementClient.connect(settings),
             catalog=load_catalog(settings.workloads_dir),
-            limiter=RateLimiter(replica_share(settings.rate_limit_per_min, settings.ingress_replicas)),
+            revocations=RevocationsClient.connect(settings),
         )
+
+    async def revoked(self, notice: Notice) -> None:
+        """A credential stopped working: drop it here at once, and tell every other replica."""
+        self.credentials.forget(notice)
+        await self.revocations.publish(notice)
 
 
 def replica_share(per_min: int, replicas: int) -> int:
-    """Each replica's part of a key's rate limit: Serve spreads requests over the replicas, so together they
+    """Each replica's part of a per-minute limit: Serve spreads requests over the replicas, so together they
     allow about ``per_min`` (without a shared counter, a Ray hop per request). 0 stays 0: no limit."""
     return per_min if per_min <= 0 else max(1, per_min // max(1, replicas))

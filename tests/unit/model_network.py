@@ -156,14 +156,16 @@ class ModelNetwork:
 
 def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jobs: int = 0,
                     runtimes: frozenset[str] = frozenset({"container"}), queue_timeout_s: float = 5.0,
-                    credits_micro: int = 1_000_000, queue_max_jobs: int = 1000) -> ModelNetwork:
-    settings = Settings(state_dir=tmp_path, queue_timeout_s=queue_timeout_s, rate_limit_per_min=0,
-                        queue_max_jobs=queue_max_jobs)
+                    credits_micro: int = 1_000_000, queue_max_jobs: int = 1000, **overrides: Any) -> ModelNetwork:
+    """The network; its account (the first: an admin) has a key with every scope. ``overrides`` replace settings
+    (the real rate limiter runs, at a pace tests do not reach unless they mean to)."""
+    settings = Settings(**{"state_dir": tmp_path, "queue_timeout_s": queue_timeout_s, "rate_limit_per_min": 6000,
+                           "queue_max_jobs": queue_max_jobs, **overrides})
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.migrate()
     ledger.sync_catalog(CATALOG.values())
     account = ledger.create_account("ada@example.org", credits_micro)
-    _, key = ledger.create_api_key(account.id, "test")
+    _, key = ledger.create_api_key(account.id, "test", ("keys", "read", "write"))
     placement = PlacementClient.local(settings, clock=lambda: NOW)
     host = ScriptedHost()
     jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host)

@@ -24,9 +24,9 @@ def test_environment_overrides_nested_fields(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.limits_for(Tier.RESTRICTED).timeout_s == 5
 
 
-def test_redacted_settings_hide_database_password_and_admin_key() -> None:
-    shown = Settings(database_url="postgresql+psycopg://arch:s3cret@db:5432/arch", admin_api_key="ak_x").redacted()
-    assert "s3cret" not in str(shown) and "ak_x" not in str(shown)
+def test_redacted_settings_hide_database_and_smtp_passwords() -> None:
+    shown = Settings(database_url="postgresql+psycopg://arch:s3cret@db:5432/arch", smtp_password="m41lpw").redacted()
+    assert "s3cret" not in str(shown) and "m41lpw" not in str(shown)
     assert shown["database_url"] == "postgresql+psycopg://arch:***@db:5432/arch"
 
 

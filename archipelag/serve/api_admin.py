@@ -1,0 +1,122 @@
+"""Admin API: accounts (list, search, grant credits, suspend, reinstate, make admin), invitations, and network
+statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
+to change). A suspension takes effect at once: the account's keys and sessions are refused on every replica.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from archipelag.accounts.revocations import Notice
+from archipelag.catalog import MICRO
+from archipelag.errors import Conflict
+from archipelag.serve.api_accounts import person_view
+from archipelag.serve.api_jobs import Svc
+from archipelag.serve.auth import Caller, require
+from archipelag.serve.responses import data, page
+from archipelag.serve.views import iso
+
+router = APIRouter(prefix="/api/v1/admin")
+
+AdminReader = Annotated[Caller, Depends(require("read", admin=True))]
+AdminWriter = Annotated[Caller, Depends(require("write", admin=True))]
+AccountPath = Annotated[int, Path(ge=1, le=2**62)]
+MAX_GRANT_CREDITS = 1_000_000_000  # one grant; more is a typo
+
+
+class Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: float = Field(gt=0, le=MAX_GRANT_CREDITS, strict=True, allow_inf_nan=False, description="credits")
+    memo: str | None = Field(default=None, max_length=500)
+
+
+class Suspension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class InviteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+
+
+class Role(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_admin: bool
+
+
+@router.get("/accounts")
+async def list_accounts(_: AdminReader, svc: Svc, q: Annotated[str | None, Query(max_length=320)] = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                        offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> Response:
+    """Accounts, oldest first; ``q`` finds addresses containing it."""
+    found, total = await svc.ledger.list_accounts(q, limit, offset)
+    return page([person_view(a) for a in found], total, limit, offset)
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: AccountPath, _: AdminReader, svc: Svc) -> Response:
+    return data(person_view(await svc.ledger.get_account(account_id)))
+
+
+@router.post("/accounts/{account_id}/credits")
+async def grant_credits(account_id: AccountPath, body: Grant, caller: AdminWriter, svc: Svc) -> Response:
+    """Grant credits: a double-entry transfer from the network's mint, with the granting admin in its memo."""
+    memo = f"granted by admin account {caller.account_id}" + (f": {body.memo}" if body.memo else "")
+    account = await svc.ledger.grant_credits(account_id, round(body.amount * MICRO), memo)
+    return data(person_view(account))
+
+
+@router.post("/accounts/{account_id}/suspend")
+async def suspend(account_id: AccountPath, body: Suspension, caller: AdminWriter, svc: Svc) -> Response:
+    if account_id == caller.account_id:
+        raise Conflict("an admin cannot suspend their own account")
+    account = await svc.ledger.set_suspended(account_id, body.reason)
+    await svc.revoked(Notice("account", account_id))
+    return data(person_view(account))
+
+
+@router.post("/accounts/{account_id}/reinstate")
+async def reinstate(account_id: AccountPath, _: AdminWriter, svc: Svc) -> Response:
+    account = await svc.ledger.set_suspended(account_id, None)
+    await svc.revoked(Notice("account", account_id))
+    return data(person_view(account))
+
+
+@router.post("/accounts/{account_id}/role")
+async def set_role(account_id: AccountPath, body: Role, caller: AdminWriter, svc: Svc) -> Response:
+    if account_id == caller.account_id and not body.is_admin:
+        raise Conflict("an admin cannot take their own admin role; another admin can")
+    account = await svc.ledger.set_admin(account_id, body.is_admin)
+    await svc.revoked(Notice("account", account_id))
+    return data(person_view(account))
+
+
+@router.post("/invites", status_code=201)
+async def create_invite(body: InviteCreate, caller: AdminWriter, svc: Svc) -> Response:
+    """An invitation code (shown once) for a network whose sign-up policy is ``invite``; optionally for one
+    address."""
+    invite = await svc.ledger.create_invite(caller.account_id, body.email, svc.settings.invite_ttl_s)
+    return data({"invite_code": invite.code, "email": invite.email, "expires_at": iso(invite.expires_at)},
+                status_code=201)
+
+
+@router.get("/stats")
+async def stats(_: AdminReader, svc: Svc) -> Response:
+    """Accounts, jobs by status, credits granted and in escrow, hosts by status, the queue."""
+    numbers = await svc.ledger.network_stats()
+    hosts = await svc.jobs.hosts()
+    by_status: dict[str, int] = {}
+    for host in hosts:
+        by_status[str(host.status)] = by_status.get(str(host.status), 0) + 1
+    credits = {name.removesuffix("_micro"): numbers.pop(name) / MICRO
+               for name in [n for n in numbers if n.endswith("_micro")]}
+    return data({**numbers, **credits, "hosts": len(hosts), "hosts_by_status": by_status,
+                 "signup_policy": svc.settings.signup_policy})
