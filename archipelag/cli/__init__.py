@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import catalog, chat, jobs
+from archipelag.cli import catalog, chat, jobs, people
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -162,6 +162,7 @@ def config_show() -> None:
 jobs.register(app)
 catalog.register(app)
 chat.register(app)
+people.register(app)
 
 
 def main() -> None:
