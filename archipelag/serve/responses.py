@@ -42,7 +42,48 @@ def _field_name(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+# What every error answer is (DESIGN §8); OpenAI-style errors add ``type`` and ``param``, a 422 adds ``errors``.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["message", "code"],
+        "properties": {"message": {"type": "string"}, "code": {"type": "string"},
+                       "errors": {"type": "object", "additionalProperties": {"type": "string"}}},
+    }},
+}
+_ERROR_REF = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema with the errors the handlers below really answer: our envelope in place of FastAPI's
+    ``HTTPValidationError`` for 422, any 4xx on every operation, and 503 (no capacity) where a POST asks for
+    work. Clients and the API's fuzz test hold responses to this."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for path in schema.get("paths", {}).values():
+        for method, operation in path.items():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {"description": "The request is invalid; `errors` names each field", **_ERROR_REF}
+            responses.setdefault("4XX", {"description": "Refused: bad key, scope, credits, missing, limits",
+                                         **_ERROR_REF})
+            if method == "post":
+                responses.setdefault("503", {"description": "No capacity now; retry later", **_ERROR_REF})
+    return schema
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build_schema())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ArchipelagError)
     async def archipelag_error(_: Request, exc: ArchipelagError) -> Response:
         headers = {}
