@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,12 +39,45 @@ def host_resource(host_id: str) -> str:
     return f"{HOST_RESOURCE}:{host_id}"
 
 
-def ray_executable() -> str:
-    beside = Path(sys.executable).parent / "ray"
-    found = str(beside) if beside.exists() else shutil.which("ray")
-    if not found:
-        raise ConfigError("the `ray` command is not installed; run `make up` or `pip install 'ray[serve]'`")
-    return found
+# Ray 2.60 replaces a loopback node address with the machine's outward one: `ray start --node-ip-address=127.0.0.1`
+# and `ray.init(address="127.0.0.1:…")` go through `ray._private.services.resolve_ip_for_localhost`, which turns
+# 127.0.0.1 and ::1 into the address of the default route. Every Ray server then listens beyond loopback: each binds
+# to loopback only when its node's address is loopback, else to all interfaces (GCS, raylet, object manager and
+# core workers on `::`, the dashboard agent's gRPC and metrics on 0.0.0.0, the runtime-env agent and Ray Client on
+# the outward address; measured, tests/e2e/test_exposure.py). No setting turns the rewrite off for a worker node
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does it for a head, but makes `ray start --address` abort), so the processes
+# that start or join a node keep a loopback address as it is. Other addresses go through Ray's rule unchanged.
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+_RAY_START = """
+import sys
+from archipelag.nodes import keep_loopback_node_addresses
+keep_loopback_node_addresses()
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
+def keep_loopback_node_addresses() -> None:
+    """In this process, a Ray node or GCS address of 127.0.0.1 or ::1 stays what it is (see above)."""
+    from ray._private import services
+
+    resolve = services.resolve_ip_for_localhost
+    if getattr(resolve, "keeps_loopback", False):
+        return
+
+    def keep_loopback(host: str) -> str:
+        return host if host in _LOOPBACK else resolve(host)
+
+    keep_loopback.keeps_loopback = True  # type: ignore[attr-defined]
+    services.resolve_ip_for_localhost = keep_loopback
+
+
+def ray_start_command() -> list[str]:
+    """`ray start`, run by this interpreter with loopback node addresses kept."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("Ray is not installed; run `make up` or `pip install 'ray[serve]'`")
+    return [sys.executable, "-c", _RAY_START, "start"]
 
 
 # A host's raylet gives up on a GCS that is gone after this long (Ray's default: 60 s) and its node exits,
@@ -242,7 +275,7 @@ def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None
     with log_path.open("ab") as out:
         offset = out.tell()
         process = subprocess.Popen(
-            [ray_executable(), "start", "--block", "--disable-usage-stats", *args],
+            [*ray_start_command(), "--block", "--disable-usage-stats", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True,
             preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
@@ -256,8 +289,10 @@ def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None
 
 def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0.1",
                object_store_mb: int = 200, env: dict[str, str] | None = None) -> RayNodeProcess:
-    """The coordinator's head node: it carries only the coordinator resource, so no job lands on it."""
+    """The coordinator's head node: it carries only the coordinator resource, so no job lands on it. On a
+    loopback ``node_ip`` everything it runs listens on loopback only, and so does this process's ``ray.init``."""
     temp_dir.mkdir(parents=True, exist_ok=True)
+    keep_loopback_node_addresses()
     return _spawn("head", [
         "--head", f"--port={port}", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir.resolve()}",
         "--num-cpus=1", f"--resources={json.dumps({COORDINATOR_RESOURCE: 1000})}",
@@ -268,7 +303,9 @@ def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0
 def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log_dir: Path,
                     labels: dict[str, str] | None = None, node_ip: str | None = None,
                     object_store_mb: int = 200, env: dict[str, str] | None = None) -> RayNodeProcess:
-    """A host's node: resources and labels that say which host it is and where."""
+    """A host's node: resources and labels that say which host it is and where. With a loopback ``node_ip`` (a
+    host on the coordinator's machine) it listens on loopback only, and so does this process's ``ray.init``."""
+    keep_loopback_node_addresses()
     resources = {HOST_RESOURCE: 1, host_resource(host_id): 1}
     all_labels = {LABEL_HOST_ID: host_id, LABEL_REGION: region, **(labels or {})}
     args = [

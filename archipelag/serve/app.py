@@ -35,6 +35,27 @@ def build_api(services: Services) -> FastAPI:
     return app
 
 
+def _replica_grpc_on_loopback() -> None:
+    """Ray Serve 2.60 starts each replica's gRPC server (proxy → replica) on ``[::]:0``, every interface, whatever
+    the node's address (hard-coded in ray/serve/_private/replica.py, no setting). On a loopback node, as in the
+    embedded network, it listens on loopback instead: the proxy is on the same node (HeadOnly, replicas pinned to
+    the head). Called in the replica before Serve starts that server; elsewhere it changes nothing."""
+    import ray
+    from ray.serve._private import replica
+
+    node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    add_port: Any = replica.add_port_to_grpc_server  # type: ignore[attr-defined]
+    if node_ip not in {"127.0.0.1", "::1"} or getattr(add_port, "on_loopback", False):
+        return
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def on_loopback(server: Any, address: str) -> Any:
+        return add_port(server, address.replace("[::]:", f"{host}:", 1))
+
+    on_loopback.on_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback  # type: ignore[attr-defined]
+
+
 def _ingress_class(replicas: int) -> Any:
     from ray import serve
 
@@ -46,6 +67,7 @@ def _ingress_class(replicas: int) -> Any:
     class Ingress:
         def __init__(self, settings: Settings) -> None:
             logging.basicConfig(level=logging.INFO)
+            _replica_grpc_on_loopback()
             self._services = Services.build(settings)
 
         def __serve_build_asgi_app__(self) -> FastAPI:
