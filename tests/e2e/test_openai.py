@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ HI = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
-    settings = network_settings(tmp_path_factory.mktemp("openai") / "state", host_slots=2)
+    settings = network_settings(tmp_path_factory.mktemp("openai") / "state", host_slots=2, signup_policy="open")
     settings.tiers.standard.cpus = 1.0  # one llama.cpp thread per sandbox (DESIGN §9)
     with engine_lease() as missing:
         if missing:
@@ -186,3 +187,43 @@ def test_a_stream_survives_its_host_being_killed_mid_answer(client: openai.OpenA
     assert "".join(pieces) == job["output"]  # the stored output is the retry's whole answer
     assert len(pieces) == job["usage"]["completion_tokens"] or job["usage"]["completion_tokens"] == 300
     sweep_orphans(docker.from_env())  # the killed host's warm worker
+
+
+def test_a_stranger_signs_up_chats_is_charged_and_is_stopped_at_once_when_suspended(
+        network: EmbeddedNetwork, http: httpx.Client) -> None:
+    """Sign-up over HTTP, the address verified from the coordinator's mail log, a key made in the browser
+    session, a chat through the official client, its charge; then an admin suspends the account and its key
+    is refused at once, by every API replica (each caches keys; revocation notices reach them all)."""
+    email, password = "stranger@example.org", "a long secret phrase"
+    with httpx.Client(base_url=network.url, timeout=60) as browser:
+        assert browser.post("/api/v1/auth/signup", json={"email": email, "password": password}).status_code == 201
+        mail_log = network.settings.state_dir / "logs" / "mail.log"
+        link = eventually(lambda: re.search(rf"to: {re.escape(email)}\n.*?(http\S+/auth/verify\?token=\S+)",
+                                            mail_log.read_text(), re.DOTALL) if mail_log.exists() else None)
+        assert browser.get(link.group(1)).json()["data"]["account"]["credits"] == 10_000
+        signed = browser.post("/api/v1/auth/signin", json={"email": email, "password": password})
+        session = {"X-CSRF-Token": signed.json()["data"]["csrf_token"],
+                   "Cookie": f"archipelag_session={signed.cookies['archipelag_session']}"}
+        browser.cookies.clear()
+        made = browser.post("/api/v1/api-keys", json={"name": "my laptop"}, headers=session)
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+
+    stranger = openai.OpenAI(base_url=f"{network.url}/v1", api_key=key, max_retries=0, timeout=120)
+    answer = stranger.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=8, seed=3, temperature=0)
+    assert answer.choices[0].message.content
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as mine:
+        account = mine.get("/api/v1/account").json()["data"]
+        job = mine.get(f"/api/v1/jobs/{answer.id.removeprefix('chatcmpl-')}").json()["data"]
+        assert job["usage"]["credits_used"] > 0
+        assert account["credits"] == pytest.approx(10_000 - job["usage"]["credits_used"])
+        replicas = {mine.get("/api/v1/account").status_code for _ in range(10)}  # every replica caches the key
+        assert replicas == {200}
+
+        suspended = http.post(f"/api/v1/admin/accounts/{account['id']}/suspend", json={"reason": "a test"})
+        assert suspended.status_code == 200, suspended.text
+        refused = [mine.get("/api/v1/account") for _ in range(10)]
+    assert {r.status_code for r in refused} == {403}
+    assert {r.json()["error"]["code"] for r in refused} == {"account_suspended"}
+    with pytest.raises(openai.PermissionDeniedError):
+        stranger.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=4)
