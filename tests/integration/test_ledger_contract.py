@@ -337,6 +337,72 @@ def test_unknown_account_is_not_found(ledger: Ledger) -> None:
         ledger.get_account(999_999)
 
 
+def test_sign_up_verification_grants_once_and_tokens_are_single_use_under_races(ledger: Ledger) -> None:
+    an_account(ledger)  # the operator's, so the stranger is not the network's first (admin) account
+    person, token = ledger.sign_up("Ann@Example.org", "argon2-hash", invite_code=None, require_invite=False,
+                                   verify_ttl_s=60)
+    assert person.email == "ann@example.org" and not person.verified and not person.is_admin
+    assert token not in _all_stored_text(ledger)
+    results = race(8, lambda _: ledger.verify_email(token, 7 * MICRO))
+    assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+    assert all(isinstance(r, errors.ValidationFailed) for r in results if isinstance(r, Exception))
+    assert ledger.get_account(person.id).credits_micro == 7 * MICRO
+    assert ledger.total_is_zero()
+
+
+def test_an_invitation_admits_one_sign_up(ledger: Ledger) -> None:
+    admin = an_account(ledger)
+    invite = ledger.create_invite(admin.id, None, 60)
+    results = race(4, lambda i: ledger.sign_up(f"p{i}@example.org", "h", invite_code=invite.code,
+                                               require_invite=True, verify_ttl_s=60))
+    assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+    assert ledger.list_accounts(None, 10, 0)[1] == 2
+
+
+def test_sessions_end_on_sign_out_password_change_and_suspension(ledger: Ledger) -> None:
+    account = an_account(ledger)
+    session, token = ledger.start_session(account.id, 60)
+    assert ledger.authenticate_session(token)[1].id == session.id and token not in _all_stored_text(ledger)
+    ledger.end_session(session.id)
+    with pytest.raises(errors.Unauthorized):
+        ledger.authenticate_session(token)
+    _, second = ledger.start_session(account.id, 60)
+    ledger.change_password(account.id, "new-hash")
+    with pytest.raises(errors.Unauthorized):
+        ledger.authenticate_session(second)
+    _, third = ledger.start_session(account.id, 60)
+    _, key = ledger.create_api_key(account.id, "k")
+    ledger.set_suspended(account.id, "abuse")
+    with pytest.raises(errors.Unauthorized):
+        ledger.authenticate_session(third)
+    with pytest.raises(errors.AccountSuspended):
+        ledger.authenticate(key)
+    with pytest.raises(errors.AccountSuspended):
+        ledger.start_session(account.id, 60)
+    ledger.set_suspended(account.id, None)
+    assert ledger.authenticate(key)[0].id == account.id
+
+
+def test_a_key_never_makes_a_stronger_key(ledger: Ledger) -> None:
+    account = an_account(ledger)
+    with pytest.raises(errors.Forbidden):
+        ledger.create_api_key(account.id, "k", ("read", "write"), within=("keys", "read"))
+    key, _ = ledger.create_api_key(account.id, "k", ("read",), within=("keys", "read"))
+    assert key.scopes == ("read",)
+    with pytest.raises(errors.ValidationFailed):
+        ledger.create_api_key(account.id, "k", ("admin",))
+
+
+def test_admins_find_accounts_by_part_of_their_address(ledger: Ledger) -> None:
+    for name in ("x_1", "x%2", "y3"):
+        an_account(ledger, email=f"{name}@example.org")
+    assert [a.email for a in ledger.list_accounts("x_", 10, 0)[0]] == ["x_1@example.org"]  # `_` is no wildcard
+    assert [a.email for a in ledger.list_accounts("%", 10, 0)[0]] == ["x%2@example.org"]
+    assert ledger.list_accounts("EXAMPLE", 2, 1)[1] == 3
+    stats = ledger.network_stats()
+    assert stats["accounts"] == 3 and stats["admins"] == 1
+
+
 # --- workloads -----------------------------------------------------------------------------------------------
 
 
