@@ -23,12 +23,11 @@ from archipelag.accounts.revocations import Notice
 from archipelag.catalog import MICRO
 from archipelag.errors import Forbidden, NotFound, SignupClosed, Unauthorized
 from archipelag.ledger.records import Account
-from archipelag.serve.api_jobs import Reader, Svc
+from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     Caller,
-    authenticate,
     client_address,
     require,
 )
@@ -165,17 +164,15 @@ async def sign_in(body: SignIn, request: Request, svc: Svc) -> Response:
 
 
 @router.get("/auth/session")
-async def current_session(request: Request, svc: Svc) -> Response:
+async def current_session(caller: Reader, svc: Svc) -> Response:
     """Who is signed in (by cookie or key), with the session's CSRF token."""
-    caller = await authenticate(request, svc)
     account = await svc.ledger.get_account(caller.account_id)
     return data({"account": person_view(account), "csrf_token": caller.csrf_token,
                  "via": "session" if caller.session_id is not None else "api_key", "scopes": sorted(caller.scopes)})
 
 
 @router.post("/auth/signout")
-async def sign_out(request: Request, svc: Svc) -> Response:
-    caller = await authenticate(request, svc)
+async def sign_out(caller: Reader, svc: Svc) -> Response:
     if caller.session_id is None:
         raise Forbidden("sign-out ends a browser session; revoke an API key with DELETE /api/v1/api-keys/{id}")
     await svc.ledger.end_session(caller.session_id)
@@ -187,9 +184,8 @@ async def sign_out(request: Request, svc: Svc) -> Response:
 
 
 @router.post("/auth/password")
-async def change_password(body: PasswordChange, request: Request, svc: Svc) -> Response:
+async def change_password(body: PasswordChange, caller: Writer, svc: Svc) -> Response:
     """A signed-in person changes their password; every session of the account ends (sign in again)."""
-    caller = await authenticate(request, svc)
     if caller.session_id is None:
         raise Forbidden("sign in to change your password")
     account = await svc.ledger.get_account(caller.account_id)
