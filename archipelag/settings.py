@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     signup_policy: Literal["open", "invite", "closed"] = "invite"  # `archipelag up` makes its network open
     signup_credits: float = 10_000.0  # granted when a new account verifies its address
     auth_failures_per_min: int = 20  # failed sign-ins and bad keys one client address may send a minute
+    trusted_proxies: list[str] = Field(default_factory=list)  # e.g. a TLS proxy: its X-Forwarded-For hop counts
     session_ttl_s: float = 7 * 24 * 3600.0
     session_cookie_secure: bool = True  # browsers keep Secure cookies on http://localhost and 127.0.0.1 too
     verify_link_ttl_s: float = 48 * 3600.0

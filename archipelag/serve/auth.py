@@ -147,7 +147,16 @@ def digest_of(secret: str) -> str:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The address a request came from: the peer, or, when the peer is a proxy the settings trust
+    (``trusted_proxies``), the address that proxy appended to ``X-Forwarded-For``. A client cannot choose its
+    address by sending the header itself: only the hop added by a trusted proxy counts."""
+    peer = request.client.host if request.client else "unknown"
+    trusted: list[str] = request.app.state.services.settings.trusted_proxies
+    if peer in trusted:
+        hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+        if hops:
+            return hops[-1][:64]
+    return peer
 
 
 async def authenticate(request: Request, services: Services) -> Caller:

@@ -285,3 +285,22 @@ def test_database_made_before_accounts_had_passwords_is_upgraded(tmp_path: Path)
     assert Ledger(url).migrate() == 2
     old = Ledger(url).find_account("old@example.org")
     assert old is not None and old.credits_micro == 5 and not old.is_admin
+
+
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_limit(tmp_path: Path) -> None:
+    net = a_model_network(tmp_path, auth_failures_per_min=2, ingress_replicas=1, trusted_proxies=["testclient"])
+    with TestClient(net.app) as proxy:
+        def guess(client_ip: str) -> int:
+            return proxy.get("/api/v1/account", headers={"Authorization": "Bearer ak_guess",
+                                                          "X-Forwarded-For": f"6.6.6.6, {client_ip}"}).status_code
+        assert [guess("10.0.0.1") for _ in range(3)] == [401, 401, 429]
+        assert guess("10.0.0.2") == 401  # another client behind the same proxy is not blocked
+
+
+def test_an_untrusted_peer_cannot_choose_its_address_with_x_forwarded_for(tmp_path: Path) -> None:
+    net = a_model_network(tmp_path, auth_failures_per_min=2, ingress_replicas=1)
+    with TestClient(net.app) as client:
+        codes = [client.get("/api/v1/account", headers={"Authorization": "Bearer ak_x",
+                                                         "X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                 for i in range(3)]
+    assert codes == [401, 401, 429]
