@@ -357,7 +357,7 @@ def keys_create(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int, json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
+def keys_revoke(key_id: str, json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
                 api_key: KeyOption = None) -> None:
     """Revoke an API key."""
     with connected(url, api_key) as client:

@@ -198,9 +198,10 @@ class Client:
         body: dict[str, Any] = {"name": name}
         if scopes is not None:
             body["scopes"] = list(scopes)
-        return ApiKey.model_validate(self._data("POST", f"{API}/api-keys", json=body))
+        response = self._request("POST", f"{API}/api-keys", json=body)
+        return ApiKey.model_validate(wire.created_key_of(response))
 
-    def revoke_api_key(self, key_id: int) -> ApiKey:
+    def revoke_api_key(self, key_id: str) -> ApiKey:
         return ApiKey.model_validate(self._data("DELETE", f"{API}/api-keys/{key_id}"))
 
     # --- streams and waiting --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NewType, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ Event = dict[str, Any]
 """One stream event as sent by the API: ``{"type": "token", "content": …, "seq": 0}`` and so on."""
 
 FINAL_EVENT_TYPES = frozenset({"done", "error"})
+
+ApiKeyId = NewType("ApiKeyId", str)
+"""An API key's id as the API writes it: a string, like every id but a workload's (DESIGN §8)."""
 
 
 class JobState(StrEnum):
@@ -90,14 +93,14 @@ class Workload(_ApiModel):
 
 
 class Account(_ApiModel):
-    id: int
+    id: str  # a string in the API, whatever the network stores
     email: str | None = None
     credits: float = 0.0
     created_at: datetime | None = None
 
 
 class ApiKey(_ApiModel):
-    id: int
+    id: ApiKeyId
     name: str
     prefix: str = ""
     scopes: tuple[str, ...] = ()

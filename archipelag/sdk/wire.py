@@ -102,6 +102,18 @@ def data_of(response: httpx.Response) -> Any:
     return body["data"]
 
 
+def created_key_of(response: httpx.Response) -> Any:
+    """The ``data`` of the answer that created an API key, with the full ``key`` in it. The reference network
+    sends the full key beside ``data``; it is taken from there when ``data`` does not carry it."""
+    body = body_of(response)
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise errors.ArchipelagError(f"the answer from {response.request.url} has no `data` envelope")
+    created = dict(body["data"])
+    if created.get("key") is None and isinstance(body.get("key"), str):
+        created["key"] = body["key"]
+    return created
+
+
 def page_of(response: httpx.Response, parse: Callable[[Any], T]) -> Page[T]:
     body = body_of(response)
     items = body.get("data") if isinstance(body, dict) else None

@@ -1,4 +1,8 @@
-"""Views: ledger and placement records rendered as the API's objects (DESIGN §8)."""
+"""Views: ledger and placement records rendered as the API's objects (DESIGN §8).
+
+Ids of jobs, accounts, API keys and hosts are strings in the API whatever the ledger stores: the reference
+network's clients validate them as ``str`` and refuse a number. Workload ids stay integers, as they expect.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,14 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def api_id(value: object) -> str:
+    return str(value)
+
+
+def optional_id(value: object | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def job_view(job: Any) -> dict[str, Any]:
     usage = dict(job.usage or {})
     prompt = int(usage.get("prompt_tokens", 0))
@@ -21,7 +33,7 @@ def job_view(job: Any) -> dict[str, Any]:
     if job.started_at is not None and job.completed_at is not None:
         duration_ms = int((job.completed_at - job.started_at).total_seconds() * 1000)
     return {
-        "id": job.id,
+        "id": api_id(job.id),
         "workload_id": job.workload_id,
         "workload_slug": job.workload_slug,
         "status": public_status(JobStatus(job.status)),
@@ -34,7 +46,7 @@ def job_view(job: Any) -> dict[str, Any]:
             "total_tokens": prompt + completion,
             "credits_used": (job.credits_used_micro or 0) / MICRO,
         },
-        "host_id": job.host_id,
+        "host_id": optional_id(job.host_id),
         "region": job.region,
         "attempt": job.attempt,
         "created_at": iso(job.created_at),
@@ -61,7 +73,7 @@ def workload_view(row: Any) -> dict[str, Any]:
 
 def account_view(account: Any, balance_micro: int) -> dict[str, Any]:
     return {
-        "id": account.id,
+        "id": api_id(account.id),
         "email": account.email,
         "credits": balance_micro / MICRO,
         "home_region": account.home_region,
@@ -71,7 +83,7 @@ def account_view(account: Any, balance_micro: int) -> dict[str, Any]:
 
 def api_key_view(key: Any, full_key: str | None = None) -> dict[str, Any]:
     view = {
-        "id": key.id,
+        "id": api_id(key.id),
         "name": key.name,
         "prefix": key.prefix,
         "scopes": sorted(key.scopes),
@@ -87,7 +99,7 @@ def api_key_view(key: Any, full_key: str | None = None) -> dict[str, Any]:
 def host_view(snapshot: Any, karma_score: float) -> dict[str, Any]:
     last = datetime.fromtimestamp(snapshot.last_heartbeat_at).astimezone() if snapshot.last_heartbeat_at else None
     return {
-        "id": snapshot.host_id,
+        "id": api_id(snapshot.host_id),
         "name": snapshot.name,
         "status": str(snapshot.status),  # placement reports a host with stale heartbeats as offline
         "region": snapshot.region,

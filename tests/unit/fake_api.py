@@ -224,7 +224,7 @@ def build_app(net: FakeNetwork) -> FastAPI:
 
     @app.get("/api/v1/account", dependencies=auth)
     async def account() -> dict[str, Any]:
-        return {"data": {"id": 1, "email": "ada@example.org", "credits": 99.5, "created_at": NOW}}
+        return {"data": {"id": "1", "email": "ada@example.org", "credits": 99.5, "created_at": NOW}}
 
     @app.get("/api/v1/api-keys", dependencies=auth)
     async def api_keys() -> dict[str, Any]:
@@ -233,13 +233,13 @@ def build_app(net: FakeNetwork) -> FastAPI:
 
     @app.post("/api/v1/api-keys", status_code=201, dependencies=auth)
     async def create_key(body: KeyCreate) -> dict[str, Any]:
-        key = {"id": len(net.keys) + 1, "name": body.name, "prefix": "ak_new1", "scopes": body.scopes,
+        key = {"id": str(len(net.keys) + 1), "name": body.name, "prefix": "ak_new1", "scopes": body.scopes,
                "created_at": NOW, "last_used_at": None, "expires_at": None, "key": "ak_new1secret"}
         net.keys.append(key)
-        return {"data": key}
+        return {"data": key, "key": key["key"]}  # the full key also beside `data`, where the reference SDK reads it
 
     @app.delete("/api/v1/api-keys/{key_id}", dependencies=auth)
-    async def revoke_key(key_id: int) -> dict[str, Any]:
+    async def revoke_key(key_id: str) -> dict[str, Any]:
         for key in net.keys:
             if key["id"] == key_id:
                 net.keys.remove(key)

@@ -101,7 +101,7 @@ def test_api_key_defaults_to_the_environment_when_the_client_is_built(
         url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHIPELAG_API_KEY", KEY)
     with Client(url) as from_env:
-        assert from_env.account().id == 1
+        assert from_env.account().id == "1"
     monkeypatch.delenv("ARCHIPELAG_API_KEY")
     with Client(url) as without, pytest.raises(errors.Unauthorized):
         without.account()

@@ -178,3 +178,10 @@ def test_async_errors_map_the_same_way() -> None:
             await client.account()
     with pytest.raises(errors.Forbidden):
         run(scenario)
+
+
+def test_a_created_key_given_beside_data_is_read_from_there() -> None:
+    created = {"id": "7", "name": "ci", "prefix": "ak_x", "created_at": "2025-01-01T00:00:00+00:00"}
+    with Client(transport=answering(201, {"data": created, "key": "ak_xsecret"})) as client:
+        key = client.create_api_key("ci")
+    assert (key.id, key.key) == ("7", "ak_xsecret")
