@@ -32,7 +32,12 @@ def page(items: Sequence[Any], total: int, limit: int, offset: int) -> Response:
 
 
 def error_body(message: str, code: str, **details: Any) -> dict[str, Any]:
-    return {"error": {"message": message, "code": code, **details}}
+    """``{"error": {message, code, …}}``; a field map (``errors``) is also repeated at the top, where the
+    reference network's SDK reads it."""
+    body: dict[str, Any] = {"error": {"message": message, "code": code, **details}}
+    if "errors" in details:
+        body["errors"] = details["errors"]
+    return body
 
 
 def _field_name(loc: Sequence[Any]) -> str:

@@ -236,6 +236,7 @@ def test_errors_carry_a_message_where_it_reads_one(client: ClientReplay, url: st
     with pytest.raises(Refused) as invalid:
         client.create_job("", {})
     assert invalid.value.status == 422 and invalid.value.message
+    assert invalid.value.errors and "workload" in invalid.value.errors  # its ValidationError.errors, field by field
 
 
 def test_a_job_beyond_the_credits_is_a_402_with_a_message(tmp_path: Path) -> None:
