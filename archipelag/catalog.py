@@ -133,14 +133,21 @@ class Manifest:
 DEFAULT_MAX_TOKENS = 256  # what llm-chat generates when a request names no max_tokens
 
 
+def max_tokens_of(job_input: dict[str, Any]) -> int:
+    """The completion tokens a job may make: its input's ``max_tokens`` (admission has checked it is a whole
+    number in range), else the default."""
+    requested = job_input.get("max_tokens")
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
+        return requested
+    return DEFAULT_MAX_TOKENS
+
+
 def max_price_micro(manifest: Manifest, job_input: dict[str, Any]) -> int:
     """What a job may cost at most (reserved when it is submitted, DESIGN §7): the job's price, plus for a
     per-token workload its ``max_tokens`` at the token price."""
     if not manifest.token_price_micro:
         return manifest.price_micro
-    requested = job_input.get("max_tokens")
-    tokens = requested if isinstance(requested, int) and requested > 0 else DEFAULT_MAX_TOKENS
-    return manifest.price_micro + -(-tokens * manifest.token_price_micro // 1000)
+    return manifest.price_micro + -(-max_tokens_of(job_input) * manifest.token_price_micro // 1000)
 
 
 def price_micro(manifest: Manifest, usage: dict[str, Any]) -> int:

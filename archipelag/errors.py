@@ -92,6 +92,13 @@ class RateLimited(RequestError):
     http_status = 429
 
 
+class PayloadTooLarge(RequestError):
+    """The request body, one string in it, or a job's input is larger than this network accepts."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 # --- capacity (503) -------------------------------------------------------------------------------
 
 
@@ -154,6 +161,15 @@ class HostLost(ArchipelagError):
 
     code = "host_lost"
     http_status = 503
+
+
+class BadReceipt(ArchipelagError):
+    """A host reported what cannot be true of a job it ran: an event outside the protocol, usage that is no
+    count or past what the request allowed, more output than its ticket's budget. The job fails for the host:
+    the user is refunded and the host pays in karma."""
+
+    code = "bad_receipt"
+    http_status = 502
 
 
 class LedgerError(ArchipelagError):

@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     model_memory_reserve_mb: int = 1024  # a new worker starts only if the host keeps this much free after it
 
     rate_limit_per_min: int = 100
+    # Request limits (hardening): what one request may hold, refused before it costs more (DESIGN §8, §10).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # 413 past it, checked before the body is read
+    max_json_depth: int = Field(default=32, gt=0)  # a JSON body nested deeper: 422
+    # The longest one JSON string may be: 413 past it. A file sent to pdf-extract or image-resize is one string.
+    max_json_string_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_json_items: int = Field(default=100_000, gt=0)  # JSON values in a body: 413 past it (parsing is per value)
+    # A job's input as JSON: 413 past it; a manifest's `[limits] input_bytes` narrows it for its workload.
+    max_job_input_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     initial_credits: float = 1000.0  # credits for an account created by `up`
 
     # Accounts: who may sign up, what they get, how long links and sessions last, where mail goes.

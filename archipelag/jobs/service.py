@@ -69,7 +69,7 @@ class JobService:
         when no online host could ever run it or the queue is full, 402 when the balance is short — each
         before anything is held."""
         await self.start()
-        manifest, reserve_micro = admit(self._catalog, slug, job_input)
+        manifest, reserve_micro = admit(self._catalog, slug, job_input, self._settings.max_job_input_bytes)
         self._dispatcher.admit()
         ranking: list[HostId] | NoCapacity
         try:

@@ -8,9 +8,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
@@ -29,8 +29,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workload: str = Field(min_length=1, max_length=100)
-    input: dict[str, Any] = Field(default_factory=dict)
-    priority: int | None = Field(default=None, ge=0, le=10)
+    input: dict[str, Any] = Field(default_factory=dict)  # sized and typed by admission, per workload
+    priority: StrictInt | None = Field(default=None, ge=0, le=10)
     region: str | None = Field(default=None, max_length=64)
 
 
@@ -42,6 +42,9 @@ def services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(services)]
 Reader = Annotated[Caller, Depends(require("read"))]
 Writer = Annotated[Caller, Depends(require("write"))]
+MAX_OFFSET = 2**31 - 1  # past any page there is; a larger one overflows the database's integer
+MAX_ID_CHARS = 64  # a job id is a UUID; a longer one is no id
+JobIdPath = Annotated[str, Path(max_length=MAX_ID_CHARS)]
 
 
 @router.post("/jobs", status_code=201)
@@ -53,18 +56,18 @@ async def create_job(body: JobCreate, caller: Writer, svc: Svc) -> Response:
 
 @router.get("/jobs")
 async def list_jobs(caller: Reader, svc: Svc, limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Response:
     jobs, total = await svc.ledger.list_jobs(caller.account_id, limit, offset)
     return page([job_view(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, caller: Reader, svc: Svc) -> Response:
+async def get_job(job_id: JobIdPath, caller: Reader, svc: Svc) -> Response:
     return data(job_view(await svc.ledger.get_job(job_id, caller.account_id)))
 
 
 @router.delete("/jobs/{job_id}")
-async def cancel_job(job_id: str, caller: Writer, svc: Svc) -> Response:
+async def cancel_job(job_id: JobIdPath, caller: Writer, svc: Svc) -> Response:
     job = await svc.ledger.get_job(job_id, caller.account_id)
     if job.status not in TERMINAL_JOB_STATES:
         await svc.jobs.cancel(JobId(job_id))
@@ -122,8 +125,8 @@ async def follow_job(svc: Services, job_id: JobId, after: int,
 
 
 @router.get("/jobs/{job_id}/stream")
-async def stream_job(job_id: str, caller: Reader, svc: Svc,
-                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+async def stream_job(job_id: JobIdPath, caller: Reader, svc: Svc,
+                     last_event_id: Annotated[str | None, Header(max_length=20)] = None) -> StreamingResponse:
     batches = follow_job(svc, JobId(job_id), resume_after(last_event_id), caller.account_id)
     first = await anext(batches)  # 404 before streaming for another account's job; usually the first events
 

@@ -81,11 +81,17 @@ log = logging.getLogger(__name__)
 router = APIRouter(route_class=OpenAIRoute)
 
 JOB_HEADER = "X-Archipelag-Job-Id"
+PATH_PREFIXES = ("/v1/", "/api/v1/chat/", "/api/v1/models", "/api/v1/images/")  # the routes below
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KINDS = {"gguf": "chat", "diffusers": "image"}  # a manifest's model kind → the API's model kind
 DISCONNECT_POLL_S = 0.5
 _STARTED = int(time.time())  # `created` of the model objects: when this ingress began offering them
 _background: set[asyncio.Task[None]] = set()  # client watchers and cancels (a reference keeps a task alive)
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of this module's routes, whose errors answer in OpenAI's shape."""
+    return path.startswith(PATH_PREFIXES)
 
 
 # --- models -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Response
 from archipelag import __version__
 from archipelag.nodes import COORDINATOR_RESOURCE
 from archipelag.serve import api_accounts, api_admin, api_jobs, api_openai, api_resources
+from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
 from archipelag.settings import Settings
@@ -22,6 +23,7 @@ def build_api(services: Services) -> FastAPI:
     app = FastAPI(title="Archipelag", version=__version__)
     app.state.services = services
     install_error_handlers(app)
+    install_body_limits(app, services.settings)
 
     @app.get("/health")
     async def health() -> Response:

@@ -1,7 +1,9 @@
 """OpenAI requests: the bodies of the OpenAI-compatible endpoints, checked against our limits and turned into
 workload inputs (``llm-chat`` for chat, the diffusers workloads for images). No FastAPI here.
 
-Limits (DESIGN §8): at most 128 messages, 32 KB (UTF-8) per message, ``max_tokens`` 1-4096, ``n`` = 1.
+Limits (DESIGN §8): at most 128 messages, 32 KB (UTF-8) per message, ``max_tokens`` 1-4096, ``n`` = 1; the
+image sizes, steps and guidance the diffusers workloads take. They are the jobs core's (``jobs.admission``).
+Numbers are strict: ``max_tokens: 2000.0`` or ``true`` is no integer, ``NaN`` no temperature.
 A breach raises ``ValidationFailed`` whose ``errors`` map names the field as OpenAI's ``param`` does
 (``messages.3.content``); the API renders it as 422.
 """
@@ -12,18 +14,27 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from archipelag.catalog import DEFAULT_MAX_TOKENS  # sent explicitly, so finish_reason is exact
 from archipelag.errors import ValidationFailed
+from archipelag.jobs.admission import (
+    MAX_CHAT_SEED,
+    MAX_GUIDANCE,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGES,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STOPS,
+    MAX_TOKENS,
+    MIN_SIDE,
+    SIDE_STEP,
+    Finite,
+)
 
-MAX_MESSAGES = 128
-MAX_MESSAGE_BYTES = 32 * 1024
-MAX_TOKENS = 4096
-DEFAULT_MAX_TOKENS = 256  # what llm-chat does without max_tokens; sent explicitly so finish_reason is exact
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})  # developer: OpenAI's newer system
-MAX_STOPS = 4
 MAX_PROMPT_BYTES = 4 * 1024
-MAX_SEED = 2**31 - 1
+MAX_SEED = MAX_CHAT_SEED  # images too: OpenAI clients expect a 31-bit seed
 
 
 class _Body(BaseModel):
@@ -37,21 +48,21 @@ class ChatMessage(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(_Body):
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: Finite | None = None
+    top_p: Finite | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = None
+    seed: StrictInt | None = None
+    n: StrictInt | None = None
     user: str | None = None
 
     @property
@@ -62,15 +73,15 @@ class ChatRequest(_Body):
 class ImageRequest(_Body):
     prompt: str = Field(min_length=1)
     model: str | None = None
-    n: int | None = None
+    n: StrictInt | None = None
     size: str | None = None
     response_format: str | None = None
-    stream: bool = False
+    stream: StrictBool = False
     # Archipelag extensions (diffusers parameters)
     negative_prompt: str | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
+    steps: StrictInt | None = None
+    guidance_scale: Finite | None = None
+    seed: StrictInt | None = None
     user: str | None = None
 
 
@@ -105,9 +116,14 @@ def _text_of(content: str | list[dict[str, Any]] | None, param: str, problems: _
     return "".join(texts)
 
 
+def _shown(value: float) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 24 else f"{text[:20]}…"
+
+
 def _check_range(problems: _Problems, param: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
-        problems.add(param, f"must be between {low:g} and {high:g}, not {value:g}")
+        problems.add(param, f"must be between {low:g} and {high:g}, not {_shown(value)}")
 
 
 def _stops(stop: str | list[str] | None, problems: _Problems) -> list[str] | None:
@@ -176,19 +192,21 @@ IMAGE_DEFAULTS: dict[str, ImageDefaults] = {
     "sdxl": ImageDefaults(1024, 1024, 30, 7.0),
 }
 FALLBACK_IMAGE_DEFAULTS = ImageDefaults(512, 512, 25, 7.5)
-MIN_SIDE, MAX_SIDE = 64, 2048
-MAX_STEPS = 150
+
+
+def _side_digits(text: str) -> bool:
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()  # "²" is a digit to isdigit, not to int
 
 
 def _size(value: str, problems: _Problems) -> tuple[int, int] | None:
     width, sep, height = value.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        problems.add("size", f"must be WIDTHxHEIGHT, e.g. 512x512, not {value!r}")
+    if not sep or not _side_digits(width) or not _side_digits(height):
+        problems.add("size", f"must be WIDTHxHEIGHT, e.g. 512x512, not {value[:20]!r}")
         return None
     w, h = int(width), int(height)
-    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE) or w % 8 or h % 8:
-        problems.add("size", f"each side must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, "
-                     f"not {value!r}")
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE) or w % SIDE_STEP or h % SIDE_STEP:
+        problems.add("size", f"each side must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}, "
+                     f"not {value[:20]!r}")
         return None
     return w, h
 
@@ -215,7 +233,7 @@ def image_input(body: ImageRequest, model_id: str) -> ImageJob:
     size = _size(body.size, problems) if body.size not in (None, "auto") else None
     width, height = size or (defaults.width, defaults.height)
     _check_range(problems, "steps", body.steps, 1, MAX_STEPS)
-    _check_range(problems, "guidance_scale", body.guidance_scale, 0, 30)
+    _check_range(problems, "guidance_scale", body.guidance_scale, 0, MAX_GUIDANCE)
     _check_range(problems, "seed", body.seed, 0, MAX_SEED)
     problems.raise_if_any()
     job_input: dict[str, Any] = {
