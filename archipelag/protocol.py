@@ -8,9 +8,10 @@ this module is the one place that knows their shape.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final
 
-from archipelag.errors import ProtocolViolation
+from archipelag.errors import BadReceipt, ProtocolViolation
 
 Event = dict[str, Any]
 
@@ -51,6 +52,84 @@ def validate(event: Any) -> Event:
             if not isinstance(value, _NUM) or isinstance(value, bool):
                 raise ProtocolViolation(f"done event usage.{key} must be a number")
     return event
+
+
+# --- what a host sends -----------------------------------------------------------------------------
+# A host's runtime checks its workload's output against the protocol, so an event that fails here is the host's
+# doing (BadReceipt), and the coordinator checks every one: it stores them, and it charges by their usage.
+
+MAX_JSON_INT: Final = 2**53  # the largest whole number every JSON reader keeps exact
+# What an event costs beyond its field names and values: its braces and a newline. Each field's quotes, colon and
+# comma come on top in JSON, so an event never counts more than the line the workload wrote for it — the line
+# its host's runtime counted against the same budget.
+EVENT_OVERHEAD_BYTES: Final = 3
+USAGE_COUNTS: Final = ("prompt_tokens", "completion_tokens")  # what a done event's usage may say; the rest goes
+
+
+def received(event: Any) -> tuple[Event, int]:
+    """An event as a host sent it, checked, without the ``seq`` the coordinator numbers itself; and the bytes it
+    takes stored (its field names, their values as compact JSON, strings as UTF-8 without escapes). BadReceipt
+    when it is not the protocol or not plain JSON."""
+    try:
+        validate(event)
+    except ProtocolViolation as exc:
+        raise BadReceipt(f"the host sent an event outside the protocol: {exc.message}") from None
+    kept = {k: v for k, v in event.items() if k != "seq"}
+    size = EVENT_OVERHEAD_BYTES
+    for name, value in kept.items():
+        if not isinstance(name, str):
+            raise BadReceipt(f"the host sent a {kept['type']} event with a field name that is not a string")
+        size += len(name) + _value_bytes(kept["type"], name, value)
+    return kept, size
+
+
+def _value_bytes(kind: str, name: str, value: Any) -> int:
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if value is None or isinstance(value, bool):
+        return 4
+    if isinstance(value, int) and -MAX_JSON_INT <= value <= MAX_JSON_INT:
+        return len(str(value))
+    if isinstance(value, float) and math.isfinite(value):
+        return len(repr(value))
+    if isinstance(value, dict | list):
+        try:
+            return len(json.dumps(value, allow_nan=False, separators=(",", ":")))
+        except (TypeError, ValueError, RecursionError):
+            pass
+    raise BadReceipt(f"the host sent a {kind} event whose {name!r} is not plain JSON: {_shown(value)}")
+
+
+def checked_usage(usage: Any, max_completion_tokens: int | None = None,
+                  max_prompt_tokens: int | None = None) -> dict[str, int]:
+    """A done event's usage if it can be true of the job: each count a whole number from 0 to what the request
+    allowed (``max_completion_tokens``: the ``max_tokens`` the job reserved for). Entries other than the counts
+    are dropped. BadReceipt otherwise: nothing is charged on a count that cannot be."""
+    if usage is None:
+        return {}
+    if not isinstance(usage, dict):
+        raise BadReceipt(f"the host reported usage that is not an object: {_shown(usage)}")
+    bounds = {"prompt_tokens": max_prompt_tokens, "completion_tokens": max_completion_tokens}
+    checked: dict[str, int] = {}
+    for name in USAGE_COUNTS:
+        if name not in usage:
+            continue
+        value = usage[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_JSON_INT:
+            raise BadReceipt(f"the host reported usage.{name} = {_shown(value)}; a count is a whole number ≥ 0")
+        bound = bounds[name]
+        if bound is not None and value > bound:
+            raise BadReceipt(f"the host reported usage.{name} = {value}, past the {bound} this job allowed")
+        checked[name] = value
+    return checked
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 40 else f"{text[:36]}…"
 
 
 def parse_line(line: str | bytes) -> Event:

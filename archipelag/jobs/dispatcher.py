@@ -16,6 +16,10 @@ to the relay. What the dispatcher keeps is a
   job away before starting it (full) costs no attempt: the next ranked host takes it.
 - **Cancellation** has one path, ``cancel``: a waiting job leaves the queue, a running one is stopped on its
   host, and the attempt's end records it.
+- **Receipts.** What a host sends is checked by the relay against the job's ``Budget`` (its output budget, the
+  ``max_tokens`` it reserved for, what its input could hold): a host that sends what cannot be true fails the
+  job with ``bad_receipt`` — the user is refunded, the host loses karma as for a failed job, nothing is
+  charged on its word.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from archipelag.catalog import Manifest, price_micro
-from archipelag.errors import ArchipelagError, HostLost, InvalidTransition, NoCapacity
+from archipelag.catalog import Manifest, max_tokens_of, price_micro
+from archipelag.errors import ArchipelagError, BadReceipt, HostLost, InvalidTransition, NoCapacity
 from archipelag.ids import HostId, JobId
-from archipelag.jobs.admission import job_request
+from archipelag.jobs.admission import input_bytes, job_request
 from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
-from archipelag.jobs.relay import JobLog, Relay, diverged_error
+from archipelag.jobs.relay import Budget, JobLog, Relay, diverged_error
 from archipelag.jobs.replay import Diverged
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.lifecycle import JobStatus
@@ -50,6 +54,8 @@ _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_O
 _OUTPUT = frozenset({"token", "progress", "image"})  # the job is `streaming` once one arrives
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
+HOST_EVENTS_BYTES = 4096  # beyond its workload's output budget, room for the host's own events (its errors)
+PROMPT_TEMPLATE_TOKENS = 1024  # beyond a token per byte of input, room for a chat template's tokens
 FINISH_TRIES = 10  # a job's end is written again while the ledger is unreachable (a restart resumes it after)
 
 
@@ -89,11 +95,24 @@ class Ticket:
     def spec(self) -> JobSpec:
         return JobSpec(self.job_id, self.manifest, self.input, self.limits)
 
+    @property
+    def budget(self) -> Budget:
+        """What its hosts may send: the output budget its ticket gives the host; for a chat job no more
+        completion tokens than it reserved for, no more prompt tokens than its input has bytes (and a template)."""
+        output_bytes = self.limits.output_bytes + HOST_EVENTS_BYTES
+        chat = self.manifest.token_price_micro > 0 or (self.manifest.model is not None
+                                                        and self.manifest.model.kind == "gguf")
+        if not chat:
+            return Budget(output_bytes)
+        return Budget(output_bytes, completion_tokens=max_tokens_of(self.input),
+                      prompt_tokens=input_bytes(self.input) + PROMPT_TEMPLATE_TOKENS)
+
 
 @dataclass(frozen=True)
 class _Ended:
     status: JobStatus
     error: str | None
+    karma: KarmaKind | None = None  # the host's, besides a success's
 
 
 @dataclass(frozen=True)
@@ -244,7 +263,7 @@ class Dispatcher:
                 ticket.host_id = None
                 self._kick.set()  # a slot is free
             if isinstance(outcome, _Ended):
-                await self._finish(ticket, outcome.status, outcome.error, host_id)
+                await self._finish(ticket, outcome.status, outcome.error, host_id, karma=outcome.karma)
                 return
             if ticket.cancel_reason is not None:
                 await self._finish(ticket, JobStatus.CANCELLED, ticket.cancel_reason, None)
@@ -281,7 +300,7 @@ class Dispatcher:
 
     async def _attempt(self, ticket: Ticket, host_id: HostId) -> _Ended | _Lost | object:
         job_id = ticket.job_id
-        ticket.log.begin(ticket.attempt)
+        ticket.log.begin(ticket.attempt, ticket.budget)
         attempt = ticket.attempt
         try:
             host = self._hosts(host_id)
@@ -298,7 +317,7 @@ class Dispatcher:
                         continue  # the host is alive; the job is quiet
                     if not started:
                         first = batch[0]
-                        if first["type"] == "error" and first.get("code") in _TURNED_AWAY:
+                        if _kind(first) == "error" and first.get("code") in _TURNED_AWAY:
                             return _TURNED_AWAY_OUTCOME
                         started = True
                         ticket.started_monotonic = self._clock()
@@ -306,7 +325,7 @@ class Dispatcher:
                             self._spawn(host.cancel(job_id, ticket.cancel_reason))
                         # Assigned and started in one write, once the host has begun: until then it is queued.
                         self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
-                    if not streaming and any(e["type"] in _OUTPUT for e in batch):
+                    if not streaming and any(_kind(e) in _OUTPUT for e in batch):
                         streaming = True
                         self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
                     try:
@@ -315,6 +334,11 @@ class Dispatcher:
                         ticket.log.note(diverged_error(exc))
                         self._spawn(host.cancel(job_id, "the retry diverged"))
                         return _Ended(JobStatus.FAILED, str(exc))
+                    except BadReceipt as exc:
+                        log.warning("job %s: host %s sent a bad receipt: %s", job_id, host_id, exc.message)
+                        ticket.log.note(error_event(exc.message, exc.code))
+                        self._spawn(host.cancel(job_id, "what it sent was refused"))
+                        return _Ended(JobStatus.FAILED, exc.message, KarmaKind.JOB_FAILED)
                     final = ticket.log.final
                     if final is not None:
                         if final["type"] == "done":
@@ -331,8 +355,9 @@ class Dispatcher:
             await stream.aclose()
 
     async def _finish(self, ticket: Ticket, status: JobStatus, error: str | None, host_id: HostId | None,
-                      code: str | None = None) -> None:
-        """Record the end (credits settled in the same transaction), then release the stream's last event."""
+                      code: str | None = None, karma: KarmaKind | None = None) -> None:
+        """Record the end (credits settled in the same transaction), then release the stream's last event.
+        ``karma``: the host's for an end that is its fault."""
         job_id = ticket.job_id
         try:
             if status is not JobStatus.SUCCEEDED and ticket.log.final is None:
@@ -352,7 +377,7 @@ class Dispatcher:
                     await self._ledger.finish(
                         job_id, status, output=collect_output(events), error=error, usage=usage,
                         events=list(events), price_micro=price_micro(ticket.manifest, usage) if succeeded else 0,
-                        host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else None,
+                        host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else karma,
                         compute_s=self._clock() - started if started is not None else 0.0)
                     break
                 except InvalidTransition:
@@ -410,3 +435,8 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _kind(event: Any) -> Any:
+    """An event's type, or None for what a host sent that is no event (the relay refuses it)."""
+    return event.get("type") if isinstance(event, dict) else None

@@ -8,6 +8,11 @@ they saw, waiting when there is nothing new — one call per burst of events, ne
 A job's final event is held back from readers until ``end`` — after the ledger has recorded the end — so a
 client that sees ``done`` and then asks for the job finds it finished. No Ray here: the JobsActor holds one
 Relay on its event loop.
+
+Hosts are untrusted for what they send (DESIGN §10): every event is checked (``protocol.received``), a job's
+events are bounded by its ``Budget`` — what a log holds, the coordinator's memory and the ledger's stored
+events and output alike — and a ``done`` event's usage must be believable before anything is charged on it. A
+breach raises ``BadReceipt`` after the events before it; the dispatcher fails the job for the host.
 """
 
 from __future__ import annotations
@@ -17,12 +22,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from archipelag.errors import BadReceipt
 from archipelag.ids import JobId
 from archipelag.jobs.replay import Diverged, Replay
-from archipelag.protocol import FINAL_TYPES, Event, error_event
+from archipelag.protocol import FINAL_TYPES, Event, checked_usage, error_event, received
 
 MAX_BATCH = 512  # events in one read
 OUTPUT_TYPES = frozenset({"token", "progress", "image"})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one job's hosts may send: ``output_bytes`` of events in all (as ``protocol.received`` counts them),
+    and usage counts within what the request allowed (None: no bound but a whole number)."""
+
+    output_bytes: int
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,8 @@ class JobLog:
         self.owner = owner  # the account whose job it is: the only one that may read it
         self.events: list[Event] = [dict(e, seq=i) for i, e in enumerate(events)]  # a checkpoint, renumbered
         self.saved = len(self.events)  # how many of them a checkpoint holds
+        self.size = sum(_size_of_stored(e) for e in self.events)  # bytes of output counted against the budget
+        self.budget: Budget | None = None
         self.attempt = 0
         self.ended = False
         self._visible = len(self.events)
@@ -55,28 +73,41 @@ class JobLog:
     def final(self) -> Event | None:
         return self.events[-1] if self.events and self.events[-1]["type"] in FINAL_TYPES else None
 
-    def begin(self, attempt: int) -> None:
-        """A new attempt takes over the stream; what it says again is swallowed (``Replay``)."""
+    def begin(self, attempt: int, budget: Budget | None = None) -> None:
+        """A new attempt takes over the stream; what it says again is swallowed (``Replay``). ``budget`` bounds
+        what the job's hosts may send from now on."""
         self.attempt = attempt
+        self.budget = budget or self.budget
         self._replay = Replay(self.events) if self.events else None
 
     def publish(self, attempt: int, events: Sequence[Event]) -> list[Event]:
         """Take a batch from ``attempt``'s host; the events that were new, numbered. Diverged when the
-        attempt contradicts what the stream already carried."""
+        attempt contradicts what the stream already carried; BadReceipt when an event is not the protocol, its
+        usage cannot be true, or the job's events pass its budget (the events before it are taken)."""
         if attempt != self.attempt or self.ended or self.final is not None:
             return []  # fenced: a late answer from an attempt that lost its host
         published = []
         for raw in events:
-            event = {k: v for k, v in raw.items() if k != "seq"}
+            event, size = received(raw)
             if self._replay is not None:
                 kept = self._replay.filter(event)
                 if kept is None:
-                    continue
+                    continue  # said again by a retry: stored once, counted once
                 event = kept
+            if self.budget is not None:
+                self._spend(event, size, self.budget)
             published.append(self._append(event))
             if event["type"] in FINAL_TYPES:
                 break
         return published
+
+    def _spend(self, event: Event, size: int, budget: Budget) -> None:
+        if self.size + size > budget.output_bytes:
+            raise BadReceipt(f"the host sent more than the {budget.output_bytes} bytes of output this job may "
+                             "have (its ticket's output budget)", limit_bytes=budget.output_bytes)
+        if event["type"] == "done" and "usage" in event:
+            event["usage"] = checked_usage(event["usage"], budget.completion_tokens, budget.prompt_tokens)
+        self.size += size
 
     def note(self, event: Event) -> Event:
         """An event of the coordinator's own (a retry notice, the error that ends a job)."""
@@ -165,6 +196,14 @@ class Relay:
             if at < cutoff:
                 del self._ended_at[job_id]
                 self._logs.pop(job_id, None)
+
+
+def _size_of_stored(event: Event) -> int:
+    """What a checkpointed event counts against its job's budget, as when it was received."""
+    try:
+        return received(event)[1]
+    except BadReceipt:  # an event of the coordinator's own that the protocol does not know
+        return len(str(event))
 
 
 def diverged_error(exc: Diverged) -> Event:

@@ -25,10 +25,17 @@ def optional_id(value: object | None) -> str | None:
     return None if value is None else str(value)
 
 
+def _count(value: Any) -> int:
+    """A usage count as stored; 0 for one that is no whole number ≥ 0 (rows written before usage was checked)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**53:
+        return 0
+    return int(value)
+
+
 def job_view(job: Any) -> dict[str, Any]:
-    usage = dict(job.usage or {})
-    prompt = int(usage.get("prompt_tokens", 0))
-    completion = int(usage.get("completion_tokens", 0))
+    usage = job.usage if isinstance(job.usage, dict) else {}
+    prompt = _count(usage.get("prompt_tokens", 0))
+    completion = _count(usage.get("completion_tokens", 0))
     duration_ms = None
     if job.started_at is not None and job.completed_at is not None:
         duration_ms = int((job.completed_at - job.started_at).total_seconds() * 1000)
