@@ -63,7 +63,7 @@ class Mailer:
 
 
 def verification_mail(settings: Settings, to: str, token: str) -> Mail:
-    link = f"{settings.public_url()}/api/v1/auth/verify?token={token}"
+    link = f"{settings.public_url()}/verify?token={token}"  # the web app's page, which verifies on opening
     return Mail(to, "Verify your Archipelag account",
                 f"Welcome to Archipelag. Open this link to verify your address and receive your credits:\n\n{link}\n\n"
                 f"Or send the token to POST /api/v1/auth/verify: {token}\n"
@@ -71,7 +71,9 @@ def verification_mail(settings: Settings, to: str, token: str) -> Mail:
 
 
 def reset_mail(settings: Settings, to: str, token: str) -> Mail:
+    link = f"{settings.public_url()}/reset/confirm?token={token}"
     return Mail(to, "Reset your Archipelag password",
-                "Someone asked to reset the password of your Archipelag account. If it was you, send this token "
-                f"with a new password to POST /api/v1/auth/password-reset/confirm:\n\n{token}\n\n"
+                "Someone asked to reset the password of your Archipelag account. If it was you, open this link "
+                f"to set a new one:\n\n{link}\n\nor send this token with a new password to "
+                f"POST /api/v1/auth/password-reset/confirm:\n\n{token}\n\n"
                 f"It works once, for {settings.reset_link_ttl_s / 60:.0f} minutes. If it was not you, ignore this.")

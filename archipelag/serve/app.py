@@ -14,6 +14,7 @@ from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
 from archipelag.settings import Settings
+from archipelag.web.routes import install_web
 
 log = logging.getLogger(__name__)
 APP_NAME = "archipelag"
@@ -34,6 +35,7 @@ def build_api(services: Services) -> FastAPI:
     app.include_router(api_accounts.router)
     app.include_router(api_admin.router)
     app.include_router(api_openai.router)
+    install_web(app)
     return app
 
 

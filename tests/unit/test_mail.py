@@ -46,7 +46,7 @@ def test_mail_goes_through_smtp_when_configured(tmp_path: Path, smtp: tuple[int,
     [envelope] = inbox.messages
     assert envelope.rcpt_tos == ["ann@example.org"] and envelope.mail_from == "net@example.org"
     body = email.message_from_bytes(envelope.content, policy=email.policy.default).get_content()
-    assert "https://api.example.org/api/v1/auth/verify?token=tok123" in body
+    assert "https://api.example.org/verify?token=tok123" in body
     assert not (tmp_path / "logs" / "mail.log").exists()
 
 
