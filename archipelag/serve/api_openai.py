@@ -256,8 +256,13 @@ async def follow_to_end(follower: Follower, transcript: Transcript | ImageTransc
 # --- chat ---------------------------------------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions")
-@router.post("/api/v1/chat/completions")
+# With `"stream": true` the answer is Server-Sent Events (OpenAI's chunks); the schema says so.
+STREAMED = {200: {"description": "The answer: JSON, or with `stream: true` Server-Sent Events",
+                  "content": {"application/json": {}, "text/event-stream": {}}}}
+
+
+@router.post("/v1/chat/completions", responses=STREAMED)
+@router.post("/api/v1/chat/completions", responses=STREAMED)
 async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request: Request) -> Response:
     manifest = resolve(svc.catalog, body.model, "chat")
     assert manifest.model is not None
@@ -317,8 +322,8 @@ async def image_model(svc: Services, name: str | None, region: str | None) -> Ma
     return next((m for m, problem in zip(manifests, problems, strict=True) if problem is None), manifests[0])
 
 
-@router.post("/v1/images/generations")
-@router.post("/api/v1/images/generations")
+@router.post("/v1/images/generations", responses=STREAMED)
+@router.post("/api/v1/images/generations", responses=STREAMED)
 async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, request: Request) -> Response:
     manifest = await image_model(svc, body.model, caller.home_region)
     assert manifest.model is not None

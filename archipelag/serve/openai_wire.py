@@ -33,7 +33,8 @@ from archipelag.protocol import Event
 from archipelag.serve.responses import FastJSON
 
 DONE_FRAME = b"data: [DONE]\n\n"
-NETWORK_FAILURES = frozenset({"queue_timeout", "host_lost"})  # a job's end codes that are no fault of the request
+# A job's end codes that are no fault of the request (a host that lied in its receipt is the network's fault).
+NETWORK_FAILURES = frozenset({"queue_timeout", "host_lost", "bad_receipt"})
 NETWORK_RETRY_AFTER_S = 5
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",

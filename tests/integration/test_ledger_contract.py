@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -312,7 +313,10 @@ def test_revoked_key_is_unauthorized(ledger: Ledger) -> None:
 
 def test_unknown_and_expired_keys_are_unauthorized(ledger: Ledger) -> None:
     account = an_account(ledger)
-    _, expired = ledger.create_api_key(account.id, "gone", expires_at=utcnow() - timedelta(seconds=1))
+    with pytest.raises(errors.ValidationFailed):  # a key that is born expired is a mistake
+        ledger.create_api_key(account.id, "gone", expires_at=utcnow() - timedelta(seconds=1))
+    _, expired = ledger.create_api_key(account.id, "brief", expires_at=utcnow() + timedelta(milliseconds=300))
+    time.sleep(0.4)
     for bad in (expired, "ak_not-a-real-key", "Bearer nonsense", ""):
         with pytest.raises(errors.Unauthorized):
             ledger.authenticate(bad)
