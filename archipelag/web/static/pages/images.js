@@ -36,10 +36,8 @@ async function loadGallery() {
       try { output = JSON.parse(job.output); } catch { continue; }
       if (!output || !output.image_data) continue;
       const prompt = (job.input && job.input.prompt) || "";
-      // Named by its prompt alone: "Generated image: …" names the result above.
-      const thumbnail = el("img", { src: dataUrlOf(output), alt: prompt, width: output.width, height: output.height });
       items.push(el("li", {}, el("figure", {},
-        el("a", { href: `/jobs/${encodeURIComponent(job.id)}` }, thumbnail),
+        el("a", { href: `/jobs/${encodeURIComponent(job.id)}` }, picture(output, prompt)),
         el("figcaption", {}, when(job.created_at)))));
     }
     if (offset + page.data.length >= page.meta.total) break;

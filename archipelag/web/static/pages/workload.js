@@ -32,6 +32,14 @@ function showOutput(job) {
     el("pre", {}, parsed !== null && typeof parsed === "object" ? JSON.stringify(parsed, null, 2) : job.output));
 }
 
+// Enter in a text area runs the job, as in chat; Shift+Enter starts a new line.
+form.addEventListener("keydown", (event) => {
+  if (event.target.tagName === "TEXTAREA" && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   quiet();
