@@ -19,6 +19,7 @@ from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
 from archipelag.ledger.client import LedgerClient
 from archipelag.ledger.records import Job
+from archipelag.metrics.network import NetworkStatus, RequestCounts
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.settings import Settings
@@ -79,3 +80,12 @@ class JobsActor:
     async def hosts(self) -> list[HostSnapshot]:
         await self.start()
         return await self._service.hosts()
+
+    async def exposition(self, requests: RequestCounts | None) -> str:
+        return await self._service.exposition(requests)  # no wait for start: the numbers are there already
+
+    async def status(self) -> NetworkStatus:
+        return await self._service.status()
+
+    async def record_requests(self, requests: RequestCounts) -> None:
+        await self._service.record_requests(requests)

@@ -11,6 +11,7 @@ from archipelag.ids import JobId
 from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
 from archipelag.ledger.records import Job
+from archipelag.metrics.network import NetworkStatus, RequestCounts
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
@@ -74,3 +75,16 @@ class JobsClient:
 
     async def hosts(self) -> list[HostSnapshot]:
         return list(await self._calls.call("hosts"))
+
+    async def exposition(self, requests: RequestCounts | None = None) -> str:
+        """The network's metrics in Prometheus' text format; ``requests``: the caller's unreported request
+        counts, added first."""
+        return str(await self._calls.call("exposition", dict(requests) if requests else None))
+
+    async def status(self) -> NetworkStatus:
+        status: NetworkStatus = await self._calls.call("status")
+        return status
+
+    def record_requests(self, requests: RequestCounts) -> None:
+        """Report request counts (fire-and-forget: a lost report loses counts, never a request)."""
+        self._calls.send("record_requests", dict(requests))

@@ -41,6 +41,7 @@ from archipelag.jobs.relay import Budget, JobLog, Relay, diverged_error
 from archipelag.jobs.replay import Diverged
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.lifecycle import JobStatus
+from archipelag.metrics.network import NetworkMetrics
 from archipelag.placement.scoring import JobRequest
 from archipelag.protocol import collect_output, error_event
 from archipelag.remote import Unreachable
@@ -128,7 +129,7 @@ class Dispatcher:
     def __init__(self, rules: DispatchRules, ledger: JobLedger, placement: Placement, hosts: Hosts,
                  relay: Relay, queue: JobQueue[Ticket],
                  before_assign: Callable[[list[HostId]], Awaitable[None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: NetworkMetrics | None = None) -> None:
         self._rules = rules
         self._ledger = ledger
         self._placement = placement
@@ -137,6 +138,7 @@ class Dispatcher:
         self._queue = queue
         self._before_assign = before_assign
         self._clock = clock
+        self._metrics = metrics or NetworkMetrics()
         self._tickets: dict[JobId, Ticket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kick = asyncio.Event()
@@ -329,7 +331,7 @@ class Dispatcher:
                         streaming = True
                         self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
                     try:
-                        ticket.log.publish(attempt, batch)
+                        self._metrics.heard(job_id, ticket.log.publish(attempt, batch))
                     except Diverged as exc:
                         ticket.log.note(diverged_error(exc))
                         self._spawn(host.cancel(job_id, "the retry diverged"))
@@ -379,6 +381,7 @@ class Dispatcher:
                         events=list(events), price_micro=price_micro(ticket.manifest, usage) if succeeded else 0,
                         host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else karma,
                         compute_s=self._clock() - started if started is not None else 0.0)
+                    self._metrics.ended(ticket.manifest.slug, status, job_id)
                     break
                 except InvalidTransition:
                     log.info("job %s had already ended", job_id)

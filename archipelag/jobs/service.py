@@ -19,6 +19,8 @@ from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
 from archipelag.ledger.records import Job
 from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
+from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
+from archipelag.metrics.placement import MeteredPlacement
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.protocol import FINAL_TYPES, error_event
 from archipelag.settings import Settings
@@ -36,13 +38,15 @@ class JobService:
         self._settings = settings
         self._catalog = catalog
         self._ledger = ledger
-        self._placement = placement
+        self._metrics = NetworkMetrics()
+        self._placement = MeteredPlacement(placement, self._metrics)  # each ranking timed, each fleet counted
         self._relay = Relay()
         self._recorded: dict[HostId, str] = {}  # host → status as last written to the ledger
         rules = DispatchRules(lease_s=settings.lease_s, max_attempts=settings.max_attempts,
                               queue_timeout_s=settings.queue_timeout_s)
-        self._dispatcher = Dispatcher(rules, ledger, placement, hosts, self._relay,
-                                      JobQueue(settings.queue_max_jobs), before_assign=self._ensure_recorded)
+        self._queue: JobQueue[Ticket] = JobQueue(settings.queue_max_jobs)
+        self._dispatcher = Dispatcher(rules, ledger, self._placement, hosts, self._relay, self._queue,
+                                      before_assign=self._ensure_recorded, metrics=self._metrics)
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -81,6 +85,7 @@ class JobService:
         # The ledger records the job (and reserves its credits) while its host already starts.
         created = asyncio.ensure_future(self._ledger.create_job(
             account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
+        self._metrics.admitted(job_id, manifest.slug, created)
         ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked)
         self._dispatcher.enqueue(ticket, created)
@@ -132,6 +137,7 @@ class JobService:
             await self._ledger.finish(job_id, JobStatus.CANCELLED, output=None, error=reason, usage={},
                                       events=await self._ledger.stored_output_events(job_id), price_micro=0,
                                       host_id=job.host_id)
+            self._metrics.ended(job.workload_slug, JobStatus.CANCELLED)
         except InvalidTransition:
             pass
 
@@ -167,11 +173,28 @@ class JobService:
                    else f"the workload {job.workload_slug} is no longer in the catalog")
             await self._ledger.finish(job.id, JobStatus.FAILED, output=None, error=why, usage={},
                                       events=[*events, error_event(why, "failed")], price_micro=0, host_id=None)
+            self._metrics.ended(job.workload_slug, JobStatus.FAILED)
             return
         log_ = self._relay.open(job.id, events, job.account_id)  # no notice added: the stream keeps its numbering (Replay)
         ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         job.region, job.priority, attempt=job.attempt, log=log_)
         self._dispatcher.enqueue(ticket)
+
+    # --- the network's numbers ---------------------------------------------------------------------
+
+    async def exposition(self, requests: RequestCounts | None = None) -> str:
+        """Prometheus' text format of the network's metrics, after adding an API replica's request counts."""
+        if requests:
+            self._metrics.requests(requests)
+        return self._metrics.exposition(queue_depth=len(self._queue))
+
+    async def status(self) -> NetworkStatus:
+        """The public status page's numbers."""
+        return self._metrics.status(queue_depth=len(self._queue))
+
+    async def record_requests(self, requests: RequestCounts) -> None:
+        """An API replica's request counts since its last report."""
+        self._metrics.requests(requests)
 
     # --- checkpoints of live streams ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Response
 from archipelag import __version__
 from archipelag.nodes import COORDINATOR_RESOURCE
 from archipelag.serve import api_accounts, api_admin, api_jobs, api_openai, api_resources
+from archipelag.serve.api_metrics import install_metrics
 from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
@@ -25,6 +26,7 @@ def build_api(services: Services) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     install_body_limits(app, services.settings)
+    install_metrics(app, services.jobs)  # outermost: counts every answer, a refused body's too
 
     @app.get("/health")
     async def health() -> Response:
