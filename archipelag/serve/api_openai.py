@@ -257,7 +257,7 @@ async def follow_to_end(follower: Follower, transcript: Transcript | ImageTransc
 
 
 # With `"stream": true` the answer is Server-Sent Events (OpenAI's chunks); the schema says so.
-STREAMED = {200: {"description": "The answer: JSON, or with `stream: true` Server-Sent Events",
+STREAMED: dict[int | str, dict[str, Any]] = {200: {"description": "The answer: JSON, or with `stream: true` Server-Sent Events",
                   "content": {"application/json": {}, "text/event-stream": {}}}}
 
 
