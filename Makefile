@@ -11,7 +11,7 @@ LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
 # DESIGN §9: the default build uses AMX here and crashes on every quantized model.
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: up test test-unit bench wasm containers models sd-model llama-wheel lint env clean
+.PHONY: up test test-unit bench wasm containers models sd-model llama-wheel browser lint env clean
 
 # llama-cpp-python has no binary wheel: compiled once (~3-6 min) into the wheel cache.
 $(LLAMA_WHEEL):
@@ -47,6 +47,13 @@ SD_TINY := $(PY) workloads/sd-diffusers/make_tiny.py --via-docker
 sd-model: containers
 	$(SD_TINY)
 
+# Debian's chromium for the browser tests (tests/browser; Playwright drives it, no browser download). Installed
+# as root when missing, as the Docker engine is; without it those tests skip, which CI counts as a failure.
+browser:
+	@test -x /usr/bin/chromium || { [[ "$$(id -u)" == 0 ]] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+	  echo "warning: no /usr/bin/chromium (installing it needs root and apt-get); the browser tests will skip"
+
 # The network on this machine. Without a Docker engine it still runs, with the WASM workloads only.
 # A dockerd started here is stopped when `up` ends (the shell's PID holds its lease).
 up: env wasm models
@@ -59,7 +66,7 @@ up: env wasm models
 # Two pytest processes: tests that make the test process a Ray driver run apart from the in-process
 # wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process).
 # Exit code 5 (this selection has no tests) is not a failure of the split.
-test: env wasm containers models sd-model
+test: env wasm containers models sd-model browser
 	@status=0; \
 	$(VENV)/bin/pytest -q -ra -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
 	$(VENV)/bin/pytest -q -ra -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
