@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm")
+SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm", "web")
 
 
 def _placement() -> None:
@@ -57,8 +57,15 @@ def _llm() -> None:
     _table(bench_llm.run())
 
 
+def _web() -> None:
+    from bench import bench_web
+
+    _table(bench_web.run())
+
+
 RUNNERS: dict[str, Callable[[], None]] = {
     "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "jobs": _jobs, "llm": _llm,
+    "web": _web,
 }
 
 
