@@ -35,6 +35,7 @@ class Limits:
     pids_limit: int = 128  # containers: processes and threads at once
     cpus: float = 1.0  # containers: CPU quota in cores (capped at the host's core count)
     tmp_mb: int = 64  # containers: size of the writable /tmp (a tmpfs, counted in memory)
+    output_events: int = 100_000  # protocol events a job may write (each is an object held on the head)
 
     def narrowed(self, memory_mb: int | None = None, timeout_s: float | None = None,
                  fuel: int | None = None, output_bytes: int | None = None) -> Limits:
@@ -49,4 +50,5 @@ class Limits:
             pids_limit=self.pids_limit,
             cpus=self.cpus,
             tmp_mb=self.tmp_mb,
+            output_events=self.output_events,
         )

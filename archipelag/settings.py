@@ -27,6 +27,7 @@ class TierSettings(BaseModel):
     fuel: int
     output_bytes: int = 8 * 1024 * 1024
     line_bytes: int = 4 * 1024 * 1024
+    output_events: int = 100_000
     pids_limit: int = 128
     cpus: float = 1.0
     tmp_mb: int = 64

@@ -56,6 +56,7 @@ _OUTPUT = frozenset({"token", "progress", "image"})  # the job is `streaming` on
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
 HOST_EVENTS_BYTES = 4096  # beyond its workload's output budget, room for the host's own events (its errors)
+HOST_EVENTS = 256  # beyond the workload's events, room for the host's own (statuses, its errors, its end)
 PROMPT_TEMPLATE_TOKENS = 1024  # beyond a token per byte of input, room for a chat template's tokens
 FINISH_TRIES = 10  # a job's end is written again while the ledger is unreachable (a restart resumes it after)
 
@@ -98,14 +99,18 @@ class Ticket:
 
     @property
     def budget(self) -> Budget:
-        """What its hosts may send: the output budget its ticket gives the host; for a chat job no more
-        completion tokens than it reserved for, no more prompt tokens than its input has bytes (and a template)."""
+        """What its hosts may send: the output budget its ticket gives the host (bytes and events; the host's
+        sandbox stops a workload that goes past them, so only a host that ignores its ticket breaks them); for a
+        chat job no more completion tokens than it reserved for, no more prompt tokens than its input has bytes
+        (and a template), and no more events than a token each."""
         output_bytes = self.limits.output_bytes + HOST_EVENTS_BYTES
+        events = self.limits.output_events + HOST_EVENTS
         chat = self.manifest.token_price_micro > 0 or (self.manifest.model is not None
                                                         and self.manifest.model.kind == "gguf")
         if not chat:
-            return Budget(output_bytes)
-        return Budget(output_bytes, completion_tokens=max_tokens_of(self.input),
+            return Budget(output_bytes, events)
+        max_tokens = max_tokens_of(self.input)
+        return Budget(output_bytes, min(events, 2 * max_tokens + HOST_EVENTS), completion_tokens=max_tokens,
                       prompt_tokens=input_bytes(self.input) + PROMPT_TEMPLATE_TOKENS)
 
 

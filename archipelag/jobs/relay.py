@@ -34,9 +34,11 @@ OUTPUT_TYPES = frozenset({"token", "progress", "image"})
 @dataclass(frozen=True)
 class Budget:
     """What one job's hosts may send: ``output_bytes`` of events in all (as ``protocol.received`` counts them),
-    and usage counts within what the request allowed (None: no bound but a whole number)."""
+    at most ``events`` events, and usage counts within what the request allowed (None: no bound but a whole
+    number)."""
 
     output_bytes: int
+    events: int
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
 
@@ -102,6 +104,9 @@ class JobLog:
         return published
 
     def _spend(self, event: Event, size: int, budget: Budget) -> None:
+        if len(self.events) >= budget.events:
+            raise BadReceipt(f"the host sent more than the {budget.events} events this job may have",
+                             limit_events=budget.events)
         if self.size + size > budget.output_bytes:
             raise BadReceipt(f"the host sent more than the {budget.output_bytes} bytes of output this job may "
                              "have (its ticket's output budget)", limit_bytes=budget.output_bytes)

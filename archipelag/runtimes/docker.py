@@ -280,12 +280,16 @@ def _events(job: _Job, output: Output) -> Iterator[Event]:
     """Protocol events from the container's stdout as they arrive. A budget overrun or a bad line marks the job
     stopped and ends the iteration; the caller then closes the socket and kills the container."""
     limits = job.spec.limits
+    events = 0
     while True:
         try:
             line = output.line(limits.line_bytes, limits.output_bytes)
             if line is None:
                 break
             if line.strip():
+                events += 1
+                if events > limits.output_events:
+                    raise BudgetExceeded(f"output limit: the workload wrote more than {limits.output_events} events")
                 yield parse_line(line)
         except (BudgetExceeded, ProtocolViolation) as exc:
             job.stop(exc, kill=False)

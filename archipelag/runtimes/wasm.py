@@ -125,6 +125,7 @@ def _events(job: _Job, read_fd: int) -> Iterator[Event]:
     too_long = f"output limit: the module wrote a line longer than {limits.line_bytes} bytes"
     pending = b""
     total = 0
+    events = 0
     while chunk := os.read(read_fd, READ_BYTES):
         if job.stopping:
             continue
@@ -142,6 +143,10 @@ def _events(job: _Job, read_fd: int) -> Iterator[Event]:
                 event = parse_line(line)
             except ProtocolViolation as exc:
                 job.stop(exc)
+                break
+            events += 1
+            if events > limits.output_events:
+                job.stop(BudgetExceeded(f"output limit: the module wrote more than {limits.output_events} events"))
                 break
             yield event
         if len(pending) > limits.line_bytes:

@@ -115,6 +115,7 @@ class Worker:
             self._send({"id": ident, "input": spec.input})
             cancel.on_cancel(on_cancel)
             stdout_limit = self._output.stdout_bytes + limits.output_bytes  # this request's budget
+            events = 0
             while True:
                 try:
                     line = self._output.line(limits.line_bytes, stdout_limit)
@@ -122,6 +123,10 @@ class Worker:
                         raise self._dead or self._failure(limits)
                     if not line.strip():
                         continue
+                    events += 1
+                    if events > limits.output_events:
+                        raise BudgetExceeded(f"output limit: the worker wrote more than {limits.output_events} "
+                                             "events for one request")
                     event = parse_line(line)
                 except (BudgetExceeded, ProtocolViolation) as exc:
                     self.kill(exc)

@@ -74,6 +74,7 @@ ATTACKS = [
     ("mount", {"attack": "mount"}, STANDARD, {}, WorkloadError, "mount: Operation not permitted"),
     ("ptrace", {"attack": "ptrace"}, STANDARD, {}, WorkloadError, "ptrace: Operation not permitted"),
     ("stdout-flood", {"attack": "flood"}, RESTRICTED, {}, BudgetExceeded, "output limit"),
+    ("event-flood", {"attack": "flood"}, RESTRICTED, {"output_events": 100}, BudgetExceeded, "more than 100 events"),
     ("one-endless-line", {"attack": "long_line"}, RESTRICTED, {}, BudgetExceeded, "longer than"),
 ]
 

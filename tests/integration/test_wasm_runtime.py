@@ -85,6 +85,8 @@ def test_a_well_behaved_module_yields_its_done_event(runtime: WasmRuntime, modul
         ("unknown_type", SMALL, ProtocolViolation, "unknown event type"),
         ("flood", Limits(4, 5.0, False, False, 10**15, 65536, 4096), BudgetExceeded, "output limit"),
         ("long_line", Limits(4, 5.0, False, False, 10**15, 10**9, 4096), BudgetExceeded, "longer than 4096"),
+        ("ticks", Limits(4, 5.0, False, False, 10**15, 10**9, 4096, output_events=10), BudgetExceeded,
+         "more than 10 events"),
         ("grow_memory", SMALL, BudgetExceeded, "out of memory"),
         ("no_done", SMALL, ProtocolViolation, "exited without a done event"),
         ("trap", SMALL, WorkloadError, "unreachable"),

@@ -202,7 +202,7 @@ def test_a_received_event_loses_its_seq_and_is_sized_by_its_strings() -> None:
 
 def test_a_log_takes_events_up_to_its_budget_then_refuses() -> None:
     log = JobLog(JobId("j"))
-    log.begin(1, Budget(output_bytes=200))
+    log.begin(1, Budget(output_bytes=200, events=1000))
     log.publish(1, tokens("a" * 50))
     with pytest.raises(BadReceipt, match="200 bytes"):
         log.publish(1, tokens("b" * 50, "c" * 50, "d" * 50))
@@ -212,11 +212,30 @@ def test_a_log_takes_events_up_to_its_budget_then_refuses() -> None:
 
 def test_a_resumed_log_counts_its_checkpoint_against_the_budget() -> None:
     first = JobLog(JobId("j"))
-    first.begin(1, Budget(output_bytes=300))
+    first.begin(1, Budget(output_bytes=300, events=1000))
     first.publish(1, tokens("a" * 100, "b" * 100))
     resumed = JobLog(JobId("j"), first.events)
     assert resumed.size == first.size
-    resumed.begin(2, Budget(output_bytes=300))
+    resumed.begin(2, Budget(output_bytes=300, events=1000))
     resumed.publish(2, tokens("a" * 100, "b" * 100))  # said again by the retry: not counted twice
     with pytest.raises(BadReceipt):
         resumed.publish(2, tokens("c" * 100))
+
+
+def test_a_log_refuses_more_events_than_its_budget_however_small_each_is() -> None:
+    log = JobLog(JobId("j"))
+    log.begin(1, Budget(output_bytes=1_000_000, events=5))
+    with pytest.raises(BadReceipt, match="5 events"):
+        log.publish(1, tokens(*"abcdefgh"))
+    assert len(log.events) == 5  # what came before the breach is kept
+
+
+def test_a_chat_budget_allows_a_token_per_event_and_no_flood() -> None:
+    from model_network import CHAT
+
+    from archipelag.jobs.dispatcher import Ticket
+    from archipelag.settings import Settings
+
+    ticket = Ticket(JobId("j"), CHAT, {"prompt": "hi", "max_tokens": 100}, Settings().limits_for(CHAT.tier),
+                    region=None, priority=0, attempt=1, log=JobLog(JobId("j")))
+    assert 100 < ticket.budget.events < 1000
