@@ -323,9 +323,9 @@ def find_session(session: Session, token: str, now: datetime) -> tuple[Account, 
     if found is None:
         raise refused
     row, account = found
+    _refuse_suspended(account)  # first: a suspended person is told why, though suspension also ended the session
     if row.revoked_at is not None or row.expires_at <= now:
         raise refused
-    _refuse_suspended(account)
     assert account.id is not None
     return account_record(account, credits.balance_micro(session, account.id)), session_record(row)
 

@@ -377,7 +377,7 @@ def test_sessions_end_on_sign_out_password_change_and_suspension(ledger: Ledger)
     _, third = ledger.start_session(account.id, 60)
     _, key = ledger.create_api_key(account.id, "k")
     ledger.set_suspended(account.id, "abuse")
-    with pytest.raises(errors.Unauthorized):
+    with pytest.raises(errors.AccountSuspended):
         ledger.authenticate_session(third)
     with pytest.raises(errors.AccountSuspended):
         ledger.authenticate(key)

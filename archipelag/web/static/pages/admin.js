@@ -89,11 +89,12 @@ async function loadAccounts() {
     `${page.meta.total} accounts${q ? ` matching “${q}”` : ""}${page.meta.total > page.data.length ? `, the first ${page.data.length} shown` : ""}`;
 }
 
+let typing = null;
 document.getElementById("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
+  clearTimeout(typing);  // Enter right after typing: one load, not a second that wipes the rows' inputs
   loadAccounts().catch(complain);
 });
-let typing = null;
 search.addEventListener("input", () => {
   clearTimeout(typing);
   typing = setTimeout(() => loadAccounts().catch(complain), 300);
