@@ -197,6 +197,17 @@ async def hosts_page(request: Request, who: Seen, svc: Svc) -> Response:
     return render(request, "hosts.html", who, title="Hosts", hosts=hosts)
 
 
+@router.get("/hosts/{host_id}", response_class=HTMLResponse)
+async def host_page(host_id: str, request: Request, who: Seen, svc: Svc) -> Response:
+    if who.caller is None:
+        return to_sign_in(request)
+    snapshot = next((s for s in await svc.jobs.hosts() if s.host_id == host_id), None)
+    if snapshot is None:
+        return not_found(request, who, "There is no such host now. The Hosts page lists the ones there are.")
+    host = host_view(snapshot, await svc.ledger.karma_score(snapshot.host_id))
+    return render(request, "host.html", who, title=f"Host {host['name'] or host['id']}", host=host)
+
+
 @router.get("/admin", response_class=HTMLResponse)
 async def admin_page(request: Request, who: Seen) -> Response:
     if who.caller is None:

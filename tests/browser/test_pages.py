@@ -22,14 +22,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SIGNED_OUT = ["/signin", "/signup", "/verify", "/reset", "/reset/confirm", "/status"]
 SIGNED_IN = ["/chat", "/images", "/workloads", "/workloads/wasm-hash", "/jobs", "/jobs/{job}", "/account", "/hosts",
-             "/admin", "/status"]
+             "/hosts/{host}", "/admin", "/status"]
 NAV = ["Chat", "Images", "Workloads", "Jobs", "Account", "Hosts", "Status"]
 NAV_ADMIN = ["Chat", "Images", "Workloads", "Jobs", "Account", "Hosts", "Admin", "Status"]
 
 
 @pytest.fixture(scope="module")
 def admin_session(browser: Browser, network: Network) -> dict[str, Any]:
-    """An admin's signed-in browser state, with one finished job of theirs (for /jobs/{id})."""
+    """An admin's signed-in browser state, with one finished job of theirs (for /jobs/{id}) and a host."""
     admin = network.person("pages-admin", admin=True)
     context = browser.new_context()
     page = context.new_page()
@@ -38,7 +38,9 @@ def admin_session(browser: Browser, network: Network) -> dict[str, Any]:
     made = context.request.post(f"{network.url}/api/v1/jobs", headers={"X-CSRF-Token": csrf},
                                 data={"workload": "wasm-hash", "input": {"text": "hello"}})
     assert made.status == 201, made.text()
-    session = {"storage_state": context.storage_state(), "job": made.json()["data"]["id"]}
+    with network.http(network.admin_key) as http:
+        host = http.get("/api/v1/hosts").json()["data"][0]["id"]
+    session = {"storage_state": context.storage_state(), "job": made.json()["data"]["id"], "host": host}
     context.close()
     return session
 
@@ -77,7 +79,7 @@ def test_a_page_signed_out(path: str, page: Page, network: Network) -> None:
 def test_a_page_signed_in_as_an_admin(path: str, new_page: Callable[..., Page], network: Network,
                                       admin_session: dict[str, Any]) -> None:
     page = new_page(storage_state=admin_session["storage_state"])
-    check_page(page, f"{network.url}{path.format(job=admin_session['job'])}", NAV_ADMIN, signed_in=True)
+    check_page(page, f"{network.url}{path.format(job=admin_session['job'], host=admin_session['host'])}", NAV_ADMIN, signed_in=True)
 
 
 def test_a_page_that_needs_an_account_sends_a_stranger_to_sign_in_and_back(page: Page, network: Network) -> None:

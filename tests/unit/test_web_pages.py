@@ -131,7 +131,8 @@ def an_image_job(client: TestClient) -> str:
     return job_id
 
 
-ACCOUNT_PAGES = ["/chat", "/images", "/workloads", "/workloads/llm-chat", "/jobs", "/account", "/hosts"]
+ACCOUNT_PAGES = ["/chat", "/images", "/workloads", "/workloads/llm-chat", "/jobs", "/account", "/hosts",
+                 "/hosts/host-a"]
 PUBLIC_PAGES = ["/signin", "/signup", "/verify?token=x", "/reset", "/reset/confirm?token=x", "/status"]
 
 
@@ -266,6 +267,13 @@ def test_jobs_pages_show_the_persons_own_jobs(net: ModelNetwork, anon: TestClien
 def test_hosts_page_lists_the_fleet_and_keeps_a_place_for_pairing(person: TestClient) -> None:
     answer = person.get("/hosts")
     assert "host-a" in answer.text and Page(answer.text).find("section", id="pairing")
+    assert Page(answer.text).find("a", href="/hosts/host-a")
+
+
+def test_a_host_page_charts_its_karma_and_an_unknown_host_is_404(person: TestClient) -> None:
+    found = page(person, "/hosts/host-a")
+    assert found.find("canvas", id="karma-chart") and found.find("section", id="host")
+    page(person, "/hosts/no-such-host", 404)
 
 
 def test_static_files_and_the_vendored_chart_js_are_served(anon: TestClient) -> None:
