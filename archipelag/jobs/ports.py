@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from archipelag.ids import HostId, JobId
 from archipelag.ledger.karma_rules import KarmaKind
-from archipelag.ledger.records import Job
+from archipelag.ledger.records import Host, Job
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.protocol import Event
@@ -43,6 +43,8 @@ class Placement(Protocol):
 
     def set_karma(self, host_id: HostId, karma: float) -> None: ...
 
+    async def suspend_async(self, host_id: HostId, reason: str) -> None: ...
+
 
 class JobLedger(Protocol):
     async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
@@ -73,3 +75,5 @@ class JobLedger(Protocol):
                            reason: str | None = None) -> None: ...
 
     async def karma_score(self, host_id: str) -> float: ...
+
+    async def list_hosts(self) -> list[Host]: ...

@@ -18,7 +18,7 @@ from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
 from archipelag.ledger.records import Job
-from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
+from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
 from archipelag.metrics.placement import MeteredPlacement
 from archipelag.placement.scoring import HostSnapshot
@@ -146,7 +146,14 @@ class JobService:
     async def _recover(self) -> None:
         """Every job an earlier coordinator left unfinished runs again: queued ones take their place in the
         queue, running ones (their host's run died with the old cluster, or is orphaned) are re-run elsewhere,
-        their stream continuing from its last checkpoint. A job past its attempts fails and is refunded."""
+        their stream continuing from its last checkpoint. A job past its attempts fails and is refunded. Hosts an
+        operator suspended stay suspended."""
+        try:
+            for host in await self._ledger.list_hosts():
+                if host.status is HostStatus.SUSPENDED:
+                    await self._placement.suspend_async(host.id, "suspended by an operator before a restart")
+        except ArchipelagError:
+            log.exception("could not read which hosts are suspended")
         try:
             unfinished = await self._ledger.unfinished_jobs()
         except ArchipelagError:

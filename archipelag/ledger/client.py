@@ -15,7 +15,7 @@ from archipelag.errors import LedgerError
 from archipelag.ids import JobId
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.ledger.ledger import Ledger
-from archipelag.ledger.records import Account, ApiKey, Invite, Job, KarmaEvent, Session, Workload
+from archipelag.ledger.records import Account, ApiKey, Host, Invite, Job, KarmaEvent, Session, Workload
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
@@ -215,6 +215,9 @@ class LedgerClient:
 
     async def karma_score(self, host_id: str) -> float:
         return float(await self._calls.call("karma_score", host_id))
+
+    async def list_hosts(self) -> list[Host]:
+        return list(await self._calls.call("list_hosts"))
 
     async def karma_events(self, host_id: str) -> list[KarmaEvent]:
         return list(await self._calls.call("karma_events", host_id))

@@ -46,3 +46,6 @@ class MeteredPlacement:
 
     def set_karma(self, host_id: HostId, karma: float) -> None:
         self._placement.set_karma(host_id, karma)
+
+    async def suspend_async(self, host_id: HostId, reason: str) -> None:
+        await self._placement.suspend_async(host_id, reason)

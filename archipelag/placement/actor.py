@@ -32,13 +32,16 @@ class PlacementActor:
         self._limit = settings.placement.max_candidates
         stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
+        self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
 
     def _known(self, host_id: HostId) -> None:
         if host_id not in self._fleet:
             raise NotFound(f"placement knows no host {host_id!r}", host_id=host_id)
 
     def register(self, snapshot: HostSnapshot) -> None:
-        """Add or refresh a host; its heartbeat clock starts now."""
+        """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended."""
+        if snapshot.host_id in self._suspended:
+            snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
         log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
 
@@ -52,6 +55,9 @@ class PlacementActor:
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._known(host_id)
+        if host_id in self._suspended and status != HostStatus.OFFLINE:
+            raise InvalidTransition(f"host {host_id} is suspended by the network's operator; it takes no jobs",
+                                    host_id=host_id, current=str(HostStatus.SUSPENDED), target=str(status))
         current = self._fleet.status(host_id)
         if current == status:
             return
@@ -62,9 +68,27 @@ class PlacementActor:
 
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         """Take a host out of placement at once (a lost node), without waiting for missed heartbeats."""
-        if host_id in self._fleet and self._fleet.status(host_id) != HostStatus.OFFLINE:
+        if host_id in self._fleet and self._fleet.status(host_id) not in (HostStatus.OFFLINE, HostStatus.SUSPENDED):
             log.warning("host %s marked offline: %s", host_id, reason)
             self._fleet.set_status(host_id, HostStatus.OFFLINE)
+
+    def suspend(self, host_id: HostId, reason: str) -> None:
+        """An operator takes a host out of placement (it may be unknown now: it stays out when it joins).
+        Its running jobs finish; it gets no new ones until ``reinstate``. A host already suspended keeps its
+        first reason."""
+        self._suspended.setdefault(host_id, reason)
+        if host_id in self._fleet:
+            self._fleet.set_status(host_id, HostStatus.SUSPENDED)
+        log.warning("host %s suspended: %s", host_id, reason)
+
+    def reinstate(self, host_id: HostId) -> None:
+        """Lift an operator's suspension: the host takes jobs again (while it heartbeats)."""
+        self._suspended.pop(host_id, None)
+        if host_id in self._fleet and self._fleet.status(host_id) == HostStatus.SUSPENDED:
+            self._fleet.set_status(host_id, HostStatus.ONLINE)
+
+    def suspensions(self) -> dict[HostId, str]:
+        return dict(self._suspended)
 
     def set_karma(self, host_id: HostId, karma: float) -> None:
         self._known(host_id)

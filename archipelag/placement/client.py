@@ -150,6 +150,15 @@ class PlacementClient:
     def set_karma(self, host_id: HostId, karma: float) -> None:
         self._calls.send("set_karma", host_id, karma)
 
+    async def suspend_async(self, host_id: HostId, reason: str) -> None:
+        await self._calls.call_async("suspend", host_id, reason)
+
+    async def reinstate_async(self, host_id: HostId) -> None:
+        await self._calls.call_async("reinstate", host_id)
+
+    async def suspensions_async(self) -> dict[HostId, str]:
+        return dict(await self._calls.call_async("suspensions"))
+
     def remove(self, host_id: HostId) -> None:
         self._calls.call("remove", host_id)
 

@@ -1,5 +1,5 @@
-"""Admin API: accounts (list, search, grant credits, suspend, reinstate, make admin), invitations, and network
-statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
+"""Admin API: accounts (list, search, grant credits, suspend, reinstate, make admin), hosts (suspend,
+reinstate), invitations, and network statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
 to change). A suspension takes effect at once: the account's keys and sessions are refused on every replica.
 """
 
@@ -13,17 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from archipelag.accounts.revocations import Notice
 from archipelag.catalog import MICRO
 from archipelag.errors import Conflict
+from archipelag.ids import HostId
 from archipelag.serve.api_accounts import person_view
 from archipelag.serve.api_jobs import Svc
 from archipelag.serve.auth import Caller, require
 from archipelag.serve.responses import data, page
-from archipelag.serve.views import iso
+from archipelag.serve.services import Services
+from archipelag.serve.views import host_view, iso
 
 router = APIRouter(prefix="/api/v1/admin")
 
 AdminReader = Annotated[Caller, Depends(require("read", admin=True))]
 AdminWriter = Annotated[Caller, Depends(require("write", admin=True))]
 AccountPath = Annotated[int, Path(ge=1, le=2**62)]
+HostPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 MAX_GRANT_CREDITS = 1_000_000_000  # one grant; more is a typo
 
 
@@ -97,6 +100,40 @@ async def set_role(account_id: AccountPath, body: Role, caller: AdminWriter, svc
     account = await svc.ledger.set_admin(account_id, body.is_admin)
     await svc.revoked(Notice("account", account_id))
     return data(person_view(account))
+
+
+@router.get("/hosts")
+async def list_hosts(_: AdminReader, svc: Svc) -> Response:
+    """The fleet, with each operator suspension and why (a suspended host may be offline and not listed in
+    the fleet; it stays suspended when it joins)."""
+    suspended = await svc.placement.suspensions_async()
+    views = [{**host_view(s, await svc.ledger.karma_score(s.host_id)), "suspended_reason": suspended.get(s.host_id)}
+             for s in await svc.jobs.hosts()]
+    return page(views, len(views), len(views), 0)
+
+
+@router.post("/hosts/{host_id}/suspend")
+async def suspend_host(host_id: HostPath, body: Suspension, caller: AdminWriter, svc: Svc) -> Response:
+    """Take a host out of placement: it gets no new jobs (its running ones finish) until reinstated, across
+    its rejoins and the coordinator's restarts."""
+    await svc.placement.suspend_async(HostId(host_id), f"{body.reason} (admin account {caller.account_id})")
+    return data(await _host(host_id, svc))
+
+
+@router.post("/hosts/{host_id}/reinstate")
+async def reinstate_host(host_id: HostPath, _: AdminWriter, svc: Svc) -> Response:
+    await svc.placement.reinstate_async(HostId(host_id))
+    return data(await _host(host_id, svc))
+
+
+async def _host(host_id: str, svc: Services) -> dict[str, object]:
+    suspended = await svc.placement.suspensions_async()
+    snapshot = next((s for s in await svc.jobs.hosts() if s.host_id == host_id), None)
+    if snapshot is None:
+        return {"id": host_id, "status": "suspended" if host_id in suspended else "unknown",
+                "suspended_reason": suspended.get(HostId(host_id))}
+    return {**host_view(snapshot, await svc.ledger.karma_score(host_id)),
+            "suspended_reason": suspended.get(HostId(host_id))}
 
 
 @router.post("/invites", status_code=201)

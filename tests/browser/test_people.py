@@ -101,3 +101,28 @@ def test_an_admin_grants_credits_and_suspends_an_account_whose_session_stops_at_
     assert refused == 403  # the account is suspended (its session ended too)
     theirs.goto(f"{network.url}/account")
     assert theirs.url.startswith(f"{network.url}/signin")
+
+
+def test_an_admin_suspends_a_host_which_then_takes_no_jobs_and_reinstates_it(
+        new_page: Callable[[], Page], network: Network) -> None:
+    admin = network.person("host-admin", admin=True)
+    with network.http(network.admin_key) as http:
+        host = http.get("/api/v1/hosts").json()["data"][0]
+    page = new_page()
+    sign_in(page, network.url, admin.email, admin.password)
+    page.goto(f"{network.url}/admin")
+    row = page.locator(f'tr[data-host="{host["id"]}"]')
+    expect(row).to_have_count(1)
+    row.get_by_label("Reason").fill("a test of host suspension")
+    row.get_by_role("button", name="Suspend").click()
+    expect(page.get_by_role("status")).to_contain_text("is suspended")
+    expect(row).to_contain_text("suspended (a test of host suspension")
+    try:
+        with network.http(network.admin_key) as http:  # the only host: a new job finds none to run it
+            refused = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": "x"}})
+            assert refused.status_code == 503, refused.text
+    finally:
+        row.get_by_role("button", name="Reinstate").click()
+        expect(page.get_by_role("status")).to_contain_text("is reinstated")
+    with network.http(network.admin_key) as http:
+        assert http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": "x"}}).status_code == 201

@@ -116,3 +116,30 @@ def test_async_variants(placement: PlacementClient) -> None:
     assert asyncio.run(_rank_async(placement)) == ["a"]
     assert [h.host_id for h in asyncio.run(placement.hosts_async())] == ["a"]
     assert asyncio.run(placement.get_async(HostId("a"))).host_id == "a"
+
+
+def test_an_operator_suspension_holds_across_rejoins_and_owner_changes_until_reinstated(
+        placement: PlacementClient) -> None:
+    import asyncio
+
+    placement.register(a_host("a"))
+    placement.register(a_host("b"))
+    asyncio.run(placement.suspend_async(HostId("a"), "cheating"))
+    assert placement.rank(a_job()) == ["b"]
+    placement.register(a_host("a"))  # it rejoins as online: still suspended
+    placement.mark_offline(HostId("a"), "lost")
+    placement.heartbeat(HostId("a"), {})
+    assert placement.get(HostId("a")).status == HostStatus.SUSPENDED and placement.rank(a_job()) == ["b"]
+    with pytest.raises(InvalidTransition, match="suspended"):
+        placement.set_status(HostId("a"), HostStatus.ONLINE)  # its owner cannot lift it
+    assert asyncio.run(placement.suspensions_async()) == {"a": "cheating"}
+    asyncio.run(placement.reinstate_async(HostId("a")))
+    assert set(placement.rank(a_job())) == {"a", "b"}
+
+
+def test_a_host_suspended_before_it_joins_joins_suspended(placement: PlacementClient) -> None:
+    import asyncio
+
+    asyncio.run(placement.suspend_async(HostId("later"), "known bad"))
+    placement.register(a_host("later"))
+    assert placement.get(HostId("later")).status == HostStatus.SUSPENDED

@@ -1,4 +1,5 @@
-// Admin: the network's numbers, accounts (search, grant credits, suspend, reinstate) and invitations.
+// Admin: the network's numbers, accounts (search, grant credits, suspend, reinstate), hosts (suspend, reinstate)
+// and invitations.
 import { api, complain, el, quiet, say, when } from "/static/app.js";
 
 const accounts = document.getElementById("accounts");
@@ -89,6 +90,55 @@ async function loadAccounts() {
     `${page.meta.total} accounts${q ? ` matching “${q}”` : ""}${page.meta.total > page.data.length ? `, the first ${page.data.length} shown` : ""}`;
 }
 
+function hostActions(host) {
+  const path = `/api/v1/admin/hosts/${encodeURIComponent(host.id)}`;
+  if (host.suspended_reason) {
+    const reinstate = el("button", { type: "button", class: "secondary" }, "Reinstate");
+    reinstate.addEventListener("click", () => actOnHosts(() => api(`${path}/reinstate`, { method: "POST" }),
+      `Host ${host.name || host.id} is reinstated.`));
+    return el("div", { class: "actions" }, reinstate);
+  }
+  const id = `host-reason-${host.id}`;
+  const reason = el("input", { id, name: "reason", type: "text", maxlength: "500", required: true });
+  const form = el("form", { class: "row" },
+    el("div", { class: "field" }, el("label", { for: id }, "Reason"), reason),
+    el("div", { class: "actions" }, el("button", { type: "submit", class: "danger" }, "Suspend")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const why = reason.value.trim();
+    if (!why) { complain("Give a reason for the suspension."); reason.focus(); return; }
+    actOnHosts(() => api(`${path}/suspend`, { method: "POST", body: { reason: why } }),
+      `Host ${host.name || host.id} is suspended: it gets no new jobs.`);
+  });
+  return form;
+}
+
+function hostRow(host) {
+  const status = host.suspended_reason ? `suspended (${host.suspended_reason})` : host.status;
+  return el("tr", { "data-host": host.id },
+    el("td", {}, el("a", { href: `/hosts/${encodeURIComponent(host.id)}` }, host.name || host.id)),
+    el("td", {}, status), el("td", {}, host.region), el("td", { class: "number" }, figure(host.karma_score)),
+    el("td", {}, hostActions(host)));
+}
+
+async function loadHosts() {
+  const page = await api("/api/v1/admin/hosts");
+  document.getElementById("admin-hosts").replaceChildren(...(page.data.length ? page.data.map(hostRow)
+    : [el("tr", {}, el("td", { colspan: "5" }, "No host has joined the network yet."))]));
+  document.getElementById("hosts-caption").textContent = `${page.meta.total} hosts`;
+}
+
+async function actOnHosts(action, done) {
+  quiet();
+  try {
+    await action();
+    say(done);
+    await loadHosts();
+  } catch (error) {
+    complain(error);
+  }
+}
+
 let typing = null;
 document.getElementById("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -118,3 +168,4 @@ document.getElementById("invite-form").addEventListener("submit", async (event) 
 
 loadStats().catch(complain);
 loadAccounts().catch(complain);
+loadHosts().catch(complain);
