@@ -19,7 +19,7 @@ from archipelag.errors import ArchipelagError
 from archipelag.sdk import DEFAULT_URL, wire
 from archipelag.sdk.client import headers_for, resolve_api_key
 
-admin_app = typer.Typer(help="Run a network: accounts, credits, invitations (needs an admin account).",
+admin_app = typer.Typer(help="Run a network: accounts, credits, hosts, invitations (needs an admin account).",
                         no_args_is_help=True)
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input.")]
 
@@ -164,6 +164,33 @@ def admin_reinstate(account_id: int, url: UrlOption = DEFAULT_URL, api_key: KeyO
     """Lift a suspension."""
     account = _call(url, "POST", f"/api/v1/admin/accounts/{account_id}/reinstate", api_key)
     typer.echo(f"{account['email']} reinstated.")
+
+
+@admin_app.command("hosts")
+def admin_hosts(json_out: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """The fleet, with each host's suspension and why."""
+    found = _call(url, "GET", "/api/v1/admin/hosts", api_key)
+    if json_out:
+        print_json(found)
+        return
+    print_table(("ID", "NAME", "STATUS", "REGION", "KARMA", "SUSPENDED"),
+                ((h["id"], h["name"], h["status"], h["region"], h["karma_score"], h["suspended_reason"] or "")
+                 for h in found))
+
+
+@admin_app.command("suspend-host")
+def admin_suspend_host(host_id: str, reason: Annotated[str, typer.Option(help="Why (kept with the host).")],
+                       url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Suspend a host: it gets no new jobs (its running ones finish) until reinstated."""
+    _call(url, "POST", f"/api/v1/admin/hosts/{host_id}/suspend", api_key, json={"reason": reason})
+    typer.echo(f"host {host_id} suspended.")
+
+
+@admin_app.command("reinstate-host")
+def admin_reinstate_host(host_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Lift a host's suspension."""
+    _call(url, "POST", f"/api/v1/admin/hosts/{host_id}/reinstate", api_key)
+    typer.echo(f"host {host_id} reinstated.")
 
 
 @admin_app.command("invite")

@@ -93,3 +93,11 @@ def test_admin_create_makes_or_promotes_an_admin(tmp_path: Path, monkeypatch: py
     assert not second.is_admin
     promoted = runner.invoke(APP, ["admin", "create", "second@example.org"])
     assert promoted.exit_code == 0 and ledger.get_account(second.id).is_admin
+
+
+def test_an_admin_suspends_and_reinstates_a_host(net: ModelNetwork, cli: CliRunner) -> None:
+    assert invoke(cli, "admin", "suspend-host", "host-a", "--reason", "lies").exit_code == 0
+    listed = invoke(cli, "admin", "hosts", "--json")
+    assert next(h["suspended_reason"] for h in json.loads(listed.stdout) if h["id"] == "host-a").startswith("lies")
+    assert invoke(cli, "admin", "reinstate-host", "host-a").exit_code == 0
+    assert "lies" not in invoke(cli, "admin", "hosts").stdout
