@@ -1,6 +1,6 @@
-"""Browser tests' wiring: one `archipelag up --hosts 1` for the directory (stopped after its last test, not at the
-end of the whole run), Debian's chromium, a fresh browser context per page, and the page's screenshot and HTML
-in test-artifacts/browser/ when a test fails."""
+"""Browser tests' wiring: one `archipelag up --hosts 1` and one Playwright for the directory (both stopped after
+its last test, not at the end of the whole run), Debian's chromium, a fresh browser context per page, and the
+page's screenshot and HTML in test-artifacts/browser/ when a test fails."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from web_browser import CHROMIUM, VIEWPORT, launch
 HERE = Path(__file__).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 _network_stack = contextlib.ExitStack()  # closed after this directory's last test
+# Playwright's sync API keeps its event loop current while it runs: left running, it would refuse every later
+# asyncio.run() of the test process. It too is stopped after this directory's last test.
+_browser_stack = contextlib.ExitStack()
 _reports = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -48,8 +51,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         yield Network(f"http://127.0.0.1:{port}", state_dir, docker_missing=missing)
 
 
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield  # the test's own fixtures first: its pages close while the browser is still there
     if nextitem is None or HERE not in nextitem.path.parents:
+        _browser_stack.close()
         _network_stack.close()  # the rest of the run does not share two CPUs with an idle network
 
 
@@ -57,10 +63,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM}: `make browser` installs Debian's chromium")
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
+    playwright = _browser_stack.enter_context(sync_playwright())
+    chromium = launch(playwright)
+    _browser_stack.callback(chromium.close)
+    yield chromium
 
 
 @pytest.fixture
