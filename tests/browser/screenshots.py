@@ -79,6 +79,10 @@ def main(argv: list[str]) -> int:
             page.goto(f"{network.url}{path}")
             settle(page)
             save(page, args.out, name)
+        page.goto(f"{network.url}/hosts")
+        page.get_by_role("main").get_by_role("link").first.click()  # the host that ran the jobs above
+        settle(page)
+        save(page, args.out, "host")
         browser.close()
     return 0
 
