@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from archipelag import __version__
-from archipelag.errors import Forbidden, NotFound, Unauthorized
+from archipelag.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from archipelag.ledger.records import Account
 from archipelag.serve.api_jobs import MAX_ID_CHARS, Svc
 from archipelag.serve.api_openai import model_manifests
@@ -72,7 +72,7 @@ async def visitor(request: Request, svc: Svc) -> Visitor:
         if caller.session_id is None:
             return Visitor()
         return Visitor(caller, await svc.ledger.get_account(caller.account_id))
-    except (Unauthorized, Forbidden, NotFound):
+    except (Unauthorized, Forbidden, NotFound, RateLimited):  # a stale cookie's page view: signed out
         return Visitor()
 
 
