@@ -22,17 +22,21 @@ async function loadStats() {
     el("div", {}, el("dt", {}, label(name)), el("dd", {}, figure(value)))));
 }
 
-// Run `action` (an API call) for `person`, then say `done` and show the accounts again.
-async function act(action, done) {
+// Run `action` (an API call), then say `done` and `refresh` what it changed (the accounts, by default).
+async function act(action, done, refresh = refreshAccounts) {
   quiet();
   try {
     await action();
     say(done);
-    await loadAccounts();
-    loadStats().catch(complain);
+    await refresh();
   } catch (error) {
     complain(error);
   }
+}
+
+async function refreshAccounts() {
+  await loadAccounts();
+  loadStats().catch(complain);
 }
 
 function grantForm(person) {
@@ -51,14 +55,15 @@ function grantForm(person) {
   return form;
 }
 
-function suspensionForm(person) {
-  if (person.suspended) {
+// Suspend (with a reason) or, when already suspended, reinstate: one control for accounts and hosts alike.
+// `run(action, done)` makes the call and refreshes the table; `path` is the thing's admin API address.
+function suspensionControl({ suspended, id, path, name, suspendedSays, run }) {
+  if (suspended) {
     const reinstate = el("button", { type: "button", class: "secondary" }, "Reinstate");
-    reinstate.addEventListener("click", () => act(
-      () => api(`/api/v1/admin/accounts/${person.id}/reinstate`, { method: "POST" }), `${person.email} is reinstated.`));
+    reinstate.addEventListener("click", () => run(() => api(`${path}/reinstate`, { method: "POST" }),
+      `${name} is reinstated.`));
     return el("div", { class: "actions" }, reinstate);
   }
-  const id = `reason-${person.id}`;
   const reason = el("input", { id, name: "reason", type: "text", maxlength: "500", required: true });
   const form = el("form", { class: "row" },
     el("div", { class: "field" }, el("label", { for: id }, "Reason"), reason),
@@ -67,10 +72,15 @@ function suspensionForm(person) {
     event.preventDefault();
     const why = reason.value.trim();
     if (!why) { complain("Give a reason for the suspension."); reason.focus(); return; }
-    act(() => api(`/api/v1/admin/accounts/${person.id}/suspend`, { method: "POST", body: { reason: why } }),
-      `${person.email} is suspended: their keys and sessions stop working at once.`);
+    run(() => api(`${path}/suspend`, { method: "POST", body: { reason: why } }), `${name} is suspended: ${suspendedSays}`);
   });
   return form;
+}
+
+function suspensionForm(person) {
+  return suspensionControl({ suspended: person.suspended, id: `reason-${person.id}`,
+    path: `/api/v1/admin/accounts/${person.id}`, name: person.email, run: act,
+    suspendedSays: "their keys and sessions stop working at once." });
 }
 
 function accountRow(person) {
@@ -91,26 +101,9 @@ async function loadAccounts() {
 }
 
 function hostActions(host) {
-  const path = `/api/v1/admin/hosts/${encodeURIComponent(host.id)}`;
-  if (host.suspended_reason) {
-    const reinstate = el("button", { type: "button", class: "secondary" }, "Reinstate");
-    reinstate.addEventListener("click", () => actOnHosts(() => api(`${path}/reinstate`, { method: "POST" }),
-      `Host ${host.name || host.id} is reinstated.`));
-    return el("div", { class: "actions" }, reinstate);
-  }
-  const id = `host-reason-${host.id}`;
-  const reason = el("input", { id, name: "reason", type: "text", maxlength: "500", required: true });
-  const form = el("form", { class: "row" },
-    el("div", { class: "field" }, el("label", { for: id }, "Reason"), reason),
-    el("div", { class: "actions" }, el("button", { type: "submit", class: "danger" }, "Suspend")));
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const why = reason.value.trim();
-    if (!why) { complain("Give a reason for the suspension."); reason.focus(); return; }
-    actOnHosts(() => api(`${path}/suspend`, { method: "POST", body: { reason: why } }),
-      `Host ${host.name || host.id} is suspended: it gets no new jobs.`);
-  });
-  return form;
+  return suspensionControl({ suspended: Boolean(host.suspended_reason), id: `host-reason-${host.id}`,
+    path: `/api/v1/admin/hosts/${encodeURIComponent(host.id)}`, name: `Host ${host.name || host.id}`,
+    run: actOnHosts, suspendedSays: "it gets no new jobs." });
 }
 
 function hostRow(host) {
@@ -128,15 +121,8 @@ async function loadHosts() {
   document.getElementById("hosts-caption").textContent = `${page.meta.total} hosts`;
 }
 
-async function actOnHosts(action, done) {
-  quiet();
-  try {
-    await action();
-    say(done);
-    await loadHosts();
-  } catch (error) {
-    complain(error);
-  }
+function actOnHosts(action, done) {
+  return act(action, done, loadHosts);
 }
 
 let typing = null;
