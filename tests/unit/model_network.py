@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from builders import NOW, a_host
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.ids import HostId, JobId, WorkloadSlug
@@ -152,6 +153,11 @@ class ModelNetwork:
 
     def job(self, job_id: str) -> Any:
         return self.ledger.get_job(job_id)
+
+    def client(self, key: str | None = None) -> TestClient:
+        """A client of the app in this process, with ``key`` (the network's own admin key by default); use it
+        as a context manager."""
+        return TestClient(self.app, headers={"Authorization": f"Bearer {key or self.key}"})
 
 
 def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jobs: int = 0,

@@ -32,7 +32,7 @@ def anon(net: ModelNetwork) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin(net: ModelNetwork) -> Iterator[TestClient]:
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as client:
+    with net.client() as client:
         yield client
 
 
@@ -105,7 +105,7 @@ def test_weak_passwords_are_refused(anon: TestClient, password: str, problem: st
 
 def test_invite_policy_admits_only_with_an_invitation(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, signup_policy="invite")
-    with TestClient(net.app) as anon, TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as admin:
+    with TestClient(net.app) as anon, net.client() as admin:
         refused = sign_up(anon, "bob@example.org")
         assert refused.status_code == 422 and "invite_code" in refused.json()["error"]["errors"]
         invite = admin.post("/api/v1/admin/invites", json={"email": "bob@example.org"}).json()["data"]

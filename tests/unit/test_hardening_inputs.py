@@ -29,7 +29,7 @@ def net(tmp_path: Path) -> ModelNetwork:
 
 @pytest.fixture
 def api(net: ModelNetwork) -> Iterator[TestClient]:
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as client:
+    with net.client() as client:
         yield client
 
 

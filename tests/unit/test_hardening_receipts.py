@@ -6,14 +6,14 @@ the real API, JobService and ledger."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from model_network import HOST, ModelNetwork, a_model_network
+from netutil import eventually
 
 from archipelag.errors import BadReceipt
 from archipelag.ids import JobId
@@ -34,7 +34,7 @@ def net(tmp_path: Path) -> ModelNetwork:
 
 @pytest.fixture
 def api(net: ModelNetwork) -> Iterator[TestClient]:
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as client:
+    with net.client() as client:
         yield client
 
 
@@ -54,16 +54,8 @@ def run_chat(api: TestClient, net: ModelNetwork, max_tokens: int = 8) -> Any:
         "messages": [{"role": "user", "content": "one two three"}], "max_tokens": max_tokens}})
     assert response.status_code == 201, response.text
     job_id = response.json()["data"]["id"]
-    eventually(lambda: net.job(job_id).status in TERMINAL_JOB_STATES)
+    eventually(lambda: net.job(job_id).status in TERMINAL_JOB_STATES, timeout_s=5, interval_s=0.02)
     return net.job(job_id)
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not come true in time")
-        time.sleep(0.02)
 
 
 def failed_for_the_host(api: TestClient, net: ModelNetwork, job: Any) -> None:

@@ -27,7 +27,7 @@ def net(tmp_path: Path) -> ModelNetwork:
 
 @pytest.fixture
 def api(net: ModelNetwork) -> Iterator[TestClient]:
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as client:
+    with net.client() as client:
         yield client
 
 
@@ -219,7 +219,7 @@ def test_an_unknown_chat_model_is_404_model_not_found(api: TestClient, model: st
 
 def test_a_model_no_online_host_can_run_is_503_with_placements_reason(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, runtimes=frozenset({"wasm"}))
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         response = api.post("/v1/chat/completions", json=chat("hi", stream=True))
     error = assert_openai_error(response, 503, "no_capacity")
     assert error["type"] == "server_error"
@@ -231,7 +231,7 @@ def test_a_model_no_online_host_can_run_is_503_with_placements_reason(tmp_path: 
 def test_when_every_able_host_is_busy_the_request_queues_until_a_slot_frees(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, slots=1, active_jobs=1)
     threading.Timer(0.3, net.placement.job_released, args=(HOST,)).start()
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         response = api.post("/v1/chat/completions", json=chat("at last"))
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "at last"
 
@@ -239,7 +239,7 @@ def test_when_every_able_host_is_busy_the_request_queues_until_a_slot_frees(tmp_
 def test_a_request_that_waits_past_the_queue_timeout_is_a_503_with_retry_after_never_a_500(
         tmp_path: Path) -> None:
     net = a_model_network(tmp_path, slots=1, active_jobs=1, queue_timeout_s=0.3)
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         for body in (chat("never", stream=True), chat("never")):
             response = api.post("/v1/chat/completions", json=body)
             assert_openai_error(response, 503, "no_capacity")
@@ -250,7 +250,7 @@ def test_a_request_that_waits_past_the_queue_timeout_is_a_503_with_retry_after_n
 
 def test_past_the_queue_limit_a_request_is_a_503_with_retry_after(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, slots=1, active_jobs=1, queue_max_jobs=0)
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         response = api.post("/v1/chat/completions", json=chat("later"))
         jobs_api = api.post("/api/v1/jobs", json={"workload": "llm-chat", "input": {"prompt": "later"}})
     assert_openai_error(response, 503, "queue_full")
@@ -261,7 +261,7 @@ def test_past_the_queue_limit_a_request_is_a_503_with_retry_after(tmp_path: Path
 
 def test_a_short_balance_is_402_before_anything_runs(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, credits_micro=1)
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         response = api.post("/v1/chat/completions", json=chat("hi"))
     error = assert_openai_error(response, 402, "insufficient_credits")
     assert error["type"] == "insufficient_quota" and "required" in error
@@ -296,13 +296,13 @@ def test_models_lists_the_chat_and_image_models_a_host_can_serve_now(api: TestCl
 
 def test_models_served_by_busy_hosts_still_count(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, slots=1, active_jobs=1)
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         assert len(api.get("/v1/models").json()["data"]) == 2
 
 
 def test_models_is_empty_when_no_host_can_serve_any(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, runtimes=frozenset({"wasm"}))
-    with TestClient(net.app, headers={"Authorization": f"Bearer {net.key}"}) as api:
+    with net.client() as api:
         assert api.get("/v1/models").json() == {"object": "list", "data": []}
 
 
