@@ -27,6 +27,7 @@ _FIELDS: Final[dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
 }
 EVENT_TYPES: Final = frozenset(_FIELDS)
 FINAL_TYPES: Final = frozenset({"done", "error"})
+OUTPUT_TYPES: Final = frozenset({"token", "progress", "image"})  # what the workload makes (a job is streaming)
 
 
 def validate(event: Any) -> Event:

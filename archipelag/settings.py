@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     keepalive_s: float = 1.0  # a host sends an empty batch this often while a job is quiet (keeps its lease)
     relay_checkpoint_s: float = 0.5  # live streams are saved this often, so a restart resumes them
     ingress_replicas: int = 2  # API processes (Ray Serve replicas) on the head; any serves any job
+    trace_file: Path | None = None  # stamps of each job's path to its first output (metrics.trace; the benchmark)
 
     # Models (LLM and image weights): looked up by file name here, verified against the catalog's SHA-256.
     models_dir: Path = DEFAULT_MODELS_DIR
@@ -179,6 +180,7 @@ class Settings(BaseSettings):
             # Ray Serve's documented low-overhead mode: user code on the replica's own loop, the router on the
             # caller's loop, gRPC between proxy and replica. Halves Serve's hop here (GET /health 8.6 → 4.3 ms).
             env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+            env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"  # each replica listens on the API's port itself (listener)
         if self.ray_auth == "token":
             env["RAY_AUTH_TOKEN_PATH"] = str((self.state_dir / "ray_auth_token").resolve())
         return env

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import ray
@@ -18,9 +18,10 @@ from archipelag.catalog_signing import CatalogGuard
 from archipelag.errors import RuntimeUnavailable
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
+from archipelag.metrics.trace import TRACE
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot, accepts
-from archipelag.protocol import Event
+from archipelag.protocol import OUTPUT_TYPES, Event
 from archipelag.runtimes.base import JobSpec, Runtime
 from archipelag.runtimes.models import ModelStore
 from archipelag.settings import Settings
@@ -68,6 +69,7 @@ class HostAgentActor:
     def __init__(self, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
                  accepts: tuple[str, ...]) -> None:
         self._settings = settings
+        TRACE.configure(settings.trace_file)
         self._host_id = host_id
         self._name = name
         self._region = region
@@ -107,8 +109,21 @@ class HostAgentActor:
         if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs, "warm": warm}):
             self._placement.register(self._snapshot())
 
-    def run(self, spec: JobSpec) -> Iterator[list[Event]]:
-        yield from self._agent.run_batched(spec, self._settings.keepalive_s)
+    def run(self, spec: JobSpec) -> Generator[list[Event], None, None]:
+        batches = self._agent.run_batched(spec, self._settings.keepalive_s)
+        if not TRACE.on:
+            yield from batches
+            return
+        TRACE.stamp(spec.job_id, "host")
+        first = True
+        try:
+            for batch in batches:
+                if first and any(e.get("type") in OUTPUT_TYPES for e in batch):
+                    TRACE.stamp(spec.job_id, "host_out")
+                    first = False
+                yield batch
+        finally:
+            batches.close()
 
     def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         return self._agent.cancel(job_id, reason)

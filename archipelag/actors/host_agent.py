@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
 from archipelag.errors import ArchipelagError, JobCancelled, WorkloadError
 from archipelag.ids import HostId, JobId
-from archipelag.protocol import Event, error_event, is_final
+from archipelag.metrics.trace import TRACE
+from archipelag.protocol import OUTPUT_TYPES, Event, error_event, is_final
 from archipelag.runtimes.base import CancelToken, JobSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,17 @@ class HostAgent:
                     f"host {self.host_id} has no {spec.workload.runtime} runtime", "runtime_unavailable"))
                 return
             spec = self._admit_spec(spec)
+            if TRACE.on:
+                TRACE.stamp(spec.job_id, "sandbox_in")
             events = runtime.run(spec, token)  # refuses (or turns the job away) before it counts as started
             yield numbered({"type": "status", "message": f"started on {self.host_id}"})
             ended = False
+            output = False
             try:
                 for event in events:
+                    if not output and event.get("type") in OUTPUT_TYPES and TRACE.on:
+                        TRACE.stamp(spec.job_id, "sandbox_out")
+                        output = True
                     yield numbered(event)
                     if is_final(event):
                         ended = True
@@ -108,7 +115,8 @@ class HostAgent:
             with self._lock:
                 self._tokens.pop(spec.job_id, None)
 
-    def run_batched(self, spec: JobSpec, keepalive_s: float = 1.0, max_batch: int = 1024) -> Iterator[list[Event]]:
+    def run_batched(self, spec: JobSpec, keepalive_s: float = 1.0,
+                    max_batch: int = 1024) -> Generator[list[Event], None, None]:
         """``run``'s events in lists: whatever has arrived since the last list, never waiting for more.
         One list per Ray item instead of one event per item lifts the events/s a stream can carry,
         without delaying a single event. While the job is quiet an empty list goes every ``keepalive_s``: the

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from archipelag.errors import BadReceipt
 from archipelag.ids import JobId
 from archipelag.jobs.replay import Diverged, Replay
-from archipelag.protocol import FINAL_TYPES, Event, checked_usage, error_event, received
+from archipelag.protocol import FINAL_TYPES, OUTPUT_TYPES, Event, checked_usage, error_event, received
 
 MAX_BATCH = 512  # events in one read
-OUTPUT_TYPES = frozenset({"token", "progress", "image"})
 
 
 @dataclass(frozen=True)

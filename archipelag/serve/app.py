@@ -8,10 +8,12 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from archipelag import __version__
+from archipelag.metrics.trace import Arrivals
 from archipelag.nodes import COORDINATOR_RESOURCE
 from archipelag.serve import api_accounts, api_admin, api_jobs, api_openai, api_resources
 from archipelag.serve.api_metrics import install_metrics
 from archipelag.serve.bodies import install_body_limits
+from archipelag.serve.listener import Listener, listen
 from archipelag.serve.responses import FastJSON, install_error_handlers
 from archipelag.serve.services import Services
 from archipelag.settings import Settings
@@ -26,7 +28,9 @@ def build_api(services: Services) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     install_body_limits(app, services.settings)
-    install_metrics(app, services.jobs)  # outermost: counts every answer, a refused body's too
+    install_metrics(app, services.jobs)  # counts every answer, a refused body's too
+    if services.settings.trace_file is not None:
+        app.add_middleware(Arrivals)  # outermost: when the request reached this replica (metrics.trace)
 
     @app.get("/health")
     async def health() -> Response:
@@ -75,19 +79,28 @@ def _ingress_class(replicas: int) -> Any:
             logging.basicConfig(level=logging.INFO)
             _replica_grpc_on_loopback()
             self._services = Services.build(settings)
+            self._listener: Listener | None = None
 
-        def __serve_build_asgi_app__(self) -> FastAPI:
-            return build_api(self._services)
+        async def __serve_build_asgi_app__(self) -> FastAPI:
+            app = build_api(self._services)
+            settings = self._services.settings
+            self._listener = listen(app, settings.api_host, settings.api_port)  # clients reach it straight
+            return app
+
+        def check_health(self) -> None:
+            if self._listener is not None and not self._listener.serving:
+                raise RuntimeError("this replica's HTTP listener stopped")
 
     return Ingress
 
 
 def deploy(settings: Settings) -> None:
-    """Start Serve's HTTP proxy on the head and run the ingress replicas (returns once they are ready). Any
-    replica serves any request: they hold HTTP only."""
+    """Run the ingress replicas on the head (returns once they are ready), each answering HTTP on the API's
+    address itself (``listener``): Serve's own proxy is not started. Any replica serves any request: they hold
+    HTTP only."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port}, proxy_location="HeadOnly")
+    serve.start(proxy_location="Disabled")
     serve.run(_ingress_class(settings.ingress_replicas).bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
 
 

@@ -14,6 +14,7 @@ from archipelag.catalog import Manifest, load_catalog
 from archipelag.ids import WorkloadSlug
 from archipelag.jobs.client import JobsClient
 from archipelag.ledger.client import LedgerClient
+from archipelag.metrics.trace import TRACE
 from archipelag.placement.client import PlacementClient
 from archipelag.serve.auth import CredentialCache, RateLimiter
 from archipelag.settings import Settings
@@ -33,6 +34,7 @@ class Services:
     mailer: Mailer = field(init=False)
 
     def __post_init__(self) -> None:
+        TRACE.configure(self.settings.trace_file)
         replicas = self.settings.ingress_replicas
         self.limiter = RateLimiter(replica_share(self.settings.rate_limit_per_min, replicas))
         self.auth_failures = RateLimiter(replica_share(self.settings.auth_failures_per_min, replicas),
