@@ -73,6 +73,13 @@ class JobsActor:
         async for batch in self._service.follow(job_id, after, account_id):
             yield batch
 
+    async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                                priority: int) -> AsyncIterator[Job | Batch]:
+        """A Ray streaming generator: the job (or the submission's error), then its batches."""
+        await self.start()
+        async for item in self._service.submit_and_follow(account_id, slug, job_input, region, priority):
+            yield item
+
     async def cancel(self, job_id: JobId, reason: str) -> None:
         await self.start()
         await self._service.cancel(job_id, reason)

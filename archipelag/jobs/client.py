@@ -57,6 +57,15 @@ class JobsClient:
         job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority)
         return job
 
+    async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                                priority: int = 0) -> tuple[Job, AsyncIterator[Batch]]:
+        """``submit`` and ``follow`` in one call: the job as the ledger created it (or the submission's error,
+        raised here), and its events as ``follow`` gives them. The stream does not ride out a restart of the
+        jobs service; follow the job again from its last event then."""
+        stream = self._calls.stream("submit_and_follow", account_id, slug, job_input, region, priority)
+        job: Job = await anext(stream)
+        return job, stream  # after the job, batches only
+
     async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0,
                    account_id: int | None = None) -> Batch:
         """Events after ``after``; with ``account_id``, NotFound (404) unless the job is that account's."""

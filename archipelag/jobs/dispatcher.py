@@ -42,8 +42,9 @@ from archipelag.jobs.replay import Diverged
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.lifecycle import JobStatus
 from archipelag.metrics.network import NetworkMetrics
+from archipelag.metrics.trace import TRACE
 from archipelag.placement.scoring import JobRequest
-from archipelag.protocol import collect_output, error_event
+from archipelag.protocol import OUTPUT_TYPES, collect_output, error_event
 from archipelag.remote import Unreachable
 from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 # A final error's code → the job's end state; anything else is `failed`.
 _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_OUT}
-_OUTPUT = frozenset({"token", "progress", "image"})  # the job is `streaming` once one arrives
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
 HOST_EVENTS_BYTES = 4096  # beyond its workload's output budget, room for the host's own events (its errors)
@@ -162,14 +162,22 @@ class Dispatcher:
         """QueueFull (503, Retry-After) when a new job would wait behind too many."""
         self._queue.admit()
 
-    def enqueue(self, ticket: Ticket, created: Awaitable[Any] | None = None) -> None:
-        """Queue a job. ``created``: the ledger's creation of it, still under way — its writes wait for it, and
-        if it fails the job is dropped without a trace."""
+    def enqueue(self, ticket: Ticket) -> None:
+        """Queue a job; one that nobody waits before, with a free host ranked, goes to that host at once."""
         self._tickets[ticket.job_id] = ticket
-        if created is not None:
-            ticket.ledger_tail = self._spawn(self._admitted(ticket, created))
+        if not self._queue and ticket.ranked and not ticket.excluded:
+            hosts = ticket.ranked
+            self._assign(ticket, hosts[0])
+            ticket.ranked = hosts[1:]
+            self._spawn(self._run(ticket, hosts))
+            return
         self._queue.push(ticket.job_id, ticket, ticket.priority, self._clock() + self._rules.queue_timeout_s)
         self._kick.set()
+
+    def creating(self, ticket: Ticket, created: Awaitable[Any]) -> None:
+        """The ledger's creation of the job is under way: its writes wait for it, and if it fails the job is
+        dropped without a trace."""
+        ticket.ledger_tail = self._spawn(self._admitted(ticket, created))
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         """Stop the job wherever it is; False when the dispatcher is not working on it."""
@@ -234,11 +242,9 @@ class Dispatcher:
                                              f"{self._rules.queue_timeout_s:.0f} s: {why}", None, "queue_timeout"))
                 continue
             self._queue.remove(job_id)
-            if self._before_assign is not None:
-                await self._before_assign(ranked)
             self._assign(ticket, ranked[0])
             ticket.ranked = ranked[1:]
-            self._spawn(self._run(ticket))
+            self._spawn(self._run(ticket, ranked))
 
     def _assign(self, ticket: Ticket, host_id: HostId) -> None:
         """Count the job on its host now, before the next ranking (placement takes calls in order)."""
@@ -252,7 +258,13 @@ class Dispatcher:
 
     # --- one job -----------------------------------------------------------------------------------
 
-    async def _run(self, ticket: Ticket) -> None:
+    async def _run(self, ticket: Ticket, hosts: list[HostId]) -> None:
+        """Run the job on its assigned host (the others of ``hosts`` next); the ledger knows them all first."""
+        if self._before_assign is not None:
+            try:
+                await self._before_assign(hosts)
+            except Exception:  # the job runs anyway; its start is written once the ledger knows the host
+                log.warning("hosts %s not recorded before job %s", hosts, ticket.job_id, exc_info=True)
         try:
             await self._attempts(ticket)
         except Exception as exc:  # never leave a job hanging because of a bug here
@@ -313,6 +325,8 @@ class Dispatcher:
             host = self._hosts(host_id)
         except HostLost as exc:  # its agent is gone (the node died between ranking and now)
             return _Lost(exc.message, started=False)
+        if TRACE.on:
+            TRACE.stamp(job_id, "dispatched")
         stream = host.run_batches(ticket.spec)
         started = streaming = False
         loop = asyncio.get_running_loop()
@@ -332,11 +346,14 @@ class Dispatcher:
                             self._spawn(host.cancel(job_id, ticket.cancel_reason))
                         # Assigned and started in one write, once the host has begun: until then it is queued.
                         self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
-                    if not streaming and any(_kind(e) in _OUTPUT for e in batch):
+                    first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
+                    if first_output:
                         streaming = True
                         self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
                     try:
                         self._metrics.heard(job_id, ticket.log.publish(attempt, batch))
+                        if first_output and TRACE.on:
+                            TRACE.stamp(job_id, "relayed")
                     except Diverged as exc:
                         ticket.log.note(diverged_error(exc))
                         self._spawn(host.cancel(job_id, "the retry diverged"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from archipelag.ledger.records import Job
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
 from archipelag.metrics.placement import MeteredPlacement
+from archipelag.metrics.trace import TRACE
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.protocol import FINAL_TYPES, error_event
 from archipelag.settings import Settings
@@ -36,6 +38,7 @@ class JobService:
     def __init__(self, settings: Settings, catalog: dict[WorkloadSlug, Manifest], ledger: JobLedger,
                  placement: Placement, hosts: Hosts) -> None:
         self._settings = settings
+        TRACE.configure(settings.trace_file)
         self._catalog = catalog
         self._ledger = ledger
         self._metrics = NetworkMetrics()
@@ -73,6 +76,7 @@ class JobService:
         when no online host could ever run it or the queue is full, 402 when the balance is short — each
         before anything is held."""
         await self.start()
+        arrived = time.time()
         manifest, reserve_micro = admit(self._catalog, slug, job_input, self._settings.max_job_input_bytes)
         self._dispatcher.admit()
         ranking: list[HostId] | NoCapacity
@@ -82,14 +86,32 @@ class JobService:
             ranking = exc
         ranked = hosts_now(ranking)
         job_id = new_job_id()
-        # The ledger records the job (and reserves its credits) while its host already starts.
-        created = asyncio.ensure_future(self._ledger.create_job(
-            account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
-        self._metrics.admitted(job_id, manifest.slug, created)
+        if TRACE.on:
+            TRACE.stamp(job_id, "submit", arrived)
+            TRACE.stamp(job_id, "ranked")
         ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked)
-        self._dispatcher.enqueue(ticket, created)
-        return await created
+        self._dispatcher.enqueue(ticket)  # on a free host it starts now, before anything else runs here
+        # The ledger records the job (and reserves its credits) while its host already starts; nothing it says
+        # reaches anyone before this is done (``submit_and_follow``), and if it fails the job stops.
+        created = asyncio.ensure_future(self._ledger.create_job(
+            account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
+        self._dispatcher.creating(ticket, created)
+        self._metrics.admitted(job_id, manifest.slug, created)
+        job = await created
+        if TRACE.on:
+            TRACE.stamp(job_id, "created")
+        return job
+
+    async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
+                                priority: int = 0) -> AsyncIterator[Job | Batch]:
+        """``submit``, then ``follow`` the job from its start: the job first (or the submission's error), then
+        its batches. One call where a reader would make two, so the first output goes out as soon as both the
+        ledger has the job and the host has said it."""
+        job = await self.submit(account_id, slug, job_input, region, priority)
+        yield job
+        async for batch in self.follow(job.id):
+            yield batch
 
     async def read(self, job_id: JobId, after: int = -1, wait_s: float = 0.0, account_id: int | None = None) -> Batch:
         """The job's events after ``seq`` ``after``, waiting up to ``wait_s`` for some; from the ledger once the

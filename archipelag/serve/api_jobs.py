@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
+from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
-from archipelag.protocol import Event, to_api_event
+from archipelag.metrics.trace import TRACE
+from archipelag.protocol import OUTPUT_TYPES, Event, to_api_event
 from archipelag.remote import Unreachable
 from archipelag.serve.auth import Caller, require
 from archipelag.serve.responses import data, page
@@ -48,9 +51,13 @@ JobIdPath = Annotated[str, Path(max_length=MAX_ID_CHARS)]
 
 
 @router.post("/jobs", status_code=201)
-async def create_job(body: JobCreate, caller: Writer, svc: Svc) -> Response:
+async def create_job(body: JobCreate, caller: Writer, svc: Svc, request: Request) -> Response:
+    handled = time.time()
     job = await svc.jobs.submit(caller.account_id, body.workload, body.input, body.region or caller.home_region,
                                 body.priority or 0)
+    if TRACE.on:
+        TRACE.stamp(job.id, "arrived", getattr(request.state, "arrived", handled))
+        TRACE.stamp(job.id, "handler", handled)
     return data(job_view(job), status_code=201)
 
 
@@ -100,15 +107,16 @@ def resume_after(last_event_id: str | None) -> int:
     return value
 
 
-async def follow_job(svc: Services, job_id: JobId, after: int,
-                     account_id: int | None = None) -> AsyncIterator[list[Event]]:
+async def follow_job(svc: Services, job_id: JobId, after: int, account_id: int | None = None,
+                     stream: AsyncIterator[Batch] | None = None) -> AsyncIterator[list[Event]]:
     """The job's events after ``after``, a batch at a time, until they end; an empty batch now and then while
     nothing happens. With ``account_id`` the first batch raises NotFound for another account's job. Rides out a
-    short restart of the jobs service, continuing after the last event it had."""
+    short restart of the jobs service, continuing after the last event it had. ``stream``: the job's batches
+    from the start, already flowing (``JobsClient.submit_and_follow``)."""
     lost_since: float | None = None
     while True:
         try:
-            async for batch in svc.jobs.follow(job_id, after, account_id):
+            async for batch in stream or svc.jobs.follow(job_id, after, account_id):
                 lost_since, account_id = None, None
                 if batch.events:
                     after = batch.events[-1]["seq"]
@@ -117,6 +125,7 @@ async def follow_job(svc: Services, job_id: JobId, after: int,
                     return
             return
         except Unreachable:
+            stream = None
             now = asyncio.get_running_loop().time()
             lost_since = lost_since or now
             if now - lost_since > UNREACHABLE_GRACE_S:
@@ -132,7 +141,11 @@ async def stream_job(job_id: JobIdPath, caller: Reader, svc: Svc,
 
     async def frames() -> AsyncIterator[bytes]:
         batch: list[Event] | None = first
+        traced = not TRACE.on
         while batch is not None:  # one write per burst of events
+            if not traced and any(e["type"] in OUTPUT_TYPES for e in batch):
+                TRACE.stamp(job_id, "replica")
+                traced = True
             yield b"".join(sse(event) for event in batch) if batch else KEEP_ALIVE
             batch = await anext(batches, None)
 

@@ -51,7 +51,9 @@ from archipelag.catalog import Manifest
 from archipelag.errors import NoCapacity
 from archipelag.ids import JobId
 from archipelag.jobs.admission import job_request
+from archipelag.jobs.relay import Batch
 from archipelag.ledger.records import Job
+from archipelag.metrics.trace import TRACE
 from archipelag.protocol import FINAL_TYPES, Event
 from archipelag.serve.api_jobs import Reader, Svc, Writer, follow_job
 from archipelag.serve.auth import Caller
@@ -153,25 +155,28 @@ async def get_model(model: str, caller: Reader, svc: Svc) -> Response:
 # --- following a job, and cancelling it when its client goes away --------------------------------------
 
 
-async def submit(svc: Services, caller: Caller, manifest: Manifest, job_input: dict[str, Any]) -> Job:
-    """Start the job as the jobs API does; a 503 names the model as well as placement's reason."""
+async def submit(svc: Services, caller: Caller, manifest: Manifest, job_input: dict[str, Any]) -> Follower:
+    """Start the job as the jobs API does, and follow it (in the same call to the jobs service); a 503 names the
+    model as well as placement's reason."""
     try:
-        return await svc.jobs.submit(caller.account_id, manifest.slug, job_input, caller.home_region)
+        job, stream = await svc.jobs.submit_and_follow(caller.account_id, manifest.slug, job_input,
+                                                       caller.home_region)
     except NoCapacity as exc:
         model = manifest.model.id if manifest.model else manifest.slug
         raise type(exc)(f"no online host can serve the model {model!r} now: {exc.message}", **exc.details) from None
+    return Follower(svc, job, stream)
 
 
 class Follower:
     """One request's view of its job's stream: batches from the relay, with the ones read ahead (while waiting
     for the first output) handed out again first. ``ended`` once the final event has been read."""
 
-    def __init__(self, svc: Services, job_id: JobId) -> None:
+    def __init__(self, svc: Services, job: Job, stream: AsyncIterator[Batch]) -> None:
         self.svc = svc
-        self.job_id = job_id
+        self.job_id = job.id
         self.ended = False
         self._ahead: list[list[Event]] = []
-        self._source = follow_job(svc, job_id, -1)
+        self._source = follow_job(svc, job.id, -1, stream=stream)
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         while self._ahead:
@@ -188,6 +193,8 @@ class Follower:
         async for batch in self._source:
             if not batch:
                 continue
+            if TRACE.on and any(e["type"] in kinds for e in batch):
+                TRACE.stamp(self.job_id, "replica")
             self._ahead.append(batch)
             for event in batch:
                 if event["type"] == "error":
@@ -267,12 +274,15 @@ async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request:
     manifest = resolve(svc.catalog, body.model, "chat")
     assert manifest.model is not None
     job_input = chat_input(body)
-    job = await submit(svc, caller, manifest, job_input)
-    follower = Follower(svc, job.id)
+    handled = time.time()
+    follower = await submit(svc, caller, manifest, job_input)
+    if TRACE.on:
+        TRACE.stamp(follower.job_id, "arrived", getattr(request.state, "arrived", handled))
+        TRACE.stamp(follower.job_id, "handler", handled)
     watch_client(request, follower)
-    ids = ChatIds(job.id, manifest.model.id, int(time.time()))
+    ids = ChatIds(follower.job_id, manifest.model.id, int(time.time()))
     transcript = Transcript(max_tokens=job_input["max_tokens"])
-    headers = {JOB_HEADER: job.id}
+    headers = {JOB_HEADER: follower.job_id}
     if not body.stream:
         await follow_to_end(follower, transcript)
         if transcript.error is not None or transcript.done is None:
@@ -293,6 +303,8 @@ async def chat_frames(follower: Follower, ids: ChatIds, transcript: Transcript,
             for event in batch:
                 transcript.add(event)
                 if event["type"] == "token":
+                    if TRACE.on and len(transcript.pieces) == 1:
+                        TRACE.stamp(follower.job_id, "written")
                     frames.append(sse_frame(chunk(ids, {"content": event["content"]})))
                 elif event["type"] == "done":
                     frames.append(sse_frame(chunk(ids, {}, transcript.finish_reason, seed=transcript.seed)))
@@ -328,12 +340,11 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
     manifest = await image_model(svc, body.model, caller.home_region)
     assert manifest.model is not None
     image_job = image_input(body, manifest.model.id)
-    job = await submit(svc, caller, manifest, image_job.input)
-    follower = Follower(svc, job.id)
+    follower = await submit(svc, caller, manifest, image_job.input)
     watch_client(request, follower)
     created = int(time.time())
     transcript = ImageTranscript()
-    headers = {JOB_HEADER: job.id}
+    headers = {JOB_HEADER: follower.job_id}
     if not body.stream:
         await follow_to_end(follower, transcript)
         if transcript.error is not None or transcript.done is None:

@@ -4,6 +4,7 @@ and the real placement logic in-process, with stand-in hosts that can vanish, ha
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ import pytest
 from builders import NOW, a_host
 
 from archipelag.catalog import Manifest
-from archipelag.errors import HostLost, NoCapacity, NotFound
+from archipelag.errors import HostLost, NoCapacity, NotFound, PaymentRequired
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.jobs.queue import QueueFull
 from archipelag.jobs.service import JobService
 from archipelag.ledger import Ledger
 from archipelag.ledger.client import LedgerClient
+from archipelag.ledger.records import Job
 from archipelag.lifecycle import JobStatus
 from archipelag.placement.client import PlacementClient
 from archipelag.protocol import Event
@@ -347,5 +349,63 @@ def test_only_the_account_that_owns_a_job_may_read_its_stream(tmp_path: Path) ->
         with pytest.raises(NotFound):
             await later.read(job_id, account_id=net.account + 1)
         assert (await later.read(job_id, account_id=net.account)).ended
+
+    asyncio.run(scenario())
+
+
+class SlowLedger:
+    """The real ledger, with the creation of a job taking ``delay_s`` (a busy database)."""
+
+    def __init__(self, ledger: Ledger, delay_s: float) -> None:
+        self._ledger, self._delay_s = ledger, delay_s
+
+    def create_job(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._delay_s)
+        return self._ledger.create_job(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+def test_a_free_host_starts_the_job_while_the_ledger_still_records_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE])})
+        service = JobService(net.settings, {MANIFEST.slug: MANIFEST}, LedgerClient.local(SlowLedger(net.ledger, 0.5)),
+                             net.placement, lambda host_id: net.hosts[host_id])
+        submitted = asyncio.ensure_future(service.submit(net.account, "wasm-hash", {"text": "x"}, None))
+        await asyncio.sleep(0.2)
+        assert not submitted.done() and len(net.hosts["a"].ran) == 1  # running before the ledger answered
+        job = await submitted
+        net.service = service
+        assert text(await net.stream(job.id)) == "The sea is calm"
+        assert net.job(job.id).status == JobStatus.SUCCEEDED and net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+def test_submit_and_follow_gives_the_job_then_its_events(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE])})
+        items = [item async for item in net.service.submit_and_follow(net.account, "wasm-hash", {"text": "x"}, None)]
+        job, batches = items[0], items[1:]
+        assert isinstance(job, Job) and job.workload_slug == "wasm-hash"
+        events = [e for batch in batches for e in batch.events]
+        assert [e["seq"] for e in events] == list(range(len(events))) and batches[-1].ended
+        assert text(events) == "The sea is calm" and net.job(job.id).status == JobStatus.SUCCEEDED
+
+    asyncio.run(scenario())
+
+
+def test_a_short_balance_refuses_the_job_and_stops_it_on_the_host_that_already_began(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([SENTENCE[0]], hold=True)})
+        poor = net.ledger.create_account("poor@example.org", 0).id
+        with pytest.raises(PaymentRequired):
+            await anext(net.service.submit_and_follow(poor, "wasm-hash", {"text": "x"}, None))
+        async with asyncio.timeout(5):
+            while not net.hosts["a"].cancelled:
+                await asyncio.sleep(0.05)
+        assert net.hosts["a"].cancelled == net.hosts["a"].ran  # it had begun; it was told to stop
+        assert net.ledger.list_jobs(poor)[1] == 0 and net.ledger.total_is_zero()
 
     asyncio.run(scenario())
