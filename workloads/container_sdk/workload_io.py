@@ -8,10 +8,14 @@ A program calls ``serve(handle, max_input_bytes=…)``: the input is one JSON ob
 extra fields such as ``usage`` or ``seed``) and may ``emit`` status, token, progress or image events on the way.
 
 Worker mode (the host sets ``ARCHIPELAG_WORKER=1``; used by workloads that keep a model loaded): the same
-``handle`` serves many jobs one after another in one long-lived container. Each stdin line is one request,
+``handle`` serves many jobs in one long-lived container. Each stdin line is one request,
 ``{"id": n, "input": {...}}``, answered by its events and exactly one final ``done`` or ``error``; a line
-``{"cancel": n}`` asks the running request ``n`` to stop — ``handle`` polls ``cancelled()`` between steps and
-raises ``Cancelled`` (an ``error`` event "cancelled", the worker goes on). EOF on stdin ends the worker.
+``{"cancel": n}`` asks request ``n`` to stop — ``handle`` polls ``cancelled()`` between steps and raises
+``Cancelled`` (an ``error`` event "cancelled", the worker goes on). EOF on stdin ends the worker. Requests run one
+after another, unless the host sets ``ARCHIPELAG_PARALLEL=n`` (n > 1, from the manifest's ``parallel``): then
+requests overlap, every event line carries the id of the request it answers as ``"rid"``, and a program that
+passes ``concurrent=True`` (its ``handle`` is thread-safe) has up to n of them in ``handle`` at once, each on its
+own thread; ``emit`` and ``cancelled`` always speak for the request of the calling thread.
 The model the host mounted read-only is at ``os.environ["ARCHIPELAG_MODEL"]`` (verified by SHA-256 before the
 container starts); ``ARCHIPELAG_THREADS`` is the CPU budget in whole cores and ``ARCHIPELAG_GPU=1`` says a GPU
 was passed in. Bad input raises ``InputError`` and becomes one ``error`` event (exit status 0); any other
@@ -65,22 +69,42 @@ class Done:
         return found
 
 
-_cancel_flag = threading.Event()
+@dataclass
+class _Request:
+    """A request in worker mode: its id (``rid`` on its events when the worker is multiplexed) and its cancel."""
+
+    ident: int
+    tagged: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+_NO_REQUEST = _Request(-1)  # a one-shot job: nothing to tag, never cancelled
+_local = threading.local()  # .request: the request the calling thread serves
+_stdout_lock = threading.Lock()  # one whole line at a time, whichever thread writes
+
+
+def _current() -> _Request:
+    request: _Request = getattr(_local, "request", _NO_REQUEST)
+    return request
 
 
 def cancelled() -> bool:
-    """True once the host asked the running request to stop (always False outside worker mode)."""
-    return _cancel_flag.is_set()
+    """True once the host asked the calling thread's request to stop (always False outside worker mode)."""
+    return _current().cancel.is_set()
 
 
 def emit(kind: str, **fields: Any) -> None:
-    """Write one event as a JSON line and flush it, so the host streams it as it comes."""
-    line = json.dumps({"type": kind, **fields}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """Write one event as a JSON line and flush it, so the host streams it as it comes. In a multiplexed worker
+    the line carries the calling thread's request id."""
+    request = _current()
+    event = {"type": kind, **fields, **({"rid": request.ident} if request.tagged else {})}
+    line = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     if len(line.encode()) > LINE_LIMIT_BYTES:
         raise InputError(f"the {kind} event would be {len(line.encode())} bytes, past the "
                          f"{LINE_LIMIT_BYTES}-byte line limit; send a smaller input")
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    with _stdout_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def read_input(max_bytes: int) -> dict[str, Any]:
@@ -178,11 +202,12 @@ def _done(output: Any) -> None:
         emit("done", **({} if output is None else {"output": output}))
 
 
-def serve(handle: Callable[[dict[str, Any]], Any], max_input_bytes: int) -> NoReturn:
+def serve(handle: Callable[[dict[str, Any]], Any], max_input_bytes: int, concurrent: bool = False) -> NoReturn:
     """Run one job: read the input, call ``handle``, write ``done`` with its output; exit.
-    With ``ARCHIPELAG_WORKER=1`` in the environment, serve requests until stdin ends instead."""
+    With ``ARCHIPELAG_WORKER=1`` in the environment, serve requests until stdin ends instead; ``concurrent``: the
+    program's ``handle`` may run for several requests at once (on threads), when the host multiplexes."""
     if os.environ.get("ARCHIPELAG_WORKER") == "1":
-        serve_forever(handle, max_input_bytes)
+        serve_forever(handle, max_input_bytes, _parallel() if concurrent else 1, _parallel() > 1)
     try:
         job = read_input(max_input_bytes)
         _done(handle(job))
@@ -200,50 +225,93 @@ def serve(handle: Callable[[dict[str, Any]], Any], max_input_bytes: int) -> NoRe
     sys.exit(0)
 
 
-def serve_forever(handle: Callable[[dict[str, Any]], Any], max_input_bytes: int) -> NoReturn:
-    """Worker mode: answer requests one after another until stdin ends (see the module docstring)."""
-    requests: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
-    current = [-1]  # the request id being served; the reader thread compares cancels against it
+def parallel_requests() -> int:
+    """How many requests the host may have in flight at once in this worker (1 outside a multiplexed worker)."""
+    return _parallel() if os.environ.get("ARCHIPELAG_WORKER") == "1" else 1
+
+
+def _parallel() -> int:
+    try:
+        return max(1, int(os.environ.get("ARCHIPELAG_PARALLEL", "1")))
+    except ValueError:
+        return 1
+
+
+def serve_forever(handle: Callable[[dict[str, Any]], Any], max_input_bytes: int, threads: int = 1,
+                  multiplexed: bool = False) -> NoReturn:
+    """Worker mode: answer requests until stdin ends (see the module docstring), on ``threads`` threads;
+    ``multiplexed``: every event carries its request's id."""
+    requests: queue.SimpleQueue[tuple[_Request, Any] | None] = queue.SimpleQueue()
+    live: dict[int, _Request] = {}  # read and not yet answered, by id; cancels look them up here
     lock = threading.Lock()
 
     def read() -> None:
         for raw in sys.stdin.buffer:
             try:
-                message = json.loads(raw) if len(raw) <= max_input_bytes + 64 else {"id": -1, "input": None}
+                message = json.loads(raw) if len(raw) <= max_input_bytes + 64 or multiplexed else None
             except (ValueError, UnicodeDecodeError):
-                message = {"id": -1, "input": None}
-            if isinstance(message, dict) and "cancel" in message:
+                message = None
+            if not isinstance(message, dict):
+                message = {}
+            if "cancel" in message:
                 with lock:
-                    if message["cancel"] == current[0]:
-                        _cancel_flag.set()
+                    if message["cancel"] in live:
+                        live[message["cancel"]].cancel.set()
                 continue
-            ident = message.get("id", -1) if isinstance(message, dict) else -1
-            requests.put((ident if isinstance(ident, int) else -1,
-                          message.get("input") if isinstance(message, dict) else None))
-        requests.put(None)
+            ident = message.get("id", -1)
+            if not isinstance(ident, int) or isinstance(ident, bool):
+                if multiplexed:  # no id to answer to: the host never sends this
+                    print("workload_io: a request line without an id was ignored", file=sys.stderr)
+                    continue
+                ident = -1
+            job = message.get("input") if len(raw) <= max_input_bytes + 64 else None
+            request = _Request(ident, tagged=multiplexed)
+            with lock:
+                live[ident] = request
+            requests.put((request, job))
+        for _ in range(threads):
+            requests.put(None)
+
+    def work() -> None:
+        while (item := requests.get()) is not None:
+            request, job = item
+            _local.request = request
+            try:
+                if not _answer(handle, job):
+                    sys.stdout.flush()
+                    os._exit(1)  # out of memory: the worker is in no state to go on
+            finally:
+                _local.request = _NO_REQUEST
+                with lock:
+                    if live.get(request.ident) is request:
+                        del live[request.ident]
 
     threading.Thread(target=read, name="requests", daemon=True).start()
-    while (request := requests.get()) is not None:
-        ident, job = request
-        with lock:
-            current[0] = ident
-            _cancel_flag.clear()
-        try:
-            if not isinstance(job, dict):
-                raise InputError("the request is not a JSON object with an input object, or is too large")
-            _done(handle(job))
-        except Cancelled:
-            emit("error", message="cancelled")
-        except InputError as exc:
-            emit("error", message=str(exc))
-        except MemoryError:
-            emit("error", message="the workload ran out of memory on this input; send a smaller one")
-            sys.exit(1)
-        except Exception as exc:  # noqa: BLE001 - the one place a workload reports its own bug
-            traceback.print_exc(file=sys.stderr)
-            emit("error", message=f"internal error in the workload ({type(exc).__name__})")
-        finally:
-            with lock:
-                current[0] = -1
-                _cancel_flag.clear()
+    pool = [threading.Thread(target=work, name=f"request-{n}", daemon=True) for n in range(threads - 1)]
+    for thread in pool:
+        thread.start()
+    work()
+    for thread in pool:
+        thread.join()
     sys.exit(0)
+
+
+def _answer(handle: Callable[[dict[str, Any]], Any], job: Any) -> bool:
+    """One request's events, ending in exactly one ``done`` or ``error``; False when the worker must exit."""
+    try:
+        if not isinstance(job, dict):
+            raise InputError("the request is not a JSON object with an input object, or is too large")
+        if cancelled():
+            raise Cancelled
+        _done(handle(job))
+    except Cancelled:
+        emit("error", message="cancelled")
+    except InputError as exc:
+        emit("error", message=str(exc))
+    except MemoryError:
+        emit("error", message="the workload ran out of memory on this input; send a smaller one")
+        return False
+    except Exception as exc:  # noqa: BLE001 - the one place a workload reports its own bug
+        traceback.print_exc(file=sys.stderr)
+        emit("error", message=f"internal error in the workload ({type(exc).__name__})")
+    return True
