@@ -25,6 +25,8 @@ A manifest looks like::
     required = ["text"]
     worker = true                    # container: keep a long-lived worker per host (warm model) instead of
                                      # one container per job; the program serves requests in worker mode
+    parallel = 8                     # optional, with worker: requests one worker serves at once (default 1);
+                                     # above 1 the worker protocol is multiplexed (runtimes/workers.py)
     [model]                          # optional: model weights the host mounts read-only into the sandbox
     id = "smollm2-135m-instruct"     # the name API clients use (OpenAI `model`)
     kind = "gguf"                    # "gguf" (one file) or "diffusers" (a folder)
@@ -107,6 +109,7 @@ class Manifest:
     model: ModelSpec | None = None
     worker: bool = False  # container: served by a long-lived worker per host (keeps its model warm)
     token_price_micro: int = 0  # micro-credits per 1000 completion tokens, on top of price_micro (LLM)
+    parallel: int = 1  # worker: requests one worker serves at once; > 1 speaks the multiplexed worker protocol
 
     @property
     def tier(self) -> Tier:
@@ -185,9 +188,20 @@ def parse_manifest(data: dict[str, Any], directory: Path) -> Manifest:
             model=ModelSpec.parse(data["model"], str(directory)) if "model" in data else None,
             worker=bool(data.get("worker", False)),
             token_price_micro=round(float(data.get("price_per_1k_tokens", 0)) * MICRO),
+            parallel=_parallel_of(data, directory),
         )
     except KeyError as missing:
         raise ConfigError(f"{directory}/manifest.toml is missing {missing}") from None
+
+
+def _parallel_of(data: dict[str, Any], directory: Path) -> int:
+    parallel = data.get("parallel", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"{directory}: parallel must be a whole number ≥ 1, not {parallel!r}")
+    if parallel > 1 and not data.get("worker", False):
+        raise ConfigError(f"{directory}: parallel = {parallel} needs worker = true (only a worker serves requests "
+                          "side by side)")
+    return parallel
 
 
 def load_catalog(workloads_dir: Path) -> dict[WorkloadSlug, Manifest]:
@@ -216,7 +230,8 @@ def lookup(catalog: dict[WorkloadSlug, Manifest], slug: str) -> Manifest:
 
 _ENTRY_FIELDS = ("slug", "name", "description", "runtime", "trust_level", "price_micro", "required_ram_mb",
                  "required_vram_mb", "required_cores", "requires_gpu", "module", "sha256", "image", "image_id",
-                 "limits", "required_inputs", "model", "worker", "token_price_micro")
+                 "limits", "required_inputs", "model", "worker", "token_price_micro", "parallel")
+_ENTRY_DEFAULTS = {"parallel": 1}  # fields added since CATALOG_FORMAT 1: a catalog compiled before reads as this
 
 
 @dataclass(frozen=True)
@@ -272,10 +287,12 @@ def parse_compiled_catalog(data: bytes, workloads_dir: Path) -> CompiledCatalog:
                               "rebuild it with `archipelag catalog build`")
         manifests: dict[WorkloadSlug, Manifest] = {}
         for slug, entry in sorted(document["workloads"].items()):
-            fields = {name: entry[name] for name in _ENTRY_FIELDS}
+            fields: dict[str, Any] = {name: entry[name] if name in entry else _ENTRY_DEFAULTS[name]
+                                      for name in _ENTRY_FIELDS}
             fields["slug"] = WorkloadSlug(slug)
             fields["required_inputs"] = tuple(entry["required_inputs"])
             fields["model"] = ModelSpec(**entry["model"]) if entry["model"] else None
+            fields["parallel"] = _parallel_of(fields, Path(slug))
             folder = str(entry.get("folder") or slug)
             if "/" in folder or folder in {"", ".", ".."}:
                 raise ConfigError(f"catalog entry {slug!r} has an invalid folder {folder!r}")

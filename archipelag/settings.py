@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     heartbeat_interval_s: float = 10.0
     missed_heartbeats_offline: int = 3
-    host_slots: int = 4  # jobs one host runs at once
+    host_slots: int = 12  # jobs one host runs at once: 4 sandboxes + a full llm-chat batch (runtimes.workers)
     max_attempts: int = 3  # placements before a job whose hosts keep vanishing fails
     image_cache_max: int = 20  # workload images a host keeps (LRU beyond)
     warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host

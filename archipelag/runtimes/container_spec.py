@@ -82,6 +82,8 @@ def container_request(spec: JobSpec, image_id: str, host: HostFacts, model: Path
     }
     if worker:
         environment["ARCHIPELAG_WORKER"] = "1"
+        if spec.workload.parallel > 1:  # the multiplexed worker protocol (runtimes.workers)
+            environment["ARCHIPELAG_PARALLEL"] = str(spec.workload.parallel)
     if model is not None:
         target = f"/models/{model.name}"
         host_config["mounts"] = [Mount(target=target, source=str(model), type="bind", read_only=True)]

@@ -107,6 +107,33 @@ def test_the_repository_workloads_compile(tmp_path: Path) -> None:
     assert all(isinstance(m, Manifest) and m.sha256 for m in compiled.manifests.values() if m.runtime == "wasm")
 
 
+def test_a_batched_worker_keeps_its_parallelism_through_the_signed_catalog(tmp_path: Path) -> None:
+    workloads = tmp_path / "workloads"
+    shutil.copytree(REPO_ROOT / "workloads", workloads, ignore=shutil.ignore_patterns("vendor", "system-libs"))
+    out = tmp_path / "catalog.json"
+    build_catalog(workloads, out, resolve=lambda image: f"sha256:{'ab' * 32}")
+    entries = json.loads(out.read_bytes())["workloads"]
+    assert entries["llm-chat"]["parallel"] == 8 and entries["sd-diffusers"]["parallel"] == 1
+    compiled = parse_compiled_catalog(out.read_bytes(), workloads)
+    assert compiled.manifests[WorkloadSlug("llm-chat")].parallel == 8
+    del entries["sd-diffusers"]["parallel"]  # a catalog compiled before the field existed
+    older = json.dumps({**json.loads(out.read_bytes()), "workloads": entries}).encode()
+    assert parse_compiled_catalog(older, workloads).manifests[WorkloadSlug("sd-diffusers")].parallel == 1
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ("worker = true\nparallel = 0", "parallel must be a whole number ≥ 1"),
+    ('worker = true\nparallel = "8"', "parallel must be a whole number ≥ 1"),
+    ("parallel = 4", "needs worker = true"),
+])
+def test_parallel_is_a_count_for_a_worker_only(tmp_path: Path, fields: str, says: str) -> None:
+    folder = tmp_path / "w" / "x"
+    folder.mkdir(parents=True)
+    (folder / "manifest.toml").write_text(f'slug = "x"\nname = "x"\nruntime = "container"\n{fields}\n')
+    with pytest.raises(ConfigError, match=says):
+        load_catalog(tmp_path / "w")
+
+
 def test_a_malformed_catalog_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a valid compiled catalog"):
         parse_compiled_catalog(b'{"format": 1, "workloads": {"x": {}}}', tmp_path)
