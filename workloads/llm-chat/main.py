@@ -8,15 +8,19 @@ Events status "loading model" (the first request of a worker), token {content} p
        done {usage: {prompt_tokens, completion_tokens}, seed, finish_reason: "stop"|"length"}.
 
 The model is the GGUF file the host mounted read-only at ``$ARCHIPELAG_MODEL`` (its SHA-256 checked against the
-catalog before the container started); its own chat template formats the messages. In worker mode the model is
-loaded once and serves request after request; ``cancelled()`` is polled between tokens. Threads:
-``$ARCHIPELAG_THREADS``; layers go to the GPU when ``$ARCHIPELAG_GPU=1``.
+catalog before the container started); its own chat template formats the messages, and its stop strings end a
+chat like the request's own. In worker mode the model is loaded once and serves request after request; when the
+host multiplexes (the manifest's ``parallel``), up to that many chats are generated together by one batched
+decoder (``decoder.py``), each with its own sequence, sampler, stops and limits; ``cancelled()`` is polled
+between tokens. Threads: ``$ARCHIPELAG_THREADS``; layers go to the GPU when ``$ARCHIPELAG_GPU=1``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import threading
 from typing import Any
 
 from workload_io import (
@@ -27,6 +31,7 @@ from workload_io import (
     emit,
     int_field,
     number_field,
+    parallel_requests,
     serve,
     text_field,
 )
@@ -36,25 +41,31 @@ MAX_MESSAGES = 128
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_TOKENS = 4096
 ROLES = ("system", "user", "assistant", "tool")
-CONTEXT_TOKENS = 2048
 
-_model: Any = None
+CONTEXT_TOKENS = 2048  # per chat: each sequence has a KV cache of its own this size
+_decoder: Any = None  # decoder.Decoder, made on first use and kept
+_loading = threading.Lock()
 
 
-def load_model() -> Any:
-    """The model, loaded on first use and kept (worker mode serves many requests with it)."""
-    global _model
-    if _model is None:
-        path = os.environ.get("ARCHIPELAG_MODEL")
-        if not path or not os.path.isfile(path):
-            raise RuntimeError("no model mounted: ARCHIPELAG_MODEL does not name a file")
-        emit("status", message="loading model")
-        from llama_cpp import Llama
+def load_decoder() -> Any:
+    """The batched decoder with the model loaded, made on first use (worker mode serves many chats with it)."""
+    global _decoder
+    with _loading:
+        if _decoder is None:
+            path = os.environ.get("ARCHIPELAG_MODEL")
+            if not path or not os.path.isfile(path):
+                raise RuntimeError("no model mounted: ARCHIPELAG_MODEL does not name a file")
+            emit("status", message="loading model")
+            import llama_cpp
+            from decoder import Decoder
+            from llama_cpp._internals import LlamaModel
 
-        threads = max(1, int(os.environ.get("ARCHIPELAG_THREADS", "1")))
-        _model = Llama(model_path=path, n_ctx=CONTEXT_TOKENS, n_threads=threads, n_threads_batch=threads,
-                       n_gpu_layers=-1 if os.environ.get("ARCHIPELAG_GPU") == "1" else 0, verbose=False)
-    return _model
+            params = llama_cpp.llama_model_default_params()
+            params.n_gpu_layers = -1 if os.environ.get("ARCHIPELAG_GPU") == "1" else 0
+            model = LlamaModel(path_model=path, params=params, verbose=False)
+            threads = max(1, int(os.environ.get("ARCHIPELAG_THREADS", "1")))
+            _decoder = Decoder(model, parallel_requests(), CONTEXT_TOKENS, threads)
+    return _decoder
 
 
 def messages_of(job: dict[str, Any]) -> list[dict[str, str]]:
@@ -110,52 +121,52 @@ def parameters(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+def prompt_tokens(model: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
     """The chat formatted by the model's own template, as tokens, and the template's stop strings."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
+    formatter = chat_formatter(model)
+    if formatter is None:
         raise InputError("the model has no chat template; send a model with one")
-    vocab = llm._model  # the token texts live on the model object (llama-cpp-python has no public accessor)
-    eos = vocab.token_get_text(llm.token_eos())
-    bos = vocab.token_get_text(llm.token_bos())
-    formatted = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages)
-    tokens = llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+    formatted = formatter(messages=messages)
+    tokens = model.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
     stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
     return tokens, [s for s in stop if s]
 
 
+@functools.cache
+def chat_formatter(model: Any) -> Any:
+    """The model's chat template, compiled once; None when the model has none."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = model.metadata().get("tokenizer.chat_template")
+    if not template:
+        return None
+    eos = model.token_get_text(model.token_eos())
+    bos = model.token_get_text(model.token_bos())
+    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+
+
 def handle(job: dict[str, Any]) -> Done:
+    from decoder import Chat, Finish
+
     params = parameters(job)
-    llm = load_model()
-    tokens, template_stops = prompt_tokens(llm, params["messages"])
+    decoder = load_decoder()
+    tokens, template_stops = prompt_tokens(decoder.model, params["messages"])
     if len(tokens) + 1 >= CONTEXT_TOKENS:
         raise InputError(f"the chat is {len(tokens)} tokens; this model's context holds {CONTEXT_TOKENS}")
     max_tokens = min(params["max_tokens"], CONTEXT_TOKENS - len(tokens))
-    completion = 0
-    finish = "stop"
-    stream = llm.create_completion(
-        prompt=tokens, max_tokens=max_tokens, temperature=params["temperature"], top_p=params["top_p"],
-        stop=params["stop"] + template_stops, seed=params["seed"], stream=True)
+    chat = decoder.submit(Chat(tokens, max_tokens, params["temperature"], params["top_p"], params["seed"],
+                               params["stop"] + template_stops))
     try:
-        for chunk in stream:
-            choice = chunk["choices"][0]
-            text = choice.get("text") or ""
-            if text:
-                completion += 1
-                emit("token", content=text)
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
+        while not isinstance(item := chat.next(timeout_s=0.05), Finish):
             if cancelled():
                 raise Cancelled
+            if item:
+                emit("token", content=item)
     finally:
-        stream.close()
-    if finish == "length":
-        completion = max_tokens  # every sampled token counts, also pieces held back as incomplete UTF-8
-    return Done(seed=params["seed"], usage={"prompt_tokens": len(tokens), "completion_tokens": completion},
-                extra={"finish_reason": finish})
+        chat.cancel()  # frees its sequence at once if it is still generating (a cancel, an error); else a no-op
+    return Done(seed=params["seed"], usage={"prompt_tokens": len(tokens), "completion_tokens": item.completion_tokens},
+                extra={"finish_reason": item.reason})
 
 
 if __name__ == "__main__":
-    serve(handle, MAX_INPUT_BYTES)
+    serve(handle, MAX_INPUT_BYTES, concurrent=True)

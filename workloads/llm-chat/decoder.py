@@ -1,0 +1,261 @@
+"""The batched decoder: one llama.cpp context that generates for several chats at once, one sequence each.
+
+What llama.cpp's own server does with parallel slots, on llama-cpp-python's low-level API: the context holds
+``parallel`` sequences, each with its own KV cache of ``context_tokens`` cells (``kv_unified`` off: a chat's
+attention sees only its own cells, laid out the same whether it runs alone or beside others, which keeps
+temperature 0 deterministic across batch compositions). One thread runs the loop; each step builds one
+``llama_batch`` holding the next token of every generating chat and a chunk of every new chat's prompt
+(at most ``BATCH_TOKENS`` in all, so a long prompt does not stall the streams already running), calls
+``llama_decode`` once, and samples each chat's next token with its own sampler chain (the chain
+llama-cpp-python's ``create_completion`` builds: greedy at temperature 0, else top-k 40, top-p, min-p 0.05,
+temperature and a seeded draw). A chat joins between steps; a finished or cancelled one frees its sequence
+(``llama_memory_seq_rm``) at once, so the next chat can take it.
+
+Text leaves as pieces on each chat's queue: bytes that are not yet a whole UTF-8 character are held back, and so
+is the tail that could still grow into a stop string; a stop string ends the chat before it (the text after it
+is never shown). Ends: an end-of-generation token or a stop string (``stop``), ``max_tokens`` sampled
+(``length``), or a cancel. Sequences go in the batch in seq-id order and take the lowest free id: with
+per-sequence caches llama.cpp puts only consecutive ids into one micro-batch, so holes cost extra passes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp._internals import LlamaModel
+
+BATCH_TOKENS = 512  # tokens one llama_decode call takes: every chat's next token, then prompt chunks
+TOP_K = 40  # the rest of llama-cpp-python's create_completion defaults, so a seed gives the text it gave
+MIN_P = 0.05
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a chat ended: ``stop`` or ``length``, and the tokens it sampled (an end-of-generation token not
+    counted)."""
+
+    reason: str
+    completion_tokens: int
+
+
+class DecodeFailed(RuntimeError):
+    """llama_decode failed; every chat in that step ends with it."""
+
+
+@dataclass(eq=False)
+class Chat:
+    """One chat's request and its output: ``pieces()`` yields text as it is made, then returns its Finish."""
+
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stops: list[str]
+    _out: queue.SimpleQueue[str | Finish | Exception] = field(default_factory=queue.SimpleQueue)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop generating; the decoder frees the chat's sequence before its next step."""
+        self._cancelled.set()
+
+    def next(self, timeout_s: float) -> str | Finish | None:
+        """The next piece or the Finish; None when nothing came within ``timeout_s``. Raises what failed it."""
+        try:
+            item = self._out.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+class _Slot:
+    """A chat in the decoder: its sequence id, sampler chain, position and text state. Decoder thread only."""
+
+    def __init__(self, chat: Chat, seq: int) -> None:
+        self.chat = chat
+        self.seq = seq
+        self.pending = list(chat.prompt)  # prompt tokens not yet decoded
+        self.pos = 0  # the next token's position in the sequence
+        self.last = -1  # the token sampled last, to decode next
+        self.sampled = 0
+        self.sampler = _sampler_chain(chat.temperature, chat.top_p, chat.seed)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # decoded text so far (whole characters)
+        self.shown = 0  # how much of it went out
+
+    def free(self, memory: Any) -> None:
+        llama_cpp.llama_memory_seq_rm(memory, self.seq, -1, -1)
+        llama_cpp.llama_sampler_free(self.sampler)
+
+
+def _sampler_chain(temperature: float, top_p: float, seed: int) -> Any:
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if temperature == 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    for sampler in (llama_cpp.llama_sampler_init_top_k(TOP_K), llama_cpp.llama_sampler_init_top_p(top_p, 1),
+                    llama_cpp.llama_sampler_init_min_p(MIN_P, 1), llama_cpp.llama_sampler_init_temp(temperature),
+                    llama_cpp.llama_sampler_init_dist(seed)):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+class Decoder:
+    """Up to ``parallel`` chats generated together (see the module docstring). ``submit`` is thread-safe."""
+
+    def __init__(self, model: LlamaModel, parallel: int, context_tokens: int, threads: int) -> None:
+        self.parallel = parallel
+        self.context_tokens = context_tokens
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_tokens * parallel
+        params.n_batch = params.n_ubatch = BATCH_TOKENS
+        params.n_seq_max = parallel
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False
+        params.no_perf = True
+        self.model = model  # the context must not outlive it; request threads tokenize with it
+        self._vocab = model.vocab
+        self._ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context for the batched decoder")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+        self._waiting: queue.SimpleQueue[Chat] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._slots: dict[int, _Slot] = {}  # by sequence id
+        threading.Thread(target=self._loop, name="decoder", daemon=True).start()
+
+    def submit(self, chat: Chat) -> Chat:
+        """Queue a chat; it joins the batch at the next step with a free sequence."""
+        if len(chat.prompt) + 1 > self.context_tokens:
+            raise ValueError(f"a prompt of {len(chat.prompt)} tokens does not fit {self.context_tokens}")
+        self._waiting.put(chat)
+        self._wake.set()
+        return chat
+
+    def _loop(self) -> None:
+        while True:
+            self._admit()
+            if not self._slots:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            self._step()
+
+    def _admit(self) -> None:
+        while len(self._slots) < self.parallel:
+            try:
+                chat = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if chat._cancelled.is_set():
+                continue
+            seq = next(s for s in range(self.parallel) if s not in self._slots)
+            self._slots[seq] = _Slot(chat, seq)
+
+    def _step(self) -> None:
+        for slot in [s for s in self._slots.values() if s.chat._cancelled.is_set()]:
+            self._end(slot, None)
+        outputs = self._fill()
+        if not outputs:
+            return
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            error = DecodeFailed(f"llama_decode failed with status {status}")
+            for slot in list(self._slots.values()):
+                self._end(slot, error)
+            return
+        for index, slot in outputs:
+            token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
+            self._take(slot, token)
+
+    def _fill(self) -> list[tuple[int, _Slot]]:
+        """Put this step's tokens in the batch, by sequence id; the batch positions whose logits are sampled."""
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[int, _Slot]] = []
+        budget = BATCH_TOKENS - sum(1 for s in self._slots.values() if not s.pending)
+        for seq in sorted(self._slots):
+            slot = self._slots[seq]
+            if slot.pending:
+                if budget <= 0:
+                    continue
+                tokens = slot.pending[:budget]
+                del slot.pending[:len(tokens)]
+                budget -= len(tokens)
+            else:
+                tokens = [slot.last]
+            for token in tokens:
+                batch.token[n] = token
+                batch.pos[n] = slot.pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = False
+                slot.pos += 1
+                n += 1
+            if not slot.pending:  # the prompt's last token, or a generated one: sample after it
+                batch.logits[n - 1] = True
+                outputs.append((n - 1, slot))
+        batch.n_tokens = n
+        return outputs
+
+    def _take(self, slot: _Slot, token: int) -> None:
+        """A sampled token: its text out (less what may be a stop string or half a character), or the end."""
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._end(slot, Finish("stop", slot.sampled))
+            return
+        slot.sampled += 1
+        slot.last = token
+        slot.text += slot.utf8.decode(self._piece_of(token))
+        stops = slot.chat.stops
+        start = max(0, slot.shown - max((len(s) for s in stops), default=0))
+        hits = [i for i in (slot.text.find(s, start) for s in stops) if i >= 0]
+        if hits:
+            self._show(slot, min(hits))
+            self._end(slot, Finish("stop", slot.sampled))
+            return
+        if slot.sampled >= slot.chat.max_tokens:
+            self._show(slot, len(slot.text))
+            self._end(slot, Finish("length", slot.sampled))
+            return
+        self._show(slot, len(slot.text) - _stop_prefix(slot.text, stops))
+
+    def _show(self, slot: _Slot, upto: int) -> None:
+        if upto > slot.shown:
+            slot.chat._out.put(slot.text[slot.shown:upto])
+            slot.shown = upto
+
+    def _end(self, slot: _Slot, outcome: Finish | Exception | None) -> None:
+        """Free the chat's sequence and tell it how it ended (nothing for a cancelled one: it stopped reading)."""
+        del self._slots[slot.seq]
+        slot.free(self._memory)
+        if outcome is not None:
+            slot.chat._out.put(outcome)
+
+    def _piece_of(self, token: int) -> bytes:
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if size < 0:  # longer than the buffer
+            self._piece = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:size]
+
+
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
