@@ -29,16 +29,17 @@ class Services:
     catalog: dict[WorkloadSlug, Manifest]
     revocations: RevocationsClient = field(default_factory=RevocationsClient.local)
     credentials: CredentialCache = field(default_factory=CredentialCache)
-    limiter: RateLimiter = field(init=False)  # per account, this replica's share
-    auth_failures: RateLimiter = field(init=False)  # per client address, this replica's share
+    limiter: RateLimiter = field(init=False)  # per account
+    auth_failures: RateLimiter = field(init=False)  # per client address
     mailer: Mailer = field(init=False)
 
     def __post_init__(self) -> None:
         TRACE.configure(self.settings.trace_file)
-        replicas = self.settings.ingress_replicas
-        self.limiter = RateLimiter(replica_share(self.settings.rate_limit_per_min, replicas))
-        self.auth_failures = RateLimiter(replica_share(self.settings.auth_failures_per_min, replicas),
-                                         "failed authentications")
+        # Each replica counts the whole limit: the kernel spreads connections, not requests, over the replicas,
+        # so a client on one keep-alive connection meets one replica. One spreading its requests over many
+        # connections reaches at most ``ingress_replicas`` times a limit (no shared counter: a hop per request).
+        self.limiter = RateLimiter(self.settings.rate_limit_per_min)
+        self.auth_failures = RateLimiter(self.settings.auth_failures_per_min, "failed authentications")
         self.mailer = Mailer(self.settings)
 
     @classmethod
@@ -56,9 +57,3 @@ class Services:
         """A credential stopped working: drop it here at once, and tell every other replica."""
         self.credentials.forget(notice)
         await self.revocations.publish(notice)
-
-
-def replica_share(per_min: int, replicas: int) -> int:
-    """Each replica's part of a per-minute limit: Serve spreads requests over the replicas, so together they
-    allow about ``per_min`` (without a shared counter, a Ray hop per request). 0 stays 0: no limit."""
-    return per_min if per_min <= 0 else max(1, per_min // max(1, replicas))

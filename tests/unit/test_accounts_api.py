@@ -258,6 +258,15 @@ def test_rate_limit_is_per_account_not_per_key(tmp_path: Path) -> None:
     assert int(limited.headers["Retry-After"]) >= 1 and limited.json()["error"]["code"] == "rate_limited"
 
 
+def test_a_replica_counts_the_whole_limit_for_the_client_it_serves(tmp_path: Path) -> None:
+    # The kernel spreads connections over the replicas: a client on one connection meets one of them, which
+    # must not hold it to a fraction of its limit.
+    net = a_model_network(tmp_path, rate_limit_per_min=10, ingress_replicas=2)
+    with net.client() as client:
+        answers = [client.get("/api/v1/account").status_code for _ in range(11)]
+    assert answers == [200] * 10 + [429]
+
+
 def test_failed_authentication_is_limited_per_client_address(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, auth_failures_per_min=5, ingress_replicas=1)
     with TestClient(net.app) as client:

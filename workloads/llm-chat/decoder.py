@@ -120,6 +120,10 @@ class Decoder:
         params.n_seq_max = parallel
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False
+        # Flash attention skips a chat's masked cells outright, so its attention sums the same terms in the same
+        # order however long the batch pads its stream; without it the sums run over the padding and temperature
+        # 0 drifts with the company a chat keeps (measured: the same chat, alone and among 7, diverged).
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         self.model = model  # the context must not outlive it; request threads tokenize with it
         self._vocab = model.vocab
