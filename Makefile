@@ -7,23 +7,30 @@ STAMP := $(VENV)/.installed
 ENGINE := scripts/docker-engine.sh
 # Slow builds live outside the checkout, so a clean checkout (CI) reuses them.
 WHEELS := $(HOME)/.cache/archipelag/wheels
-LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
-# DESIGN §9: the default build uses AMX here and crashes on every quantized model.
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+# llama-cpp-python is compiled with the options in LLAMA_CMAKE (only the libraries its bindings load, without AMX:
+# DESIGN §9). Its wheel is cached in a folder named for that file's SHA-256, so changed options build a new wheel
+# instead of reusing a stale one; workloads/build_containers.py finds the same folder for the llm-chat image.
+LLAMA_CMAKE := workloads/llama-cpp-python.cmake
+LLAMA_WHEELS := $(WHEELS)/llama-cpp-python-0.3.36-$(shell sha256sum $(LLAMA_CMAKE) | cut -c1-16)
+LLAMA_WHEEL := $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
 
 .PHONY: up test test-unit bench wasm containers models sd-model llama-wheel browser lint env clean
 
-# llama-cpp-python has no binary wheel: compiled once (~3-6 min) into the wheel cache.
+# llama-cpp-python has no binary wheel: compiled once into the wheel cache. LLAMA_CMAKE is no prerequisite here
+# (a fresh clone's copy is newer than the wheel; the folder's name is what says the options changed). pip's own
+# cache is off: it keys a built wheel by the sdist's URL alone and would hand back one built with other options.
 $(LLAMA_WHEEL):
-	mkdir -p $(WHEELS)
-	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PYTHON) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
+	mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="-C $(CURDIR)/$(LLAMA_CMAKE)" $(PYTHON) -m pip wheel -q --no-cache-dir --no-deps \
+	  -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36
 
 llama-wheel: $(LLAMA_WHEEL)
 
 $(STAMP): pyproject.toml $(LLAMA_WHEEL)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --find-links $(WHEELS) -e '.[dev]'
+	$(PY) -m pip install -q --no-deps --force-reinstall $(LLAMA_WHEEL)
+	$(PY) -m pip install -q --find-links $(WHEELS) --find-links $(LLAMA_WHEELS) -e '.[dev]'
 	touch $(STAMP)
 
 env: $(STAMP)

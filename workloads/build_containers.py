@@ -9,7 +9,8 @@ A container workload is a folder with ``manifest.toml`` (runtime = "container", 
 a ``Dockerfile`` (``ARG BASE`` / ``FROM ${BASE}``, ``COPY vendor/ /app/vendor/``), its program, and an optional
 ``requirements.txt`` of pinned third-party packages. Staging fills the folder's git-ignored ``vendor/`` with
 those packages, installed with pip from a wheel cache outside the repository (``--wheels``, default
-``~/.cache/archipelag/wheels``; wheels missing there are fetched once with ``pip download``), plus
+``~/.cache/archipelag/wheels``; wheels missing there are fetched once with ``pip download``; llama-cpp-python,
+which has no binary wheel, from the cache's folder that ``make llama-wheel`` names for its build options), plus
 ``container_sdk/workload_io.py``. The wheels are the ones for this machine's CPython, which is the interpreter
 of the base image ``archipelag/base:py311`` (``archipelag.runtimes.images``). A stamp in ``vendor/`` skips
 staging while nothing that goes into it changed, so files keep their times and the image build stays cached.
@@ -38,6 +39,8 @@ WORKLOADS = Path(__file__).resolve().parent
 SDK = WORKLOADS / "container_sdk" / "workload_io.py"
 DEFAULT_WHEELS = Path.home() / ".cache" / "archipelag" / "wheels"
 LOCAL_WHEELS = (Path("/opt/wheels"),)  # wheels that lie on this kind of machine (torch's CPU build)
+# llama-cpp-python's options; the Makefile compiles its wheel into the cache folder named for this file's SHA-256
+LLAMA_CMAKE = WORKLOADS / "llama-cpp-python.cmake"
 STAMP = ".staged"
 LAYOUT_VERSION = "1"  # bump when staging changes what goes into vendor/
 _PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -61,7 +64,14 @@ def stamp_of(folder: Path) -> str:
     digest = hashlib.sha256(f"{LAYOUT_VERSION}|{sys.version}|{sysconfig.get_platform()}\n".encode())
     digest.update(requirements.read_bytes() if requirements.is_file() else b"")
     digest.update(SDK.read_bytes())
+    if requirements.is_file() and b"llama-cpp-python" in requirements.read_bytes():
+        digest.update(llama_folder().encode())  # other build options: another wheel
     return digest.hexdigest()
+
+
+def llama_folder() -> str:
+    """The wheel cache's folder for llama-cpp-python built with this checkout's options (as the Makefile names it)."""
+    return f"llama-cpp-python-0.3.36-{hashlib.sha256(LLAMA_CMAKE.read_bytes()).hexdigest()[:16]}"
 
 
 def stage(folder: Path, wheels: Path, offline: bool) -> bool:
@@ -113,8 +123,10 @@ def _linked(binaries: list[Path]) -> set[Path]:
 
 
 def _local_wheels(wheels: Path) -> list[str]:
-    """``--find-links`` for the wheel cache and for wheels this machine ships (torch's CPU wheel, DESIGN §9)."""
-    return [arg for folder in (wheels, *LOCAL_WHEELS) if folder.is_dir() for arg in ("--find-links", str(folder))]
+    """``--find-links`` for the wheel cache, its llama-cpp-python folder, and for wheels this machine ships (torch's
+    CPU wheel, DESIGN §9)."""
+    return [arg for folder in (wheels, wheels / llama_folder(), *LOCAL_WHEELS) if folder.is_dir()
+            for arg in ("--find-links", str(folder))]
 
 
 def _install(requirements: Path, target: Path, wheels: Path, offline: bool) -> None:
