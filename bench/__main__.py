@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm", "llm-load", "web")
 
 
 def _placement() -> None:
@@ -57,6 +57,12 @@ def _llm() -> None:
     _table(bench_llm.run())
 
 
+def _llm_load() -> None:
+    from bench import bench_llm_load
+
+    _table(bench_llm_load.run())
+
+
 def _web() -> None:
     from bench import bench_web
 
@@ -65,7 +71,7 @@ def _web() -> None:
 
 RUNNERS: dict[str, Callable[[], None]] = {
     "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "jobs": _jobs, "llm": _llm,
-    "web": _web,
+    "web": _web, "llm-load": _llm_load,
 }
 
 

