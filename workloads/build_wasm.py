@@ -23,6 +23,9 @@ WORKLOADS = Path(__file__).resolve().parent
 ROOT = WORKLOADS.parent
 SDK = WORKLOADS / "wasm_sdk" / "event.zig"
 ZIG_CACHE = ROOT / "build" / "zig"
+# Zig's global cache (its WASI libc and compiler-rt, most of a first build) lives outside the checkout, so a
+# clean checkout (CI) reuses it; Zig keys what it caches by content and locks it for concurrent builds.
+ZIG_GLOBAL_CACHE = Path.home() / ".cache" / "archipelag" / "zig"
 _SHA_LINE = re.compile(r'^sha256\s*=\s*"[0-9a-fA-F]*"\s*$', re.MULTILINE)
 
 
@@ -39,7 +42,7 @@ def wasm_workloads() -> list[tuple[Path, str]]:
 def compile_module(folder: Path, module: str) -> Path:
     out = folder / module
     cmd = [sys.executable, "-m", "ziglang", "build-exe", "-target", "wasm32-wasi", "-O", "ReleaseSmall",
-           "-fstrip", "--cache-dir", str(ZIG_CACHE / "local"), "--global-cache-dir", str(ZIG_CACHE / "global"),
+           "-fstrip", "--cache-dir", str(ZIG_CACHE / "local"), "--global-cache-dir", str(ZIG_GLOBAL_CACHE),
            "--dep", "event", f"-Mroot={(folder / 'main.zig').relative_to(ROOT)}",
            f"-Mevent={SDK.relative_to(ROOT)}", f"-femit-bin={out.relative_to(ROOT)}"]
     result = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
