@@ -23,7 +23,9 @@ from archipelag.settings import REPO_ROOT, Settings
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     workloads = tmp_path / "workloads"
-    shutil.copytree(REPO_ROOT / "workloads", workloads, ignore=shutil.ignore_patterns("*.zig", "wasm_sdk", "*.py"))
+    # the manifests and modules the catalog is built from; not the container folders' staged wheels (~1 GB)
+    shutil.copytree(REPO_ROOT / "workloads", workloads,
+                    ignore=shutil.ignore_patterns("*.zig", "wasm_sdk", "*.py", "vendor", "system-libs", ".*.partial"))
     return Settings(state_dir=tmp_path / "state", workloads_dir=workloads)
 
 
