@@ -2,9 +2,9 @@
 
 What llama.cpp's own server does with parallel slots, on llama-cpp-python's low-level API: the context holds
 ``parallel`` sequences, each with its own KV cache of ``context_tokens`` cells (``kv_unified`` off: a chat's
-attention sees only its own cells, laid out the same whether it runs alone or beside others, which keeps
-temperature 0 deterministic across batch compositions). One thread runs the loop; each step builds one
-``llama_batch`` holding the next token of every generating chat and a chunk of every new chat's prompt
+attention sees only its own cells, laid out the same whether it runs alone or beside others; with flash attention,
+which skips masked cells, that keeps temperature 0 the same text in any batch). One thread runs the loop; each step
+builds one ``llama_batch`` holding the next token of every generating chat and a chunk of every new chat's prompt
 (at most ``BATCH_TOKENS`` in all, so a long prompt does not stall the streams already running), calls
 ``llama_decode`` once, and samples each chat's next token with its own sampler chain (the chain
 llama-cpp-python's ``create_completion`` builds: greedy at temperature 0, else top-k 40, top-p, min-p 0.05,
