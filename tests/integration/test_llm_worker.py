@@ -159,6 +159,25 @@ def test_temperature_0_gives_the_same_text_alone_and_inside_a_batch(runtime: Doc
     assert text_of(batched[3]) == alone and len(alone) > 40  # type: ignore[arg-type]
 
 
+def test_a_chat_that_begins_like_an_earlier_one_reuses_its_cache_and_says_the_same(runtime: DockerRuntime,
+                                                                                   llm: Manifest) -> None:
+    question = [{"role": "user", "content": "Tell a long story about a lighthouse."}]
+    first = run(runtime, spec_of(llm, {"messages": question, "max_tokens": 24, "temperature": 0}))
+    follow_up = [*question, {"role": "assistant", "content": text_of(first)},
+                 {"role": "user", "content": "And what happened next?"}]
+    job = {"messages": follow_up, "max_tokens": 24, "temperature": 0}
+    warm = run(runtime, spec_of(llm, job))
+    assert first[-1]["cached_tokens"] == 0  # a fresh worker
+    prompt = warm[-1]["usage"]["prompt_tokens"]
+    assert first[-1]["usage"]["prompt_tokens"] < warm[-1]["cached_tokens"] < prompt  # the first turn, not again
+    run(runtime, spec_of(llm, {"prompt": "Something else entirely.", "max_tokens": 4}))
+    others = [{"prompt": f"Describe animal number {n}.", "max_tokens": 30, "temperature": 0.8, "seed": n}
+              for n in range(7)]  # every sequence's cache now holds another chat
+    together(runtime, [spec_of(llm, other) for other in others])
+    again = run(runtime, spec_of(llm, job))
+    assert text_of(again) == text_of(warm) and again[-1]["cached_tokens"] < warm[-1]["cached_tokens"]
+
+
 def test_each_chat_in_a_batch_keeps_its_own_seed_temperature_and_stop(runtime: DockerRuntime,
                                                                       llm: Manifest) -> None:
     sampled = {"prompt": "Name a colour and say why.", "max_tokens": 24, "temperature": 0.9, "seed": 42}

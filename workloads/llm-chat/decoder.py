@@ -8,8 +8,14 @@ builds one ``llama_batch`` holding the next token of every generating chat and a
 (at most ``BATCH_TOKENS`` in all, so a long prompt does not stall the streams already running), calls
 ``llama_decode`` once, and samples each chat's next token with its own sampler chain (the chain
 llama-cpp-python's ``create_completion`` builds: greedy at temperature 0, else top-k 40, top-p, min-p 0.05,
-temperature and a seeded draw). A chat joins between steps; a finished or cancelled one frees its sequence
-(``llama_memory_seq_rm``) at once, so the next chat can take it.
+temperature and a seeded draw). A chat joins between steps; a finished or cancelled one frees its sequence at
+once, so the next chat can take it.
+
+A freed sequence keeps its cache, as llama.cpp's server keeps a slot's prompt: a new chat takes the free sequence
+whose cache begins the way its prompt does for the most tokens (ties: the lowest id), drops the rest
+(``llama_memory_seq_rm``) and evaluates only what follows. The chat template's system preamble, and a conversation's
+earlier turns, are not evaluated again; a warm chat's first token costs its new tokens only, as it does in
+llama-cpp-python's own ``Llama``, which keeps the last prompt's cache the same way.
 
 Text leaves as pieces on each chat's queue: bytes that are not yet a whole UTF-8 character are held back, and so
 is the tail that could still grow into a stop string; a stop string ends the chat before it (the text after it
@@ -25,7 +31,7 @@ import ctypes
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # llama.cpp's threads meet at OpenMP barriers hundreds of times a decode. Spinning there (OpenMP's default) is fast
@@ -44,11 +50,12 @@ MIN_P = 0.05
 
 @dataclass(frozen=True)
 class Finish:
-    """How a chat ended: ``stop`` or ``length``, and the tokens it sampled (an end-of-generation token not
-    counted)."""
+    """How a chat ended: ``stop`` or ``length``, the tokens it sampled (an end-of-generation token not counted),
+    and how many of its prompt's tokens it found in the cache (not evaluated again)."""
 
     reason: str
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 class DecodeFailed(RuntimeError):
@@ -86,11 +93,13 @@ class Chat:
 class _Slot:
     """A chat in the decoder: its sequence id, sampler chain, position and text state. Decoder thread only."""
 
-    def __init__(self, chat: Chat, seq: int) -> None:
+    def __init__(self, chat: Chat, seq: int, kept: int = 0) -> None:
         self.chat = chat
         self.seq = seq
-        self.pending = list(chat.prompt)  # prompt tokens not yet decoded
-        self.pos = 0  # the next token's position in the sequence
+        self.kept = kept
+        self.cached = list(chat.prompt[:kept])  # the tokens in the sequence's cache, in order
+        self.pending = list(chat.prompt[kept:])  # prompt tokens not yet decoded (the cache holds the first kept)
+        self.pos = kept  # the next token's position in the sequence
         self.last = -1  # the token sampled last, to decode next
         self.sampled = 0
         self.sampler = _sampler_chain(chat.temperature, chat.top_p, chat.seed)
@@ -98,8 +107,7 @@ class _Slot:
         self.text = ""  # decoded text so far (whole characters)
         self.shown = 0  # how much of it went out
 
-    def free(self, memory: Any) -> None:
-        llama_cpp.llama_memory_seq_rm(memory, self.seq, -1, -1)
+    def free(self) -> None:
         llama_cpp.llama_sampler_free(self.sampler)
 
 
@@ -143,6 +151,7 @@ class Decoder:
         self._waiting: queue.SimpleQueue[Chat] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._slots: dict[int, _Slot] = {}  # by sequence id
+        self._kept: dict[int, list[int]] = {}  # a free sequence → the tokens its cache still holds
         threading.Thread(target=self._loop, name="decoder", daemon=True).start()
 
     def submit(self, chat: Chat) -> Chat:
@@ -170,8 +179,15 @@ class Decoder:
                 return
             if chat._cancelled.is_set():
                 continue
-            seq = next(s for s in range(self.parallel) if s not in self._slots)
-            self._slots[seq] = _Slot(chat, seq)
+            free = [s for s in range(self.parallel) if s not in self._slots]
+            seq, kept = max(((s, _common(self._kept.get(s, []), chat.prompt)) for s in free),
+                            key=lambda choice: (choice[1], -choice[0]))
+            kept = min(kept, len(chat.prompt) - 1)  # at least one token decoded: its logits give the first sample
+            if not llama_cpp.llama_memory_seq_rm(self._memory, seq, kept, -1):
+                llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                kept = 0
+            self._kept.pop(seq, None)
+            self._slots[seq] = _Slot(chat, seq, kept)
 
     def _step(self) -> None:
         for slot in [s for s in self._slots.values() if s.chat._cancelled.is_set()]:
@@ -205,6 +221,7 @@ class Decoder:
                 budget -= len(tokens)
             else:
                 tokens = [slot.last]
+            slot.cached += tokens
             for token in tokens:
                 batch.token[n] = token
                 batch.pos[n] = slot.pos
@@ -246,9 +263,16 @@ class Decoder:
             slot.shown = upto
 
     def _end(self, slot: _Slot, outcome: Finish | Exception | None) -> None:
-        """Free the chat's sequence and tell it how it ended (nothing for a cancelled one: it stopped reading)."""
+        """Free the chat's sequence (its cache kept for a chat that begins the same way, unless decoding failed)
+        and tell it how it ended (nothing for a cancelled one: it stopped reading)."""
         del self._slots[slot.seq]
-        slot.free(self._memory)
+        slot.free()
+        if isinstance(outcome, Exception):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        else:
+            self._kept[slot.seq] = slot.cached
+        if isinstance(outcome, Finish):
+            outcome = replace(outcome, cached_tokens=slot.kept)
         if outcome is not None:
             slot.chat._out.put(outcome)
 
@@ -258,6 +282,16 @@ class Decoder:
             self._piece = ctypes.create_string_buffer(-size)
             size = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
         return self._piece.raw[:size]
+
+
+def _common(cached: list[int], prompt: list[int]) -> int:
+    """How many tokens ``prompt`` begins with that ``cached`` begins with too."""
+    size = 0
+    for ours, theirs in zip(cached, prompt, strict=False):
+        if ours != theirs:
+            break
+        size += 1
+    return size
 
 
 def _stop_prefix(text: str, stops: list[str]) -> int:

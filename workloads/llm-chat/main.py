@@ -5,7 +5,8 @@ Input  {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str
        plus "max_tokens"? (1-4096, default 256), "temperature"? (0-2, default 0.7), "top_p"? (0-1, default 0.95),
        "stop"? (a string or a list of up to 4), "seed"? (0 to 2^31-1; random when absent).
 Events status "loading model" (the first request of a worker), token {content} per piece, then
-       done {usage: {prompt_tokens, completion_tokens}, seed, finish_reason: "stop"|"length"}.
+       done {usage: {prompt_tokens, completion_tokens}, seed, finish_reason: "stop"|"length", cached_tokens (the
+       prompt's tokens found in the worker's cache, not evaluated again)}.
 
 The model is the GGUF file the host mounted read-only at ``$ARCHIPELAG_MODEL`` (its SHA-256 checked against the
 catalog before the container started); its own chat template formats the messages, and its stop strings end a
@@ -165,7 +166,7 @@ def handle(job: dict[str, Any]) -> Done:
     finally:
         chat.cancel()  # frees its sequence at once if it is still generating (a cancel, an error); else a no-op
     return Done(seed=params["seed"], usage={"prompt_tokens": len(tokens), "completion_tokens": item.completion_tokens},
-                extra={"finish_reason": item.reason})
+                extra={"finish_reason": item.reason, "cached_tokens": item.cached_tokens})
 
 
 if __name__ == "__main__":
