@@ -107,14 +107,26 @@ def direct_runs() -> tuple[list[Chat], list[Chat], float]:
     return firsts, streams, cold_s
 
 
-async def _chat(http: httpx.AsyncClient, trial: int, max_tokens: int) -> Chat:
-    """One streamed chat completion over HTTP."""
-    body = {"model": "smollm2-135m-instruct", "messages": messages(trial), "max_tokens": max_tokens,
-            "temperature": 0, "seed": 1, "stream": True}
-    sent = time.time()
-    start = time.perf_counter()
+@dataclass
+class Streamed:
+    """A streamed chat completion as its client read it (``perf_counter`` times)."""
+
+    job_id: str
+    started: float
+    first: float  # the first content chunk arrived
+    done: float  # `data: [DONE]`
+    pieces: int  # content chunks
+    completion_tokens: int  # as the usage chunk says (0 without one)
+
+
+async def stream_chat(http: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int,
+                      **extra: Any) -> Streamed:
+    """One streamed ``POST /v1/chat/completions`` at temperature 0, with the usage chunk."""
+    body = {"model": "smollm2-135m-instruct", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}, **extra}
+    started = time.perf_counter()
     first = 0.0
-    pieces = 0
+    pieces = tokens = 0
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -125,11 +137,18 @@ async def _chat(http: httpx.AsyncClient, trial: int, max_tokens: int) -> Chat:
                 raise RuntimeError(chunk["error"])
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 pieces += 1
-                if pieces == 1:
-                    first = time.perf_counter() - start
-    total = time.perf_counter() - start
-    return Chat(first, (pieces - 1) / max(total - first, 1e-9), pieces, response.headers["X-Archipelag-Job-Id"],
-                sent)
+                first = first or time.perf_counter()
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    return Streamed(response.headers["X-Archipelag-Job-Id"], started, first, time.perf_counter(), pieces, tokens)
+
+
+async def _chat(http: httpx.AsyncClient, trial: int, max_tokens: int) -> Chat:
+    """One streamed chat completion over HTTP."""
+    sent = time.time()
+    chat = await stream_chat(http, messages(trial), max_tokens, seed=1)
+    ttft = chat.first - chat.started
+    return Chat(ttft, (chat.pieces - 1) / max(chat.done - chat.first, 1e-9), chat.pieces, chat.job_id, sent)
 
 
 async def _job(http: httpx.AsyncClient, trial: int, max_tokens: int) -> Chat:

@@ -12,7 +12,6 @@ Aims (issue 9): ≥ 2.5× the direct single stream at 8 concurrent on one host; 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -23,7 +22,7 @@ import httpx
 
 from archipelag.network import start_network
 from archipelag.settings import Settings
-from bench.bench_llm import model_path
+from bench.bench_llm import model_path, stream_chat
 
 Row = tuple[str, str, str]
 TOKENS = 64
@@ -59,23 +58,8 @@ def direct_tps() -> float:
 
 async def _chat(http: httpx.AsyncClient, n: int) -> tuple[int, float, float]:
     """(completion tokens, first token at, done at) of one streamed chat."""
-    body = {"model": "smollm2-135m-instruct", "messages": _messages(n), "max_tokens": TOKENS, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
-    first = 0.0
-    tokens = 0
-    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not first:
-                first = time.perf_counter()
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"]["completion_tokens"])
-    return tokens, first, time.perf_counter()
+    chat = await stream_chat(http, _messages(n), TOKENS)
+    return chat.completion_tokens, chat.first, chat.done
 
 
 async def _load(url: str, key: str) -> dict[str, float]:
