@@ -28,12 +28,14 @@ up)
     free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
     port=$(free_port)
     export ARCHIPELAG_RAY_HEAD_PORT=$(free_port)
-    setsid make up ARGS="--port $port" >"$dir/up.log" 2>&1 </dev/null &
+    # Job control: `make up` runs in a process group of its own, and Ctrl-C (SIGINT), which stops its network,
+    # is not ignored as it would be in a background job of a plain script.
+    set -m
+    make up ARGS="--port $port" >"$dir/up.log" 2>&1 </dev/null &
     up_pid=$!
-    # `make up` stops its network on SIGINT; its process group is the one setsid gave it
     trap 'kill -INT -- -"$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null || true' EXIT
     url="http://127.0.0.1:$port"
-    until curl -sf "$url/health" >/dev/null; do
+    until curl -sf "$url/health" >/dev/null && [[ -s .archipelag/api_key ]]; do
         kill -0 "$up_pid" 2>/dev/null || { tail -30 "$dir/up.log"; echo "make up ended before answering" >&2; exit 1; }
         sleep 1
     done
