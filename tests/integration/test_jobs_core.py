@@ -405,7 +405,7 @@ def test_a_short_balance_refuses_the_job_and_stops_it_on_the_host_that_already_b
         async with asyncio.timeout(5):
             while not net.hosts["a"].cancelled:
                 await asyncio.sleep(0.05)
-        assert net.hosts["a"].cancelled == net.hosts["a"].ran  # it had begun; it was told to stop
+        assert set(net.hosts["a"].cancelled) == set(net.hosts["a"].ran)  # it had begun; it was told to stop
         assert net.ledger.list_jobs(poor)[1] == 0 and net.ledger.total_is_zero()
 
     asyncio.run(scenario())
