@@ -202,11 +202,16 @@ class Dispatcher:
     # --- the queue ---------------------------------------------------------------------------------
 
     async def _schedule_forever(self) -> None:
+        task = asyncio.current_task()
         while True:
             try:
                 await asyncio.wait_for(self._kick.wait(), SCHEDULE_EVERY_S)
             except TimeoutError:
                 pass
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for loses a cancel that lands as the kick comes (gh-86296): stop anyway,
+                # or this loop outlives its event loop's shutdown (a test's asyncio.run hung on it).
+                raise asyncio.CancelledError
             self._kick.clear()
             try:
                 await self._schedule_once()
