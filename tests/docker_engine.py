@@ -48,7 +48,7 @@ class DockerEnv:
     def leftovers(self) -> list[str]:
         """Containers of this session's jobs still present (running or not). Other sessions may share the
         engine, so only job ids made by ``a_job_id`` here count."""
-        containers = self.client.containers.list(all=True, filters={"label": JOB_LABEL})
+        containers = self.client.containers.list(all=True, filters={"label": JOB_LABEL}, ignore_removed=True)
         return [c.id for c in containers if c.labels.get(JOB_LABEL, "").endswith(SESSION_SUFFIX)]
 
 

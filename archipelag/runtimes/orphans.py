@@ -43,7 +43,7 @@ def sweep_orphans(client: docker.DockerClient) -> int:
     machine = socket.gethostname()
     removed = 0
     try:
-        found = client.containers.list(all=True, filters={"label": OWNER_LABEL})
+        found = client.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True)
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return 0
     for container in found:

@@ -162,6 +162,7 @@ def test_staging_needs_no_network_once_the_wheels_are_cached(
 def test_no_container_is_left_behind(workloads: dict[str, Manifest], runtime: DockerRuntime,
                                      docker_env: DockerEnv) -> None:  # noqa: F811
     run(runtime, workloads["text-stats"], {"text": "last"})
-    ours = [c for c in docker_env.client.containers.list(all=True, filters={"label": JOB_LABEL})
+    ours = [c for c in docker_env.client.containers.list(all=True, filters={"label": JOB_LABEL},
+                                                        ignore_removed=True)
             if c.labels.get(WORKLOAD_LABEL) in SLUGS]  # other sessions may share the engine
     assert ours == []

@@ -108,7 +108,8 @@ def test_an_image_not_pinned_by_the_catalog_is_refused_before_running(
     spec = JobSpec(a_job_id("mismatch"), workload, {"attack": "write_root"}, LIMITS)
     with pytest.raises(WorkloadRefused):
         runtime.run(spec, CancelToken())
-    assert docker_env.client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={spec.job_id}"}) == []
+    assert docker_env.client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={spec.job_id}"},
+                                             ignore_removed=True) == []
 
 
 def test_an_image_missing_here_is_refused(runtime: DockerRuntime, docker_env: DockerEnv) -> None:  # noqa: F811

@@ -100,7 +100,8 @@ def together(runtime: DockerRuntime, specs: list[JobSpec]) -> list[list[Event] |
 
 
 def worker_containers(env: DockerEnv) -> list[Any]:
-    return env.client.containers.list(all=True, filters={"label": "io.archipelag.workload=llm-chat"})
+    return env.client.containers.list(all=True, filters={"label": "io.archipelag.workload=llm-chat"},
+                                      ignore_removed=True)
 
 
 def test_chat_streams_tokens_and_reports_usage_and_seed(runtime: DockerRuntime, llm: Manifest) -> None:
@@ -265,7 +266,8 @@ def test_a_worker_that_breaks_the_multiplexed_protocol_is_killed_and_every_reque
         with pytest.raises(ProtocolViolation, match=says):
             next(bystander)
     deadline = time.monotonic() + 15
-    while [c for c in docker_env.client.containers.list(all=True, filters={"label": OWNER_LABEL})
+    while [c for c in docker_env.client.containers.list(all=True, filters={"label": OWNER_LABEL},
+                                                         ignore_removed=True)
            if c.labels.get("io.archipelag.workload") == "fake-worker"] and time.monotonic() < deadline:
         time.sleep(0.2)  # killed, then removed
     assert run(runtime, spec_of(fake_worker, {"act": "tokens", "n": 3}))[-1] == {
@@ -342,7 +344,8 @@ def test_containers_of_a_killed_host_process_are_swept(docker_env: DockerEnv) ->
                                                     command=["true"])
     try:
         assert sweep_orphans(docker_env.client) >= 1
-        assert not docker_env.client.containers.list(all=True, filters={"id": container.id})
+        assert not docker_env.client.containers.list(all=True, filters={"id": container.id},
+                                                     ignore_removed=True)
     finally:
         import contextlib
 
