@@ -61,6 +61,13 @@ class Forbidden(RequestError):
     http_status = 403
 
 
+class HostRefused(Forbidden):
+    """A host placement or enrolment will not believe: unknown, unapproved or revoked, a bad signature, a stale
+    or replayed report."""
+
+    code = "host_refused"
+
+
 class AccountSuspended(Forbidden):
     code = "account_suspended"
 

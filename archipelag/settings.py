@@ -81,8 +81,28 @@ class PlacementSettings(BaseModel):
     weight_load: float = 0.20
     weight_fit: float = 0.10
     weight_warm: float = 0.10  # below the proximity gap to another region: a warm host far away loses
-    weight_speed: float = 0.0
+    # Below the proximity gap between the caller's region and its neighbour (0.4 × 0.3): a faster host does not
+    # pull a job out of the caller's region, and a host that fakes a fast benchmark gains at most this much.
+    weight_speed: float = 0.10
     max_candidates: int = 8  # length of the ranked list handed back
+
+
+class BenchmarkSettings(BaseModel):
+    """The join benchmark (actors/benchmark.py) the coordinator runs on each new host's node, and how placement
+    reads it (placement/measured.py): e.g. ``ARCHIPELAG_BENCHMARK__REFERENCE_CPU_SINGLE_MB_S=1500``."""
+
+    enabled: bool = True  # off: hosts stay `unmeasured` (speed 0, claims uncapped)
+    cpu_single_s: float = Field(default=0.25, gt=0)  # one thread hashing
+    cpu_all_s: float = Field(default=0.4, gt=0)  # one thread per claimed core hashing at once
+    max_threads: int = Field(default=256, gt=0)  # claims above it are tested with this many (and capped)
+    memory_probe_mb: int = Field(default=256, ge=0)  # allocate and touch the claimed RAM up to this
+    gpu_s: float = Field(default=0.3, gt=0)  # fp16 matmul, when torch with CUDA is there
+    timeout_s: float = Field(default=60.0, gt=0)  # no answer by then: the host is flagged benchmark_failed
+    core_tolerance: float = Field(default=1.5, ge=1.0)  # claimed cores above measured speedup × this are capped
+    # What a speed of 1.0 means: a recent desktop core with SHA extensions, eight of them, a data-centre GPU.
+    reference_cpu_single_mb_s: float = Field(default=2000.0, gt=0)
+    reference_cpu_all_mb_s: float = Field(default=16000.0, gt=0)
+    reference_gpu_tflops: float = Field(default=100.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -111,6 +131,9 @@ class Settings(BaseSettings):
     queue_max_jobs: int = 1000  # jobs waiting at once; past it a new job gets 503 with Retry-After
     lease_s: float = 3.0  # a running job's host silent this long has lost it (it runs again elsewhere)
     keepalive_s: float = 1.0  # a host sends an empty batch this often while a job is quiet (keeps its lease)
+    # `host leave` and Ctrl-C on `host join`: running jobs get this long to finish before the host leaves
+    # anyway (what still runs then fails over to another host).
+    drain_timeout_s: float = Field(default=600.0, ge=0)
     relay_checkpoint_s: float = 0.5  # live streams are saved this often, so a restart resumes them
     ingress_replicas: int = 2  # API processes (Ray Serve replicas) on the head; any serves any job
     trace_file: Path | None = None  # stamps of each job's path to its first output (metrics.trace; the benchmark)
@@ -156,8 +179,16 @@ class Settings(BaseSettings):
     catalog_signing_key: Path | None = None  # None → state_dir/catalog_signing.key (dev only)
     allowed_image_sources: list[str] = Field(default_factory=lambda: ["archipelag/*"])  # image repo patterns
 
+    # Hosts enrol with a pairing code their owner approves (DESIGN §10); what they report is signed with their key.
+    pairing_ttl_s: float = 600.0  # a pairing code is valid this long, once
+    enrolments_per_min: int = 10  # pairing requests and polls one client address may send a minute, unsigned
+    pairing_failures_per_min: int = 10  # wrong codes one account may try a minute
+    report_max_skew_s: float = 60.0  # a signed host report this far from the coordinator's clock is refused
+    public_ray_address: str = ""  # the Ray address approved hosts join; empty → ray_address, else 127.0.0.1:head
+
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
 
     @field_validator("state_dir", "workloads_dir", "models_dir")
     @classmethod

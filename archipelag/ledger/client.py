@@ -15,7 +15,18 @@ from archipelag.errors import LedgerError
 from archipelag.ids import JobId
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.ledger.ledger import Ledger
-from archipelag.ledger.records import Account, ApiKey, Host, Invite, Job, KarmaEvent, Session, Workload
+from archipelag.ledger.records import (
+    Account,
+    ApiKey,
+    Host,
+    HostIdentity,
+    Invite,
+    Job,
+    KarmaEvent,
+    Pairing,
+    Session,
+    Workload,
+)
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
@@ -221,3 +232,25 @@ class LedgerClient:
 
     async def karma_events(self, host_id: str) -> list[KarmaEvent]:
         return list(await self._calls.call("karma_events", host_id))
+
+    # --- enrolment --------------------------------------------------------------------------------
+
+    async def request_pairing(self, public_key: str, name: str, region: str, hardware: Mapping[str, Any],
+                              ttl_s: float) -> tuple[str, datetime]:
+        code, expires_at = await self._calls.call("request_pairing", public_key, name, region, dict(hardware), ttl_s)
+        return code, expires_at
+
+    async def approve_pairing(self, account_id: int, code: str) -> Host:
+        host: Host = await self._calls.call("approve_pairing", account_id, code)
+        return host
+
+    async def enrolment_status(self, public_key: str) -> HostIdentity | Pairing | None:
+        status: HostIdentity | Pairing | None = await self._calls.call("enrolment_status", public_key)
+        return status
+
+    async def revoke_host(self, host_id: str, account_id: int, is_admin: bool, reason: str) -> Host:
+        host: Host = await self._calls.call("revoke_host", host_id, account_id, is_admin, reason)
+        return host
+
+    async def owned_hosts(self, account_id: int) -> list[Host]:
+        return list(await self._calls.call("owned_hosts", account_id))

@@ -145,8 +145,27 @@ def _v2_people(connection: Connection) -> None:
                                                      tables.AccountTokenRow.__table__])  # type: ignore[attr-defined]
 
 
+def _v3_host_identity(connection: Connection) -> None:
+    """Hosts enrol: each has an owner account and an Ed25519 key (one key per id, for good), may be revoked;
+    pairing requests wait for their owner's approval."""
+    have = {column["name"] for column in inspect(connection).get_columns(tables.HostRow.__tablename__)}
+    timestamp = "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME"
+    added = {"owner_account_id": "INTEGER", "public_key": "VARCHAR(64)", "enrolled_at": timestamp,
+             "revoked_at": timestamp, "revoked_reason": "VARCHAR(500)"}
+    for name, sql_type in added.items():
+        if name not in have:
+            connection.exec_driver_sql(f"ALTER TABLE hosts ADD COLUMN {name} {sql_type}")
+    indexes = {index["name"] for index in inspect(connection).get_indexes(tables.HostRow.__tablename__)}
+    if "ix_hosts_owner_account_id" not in indexes:
+        connection.exec_driver_sql("CREATE INDEX ix_hosts_owner_account_id ON hosts (owner_account_id)")
+    if "uq_hosts_public_key" not in indexes:  # one key, one host: a key cannot enrol under two ids
+        connection.exec_driver_sql("CREATE UNIQUE INDEX uq_hosts_public_key ON hosts (public_key)")
+    SQLModel.metadata.create_all(connection, tables=[tables.PairingRow.__table__])  # type: ignore[attr-defined]
+
+
 # Append new steps; never edit an applied one.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1_initial), (2, _v2_people))
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -36,6 +36,8 @@ def record(row: HostRow, karma_score: float, active_jobs: int) -> Host:
         last_heartbeat_at=row.last_heartbeat_at,
         karma_score=karma_score,
         active_jobs=active_jobs,
+        owner_account_id=row.owner_account_id,
+        revoked_at=row.revoked_at,
     )
 
 

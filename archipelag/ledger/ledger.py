@@ -13,6 +13,8 @@ Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_score``.
+Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
+``revoke_host``, ``owned_hosts`` (see ``enrolment``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
 from archipelag.ids import JobId
-from archipelag.ledger import credits, db, hosts, jobs, workloads
+from archipelag.ledger import credits, db, enrolment, hosts, jobs, workloads
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
 from archipelag.ledger.people import People
-from archipelag.ledger.records import Host, Job, JobEvent, KarmaEvent, Workload
+from archipelag.ledger.records import Host, HostIdentity, Job, JobEvent, KarmaEvent, Pairing, Workload
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 
@@ -284,3 +286,46 @@ class Ledger(People):
         with db.read_session(self.engine) as session:
             hosts.get_row(session, host_id)
             return self.karma_rules.score(hosts.karma_total(session, host_id))
+
+    # --- enrolment ------------------------------------------------------------------------------------
+
+    def request_pairing(self, public_key: str, name: str, region: str, hardware: Mapping[str, Any],
+                        ttl_s: float) -> tuple[str, datetime]:
+        """A pairing code for a host's key (shown once; stored hashed) and when it expires."""
+        with db.write_session(self.engine) as session:
+            return enrolment.request_pairing(session, public_key, name, region, dict(hardware), ttl_s, utcnow())
+
+    def approve_pairing(self, account_id: int, code: str) -> Host:
+        """Enrol the host waiting with ``code`` under ``account_id``; NotFound for a wrong, used or expired code."""
+        with db.write_session(self.engine) as session:
+            host_id = enrolment.approve_pairing(session, account_id, code, utcnow())
+            return self._host(session, host_id)
+
+    def enrol_host(self, host_id: str, public_key: str, owner_account_id: int, name: str, region: str,
+                   capabilities: Mapping[str, Any] | None = None) -> Host:
+        """The step an approval takes, for a host its owner starts directly (``archipelag up``'s local hosts)."""
+        with db.write_session(self.engine) as session:
+            enrolment.enrol(session, host_id, public_key, owner_account_id, name, region, dict(capabilities or {}),
+                            utcnow())
+            return self._host(session, host_id)
+
+    def enrolment_status(self, public_key: str) -> HostIdentity | Pairing | None:
+        with db.read_session(self.engine) as session:
+            return enrolment.status_of_key(session, public_key, utcnow())
+
+    def host_identity(self, host_id: str) -> HostIdentity | None:
+        """The enrolled key and owner of a host, and whether it is revoked; None when it never enrolled."""
+        with db.read_session(self.engine) as session:
+            return enrolment.identity_of(session, host_id)
+
+    def revoke_host(self, host_id: str, account_id: int, is_admin: bool, reason: str) -> Host:
+        with db.write_session(self.engine) as session:
+            enrolment.revoke(session, host_id, account_id, is_admin, reason, utcnow())
+            return self._host(session, host_id)
+
+    def owned_hosts(self, account_id: int) -> list[Host]:
+        with db.read_session(self.engine) as session:
+            totals = hosts.karma_totals(session)
+            active = jobs.active_counts(session)
+            return [hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
+                    for row in enrolment.owned_by(session, account_id)]

@@ -140,6 +140,29 @@ class Host:
     last_heartbeat_at: datetime | None
     karma_score: float
     active_jobs: int  # jobs assigned/started/streaming on it now
+    owner_account_id: int | None = None  # the account that approved its enrolment
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """What placement checks a host's reports against: its enrolled key, and whether it may take jobs."""
+
+    host_id: HostId
+    public_key: str  # Ed25519, hex
+    owner_account_id: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """A host's enrolment request as its poll sees it: waiting, or approved with the host id it got."""
+
+    public_key: str
+    name: str
+    region: str
+    expires_at: datetime
+    host_id: HostId | None  # set once approved
 
 
 @dataclass(frozen=True)

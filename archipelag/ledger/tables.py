@@ -140,6 +140,30 @@ class HostRow(SQLModel, table=True):
     status: str = Field(max_length=16, index=True)
     created_at: datetime = _ts(nullable=False)
     last_heartbeat_at: datetime | None = _ts()
+    # Added in schema version 3 (hosts enrol with a key their owner approved; DESIGN §10):
+    owner_account_id: int | None = Field(default=None, index=True)  # the approving account; earnings go there
+    public_key: str | None = Field(default=None, max_length=64)  # Ed25519, hex; the id is bound to it for good
+    enrolled_at: datetime | None = _ts()  # None: never enrolled, placement refuses it
+    revoked_at: datetime | None = _ts()  # set: refused by placement from then on
+    revoked_reason: str | None = Field(default=None, max_length=500)
+
+
+class PairingRow(SQLModel, table=True):
+    """A host's request to enrol, waiting for its owner: the code is stored hashed, valid until ``expires_at``,
+    used once. ``host_id`` is set when an account approves it."""
+
+    __tablename__ = "host_pairings"
+    id: int | None = Field(default=None, primary_key=True)
+    code_hash: str = Field(unique=True, max_length=64)
+    public_key: str = Field(max_length=64, index=True)
+    name: str = Field(max_length=200)
+    region: str = Field(max_length=64)
+    hardware: dict[str, Any] | None = _json()
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    approved_at: datetime | None = _ts()
+    approved_by: int | None = Field(default=None)  # the approving account
+    host_id: str | None = Field(default=None, max_length=64)
 
 
 class JobRow(SQLModel, table=True):
