@@ -16,8 +16,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from archipelag.errors import InvalidTransition, NoCapacity, NotFound
+from archipelag import identity
+from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound
+from archipelag.identity import Proof
 from archipelag.ids import HostId
+from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, reason
@@ -25,10 +28,20 @@ from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A host's enrolled identity by its id (None: never enrolled), from the ledger; a dict's ``get`` in unit tests.
+Identities = Callable[[HostId], HostIdentity | None]
+
 
 class PlacementActor:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, *,
+                 identities: Identities | None = None) -> None:
         self._clock = clock
+        # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
+        # reports; None is the in-process stand-in for tests that script hosts without keys.
+        self._identities = identities
+        self._keys: dict[HostId, HostIdentity] = {}
+        self._last_report_at: dict[HostId, float] = {}  # a report no later than this is a replay
+        self._max_skew_s = settings.report_max_skew_s
         self._limit = settings.placement.max_candidates
         stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
@@ -38,18 +51,22 @@ class PlacementActor:
         if host_id not in self._fleet:
             raise NotFound(f"placement knows no host {host_id!r}", host_id=host_id)
 
-    def register(self, snapshot: HostSnapshot) -> None:
-        """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended."""
+    def register(self, snapshot: HostSnapshot, proof: Proof | None = None) -> None:
+        """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended.
+        HostRefused unless the report is signed by the host's enrolled key (see ``_check``)."""
+        self._check("register", snapshot.host_id, snapshot, proof)
         if snapshot.host_id in self._suspended:
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
         log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
 
-    def heartbeat(self, host_id: HostId, metrics: dict[str, Any]) -> bool:
-        """Record a heartbeat; False for a host placement does not know (it should register again)."""
+    def heartbeat(self, host_id: HostId, metrics: dict[str, Any], proof: Proof | None = None) -> bool:
+        """Record a heartbeat; False for a host placement does not know (it should register again).
+        HostRefused for a report its enrolled key did not sign, a stale or replayed one, a revoked host."""
         if host_id not in self._fleet:
             log.warning("heartbeat from unregistered host %s", host_id)
             return False
+        self._check("heartbeat", host_id, metrics, proof)
         self._fleet.heartbeat(host_id, self._clock(), Heartbeat.from_metrics(metrics))
         return True
 
@@ -124,6 +141,39 @@ class PlacementActor:
     def remove(self, host_id: HostId) -> None:
         if host_id in self._fleet:
             self._fleet.remove(host_id)
+
+    def forget(self, host_id: HostId) -> None:
+        """A host was revoked: out of placement at once, and its key forgotten, so its next report is checked
+        against the ledger again (and refused there)."""
+        self._keys.pop(host_id, None)
+        self._last_report_at.pop(host_id, None)
+        if host_id in self._fleet:
+            self._fleet.remove(host_id)
+        log.warning("host %s revoked: removed from placement", host_id)
+
+    def _check(self, purpose: str, host_id: HostId, report: Any, proof: Proof | None) -> None:
+        """Believe a report only when the enrolled key of ``host_id`` signed this very report, lately, once."""
+        if self._identities is None:
+            return
+        if proof is None or proof.host_id != host_id:
+            raise HostRefused(f"host {host_id}: placement takes only reports signed by the host's own key")
+        enrolled = self._keys.get(host_id) or self._lookup(host_id)
+        identity.check(proof, purpose, enrolled.public_key, report, self._clock(), self._max_skew_s,
+                       self._last_report_at.get(host_id))
+        self._keys[host_id] = enrolled
+        self._last_report_at[host_id] = proof.at
+
+    def _lookup(self, host_id: HostId) -> HostIdentity:
+        assert self._identities is not None
+        enrolled = self._identities(host_id)
+        if enrolled is None:
+            raise HostRefused(f"host {host_id} is not enrolled: its owner approves its pairing code first "
+                              "(`archipelag hosts approve CODE`)")
+        if enrolled.revoked:
+            if host_id in self._fleet:
+                self._fleet.remove(host_id)
+            raise HostRefused(f"host {host_id} was revoked by its owner or an admin; it takes no more jobs")
+        return enrolled
 
     def ping(self) -> int:
         """The number of known hosts (a cheap liveness call)."""

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from archipelag.errors import ArchipelagError, NoCapacity
+from archipelag.identity import Proof
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
-from archipelag.placement.actor import PlacementActor
+from archipelag.ledger.records import HostIdentity
+from archipelag.placement.actor import Identities, PlacementActor
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.settings import Settings
 
@@ -93,6 +95,31 @@ class _LocalCalls:
         return self.call(method, *args)
 
 
+class LedgerIdentities:
+    """Placement's view of who is enrolled: the ledger actor's ``host_identity``, found by name when first asked
+    (so this travels to the placement actor as plain data)."""
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._handle: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_namespace": self._namespace, "_handle": None}
+
+    def __call__(self, host_id: HostId) -> HostIdentity | None:
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            if self._handle is None:
+                self._handle = ray.get_actor("ledger", namespace=self._namespace)
+            found: HostIdentity | None = ray.get(self._handle.host_identity.remote(host_id), timeout=CALL_TIMEOUT_S)
+            return found
+        except (RayError, ValueError):
+            self._handle = None
+            raise NoCapacity(f"placement could not ask the ledger who host {host_id} is; retry shortly") from None
+
+
 class PlacementClient:
     def __init__(self, calls: _Calls) -> None:
         self._calls = calls
@@ -106,7 +133,7 @@ class PlacementClient:
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, resources=resources or {}, max_restarts=-1,
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
-        ).remote(settings)
+        ).remote(settings, identities=LedgerIdentities(settings.ray_namespace))
         client = cls(_RayCalls(handle))
         client.ping()
         return client
@@ -123,23 +150,30 @@ class PlacementClient:
         return cls(_RayCalls(handle))
 
     @classmethod
-    def local(cls, settings: Settings, clock: Callable[[], float] = time.time) -> PlacementClient:
-        """An in-process placement with the same behaviour, for tests that do not start Ray."""
-        return cls(_LocalCalls(PlacementActor(settings, clock)))
+    def local(cls, settings: Settings, clock: Callable[[], float] = time.time,
+              identities: Identities | None = None) -> PlacementClient:
+        """An in-process placement with the same behaviour, for tests that do not start Ray. Without
+        ``identities`` it takes unsigned reports (scripted hosts have no keys)."""
+        return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities)))
 
     # --- hosts reporting ----------------------------------------------------------------------------
 
-    def register(self, snapshot: HostSnapshot) -> None:
-        self._calls.call("register", snapshot)
+    def register(self, snapshot: HostSnapshot, proof: Proof | None = None) -> None:
+        """HostRefused unless ``proof`` is the enrolled host's signature over ``snapshot`` (identity.sign)."""
+        self._calls.call("register", snapshot, proof)
 
-    def heartbeat(self, host_id: HostId, metrics: dict[str, Any]) -> None:
+    def heartbeat(self, host_id: HostId, metrics: dict[str, Any], proof: Proof | None = None) -> None:
         """Fire-and-forget: free_ram_mb, free_vram_mb, active_jobs, warm; other keys are ignored."""
-        self._calls.send("heartbeat", host_id, metrics)
+        self._calls.send("heartbeat", host_id, metrics, proof)
 
-    def beat(self, host_id: HostId, metrics: dict[str, Any]) -> bool:
+    def beat(self, host_id: HostId, metrics: dict[str, Any], proof: Proof | None = None) -> bool:
         """A heartbeat that waits for the answer: False when placement does not know the host
-        (it restarted), so the host registers again."""
-        return bool(self._calls.call("heartbeat", host_id, metrics))
+        (it restarted), so the host registers again; HostRefused for a revoked host or a forged report."""
+        return bool(self._calls.call("heartbeat", host_id, metrics, proof))
+
+    async def forget_async(self, host_id: HostId) -> None:
+        """A revoked host: out of placement at once; its next report is refused."""
+        await self._calls.call_async("forget", host_id)
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._calls.call("set_status", host_id, status)

@@ -9,7 +9,9 @@ Dockerfile builds from a public python base.
 
 The catalog pins a workload by image ID (``sha256:…``; there is no registry to give digests), so every build
 returns that ID. Builds are cached: an image carries the hash of what went into it (label
-``io.archipelag.content-hash``), and a build whose image with that hash is already tagged is skipped.
+``io.archipelag.content-hash``), and a build whose image with that hash is already on the engine is skipped (the
+image is tagged again if another checkout moved the tag). The hash is of the files' bytes, not their times, so a
+fresh clone of the same commit finds the images an earlier clone built.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Final
 
 import docker
 import docker.errors
+from docker.utils import parse_repository_tag
 
 from archipelag.catalog import Manifest
 from archipelag.errors import ConfigError
@@ -57,15 +60,28 @@ class _Entry:
     link_to: str | None = None
 
     def fingerprint(self) -> str:
-        """What identifies this member's content cheaply: inline data by hash, a file by size and mtime."""
+        """What identifies this member's content: the SHA-256 of a file's or inline data's bytes."""
         if self.source is not None:
-            stat = self.source.stat()
-            content = f"{stat.st_size}:{stat.st_mtime_ns}"
+            content = _file_digest(self.source)
         elif self.data is not None:
             content = hashlib.sha256(self.data).hexdigest()
         else:
             content = self.link_to or "dir"
         return f"{self.name}|{self.mode:o}|{content}"
+
+
+_digests: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime): a file's SHA-256
+
+
+def _file_digest(path: Path) -> str:
+    """A file's SHA-256, hashed once per process while it is unchanged (an image context is ~1 GB with the
+    diffusers wheels; staged files are hard links shared by every checkout, so their inode is the same)."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        with path.open("rb") as fh:
+            _digests[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _digests[key]
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -111,11 +127,11 @@ def _build(client: docker.DockerClient, entries: list[_Entry], tag: str, buildar
            salt: str = "") -> str:
     content_hash = _content_hash(entries, buildargs, salt)
     try:
-        existing = client.images.get(tag)
-        if existing.labels.get(CONTENT_HASH_LABEL) == content_hash:
-            return str(existing.id)
-    except docker.errors.ImageNotFound:
-        pass
+        built = client.images.list(filters={"label": f"{CONTENT_HASH_LABEL}={content_hash}"})
+        if built:  # this content was built before: by this checkout, an earlier clone, or another checkout
+            if tag not in built[0].tags:
+                built[0].tag(*parse_repository_tag(tag))
+            return str(built[0].id)
     except docker.errors.DockerException as exc:
         raise ConfigError(f"the Docker engine could not look up image {tag}: {exc}") from None
     context = _tar(entries)

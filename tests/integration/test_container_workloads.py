@@ -4,14 +4,18 @@ Docker runtime (read-only root, no capabilities, no network, user 10001, the res
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import docker.errors
 import pytest
 from docker_engine import DockerEnv, a_job_id, docker_env  # noqa: F401 - docker_env is a fixture
 from PIL import Image
@@ -166,3 +170,31 @@ def test_no_container_is_left_behind(workloads: dict[str, Manifest], runtime: Do
                                                         ignore_removed=True)
             if c.labels.get(WORKLOAD_LABEL) in SLUGS]  # other sessions may share the engine
     assert ours == []
+
+
+def test_an_image_is_found_again_by_its_content_not_by_its_files_times_or_its_tag(
+        docker_env: DockerEnv, tmp_path: Path) -> None:  # noqa: F811
+    """A fresh clone has new file times, and another checkout on the same engine may have moved the tag:
+    neither rebuilds an image whose content is already there."""
+    tag = f"archipelag-test/content-{uuid.uuid4().hex[:8]}:1"
+    first, second = tmp_path / "clone-1", tmp_path / "clone-2"
+    first.mkdir()
+    (first / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nCOPY note.txt /app/note.txt\n")
+    (first / "note.txt").write_text(f"{tag}\n")
+    made = [images.build_image(docker_env.client, first, tag)]
+    try:
+        shutil.copytree(first, second)  # the same files, written now: other times
+        for path in second.iterdir():
+            os.utime(path, (1, 1))
+        docker_env.client.images.get(docker_env.probe_image_id).tag(*tag.split(":"))  # the tag moved away
+        assert images.build_image(docker_env.client, second, tag) == made[0]
+        assert docker_env.client.images.get(tag).id == made[0]
+        (second / "note.txt").write_text("other content\n")
+        made.append(images.build_image(docker_env.client, second, tag))
+        assert made[1] != made[0]
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_env.client.images.remove(tag)  # an untag only, should the probe still hold it
+        for image_id in made:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_env.client.images.remove(image_id, force=True)
