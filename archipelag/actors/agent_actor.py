@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import ray
 
+from archipelag import identity
 from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
@@ -80,7 +82,9 @@ class HostAgentActor:
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit)
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
-        self._placement.register(self._snapshot())
+        self._key = identity.host_key(settings.state_dir, host_id)  # on this machine only; never sent anywhere
+        self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
+        self._register()
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")
         self._heartbeat.start()
 
@@ -106,8 +110,21 @@ class HostAgentActor:
         live = metrics(self._hardware)
         load = self._agent.load()
         warm = sorted(self._agent.warm(time.time()))
-        if not self._placement.beat(self._host_id, {**live, "active_jobs": load.active_jobs, "warm": warm}):
-            self._placement.register(self._snapshot())
+        report = {**live, "active_jobs": load.active_jobs, "warm": warm}
+        with self._report_lock:
+            known = self._placement.beat(self._host_id, report, self._sign("heartbeat", report))
+        if not known:
+            self._register()
+
+    def _sign(self, purpose: str, report: Any) -> identity.Proof:
+        return identity.sign(self._key, purpose, self._host_id, time.time(), report)
+
+    def _register(self, snapshot: HostSnapshot | None = None) -> None:
+        """Tell placement who this host is and what it has, signed with the host's key (placement refuses an
+        unsigned registration)."""
+        with self._report_lock:
+            snapshot = snapshot or self._snapshot()
+            self._placement.register(snapshot, self._sign("register", snapshot))
 
     def run(self, spec: JobSpec) -> Generator[list[Event], None, None]:
         batches = self._agent.run_batched(spec, self._settings.keepalive_s)
