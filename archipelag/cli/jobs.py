@@ -180,7 +180,7 @@ def stream_job(client: Client, job: Job, json_out: bool) -> bool:
     if not json_out and not printed:
         output = last.get("output")
         if output is None:
-            output = client.wait_job(job.id, timeout_s=10).output
+            output = client.wait_job(job.id, timeout=10).output
         if output is not None:
             typer.echo(output if isinstance(output, str) else json.dumps(output))
     if not json_out and last.get("usage"):

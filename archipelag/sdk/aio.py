@@ -74,8 +74,8 @@ class AsyncJobRef:
     async def job(self) -> Job:
         return await self.client.get_job(self.job_id)
 
-    async def result(self, timeout_s: float | None = None) -> str | None:
-        return await self.client.get(self, timeout_s=timeout_s)
+    async def result(self, timeout: float | None = None) -> str | None:
+        return await self.client.get(self, timeout=timeout)
 
     async def cancel(self) -> Job:
         return await self.client.cancel_job(self.job_id)
@@ -200,9 +200,9 @@ class AsyncClient:
                                   "GET the job for its status", job_id=job_id)
             await asyncio.sleep(resume.pause_s)
 
-    async def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
-        """Wait until the job is terminal and return it; WaitTimeout past ``timeout_s``."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Wait until the job is terminal and return it; WaitTimeout past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         job = await self.get_job(job_id)
         if job.is_terminal:
             return job
@@ -215,7 +215,7 @@ class AsyncClient:
             pass  # the stream broke or timed out; polling decides, and raises if the server is gone
         finally:
             await events.aclose()
-        return await self._poll(job_id, deadline, timeout_s)
+        return await self._poll(job_id, deadline, timeout)
 
     async def _poll(self, job_id: str, deadline: float | None, timeout_s: float | None) -> Job:
         delay = POLL_FIRST_S
@@ -240,29 +240,29 @@ class AsyncClient:
         return AsyncJobRef(JobId(job_id), self)
 
     @overload
-    async def get(self, refs: AsyncJobRef, timeout_s: float | None = None) -> str | None: ...
+    async def get(self, refs: AsyncJobRef, *, timeout: float | None = None) -> str | None: ...
 
     @overload
-    async def get(self, refs: Sequence[AsyncJobRef], timeout_s: float | None = None) -> list[str | None]: ...
+    async def get(self, refs: Sequence[AsyncJobRef], *, timeout: float | None = None) -> list[str | None]: ...
 
     async def get(self, refs: AsyncJobRef | Sequence[AsyncJobRef],
-                  timeout_s: float | None = None) -> str | None | list[str | None]:
+                  *, timeout: float | None = None) -> str | None | list[str | None]:
         """Wait until the job(s) end; return the output(s). JobFailed if one did not complete.
 
         A list is awaited concurrently."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(refs, AsyncJobRef):
             return output_of(await self.wait_job(refs.job_id, remaining_s(deadline)))
         jobs = await asyncio.gather(*(self.wait_job(ref.job_id, remaining_s(deadline)) for ref in refs))
         return [output_of(job) for job in jobs]
 
-    async def wait(self, refs: Sequence[AsyncJobRef], num_returns: int = 1,
-                   timeout_s: float | None = None) -> tuple[list[AsyncJobRef], list[AsyncJobRef]]:
+    async def wait(self, refs: Sequence[AsyncJobRef], *, num_returns: int = 1,
+                   timeout: float | None = None) -> tuple[list[AsyncJobRef], list[AsyncJobRef]]:
         """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
         refs = list(refs)
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         ended: set[JobId] = set()
         delay = POLL_FIRST_S
         while True:

@@ -114,8 +114,8 @@ class JobRef:
     def job(self) -> Job:
         return self.client.get_job(self.job_id)
 
-    def result(self, timeout_s: float | None = None) -> str | None:
-        return self.client.get(self, timeout_s=timeout_s)
+    def result(self, timeout: float | None = None) -> str | None:
+        return self.client.get(self, timeout=timeout)
 
     def cancel(self) -> Job:
         return self.client.cancel_job(self.job_id)
@@ -239,9 +239,9 @@ class Client:
                                   "GET the job for its status", job_id=job_id)
             time.sleep(resume.pause_s)
 
-    def wait_job(self, job_id: str, timeout_s: float | None = None) -> Job:
-        """Block until the job is terminal and return it; WaitTimeout past ``timeout_s``."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    def wait_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job is terminal and return it; WaitTimeout past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         job = self.get_job(job_id)
         if job.is_terminal:
             return job
@@ -252,7 +252,7 @@ class Client:
                         break
         except Unreachable:
             pass  # the stream broke or timed out; polling decides, and raises if the server is gone
-        return self._poll(job_id, deadline, timeout_s)
+        return self._poll(job_id, deadline, timeout)
 
     def _poll(self, job_id: str, deadline: float | None, timeout_s: float | None) -> Job:
         delay = POLL_FIRST_S
@@ -277,26 +277,26 @@ class Client:
         return JobRef(JobId(job_id), self)
 
     @overload
-    def get(self, refs: JobRef, timeout_s: float | None = None) -> str | None: ...
+    def get(self, refs: JobRef, *, timeout: float | None = None) -> str | None: ...
 
     @overload
-    def get(self, refs: Sequence[JobRef], timeout_s: float | None = None) -> list[str | None]: ...
+    def get(self, refs: Sequence[JobRef], *, timeout: float | None = None) -> list[str | None]: ...
 
     def get(self, refs: JobRef | Sequence[JobRef],
-            timeout_s: float | None = None) -> str | None | list[str | None]:
+            *, timeout: float | None = None) -> str | None | list[str | None]:
         """Block until the job(s) end; return the output(s). JobFailed if one did not complete."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(refs, JobRef):
             return output_of(self.wait_job(refs.job_id, remaining_s(deadline)))
         return [output_of(self.wait_job(ref.job_id, remaining_s(deadline))) for ref in refs]
 
-    def wait(self, refs: Sequence[JobRef], num_returns: int = 1,
-             timeout_s: float | None = None) -> tuple[list[JobRef], list[JobRef]]:
+    def wait(self, refs: Sequence[JobRef], *, num_returns: int = 1,
+             timeout: float | None = None) -> tuple[list[JobRef], list[JobRef]]:
         """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
         refs = list(refs)
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         ended: set[JobId] = set()
         delay = POLL_FIRST_S
         while True:

@@ -79,9 +79,9 @@ def test_a_coordinator_killed_with_jobs_queued_and_running_resumes_them_when_it_
         assert [e["seq"] for e in events] == list(range(len(events)))
         assert "".join(e["content"] for e in events if e["type"] == "token") == "tick " * TICKS
         assert events[-1]["type"] == "done"
-        done = client.wait_job(running.job_id, timeout_s=60)
+        done = client.wait_job(running.job_id, timeout=60)
         assert done.status == "completed" and done.attempt == 2 and done.output == "tick " * TICKS
-        after = client.wait_job(queued.job_id, timeout_s=60)
+        after = client.wait_job(queued.job_id, timeout=60)
         assert after.status == "completed" and after.host_id == "island-r"
         assert done.completed_at is not None and after.completed_at is not None
         print(f"coordinator SIGKILL → restarted: {restarted_at - killed_at:.1f} s; → the queued job done: "

@@ -193,7 +193,7 @@ def test_stream_of_a_failed_job_ends_with_its_error_event(client: Client) -> Non
 def test_wait_job_returns_once_the_job_is_terminal(client: Client) -> None:
     job = client.create_job("slow", {})
     finish_later(job.id, "ok")
-    finished = client.wait_job(job.id, timeout_s=5)
+    finished = client.wait_job(job.id, timeout=5)
     assert finished.status is JobState.COMPLETED and finished.output == "ok"
 
 
@@ -201,7 +201,7 @@ def test_wait_job_times_out_without_touching_the_job(client: Client) -> None:
     job = client.create_job("slow", {})
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as caught:
-        client.wait_job(job.id, timeout_s=0.2)
+        client.wait_job(job.id, timeout=0.2)
     assert time.monotonic() - started < 2
     assert isinstance(caught.value, TimeoutError) and caught.value.details["status"] == "running"
     assert client.get_job(job.id).status is JobState.RUNNING
@@ -219,7 +219,7 @@ def test_get_of_a_list_returns_outputs_in_order(client: Client) -> None:
     refs = [client.submit("echo", {"text": word}) for word in ("a", "b", "c")]
     slow = client.submit("slow", {})
     finish_later(slow.job_id, "d")
-    assert client.get([*refs, slow], timeout_s=5) == ["a", "b", "c", "d"]
+    assert client.get([*refs, slow], timeout=5) == ["a", "b", "c", "d"]
 
 
 def test_get_of_a_failed_job_raises_job_failed_with_status_and_error(client: Client) -> None:
@@ -241,14 +241,14 @@ def test_get_of_a_cancelled_job_raises_job_failed(client: Client) -> None:
 def test_wait_splits_ready_from_not_ready_like_ray(client: Client) -> None:
     slow = client.submit("slow", {})
     quick = client.submit("echo", {"text": "x"})
-    ready, not_ready = client.wait([slow, quick], num_returns=1, timeout_s=2)
+    ready, not_ready = client.wait([slow, quick], num_returns=1, timeout=2)
     assert ready == [quick] and not_ready == [slow]
 
 
 def test_wait_times_out_with_what_is_ready(client: Client) -> None:
     slow = client.submit("slow", {})
     quick = client.submit("echo", {"text": "x"})
-    ready, not_ready = client.wait([slow, quick], num_returns=2, timeout_s=0.2)
+    ready, not_ready = client.wait([slow, quick], num_returns=2, timeout=0.2)
     assert ready == [quick] and not_ready == [slow]
 
 
@@ -256,7 +256,7 @@ def test_wait_blocks_until_enough_are_ready(client: Client) -> None:
     refs = [client.submit("slow", {}) for _ in range(3)]
     finish_later(refs[2].job_id, "z", after_s=0.05)
     finish_later(refs[0].job_id, "x", after_s=0.15)
-    ready, not_ready = client.wait(refs, num_returns=2, timeout_s=5)
+    ready, not_ready = client.wait(refs, num_returns=2, timeout=5)
     assert ready == [refs[0], refs[2]] and not_ready == [refs[1]]
 
 

@@ -88,12 +88,12 @@ def test_async_wait_and_wait_job(url: str) -> None:
         async with AsyncClient(url, api_key=KEY) as client:
             slow = await client.submit("slow", {})
             quick = await client.submit("echo", {"text": "q"})
-            ready, not_ready = await client.wait([slow, quick], num_returns=1, timeout_s=2)
+            ready, not_ready = await client.wait([slow, quick], num_returns=1, timeout=2)
             assert ready == [quick] and not_ready == [slow]
             with pytest.raises(WaitTimeout):
-                await client.wait_job(slow.job_id, timeout_s=0.1)
+                await client.wait_job(slow.job_id, timeout=0.1)
             asyncio.get_running_loop().call_later(0.05, NET.finish, slow.job_id,
                                                   [{"type": "done", "output": "fin"}])
-            assert (await client.wait_job(slow.job_id, timeout_s=5)).output == "fin"
-            assert await client.get(slow, timeout_s=5) == "fin"
+            assert (await client.wait_job(slow.job_id, timeout=5)).output == "fin"
+            assert await client.get(slow, timeout=5) == "fin"
     run(scenario())
