@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
     queue_max_jobs: int = 1000  # jobs waiting at once; past it a new job gets 503 with Retry-After
+    priority_aging_s: float = Field(default=1.0, gt=0)  # a queued job gains a point of priority per this wait
     lease_s: float = 3.0  # a running job's host silent this long has lost it (it runs again elsewhere)
     keepalive_s: float = 1.0  # a host sends an empty batch this often while a job is quiet (keeps its lease)
     # `host leave` and Ctrl-C on `host join`: running jobs get this long to finish before the host leaves

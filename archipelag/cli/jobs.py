@@ -131,7 +131,7 @@ def submit(
     stream: Annotated[bool, typer.Option("--stream", help="Print output as it comes.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; print its output.")] = False,
     region: Annotated[str | None, typer.Option(help="Your region, for placing the job near you.")] = None,
-    priority: Annotated[int | None, typer.Option(help="Higher runs sooner.")] = None,
+    priority: Annotated[int | None, typer.Option(help="0-100: higher runs sooner; a waiting job gains a point per second.", min=0, max=100)] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds --wait waits.")] = None,
     json_out: JsonOption = False,
     url: UrlOption = DEFAULT_URL,

@@ -85,6 +85,7 @@ class Ticket:
     host_id: HostId | None = None
     cancel_reason: str | None = None
     started_monotonic: float | None = None
+    queued_at: float | None = None  # when it first joined the queue: its age there, kept across requeues
     ledger_tail: asyncio.Task[None] | None = None  # its latest ledger write; they run in order
     abandoned: bool = False  # the ledger refused to create it: stop, write nothing
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -171,7 +172,13 @@ class Dispatcher:
             ticket.ranked = hosts[1:]
             self._spawn(self._run(ticket, hosts))
             return
-        self._queue.push(ticket.job_id, ticket, ticket.priority, self._clock() + self._rules.queue_timeout_s)
+        self._push(ticket)
+
+    def _push(self, ticket: Ticket) -> None:
+        now = self._clock()
+        if ticket.queued_at is None:
+            ticket.queued_at = now
+        self._queue.push(ticket.job_id, ticket, ticket.priority, now + self._rules.queue_timeout_s, ticket.queued_at)
         self._kick.set()
 
     def creating(self, ticket: Ticket, created: Awaitable[Any]) -> None:
@@ -258,8 +265,7 @@ class Dispatcher:
 
     def _requeue(self, ticket: Ticket) -> None:
         ticket.ranked = []
-        self._queue.push(ticket.job_id, ticket, ticket.priority, self._clock() + self._rules.queue_timeout_s)
-        self._kick.set()
+        self._push(ticket)
 
     # --- one job -----------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class JobService:
         self._recorded: dict[HostId, str] = {}  # host → status as last written to the ledger
         rules = DispatchRules(lease_s=settings.lease_s, max_attempts=settings.max_attempts,
                               queue_timeout_s=settings.queue_timeout_s)
-        self._queue: JobQueue[Ticket] = JobQueue(settings.queue_max_jobs)
+        self._queue: JobQueue[Ticket] = JobQueue(settings.queue_max_jobs, aging_s=settings.priority_aging_s)
         self._dispatcher = Dispatcher(rules, ledger, self._placement, hosts, self._relay, self._queue,
                                       before_assign=self._ensure_recorded, metrics=self._metrics)
         self._loops: list[asyncio.Task[None]] = []

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
+from archipelag.jobs.queue import MAX_PRIORITY
 from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
 from archipelag.metrics.trace import TRACE
@@ -33,7 +34,7 @@ class JobCreate(BaseModel):
 
     workload: str = Field(min_length=1, max_length=100)
     input: dict[str, Any] = Field(default_factory=dict)  # sized and typed by admission, per workload
-    priority: StrictInt | None = Field(default=None, ge=0, le=10)
+    priority: StrictInt | None = Field(default=None, ge=0, le=MAX_PRIORITY)
     region: str | None = Field(default=None, max_length=64)
 
 

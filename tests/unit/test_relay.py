@@ -120,12 +120,46 @@ def test_the_queue_hands_out_by_priority_then_arrival_and_refuses_past_its_limit
     queue: JobQueue[str] = JobQueue(max_jobs=3)
     for job_id, priority in (("a", 0), ("b", 5), ("c", 0)):
         queue.admit()
-        queue.push(JobId(job_id), job_id, priority, deadline=0.0)
+        queue.push(JobId(job_id), job_id, priority, deadline=0.0, arrived=100.0)
     assert [item for _, item, _ in queue.in_order()] == ["b", "a", "c"]
     with pytest.raises(QueueFull):
         queue.admit()
     queue.remove(JobId("b"))
     queue.admit()
+
+
+@pytest.mark.parametrize(("waited_s", "first"), [(0, "urgent"), (99, "urgent"), (101, "patient")])
+def test_a_low_priority_job_that_has_waited_long_enough_goes_before_new_urgent_ones(waited_s: float,
+                                                                                    first: str) -> None:
+    """Aging: a point of priority per second waited (aging_s=1), so priority 0 after 100 s beats a new 100."""
+    queue: JobQueue[str] = JobQueue(max_jobs=10, aging_s=1.0)
+    queue.push(JobId("patient"), "patient", 0, deadline=1e9, arrived=1000.0)
+    queue.push(JobId("urgent"), "urgent", 100, deadline=1e9, arrived=1000.0 + waited_s)
+    assert next(queue.in_order())[1] == first
+
+
+def test_a_starving_job_runs_while_urgent_jobs_keep_arriving() -> None:
+    """Drive the queue as an overloaded network would: one slot a second, two priority-90 jobs arriving every
+    second. The priority-0 job still gets its turn: after the jobs that count as having arrived before it (those
+    that came less than 90 s after it, two a second), and before every later one."""
+    queue: JobQueue[str] = JobQueue(max_jobs=10_000, aging_s=1.0)
+    queue.push(JobId("low"), "low", 0, deadline=1e9, arrived=0.0)
+    for second in range(1, 400):
+        for n in range(2):
+            queue.push(JobId(f"hi-{second}-{n}"), "hi", 90, deadline=1e9, arrived=float(second))
+        job_id, item, _ = next(queue.in_order())
+        queue.remove(job_id)
+        if item == "low":
+            assert second == 2 * 89 + 1  # after the 178 that arrived in its first 89 s, before the rest
+            return
+    pytest.fail("the priority-0 job never ran")
+
+
+def test_priorities_beyond_the_range_count_as_its_ends() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=10, aging_s=1.0)
+    queue.push(JobId("huge"), "huge", 10_000, deadline=1e9, arrived=50.0)
+    queue.push(JobId("old"), "old", 100, deadline=1e9, arrived=49.0)
+    assert next(queue.in_order())[1] == "old"
 
 
 def test_a_stream_resumed_from_a_checkpoint_numbers_its_events_as_the_lost_one_did() -> None:
