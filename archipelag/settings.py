@@ -92,13 +92,13 @@ class BenchmarkSettings(BaseModel):
     reads it (placement/measured.py): e.g. ``ARCHIPELAG_BENCHMARK__REFERENCE_CPU_SINGLE_MB_S=1500``."""
 
     enabled: bool = True  # off: hosts stay `unmeasured` (speed 0, claims uncapped)
-    cpu_single_s: float = Field(default=0.25, gt=0)  # one thread hashing
-    cpu_all_s: float = Field(default=0.4, gt=0)  # one thread per claimed core hashing at once
+    cpu_single_s: float = Field(default=0.2, gt=0)  # one thread hashing
+    cpu_all_s: float = Field(default=0.3, gt=0)  # one thread per claimed core hashing at once
     max_threads: int = Field(default=256, gt=0)  # claims above it are tested with this many (and capped)
-    memory_probe_mb: int = Field(default=256, ge=0)  # allocate and touch the claimed RAM up to this
+    memory_probe_mb: int = Field(default=128, ge=0)  # allocate and touch the claimed RAM up to this
     gpu_s: float = Field(default=0.3, gt=0)  # fp16 matmul, when torch with CUDA is there
     timeout_s: float = Field(default=60.0, gt=0)  # no answer by then: the host is flagged benchmark_failed
-    core_tolerance: float = Field(default=1.5, ge=1.0)  # claimed cores above measured speedup × this are capped
+    core_tolerance: float = Field(default=1.5, ge=1.0)  # claimed cores above ⌈measured speedup × this⌉ are capped
     # What a speed of 1.0 means: a recent desktop core with SHA extensions, eight of them, a data-centre GPU.
     reference_cpu_single_mb_s: float = Field(default=2000.0, gt=0)
     reference_cpu_all_mb_s: float = Field(default=16000.0, gt=0)

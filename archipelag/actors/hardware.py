@@ -1,4 +1,8 @@
-"""Hardware: what a host machine has — CPU cores, RAM, GPU model and VRAM — and how busy it is."""
+"""Hardware: what a host machine has — CPU cores, RAM, GPU model and VRAM — and how busy it is.
+
+This is what the host *claims* (read by the host itself). Placement believes it only as far as the join benchmark
+the coordinator runs on the host's node confirms it (actors/benchmark.py, placement/measured.py).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class Hardware:
         }
 
 
-def _gpus() -> list[tuple[str, int, int]]:
+def gpus() -> list[tuple[str, int, int]]:
     """(model, total VRAM MB, free VRAM MB) per NVIDIA GPU; empty without a driver."""
     try:
         import pynvml
@@ -63,12 +67,12 @@ def detect(max_memory_mb: int | None = None, max_cores: int | None = None) -> Ha
     """Measure this machine; the owner's caps (``--max-memory-mb``) only ever lower what is lent."""
     cores = psutil.cpu_count(logical=True) or 1
     ram_mb = psutil.virtual_memory().total >> 20
-    gpus = _gpus()
+    found = gpus()
     return Hardware(
         cpu_cores=min(cores, max_cores) if max_cores else cores,
         ram_mb=min(ram_mb, max_memory_mb) if max_memory_mb else ram_mb,
-        gpu_model=gpus[0][0] if gpus else None,
-        gpu_vram_mb=gpus[0][1] if gpus else 0,
+        gpu_model=found[0][0] if found else None,
+        gpu_vram_mb=found[0][1] if found else 0,
         runtimes=frozenset({"wasm"}),
     )
 
@@ -76,10 +80,10 @@ def detect(max_memory_mb: int | None = None, max_cores: int | None = None) -> Ha
 def metrics(hardware: Hardware) -> dict[str, Any]:
     """A heartbeat's live system metrics."""
     memory = psutil.virtual_memory()
-    gpus = _gpus() if hardware.gpu_model else []
+    found = gpus() if hardware.gpu_model else []
     return {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_percent": memory.percent,
         "free_ram_mb": min(hardware.ram_mb, memory.available >> 20),
-        "free_vram_mb": gpus[0][2] if gpus else 0,
+        "free_vram_mb": found[0][2] if found else 0,
     }

@@ -23,6 +23,8 @@ from archipelag.ids import HostId
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.placement.fleet import Fleet, Heartbeat
+from archipelag.placement.measured import Measurement, Measurements, Rules, claims_of
+from archipelag.placement.prober import Prober
 from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, reason
 from archipelag.settings import Settings
 
@@ -33,8 +35,8 @@ Identities = Callable[[HostId], HostIdentity | None]
 
 
 class PlacementActor:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, *,
-                 identities: Identities | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
+                 prober: Prober | None = None, *, identities: Identities | None = None) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -42,6 +44,8 @@ class PlacementActor:
         self._keys: dict[HostId, HostIdentity] = {}
         self._last_report_at: dict[HostId, float] = {}  # a report no later than this is a replay
         self._max_skew_s = settings.report_max_skew_s
+        self._prober = prober  # runs the join benchmark on a registering host's node (None: hosts stay unmeasured)
+        self._hardware = Measurements(Rules.from_settings(settings.benchmark))
         self._limit = settings.placement.max_candidates
         stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
@@ -57,8 +61,25 @@ class PlacementActor:
         self._check("register", snapshot.host_id, snapshot, proof)
         if snapshot.host_id in self._suspended:
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
+        snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
         log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
+        if ticket is not None and self._prober is not None:
+            self._prober.probe(snapshot.host_id, snapshot.node_id, claims_of(snapshot), ticket)
+
+    def measured(self, host_id: HostId, node_id: str, ticket: str, measurement: Measurement) -> None:
+        """The join benchmark's answer from the prober (its ticket proves it): cap what it contradicts, set the
+        speed term. An answer without the awaited ticket is ignored."""
+        verdict = self._hardware.measured(host_id, node_id, ticket, measurement)
+        if verdict is not None and host_id in self._fleet:
+            self._fleet.set_hardware(host_id, verdict)
+            if verdict.flags:
+                log.warning("host %s: claims capped by its join benchmark: %s", host_id, ", ".join(verdict.flags))
+
+    def measure_failed(self, host_id: HostId, node_id: str, ticket: str, why: str) -> None:
+        verdict = self._hardware.failed(host_id, node_id, ticket, why)
+        if verdict is not None and host_id in self._fleet:
+            self._fleet.set_hardware(host_id, verdict)
 
     def heartbeat(self, host_id: HostId, metrics: dict[str, Any], proof: Proof | None = None) -> bool:
         """Record a heartbeat; False for a host placement does not know (it should register again).

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.identity import Proof
 from archipelag.ids import HostId
-from archipelag.lifecycle import HostStatus
 from archipelag.ledger.records import HostIdentity
+from archipelag.lifecycle import HostStatus
 from archipelag.placement.actor import Identities, PlacementActor
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.settings import Settings
@@ -129,11 +129,14 @@ class PlacementClient:
         """Create the named, detached placement actor (or find the running one) and wait until it answers."""
         import ray
 
+        from archipelag.placement.prober import RayProber
+
+        prober = RayProber(settings.benchmark) if settings.benchmark.enabled else None
         handle = ray.remote(PlacementActor).options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, resources=resources or {}, max_restarts=-1,
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
-        ).remote(settings, identities=LedgerIdentities(settings.ray_namespace))
+        ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace))
         client = cls(_RayCalls(handle))
         client.ping()
         return client

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
+from archipelag.placement.measured import HardwareCheck, believed
 from archipelag.placement.regions import proximity
 from archipelag.placement.scoring import (
     STAGES,
@@ -178,6 +179,16 @@ class Fleet:
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._cols["status"][self._row(host_id)] = _STATUS_CODE[status]
+
+    def set_hardware(self, host_id: HostId, verdict: HardwareCheck) -> None:
+        """Believe the join benchmark's verdict on a host: its capped cores, RAM and GPU memory, and its speed.
+        Live counts stay as they are (a job handed to it meanwhile is still counted)."""
+        row = self._row(host_id)
+        c = self._cols
+        self._static[row] = believed(self._static[row], verdict)
+        c["cores"][row] = verdict.cpu_cores
+        c["speed"][row] = verdict.speed
+        self._set_live(row, Heartbeat(free_ram_mb=int(c["free_ram"][row]), free_vram_mb=int(c["free_vram"][row])))
 
     def set_karma(self, host_id: HostId, karma: float) -> None:
         row = self._row(host_id)

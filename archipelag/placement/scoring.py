@@ -20,6 +20,7 @@ from archipelag.placement.regions import proximity
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from archipelag.placement.measured import HardwareCheck
     from archipelag.settings import PlacementSettings
 
 
@@ -43,9 +44,10 @@ class HostSnapshot:
     karma: float  # derived trust score, 0..1
     accepts: tuple[str, ...]  # fnmatch patterns of workload slugs it takes; empty = all
     warm: frozenset[str]  # workload slugs whose image or model is cached
-    speed: float  # measured at join time, 0..1
+    speed: float  # 0..1, from the join benchmark (placement.measured); what a host reports is overwritten
     last_heartbeat_at: float  # epoch seconds, the coordinator's clock
     node_id: str  # Ray node id (hex)
+    hardware: HardwareCheck | None = None  # the claims, what the benchmark measured, what was capped and why
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Weights:
     load: float = 0.25
     fit: float = 0.15
     warm: float = 0.0
-    speed: float = 0.0
+    speed: float = 0.0  # the default Settings give it weight (PlacementSettings.weight_speed)
 
     @classmethod
     def from_settings(cls, settings: PlacementSettings) -> Weights:

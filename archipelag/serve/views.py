@@ -121,6 +121,8 @@ def host_view(snapshot: Any, karma_score: float) -> dict[str, Any]:
         "active_jobs": snapshot.active_jobs,
         "warm_workloads": sorted(snapshot.warm),
         "last_heartbeat_at": iso(last),
+        # the join benchmark: what the host claimed, what was measured, which claims were capped (flags)
+        "measured": snapshot.hardware.view() if snapshot.hardware is not None else None,
     }
 
 
