@@ -50,7 +50,7 @@ class LocalHost:
 
     def ask_to_leave(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # `host join` leaves cleanly on Ctrl-C
+            self.process.send_signal(signal.SIGTERM)  # `host join` leaves at once (Ctrl-C would drain first)
 
     def off_cluster(self, settings: Settings) -> bool:
         """Whether the host no longer needs the head: it has gone, or it has dropped its record (which it

@@ -7,17 +7,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from archipelag import identity
+from archipelag.actors.controls import AgentView, Command, Controller, share_of
 from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.catalog_signing import CatalogGuard
-from archipelag.errors import RuntimeUnavailable
+from archipelag.errors import NotFound, RuntimeUnavailable
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.metrics.trace import TRACE
@@ -79,7 +81,8 @@ class HostAgentActor:
         self._accepts = accepts
         self._guard = CatalogGuard.from_settings(settings)
         runtimes = build_runtimes(settings, host_id, hardware)
-        self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit)
+        self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
+                                share=share_of(hardware, accepts))
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
         self._key = identity.host_key(settings.state_dir, host_id)  # on this machine only; never sent anywhere
@@ -89,10 +92,10 @@ class HostAgentActor:
         self._heartbeat.start()
 
     def _snapshot(self) -> HostSnapshot:
-        live = metrics(self._hardware)
+        live = self._metrics()
         load = self._agent.load()
         return HostSnapshot(
-            host_id=self._host_id, name=self._name, region=self._region, status=HostStatus.ONLINE,
+            host_id=self._host_id, name=self._name, region=self._region, status=self._agent.state.status,
             runtimes=self._agent.runtimes, cpu_cores=self._hardware.cpu_cores, ram_mb=self._hardware.ram_mb,
             free_ram_mb=live["free_ram_mb"], gpu_model=self._hardware.gpu_model,
             vram_mb=self._hardware.gpu_vram_mb, free_vram_mb=live["free_vram_mb"], slots=load.slots,
@@ -106,8 +109,12 @@ class HostAgentActor:
         has = self._models.has if self._models is not None else (lambda _: False)
         return accepts_with_models(self._accepts, self._guard.catalog.manifests, has)
 
-    def _beat(self) -> None:
+    def _metrics(self) -> dict[str, Any]:
         live = metrics(self._hardware)
+        return {**live, "free_vram_mb": min(live["free_vram_mb"], self._hardware.gpu_vram_mb)}  # only what is lent
+
+    def _beat(self) -> None:
+        live = self._metrics()
         load = self._agent.load()
         warm = sorted(self._agent.warm(time.time()))
         report = {**live, "active_jobs": load.active_jobs, "warm": warm}
@@ -115,6 +122,21 @@ class HostAgentActor:
             known = self._placement.beat(self._host_id, report, self._sign("heartbeat", report))
         if not known:
             self._register()
+        elif (status := self._agent.state.status) != HostStatus.ONLINE:
+            self._placement.set_status(self._host_id, status)  # a host marked offline comes back paused, not online
+
+    def control(self, command: Command, by: Controller, reason: str) -> AgentView:
+        """Pause, resume or drain this host (its owner, the schedule, an admin)."""
+        return self._agent.control(Command(command), Controller(by), reason, time.time(), self._tell_placement)
+
+    def view(self) -> AgentView:
+        return self._agent.view()
+
+    def _tell_placement(self, status: HostStatus) -> None:
+        try:
+            self._placement.set_status(self._host_id, status)
+        except NotFound:  # placement restarted and has not heard from this host yet
+            self._register(replace(self._snapshot(), status=status))
 
     def _sign(self, purpose: str, report: Any) -> identity.Proof:
         return identity.sign(self._key, purpose, self._host_id, time.time(), report)

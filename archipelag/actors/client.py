@@ -13,13 +13,15 @@ from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
     RayActorError,
+    RayTaskError,
     TaskCancelledError,
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from archipelag.actors.agent_actor import HostAgentActor
+from archipelag.actors.controls import AgentView, Command, Controller
 from archipelag.actors.hardware import Hardware
-from archipelag.errors import HostLost, JobCancelled
+from archipelag.errors import ArchipelagError, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
 from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
@@ -105,6 +107,31 @@ class HostAgentClient:
         except (*_LOST, TimeoutError):
             return False
 
+    def control(self, command: Command, by: Controller, reason: str, timeout_s: float = 30) -> AgentView:
+        """Pause, resume or drain the host; its state after. The agent's refusal (Conflict) comes back as itself."""
+        return self._get(self._handle.control.remote(command, by, reason), timeout_s)
+
+    def view(self, timeout_s: float = 10) -> AgentView:
+        return self._get(self._handle.view.remote(), timeout_s)
+
+    async def control_async(self, command: Command, by: Controller, reason: str, timeout_s: float = 30) -> AgentView:
+        try:
+            view: AgentView = await asyncio.wait_for(self._handle.control.remote(command, by, reason), timeout_s)
+        except RayTaskError as exc:
+            raise _cause(exc, self.host_id) from None
+        except (*_LOST, TimeoutError) as exc:
+            raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}", host_id=self.host_id) from None
+        return view
+
+    def _get(self, ref: Any, timeout_s: float) -> AgentView:
+        try:
+            view: AgentView = ray.get(ref, timeout=timeout_s)
+        except RayTaskError as exc:
+            raise _cause(exc, self.host_id) from None
+        except (*_LOST, GetTimeoutError) as exc:
+            raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}", host_id=self.host_id) from None
+        return view
+
     def leave(self) -> None:
         try:
             ray.get(self._handle.leave.remote(), timeout=10)
@@ -113,3 +140,10 @@ class HostAgentClient:
 
     def kill(self) -> None:
         ray.kill(self._handle, no_restart=True)
+
+
+def _cause(exc: RayTaskError, host_id: HostId) -> ArchipelagError:
+    """The error the agent raised on purpose, or HostLost for anything else it raised."""
+    if isinstance(exc.cause, ArchipelagError):
+        return exc.cause
+    return HostLost(f"host {host_id} failed the request: {exc.cause!r}", host_id=host_id)

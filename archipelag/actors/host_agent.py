@@ -13,8 +13,19 @@ import threading
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
-from archipelag.errors import ArchipelagError, JobCancelled, WorkloadError
+from archipelag.actors.controls import (
+    ONLINE,
+    AgentView,
+    Command,
+    Controller,
+    ControlState,
+    ShareLimits,
+    declines,
+    next_state,
+)
+from archipelag.errors import ArchipelagError, HostBusy, JobCancelled, WorkloadError
 from archipelag.ids import HostId, JobId
+from archipelag.lifecycle import HostStatus
 from archipelag.metrics.trace import TRACE
 from archipelag.protocol import OUTPUT_TYPES, Event, error_event, is_final
 from archipelag.runtimes.base import CancelToken, JobSpec, Runtime
@@ -38,12 +49,17 @@ def admit_all(spec: JobSpec) -> JobSpec:
 
 class HostAgent:
     """``admit`` checks a job against the host's verified catalog before anything runs and returns
-    the spec to run (the signed entry's); it raises WorkloadRefused to refuse."""
+    the spec to run (the signed entry's); it raises WorkloadRefused to refuse. A paused or draining host, and
+    one whose owner does not lend what a job needs (``share``), turns the job away before it starts (the job
+    goes to the next host): placement filters the same, but a host does not rely on placement for its limits."""
 
     def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int,
-                 admit: Admission = admit_all) -> None:
+                 admit: Admission = admit_all, share: ShareLimits | None = None) -> None:
         self.host_id = host_id
         self._admit_spec = admit
+        self._share = share
+        self._state = ONLINE
+        self._control_lock = threading.Lock()
         self._runtimes = dict(runtimes)
         self._slots = slots
         self._tokens: dict[JobId, CancelToken] = {}
@@ -56,6 +72,31 @@ class HostAgent:
     def warm(self, now: float) -> frozenset[str]:
         """Workloads a runtime here can start without a build or load (e.g. a cached image)."""
         return frozenset().union(*(runtime.warm(now) for runtime in self._runtimes.values()))
+
+    @property
+    def state(self) -> ControlState:
+        return self._state
+
+    def control(self, command: Command, by: Controller, reason: str, now: float,
+                tell: Callable[[HostStatus], None]) -> AgentView:
+        """Pause, resume or drain: new jobs are turned away while paused or draining; running ones go on.
+        ``tell`` (placement) hears a change of status first: when it refuses (a suspended host), nothing changes."""
+        with self._control_lock:
+            new = next_state(self._state, command, by, reason, now)
+            if new.status != self._state.status:
+                tell(new.status)
+            self._state = new
+            return self.view()
+
+    def view(self) -> AgentView:
+        return AgentView(self._state, self.load().running)
+
+    def _turned_away(self, spec: JobSpec) -> str | None:
+        state = self._state
+        if state.status != HostStatus.ONLINE:
+            return f"host {self.host_id} takes no new jobs: {state.reason or state.status}"
+        why = declines(self._share, spec.workload) if self._share is not None else None
+        return None if why is None else f"host {self.host_id} declines the job: {why}"
 
     def load(self) -> HostLoad:
         with self._lock:
@@ -71,9 +112,13 @@ class HostAgent:
             seq += 1
             return event
 
+        away = self._turned_away(spec)
+        if away is not None:
+            yield numbered(error_event(away, HostBusy.code))
+            return
         token = self._admit(spec.job_id)
         if token is None:
-            yield numbered(error_event(f"host {self.host_id} is full ({self._slots} jobs running)", "host_busy"))
+            yield numbered(error_event(f"host {self.host_id} is full ({self._slots} jobs running)", HostBusy.code))
             return
         try:
             runtime = self._runtimes.get(spec.workload.runtime)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from archipelag.actors.controls import HostControls, lent
 from archipelag.actors.hardware import Hardware, detect
-from archipelag.errors import ConfigError, HostLost
+from archipelag.actors.schedule import Schedule
+from archipelag.errors import ArchipelagError, ConfigError, HostLost
 from archipelag.ids import HostId, new_host_id
 from archipelag.nodes import RayNodeProcess, host_resource, start_host_node
 from archipelag.settings import Settings
@@ -66,15 +68,41 @@ class JoinedHost:
     def settings(self) -> Settings:
         return self.request.settings
 
-    def stay(self, stop: threading.Event, poll_s: float = 0.5) -> None:
-        """Serve as a host until ``stop`` is set. A Ray node exits when its GCS is gone (the head was
-        killed or restarted); the host then rejoins the same coordinator, every ``REJOIN_INTERVAL_S``
-        until it is back, without anyone restarting it."""
+    def stay(self, stop: threading.Event, controls: HostControls | None = None,
+             leave_asked: threading.Event | None = None, poll_s: float = 0.5) -> None:
+        """Serve as a host until ``stop`` is set, or until ``controls`` say it has drained (or its leave's deadline
+        passed). ``leave_asked`` (Ctrl-C) starts a leave: a drain with the settings' deadline. A Ray node exits
+        when its GCS is gone (the head was killed or restarted); the host then rejoins the same coordinator,
+        every ``REJOIN_INTERVAL_S`` until it is back, without anyone restarting it, in the state it was in."""
+        leaving = False
         while not stop.wait(poll_s):
             if not self.node.alive():
                 log.warning("host %s: its Ray node exited (see %s); rejoining %s", self.host_id,
                             self.node.log_path, self.request.coordinator)
                 self._rejoin(stop)
+                if controls is not None:
+                    controls.restore()
+                continue
+            if controls is None:
+                continue
+            if leave_asked is not None and leave_asked.is_set() and not leaving:
+                leaving = True
+                try:
+                    controls.leave(self.settings.drain_timeout_s)
+                except ArchipelagError as exc:  # it leaves anyway; placement hears it at the end
+                    log.warning("host %s: could not start draining: %s", self.host_id, exc.message)
+                    return
+            if controls.tick():
+                return
+
+    def controls(self, schedule: Schedule | None) -> HostControls:
+        """The owner's controls of this host (served on its control socket by `host join`)."""
+        hw = self.hardware
+        limits = {"cpu_cores": hw.cpu_cores, "ram_mb": hw.ram_mb, "gpu_model": hw.gpu_model,
+                  "gpu_memory_mb": hw.gpu_vram_mb, "accepts": list(self.request.accepts) or ["*"]}
+        info = {"name": self.request.name, "region": self.request.region, "coordinator": self.request.coordinator,
+                "limits": limits}
+        return HostControls(self.host_id, lambda: self.agent, info, self.settings.drain_timeout_s, schedule)
 
     def _rejoin(self, stop: threading.Event) -> None:
         import ray
@@ -175,7 +203,8 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
 
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
-         host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120) -> JoinedHost:
+         host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
+         max_gpu_memory_mb: int | None = None, no_gpu: bool = False) -> JoinedHost:
     env = settings.ray_env()
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
     if token_path and not Path(token_path).exists():
@@ -184,7 +213,7 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     os.environ.update(env)  # before Ray is imported: it reads its auth settings at import
 
     hid = HostId(host_id) if host_id else new_host_id()
-    request = JoinRequest(settings, coordinator, hid, region, name or hid, detect(max_memory_mb, max_cores),
-                          accepts, node_ip, timeout_s)
+    hardware = lent(detect(max_memory_mb, max_cores), max_gpu_memory_mb, no_gpu)
+    request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s)
     node, agent = _connect(request)
     return JoinedHost(request, node, agent)

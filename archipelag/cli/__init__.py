@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import catalog, chat, jobs, people
+from archipelag.cli import catalog, chat, host_controls, jobs, people
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -102,33 +102,73 @@ def host_join(
     accept: Annotated[str, typer.Option(help="Comma-separated workload patterns to accept (default all).")] = "",
     max_memory_mb: Annotated[int | None, typer.Option(help="Lend at most this much RAM.")] = None,
     max_cores: Annotated[int | None, typer.Option(help="Lend at most this many cores.")] = None,
+    max_gpu_memory_mb: Annotated[int | None, typer.Option(help="Lend at most this much GPU memory.", min=0)]
+        = None,
+    no_gpu: Annotated[bool, typer.Option("--no-gpu", help="Lend no GPU (CPU jobs only).")] = False,
+    schedule: Annotated[str | None, typer.Option(
+        help="Local hours the host takes work, e.g. 22:00-07:00 or 08:00-12:00,13:00-17:00; paused outside.")]
+        = None,
     host_id: Annotated[str | None, typer.Option(help="Keep a stable host id across joins.")] = None,
     node_ip: Annotated[str | None, typer.Option(help="This machine's address as the coordinator sees it.")]
         = None,
 ) -> None:
-    """Join a network as a host; stays in the foreground until Ctrl-C, then leaves cleanly. When the
-    coordinator goes away it keeps trying to join it again."""
+    """Join a network as a host; stays in the foreground. Ctrl-C (or `archipelag host leave`) drains: no new
+    jobs, running ones finish (up to ARCHIPELAG_DRAIN_TIMEOUT_S), then it leaves; a second Ctrl-C (or SIGTERM)
+    leaves at once. `archipelag host pause|resume|drain|status` control it meanwhile. When the coordinator goes
+    away it keeps trying to join it again."""
+    from archipelag.actors.control_socket import ControlServer, socket_path
     from archipelag.actors.join import join
+    from archipelag.actors.schedule import parse_schedule
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
     accepts = tuple(p.strip() for p in accept.split(",") if p.strip())
     _stop_cleanly_on_sigterm()
     try:
-        joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip)
+        hours = parse_schedule(schedule) if schedule is not None else None
+        joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip,
+                      max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu)
     except ArchipelagError as exc:
         _fail(exc.message)
         return
     hw = joined.hardware
     runtimes = joined.agent.capabilities()["runtimes"]
-    typer.echo(f"host {joined.host_id} joined {coordinator} in {region}: {hw.cpu_cores} cores, {hw.ram_mb} MB RAM, "
-               f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(runtimes)}. Ctrl-C leaves.")
-    sys.stdout.flush()
+    controls = joined.controls(hours)
+    server = ControlServer(socket_path(settings, joined.host_id), controls.handle)
     try:
-        joined.stay(_stop_on_signal())
+        server.start()
+    except ArchipelagError as exc:
+        joined.leave()
+        _fail(exc.message)
+    typer.echo(f"host {joined.host_id} joined {coordinator} in {region}: {hw.cpu_cores} cores, {hw.ram_mb} MB RAM, "
+               f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(runtimes)}"
+               + (f", schedule {hours}" if hours else "") + ". Ctrl-C drains and leaves; twice leaves at once.")
+    sys.stdout.flush()
+    leave_now, leave_asked = _leave_on_signals(settings.drain_timeout_s)
+    try:
+        joined.stay(leave_now, controls, leave_asked)
     finally:
+        server.close()
         joined.leave()
         typer.echo(f"host {joined.host_id} left.")
+
+
+def _leave_on_signals(drain_timeout_s: float) -> tuple[threading.Event, threading.Event]:
+    """(leave now, leave asked): the first Ctrl-C asks to leave (a drain), the second leaves now; SIGTERM (a
+    service manager, `archipelag up` stopping its hosts) leaves now."""
+    leave_now, leave_asked = threading.Event(), threading.Event()
+
+    def on_interrupt(*_: object) -> None:
+        if leave_asked.is_set():
+            leave_now.set()
+            return
+        leave_asked.set()
+        typer.echo(f"draining: no new jobs; running ones have {drain_timeout_s:.0f} s to finish. "
+                   "Ctrl-C again leaves now (they move to other hosts).")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, lambda *_: leave_now.set())
+    return leave_now, leave_asked
 
 
 @db_app.command("migrate")
@@ -159,6 +199,7 @@ def config_show() -> None:
     typer.echo(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
 
 
+host_controls.register(host_app)
 jobs.register(app)
 catalog.register(app)
 chat.register(app)

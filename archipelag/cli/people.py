@@ -193,6 +193,37 @@ def admin_reinstate_host(host_id: str, url: UrlOption = DEFAULT_URL, api_key: Ke
     typer.echo(f"host {host_id} reinstated.")
 
 
+def _control_host(host_id: str, action: str, reason: str | None, url: str, api_key: str | None) -> None:
+    body = {"reason": reason} if reason else None
+    host = _call(url, "POST", f"/api/v1/admin/hosts/{host_id}/{action}", api_key, json=body)
+    control = host["control"]
+    why = f" ({control['reason']})" if control.get("reason") else ""
+    typer.echo(f"host {host_id}: {control['status']}{why}; {len(host['running_jobs'])} jobs running.")
+
+
+ReasonOption = Annotated[str | None, typer.Option(help="Why (the host's owner sees it in `host status`).")]
+
+
+@admin_app.command("pause-host")
+def admin_pause_host(host_id: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL,
+                     api_key: KeyOption = None) -> None:
+    """Pause a host: no new jobs; its running ones continue."""
+    _control_host(host_id, "pause", reason, url, api_key)
+
+
+@admin_app.command("resume-host")
+def admin_resume_host(host_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Let a paused host take jobs again."""
+    _control_host(host_id, "resume", None, url, api_key)
+
+
+@admin_app.command("drain-host")
+def admin_drain_host(host_id: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL,
+                     api_key: KeyOption = None) -> None:
+    """Drain a host: no new jobs, its running ones finish, then it leaves the network."""
+    _control_host(host_id, "drain", reason, url, api_key)
+
+
 @admin_app.command("invite")
 def admin_invite(email: Annotated[str | None, typer.Option(help="Only this address may use it.")] = None,
                  url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:

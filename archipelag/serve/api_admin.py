@@ -1,5 +1,5 @@
 """Admin API: accounts (list, search, grant credits, suspend, reinstate, make admin), hosts (suspend,
-reinstate), invitations, and network statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
+reinstate; pause, resume, drain — see ``may_control``), invitations, and network statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
 to change). A suspension takes effect at once: the account's keys and sessions are refused on every replica.
 """
 
@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from archipelag.accounts.revocations import Notice
+from archipelag.actors.controls import Command, Controller
 from archipelag.catalog import MICRO
-from archipelag.errors import Conflict
+from archipelag.errors import Conflict, Forbidden, HostLost, NotFound
 from archipelag.ids import HostId
 from archipelag.serve.api_accounts import person_view
 from archipelag.serve.api_jobs import Svc
@@ -25,6 +26,7 @@ router = APIRouter(prefix="/api/v1/admin")
 
 AdminReader = Annotated[Caller, Depends(require("read", admin=True))]
 AdminWriter = Annotated[Caller, Depends(require("write", admin=True))]
+Writer = Annotated[Caller, Depends(require("write"))]
 AccountPath = Annotated[int, Path(ge=1, le=2**62)]
 HostPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 MAX_GRANT_CREDITS = 1_000_000_000  # one grant; more is a typo
@@ -41,6 +43,12 @@ class Suspension(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=500)
+
+
+class HostNote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, min_length=1, max_length=500)
 
 
 class InviteCreate(BaseModel):
@@ -124,6 +132,48 @@ async def suspend_host(host_id: HostPath, body: Suspension, caller: AdminWriter,
 async def reinstate_host(host_id: HostPath, _: AdminWriter, svc: Svc) -> Response:
     await svc.placement.reinstate_async(HostId(host_id))
     return data(await _host(host_id, svc))
+
+
+def may_control(caller: Caller, host_id: HostId) -> bool:
+    """Whether ``caller`` may pause, resume or drain ``host_id``: today an admin. The one place to add "or the
+    host's owner" once hosts belong to accounts."""
+    del host_id  # not needed until ownership
+    return caller.is_admin
+
+
+async def _control(host_id: str, command: Command, caller: Caller, note: HostNote | None, svc: Services) -> Response:
+    from archipelag.actors.client import HostAgentClient  # Ray, only for the routes that reach a host
+
+    hid = HostId(host_id)
+    if not may_control(caller, hid):
+        raise Forbidden(f"only an admin may {command} host {host_id}")
+    who = f"admin account {caller.account_id}" if caller.is_admin else f"account {caller.account_id}"
+    done = {Command.PAUSE: "paused", Command.DRAIN: "draining: leaves when its running jobs finish"}.get(command)
+    reason = "" if done is None else f"{done} by {who}" + (f": {note.reason}" if note and note.reason else "")
+    try:
+        agent = HostAgentClient.connect(svc.settings, hid)
+        view = await agent.control_async(command, Controller.ADMIN, reason)
+    except HostLost:
+        raise NotFound(f"host {host_id} is not joined (no running agent answers)", host_id=host_id) from None
+    return data({**await _host(host_id, svc), "control": view.state.as_dict(), "running_jobs": list(view.running)})
+
+
+@router.post("/hosts/{host_id}/pause")
+async def pause_host(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
+    """The host takes no new jobs; its running ones continue (until resumed)."""
+    return await _control(host_id, Command.PAUSE, caller, body, svc)
+
+
+@router.post("/hosts/{host_id}/resume")
+async def resume_host(host_id: HostPath, caller: Writer, svc: Svc) -> Response:
+    """A paused host takes jobs again (a host outside its owner's schedule is paused again by it)."""
+    return await _control(host_id, Command.RESUME, caller, None, svc)
+
+
+@router.post("/hosts/{host_id}/drain")
+async def drain_host(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
+    """The host takes no new jobs, lets its running ones finish, then leaves the network."""
+    return await _control(host_id, Command.DRAIN, caller, body, svc)
 
 
 async def _host(host_id: str, svc: Services) -> dict[str, object]:
