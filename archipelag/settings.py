@@ -98,7 +98,7 @@ class BenchmarkSettings(BaseModel):
     memory_probe_mb: int = Field(default=128, ge=0)  # allocate and touch the claimed RAM up to this
     gpu_s: float = Field(default=0.3, gt=0)  # fp16 matmul, when torch with CUDA is there
     timeout_s: float = Field(default=60.0, gt=0)  # no answer by then: the host is flagged benchmark_failed
-    core_tolerance: float = Field(default=1.5, ge=1.0)  # claimed cores above ⌈measured speedup × this⌉ are capped
+    core_tolerance: float = Field(default=1.5, ge=1.0)  # claimed cores above ⌈cores observed × this⌉ are capped
     # What a speed of 1.0 means: a recent desktop core with SHA extensions, eight of them, a data-centre GPU.
     reference_cpu_single_mb_s: float = Field(default=2000.0, gt=0)
     reference_cpu_all_mb_s: float = Field(default=16000.0, gt=0)
@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
     queue_max_jobs: int = 1000  # jobs waiting at once; past it a new job gets 503 with Retry-After
     priority_aging_s: float = Field(default=1.0, gt=0)  # a queued job gains a point of priority per this wait
+    batch_max_inputs: int = Field(default=1000, gt=0)  # inputs one POST /api/v1/jobs/batch may fan out
+    # The share of the queue's places a batch's children may hold at once: the rest stays free for single jobs.
+    batch_queue_share: float = Field(default=0.5, gt=0, le=1)
     lease_s: float = 3.0  # a running job's host silent this long has lost it (it runs again elsewhere)
     keepalive_s: float = 1.0  # a host sends an empty batch this often while a job is quiet (keeps its lease)
     # `host leave` and Ctrl-C on `host join`: running jobs get this long to finish before the host leaves

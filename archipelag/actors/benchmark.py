@@ -114,13 +114,14 @@ def run(claims: Claims, settings: BenchmarkSettings) -> Measurement:
     """Measure this machine against what its host claims."""
     started = time.perf_counter()
     threads = max(1, min(claims.cpu_cores, settings.max_threads))
-    single, _ = hash_rate(1, settings.cpu_single_s)
+    single, single_share = hash_rate(1, settings.cpu_single_s)
     together, parallelism = hash_rate(threads, settings.cpu_all_s)
     verified_mb, memory_mb_s = memory_probe(min(claims.ram_mb, settings.memory_probe_mb))
     found = gpus()
     tflops = gpu_tflops(settings.gpu_s) if found else None
     return Measurement(
-        threads=threads, cpu_single_mb_s=single, cpu_all_mb_s=together, cpu_parallelism=parallelism,
+        threads=threads, cpu_single_mb_s=single, cpu_all_mb_s=together, cpu_single_share=single_share,
+        cpu_parallelism=parallelism,
         memory_probe_mb=min(claims.ram_mb, settings.memory_probe_mb), memory_verified_mb=verified_mb,
         memory_mb_s=memory_mb_s, node_ram_mb=psutil.virtual_memory().total >> 20,
         gpu_model=found[0][0] if found else None, gpu_vram_mb=found[0][1] if found else 0, gpu_tflops=tflops,
