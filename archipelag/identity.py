@@ -160,3 +160,27 @@ def unseal(key: SigningKey, sealed: str) -> dict[str, Any]:
         raise HostRefused("the coordinator's answer was not sealed to this host's key") from None
     payload: dict[str, Any] = json.loads(opened)
     return payload
+
+
+def machine_key_path(state_dir: Path) -> Path:
+    """The key `host join --coordinator https://…` makes once for this machine; its id is derived from it."""
+    return state_dir / "host.key"
+
+
+def named_key_path(state_dir: Path, host_id: str) -> Path:
+    """The key of a host whose id its owner chose (the local hosts of `archipelag up`)."""
+    return state_dir / "keys" / f"{host_id}.key"
+
+
+def host_key(state_dir: Path, host_id: str) -> SigningKey:
+    """The key ``host_id`` signs with on this machine: its named key, else the machine key if the id is its."""
+    named = named_key_path(state_dir, host_id)
+    if named.exists():
+        return load_or_create_key(named)
+    machine = machine_key_path(state_dir)
+    if machine.exists():
+        key = load_or_create_key(machine)
+        if host_id_for(public_hex(key)) == host_id:
+            return key
+    raise ConfigError(f"no key for host {host_id} in {state_dir}: a host enrols first "
+                      "(`archipelag host join --coordinator https://API`)")

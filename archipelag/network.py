@@ -1,7 +1,9 @@
 """Network: the embedded network `archipelag up` runs — a coordinator and N local hosts.
 
 Each local host is a real `archipelag host join` process (the same path a remote machine takes),
-with its own Ray node, region, resources and labels.
+with its own Ray node, region, resources and labels, and its own key: it is enrolled, owned by the network's
+own account, before it starts (the step an owner's approval of a pairing code takes), so placement checks its
+signed reports as it checks any host's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from archipelag import identity
 from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, ensure_local_account, start_coordinator
 from archipelag.errors import ConfigError
@@ -88,20 +91,29 @@ class EmbeddedNetwork:
     settings: Settings
     coordinator: Coordinator
     api_key: str
+    owner_account_id: int = 0  # the network's own account: it owns the local hosts
     hosts: list[LocalHost] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
-    def add_host(self, region: str, host_id: str, name: str | None = None) -> LocalHost:
+    def enrol(self, host_id: str, region: str, name: str | None = None) -> None:
+        """Give the host its key (once, in the state dir) and enrol it under the network's own account."""
+        key = identity.load_or_create_key(identity.named_key_path(self.settings.state_dir, host_id))
+        self.coordinator.ledger.enrol_host(host_id, identity.public_hex(key), self.owner_account_id,
+                                           name or host_id, region)
+
+    def add_host(self, region: str, host_id: str, name: str | None = None, args: tuple[str, ...] = ()) -> LocalHost:
+        """Start a local `host join`; ``args`` are more of its options (e.g. ``("--schedule", "22:00-07:00")``)."""
+        self.enrol(host_id, region, name)
         log_dir = (self.settings.state_dir / "logs").resolve()
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"join-{host_id}.log"
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", self.coordinator.address,
-                 "--region", region, "--name", name or host_id, "--host-id", host_id, "--node-ip", "127.0.0.1"],
+                 "--region", region, "--name", name or host_id, "--host-id", host_id, "--node-ip", "127.0.0.1", *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, **self.settings.to_env()},
                 preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
@@ -194,6 +206,7 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
     network = EmbeddedNetwork(settings, coordinator, api_key="")
     try:
         network.api_key = ensure_local_account(settings, coordinator.ledger)
+        network.owner_account_id = coordinator.ledger.authenticate(network.api_key)[0].id
         ids = [f"island-{i + 1}" for i in range(hosts)]
         for index, host_id in enumerate(ids):
             network.wait_node(network.add_host(regions[index % len(regions)], host_id))

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from archipelag import identity
 from archipelag.actors.controls import HostControls, lent
 from archipelag.actors.hardware import Hardware, detect
+from archipelag.actors.pairing import is_api_url, pair
 from archipelag.actors.schedule import Schedule
 from archipelag.errors import ArchipelagError, ConfigError, HostLost
 from archipelag.ids import HostId, new_host_id
@@ -205,6 +207,9 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
          max_gpu_memory_mb: int | None = None, no_gpu: bool = False) -> JoinedHost:
+    if is_api_url(coordinator):  # enrol through the API first: its answer says where and how to join
+        enrolled = pair(settings, coordinator, name, region, detect(max_memory_mb, max_cores).as_capabilities())
+        settings, coordinator, host_id = enrolled.settings, enrolled.ray_address, enrolled.host_id
     env = settings.ray_env()
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
     if token_path and not Path(token_path).exists():
@@ -213,6 +218,7 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     os.environ.update(env)  # before Ray is imported: it reads its auth settings at import
 
     hid = HostId(host_id) if host_id else new_host_id()
+    identity.host_key(settings.state_dir, hid)  # an enrolled host has its key here; placement refuses others
     hardware = lent(detect(max_memory_mb, max_cores), max_gpu_memory_mb, no_gpu)
     request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s)
     node, agent = _connect(request)

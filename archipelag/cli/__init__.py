@@ -96,7 +96,9 @@ Ctrl-C stops everything this command started.""", err=False)
 
 @host_app.command("join")
 def host_join(
-    coordinator: Annotated[str, typer.Option(help="The coordinator's Ray address, HOST:PORT.")],
+    coordinator: Annotated[str, typer.Option(help=(
+        "The network's API, https://… (this machine enrols with a pairing code its owner approves), or the Ray "
+        "address HOST:PORT of a coordinator this host is already enrolled with (archipelag up's own hosts)."))],
     region: Annotated[str, typer.Option(help="Where this machine is, e.g. eu-west.")],
     name: Annotated[str | None, typer.Option(help="A display name.")] = None,
     accept: Annotated[str, typer.Option(help="Comma-separated workload patterns to accept (default all).")] = "",

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Response
 from archipelag import __version__
 from archipelag.metrics.trace import Arrivals
 from archipelag.nodes import COORDINATOR_RESOURCE
-from archipelag.serve import api_accounts, api_admin, api_jobs, api_openai, api_resources
+from archipelag.serve import api_accounts, api_admin, api_hosts, api_jobs, api_openai, api_resources
 from archipelag.serve.api_metrics import install_metrics
 from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.listener import Listener, listen
@@ -40,6 +40,7 @@ def build_api(services: Services) -> FastAPI:
     app.include_router(api_resources.router)
     app.include_router(api_accounts.router)
     app.include_router(api_admin.router)
+    app.include_router(api_hosts.router)
     app.include_router(api_openai.router)
     install_web(app)
     return app

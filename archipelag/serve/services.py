@@ -31,6 +31,9 @@ class Services:
     credentials: CredentialCache = field(default_factory=CredentialCache)
     limiter: RateLimiter = field(init=False)  # per account
     auth_failures: RateLimiter = field(init=False)  # per client address
+    enrolments: RateLimiter = field(init=False)  # pairing requests, per client address (they carry no key)
+    polls: RateLimiter = field(init=False)  # waiting hosts' polls, per client address
+    pairing_failures: RateLimiter = field(init=False)  # wrong pairing codes, per account
     mailer: Mailer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +43,9 @@ class Services:
         # connections reaches at most ``ingress_replicas`` times a limit (no shared counter: a hop per request).
         self.limiter = RateLimiter(self.settings.rate_limit_per_min)
         self.auth_failures = RateLimiter(self.settings.auth_failures_per_min, "failed authentications")
+        self.enrolments = RateLimiter(self.settings.enrolments_per_min, "pairing requests")
+        self.polls = RateLimiter(self.settings.enrolments_per_min * 6, "enrolment polls")
+        self.pairing_failures = RateLimiter(self.settings.pairing_failures_per_min, "wrong pairing codes")
         self.mailer = Mailer(self.settings)
 
     @classmethod

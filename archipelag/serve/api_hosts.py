@@ -1,0 +1,172 @@
+"""Hosts API: enrolment (a machine asks with its key and gets a pairing code; its owner approves the code),
+revocation, and the hosts an account owns.
+
+The two routes a machine calls before it belongs to anyone take no key: they are limited per client address
+(``enrolments_per_min``) and their bodies are small and validated. A poll must be signed with the enrolling key,
+and what an approved host receives (the Ray address and its join credential) is sealed to that key: only the
+machine holding it can read it. Approving a code needs an account; wrong codes are limited per account
+(``pairing_failures_per_min``), so 6 characters (25⁶ ≈ 2.4·10⁸ codes, 10 minutes each) cannot be guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from archipelag import identity
+from archipelag.errors import HostLost, HostRefused, NotFound
+from archipelag.ids import HostId
+from archipelag.ledger.records import Host, HostIdentity
+from archipelag.serve.api_jobs import Reader, Svc, Writer
+from archipelag.serve.auth import client_address
+from archipelag.serve.responses import data, page
+from archipelag.serve.services import Services
+from archipelag.serve.views import iso
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1")
+
+
+PublicKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")]
+HostPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Claim = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=200)] | None
+
+
+class EnrolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: PublicKey
+    name: str = Field(min_length=1, max_length=200)
+    region: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+    hardware: dict[Annotated[str, Field(max_length=64)], Claim] = Field(default_factory=dict, max_length=32)
+
+
+class Poll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: PublicKey
+    at: float = Field(allow_inf_nan=False, description="the host's clock, Unix seconds")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=6, max_length=16, pattern=r"^[A-Za-z0-9 -]+$")
+
+
+class Revocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="revoked by its owner", min_length=1, max_length=500)
+
+
+def owned_view(host: Host) -> dict[str, Any]:
+    return {"id": host.id, "name": host.name, "region": host.region, "status": str(host.status),
+            "owner_account_id": str(host.owner_account_id) if host.owner_account_id is not None else None,
+            "karma_score": host.karma_score, "active_jobs": host.active_jobs, "created_at": iso(host.created_at),
+            "revoked": host.revoked_at is not None, "revoked_at": iso(host.revoked_at)}
+
+
+def poll_report(public_key: str) -> dict[str, str]:
+    """What a host signs to ask for its enrolment (``identity.sign(key, "poll", host_id_for(key), at, …)``)."""
+    return {"public_key": public_key}
+
+
+def join_credentials(settings: Settings) -> dict[str, Any]:
+    """What an approved host needs to join this network's Ray cluster; sealed to its key before it leaves."""
+    token_path = settings.ray_env().get("RAY_AUTH_TOKEN_PATH")
+    return {
+        "ray_address": settings.public_ray_address or settings.ray_address or f"127.0.0.1:{settings.ray_head_port}",
+        "ray_auth": settings.ray_auth,
+        "ray_token": pathlib.Path(token_path).read_text().strip() if token_path else None,
+        "ray_namespace": settings.ray_namespace,
+        "trusted_catalog_keys": list(settings.trusted_catalog_keys),
+    }
+
+
+@router.post("/hosts/enrol", status_code=201)
+async def enrol(body: EnrolRequest, request: Request, svc: Svc) -> Response:
+    """A machine asks to join: it gets a pairing code for its owner to approve (no key needed)."""
+    svc.enrolments.check(client_address(request))
+    code, expires_at = await svc.ledger.request_pairing(body.public_key, body.name, body.region, body.hardware,
+                                                        svc.settings.pairing_ttl_s)
+    return data({"pairing_code": code, "host_id": identity.host_id_for(body.public_key),
+                 "expires_at": iso(expires_at)}, status_code=201)
+
+
+@router.post("/hosts/enrol/poll")
+async def poll(body: Poll, request: Request, svc: Svc) -> Response:
+    """A waiting machine asks, signed with its key, whether its owner approved it: 202 while waiting, 200 with
+    its host id and its credentials sealed to its key once approved, 403 once revoked, 404 with no request."""
+    svc.polls.check(client_address(request))
+    host_id = identity.host_id_for(body.public_key)
+    proof = identity.Proof(host_id, body.at, identity.digest(poll_report(body.public_key)),
+                           bytes.fromhex(body.signature))
+    identity.check(proof, "poll", body.public_key, poll_report(body.public_key), time.time(),
+                   svc.settings.report_max_skew_s, None)
+    status = await svc.ledger.enrolment_status(body.public_key)
+    if status is None:
+        raise NotFound("no enrolment for this key: ask for a pairing code (POST /api/v1/hosts/enrol)")
+    if not isinstance(status, HostIdentity):
+        return data({"status": "pending", "expires_at": iso(status.expires_at)}, status_code=202)
+    if status.revoked:
+        raise HostRefused(f"host {status.host_id} was revoked; it cannot join again with this key")
+    sealed = identity.seal(body.public_key, join_credentials(svc.settings))
+    return data({"status": "approved", "host_id": status.host_id, "credentials": sealed})
+
+
+@router.post("/hosts/approve")
+async def approve(body: Approval, caller: Writer, svc: Svc) -> Response:
+    """The owner approves the code their machine shows: the host is theirs, and may join."""
+    try:
+        host = await svc.ledger.approve_pairing(caller.account_id, body.code)
+    except NotFound:
+        svc.pairing_failures.check(caller.account_id)
+        raise
+    log.info("host %s enrolled by account %s", host.id, caller.account_id)
+    return data(owned_view(host))
+
+
+@router.post("/hosts/{host_id}/revoke")
+async def revoke(host_id: HostPath, caller: Writer, svc: Svc, body: Revocation | None = None) -> Response:
+    """Cut a host off (its owner, or an admin): out of placement at once, refused from then on; its running jobs
+    move to other hosts."""
+    reason = (body or Revocation()).reason
+    host = await svc.ledger.revoke_host(host_id, caller.account_id, caller.is_admin,
+                                        f"{reason} (account {caller.account_id})")
+    await svc.placement.forget_async(HostId(host_id))
+    await asyncio.to_thread(_stop_agent, svc, HostId(host_id))
+    return data(owned_view(host))
+
+
+def _stop_agent(svc: Services, host_id: HostId) -> None:
+    """Its agent goes: the dispatcher sees the host lost and runs its jobs elsewhere (the failover path)."""
+    import ray
+
+    from archipelag.actors.client import HostAgentClient
+
+    if not ray.is_initialized():  # an API without a cluster (tests) has no agents to stop
+        return
+    try:
+        HostAgentClient.connect(svc.settings, host_id).kill()
+    except HostLost:
+        pass  # not running now
+    except Exception:  # placement already refuses it; a kill that fails leaves its jobs to their leases
+        log.warning("the agent of revoked host %s was not stopped", host_id, exc_info=True)
+
+
+@router.get("/account/hosts")
+async def my_hosts(caller: Reader, svc: Svc) -> Response:
+    """The hosts the caller's account owns (revoked ones too)."""
+    hosts = [owned_view(h) for h in await svc.ledger.owned_hosts(caller.account_id)]
+    return page(hosts, len(hosts), len(hosts), 0)
+
