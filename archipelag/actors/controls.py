@@ -269,4 +269,3 @@ def parse_request(request: Mapping[str, Any]) -> tuple[Command, float | None]:
 
 def _local(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s).strftime("%H:%M:%S")
-

@@ -2,7 +2,8 @@
 
 ``HostAgent`` holds the logic and imports no Ray; ``HostAgentActor`` (in actor.py) is the thin
 Ray shell pinned to the host's node. Every event leaving the agent carries ``seq``; every job
-ends with exactly one final ``done`` or ``error`` event, whatever the workload did.
+ends with exactly one final ``done`` or ``error`` event, whatever the workload did — except a job the host
+stops because it is leaving: its stream ends without one, which tells the coordinator to run it on another host.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class HostAgent:
         self._share = share
         self._state = ONLINE
         self._control_lock = threading.Lock()
+        self._leaving = False
         self._runtimes = dict(runtimes)
         self._slots = slots
         self._tokens: dict[JobId, CancelToken] = {}
@@ -146,9 +148,11 @@ class HostAgent:
                 close = getattr(events, "close", None)
                 if close is not None:
                     close()  # a consumer that walked away stops the sandbox too
-            if not ended:
+            if not ended and not self._leaving:
                 yield numbered(error_event("workload ended without a done or error event", "protocol_violation"))
         except JobCancelled as exc:
+            if self._leaving:
+                return  # no final event: the job is not over, it moves to another host
             yield numbered(error_event(token.reason or exc.message, JobCancelled.code))
         except ArchipelagError as exc:
             yield numbered(error_event(exc.message, exc.code))
@@ -224,7 +228,9 @@ class HostAgent:
             token.cancel(reason)
 
     def close(self, reason: str = "the host is leaving the network") -> None:
-        """Cancel what runs and release every runtime."""
+        """Stop what runs and release every runtime. The stopped jobs end without a final event, so each runs
+        again on another host rather than ending cancelled for its user."""
+        self._leaving = True
         self.cancel_all(reason)
         for runtime in self._runtimes.values():
             runtime.close()

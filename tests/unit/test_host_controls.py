@@ -280,3 +280,12 @@ def test_status_says_where_the_host_stands() -> None:
     status = controls.handle({"command": "status"})
     assert status["host_id"] == "h1" and status["coordinator"] == "10.0.0.1:6380"
     assert status["schedule"] == "22:00-07:00" and status["running_jobs"] == []
+
+
+def test_a_job_stopped_because_its_host_leaves_ends_without_a_final_event_so_it_runs_elsewhere() -> None:
+    agent = HostAgent(HostId("h1"), {"wasm": ScriptedRuntime([{"type": "token", "content": "a"}], block=True)}, 2)
+    events = agent.run(a_spec("j1"))
+    assert next(events)["type"] == "status" and next(events)["type"] == "token"
+    agent.close()
+    assert list(events) == []  # no `cancelled` for its user: the coordinator runs it again on another host
+    assert agent.view().running == ()
