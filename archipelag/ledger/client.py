@@ -22,6 +22,7 @@ from archipelag.ledger.records import (
     HostIdentity,
     Invite,
     Job,
+    JobBatch,
     KarmaEvent,
     Pairing,
     Session,
@@ -207,6 +208,23 @@ class LedgerClient:
     async def list_jobs(self, account_id: int, limit: int, offset: int) -> tuple[list[Job], int]:
         jobs, total = await self._calls.call("list_jobs", account_id, limit, offset)
         return list(jobs), int(total)
+
+    async def create_batch(self, account_id: int, workload_slug: str, inputs: list[dict[str, Any]],
+                           reserves_micro: list[int], region: str | None, priority: int, *, merge_strategy: str,
+                           fail_mode: str, max_parallelism: int | None, bid_price_micro: int | None) -> JobBatch:
+        """The batch, every child's maximum price reserved; PaymentRequired (402) for the whole when short."""
+        batch: JobBatch = await self._calls.call(
+            "create_batch", account_id, workload_slug, inputs, reserves_micro, region, priority,
+            merge_strategy=merge_strategy, fail_mode=fail_mode, max_parallelism=max_parallelism,
+            bid_price_micro=bid_price_micro)
+        return batch
+
+    async def get_batch(self, parent_id: str, account_id: int | None = None) -> JobBatch:
+        batch: JobBatch = await self._calls.call("get_batch", parent_id, account_id)
+        return batch
+
+    async def cancel_waiting_children(self, parent_id: str, child_ids: list[str], reason: str) -> list[JobId]:
+        return list(await self._calls.call("cancel_waiting_children", parent_id, child_ids, reason))
 
     async def unfinished_jobs(self) -> list[Job]:
         return list(await self._calls.call("unfinished_jobs"))

@@ -163,9 +163,23 @@ def _v3_host_identity(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[tables.PairingRow.__table__])  # type: ignore[attr-defined]
 
 
+def _v4_batches(connection: Connection) -> None:
+    """Batch jobs: a child names its parent and its index, a parent its number of children; a batch's settings
+    have a table of their own."""
+    have = {column["name"] for column in inspect(connection).get_columns(tables.JobRow.__tablename__)}
+    added = {"parent_id": "VARCHAR(36)", "batch_index": "INTEGER", "batch_size": "INTEGER"}
+    for name, sql_type in added.items():
+        if name not in have:
+            connection.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+    indexes = {index["name"] for index in inspect(connection).get_indexes(tables.JobRow.__tablename__)}
+    if "ix_jobs_parent_id" not in indexes:
+        connection.exec_driver_sql("CREATE INDEX ix_jobs_parent_id ON jobs (parent_id)")
+    SQLModel.metadata.create_all(connection, tables=[tables.BatchRow.__table__])  # type: ignore[attr-defined]
+
+
 # Append new steps; never edit an applied one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity))
+    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -62,6 +62,9 @@ def record(row: JobRow, slug: str) -> Job:
         completed_at=row.completed_at,
         reserved_micro=row.reserved_micro,
         credits_used_micro=row.credits_used_micro,
+        parent_id=JobId(row.parent_id) if row.parent_id else None,
+        batch_index=row.batch_index,
+        batch_size=row.batch_size,
     )
 
 
@@ -85,6 +88,10 @@ def create(
     priority: int,
     reserve_micro: int,
     job_id: JobId | None = None,
+    *,
+    parent_id: str | None = None,
+    batch_index: int | None = None,
+    batch_size: int | None = None,
 ) -> Job:
     if reserve_micro < 0:
         raise ValidationFailed("invalid job", errors={"reserve": "cannot be negative"})
@@ -111,6 +118,9 @@ def create(
         priority=priority,
         created_at=now,
         reserved_micro=reserve_micro,
+        parent_id=parent_id,
+        batch_index=batch_index,
+        batch_size=batch_size,
     )
     session.add(row)
     session.flush()

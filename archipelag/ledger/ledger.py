@@ -10,6 +10,7 @@ Accounts, keys, sessions, sign-up and administration: see ``people.People``, whi
 Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
 Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
 ``unfinished_jobs``, ``job_events``, ``stored_output_events``.
+Batches: ``create_batch``, ``get_batch``, ``cancel_waiting_children`` (see ``batches``).
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_score``.
@@ -26,10 +27,19 @@ from typing import TYPE_CHECKING, Any
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
 from archipelag.ids import JobId
-from archipelag.ledger import credits, db, enrolment, hosts, jobs, workloads
+from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, workloads
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
 from archipelag.ledger.people import People
-from archipelag.ledger.records import Host, HostIdentity, Job, JobEvent, KarmaEvent, Pairing, Workload
+from archipelag.ledger.records import (
+    Host,
+    HostIdentity,
+    Job,
+    JobBatch,
+    JobEvent,
+    KarmaEvent,
+    Pairing,
+    Workload,
+)
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 
@@ -169,6 +179,27 @@ class Ledger(People):
         final events. Returns how many were saved."""
         with db.write_session(self.engine) as session:
             return sum(jobs.save_events(session, job_id, events) for job_id, events in checkpoints.items())
+
+    def create_batch(self, account_id: int, workload_slug: str, inputs: list[dict[str, Any]],
+                     reserves_micro: list[int], region: str | None = None, priority: int = 0, *,
+                     merge_strategy: str = "concat", fail_mode: str = "best_effort",
+                     max_parallelism: int | None = None, bid_price_micro: int | None = None) -> JobBatch:
+        """A batch's parent and one child per input, every child's reservation held, in one transaction;
+        PaymentRequired for the whole batch's price when the balance is short (nothing written then)."""
+        with db.write_session(self.engine) as session:
+            return batches.create(session, account_id, workload_slug, inputs, reserves_micro, region, priority,
+                                  merge_strategy=merge_strategy, fail_mode=fail_mode,
+                                  max_parallelism=max_parallelism, bid_price_micro=bid_price_micro)
+
+    def get_batch(self, parent_id: str, account_id: int | None = None) -> JobBatch:
+        """The batch and its children; NotFound when absent, no batch, or (with ``account_id``) another's."""
+        with db.read_session(self.engine) as session:
+            return batches.read(session, parent_id, account_id)
+
+    def cancel_waiting_children(self, parent_id: str, child_ids: list[str], reason: str) -> list[JobId]:
+        """Cancel and refund those of ``child_ids`` no host has begun, in one transaction; their ids."""
+        with db.write_session(self.engine) as session:
+            return batches.cancel_waiting(session, parent_id, child_ids, reason)
 
     def unfinished_jobs(self) -> list[Job]:
         """Every job not in a terminal state, oldest first: what a starting coordinator resumes."""

@@ -112,12 +112,43 @@ class Job:
     completed_at: datetime | None
     reserved_micro: int
     credits_used_micro: int
+    parent_id: JobId | None = None  # a batch's child names its parent
+    batch_index: int | None = None  # and its place among the batch's inputs
+    batch_size: int | None = None  # a batch's parent: how many children it has
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch_size is not None
 
     @property
     def duration_ms(self) -> int | None:
         if self.started_at is None or self.completed_at is None:
             return None
         return round((self.completed_at - self.started_at).total_seconds() * 1000)
+
+
+@dataclass(frozen=True)
+class BatchChild:
+    """One child of a batch as its progress shows it."""
+
+    id: JobId
+    batch_index: int
+    status: JobStatus
+    error: str | None
+    host_id: HostId | None
+    output: str | None
+
+
+@dataclass(frozen=True)
+class JobBatch:
+    """A batch: its parent job, its settings and its children in index order."""
+
+    parent: Job
+    merge_strategy: str
+    fail_mode: str
+    max_parallelism: int | None
+    bid_price_micro: int | None
+    children: tuple[BatchChild, ...]
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,21 @@ class JobRow(SQLModel, table=True):
     completed_at: datetime | None = _ts()
     reserved_micro: int = _micro()
     credits_used_micro: int = _micro()
+    # A batch: its parent has ``batch_size`` children, each naming it in ``parent_id`` at its ``batch_index``.
+    parent_id: str | None = Field(default=None, max_length=36, index=True)
+    batch_index: int | None = None
+    batch_size: int | None = None
+
+
+class BatchRow(SQLModel, table=True):
+    """A batch's settings, one row per parent job (its children are jobs rows naming the parent)."""
+
+    __tablename__ = "batches"
+    job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=36)
+    merge_strategy: str = Field(max_length=16)
+    fail_mode: str = Field(max_length=16)
+    max_parallelism: int | None = None
+    bid_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class JobEventRow(SQLModel, table=True):
