@@ -1,4 +1,5 @@
-"""The placement actor on a real local Ray, driven only through PlacementClient."""
+"""The placement actor on a real local Ray, driven only through PlacementClient; the hosts are enrolled in a real
+ledger actor and sign what they report, as hosts in a network do."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 from builders import a_host, a_job
 
+from archipelag import identity
 from archipelag.errors import NoCapacity, NotFound
 from archipelag.ids import HostId
+from archipelag.ledger import Ledger
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
 from archipelag.settings import Settings
@@ -19,26 +22,43 @@ from archipelag.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.ray_driver]
 
 SETTINGS = Settings(ray_namespace="placement-test", heartbeat_interval_s=0.5, missed_heartbeats_offline=3)
+KEYS = {host_id: identity.generate_key() for host_id in ("host-eu", "host-us", "host-ap")}
 
 
 @pytest.fixture(scope="module")
-def placement() -> Iterator[PlacementClient]:
+def placement(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlacementClient]:
     ray = pytest.importorskip("ray")
+    from archipelag.ledger.client import LedgerClient
+
+    settings = SETTINGS.model_copy(update={"state_dir": tmp_path_factory.mktemp("placement")})
+    ledger = Ledger(settings.effective_database_url())
+    ledger.migrate()
+    owner = ledger.create_account("owner@example.org", 0)
+    for host_id, key in KEYS.items():
+        ledger.enrol_host(host_id, identity.public_hex(key), owner.id, host_id, "eu-west")
     ray.init(address="local", num_cpus=1, include_dashboard=False, namespace=SETTINGS.ray_namespace,
              logging_level="ERROR")
     try:
-        yield PlacementClient.start(SETTINGS)
+        LedgerClient.start(settings)
+        yield PlacementClient.start(settings)
     finally:
         ray.shutdown()
+        ledger.close()
 
 
-def now_host(host_id: str, **fields):  # type: ignore[no-untyped-def]
-    return a_host(host_id, last_heartbeat_at=time.time(), **fields)
+def register(placement: PlacementClient, host_id: str, **fields):  # type: ignore[no-untyped-def]
+    snapshot = a_host(host_id, last_heartbeat_at=time.time(), **fields)
+    placement.register(snapshot, identity.sign(KEYS[host_id], "register", HostId(host_id), time.time(), snapshot))
+
+
+def heartbeat(placement: PlacementClient, host_id: str, metrics: dict[str, int]) -> None:
+    placement.heartbeat(HostId(host_id), metrics,
+                        identity.sign(KEYS[host_id], "heartbeat", HostId(host_id), time.time(), metrics))
 
 
 def test_placement_through_ray(placement: PlacementClient) -> None:
     for host_id, region in (("host-eu", "eu-west"), ("host-us", "us-east"), ("host-ap", "ap-south")):
-        placement.register(now_host(host_id, region=region, slots=1))
+        register(placement, host_id, region=region, slots=1)
 
     # the caller's region wins; a full host moves the job elsewhere
     assert placement.rank(a_job(caller_region="eu-west"))[0] == "host-eu"
@@ -60,7 +80,7 @@ def test_placement_through_ray(placement: PlacementClient) -> None:
     # missed heartbeats → offline; one heartbeat → online again
     time.sleep(1.7)
     for host_id in ("host-us", "host-ap"):
-        placement.heartbeat(HostId(host_id), {"free_ram_mb": 2048, "active_jobs": 0})
+        heartbeat(placement, host_id, {"free_ram_mb": 2048, "active_jobs": 0})
     statuses = {h.host_id: h.status for h in placement.hosts()}
     assert statuses == {"host-eu": HostStatus.OFFLINE, "host-us": HostStatus.ONLINE,
                         "host-ap": HostStatus.ONLINE}
