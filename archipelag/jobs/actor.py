@@ -18,7 +18,7 @@ from archipelag.ids import HostId, JobId
 from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
 from archipelag.ledger.client import LedgerClient
-from archipelag.ledger.records import Job
+from archipelag.ledger.records import Job, JobBatch
 from archipelag.metrics.network import NetworkStatus, RequestCounts
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot
@@ -79,6 +79,18 @@ class JobsActor:
         await self.start()
         async for item in self._service.submit_and_follow(account_id, slug, job_input, region, priority):
             yield item
+
+    async def submit_batch(self, account_id: int, slug: str, inputs: list[dict[str, Any]], region: str | None,
+                           priority: int, *, merge_strategy: str, fail_mode: str, max_parallelism: int | None,
+                           bid_price_micro: int | None) -> JobBatch:
+        await self.start()
+        return await self._service.submit_batch(account_id, slug, inputs, region, priority,
+                                                merge_strategy=merge_strategy, fail_mode=fail_mode,
+                                                max_parallelism=max_parallelism, bid_price_micro=bid_price_micro)
+
+    async def get_batch(self, parent_id: JobId, account_id: int | None) -> JobBatch:
+        await self.start()
+        return await self._service.get_batch(parent_id, account_id)
 
     async def cancel(self, job_id: JobId, reason: str) -> None:
         await self.start()

@@ -10,7 +10,7 @@ from archipelag.errors import ArchipelagError
 from archipelag.ids import JobId
 from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
-from archipelag.ledger.records import Job
+from archipelag.ledger.records import Job, JobBatch
 from archipelag.metrics.network import NetworkStatus, RequestCounts
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.remote import Calls, LocalCalls, RayCalls
@@ -78,6 +78,21 @@ class JobsClient:
         (404) unless the job is that account's."""
         async for batch in self._calls.stream("follow", job_id, after, account_id):
             yield batch
+
+    async def submit_batch(self, account_id: int, slug: str, inputs: list[dict[str, Any]], region: str | None,
+                           priority: int = 0, *, merge_strategy: str = "concat", fail_mode: str = "best_effort",
+                           max_parallelism: int | None = None, bid_price_micro: int | None = None) -> JobBatch:
+        """A batch of child jobs, one per input, released ``max_parallelism`` at a time; 422/413 naming the first
+        wrong input, 402 for the whole batch's price, 503 when no host could ever run it — nothing created."""
+        batch: JobBatch = await self._calls.call(
+            "submit_batch", account_id, slug, inputs, region, priority, merge_strategy=merge_strategy,
+            fail_mode=fail_mode, max_parallelism=max_parallelism, bid_price_micro=bid_price_micro)
+        return batch
+
+    async def get_batch(self, parent_id: JobId, account_id: int | None = None) -> JobBatch:
+        """The batch and its children; with ``account_id``, NotFound (404) unless it is that account's."""
+        batch: JobBatch = await self._calls.call("get_batch", parent_id, account_id)
+        return batch
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         await self._calls.call("cancel", job_id, reason)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from archipelag.ids import HostId, JobId
 from archipelag.ledger.karma_rules import KarmaKind
-from archipelag.ledger.records import Host, Job
+from archipelag.ledger.records import Host, Job, JobBatch
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.protocol import Event
@@ -65,6 +65,14 @@ class JobLedger(Protocol):
     async def get_job(self, job_id: str, account_id: int | None = None) -> Job: ...
 
     async def unfinished_jobs(self) -> list[Job]: ...
+
+    async def create_batch(self, account_id: int, workload_slug: str, inputs: list[dict[str, Any]],
+                           reserves_micro: list[int], region: str | None, priority: int, *, merge_strategy: str,
+                           fail_mode: str, max_parallelism: int | None, bid_price_micro: int | None) -> JobBatch: ...
+
+    async def get_batch(self, parent_id: str, account_id: int | None = None) -> JobBatch: ...
+
+    async def cancel_waiting_children(self, parent_id: str, child_ids: list[str], reason: str) -> list[JobId]: ...
 
     async def stored_output_events(self, job_id: str) -> list[dict[str, Any]]: ...
 

@@ -14,11 +14,12 @@ from archipelag.catalog import Manifest
 from archipelag.errors import ArchipelagError, InvalidTransition, NoCapacity, NotFound
 from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
+from archipelag.jobs.batches import BatchDriver, admit_batch
 from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket
 from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
-from archipelag.ledger.records import Job
+from archipelag.ledger.records import Job, JobBatch
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
 from archipelag.metrics.placement import MeteredPlacement
@@ -30,6 +31,7 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 _RUNNING = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
+_WAITING = frozenset({JobStatus.SUBMITTED, JobStatus.QUEUED})
 FIRST_WAIT_S = 1.0  # a follower's first batch waits this long for events (a stream's headers wait for it)
 FOLLOW_WAIT_S = 15.0  # then an empty batch after this long without news (a stream sends a keep-alive)
 
@@ -51,6 +53,7 @@ class JobService:
         self._dispatcher = Dispatcher(rules, ledger, self._placement, hosts, self._relay, self._queue,
                                       before_assign=self._ensure_recorded, metrics=self._metrics)
         self._loops: list[asyncio.Task[None]] = []
+        self._batches: dict[JobId, BatchDriver] = {}  # the batches this service drives, by parent
         self._started = False
 
     async def start(self) -> None:
@@ -66,6 +69,7 @@ class JobService:
     async def close(self) -> None:
         for task in self._loops:
             task.cancel()
+        self._batches.clear()
         await self._dispatcher.close()
 
     # --- jobs --------------------------------------------------------------------------------------
@@ -148,7 +152,16 @@ class JobService:
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         """Cancel through the one path: the dispatcher stops it wherever it is and records it; a job it does not
-        hold (left over, never resumed) is ended in the ledger directly."""
+        hold (left over, never resumed) is ended in the ledger directly. A batch's driver cancels its children
+        and ends the batch."""
+        driver = self._batches.get(job_id)
+        if driver is not None:
+            driver.cancel(reason)
+            try:
+                await asyncio.wait_for(driver.done.wait(), 10)
+            except TimeoutError:
+                pass
+            return
         if await self._dispatcher.cancel(job_id, reason):
             await self._dispatcher.wait_ended(job_id, timeout_s=10)
             return
@@ -162,6 +175,65 @@ class JobService:
             self._metrics.ended(job.workload_slug, JobStatus.CANCELLED)
         except InvalidTransition:
             pass
+
+    # --- batches -----------------------------------------------------------------------------------
+
+    async def submit_batch(self, account_id: int, slug: str, inputs: list[dict[str, Any]], region: str | None,
+                           priority: int = 0, *, merge_strategy: str = "concat", fail_mode: str = "best_effort",
+                           max_parallelism: int | None = None, bid_price_micro: int | None = None) -> JobBatch:
+        """Admit every input (the first wrong one refuses the batch, naming its index), reserve every child's
+        price (402 for the whole when short), create the parent and its children, and start releasing them.
+        Nothing is created when any check fails."""
+        await self.start()
+        manifest, reserves = admit_batch(self._catalog, slug, inputs, self._settings.max_job_input_bytes,
+                                         self._settings.batch_max_inputs)
+        try:
+            hosts_now(await self._placement.rank_async(job_request(manifest, region)))
+        except NoCapacity as exc:
+            hosts_now(exc)  # 503 when no online host could ever run it; busy hosts are fine
+        batch = await self._ledger.create_batch(account_id, manifest.slug, inputs, reserves, region, priority,
+                                                merge_strategy=merge_strategy, fail_mode=fail_mode,
+                                                max_parallelism=max_parallelism, bid_price_micro=bid_price_micro)
+        self._drive(batch.parent.id)
+        return batch
+
+    async def get_batch(self, parent_id: JobId, account_id: int | None = None) -> JobBatch:
+        return await self._ledger.get_batch(parent_id, account_id)
+
+    def _drive(self, parent_id: JobId) -> None:
+        driver = self._batches[parent_id] = BatchDriver(parent_id, self._ledger, self)
+        task = asyncio.get_running_loop().create_task(driver.run())
+        self._loops.append(task)
+
+        def forget(_: object) -> None:
+            self._batches.pop(parent_id, None)
+            if task in self._loops:
+                self._loops.remove(task)
+
+        task.add_done_callback(forget)
+
+    def release(self, child: Job) -> asyncio.Event:
+        """A batch's child into the queue as an ordinary job (its move to queued written as a new job's
+        creation is: the dispatcher's writes for it wait for it)."""
+        manifest = self._catalog[child.workload_slug]
+        ticket = Ticket(child.id, manifest, child.input,
+                        manifest.limits_under(self._settings.limits_for(manifest.tier)), child.region,
+                        child.priority, attempt=child.attempt, log=self._relay.open(child.id, owner=child.account_id))
+        self._dispatcher.enqueue(ticket)
+        if child.status is JobStatus.SUBMITTED:
+            queued = asyncio.ensure_future(self._ledger.transition(child.id, JobStatus.QUEUED, "released by its batch"))
+            self._dispatcher.creating(ticket, queued)
+            self._metrics.admitted(child.id, manifest.slug, queued)
+        return ticket.ended
+
+    async def resume(self, child: Job) -> asyncio.Event | None:
+        ticket = await self._resume(child)
+        return ticket.ended if ticket is not None else None
+
+    def room(self) -> int:
+        """Places in the queue a batch may take: its share of ``queue_max_jobs``, less what waits already."""
+        share = max(1, int(self._settings.queue_max_jobs * self._settings.batch_queue_share))
+        return share - len(self._queue)
 
     # --- a restart ---------------------------------------------------------------------------------
 
@@ -181,15 +253,26 @@ class JobService:
         except ArchipelagError:
             log.exception("could not read unfinished jobs; none resumed")
             return
+        parents = {job.id for job in unfinished if job.is_batch}
         for job in unfinished:
+            if job.is_batch:
+                self._drive(job.id)  # its driver resumes its children
+                continue
+            if job.parent_id is not None and job.parent_id in parents:
+                continue
             try:
+                if job.parent_id is not None:  # its batch has ended: nothing waits for it
+                    await self._ledger.cancel_waiting_children(job.parent_id, [job.id], "its batch has ended")
+                    if job.status in _WAITING:
+                        continue
                 await self._resume(job)
             except ArchipelagError:
                 log.exception("job %s could not be resumed", job.id)
         if unfinished:
             log.warning("resumed %d unfinished jobs", len(unfinished))
 
-    async def _resume(self, job: Job) -> None:
+    async def _resume(self, job: Job) -> Ticket | None:
+        """The job back in the queue (its ticket), or ended failed (None) when it cannot run again."""
         reason = "the coordinator restarted while the job ran"
         if job.status in _RUNNING:
             job = await self._ledger.requeue(job.id, reason)
@@ -203,11 +286,12 @@ class JobService:
             await self._ledger.finish(job.id, JobStatus.FAILED, output=None, error=why, usage={},
                                       events=[*events, error_event(why, "failed")], price_micro=0, host_id=None)
             self._metrics.ended(job.workload_slug, JobStatus.FAILED)
-            return
+            return None
         log_ = self._relay.open(job.id, events, job.account_id)  # no notice added: the stream keeps its numbering (Replay)
         ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         job.region, job.priority, attempt=job.attempt, log=log_)
         self._dispatcher.enqueue(ticket)
+        return ticket
 
     # --- the network's numbers ---------------------------------------------------------------------
 
