@@ -11,6 +11,7 @@ from archipelag import __version__
 from archipelag.metrics.trace import Arrivals
 from archipelag.nodes import COORDINATOR_RESOURCE
 from archipelag.serve import api_accounts, api_admin, api_hosts, api_jobs, api_openai, api_resources
+from archipelag.serve.api_batches import router as batches_router
 from archipelag.serve.api_metrics import install_metrics
 from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.listener import Listener, listen
@@ -37,6 +38,7 @@ def build_api(services: Services) -> FastAPI:
         return FastJSON({"status": "ok", "version": __version__})
 
     app.include_router(api_jobs.router)
+    app.include_router(batches_router)
     app.include_router(api_resources.router)
     app.include_router(api_accounts.router)
     app.include_router(api_admin.router)
