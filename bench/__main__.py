@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "jobs", "llm", "llm-load", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "llm", "llm-load", "web")
 
 
 def _placement() -> None:
@@ -44,6 +44,12 @@ def _network() -> None:
     _table(bench_network.run())
 
 
+def _join() -> None:
+    from bench import bench_join
+
+    _table(bench_join.run())
+
+
 def _jobs() -> None:
     from bench import bench_jobs
 
@@ -70,7 +76,8 @@ def _web() -> None:
 
 
 RUNNERS: dict[str, Callable[[], None]] = {
-    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "jobs": _jobs, "llm": _llm,
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "join": _join, "jobs": _jobs,
+    "llm": _llm,
     "web": _web, "llm-load": _llm_load,
 }
 
