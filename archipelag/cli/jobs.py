@@ -302,6 +302,39 @@ def hosts_karma(host_id: str, json_out: JsonOption = False, url: UrlOption = DEF
     print_json(dumped(karma)) if json_out else print_fields(karma)
 
 
+@hosts_app.command("approve")
+def hosts_approve(code: str, json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                  api_key: KeyOption = None) -> None:
+    """Approve the pairing code a machine shows (`archipelag host join --coordinator https://…`): it becomes
+    your host and joins."""
+    with connected(url, api_key) as client:
+        host = client.approve_host(code)
+    print_json(dumped(host)) if json_out else typer.echo(f"host {host.id} ({host.name}, {host.region}) is yours; "
+                                                         "it joins within seconds")
+
+
+@hosts_app.command("revoke")
+def hosts_revoke(host_id: str, reason: Annotated[str, typer.Option(help="Why, for the record.")] =
+                 "revoked by its owner", json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                 api_key: KeyOption = None) -> None:
+    """Cut one of your hosts off for good (admins: any host); its running jobs move to other hosts."""
+    with connected(url, api_key) as client:
+        host = client.revoke_host(host_id, reason)
+    print_json(dumped(host)) if json_out else typer.echo(f"host {host.id} revoked")
+
+
+@hosts_app.command("mine")
+def hosts_mine(json_out: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """The hosts your account owns."""
+    with connected(url, api_key) as client:
+        page = client.my_hosts()
+    if json_out:
+        print_json(dumped(page))
+        return
+    print_table(("ID", "NAME", "STATUS", "REGION", "KARMA", "JOBS", "REVOKED"),
+                ((h.id, h.name, h.status, h.region, h.karma_score, h.active_jobs, h.revoked) for h in page))
+
+
 @workloads_app.command("list")
 def workloads_list(json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
                    api_key: KeyOption = None) -> None:

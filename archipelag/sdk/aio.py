@@ -149,6 +149,17 @@ class AsyncClient:
     async def host(self, host_id: str) -> Host:
         return Host.model_validate(await self._data("GET", f"{API}/hosts/{host_id}"))
 
+    async def approve_host(self, code: str) -> Host:
+        """Enrol the machine showing pairing ``code`` (from `archipelag host join`) as your host."""
+        return Host.model_validate(await self._data("POST", f"{API}/hosts/approve", json={"code": code}))
+
+    async def revoke_host(self, host_id: str, reason: str = "revoked by its owner") -> Host:
+        """Cut one of your hosts off (an admin: any host); its running jobs move to other hosts."""
+        return Host.model_validate(await self._data("POST", f"{API}/hosts/{host_id}/revoke", json={"reason": reason}))
+
+    async def my_hosts(self) -> Page[Host]:
+        return wire.page_of(await self._request("GET", f"{API}/account/hosts"), Host.model_validate)
+
     async def host_karma(self, host_id: str) -> HostKarma:
         return HostKarma.model_validate(await self._data("GET", f"{API}/hosts/{host_id}/karma"))
 

@@ -127,6 +127,8 @@ class Host(_ApiModel):
     karma_score: float = 0.0
     active_jobs: int = 0
     last_heartbeat_at: datetime | None = None
+    owner_account_id: str | None = None  # in your own hosts' list, and once you approve or revoke one
+    revoked: bool = False
 
 
 class HostKarma(_ApiModel):

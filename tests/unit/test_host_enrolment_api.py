@@ -4,12 +4,13 @@ forged polls and strangers are refused; the owner or an admin revokes."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from model_network import ModelNetwork, a_model_network
+from model_network import ModelNetwork, a_model_network, serve
 from nacl.signing import SigningKey
 
 from archipelag import identity
@@ -117,3 +118,31 @@ def test_the_owner_or_an_admin_revokes_and_placement_drops_the_host(net: ModelNe
     with TestClient(net.app) as anonymous:
         refused = anonymous.post("/api/v1/hosts/enrol/poll", json=signed_poll(key))
         assert refused.status_code == 403 and "revoked" in refused.text
+
+
+def test_the_owner_approves_lists_and_revokes_from_the_command_line(net: ModelNetwork,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from archipelag.cli.jobs import register
+
+    app = typer.Typer()
+    register(app)
+    key = identity.generate_key()
+    with serve(net.app) as url:
+        monkeypatch.setenv("ARCHIPELAG_URL", url)
+        monkeypatch.setenv("ARCHIPELAG_API_KEY", net.key)
+        monkeypatch.setenv("COLUMNS", "200")
+        with TestClient(net.app) as anonymous:
+            code = str(ask(anonymous, key)["pairing_code"])
+        cli = CliRunner()
+        host_id = identity.host_id_for(identity.public_hex(key))
+        wrong = cli.invoke(app, ["hosts", "approve", "ACDEFG" if code != "ACDEFG" else "ACDEFH"])
+        assert wrong.exit_code == 1 and "pairing code" in wrong.output
+        approved = cli.invoke(app, ["hosts", "approve", code])
+        assert approved.exit_code == 0 and f"host {host_id} (attic, eu-west) is yours" in approved.output
+        mine = cli.invoke(app, ["hosts", "mine"])
+        assert mine.exit_code == 0 and host_id in mine.output
+        revoked = cli.invoke(app, ["hosts", "revoke", host_id, "--json"])
+        assert revoked.exit_code == 0 and json.loads(revoked.stdout)["revoked"] is True
