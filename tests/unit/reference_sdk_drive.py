@@ -1,5 +1,5 @@
 """Run by the reference SDK's own virtualenv (``python -I reference_sdk_drive.py URL KEY``), never imported here:
-calls every public method of its ``Client`` and ``AsyncClient`` except the server-side batch ones against the
+calls every public method of its ``Client`` and ``AsyncClient`` (the server-side batch ones too) against the
 network at URL, and prints one JSON object, method → {"ok": what it returned} or {"raised": "Class: message"}.
 A failing call does not stop the others. Chat jobs of the model network answer the prompt's words as tokens.
 """
@@ -71,6 +71,15 @@ def sync_calls() -> None:
         if made is not None:
             report["batch"] = {"ok": len(made)}
             record("wait_all", lambda: [j.output for j in client.wait_all(made, poll_interval=0.02, timeout=10)])
+        submitted = record("submit_batch", lambda: client.submit_batch(
+            "llm-chat", [{"prompt": "ten"}, {"prompt": "eleven"}], max_parallelism=1, bid_price=0.02))
+        if submitted is not None:
+            report["submit_batch"] = {"ok": {"id": submitted.id, "chunk_count": submitted.batch.chunk_count,
+                                             "children": len(submitted.children)}}
+            record("get_batch_status", lambda: client.get_batch_status(submitted.id).chunk_count)
+            record("wait_for_batch", lambda: {
+                "state": client.wait_for_batch(submitted.id, poll_interval=0.05, timeout=20).state,
+                "output": json.loads(client.get_job(submitted.id).output)})
         record("list_api_keys", lambda: [type(k.id).__name__ for k in client.list_api_keys()])
         created = record("create_api_key", lambda: client.create_api_key("reference"))
         if created is not None:
@@ -111,6 +120,12 @@ async def async_calls() -> None:
         await arecord("async chat", lambda: _content(client.chat("eight nine", max_tokens=8)))
         await arecord("async chat_stream", lambda: _events(client.chat_stream("ten")))
         await arecord("async generate_image", lambda: _image(client.generate_image("a cat", **IMAGE)))
+        batch = await arecord("async submit_batch", lambda: client.submit_batch("llm-chat", [{"prompt": "twelve"}]))
+        if batch is not None:
+            report["async submit_batch"] = {"ok": batch.id}
+            await arecord("async get_batch_status", lambda: _chunks(client.get_batch_status(batch.id)))
+            await arecord("async wait_for_batch", lambda: _state(client.wait_for_batch(batch.id, poll_interval=0.05,
+                                                                                         timeout=20)))
     await arecord("async close", lambda: AsyncClient(api_key=KEY, base_url=URL).close())
 
 
@@ -128,6 +143,14 @@ async def _content(pending: Any) -> Any:
 
 async def _events(stream: Any) -> list[list[Any]]:
     return events([e async for e in stream])
+
+
+async def _chunks(pending: Any) -> Any:
+    return (await pending).chunk_count
+
+
+async def _state(pending: Any) -> Any:
+    return (await pending).state
 
 
 async def _image(pending: Any) -> dict[str, Any]:

@@ -29,14 +29,16 @@ from pydantic import BaseModel
 
 USER_AGENT = "archipelag-python/0.1.0"
 
-# The public methods of the reference SDK's two clients. The server-side batch methods (POST /api/v1/jobs/batch,
-# GET /api/v1/jobs/{id}/batch-status) belong to a later issue; everything else is replayed here.
+# The public methods of the reference SDK's two clients, every one replayed here (the server-side batch ones,
+# POST /api/v1/jobs/batch and GET /api/v1/jobs/{id}/batch-status, too).
 CLIENT_METHODS = ("close", "get_account", "create_job", "get_job", "list_jobs", "cancel_job", "wait_for_job",
                   "stream_job", "list_workloads", "get_workload", "list_api_keys", "create_api_key",
-                  "delete_api_key", "chat", "chat_stream", "generate_image", "batch", "wait_all")
+                  "delete_api_key", "chat", "chat_stream", "generate_image", "batch", "wait_all", "submit_batch",
+                  "get_batch_status", "wait_for_batch")
 ASYNC_CLIENT_METHODS = ("close", "create_job", "get_job", "wait_for_job", "stream_job", "chat", "chat_stream",
-                        "generate_image")
-LATER_ISSUE_METHODS = ("submit_batch", "get_batch_status", "wait_for_batch")  # both clients
+                        "generate_image", "submit_batch", "get_batch_status", "wait_for_batch")
+LATER_ISSUE_METHODS: tuple[str, ...] = ()  # both clients: none left
+BATCH_ENDED = frozenset({"succeeded", "failed", "cancelled"})  # a parent's states, as its wait_for_batch reads them
 
 JobStatusRead = Literal["pending", "queued", "running", "completed", "failed", "cancelled", "timeout"]
 ENDED = frozenset({"completed", "failed", "cancelled", "timeout"})
@@ -118,6 +120,70 @@ class ImageResultRead(BaseModel):
     seed: int | None = None
     job_id: str
     usage: UsageRead
+
+
+class BatchChildRead(BaseModel):
+    id: str
+    batch_index: int
+    state: str
+    error: str | None = None
+    host_id: str | None = None
+
+
+class BatchConfigRead(BaseModel):
+    chunk_count: int
+    merge_strategy: str = "concat"
+    fail_mode: str = "best_effort"
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchJobRead(BaseModel):
+    """Built from the whole answer, not from ``data``: the SDK calls ``BatchJob(**answer)``."""
+
+    id: str
+    state: str
+    workload: str
+    batch: BatchConfigRead
+    children: list[BatchChildRead] = []
+    created_at: datetime
+
+
+class BatchProgressRead(BaseModel):
+    """Also built from the whole answer (``BatchProgress(**answer)``)."""
+
+    parent_id: str
+    parent_state: str
+    chunk_count: int
+    merge_strategy: str
+    fail_mode: str
+    child_states: dict[str, int] = {}
+    children: list[BatchChildRead] = []
+
+
+def batch_body(workload: str, inputs: list[dict[str, Any]], merge_strategy: str, fail_mode: str,
+               max_parallelism: int | None, region: str | None, bid_price: float | None) -> dict[str, Any]:
+    """What its ``submit_batch`` sends: the bid as a string (``str(bid_price)``), optional fields only when set."""
+    body: dict[str, Any] = {"workload": workload, "inputs": inputs, "merge_strategy": merge_strategy,
+                            "fail_mode": fail_mode}
+    if max_parallelism is not None:
+        body["max_parallelism"] = max_parallelism
+    if region is not None:
+        body["region"] = region
+    if bid_price is not None:
+        body["bid_price"] = str(bid_price)
+    return body
+
+
+def batch_ended(progress: BatchProgressRead, job: JobRead) -> BatchJobRead:
+    """What its ``wait_for_batch`` returns once the parent has ended (it reads the parent as a job, and raises
+    for a failed one)."""
+    if job.status == "failed":
+        raise JobEndedFailed(job.error or "Batch failed", job.id)
+    return BatchJobRead(id=progress.parent_id, state=progress.parent_state, workload="",
+                        batch=BatchConfigRead(chunk_count=progress.chunk_count,
+                                              merge_strategy=progress.merge_strategy, fail_mode=progress.fail_mode),
+                        children=progress.children, created_at=datetime.min)
 
 
 class Refused(Exception):
@@ -306,6 +372,22 @@ class ClientReplay:
     def wait_all(self, jobs: list[JobRead]) -> list[JobRead]:
         return [self.wait_for_job(job.id) for job in jobs]
 
+    def submit_batch(self, workload: str, inputs: list[dict[str, Any]], merge_strategy: str = "concat",
+                     fail_mode: str = "best_effort", max_parallelism: int | None = None, region: str | None = None,
+                     bid_price: float | None = None) -> BatchJobRead:
+        body = batch_body(workload, inputs, merge_strategy, fail_mode, max_parallelism, region, bid_price)
+        return BatchJobRead(**answer_of(self.http.post("/api/v1/jobs/batch", json=body)))
+
+    def get_batch_status(self, batch_id: str) -> BatchProgressRead:
+        return BatchProgressRead(**answer_of(self.http.get(f"/api/v1/jobs/{batch_id}/batch-status")))
+
+    def wait_for_batch(self, batch_id: str, timeout_s: float = 20.0) -> BatchJobRead:
+        deadline = time.monotonic() + timeout_s
+        while (progress := self.get_batch_status(batch_id)).parent_state not in BATCH_ENDED:
+            assert time.monotonic() < deadline, f"batch {batch_id} did not end within {timeout_s} s"
+            time.sleep(self.poll_s)
+        return batch_ended(progress, self.get_job(batch_id))
+
 
 class AsyncClientReplay:
     """The reference ``AsyncClient``'s requests (a subset of the ``Client``'s methods), awaited."""
@@ -355,3 +437,19 @@ class AsyncClientReplay:
     async def generate_image(self, ask: ImageAsk) -> ImageResultRead:
         job = await self.create_job(ask.workload, ask.job_input())
         return ask.result(await self.wait_for_job(job.id))
+
+    async def submit_batch(self, workload: str, inputs: list[dict[str, Any]], merge_strategy: str = "concat",
+                           fail_mode: str = "best_effort", max_parallelism: int | None = None,
+                           region: str | None = None, bid_price: float | None = None) -> BatchJobRead:
+        body = batch_body(workload, inputs, merge_strategy, fail_mode, max_parallelism, region, bid_price)
+        return BatchJobRead(**answer_of(await self.http.post("/api/v1/jobs/batch", json=body)))
+
+    async def get_batch_status(self, batch_id: str) -> BatchProgressRead:
+        return BatchProgressRead(**answer_of(await self.http.get(f"/api/v1/jobs/{batch_id}/batch-status")))
+
+    async def wait_for_batch(self, batch_id: str, timeout_s: float = 20.0) -> BatchJobRead:
+        deadline = time.monotonic() + timeout_s
+        while (progress := await self.get_batch_status(batch_id)).parent_state not in BATCH_ENDED:
+            assert time.monotonic() < deadline, f"batch {batch_id} did not end within {timeout_s} s"
+            await asyncio.sleep(self.poll_s)
+        return batch_ended(progress, await self.get_job(batch_id))

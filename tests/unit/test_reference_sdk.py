@@ -1,6 +1,6 @@
 """The reference network's Python SDK (PyPI ``archipelag``) works unchanged against our server: every public method
-of its ``Client`` and ``AsyncClient`` but the server-side batch ones (a later issue), on the real API app, ledger
-and jobs service with scripted hosts, over a real socket.
+of its ``Client`` and ``AsyncClient``, the server-side batch ones included, on the real API app, ledger and jobs
+service with scripted hosts, over a real socket.
 
 Two ways. ``test_the_reference_sdk_itself_*`` installs the package in a virtualenv of its own and runs it; the
 package index here does not have it, so that test skips saying why (``ARCHIPELAG_REFERENCE_SDK`` can name a
@@ -90,12 +90,13 @@ def tokens(events: list[StreamEventRead]) -> str:
     return "".join(e.content or "" for e in events if e.type == "token")
 
 
-def test_every_public_method_of_both_clients_is_replayed_or_left_to_the_batch_issue() -> None:
+def test_every_public_method_of_both_clients_is_replayed() -> None:
     for name in CLIENT_METHODS:
         assert callable(getattr(ClientReplay, name)), name
     for name in ASYNC_CLIENT_METHODS:
         assert callable(getattr(AsyncClientReplay, name)), name
-    assert not set(LATER_ISSUE_METHODS) & (set(CLIENT_METHODS) | set(ASYNC_CLIENT_METHODS))
+    assert not LATER_ISSUE_METHODS
+    assert {"submit_batch", "get_batch_status", "wait_for_batch"} <= set(CLIENT_METHODS) & set(ASYNC_CLIENT_METHODS)
 
 
 # --- account and workloads -------------------------------------------------------------------------------
@@ -195,6 +196,38 @@ def test_batch_creates_one_job_each_and_wait_all_waits_for_them(client: ClientRe
     jobs = client.batch([{"workload": "llm-chat", "input": {"prompt": "six"}},
                          {"workload": "llm-chat", "input": {"prompt": "seven"}}])
     assert [j.output for j in client.wait_all(jobs)] == ["six", "seven"]
+
+
+# --- server-side batches: the answer itself is the BatchJob / BatchProgress ------------------------------------
+
+
+def test_submit_batch_reads_a_batch_job_and_wait_for_batch_its_end(client: ClientReplay) -> None:
+    batch = client.submit_batch("llm-chat", [{"prompt": "six"}, {"prompt": "seven eight"}], max_parallelism=1,
+                                bid_price=0.02)
+    assert batch.workload == "llm-chat" and batch.batch.chunk_count == 2 and len(batch.children) == 2
+    assert client.sent[-1].content and b'"bid_price":"0.02"' in client.sent[-1].content.replace(b" ", b"")
+    ended = client.wait_for_batch(batch.id)
+    assert ended.state == "succeeded" and [c.state for c in ended.children] == ["succeeded", "succeeded"]
+    progress = client.get_batch_status(batch.id)
+    assert progress.child_states == {"succeeded": 2} and progress.merge_strategy == "concat"
+    assert client.get_job(batch.id).output == '["six","seven eight"]'
+
+
+def test_wait_for_batch_raises_for_a_batch_that_failed(client: ClientReplay) -> None:
+    batch = client.submit_batch("llm-chat", [{"prompt": "please fail"}, {"prompt": "fine"}], fail_mode="fail_fast")
+    with pytest.raises(JobEndedFailed) as failed:
+        client.wait_for_batch(batch.id)
+    assert failed.value.job_id == batch.id and "fail_fast" in str(failed.value)
+
+
+def test_the_async_client_batch_methods_make_the_same_exchanges(net: ModelNetwork, url: str) -> None:
+    async def calls() -> tuple[str, dict[str, int]]:
+        async with AsyncClientReplay(url, net.key) as client:
+            batch = await client.submit_batch("llm-chat", [{"prompt": "nine"}], merge_strategy="flatten")
+            ended = await client.wait_for_batch(batch.id)
+            return ended.state, (await client.get_batch_status(batch.id)).child_states
+
+    assert asyncio.run(calls()) == ("succeeded", {"succeeded": 1})
 
 
 # --- API keys: string ids, the full key beside `data` when created, 200 with JSON when deleted ------------
@@ -310,6 +343,12 @@ EXPECTED: dict[str, Any] = {
     "async chat_stream": lambda v: v[-1][0] == "done",
     "async generate_image": lambda v: v["png"] is True,
     "async close": lambda v: v is None,
+    "submit_batch": lambda v: v["chunk_count"] == 2 and v["children"] == 2 and isinstance(v["id"], str),
+    "get_batch_status": lambda v: v == 2,
+    "wait_for_batch": lambda v: v == {"state": "succeeded", "output": ["ten", "eleven"]},
+    "async submit_batch": lambda v: isinstance(v, str),
+    "async get_batch_status": lambda v: v == 1,
+    "async wait_for_batch": lambda v: v == "succeeded",
 }
 
 
