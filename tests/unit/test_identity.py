@@ -68,3 +68,13 @@ def test_codes_use_the_unambiguous_alphabet_and_normalise() -> None:
     assert all(len(c) == 6 and set(c) <= set(identity.CODE_ALPHABET) for c in codes)
     assert not set("01OILSZB258") & set(identity.CODE_ALPHABET)
     assert identity.code_hash(" acd-efg ") == identity.code_hash("ACDEFG")
+
+
+def test_a_host_signs_with_its_named_key_or_the_machine_key_its_id_comes_from(tmp_path: Path) -> None:
+    named = identity.load_or_create_key(identity.named_key_path(tmp_path, "island-1"))
+    machine = identity.load_or_create_key(identity.machine_key_path(tmp_path))
+    machine_id = identity.host_id_for(identity.public_hex(machine))
+    assert bytes(identity.host_key(tmp_path, "island-1")) == bytes(named)
+    assert bytes(identity.host_key(tmp_path, machine_id)) == bytes(machine)
+    with pytest.raises(ConfigError, match="enrols first"):  # the machine key is not another id's
+        identity.host_key(tmp_path, "h-someoneelse")
