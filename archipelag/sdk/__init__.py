@@ -8,20 +8,27 @@
             print(event)
         print(client.get(ref))                    # the job's output; JobFailed if it did not complete
 
+        batch = client.submit_batch("wasm-hash", [{"text": "a"}, {"text": "b"}], max_parallelism=8)
+        print(client.get(client.batch_ref(batch.id), timeout=60))  # the children's outputs, in input order
+
         for piece in client.chat_stream("Tell me a story", max_tokens=64):
             print(piece, end="", flush=True)      # tokens as they come
         print(client.chat("hello").content)       # ChatResult: content, usage, job_id, finish_reason
         client.generate_image("a red fox", out="fox.png", on_progress=lambda step, total: ...)
 """
 
-from archipelag.sdk.aio import AsyncClient, AsyncJobRef
-from archipelag.sdk.client import DEFAULT_URL, Client, JobRef
+from archipelag.sdk.aio import AsyncBatchRef, AsyncClient, AsyncJobRef
+from archipelag.sdk.client import DEFAULT_URL, BatchRef, Client, JobRef
 from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
 from archipelag.sdk.generation import AsyncChatStream, ChatResult, ChatStream, ImageResult
 from archipelag.sdk.models import (
     TERMINAL_STATES,
     Account,
     ApiKey,
+    BatchChild,
+    BatchConfig,
+    BatchJob,
+    BatchProgress,
     Event,
     Host,
     HostCapabilities,
@@ -38,9 +45,15 @@ __all__ = [
     "TERMINAL_STATES",
     "Account",
     "ApiKey",
+    "AsyncBatchRef",
     "AsyncChatStream",
     "AsyncClient",
     "AsyncJobRef",
+    "BatchChild",
+    "BatchConfig",
+    "BatchJob",
+    "BatchProgress",
+    "BatchRef",
     "ChatResult",
     "ChatStream",
     "Client",

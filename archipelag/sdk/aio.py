@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, overload
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -24,10 +24,16 @@ from archipelag.sdk.client import (
     DEFAULT_URL,
     POLL_FIRST_S,
     POLL_MAX_S,
+    BatchProgressCallback,
+    batch_body,
+    batch_ended,
+    batch_timeout,
     headers_for,
     job_body,
+    merged_of,
     output_of,
     remaining_s,
+    report_progress,
     resolve_api_key,
     wait_timeout,
 )
@@ -49,6 +55,8 @@ from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
     ApiKey,
+    BatchJob,
+    BatchProgress,
     Event,
     Host,
     HostKarma,
@@ -79,6 +87,29 @@ class AsyncJobRef:
 
     async def cancel(self) -> Job:
         return await self.client.cancel_job(self.job_id)
+
+
+@dataclass(frozen=True)
+class AsyncBatchRef:
+    """A submitted batch for ``AsyncClient.get``/``wait``: its result is the children's outputs in input order."""
+
+    job_id: JobId  # the batch's parent job
+    client: AsyncClient = field(repr=False, compare=False)
+
+    async def status(self) -> BatchProgress:
+        return await self.client.get_batch_status(self.job_id)
+
+    async def job(self) -> Job:
+        return await self.client.get_job(self.job_id)
+
+    async def result(self, timeout: float | None = None) -> list[Any]:
+        return await self.client.get(self, timeout=timeout)
+
+    async def cancel(self) -> Job:
+        return await self.client.cancel_job(self.job_id)
+
+
+AsyncRef = TypeVar("AsyncRef", bound=AsyncJobRef | AsyncBatchRef)
 
 
 class AsyncClient:
@@ -240,6 +271,36 @@ class AsyncClient:
             await asyncio.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 1.5, POLL_MAX_S)
 
+    # --- batches -------------------------------------------------------------------------------
+
+    async def submit_batch(self, workload: str, inputs: list[dict[str, Any]], *, merge_strategy: str = "concat",
+                           fail_mode: str = "best_effort", max_parallelism: int | None = None,
+                           region: str | None = None, bid_price: float | None = None,
+                           priority: int | None = None) -> BatchJob:
+        """Run ``workload`` once per input as child jobs (see ``Client.submit_batch``)."""
+        body = batch_body(workload, inputs, merge_strategy, fail_mode, max_parallelism, region, bid_price, priority)
+        return BatchJob.model_validate(await self._data("POST", f"{API}/jobs/batch", json=body))
+
+    async def get_batch_status(self, batch_id: str) -> BatchProgress:
+        return BatchProgress.model_validate(await self._data("GET", f"{API}/jobs/{batch_id}/batch-status"))
+
+    async def wait_for_batch(self, batch_id: str, poll_interval: float = 2.0, timeout: float | None = None,
+                             on_progress: BatchProgressCallback | None = None) -> BatchJob:
+        """Wait until the batch ends; JobFailed when it failed, WaitTimeout past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progress = await self.get_batch_status(batch_id)
+            report_progress(progress, on_progress)
+            if progress.is_complete:
+                return batch_ended(progress, await self.get_job(batch_id))
+            left = remaining_s(deadline)
+            if left is not None and left <= 0:
+                raise batch_timeout(batch_id, progress.parent_state, timeout)
+            await asyncio.sleep(poll_interval if left is None else min(poll_interval, left))
+
+    def batch_ref(self, batch_id: str) -> AsyncBatchRef:
+        return AsyncBatchRef(JobId(batch_id), self)
+
     # --- the ray.get-style surface --------------------------------------------------------------
 
     async def submit(self, workload: str, input: dict[str, Any], priority: int | None = None,
@@ -254,21 +315,32 @@ class AsyncClient:
     async def get(self, refs: AsyncJobRef, *, timeout: float | None = None) -> str | None: ...
 
     @overload
+    async def get(self, refs: AsyncBatchRef, *, timeout: float | None = None) -> list[Any]: ...
+
+    @overload
     async def get(self, refs: Sequence[AsyncJobRef], *, timeout: float | None = None) -> list[str | None]: ...
 
-    async def get(self, refs: AsyncJobRef | Sequence[AsyncJobRef],
-                  *, timeout: float | None = None) -> str | None | list[str | None]:
-        """Wait until the job(s) end; return the output(s). JobFailed if one did not complete.
+    @overload
+    async def get(self, refs: Sequence[AsyncJobRef | AsyncBatchRef], *,
+                  timeout: float | None = None) -> list[Any]: ...
+
+    async def get(self, refs: AsyncJobRef | AsyncBatchRef | Sequence[AsyncJobRef | AsyncBatchRef],
+                  *, timeout: float | None = None) -> Any:
+        """Wait until the job(s) end; return the output(s) — a batch's is the list of its children's outputs.
+        JobFailed if one did not complete.
 
         A list is awaited concurrently."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if isinstance(refs, AsyncJobRef):
-            return output_of(await self.wait_job(refs.job_id, remaining_s(deadline)))
-        jobs = await asyncio.gather(*(self.wait_job(ref.job_id, remaining_s(deadline)) for ref in refs))
-        return [output_of(job) for job in jobs]
+        if isinstance(refs, AsyncJobRef | AsyncBatchRef):
+            return await self._output(refs, deadline)
+        return list(await asyncio.gather(*(self._output(ref, deadline) for ref in refs)))
 
-    async def wait(self, refs: Sequence[AsyncJobRef], *, num_returns: int = 1,
-                   timeout: float | None = None) -> tuple[list[AsyncJobRef], list[AsyncJobRef]]:
+    async def _output(self, ref: AsyncJobRef | AsyncBatchRef, deadline: float | None) -> Any:
+        job = await self.wait_job(ref.job_id, remaining_s(deadline))
+        return merged_of(job) if isinstance(ref, AsyncBatchRef) else output_of(job)
+
+    async def wait(self, refs: Sequence[AsyncRef], *, num_returns: int = 1,
+                   timeout: float | None = None) -> tuple[list[AsyncRef], list[AsyncRef]]:
         """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
         refs = list(refs)
         if not 0 <= num_returns <= len(refs):

@@ -1,20 +1,22 @@
 """Client: the synchronous Python client of an Archipelag network's HTTP API (DESIGN §8).
 
 Three surfaces over one connection: resource calls (``create_job``, ``get_job``, ``hosts`` …) that
-return typed models, a ``ray.get``-style one (``submit`` → ``JobRef``, ``get``, ``wait``), and generation
+return typed models, a ``ray.get``-style one (``submit`` → ``JobRef``, ``batch_ref`` → ``BatchRef``, ``get``,
+``wait``; batches: ``submit_batch``, ``get_batch_status``, ``wait_for_batch``), and generation
 (``chat`` → ``ChatResult``, ``chat_stream`` → ``ChatStream`` of text pieces, ``generate_image`` →
 ``ImageResult``) over the OpenAI-compatible endpoints (see ``archipelag.sdk.generation``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, overload
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -41,6 +43,9 @@ from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
     ApiKey,
+    BatchConfig,
+    BatchJob,
+    BatchProgress,
     Event,
     Host,
     HostKarma,
@@ -98,6 +103,49 @@ def wait_timeout(job_id: str, status: JobState, timeout_s: float | None) -> Wait
                        job_id=job_id, status=status.value)
 
 
+BatchProgressCallback = Callable[[int, int, int], None]  # (completed, failed, total), as the reference SDK calls it
+
+
+def batch_body(workload: str, inputs: Sequence[dict[str, Any]], merge_strategy: str, fail_mode: str,
+               max_parallelism: int | None, region: str | None, bid_price: float | None,
+               priority: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"workload": workload, "inputs": list(inputs), "merge_strategy": merge_strategy,
+                            "fail_mode": fail_mode}
+    optional = {"max_parallelism": max_parallelism, "region": region, "priority": priority,
+                "bid_price": str(bid_price) if bid_price is not None else None}
+    return body | {name: value for name, value in optional.items() if value is not None}
+
+
+def merged_of(job: Job) -> list[Any]:
+    """A finished batch's merged output (its children's outputs in input order), or JobFailed."""
+    output = output_of(job)
+    merged = json.loads(output) if output else []
+    return merged if isinstance(merged, list) else [merged]
+
+
+def report_progress(progress: BatchProgress, on_progress: BatchProgressCallback | None) -> None:
+    if on_progress is not None:
+        failed = sum(progress.child_states.get(state, 0) for state in ("failed", "timed_out"))
+        on_progress(progress.child_states.get("succeeded", 0), failed, progress.chunk_count)
+
+
+def batch_ended(progress: BatchProgress, parent: Job) -> BatchJob:
+    """The ended batch, or JobFailed when it failed (as the reference SDK's ``wait_for_batch`` raises)."""
+    if parent.status is JobState.FAILED:
+        output_of(parent)
+    failed = sum(progress.child_states.get(state, 0) for state in ("failed", "timed_out"))
+    config = BatchConfig(chunk_count=progress.chunk_count, merge_strategy=progress.merge_strategy,
+                         fail_mode=progress.fail_mode, completed=progress.child_states.get("succeeded", 0),
+                         failed=failed)
+    return BatchJob(id=progress.parent_id, state=progress.parent_state, workload=parent.workload_slug or "",
+                    batch=config, children=progress.children, created_at=parent.created_at)
+
+
+def batch_timeout(batch_id: str, state: str, timeout_s: float | None) -> WaitTimeout:
+    return WaitTimeout(f"batch {batch_id} is still {state} after {timeout_s}s; it goes on running",
+                       job_id=batch_id, status=state)
+
+
 @dataclass(frozen=True)
 class JobRef:
     """A submitted job, like a Ray ``ObjectRef``: pass it to ``Client.get``/``wait``; iterate its events."""
@@ -119,6 +167,31 @@ class JobRef:
 
     def cancel(self) -> Job:
         return self.client.cancel_job(self.job_id)
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A submitted batch, like a Ray ``ObjectRef`` of a list: ``Client.get`` gives its merged output (the
+    children's outputs in input order), ``Client.wait`` takes it beside ``JobRef``s."""
+
+    job_id: JobId  # the batch's parent job
+    client: Client = field(repr=False, compare=False)
+
+    def status(self) -> BatchProgress:
+        return self.client.get_batch_status(self.job_id)
+
+    def job(self) -> Job:
+        return self.client.get_job(self.job_id)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        return self.client.get(self, timeout=timeout)
+
+    def cancel(self) -> Job:
+        """Cancel the batch: its children that have not ended are cancelled (and refunded) with it."""
+        return self.client.cancel_job(self.job_id)
+
+
+Ref = TypeVar("Ref", bound=JobRef | BatchRef)
 
 
 class Client:
@@ -277,6 +350,39 @@ class Client:
             time.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 1.5, POLL_MAX_S)
 
+    # --- batches -------------------------------------------------------------------------------
+
+    def submit_batch(self, workload: str, inputs: list[dict[str, Any]], *, merge_strategy: str = "concat",
+                     fail_mode: str = "best_effort", max_parallelism: int | None = None, region: str | None = None,
+                     bid_price: float | None = None, priority: int | None = None) -> BatchJob:
+        """Run ``workload`` once per input as child jobs, at most ``max_parallelism`` at once. ``fail_mode``:
+        ``best_effort`` (a failed child's output is null) or ``fail_fast`` (the first failure cancels the rest).
+        ``batch_ref(batch.id)`` gives a ref for ``get``/``wait``."""
+        body = batch_body(workload, inputs, merge_strategy, fail_mode, max_parallelism, region, bid_price, priority)
+        return BatchJob.model_validate(self._data("POST", f"{API}/jobs/batch", json=body))
+
+    def get_batch_status(self, batch_id: str) -> BatchProgress:
+        return BatchProgress.model_validate(self._data("GET", f"{API}/jobs/{batch_id}/batch-status"))
+
+    def wait_for_batch(self, batch_id: str, poll_interval: float = 2.0, timeout: float | None = None,
+                       on_progress: BatchProgressCallback | None = None) -> BatchJob:
+        """Block until the batch ends (``on_progress(completed, failed, total)`` at each look); JobFailed when
+        it failed, WaitTimeout past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progress = self.get_batch_status(batch_id)
+            report_progress(progress, on_progress)
+            if progress.is_complete:
+                return batch_ended(progress, self.get_job(batch_id))
+            left = remaining_s(deadline)
+            if left is not None and left <= 0:
+                raise batch_timeout(batch_id, progress.parent_state, timeout)
+            time.sleep(poll_interval if left is None else min(poll_interval, left))
+
+    def batch_ref(self, batch_id: str) -> BatchRef:
+        """A BatchRef for a batch (``submit_batch(…).id``), for ``get`` and ``wait``."""
+        return BatchRef(JobId(batch_id), self)
+
     # --- the ray.get-style surface --------------------------------------------------------------
 
     def submit(self, workload: str, input: dict[str, Any], priority: int | None = None,
@@ -291,18 +397,29 @@ class Client:
     def get(self, refs: JobRef, *, timeout: float | None = None) -> str | None: ...
 
     @overload
+    def get(self, refs: BatchRef, *, timeout: float | None = None) -> list[Any]: ...
+
+    @overload
     def get(self, refs: Sequence[JobRef], *, timeout: float | None = None) -> list[str | None]: ...
 
-    def get(self, refs: JobRef | Sequence[JobRef],
-            *, timeout: float | None = None) -> str | None | list[str | None]:
-        """Block until the job(s) end; return the output(s). JobFailed if one did not complete."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if isinstance(refs, JobRef):
-            return output_of(self.wait_job(refs.job_id, remaining_s(deadline)))
-        return [output_of(self.wait_job(ref.job_id, remaining_s(deadline))) for ref in refs]
+    @overload
+    def get(self, refs: Sequence[JobRef | BatchRef], *, timeout: float | None = None) -> list[Any]: ...
 
-    def wait(self, refs: Sequence[JobRef], *, num_returns: int = 1,
-             timeout: float | None = None) -> tuple[list[JobRef], list[JobRef]]:
+    def get(self, refs: JobRef | BatchRef | Sequence[JobRef | BatchRef],
+            *, timeout: float | None = None) -> Any:
+        """Block until the job(s) end; return the output(s) — a batch's is the list of its children's outputs.
+        JobFailed if one did not complete."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if isinstance(refs, JobRef | BatchRef):
+            return self._output(refs, deadline)
+        return [self._output(ref, deadline) for ref in refs]
+
+    def _output(self, ref: JobRef | BatchRef, deadline: float | None) -> Any:
+        job = self.wait_job(ref.job_id, remaining_s(deadline))
+        return merged_of(job) if isinstance(ref, BatchRef) else output_of(job)
+
+    def wait(self, refs: Sequence[Ref], *, num_returns: int = 1,
+             timeout: float | None = None) -> tuple[list[Ref], list[Ref]]:
         """Like ``ray.wait``: (the first ``num_returns`` refs that ended, the rest), both in input order."""
         refs = list(refs)
         if not 0 <= num_returns <= len(refs):

@@ -137,6 +137,69 @@ class HostKarma(_ApiModel):
     events: tuple[dict[str, Any], ...] = ()
 
 
+BATCH_ENDED = frozenset({"succeeded", "failed", "cancelled"})  # a batch's states (the internal vocabulary)
+
+
+class BatchChild(_ApiModel):
+    """One child job of a batch."""
+
+    id: JobId
+    batch_index: int
+    state: str  # submitted, queued, assigned, started, streaming, succeeded, failed, cancelled, timed_out
+    error: str | None = None
+    host_id: HostId | None = None
+
+
+class BatchConfig(_ApiModel):
+    """A batch's settings and counts."""
+
+    chunk_count: int
+    merge_strategy: str = "concat"
+    fail_mode: str = "best_effort"
+    completed: int = 0
+    failed: int = 0
+    max_parallelism: int | None = None
+    bid_price: float | None = None
+
+
+class BatchJob(_ApiModel):
+    """A batch (its parent job) with its children, as ``POST /api/v1/jobs/batch`` answers it."""
+
+    id: JobId
+    state: str
+    workload: str
+    batch: BatchConfig
+    children: tuple[BatchChild, ...] = ()
+    created_at: datetime
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state in BATCH_ENDED
+
+    @property
+    def progress(self) -> float:
+        """The share of children that ended, 0 to 1."""
+        if self.batch.chunk_count == 0:
+            return 0.0
+        return (self.batch.completed + self.batch.failed) / self.batch.chunk_count
+
+
+class BatchProgress(_ApiModel):
+    """How far a batch is: children per state, and each child."""
+
+    parent_id: JobId
+    parent_state: str
+    chunk_count: int
+    merge_strategy: str
+    fail_mode: str
+    child_states: dict[str, int] = Field(default_factory=dict)
+    children: tuple[BatchChild, ...] = ()
+
+    @property
+    def is_complete(self) -> bool:
+        return self.parent_state in BATCH_ENDED
+
+
 T = TypeVar("T")
 
 
