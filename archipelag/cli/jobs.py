@@ -34,13 +34,16 @@ keys_app = typer.Typer(help="Your API keys.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the client commands to the `archipelag` command (or any Typer app)."""
+    """Add the client commands to the `archipelag` command (or any Typer app), `batch` among them."""
+    from archipelag.cli import batch  # it builds on this module's helpers
+
     app.command("submit")(submit)
     app.command("account")(account)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(hosts_app, name="hosts")
     app.add_typer(workloads_app, name="workloads")
     app.add_typer(keys_app, name="keys")
+    batch.register(app)
 
 
 # --- plumbing -------------------------------------------------------------------------------------
