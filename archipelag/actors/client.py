@@ -13,6 +13,7 @@ from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
     RayActorError,
+    RayError,
     RayTaskError,
     TaskCancelledError,
 )
@@ -128,7 +129,7 @@ class HostAgentClient:
             view: AgentView = ray.get(ref, timeout=timeout_s)
         except RayTaskError as exc:
             raise _cause(exc, self.host_id) from None
-        except (*_LOST, GetTimeoutError) as exc:
+        except (RayError, ConnectionError) as exc:  # gone, timed out, or its cluster is: all mean not reachable now
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}", host_id=self.host_id) from None
         return view
 

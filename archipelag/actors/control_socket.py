@@ -84,13 +84,15 @@ class ControlServer:
         self._sock = sock
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, keep_path: bool = False) -> None:
+        """Stop serving; ``keep_path`` leaves the socket's file (clients are refused) until a later ``close``."""
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
             self._sock = None
-        self.path.unlink(missing_ok=True)
+        if not keep_path:
+            self.path.unlink(missing_ok=True)
 
     def _clear_stale(self) -> None:
         """A socket left by a `host join` that was killed; refuse to take over one that still answers."""

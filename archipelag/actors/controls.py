@@ -149,6 +149,7 @@ class HostControls:
     clock: Callable[[], float] = time.time
     local_now: Callable[[], datetime] = datetime.now
     _deadline: float | None = None
+    _last_warning: str = ""
     _last: AgentView = field(default_factory=lambda: AgentView(ONLINE, ()))
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -201,6 +202,11 @@ class HostControls:
                     view = self._follow_schedule(view)
             except HostLost:
                 return False  # the node is gone; `stay` rejoins and then ``restore``s
+            except ArchipelagError as exc:  # e.g. placement refuses to pause a suspended host: say so once
+                if exc.message != self._last_warning:
+                    log.warning("host %s: the schedule could not be applied: %s", self.host_id, exc.message)
+                    self._last_warning = exc.message
+                view = self._last
             if view.state.status != HostStatus.DRAINING:
                 return False
             if not view.running:

@@ -150,8 +150,11 @@ def host_join(
     try:
         joined.stay(leave_now, controls, leave_asked)
     finally:
-        server.close()
-        joined.leave()
+        server.close(keep_path=True)  # no more requests: they would reach for Ray while it shuts down
+        try:
+            joined.leave()
+        finally:
+            server.close()  # the socket goes last: `host drain --wait` returns once the host has left
         typer.echo(f"host {joined.host_id} left.")
 
 

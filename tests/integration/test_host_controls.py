@@ -135,7 +135,11 @@ def test_an_admin_pauses_and_resumes_a_host_through_the_api_and_nobody_else_may(
     assert "maintenance" in body["control"]["reason"]
     assert "maintenance" in control(network, "island-1", "status")["reason"]  # the owner sees why
     assert finished(http, submit(http, "wasm-hash", "eu-west"))["host_id"] != "island-1"
-    assert http.post("/api/v1/admin/hosts/island-1/resume").json()["data"]["status"] == "online"
+    resumed = subprocess.run([sys.executable, "-m", "archipelag", "admin", "resume-host", "island-1", "--url",
+                              network.url, "--api-key", network.api_key], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert resumed.returncode == 0 and "host island-1: online" in resumed.stdout, resumed.stderr
+    assert status_in_api(http, "island-1") == "online"
     assert http.post("/api/v1/admin/hosts/no-such-host/pause").status_code == 404
 
     ledger = network.coordinator.ledger

@@ -172,3 +172,14 @@ def test_asking_another_user_s_socket_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         ask(tmp_path / "none.sock", {"command": "status"})
     assert Forbidden.http_status == 403
+
+
+def test_a_leaving_host_refuses_requests_and_its_socket_goes_once_it_has_left(state_dir: Path) -> None:
+    server = ControlServer(socket_path(Settings(state_dir=state_dir), "h1"), lambda r: {"ok": True})
+    server.start()
+    server.close(keep_path=True)  # leaving: no more requests, but `host drain --wait` still sees it there
+    assert server.path.exists()
+    with pytest.raises(ConfigError, match="is gone"):
+        ask(server.path, {"command": "status"})
+    server.close()
+    assert not server.path.exists()
