@@ -49,7 +49,8 @@ def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> d
         pool = functools.partial(WorkerPool, idle_ttl_s=settings.model_idle_ttl_s,
                                  max_workers=settings.max_model_workers, reserve_mb=settings.model_memory_reserve_mb)
         runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None, cache=cache,
-                                                      models=ModelStore(settings.models_dir), pool=pool)
+                                                      models=ModelStore(settings.models_dir), pool=pool,
+                                                      lent_cores=hardware.cpu_cores)
     except RuntimeUnavailable as exc:
         log.warning("host %s offers no container runtime: %s", host_id, exc.message)
     return runtimes

@@ -31,8 +31,10 @@ class HostFacts:
     gpu: bool = False
 
     @classmethod
-    def detect(cls, gpu: bool = False) -> HostFacts:
-        return cls(cpu_count=os.cpu_count() or 1, gpu=gpu)
+    def detect(cls, gpu: bool = False, lent_cores: int | None = None) -> HostFacts:
+        """``lent_cores``: the owner's `--max-cores`; a job's CPU quota never goes past it."""
+        cores = os.cpu_count() or 1
+        return cls(cpu_count=min(cores, lent_cores) if lent_cores else cores, gpu=gpu)
 
 
 @dataclass(frozen=True)

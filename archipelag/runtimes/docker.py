@@ -78,7 +78,8 @@ class DockerRuntime:
     @classmethod
     def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False,
                 cache: ImageCache | None = None, models: ModelStore | None = None,
-                pool: Callable[[StartWorker], WorkerPool] | None = None) -> DockerRuntime:
+                pool: Callable[[StartWorker], WorkerPool] | None = None,
+                lent_cores: int | None = None) -> DockerRuntime:
         """A runtime on the engine at ``base_url``; RuntimeUnavailable when it does not answer."""
         try:
             client = docker.DockerClient(base_url=base_url)
@@ -86,7 +87,7 @@ class DockerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
                                      "with scripts/docker-engine.sh ensure") from None
-        return cls(client, HostFacts.detect(gpu=gpu), cache, models, pool)
+        return cls(client, HostFacts.detect(gpu=gpu, lent_cores=lent_cores), cache, models, pool)
 
     def close(self) -> None:
         self._pool.close()

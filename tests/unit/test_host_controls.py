@@ -3,10 +3,13 @@ what its owner lends, and the join process's side (schedule with an injected clo
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime
 
 import pytest
+from test_docker_request import a_spec as a_container_spec
+from test_docker_request import host_config
 from test_host_agent import ScriptedRuntime, a_spec
 
 from archipelag.actors.controls import (
@@ -28,6 +31,7 @@ from archipelag.catalog import Manifest
 from archipelag.errors import Conflict, InvalidTransition, ValidationFailed
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
+from archipelag.runtimes.container_spec import HostFacts
 
 PAUSE, RESUME, DRAIN, LEAVE = Command.PAUSE, Command.RESUME, Command.DRAIN, Command.LEAVE
 OWNER = Controller.OWNER
@@ -289,3 +293,25 @@ def test_a_job_stopped_because_its_host_leaves_ends_without_a_final_event_so_it_
     agent.close()
     assert list(events) == []  # no `cancelled` for its user: the coordinator runs it again on another host
     assert agent.view().running == ()
+
+
+def test_a_schedule_placement_refuses_does_not_stop_the_host() -> None:
+    agent, clocks = HostAgent(HostId("h1"), {}, 2), Clocks("12:00")
+
+    class Suspended(LocalAgent):
+        def control(self, command: Command, by: Controller, reason: str) -> AgentView:
+            def refuse(status: HostStatus) -> None:
+                raise InvalidTransition("host h1 is suspended", host_id="h1", current="suspended", target=str(status))
+            return self.agent.control(command, by, reason, self.clock, refuse)
+
+    controls = controls_for(Suspended(agent), clocks, "22:00-07:00")
+    assert controls.tick() is False and controls.tick() is False  # it stays joined; it says why once
+    assert controls.status()["status"] == "online"
+
+
+def test_a_container_s_cpu_quota_never_goes_past_the_cores_its_owner_lends() -> None:
+    one = HostFacts.detect(lent_cores=1)
+    assert one.cpu_count == 1
+    spec = a_container_spec(trust_level=3)
+    assert host_config(spec, one)["nano_cpus"] <= 1_000_000_000
+    assert HostFacts.detect().cpu_count == (os.cpu_count() or 1)
