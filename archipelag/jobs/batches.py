@@ -137,6 +137,7 @@ class BatchDriver:
         self._children = children
         self._ended: asyncio.Queue[JobId | None] = asyncio.Queue()  # None: only a wake-up
         self._cancel_reason: str | None = None
+        self._watches: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references to tasks
         self.done = asyncio.Event()
 
     def cancel(self, reason: str) -> None:
@@ -148,6 +149,8 @@ class BatchDriver:
         try:
             await self._drive()
         finally:
+            for task in self._watches:
+                task.cancel()
             self.done.set()
 
     async def _drive(self) -> None:
@@ -176,17 +179,20 @@ class BatchDriver:
                 waiting.clear()
                 for job_id in list(running):
                     await self._children.cancel(job_id, reason)
-            while waiting and len(running) < limit and self._children.room() > 0:
-                job = await self._ledger.get_job(waiting.popleft())
-                if job.status in TERMINAL_JOB_STATES:  # cancelled by hand before its turn
-                    failed = failed or job.status is not JobStatus.SUCCEEDED
-                    continue
-                self._watch(job.id, self._children.release(job))
-                running.add(job.id)
-            for job_id in await self._next_ended():
-                if job_id in running:
-                    running.discard(job_id)
-                    failed = failed or (await self._ledger.get_job(job_id)).status is not JobStatus.SUCCEEDED
+            free = min(limit - len(running), self._children.room(), len(waiting))
+            if free > 0:  # the next children, moved to queued in one write
+                for job in await self._ledger.queue_children(self.parent_id,
+                                                             [waiting.popleft() for _ in range(free)]):
+                    if job.status in TERMINAL_JOB_STATES:  # cancelled by hand before its turn
+                        failed = failed or job.status is not JobStatus.SUCCEEDED
+                        continue
+                    self._watch(job.id, self._children.release(job))
+                    running.add(job.id)
+            finished = [job_id for job_id in await self._next_ended() if job_id in running]
+            if finished:
+                running.difference_update(finished)
+                statuses = await self._ledger.job_statuses(list(finished))
+                failed = failed or any(statuses.get(job_id) is not JobStatus.SUCCEEDED for job_id in finished)
         await self._end_parent(await self._ledger.get_batch(self.parent_id))
 
     async def _next_ended(self) -> list[JobId]:
@@ -205,7 +211,9 @@ class BatchDriver:
             await ended.wait()
             self._ended.put_nowait(job_id)
 
-        asyncio.ensure_future(watch())
+        task = asyncio.ensure_future(watch())
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
 
     async def _start_parent(self, status: JobStatus) -> None:
         """The parent reads ``running`` while its children run (it has no host of its own)."""

@@ -213,17 +213,12 @@ class JobService:
         task.add_done_callback(forget)
 
     def release(self, child: Job) -> asyncio.Event:
-        """A batch's child into the queue as an ordinary job (its move to queued written as a new job's
-        creation is: the dispatcher's writes for it wait for it)."""
+        """A batch's child (queued in the ledger by its driver) into the queue as an ordinary job."""
         manifest = self._catalog[child.workload_slug]
         ticket = Ticket(child.id, manifest, child.input,
                         manifest.limits_under(self._settings.limits_for(manifest.tier)), child.region,
                         child.priority, attempt=child.attempt, log=self._relay.open(child.id, owner=child.account_id))
         self._dispatcher.enqueue(ticket)
-        if child.status is JobStatus.SUBMITTED:
-            queued = asyncio.ensure_future(self._ledger.transition(child.id, JobStatus.QUEUED, "released by its batch"))
-            self._dispatcher.creating(ticket, queued)
-            self._metrics.admitted(child.id, manifest.slug, queued)
         return ticket.ended
 
     async def resume(self, child: Job) -> asyncio.Event | None:

@@ -9,6 +9,7 @@ open session; ``Ledger`` owns the transactions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
@@ -19,8 +20,8 @@ from archipelag.catalog import MICRO
 from archipelag.errors import NotFound, PaymentRequired, ValidationFailed
 from archipelag.ids import HostId, JobId, new_job_id
 from archipelag.ledger import credits, jobs
-from archipelag.ledger.records import BatchChild, JobBatch
-from archipelag.ledger.tables import BatchRow, JobRow
+from archipelag.ledger.records import BatchChild, Job, JobBatch
+from archipelag.ledger.tables import BatchRow, JobRow, WorkloadRow
 from archipelag.lifecycle import JobStatus
 
 
@@ -79,3 +80,27 @@ def cancel_waiting(session: Session, parent_id: str, child_ids: Sequence[str], r
         jobs.transition(session, job_id, JobStatus.CANCELLED, reason, {"error": reason})
         credits.refund(session, int(account_id), job_id, int(reserved))
     return [JobId(row[0]) for row in waiting]
+
+
+def queue_children(session: Session, parent_id: str, child_ids: Sequence[str]) -> list[Job]:
+    """Move those of ``child_ids`` still ``submitted`` to ``queued`` (their batch releases them); every one of
+    them as it is now, in index order (one cancelled meanwhile comes back terminal: the driver skips it)."""
+    rows = session.execute(
+        select(JobRow, col(WorkloadRow.slug)).join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
+        .where(col(JobRow.parent_id) == parent_id, col(JobRow.id).in_(list(child_ids)))
+        .order_by(col(JobRow.batch_index)).with_for_update()
+    ).all()
+    children: list[Job] = []
+    for row, slug in rows:
+        child = jobs.record(row, slug)
+        if child.status is JobStatus.SUBMITTED:
+            jobs.transition(session, row.id, JobStatus.QUEUED, "released by its batch", {})
+            child = replace(child, status=JobStatus.QUEUED)
+        children.append(child)
+    return children
+
+
+def statuses(session: Session, job_ids: Sequence[str]) -> dict[JobId, JobStatus]:
+    """The status of each of ``job_ids`` (one read for many children)."""
+    rows = session.execute(select(col(JobRow.id), col(JobRow.status)).where(col(JobRow.id).in_(list(job_ids)))).all()
+    return {JobId(job_id): JobStatus(status) for job_id, status in rows}

@@ -226,6 +226,12 @@ class LedgerClient:
     async def cancel_waiting_children(self, parent_id: str, child_ids: list[str], reason: str) -> list[JobId]:
         return list(await self._calls.call("cancel_waiting_children", parent_id, child_ids, reason))
 
+    async def queue_children(self, parent_id: str, child_ids: list[str]) -> list[Job]:
+        return list(await self._calls.call("queue_children", parent_id, child_ids))
+
+    async def job_statuses(self, job_ids: list[str]) -> dict[JobId, JobStatus]:
+        return dict(await self._calls.call("job_statuses", job_ids))
+
     async def unfinished_jobs(self) -> list[Job]:
         return list(await self._calls.call("unfinished_jobs"))
 

@@ -10,7 +10,8 @@ Accounts, keys, sessions, sign-up and administration: see ``people.People``, whi
 Workloads: ``sync_catalog``, ``list_workloads``, ``get_workload``.
 Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``save_events``, ``get_job``, ``list_jobs``,
 ``unfinished_jobs``, ``job_events``, ``stored_output_events``.
-Batches: ``create_batch``, ``get_batch``, ``cancel_waiting_children`` (see ``batches``).
+Batches: ``create_batch``, ``get_batch``, ``queue_children``, ``job_statuses``, ``cancel_waiting_children``
+(see ``batches``).
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_score``.
@@ -200,6 +201,17 @@ class Ledger(People):
         """Cancel and refund those of ``child_ids`` no host has begun, in one transaction; their ids."""
         with db.write_session(self.engine) as session:
             return batches.cancel_waiting(session, parent_id, child_ids, reason)
+
+    def queue_children(self, parent_id: str, child_ids: list[str]) -> list[Job]:
+        """Release children of a batch: the ``submitted`` ones move to ``queued``, in one transaction; each
+        child as it is now, in index order."""
+        with db.write_session(self.engine) as session:
+            return batches.queue_children(session, parent_id, child_ids)
+
+    def job_statuses(self, job_ids: list[str]) -> dict[JobId, JobStatus]:
+        """The status of each job (one read for many)."""
+        with db.read_session(self.engine) as session:
+            return batches.statuses(session, job_ids)
 
     def unfinished_jobs(self) -> list[Job]:
         """Every job not in a terminal state, oldest first: what a starting coordinator resumes."""
