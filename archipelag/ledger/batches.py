@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -21,7 +21,7 @@ from archipelag.errors import NotFound, PaymentRequired, ValidationFailed
 from archipelag.ids import HostId, JobId, new_job_id
 from archipelag.ledger import credits, jobs
 from archipelag.ledger.records import BatchChild, Job, JobBatch
-from archipelag.ledger.tables import BatchRow, JobRow, WorkloadRow
+from archipelag.ledger.tables import BatchRow, JobEventRow, JobRow, WorkloadRow, utcnow
 from archipelag.lifecycle import JobStatus
 
 
@@ -42,9 +42,21 @@ def create(session: Session, account_id: int, workload_slug: str, inputs: Sequen
                          new_job_id(), batch_size=len(inputs))
     session.add(BatchRow(job_id=parent.id, merge_strategy=merge_strategy, fail_mode=fail_mode,
                          max_parallelism=max_parallelism, bid_price_micro=bid_price_micro))
-    for index, (job_input, reserve) in enumerate(zip(inputs, reserves_micro, strict=True)):
-        jobs.create(session, account_id, workload_slug, job_input, region, priority, reserve, new_job_id(),
-                    parent_id=parent.id, batch_index=index)
+    # One reservation for every child at once (a row-by-row insert of 1,000 jobs took seconds); each child
+    # holds its share in ``reserved_micro`` and settles or refunds it alone, as any job does.
+    credits.reserve(session, account_id, parent.id, required)
+    now = utcnow()
+    children = [{"id": new_job_id(), "account_id": account_id, "workload_id": parent.workload_id,
+                 "status": str(JobStatus.SUBMITTED), "input": dict(job_input), "output": None, "error": None,
+                 "usage": None, "events": None, "host_id": None, "attempt": 1, "region": region,
+                 "priority": priority, "created_at": now, "started_at": None, "completed_at": None,
+                 "reserved_micro": reserve, "credits_used_micro": 0, "parent_id": parent.id, "batch_index": index,
+                 "batch_size": None}
+                for index, (job_input, reserve) in enumerate(zip(inputs, reserves_micro, strict=True))]
+    session.execute(insert(JobRow), children)
+    session.execute(insert(JobEventRow), [{"job_id": child["id"], "from_status": None,
+                                           "to_status": str(JobStatus.SUBMITTED), "at": now,
+                                           "reason": "submitted in a batch"} for child in children])
     session.flush()
     return read(session, parent.id)
 
