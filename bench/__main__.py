@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "llm", "llm-load", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "batch", "llm", "llm-load", "web")
 
 
 def _placement() -> None:
@@ -57,6 +57,12 @@ def _jobs() -> None:
     _table(bench_jobs.failover_rows())
 
 
+def _batch() -> None:
+    from bench import bench_batch
+
+    _table(bench_batch.run())
+
+
 def _llm() -> None:
     from bench import bench_llm
 
@@ -77,7 +83,7 @@ def _web() -> None:
 
 RUNNERS: dict[str, Callable[[], None]] = {
     "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "join": _join, "jobs": _jobs,
-    "llm": _llm,
+    "batch": _batch, "llm": _llm,
     "web": _web, "llm-load": _llm_load,
 }
 
