@@ -148,6 +148,9 @@ class BatchDriver:
     async def run(self) -> None:
         try:
             await self._drive()
+        except ArchipelagError as exc:  # the ledger unreachable, a workload gone from the catalog: no batch hangs
+            log.exception("batch %s: its driver stopped", self.parent_id)
+            await self._give_up(f"the batch could not go on: {exc.message}")
         finally:
             for task in self._watches:
                 task.cancel()
@@ -221,6 +224,18 @@ class BatchDriver:
                  JobStatus.QUEUED: (JobStatus.ASSIGNED, JobStatus.STARTED), JobStatus.ASSIGNED: (JobStatus.STARTED,)}
         for step in steps.get(status, ()):
             await self._ledger.transition(self.parent_id, step, "its children run")
+
+    async def _give_up(self, reason: str) -> None:
+        """Cancel what has not begun and fail the batch (children already running end on their own)."""
+        try:
+            batch = await self._ledger.get_batch(self.parent_id)
+            waiting = [c.id for c in batch.children if c.status in _WAITING]
+            await self._ledger.cancel_waiting_children(self.parent_id, list(waiting), reason)
+            await self._ledger.finish(self.parent_id, JobStatus.FAILED, output=None, error=reason, usage={},
+                                      events=[dict(error_event(reason, "failed"), seq=0)], price_micro=0,
+                                      host_id=None)
+        except ArchipelagError:
+            log.exception("batch %s could not be ended; a restart resumes it", self.parent_id)
 
     async def _end_parent(self, batch: JobBatch) -> None:
         status, error = outcome(batch.children, batch.fail_mode, self._cancel_reason)

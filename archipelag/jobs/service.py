@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from archipelag.catalog import Manifest
+from archipelag.catalog import Manifest, lookup
 from archipelag.errors import ArchipelagError, InvalidTransition, NoCapacity, NotFound
 from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
@@ -214,7 +214,7 @@ class JobService:
 
     def release(self, child: Job) -> asyncio.Event:
         """A batch's child (queued in the ledger by its driver) into the queue as an ordinary job."""
-        manifest = self._catalog[child.workload_slug]
+        manifest = lookup(self._catalog, child.workload_slug)  # NotFound once its workload left the catalog
         ticket = Ticket(child.id, manifest, child.input,
                         manifest.limits_under(self._settings.limits_for(manifest.tier)), child.region,
                         child.priority, attempt=child.attempt, log=self._relay.open(child.id, owner=child.account_id))

@@ -266,3 +266,25 @@ def test_a_big_batch_leaves_room_in_the_queue_for_single_jobs(tmp_path: Path) ->
         await net.service.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_whose_workload_left_the_catalog_fails_and_refunds_the_rest(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, EchoHost())
+        batch = await net.submit(["hold", "x", "x"], max_parallelism=1)
+        async with asyncio.timeout(10):
+            while net.ledger.get_job(batch.children[0].id).status is not JobStatus.STARTED:
+                await asyncio.sleep(0.02)
+        await net.service.close()
+        net.host.release.set()
+        net.service = JobService(net.settings, {}, LedgerClient.local(net.ledger), net.placement,
+                                 lambda host_id: net.host)
+        await net.service.start()
+        done = await net.ended(batch.parent.id)
+        assert done.parent.status is JobStatus.FAILED and "unknown workload" in (done.parent.error or "")
+        assert [c.status for c in done.children] == [JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CANCELLED]
+        assert net.ledger.balance_micro(net.account) == CREDITS
+        net.books_balance()
+        await net.service.close()
+
+    asyncio.run(scenario())
