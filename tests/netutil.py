@@ -56,3 +56,19 @@ def eventually(check: Callable[[], T], timeout_s: float = 20, interval_s: float 
             return last
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s; last answer: {last!r}")
+
+
+def enrol_local_host(settings: Settings, host_id: str, region: str = "eu-west") -> None:
+    """What `archipelag up` does for its own hosts before starting them: a key in the state dir, enrolled under
+    the network's own account (made here if the network has none yet)."""
+    from archipelag import identity
+    from archipelag.ledger import Ledger
+
+    key = identity.load_or_create_key(identity.named_key_path(settings.state_dir, host_id))
+    ledger = Ledger(settings.effective_database_url())
+    try:
+        ledger.migrate()
+        owner = ledger.find_account("you@localhost") or ledger.create_account("you@localhost", 0)
+        ledger.enrol_host(host_id, identity.public_hex(key), owner.id, host_id, region)
+    finally:
+        ledger.close()

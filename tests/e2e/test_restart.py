@@ -19,7 +19,7 @@ import psutil
 import pytest
 from catalog_builders import network_catalog
 from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
-from netutil import eventually, free_port
+from netutil import enrol_local_host, eventually, free_port
 from up_process import network_processes, start_up, still_running, up_env
 
 from archipelag.catalog_signing import ensure_dev_signed_catalog
@@ -45,6 +45,7 @@ def test_a_coordinator_killed_with_jobs_queued_and_running_resumes_them_when_it_
     settings = {"workloads_dir": str(workloads), "host_slots": "1", "trusted_catalog_keys": json.dumps([catalog_key]),
                 "database_url": database_url}
     coordinator, _ = start_up(state, port, head_port, hosts=0, **settings)
+    enrol_local_host(Settings(state_dir=state, database_url=database_url), "island-r")  # as `up` does its own
     host_log = (tmp_path / "host.log").open("wb")
     host = subprocess.Popen(
         [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", f"127.0.0.1:{head_port}",

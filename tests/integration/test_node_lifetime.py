@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
-from netutil import eventually, network_settings
+from netutil import enrol_local_host, eventually, network_settings
 from up_process import network_processes, still_running
 
 from archipelag.actors.client import HostAgentClient
@@ -22,6 +22,7 @@ from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import prepare_ray_env
 from archipelag.errors import ArchipelagError
 from archipelag.ids import HostId
+from archipelag.ledger.client import LedgerClient
 from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, kill_processes, start_head
 from archipelag.placement.client import PlacementClient
 from archipelag.settings import Settings
@@ -89,17 +90,19 @@ def head_settings(tmp_path: Path) -> Iterator[Settings]:
     _, key = ensure_dev_signed_catalog(settings)
     settings = settings.model_copy(update={"trusted_catalog_keys": [*settings.trusted_catalog_keys, key]})
     prepare_ray_env(settings)
+    enrol_local_host(settings, "islet")  # placement takes only enrolled hosts' signed reports
     yield settings
     ray.shutdown()
 
 
 def start_coordinator_head(settings: Settings, log_dir: Path) -> RayNodeProcess:
-    """A head and the placement actor a host's agent registers with (the rest of the coordinator is not
+    """A head, the ledger and the placement actor a host's agent registers with (the rest of the coordinator is not
     needed to join)."""
     head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=settings.ray_env())
     head.wait_started()
     ray.init(address=f"127.0.0.1:{settings.ray_head_port}", namespace=settings.ray_namespace,
              log_to_driver=False)
+    LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})  # placement asks it who a host is
     PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
     return head
 
