@@ -96,20 +96,9 @@ class ControlServer:
 
     def _clear_stale(self) -> None:
         """A socket left by a `host join` that was killed; refuse to take over one that still answers."""
-        if not self.path.exists():
-            return
-        if not stat.S_ISSOCK(self.path.stat().st_mode):
-            raise ConfigError(f"{self.path} exists and is not a socket; remove it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.path))
-        except OSError:
+        if self.path.exists():
+            refuse_if_joined(self.path)
             self.path.unlink()
-            return
-        finally:
-            probe.close()
-        raise ConfigError(f"host {self.path.stem} is already joined from this machine (its control socket "
-                          f"{self.path} answers)")
 
     def _serve(self) -> None:
         while self._sock is not None:
@@ -142,6 +131,23 @@ class ControlServer:
             log.exception("control request failed")
             return {"error": {"message": f"the host could not do it: {type(exc).__name__}: {exc}",
                               "code": "internal_error"}}
+
+
+def refuse_if_joined(path: Path) -> None:
+    """ConfigError when a `host join` answers at ``path``: the same host must not join twice from one machine."""
+    if not path.exists():
+        return
+    if not stat.S_ISSOCK(path.stat().st_mode):
+        raise ConfigError(f"{path} exists and is not a socket; remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return  # left by a `host join` that was killed
+    finally:
+        probe.close()
+    raise ConfigError(f"host {path.stem} is already joined from this machine (its control socket {path} answers); "
+                      "`archipelag host status` shows it")
 
 
 def _check_peer(conn: socket.socket) -> None:

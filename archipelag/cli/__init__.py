@@ -118,7 +118,7 @@ def host_join(
     jobs, running ones finish (up to ARCHIPELAG_DRAIN_TIMEOUT_S), then it leaves; a second Ctrl-C (or SIGTERM)
     leaves at once. `archipelag host pause|resume|drain|status` control it meanwhile. When the coordinator goes
     away it keeps trying to join it again."""
-    from archipelag.actors.control_socket import ControlServer, socket_path
+    from archipelag.actors.control_socket import ControlServer, refuse_if_joined, socket_path
     from archipelag.actors.join import join
     from archipelag.actors.schedule import parse_schedule
 
@@ -128,6 +128,8 @@ def host_join(
     _stop_cleanly_on_sigterm()
     try:
         hours = parse_schedule(schedule) if schedule is not None else None
+        if host_id is not None:
+            refuse_if_joined(socket_path(settings, host_id))  # before joining: a second join would take its agent
         joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip,
                       max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu)
     except ArchipelagError as exc:
