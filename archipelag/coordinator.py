@@ -78,8 +78,9 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
     head = None
     address = settings.ray_address
     if not address:
-        head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=env)
-        address = f"127.0.0.1:{settings.ray_head_port}"
+        head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, node_ip=settings.ray_head_ip,
+                          env=env)
+        address = f"{settings.ray_head_ip}:{settings.ray_head_port}"
     if head is not None:
         head.wait_started(timeout_s)
     ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,

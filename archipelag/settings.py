@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ray_namespace: str = "archipelag"
     ray_head_port: int = 6380
+    # The address the head's Ray ports listen on: loopback for a network on one machine (`make up`); the LAN or
+    # public address hosts on other machines reach (behind TLS across the internet: README, deployment).
+    ray_head_ip: str = "127.0.0.1"
     ray_address: str = ""  # empty → the local head started by `up`
     ray_auth: Literal["token", "disabled"] = "token"  # Ray's token auth for every join (DESIGN §10)
     ray_temp_dir: Path = Path("/tmp/archipelag")  # short: Ray's socket paths must stay under 107 bytes
@@ -188,7 +191,7 @@ class Settings(BaseSettings):
     enrolments_per_min: int = 10  # pairing requests and polls one client address may send a minute, unsigned
     pairing_failures_per_min: int = 10  # wrong codes one account may try a minute
     report_max_skew_s: float = 60.0  # a signed host report this far from the coordinator's clock is refused
-    public_ray_address: str = ""  # the Ray address approved hosts join; empty → ray_address, else 127.0.0.1:head
+    public_ray_address: str = ""  # the Ray address approved hosts join; empty → ray_address, else the head's
 
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
