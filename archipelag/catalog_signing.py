@@ -31,6 +31,7 @@ from archipelag.catalog import Manifest, load_catalog, parse_compiled_catalog, w
 from archipelag.errors import ConfigError, NotFound, WorkloadRefused
 from archipelag.ids import WorkloadSlug
 from archipelag.runtimes.base import JobSpec
+from archipelag.sandbox import Limits, Tier
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,9 +270,10 @@ class CatalogGuard:
     when it changes and keeps the last good catalog if the new one fails (a rebuild mid-write, a tamper)."""
 
     def __init__(self, catalog: SignedCatalog, allowed_image_sources: Sequence[str],
-                 reload: Callable[[], SignedCatalog] | None = None, stamp: Callable[[], object] | None = None
-                 ) -> None:
+                 reload: Callable[[], SignedCatalog] | None = None, stamp: Callable[[], object] | None = None,
+                 limits_for: Callable[[Tier], Limits] | None = None) -> None:
         self._catalog = catalog
+        self._limits_for = limits_for  # the host's tiers: a job runs within its signed tier's limits
         self._allowed = tuple(allowed_image_sources)
         self._reload = reload
         self._stamp = stamp
@@ -280,7 +282,8 @@ class CatalogGuard:
 
     @classmethod
     def from_file(cls, path: Path, trusted_keys: Sequence[str], workloads_dir: Path,
-                  allowed_image_sources: Sequence[str]) -> CatalogGuard:
+                  allowed_image_sources: Sequence[str], limits_for: Callable[[Tier], Limits] | None = None,
+                  ) -> CatalogGuard:
         def load() -> SignedCatalog:
             return load_signed_catalog(path, trusted_keys, workloads_dir)
 
@@ -290,12 +293,12 @@ class CatalogGuard:
             except OSError:
                 return None
 
-        return cls(load(), allowed_image_sources, load, stamp)
+        return cls(load(), allowed_image_sources, load, stamp, limits_for)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CatalogGuard:
         return cls.from_file(catalog_path(settings), settings.trusted_catalog_keys, settings.workloads_dir,
-                             settings.allowed_image_sources)
+                             settings.allowed_image_sources, settings.limits_for)
 
     @property
     def catalog(self) -> SignedCatalog:
@@ -303,9 +306,13 @@ class CatalogGuard:
         return self._catalog
 
     def admit(self, spec: JobSpec) -> JobSpec:
-        """The spec to run, carrying the signed manifest; raises WorkloadRefused (nothing may run then)."""
+        """The spec to run, carrying the signed manifest and limits no wider than its signed tier's (whoever
+        sent the spec: a request's limits can only narrow them); raises WorkloadRefused (nothing may run then)."""
         signed = check_workload(spec.workload, self.catalog, self._allowed)
-        return replace(spec, workload=signed)
+        if self._limits_for is None:
+            return replace(spec, workload=signed)
+        tier = signed.limits_under(self._limits_for(signed.tier))
+        return replace(spec, workload=signed, limits=spec.limits.within(tier))
 
     def _refresh(self) -> None:
         if self._reload is None or self._stamp is None:

@@ -37,6 +37,13 @@ class Limits:
     tmp_mb: int = 64  # containers: size of the writable /tmp (a tmpfs, counted in memory)
     output_events: int = 100_000  # protocol events a job may write (each is an object held on the head)
 
+    def within(self, bound: Limits) -> Limits:
+        """These limits, nowhere wider than ``bound``: each budget the smaller of the two, network and GPU only
+        when both allow them. A host runs a job within its signed tier's limits whatever the request says."""
+        mine, theirs = vars(self), vars(bound)
+        return Limits(**{name: (value and theirs[name]) if isinstance(value, bool) else min(value, theirs[name])
+                         for name, value in mine.items()})
+
     def narrowed(self, memory_mb: int | None = None, timeout_s: float | None = None,
                  fuel: int | None = None, output_bytes: int | None = None) -> Limits:
         return Limits(

@@ -26,6 +26,7 @@ from archipelag.errors import WorkloadRefused
 from archipelag.ids import JobId, WorkloadSlug
 from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
+from archipelag.settings import Settings
 
 ALLOWED = ("archipelag/*",)
 LIMITS = Limits(memory_mb=64, timeout_s=5, network=False, gpu=False, fuel=10, output_bytes=10, line_bytes=10)
@@ -152,3 +153,21 @@ def test_the_guard_picks_up_a_rebuilt_and_re_signed_catalog(tmp_path: Path) -> N
     build_catalog(tmp_path / "workloads", path)
     sign_catalog(path, tmp_path / "k")
     assert guard.catalog.manifests[WorkloadSlug("echo")].limits["timeout_s"] == 4
+
+
+def test_a_spec_that_asks_for_more_than_its_signed_tier_runs_within_the_tier(tmp_path: Path) -> None:
+    """Whoever hands a host a job (the dispatcher, or any node of the cluster calling the agent), the limits the
+    host applies come from the signed tier: a request can only narrow them (issue 11, containment 4)."""
+    public = a_key(tmp_path / "k")
+    path = a_signed_catalog(tmp_path, tmp_path / "k")
+    settings = Settings()
+    guard = CatalogGuard.from_file(path, [public.encoded()], tmp_path / "workloads", ALLOWED,
+                                   limits_for=settings.limits_for)
+    echo = guard.catalog.manifests[WorkloadSlug("echo")]
+    tier = echo.limits_under(settings.limits_for(echo.tier))
+    greedy = Limits(memory_mb=10**6, timeout_s=10**6, network=True, gpu=True, fuel=10**15, output_bytes=10**12,
+                    line_bytes=10**9, pids_limit=10**5, cpus=512.0, tmp_mb=10**6, output_events=10**9)
+    assert guard.admit(replace(a_spec(echo), limits=greedy)).limits == tier
+    assert not tier.network and tier.timeout_s == 5  # restricted, and the manifest's own narrowing
+    modest = replace(tier, memory_mb=tier.memory_mb // 2, timeout_s=1.0)
+    assert guard.admit(replace(a_spec(echo), limits=modest)).limits == modest  # narrower stays narrower
