@@ -20,6 +20,7 @@ from archipelag import identity
 from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound
 from archipelag.identity import Proof
 from archipelag.ids import HostId
+from archipelag.ledger.karma_rules import KarmaRules
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.placement.fleet import Fleet, Heartbeat
@@ -29,6 +30,7 @@ from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, bloc
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
+NEUTRAL_KARMA = KarmaRules().neutral_score  # a new host's score until the ledger's first word on it
 
 # A host's enrolled identity by its id (None: never enrolled), from the ledger; a dict's ``get`` in unit tests.
 Identities = Callable[[HostId], HostIdentity | None]
@@ -59,6 +61,10 @@ class PlacementActor:
         """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended.
         HostRefused unless the report is signed by the host's enrolled key (see ``_check``)."""
         self._check("register", snapshot.host_id, snapshot, proof)
+        # Karma is the ledger's word, never the host's: a signature proves who reports, not that it is true. A
+        # known host keeps what the ledger last gave it; a new one starts neutral until the next fleet round.
+        known = self._fleet.get(snapshot.host_id).karma if snapshot.host_id in self._fleet else NEUTRAL_KARMA
+        snapshot = replace(snapshot, karma=known)
         if snapshot.host_id in self._suspended:
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims

@@ -82,7 +82,8 @@ class Net:
         self.account = self.ledger.create_account("u@example.org", CREDITS).id
         self.placement = PlacementClient.local(self.settings, clock=lambda: NOW)
         for rank, host_id in enumerate(hosts):  # a before b before c
-            self.placement.register(a_host(host_id, karma=0.9 - rank / 10, slots=settings.get("host_slots", 4)))
+            self.placement.register(a_host(host_id, slots=settings.get("host_slots", 4)))
+            self.placement.set_karma(HostId(host_id), 0.9 - rank / 10)  # the ledger's word, as its fleet round
         self.hosts = hosts
         self.service = self.build()
 

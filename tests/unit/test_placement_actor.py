@@ -8,6 +8,7 @@ from builders import NOW, a_host, a_job
 from archipelag.errors import InvalidTransition, NoCapacity, NotFound
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
+from archipelag.placement.actor import NEUTRAL_KARMA
 from archipelag.placement.client import PlacementClient
 from archipelag.settings import Settings
 
@@ -66,7 +67,8 @@ def test_rank_with_no_match_raises_no_capacity_with_the_reason(placement: Placem
 
 def test_mark_offline_takes_a_host_out_at_once(placement: PlacementClient) -> None:
     placement.register(a_host("a"))
-    placement.register(a_host("b", karma=0.1))
+    placement.register(a_host("b"))
+    placement.set_karma(HostId("b"), 0.1)
     placement.mark_offline(HostId("a"), "actor died")
     assert placement.rank(a_job()) == ["b"]
     placement.heartbeat(HostId("a"), {})  # it was alive after all
@@ -143,3 +145,14 @@ def test_a_host_suspended_before_it_joins_joins_suspended(placement: PlacementCl
     asyncio.run(placement.suspend_async(HostId("later"), "known bad"))
     placement.register(a_host("later"))
     assert placement.get(HostId("later")).status == HostStatus.SUSPENDED
+
+
+def test_a_host_cannot_register_its_own_karma(placement: PlacementClient) -> None:
+    """Karma is the ledger's (set_karma, from the jobs service's fleet round), never the host's claim."""
+    placement.register(a_host("modest"))
+    placement.register(a_host("boaster", karma=1.0))
+    assert placement.get(HostId("boaster")).karma == placement.get(HostId("modest")).karma == NEUTRAL_KARMA
+    placement.set_karma(HostId("modest"), 0.9)
+    placement.register(a_host("modest", karma=0.0))  # registering again keeps what the ledger said
+    assert placement.get(HostId("modest")).karma == 0.9
+    assert placement.rank(a_job()) == ["modest", "boaster"]
