@@ -31,7 +31,7 @@ def prepare_ray_env(settings: Settings) -> dict[str, str]:
 
 def prepare_ledger(settings: Settings) -> Ledger:
     """Schema up to date and the catalog synced: what the API needs before it starts."""
-    ledger = Ledger(settings.effective_database_url())
+    ledger = Ledger.from_settings(settings)
     ledger.migrate()
     ledger.sync_catalog(load_catalog(settings.workloads_dir).values())
     return ledger

@@ -165,6 +165,7 @@ class Settings(BaseSettings):
     # Accounts: who may sign up, what they get, how long links and sessions last, where mail goes.
     signup_policy: Literal["open", "invite", "closed"] = "invite"  # `archipelag up` makes its network open
     signup_credits: float = 10_000.0  # granted when a new account verifies its address
+    platform_fee_bps: int = Field(default=1_000, ge=0, le=10_000)  # of each job's price; host owners earn the rest
     auth_failures_per_min: int = 20  # failed sign-ins and bad keys one client address may send a minute
     trusted_proxies: list[str] = Field(default_factory=list)  # e.g. a TLS proxy: its X-Forwarded-For hop counts
     session_ttl_s: float = 7 * 24 * 3600.0

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from archipelag.catalog import Manifest
 from archipelag.ids import WorkloadSlug
-from archipelag.ledger import Account, Job, Ledger
+from archipelag.ledger import Account, Job, KarmaKind, Ledger
 from archipelag.lifecycle import JOB_TRANSITIONS, JobStatus
 
 POSTGRES_SCRIPT = Path(__file__).resolve().parent / "postgres.sh"
@@ -169,3 +169,28 @@ def a_job(
         fields = {"host_id": host_id} if step is JobStatus.ASSIGNED and host_id else {}
         job = ledger.transition(job.id, step, reason="builder", **fields)
     return job
+
+
+def a_host_key() -> str:
+    from archipelag import identity
+
+    return identity.public_hex(identity.generate_key())
+
+
+def an_owned_host(ledger: Ledger, owner: Account, host_id: str, karma: float = 0.0) -> str:
+    """``host_id`` enrolled under ``owner``, with ``karma`` points given by an operator's adjustment."""
+    ledger.enrol_host(host_id, a_host_key(), owner.id, host_id, "eu-west")
+    if karma:
+        ledger.record_karma(host_id, KarmaKind.ADJUSTMENT, adjustment=karma, reason="builder")
+    return host_id
+
+
+def a_settled_job(ledger: Ledger, account: Account, host_id: str | None, price_micro: int,
+                  reserve_micro: int | None = None, workload: str = "echo") -> Job:
+    """A job of ``account`` run on ``host_id`` and succeeded, charged ``price_micro``."""
+    job = ledger.create_job(account.id, workload, {"text": "hi"}, region="eu",
+                            reserve_micro=reserve_micro if reserve_micro is not None else price_micro)
+    for step in path_to(JobStatus.STREAMING):
+        fields = {"host_id": host_id} if step is JobStatus.ASSIGNED and host_id else {}
+        job = ledger.transition(job.id, step, reason="builder", **fields)
+    return ledger.finish(job.id, JobStatus.SUCCEEDED, output="ok", price_micro=price_micro)

@@ -8,11 +8,12 @@ process, its calls in threads, for tests that do not start Ray.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from archipelag.errors import LedgerError
 from archipelag.ids import JobId
+from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.ledger.ledger import Ledger
 from archipelag.ledger.records import (
@@ -47,7 +48,7 @@ class LedgerClient:
         handle = actor.options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
-        ).remote(settings.effective_database_url())
+        ).remote(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps)
         ray.get(handle.schema_version.remote(), timeout=60)
         return cls(RayCalls(handle, "ledger"))
 
@@ -237,6 +238,24 @@ class LedgerClient:
 
     async def stored_output_events(self, job_id: str) -> list[dict[str, Any]]:
         return list(await self._calls.call("stored_output_events", job_id))
+
+    # --- earnings, payouts, usage ----------------------------------------------------------------
+
+    async def earnings(self, account_id: int, start: date | None, end: date | None,
+                       host_id: str | None) -> Earnings:
+        found: Earnings = await self._calls.call("earnings", account_id, start, end, host_id)
+        return found
+
+    async def usage(self, account_id: int, start: date | None, end: date | None) -> Usage:
+        found: Usage = await self._calls.call("usage", account_id, start, end)
+        return found
+
+    async def payout(self, account_id: int, amount_micro: int) -> Payout:
+        paid: Payout = await self._calls.call("payout", account_id, amount_micro)
+        return paid
+
+    async def payouts(self, account_id: int) -> list[Payout]:
+        return list(await self._calls.call("payouts", account_id))
 
     # --- hosts and karma --------------------------------------------------------------------------
 

@@ -1,16 +1,20 @@
 """Credits: the double-entry book of integer micro-credits (DESIGN §7).
 
 Every movement is a transfer of postings that sum to zero, so the sum over all postings is always zero.
-Books (``credit_accounts``): one per user account and per host, plus the platform's ``escrow`` (reservations
-of open jobs), ``platform`` (fees) and ``mint`` (the source of granted credits; its balance is minus all
-credits ever granted). A book's balance is the sum of its postings; ``balance_micro`` on the row is a running
+Books (``credit_accounts``): one ``user`` book per account (credits to spend), one ``earnings`` book per account
+that owns hosts (what its hosts earned, less what was paid out), a ``host`` book per host that has no owner (its
+earnings wait there), plus the platform's ``escrow`` (reservations of open jobs), ``platform`` (fees), ``mint``
+(the source of granted credits; its balance is minus all credits ever granted) and ``payouts`` (money that left
+the network; its balance is everything ever paid out). A book's balance is the sum of its postings; ``balance_micro`` on the row is a running
 total kept in the same transaction (cheap reads, and the guarded update that stops overdrafts).
 
 - ``grant``: mint → user (sign-up credits, top-ups).
 - ``reserve``: user → escrow at submit; ``PaymentRequired`` (required/available, in credits) when short.
-- ``settle``: escrow → host (price minus the platform fee), platform (fee), user (the unused rest).
+- ``settle``: escrow → the host owner's earnings (price minus the platform fee; the job names the host, so each
+  posting is attributed to one), platform (fee), user (the unused rest).
 - ``refund``: escrow → user, all of it (a failed, cancelled or timed-out job is never charged).
-- ``total_is_zero``: the books' invariants, for tests and audits.
+- ``payout``: earnings → payouts (see ``earnings``).
+- ``total_is_zero`` / ``audit``: the books' invariants, for tests and audits.
 
 Functions here take an open session; ``Ledger`` owns the transactions.
 """
@@ -26,13 +30,15 @@ from sqlmodel import col
 
 from archipelag.catalog import MICRO
 from archipelag.errors import LedgerError, PaymentRequired
-from archipelag.ledger.tables import CreditAccountRow, PostingRow, TransferRow, utcnow
+from archipelag.ledger.tables import CreditAccountRow, HostRow, JobRow, PostingRow, TransferRow, utcnow
 
-PLATFORM_FEE_BPS = 1_000  # the platform keeps 10% of each job's price; hosts earn the rest
+DEFAULT_PLATFORM_FEE_BPS = 1_000  # the platform keeps 10% of each job's price; hosts earn the rest (a setting)
+# Books that may never go below zero: what a person holds, what escrow holds for open jobs, what an owner may claim.
+NON_NEGATIVE_BOOKS = ("user", "earnings", "host", "escrow", "platform", "payouts")
 
 
-def platform_fee_micro(price_micro: int) -> int:
-    return price_micro * PLATFORM_FEE_BPS // 10_000
+def platform_fee_micro(price_micro: int, fee_bps: int = DEFAULT_PLATFORM_FEE_BPS) -> int:
+    return price_micro * fee_bps // 10_000
 
 
 def _find_book(session: Session, kind: str, owner: str) -> int | None:
@@ -86,7 +92,30 @@ def balance_micro(session: Session, account_id: int) -> int:
 
 
 def host_earnings_micro(session: Session, host_id: str) -> int:
-    return _balance_of(session, "host", host_id)
+    """Everything ``host_id`` has earned: its owner's settle postings for the host's jobs, plus its own book
+    (earned while it had no owner)."""
+    amount = col(PostingRow.amount_micro)
+    owned = session.execute(
+        select(func.coalesce(func.sum(amount), 0))
+        .join(CreditAccountRow, col(CreditAccountRow.id) == col(PostingRow.credit_account_id))
+        .join(TransferRow, col(TransferRow.id) == col(PostingRow.transfer_id))
+        .join(JobRow, col(JobRow.id) == col(TransferRow.job_id))
+        .where(col(CreditAccountRow.kind) == "earnings", col(TransferRow.kind) == "settle",
+               col(JobRow.host_id) == host_id)
+    ).scalar_one()
+    return int(owned) + _balance_of(session, "host", host_id)
+
+
+def unpaid_earnings_micro(session: Session, account_id: int) -> int:
+    return _balance_of(session, "earnings", str(account_id))
+
+
+def earnings_book(session: Session, host_id: str) -> int:
+    """The book a host's earnings go to: its owner's ``earnings`` book, or the host's own while it has none."""
+    owner = session.execute(
+        select(col(HostRow.owner_account_id)).where(col(HostRow.id) == host_id)
+    ).scalar_one_or_none()
+    return book(session, "earnings", str(owner)) if owner is not None else book(session, "host", host_id)
 
 
 def book_balance_micro(session: Session, kind: str) -> int:
@@ -165,11 +194,13 @@ def reserve(session: Session, account_id: int, job_id: str, amount_micro: int) -
 
 
 def settle(
-    session: Session, account_id: int, job_id: str, reserved_micro: int, price_micro: int, host_id: str | None
+    session: Session, account_id: int, job_id: str, reserved_micro: int, price_micro: int, host_id: str | None,
+    fee_bps: int = DEFAULT_PLATFORM_FEE_BPS,
 ) -> int:
-    """Charge ``price_micro`` (capped at the reservation) and release the rest; returns the amount charged."""
+    """Charge ``price_micro`` (capped at the reservation) and release the rest; returns the amount charged. The
+    host's share goes to its owner's earnings (the job row names the host: that is the posting's attribution)."""
     charged = max(0, min(price_micro, reserved_micro))
-    fee = platform_fee_micro(charged) if host_id else charged  # no host to pay: the platform keeps it all
+    fee = platform_fee_micro(charged, fee_bps) if host_id else charged  # no host to pay: the platform keeps it
     legs: dict[int, int] = {}
 
     def add(book_id: int, amount: int) -> None:
@@ -179,7 +210,7 @@ def settle(
     add(user_book(session, account_id), reserved_micro - charged)
     add(book(session, "platform"), fee)
     if host_id:
-        add(book(session, "host", host_id), charged - fee)
+        add(earnings_book(session, host_id), charged - fee)
     transfer(session, "settle", legs, job_id=job_id)
     return charged
 
@@ -214,3 +245,15 @@ def total_is_zero(session: Session) -> bool:
         .where(col(CreditAccountRow.balance_micro) != func.coalesce(sums.c.posted, 0))
     ).first()
     return int(total) == 0 and unbalanced is None and drifted is None
+
+
+def audit(session: Session) -> list[str]:
+    """What is wrong with the books, in words (empty when nothing): the double-entry invariants of
+    ``total_is_zero``, and no book that holds someone's money below zero. Cheap: a few aggregate queries."""
+    problems = [] if total_is_zero(session) else ["the postings do not sum to zero or a running balance drifted"]
+    negative = session.execute(
+        select(col(CreditAccountRow.kind), col(CreditAccountRow.owner), col(CreditAccountRow.balance_micro))
+        .where(col(CreditAccountRow.kind).in_(NON_NEGATIVE_BOOKS), col(CreditAccountRow.balance_micro) < 0)
+    ).all()
+    problems += [f"the {kind} book {owner!r} is below zero: {balance}" for kind, owner, balance in negative]
+    return problems

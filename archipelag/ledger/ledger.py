@@ -12,7 +12,8 @@ Jobs: ``create_job``, ``transition``, ``start_job``, ``requeue``, ``finish``, ``
 ``unfinished_jobs``, ``job_events``, ``stored_output_events``.
 Batches: ``create_batch``, ``get_batch``, ``queue_children``, ``job_statuses``, ``cancel_waiting_children``
 (see ``batches``).
-Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``.
+Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``, ``audit``.
+Earnings, payouts and usage: ``earnings``, ``payout``, ``payouts``, ``usage`` (see ``earnings``).
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_score``.
 Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
@@ -22,13 +23,15 @@ Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
 from archipelag.ids import JobId
 from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, workloads
+from archipelag.ledger import earnings as earnings_ledger
+from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
 from archipelag.ledger.people import People
 from archipelag.ledger.records import (
@@ -48,13 +51,15 @@ if TYPE_CHECKING:
     from archipelag.settings import Settings
 
 class Ledger(People):
-    def __init__(self, url: str, *, karma_rules: KarmaRules = DEFAULT_RULES) -> None:
+    def __init__(self, url: str, *, karma_rules: KarmaRules = DEFAULT_RULES,
+                 platform_fee_bps: int = credits.DEFAULT_PLATFORM_FEE_BPS) -> None:
         super().__init__(db.create_engine_for(url))
         self.karma_rules = karma_rules
+        self.platform_fee_bps = platform_fee_bps
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ledger:
-        return cls(settings.effective_database_url())
+        return cls(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -166,7 +171,7 @@ class Ledger(People):
                 values["host_id"] = host_id
             jobs.transition(session, job_id, to, reason or str(to), values)
             if to is JobStatus.SUCCEEDED:
-                credits.settle(session, account_id, job_id, reserved, charged, earner)
+                credits.settle(session, account_id, job_id, reserved, charged, earner, self.platform_fee_bps)
             else:
                 credits.refund(session, account_id, job_id, reserved)
             if karma is not None and earner is not None:
@@ -253,6 +258,35 @@ class Ledger(People):
         """The double-entry invariants hold (see ``credits.total_is_zero``)."""
         with db.read_session(self.engine) as session:
             return credits.total_is_zero(session)
+
+    def audit(self) -> list[str]:
+        """What is wrong with the books (empty when nothing): ``total_is_zero`` and no held money below zero."""
+        with db.read_session(self.engine) as session:
+            return credits.audit(session)
+
+    # --- earnings, payouts, usage ---------------------------------------------------------------------
+
+    def earnings(self, account_id: int, start: date | None = None, end: date | None = None,
+                 host_id: str | None = None) -> Earnings:
+        """The owner's hosts' earnings per day and host over ``[start, end]`` (default: the last 30 days)."""
+        start, end = earnings_ledger.period(start, end, utcnow().date())
+        with db.read_session(self.engine) as session:
+            return earnings_ledger.earnings(session, account_id, start, end, host_id)
+
+    def usage(self, account_id: int, start: date | None = None, end: date | None = None) -> Usage:
+        """The account's spend per day and workload over ``[start, end]`` (default: the last 30 days)."""
+        start, end = earnings_ledger.period(start, end, utcnow().date())
+        with db.read_session(self.engine) as session:
+            return earnings_ledger.usage(session, account_id, start, end)
+
+    def payout(self, account_id: int, amount_micro: int) -> Payout:
+        """Pay out unpaid earnings: Forbidden under the karma payout threshold, Conflict past what is unpaid."""
+        with db.write_session(self.engine) as session:
+            return earnings_ledger.payout(session, account_id, amount_micro, self.karma_rules)
+
+    def payouts(self, account_id: int) -> list[Payout]:
+        with db.read_session(self.engine) as session:
+            return earnings_ledger.payouts(session, account_id)
 
     # --- hosts and karma ------------------------------------------------------------------------------
 
