@@ -12,6 +12,7 @@ from archipelag.metrics.trace import Arrivals
 from archipelag.nodes import COORDINATOR_RESOURCE
 from archipelag.serve import api_accounts, api_admin, api_hosts, api_jobs, api_openai, api_resources
 from archipelag.serve.api_batches import router as batches_router
+from archipelag.serve.api_earnings import router as earnings_router
 from archipelag.serve.api_metrics import install_metrics
 from archipelag.serve.bodies import install_body_limits
 from archipelag.serve.listener import Listener, listen
@@ -41,6 +42,7 @@ def build_api(services: Services) -> FastAPI:
     app.include_router(batches_router)
     app.include_router(api_resources.router)
     app.include_router(api_accounts.router)
+    app.include_router(earnings_router)
     app.include_router(api_admin.router)
     app.include_router(api_hosts.router)
     app.include_router(api_openai.router)

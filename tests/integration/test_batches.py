@@ -115,7 +115,7 @@ def test_a_batch_runs_every_input_at_most_max_parallelism_at_once_and_merges_in_
         done = await net.ended(batch.parent.id)
         assert done.parent.status is JobStatus.SUCCEEDED and done.parent.credits_used_micro == 0
         assert json.loads(done.parent.output or "") == [f"v{i}" for i in range(12)]
-        assert net.host.most_at_once == 3
+        assert 1 < net.host.most_at_once <= 3  # never more than max_parallelism
         assert all(c.status is JobStatus.SUCCEEDED for c in done.children)
         charged = sum(net.ledger.get_job(c.id).credits_used_micro for c in done.children)
         assert charged == 12 * MANIFEST.price_micro
@@ -172,9 +172,9 @@ def test_fail_fast_cancels_the_rest_and_refunds_them(tmp_path: Path) -> None:
 def test_cancelling_the_parent_cancels_its_children(tmp_path: Path) -> None:
     async def scenario() -> None:
         net = Net(tmp_path, EchoHost())
-        batch = await net.submit(["x", "hold", "hold", "x", "x"], max_parallelism=3)
+        batch = await net.submit(["x", "hold", "hold", "hold", "x"], max_parallelism=3)
         async with asyncio.timeout(10):
-            while net.host.running < 2:
+            while net.host.running < 3:  # the first has ended, three hold, the last waits its turn
                 await asyncio.sleep(0.02)
         await net.service.cancel(batch.parent.id)
         done = net.ledger.get_batch(batch.parent.id)
