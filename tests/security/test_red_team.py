@@ -1,0 +1,279 @@
+"""The red team: attacks a joined node makes on a real network, each run as a Ray task on that node, and what came
+of it. Prints a table (attack, outcome) and writes it to test-artifacts/security/red-team.md.
+
+The attacker is what issue 11 calls "a real joined node": a Ray node started with the cluster's address (and, in
+a deployment, its credential), as `host join` starts one, that is not an enrolled host. Its code reaches the
+coordinator's actors by name and other hosts' nodes by node affinity, as Ray allows any member of a cluster.
+
+Each attack has an expected outcome. ``prevented`` ones are the project's promises. ``possible`` ones are what Ray's
+model still allows here (Ray has no authorisation between members of a cluster; README, "What a joined host can and
+cannot do"): they are recorded so that the table and the README say the truth, and a change that closes one makes
+its test fail until the expectation (and the README) is updated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from builders import a_host
+from catalog_builders import network_catalog
+from netutil import api_client, eventually, network_settings
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from archipelag.catalog import load_catalog
+from archipelag.ids import HostId, JobId, WorkloadSlug
+from archipelag.network import EmbeddedNetwork, start_network
+from archipelag.nodes import RayNodeProcess, host_resource, start_host_node
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.runtimes.base import JobSpec
+from archipelag.sandbox import Limits
+from archipelag.settings import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
+
+# The attacks run on the attacker's node, whose workers cannot import this test module: send them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ATTACKER = "mallory"
+ON_ATTACKER = {host_resource(ATTACKER): 0.001}
+TABLE: list[tuple[str, str, str, str]] = []  # attack, expected, outcome, what happened
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
+    root = tmp_path_factory.mktemp("red-team")
+    settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
+    net = start_network(settings, hosts=1, regions=("eu-west",))
+    yield net
+    net.stop()
+
+
+@pytest.fixture(scope="module")
+def attacker(network: EmbeddedNetwork) -> Iterator[RayNodeProcess]:
+    """A joined node that is not an enrolled host: it holds the cluster's address and credential, nothing more."""
+    node = start_host_node(network.coordinator.address, ATTACKER, "eu-west", 1,
+                           network.settings.state_dir / "logs", node_ip="127.0.0.1", env=network.settings.ray_env())
+    eventually(lambda: any(n.get("Alive") and host_resource(ATTACKER) in n.get("Resources", {})
+                           for n in ray.nodes()), timeout_s=120)  # type: ignore[no-untyped-call]
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def table() -> Iterator[None]:
+    yield
+    width = max((len(row[0]) for row in TABLE), default=10)
+    lines = [f"| {'attack':<{width}} | expected  | outcome   | what happened |", f"|{'-' * (width + 2)}|---|---|---|"]
+    lines += [f"| {a:<{width}} | {e:<9} | {o:<9} | {w} |" for a, e, o, w in TABLE]
+    report = "\n".join(lines)
+    print("\n\nRed team (attacks from a joined node):\n" + report)
+    out = REPO_ROOT / "test-artifacts" / "security"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "red-team.md").write_text(report + "\n")
+
+
+def on_attacker(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` as a task on the attacker's node and return what it returned."""
+    return ray.get(ray.remote(fn).options(num_cpus=0, resources=ON_ATTACKER, max_retries=0).remote(*args),
+                   timeout=120)
+
+
+def record(attack: str, expected: str, outcome: str, what: str) -> None:
+    TABLE.append((attack, expected, outcome, what.replace("|", "/")[:160]))
+    assert outcome == expected, f"{attack}: {what}"
+
+
+def host_id(network: EmbeddedNetwork) -> HostId:
+    return network.hosts[0].host_id
+
+
+# --- the attacks: each body runs on the attacker's node -----------------------------------------------------
+
+
+def _mint(namespace: str, account_id: int) -> str:
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    before = ray.get(ledger.balance_micro.remote(account_id))
+    ray.get(ledger.grant_credits.remote(account_id, 10**12, "red team"))
+    return f"balance {before} -> {ray.get(ledger.balance_micro.remote(account_id))} micro-credits"
+
+
+def _api_key(namespace: str, account_id: int) -> str:
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    _, key = ray.get(ledger.create_api_key.remote(account_id, "red team", ("keys", "read", "write")))
+    return f"a key with every scope for account {account_id}: {key[:7]}…"
+
+
+def _read_job(namespace: str, job_id: str) -> str:
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    job = ray.get(ledger.get_job.remote(job_id))
+    return f"read job {job_id} of account {job.account_id}: input {job.input}"
+
+
+def _karma(namespace: str, victim: str) -> str:
+    from archipelag.ledger.karma_rules import KarmaKind
+
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    ray.get(ledger.record_karma.remote(victim, KarmaKind.ADJUSTMENT, adjustment=100.0, reason="red team"))
+    return f"karma score of {victim} now {ray.get(ledger.karma_score.remote(victim)):.2f}"
+
+
+def _fake_host(namespace: str, fake: HostSnapshot) -> str:
+    from archipelag.errors import HostRefused
+
+    placement = ray.get_actor("placement", namespace=namespace)
+    try:
+        ray.get(placement.register.remote(fake))
+    except HostRefused as exc:
+        return f"refused: {exc.message}"
+    except ray.exceptions.RayTaskError as exc:
+        return f"refused: {exc.cause}" if isinstance(exc.cause, HostRefused) else f"error: {exc}"
+    return "registered a host with 64 cores and karma 1.0"
+
+
+def _pause_other(namespace: str, victim: str) -> str:
+    from archipelag.lifecycle import HostStatus
+
+    placement = ray.get_actor("placement", namespace=namespace)
+    ray.get(placement.set_status.remote(HostId(victim), HostStatus.PAUSED))
+    status = next(h.status for h in ray.get(placement.hosts.remote()) if h.host_id == victim)
+    ray.get(placement.set_status.remote(HostId(victim), HostStatus.ONLINE))  # put it back for the other attacks
+    return f"placement showed {victim} as {status}"
+
+
+def _lift_limits(namespace: str, victim: str, spec: Any) -> str:
+    agent = ray.get_actor(f"host-agent:{victim}", namespace=namespace)
+    started = time.monotonic()
+    events: list[dict[str, Any]] = []
+    stream = agent.run.remote(spec)
+    for ref in stream:
+        events.extend(ray.get(ref))
+        if time.monotonic() - started > 20:
+            ray.get(agent.cancel.remote(spec.job_id, "red team: enough"))
+            return f"still running after 20 s with the limits it asked for ({spec.limits.timeout_s:.0f} s)"
+    last = events[-1] if events else {}
+    return f"stopped after {time.monotonic() - started:.1f} s: {last.get('code') or last.get('type')}"
+
+
+def _on_victim_node(node_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+    task = ray.remote(fn).options(num_cpus=0, max_retries=0,
+                                  scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
+    return ray.get(task.remote(*args), timeout=60)
+
+
+def _steal_key(node_id: str, key_path: str) -> str:
+    def read(path: str) -> str:
+        return f"read {len(Path(path).read_bytes())} bytes of {path} on its node (uid {os.getuid()})"
+
+    return str(_on_victim_node(node_id, read, key_path))
+
+
+def _docker(node_id: str) -> str:
+    def reach() -> str:
+        import socket
+
+        path = "/var/run/docker.sock"
+        if not os.path.exists(path):
+            return "no Docker engine socket on this node"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            sock.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+            status_line = sock.recv(200).split(b"\r\n")[0].decode()
+        return f"connected to {path}: {status_line}"
+
+    return str(_on_victim_node(node_id, reach))
+
+
+# --- the tests ---------------------------------------------------------------------------------------------
+
+
+def test_a_joined_node_cannot_register_a_fake_host(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    fake = replace(a_host("h-invented", karma=1.0, last_heartbeat_at=time.time()), cpu_cores=64, ram_mb=10**6,
+                   slots=64)
+    what = on_attacker(_fake_host, network.settings.ray_namespace, fake)
+    record("register a fake host with invented hardware and karma", "prevented",
+           "prevented" if what.startswith("refused") else "possible", what)
+
+
+def test_a_joined_node_can_mint_credits_through_the_ledger_actor(network: EmbeddedNetwork,
+                                                                 attacker: RayNodeProcess) -> None:
+    with api_client(network) as http:
+        account = http.get("/api/v1/account").json()["data"]["id"]
+    what = on_attacker(_mint, network.settings.ray_namespace, account)
+    record("mint credits by calling the ledger actor", "possible", "possible", what)
+
+
+def test_a_joined_node_can_make_api_keys_for_any_account(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    with api_client(network) as http:
+        account = http.get("/api/v1/account").json()["data"]["id"]
+    what = on_attacker(_api_key, network.settings.ray_namespace, account)
+    with httpx.Client(base_url=network.url) as http:
+        stolen = what.rsplit(": ", 1)[1].rstrip("…")
+        assert stolen.startswith("ak_")
+    record("make an API key for another account", "possible", "possible", what)
+
+
+def test_a_joined_node_can_read_other_users_jobs(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    with api_client(network) as http:
+        created = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": "a private note"}})
+        assert created.status_code == 201, created.text
+    what = on_attacker(_read_job, network.settings.ray_namespace, created.json()["data"]["id"])
+    record("read another user's job input and output", "possible",
+           "possible" if "a private note" in what else "prevented", what)
+
+
+def test_a_joined_node_can_grant_karma(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    what = on_attacker(_karma, network.settings.ray_namespace, host_id(network))
+    record("give a host karma it did not earn", "possible", "possible", what)
+
+
+def test_a_joined_node_can_pause_another_host_in_placement(network: EmbeddedNetwork,
+                                                           attacker: RayNodeProcess) -> None:
+    what = on_attacker(_pause_other, network.settings.ray_namespace, host_id(network))
+    record("pause another host through placement", "possible", "possible" if "paused" in what else "prevented",
+           what)
+
+
+def victim_node(network: EmbeddedNetwork) -> str:
+    record_file = network.settings.state_dir / "hosts" / f"{host_id(network)}.json"
+    import json
+
+    return str(json.loads(record_file.read_text())["node_id"])
+
+
+def test_a_joined_node_can_read_a_hosts_key_on_its_node(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    from archipelag import identity
+
+    key_path = identity.named_key_path(network.settings.state_dir, host_id(network))
+    what = on_attacker(_steal_key, victim_node(network), str(key_path))
+    record("read a host's signing key from a task on its node (then sign as it)", "possible",
+           "possible" if what.startswith("read") else "prevented", what)
+
+
+def test_a_joined_node_can_reach_the_docker_engine_of_a_host(network: EmbeddedNetwork,
+                                                             attacker: RayNodeProcess) -> None:
+    what = on_attacker(_docker, victim_node(network))
+    if what.startswith("no Docker engine"):
+        pytest.skip(what)
+    record("reach a host's Docker engine from a task on its node", "possible",
+           "possible" if what.startswith("connected") else "prevented", what)
+
+
+def test_a_joined_node_cannot_lift_a_workloads_limits_by_calling_a_host(network: EmbeddedNetwork,
+                                                                        attacker: RayNodeProcess) -> None:
+    slow = load_catalog(network.settings.workloads_dir)[WorkloadSlug("test-slow-loop")]  # its tier: 2 s
+    greedy = Limits(memory_mb=4096, timeout_s=10**6, network=True, gpu=False, fuel=10**18, output_bytes=10**9,
+                    line_bytes=10**6)
+    spec = JobSpec(JobId(f"red-team-{uuid.uuid4().hex[:8]}"), slow, {}, greedy)
+    what = on_attacker(_lift_limits, network.settings.ray_namespace, host_id(network), spec)
+    record("hand a host a job with limits beyond its signed tier", "prevented",
+           "prevented" if what.startswith("stopped") else "possible", what)
