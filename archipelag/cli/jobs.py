@@ -34,11 +34,12 @@ keys_app = typer.Typer(help="Your API keys.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the client commands to the `archipelag` command (or any Typer app), `batch` among them."""
-    from archipelag.cli import batch  # it builds on this module's helpers
+    """Add the client commands to the `archipelag` command (or any Typer app), `batch` and `account`
+    (with its earnings, payout and usage subcommands) among them."""
+    from archipelag.cli import account, batch  # they build on this module's helpers
 
     app.command("submit")(submit)
-    app.command("account")(account)
+    account.register(app)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(hosts_app, name="hosts")
     app.add_typer(workloads_app, name="workloads")
