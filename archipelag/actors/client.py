@@ -58,6 +58,9 @@ class HostAgentClient:
     @classmethod
     def connect(cls, settings: Settings, host_id: HostId,
                 on_lost: Callable[[HostId], None] = lambda _: None) -> HostAgentClient:
+        if not ray.is_initialized():  # an API without a cluster (tests); get_actor would start a Ray of its own
+            raise HostLost(f"host {host_id} has no running agent: this process is not part of a network",
+                           host_id=host_id)
         try:
             handle = ray.get_actor(actor_name(host_id), namespace=settings.ray_namespace)
         except ValueError:

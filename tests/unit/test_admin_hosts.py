@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 from builders import a_job
 from fastapi.testclient import TestClient
 from model_network import CATALOG, ModelNetwork, a_model_network
@@ -77,3 +78,11 @@ def test_a_suspension_survives_a_restart_of_the_jobs_service(net: ModelNetwork, 
 
     asyncio.run(restart())
     assert "host-a" in asyncio.run(fresh.suspensions_async())
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "drain"])
+def test_controlling_a_host_whose_agent_is_not_running_is_404_at_once(admin: TestClient, command: str) -> None:
+    """An API without a Ray cluster (here) or a host that left: a clear 404, never a Ray of its own started."""
+    answer = admin.post(f"/api/v1/admin/hosts/h-gone/{command}")
+    assert answer.status_code == 404 and "not joined" in answer.text, answer.text
+    assert not ray.is_initialized()
