@@ -295,5 +295,10 @@ class LedgerClient:
         host: Host = await self._calls.call("revoke_host", host_id, account_id, is_admin, reason)
         return host
 
+    async def host_identity(self, host_id: str) -> HostIdentity | None:
+        """A host's enrolled key and owner, and whether it is revoked; None when it never enrolled."""
+        found: HostIdentity | None = await self._calls.call("host_identity", host_id)
+        return found
+
     async def owned_hosts(self, account_id: int) -> list[Host]:
         return list(await self._calls.call("owned_hosts", account_id))

@@ -1,5 +1,5 @@
 """Admin API: accounts (list, search, grant credits, suspend, reinstate, make admin), hosts (suspend,
-reinstate; pause, resume, drain — see ``may_control``), invitations, and network statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
+reinstate; pause, resume, drain, which a host's owner may also do — see ``may_control``), invitations, and network statistics. Every route needs an admin account (its session, or one of its keys: ``read`` to look, ``write``
 to change). A suspension takes effect at once: the account's keys and sessions are refused on every replica.
 """
 
@@ -134,25 +134,29 @@ async def reinstate_host(host_id: HostPath, _: AdminWriter, svc: Svc) -> Respons
     return data(await _host(host_id, svc))
 
 
-def may_control(caller: Caller, host_id: HostId) -> bool:
-    """Whether ``caller`` may pause, resume or drain ``host_id``: today an admin. The one place to add "or the
-    host's owner" once hosts belong to accounts."""
-    del host_id  # not needed until ownership
-    return caller.is_admin
+async def may_control(caller: Caller, host_id: HostId, svc: Services) -> bool:
+    """Whether ``caller`` may pause, resume or drain ``host_id``: an admin, or the account that owns the host."""
+    if caller.is_admin:
+        return True
+    identity = await svc.ledger.host_identity(host_id)
+    return identity is not None and identity.owner_account_id == caller.account_id
 
 
-async def _control(host_id: str, command: Command, caller: Caller, note: HostNote | None, svc: Services) -> Response:
+async def control_host(host_id: str, command: Command, caller: Caller, note: HostNote | None,
+                       svc: Services) -> Response:
+    """Pause, resume or drain a host through its agent, for its owner or an admin (both routers use it)."""
     from archipelag.actors.client import HostAgentClient  # Ray, only for the routes that reach a host
 
     hid = HostId(host_id)
-    if not may_control(caller, hid):
-        raise Forbidden(f"only an admin may {command} host {host_id}")
-    who = f"admin account {caller.account_id}" if caller.is_admin else f"account {caller.account_id}"
+    if not await may_control(caller, hid, svc):
+        raise Forbidden(f"only the owner of host {host_id} or an admin may {command} it")
+    who = f"admin account {caller.account_id}" if caller.is_admin else f"its owner (account {caller.account_id})"
     done = {Command.PAUSE: "paused", Command.DRAIN: "draining: leaves when its running jobs finish"}.get(command)
     reason = "" if done is None else f"{done} by {who}" + (f": {note.reason}" if note and note.reason else "")
     try:
         agent = HostAgentClient.connect(svc.settings, hid)
-        view = await agent.control_async(command, Controller.ADMIN, reason)
+        by = Controller.ADMIN if caller.is_admin else Controller.OWNER
+        view = await agent.control_async(command, by, reason)
     except HostLost:
         raise NotFound(f"host {host_id} is not joined (no running agent answers)", host_id=host_id) from None
     return data({**await _host(host_id, svc), "control": view.state.as_dict(), "running_jobs": list(view.running)})
@@ -161,19 +165,19 @@ async def _control(host_id: str, command: Command, caller: Caller, note: HostNot
 @router.post("/hosts/{host_id}/pause")
 async def pause_host(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
     """The host takes no new jobs; its running ones continue (until resumed)."""
-    return await _control(host_id, Command.PAUSE, caller, body, svc)
+    return await control_host(host_id, Command.PAUSE, caller, body, svc)
 
 
 @router.post("/hosts/{host_id}/resume")
 async def resume_host(host_id: HostPath, caller: Writer, svc: Svc) -> Response:
     """A paused host takes jobs again (a host outside its owner's schedule is paused again by it)."""
-    return await _control(host_id, Command.RESUME, caller, None, svc)
+    return await control_host(host_id, Command.RESUME, caller, None, svc)
 
 
 @router.post("/hosts/{host_id}/drain")
 async def drain_host(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
     """The host takes no new jobs, lets its running ones finish, then leaves the network."""
-    return await _control(host_id, Command.DRAIN, caller, body, svc)
+    return await control_host(host_id, Command.DRAIN, caller, body, svc)
 
 
 async def _host(host_id: str, svc: Services) -> dict[str, object]:

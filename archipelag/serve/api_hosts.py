@@ -20,9 +20,11 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from archipelag import identity
+from archipelag.actors.controls import Command
 from archipelag.errors import HostLost, HostRefused, NotFound
 from archipelag.ids import HostId
 from archipelag.ledger.records import Host, HostIdentity
+from archipelag.serve.api_admin import HostNote, control_host
 from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.auth import client_address
 from archipelag.serve.responses import data, page
@@ -163,6 +165,24 @@ def _stop_agent(svc: Services, host_id: HostId) -> None:
         pass  # not running now
     except Exception:  # placement already refuses it; a kill that fails leaves its jobs to their leases
         log.warning("the agent of revoked host %s was not stopped", host_id, exc_info=True)
+
+
+@router.post("/hosts/{host_id}/pause")
+async def pause(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
+    """The owner (or an admin) pauses a host: no new jobs; its running ones continue."""
+    return await control_host(host_id, Command.PAUSE, caller, body, svc)
+
+
+@router.post("/hosts/{host_id}/resume")
+async def resume(host_id: HostPath, caller: Writer, svc: Svc) -> Response:
+    """A paused host takes jobs again (one outside its owner's schedule is paused again by it)."""
+    return await control_host(host_id, Command.RESUME, caller, None, svc)
+
+
+@router.post("/hosts/{host_id}/drain")
+async def drain(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote | None = None) -> Response:
+    """The host takes no new jobs, lets its running ones finish, then leaves the network."""
+    return await control_host(host_id, Command.DRAIN, caller, body, svc)
 
 
 @router.get("/account/hosts")

@@ -146,3 +146,19 @@ def test_the_owner_approves_lists_and_revokes_from_the_command_line(net: ModelNe
         assert mine.exit_code == 0 and host_id in mine.output
         revoked = cli.invoke(app, ["hosts", "revoke", host_id, "--json"])
         assert revoked.exit_code == 0 and json.loads(revoked.stdout)["revoked"] is True
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "drain"])
+def test_a_hosts_owner_controls_it_through_the_api_and_nobody_else_does(net: ModelNetwork, command: str) -> None:
+    owner = net.ledger.create_account("olga@example.org", 0)  # not an admin
+    _, owner_key = net.ledger.create_api_key(owner.id, "k")
+    stranger = net.ledger.create_account("eve@example.org", 0)
+    _, stranger_key = net.ledger.create_api_key(stranger.id, "k")
+    net.ledger.enrol_host("host-o", identity.public_hex(identity.generate_key()), owner.id, "host-o", "eu-west")
+    with net.client(stranger_key) as eve:
+        refused = eve.post(f"/api/v1/hosts/host-o/{command}")
+        assert refused.status_code == 403 and "only the owner" in refused.text, refused.text
+        assert eve.post(f"/api/v1/admin/hosts/host-o/{command}").status_code == 403  # the admin routes: admins
+    with net.client(owner_key) as olga:  # allowed; this network has no agent running to reach (no Ray here)
+        allowed = olga.post(f"/api/v1/hosts/host-o/{command}")
+        assert allowed.status_code == 404 and "not joined" in allowed.text, allowed.text
