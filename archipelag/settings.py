@@ -105,6 +105,28 @@ class BenchmarkSettings(BaseModel):
     reference_gpu_tflops: float = Field(default=100.0, gt=0)
 
 
+class KarmaSettings(BaseModel):
+    """Karma's amounts and thresholds (ledger/karma_rules.py builds ``KarmaRules`` from them), e.g.
+    ``ARCHIPELAG_KARMA__COOLDOWN_BELOW=-5``. Chosen so an honest host failing 5 % of its jobs is never suspended
+    and one failing 30 % cools down within 50 jobs (tests/unit/test_karma_simulation.py)."""
+    points_per_compute_hour: float = Field(default=1.0, ge=0)  # completed compute earns this per hour
+    min_job_points: float = Field(default=0.08, ge=0)  # a completed job earns at least this
+    payout_threshold: float = 10.0  # below this total, earnings are boosted
+    boost_below_threshold: float = Field(default=1.5, ge=1.0)
+    failed_points: float = Field(default=-1.0, le=0)  # the host itself failed (internal error)
+    timed_out_points: float = Field(default=-1.0, le=0)  # ran past the wall-clock budget on this host
+    dropped_points: float = Field(default=-2.0, le=0)  # lost mid-job (died, cut off, silent past its lease)
+    artifact_refused_points: float = Field(default=-2.0, le=0)  # refused a signed, pinned catalog artifact
+    bad_receipt_points: float = Field(default=-3.0, le=0)  # sent what cannot be true
+    verification_failed_points: float = Field(default=-10.0, le=0)
+    neutral_score: float = Field(default=0.5, ge=0, le=1)  # a new host's placement score
+    saturation_points: float = Field(default=10.0, gt=0)  # the score is 1 (0) at ± this total
+    cooldown_below: float = -3.0  # below this total the host cools down
+    suspend_below: float = -10.0  # below this total it is suspended
+    cooldown_share: float = Field(default=0.25, ge=0, le=1)  # chance a cooled-down host keeps its ranked place
+    recovery_per_day: float = Field(default=1.0, ge=0)  # a negative total rises toward 0 by this a day
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARCHIPELAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -197,6 +219,7 @@ class Settings(BaseSettings):
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    karma: KarmaSettings = Field(default_factory=KarmaSettings)
 
     @field_validator("state_dir", "workloads_dir", "models_dir")
     @classmethod

@@ -298,12 +298,29 @@ def hosts_get(host_id: str, json_out: JsonOption = False, url: UrlOption = DEFAU
 
 
 @hosts_app.command("karma")
-def hosts_karma(host_id: str, json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                api_key: KeyOption = None) -> None:
-    """A host's karma score and the events behind it."""
+def hosts_karma(
+    host_id: str,
+    history: Annotated[bool, typer.Option("--history", help="Its karma events, newest first, a page at a time.")]
+    = False,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    json_out: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None,
+) -> None:
+    """A host's karma: score, standing (good, cooldown, suspended) and why, and its latest events."""
     with connected(url, api_key) as client:
-        karma = client.host_karma(host_id)
-    print_json(dumped(karma)) if json_out else print_fields(karma)
+        if not history:
+            karma = client.host_karma(host_id)
+            print_json(dumped(karma)) if json_out else print_fields(karma)
+            return
+        page = client.host_karma_history(host_id, limit=limit, offset=offset)
+    if json_out:
+        print_json({"data": list(page.items), "meta": {"total": page.total, "limit": page.limit,
+                                                       "offset": page.offset}})
+        return
+    first = page.offset + 1 if len(page) else 0
+    print_table(("AT", "KIND", "POINTS", "JOB", "REASON"),
+                ((e.get("at"), e.get("kind"), e.get("points"), e.get("job_id"), e.get("reason")) for e in page),
+                caption=f"{first}–{page.offset + len(page)} of {page.total}")
 
 
 @hosts_app.command("approve")

@@ -18,8 +18,11 @@ to the relay. What the dispatcher keeps is a
   host, and the attempt's end records it.
 - **Receipts.** What a host sends is checked by the relay against the job's ``Budget`` (its output budget, the
   ``max_tokens`` it reserved for, what its input could hold): a host that sends what cannot be true fails the
-  job with ``bad_receipt`` — the user is refunded, the host loses karma as for a failed job, nothing is
+  job with ``bad_receipt`` — the user is refunded, the host loses karma for a bad receipt, nothing is
   charged on its word.
+- **Karma.** A job that ends by the host's fault (``karma_rules.fault_of``: a timeout, a refused catalog
+  artifact, the host's own error, a bad receipt, a drop) costs the host karma, and placement hears the host's
+  new standing at once; a workload's own error costs it nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Budget, JobLog, Relay, diverged_error
 from archipelag.jobs.replay import Diverged
-from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.ledger.karma_rules import KarmaKind, Standing, fault_of
 from archipelag.lifecycle import JobStatus
 from archipelag.metrics.network import NetworkMetrics
 from archipelag.metrics.trace import TRACE
@@ -373,13 +376,13 @@ class Dispatcher:
                         log.warning("job %s: host %s sent a bad receipt: %s", job_id, host_id, exc.message)
                         ticket.log.note(error_event(exc.message, exc.code))
                         self._spawn(host.cancel(job_id, "what it sent was refused"))
-                        return _Ended(JobStatus.FAILED, exc.message, KarmaKind.JOB_FAILED)
+                        return _Ended(JobStatus.FAILED, exc.message, KarmaKind.BAD_RECEIPT)
                     final = ticket.log.final
                     if final is not None:
                         if final["type"] == "done":
                             return _Ended(JobStatus.SUCCEEDED, None)
                         code = str(final.get("code"))
-                        return _Ended(_END_BY_CODE.get(code, JobStatus.FAILED), final["message"])
+                        return _Ended(_END_BY_CODE.get(code, JobStatus.FAILED), final["message"], fault_of(code))
             return _Lost(f"host {host_id} closed the job's stream without a final event", started)
         except TimeoutError:
             self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
@@ -415,6 +418,8 @@ class Dispatcher:
                         host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else karma,
                         compute_s=self._clock() - started if started is not None else 0.0)
                     self._metrics.ended(ticket.manifest.slug, status, job_id)
+                    if karma is not None and host_id is not None and not succeeded:
+                        await self._push_karma(host_id)  # a cooled or suspended host stops getting jobs now
                     break
                 except InvalidTransition:
                     log.info("job %s had already ended", job_id)
@@ -462,15 +467,30 @@ class Dispatcher:
     async def _karma_drop(self, host_id: HostId, job_id: JobId, reason: str) -> None:
         try:
             await self._ledger.record_karma(host_id, KarmaKind.HOST_DROPPED, job_id=job_id, reason=reason)
-            self._placement.set_karma(host_id, await self._ledger.karma_score(host_id))
         except ArchipelagError as exc:
             log.warning("karma for %s not recorded: %s", host_id, exc.message)
+            return
+        await self._push_karma(host_id)
+
+    async def _push_karma(self, host_id: HostId) -> None:
+        """Tell placement the host's karma now (score, cool-down share, suspension) after a fault of its own."""
+        try:
+            await push_karma(self._ledger, self._placement, host_id)
+        except ArchipelagError as exc:
+            log.warning("karma for %s not pushed: %s", host_id, exc.message)
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+async def push_karma(ledger: JobLedger, placement: Placement, host_id: HostId) -> None:
+    """Placement acts on the ledger's karma: the score it ranks by, the cool-down share, a suspension and why."""
+    state = await ledger.karma_state(host_id)
+    placement.set_karma(host_id, state.score, state.share,
+                        state.reason if state.standing is Standing.SUSPENDED else None)
 
 
 def _kind(event: Any) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
 from archipelag.ids import HostId, JobId
-from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.ledger.karma_rules import KarmaKind, KarmaState
 from archipelag.ledger.records import Host, Job, JobBatch
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
@@ -41,7 +41,8 @@ class Placement(Protocol):
 
     def mark_offline(self, host_id: HostId, reason: str) -> None: ...
 
-    def set_karma(self, host_id: HostId, karma: float) -> None: ...
+    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0,
+                  suspended: str | None = None) -> None: ...
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None: ...
 
@@ -87,5 +88,7 @@ class JobLedger(Protocol):
                            reason: str | None = None) -> None: ...
 
     async def karma_score(self, host_id: str) -> float: ...
+
+    async def karma_state(self, host_id: str) -> KarmaState: ...
 
     async def list_hosts(self) -> list[Host]: ...

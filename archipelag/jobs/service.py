@@ -15,10 +15,11 @@ from archipelag.errors import ArchipelagError, InvalidTransition, NoCapacity, No
 from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
 from archipelag.jobs.batches import BatchDriver, admit_batch
-from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket
+from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket, push_karma
 from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
+from archipelag.ledger.karma_rules import Standing
 from archipelag.ledger.records import Job, JobBatch
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
 from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
@@ -236,10 +237,12 @@ class JobService:
         """Every job an earlier coordinator left unfinished runs again: queued ones take their place in the
         queue, running ones (their host's run died with the old cluster, or is orphaned) are re-run elsewhere,
         their stream continuing from its last checkpoint. A job past its attempts fails and is refunded. Hosts an
-        operator suspended stay suspended."""
+        operator suspended stay suspended; one its karma suspended is karma's (the fleet round suspends it again,
+        and lifts it when its karma recovers)."""
         try:
             for host in await self._ledger.list_hosts():
-                if host.status is HostStatus.SUSPENDED:
+                if host.status is HostStatus.SUSPENDED and \
+                        (await self._ledger.karma_state(host.id)).standing is not Standing.SUSPENDED:
                     await self._placement.suspend_async(host.id, "suspended by an operator before a restart")
         except ArchipelagError:
             log.exception("could not read which hosts are suspended")
@@ -352,7 +355,7 @@ class JobService:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
-                for snap in await self._record_fleet():
-                    self._placement.set_karma(snap.host_id, await self._ledger.karma_score(snap.host_id))
+                for snap in await self._record_fleet():  # karma recovers with time: a suspension may lift here
+                    await push_karma(self._ledger, self._placement, snap.host_id)
             except Exception:  # a missed round is retried on the next one
                 log.warning("fleet not recorded this round", exc_info=True)

@@ -14,7 +14,7 @@ from typing import Any
 from archipelag.errors import LedgerError
 from archipelag.ids import JobId
 from archipelag.ledger.earnings import Earnings, Payout, Usage
-from archipelag.ledger.karma_rules import KarmaKind
+from archipelag.ledger.karma_rules import KarmaKind, KarmaRules, KarmaState
 from archipelag.ledger.ledger import Ledger
 from archipelag.ledger.records import (
     Account,
@@ -48,7 +48,8 @@ class LedgerClient:
         handle = actor.options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
-        ).remote(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps)
+        ).remote(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps,
+                 karma_rules=KarmaRules.from_settings(settings.karma))
         ray.get(handle.schema_version.remote(), timeout=60)
         return cls(RayCalls(handle, "ledger"))
 
@@ -273,8 +274,15 @@ class LedgerClient:
     async def list_hosts(self) -> list[Host]:
         return list(await self._calls.call("list_hosts"))
 
-    async def karma_events(self, host_id: str) -> list[KarmaEvent]:
-        return list(await self._calls.call("karma_events", host_id))
+    async def karma_events(self, host_id: str, limit: int | None = None, offset: int = 0) -> list[KarmaEvent]:
+        return list(await self._calls.call("karma_events", host_id, limit, offset))
+
+    async def karma_event_count(self, host_id: str) -> int:
+        return int(await self._calls.call("karma_event_count", host_id))
+
+    async def karma_state(self, host_id: str) -> KarmaState:
+        state: KarmaState = await self._calls.call("karma_state", host_id)
+        return state
 
     # --- enrolment --------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Status moves are guarded by ``lifecycle.HOST_TRANSITIONS`` with an ``UPDATE … WHERE status IN (sources)``;
 moving to the state a host is already in is a no-op. Karma points come from the pure rules in
-``karma_rules``; the score is derived from the sum of a host's events, never stored.
+``karma_rules``; the total and score are derived from a host's events and their times, never stored.
 
 Functions here take an open session; ``Ledger`` owns the transactions.
 """
@@ -19,7 +19,7 @@ from sqlmodel import col
 from archipelag.errors import InvalidTransition, NotFound
 from archipelag.ids import HostId, JobId
 from archipelag.ledger import credits
-from archipelag.ledger.karma_rules import KarmaKind, KarmaRules
+from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
 from archipelag.ledger.records import Host, KarmaEvent
 from archipelag.ledger.tables import HostRow, KarmaEventRow, utcnow
 from archipelag.lifecycle import HOST_TRANSITIONS, HostStatus, host_can_move
@@ -107,22 +107,29 @@ def record_heartbeat(session: Session, host_id: str, at: datetime) -> None:
         raise NotFound(f"host {host_id} does not exist")
 
 
-def karma_totals(session: Session) -> dict[str, float]:
+def karma_totals(session: Session, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> dict[str, float]:
+    """Every host's total now, recovery included (one pass over the events, in the order they were written)."""
+    now = now or utcnow()
     rows = session.execute(
-        select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points))).group_by(
-            col(KarmaEventRow.host_id)
+        select(col(KarmaEventRow.host_id), col(KarmaEventRow.at), col(KarmaEventRow.points)).order_by(
+            col(KarmaEventRow.host_id), col(KarmaEventRow.id)
         )
     ).all()
-    return {str(host_id): float(total or 0.0) for host_id, total in rows}
+    by_host: dict[str, list[tuple[datetime, float]]] = {}
+    for host_id, at, points in rows:
+        by_host.setdefault(str(host_id), []).append((at, float(points)))
+    return {host_id: rules.total_at(events, now) for host_id, events in by_host.items()}
 
 
-def karma_total(session: Session, host_id: str) -> float:
-    total = session.execute(
-        select(func.coalesce(func.sum(col(KarmaEventRow.points)), 0.0)).where(
+def karma_total(session: Session, host_id: str, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> float:
+    """A host's total now: its events' points with a negative total's recovery over time (``KarmaRules``)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(col(KarmaEventRow.at), col(KarmaEventRow.points)).where(
             col(KarmaEventRow.host_id) == host_id
-        )
-    ).scalar_one()
-    return float(total)
+        ).order_by(col(KarmaEventRow.id))
+    ).all()
+    return rules.total_at(((at, float(points)) for at, points in rows), now)
 
 
 def all_rows(session: Session) -> list[HostRow]:
@@ -145,11 +152,12 @@ def add_karma(
     reason: str | None,
 ) -> KarmaEvent:
     _row(session, host_id, lock=True)  # serialises a host's karma writes, so the boost uses the true total
+    now = utcnow()
     points = rules.points_for(
-        kind, total_before=karma_total(session, host_id), compute_s=compute_s, adjustment=adjustment
+        kind, total_before=karma_total(session, host_id, rules, now), compute_s=compute_s, adjustment=adjustment
     )
     row = KarmaEventRow(
-        host_id=host_id, kind=str(kind), points=points, job_id=job_id, at=utcnow(), reason=reason
+        host_id=host_id, kind=str(kind), points=points, job_id=job_id, at=now, reason=reason
     )
     session.add(row)
     session.flush()
@@ -169,9 +177,20 @@ def karma_record(row: KarmaEventRow) -> KarmaEvent:
     )
 
 
-def karma_events(session: Session, host_id: str) -> list[KarmaEvent]:
+def karma_events(session: Session, host_id: str, limit: int | None = None, offset: int = 0) -> list[KarmaEvent]:
+    """A host's events, newest first when paged (``limit``), oldest first otherwise."""
     _row(session, host_id)
-    rows = session.scalars(
-        select(KarmaEventRow).where(col(KarmaEventRow.host_id) == host_id).order_by(col(KarmaEventRow.id))
-    )
+    query = select(KarmaEventRow).where(col(KarmaEventRow.host_id) == host_id)
+    if limit is None:
+        rows = session.scalars(query.order_by(col(KarmaEventRow.id)))
+    else:
+        rows = session.scalars(query.order_by(col(KarmaEventRow.id).desc()).limit(limit).offset(offset))
     return [karma_record(row) for row in rows]
+
+
+def karma_event_count(session: Session, host_id: str) -> int:
+    _row(session, host_id)
+    count = session.execute(
+        select(func.count()).select_from(KarmaEventRow).where(col(KarmaEventRow.host_id) == host_id)
+    ).scalar_one()
+    return int(count)

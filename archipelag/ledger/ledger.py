@@ -15,7 +15,7 @@ Batches: ``create_batch``, ``get_batch``, ``queue_children``, ``job_statuses``, 
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``, ``audit``.
 Earnings, payouts and usage: ``earnings``, ``payout``, ``payouts``, ``usage`` (see ``earnings``).
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
-``record_karma``, ``karma_events``, ``karma_score``.
+``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``.
 Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
 ``revoke_host``, ``owned_hosts`` (see ``enrolment``).
 """
@@ -32,7 +32,7 @@ from archipelag.ids import JobId
 from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, workloads
 from archipelag.ledger import earnings as earnings_ledger
 from archipelag.ledger.earnings import Earnings, Payout, Usage
-from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules
+from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules, KarmaState
 from archipelag.ledger.people import People
 from archipelag.ledger.records import (
     Host,
@@ -59,7 +59,8 @@ class Ledger(People):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ledger:
-        return cls(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps)
+        return cls(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps,
+                   karma_rules=KarmaRules.from_settings(settings.karma))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -315,7 +316,7 @@ class Ledger(People):
 
     def list_hosts(self) -> list[Host]:
         with db.read_session(self.engine) as session:
-            totals = hosts.karma_totals(session)
+            totals = hosts.karma_totals(session, self.karma_rules)
             active = jobs.active_counts(session)
             return [
                 hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
@@ -328,7 +329,7 @@ class Ledger(People):
 
     def _host(self, session: Any, host_id: str) -> Host:
         row = hosts.get_row(session, host_id)
-        score = self.karma_rules.score(hosts.karma_total(session, host_id))
+        score = self.karma_rules.score(hosts.karma_total(session, host_id, self.karma_rules))
         return hosts.record(row, score, jobs.active_counts(session).get(host_id, 0))
 
     def record_karma(
@@ -354,15 +355,24 @@ class Ledger(People):
                 reason=reason,
             )
 
-    def karma_events(self, host_id: str) -> list[KarmaEvent]:
+    def karma_events(self, host_id: str, limit: int | None = None, offset: int = 0) -> list[KarmaEvent]:
+        """All of a host's events oldest first; with ``limit``, one page of them newest first."""
         with db.read_session(self.engine) as session:
-            return hosts.karma_events(session, host_id)
+            return hosts.karma_events(session, host_id, limit, offset)
+
+    def karma_event_count(self, host_id: str) -> int:
+        with db.read_session(self.engine) as session:
+            return hosts.karma_event_count(session, host_id)
 
     def karma_score(self, host_id: str) -> float:
         """The derived score in [0, 1] placement reads."""
+        return self.karma_state(host_id).score
+
+    def karma_state(self, host_id: str) -> KarmaState:
+        """A host's karma now (recovery included): total, score, standing, placement share and why."""
         with db.read_session(self.engine) as session:
             hosts.get_row(session, host_id)
-            return self.karma_rules.score(hosts.karma_total(session, host_id))
+            return self.karma_rules.state(hosts.karma_total(session, host_id, self.karma_rules))
 
     # --- enrolment ------------------------------------------------------------------------------------
 
@@ -402,7 +412,7 @@ class Ledger(People):
 
     def owned_hosts(self, account_id: int) -> list[Host]:
         with db.read_session(self.engine) as session:
-            totals = hosts.karma_totals(session)
+            totals = hosts.karma_totals(session, self.karma_rules)
             active = jobs.active_counts(session)
             return [hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
                     for row in enrolment.owned_by(session, account_id)]

@@ -44,8 +44,8 @@ class MeteredPlacement:
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         self._placement.mark_offline(host_id, reason)
 
-    def set_karma(self, host_id: HostId, karma: float) -> None:
-        self._placement.set_karma(host_id, karma)
+    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
+        self._placement.set_karma(host_id, karma, share, suspended)
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None:
         await self._placement.suspend_async(host_id, reason)

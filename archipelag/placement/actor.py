@@ -11,6 +11,7 @@ fire-and-forget ``job_assigned`` is always counted before its ``job_released``, 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +27,7 @@ from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.measured import Measurement, Measurements, Rules, claims_of
 from archipelag.placement.prober import Prober
-from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, reason
+from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, cooled, reason
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ Identities = Callable[[HostId], HostIdentity | None]
 
 class PlacementActor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
-                 prober: Prober | None = None, *, identities: Identities | None = None) -> None:
+                 prober: Prober | None = None, *, identities: Identities | None = None,
+                 draw: Callable[[], float] | None = None) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -52,6 +54,11 @@ class PlacementActor:
         stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
         self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
+        # By karma (the ledger's word, pushed with ``set_karma``), apart from the operator's: neither lifts the
+        # other. ``_shares`` holds cooled-down hosts' placement shares (scoring.cooled); absent means 1.
+        self._karma_suspended: dict[HostId, str] = {}
+        self._shares: dict[HostId, float] = {}
+        self._draw = draw or random.random  # a seeded one in tests
 
     def _known(self, host_id: HostId) -> None:
         if host_id not in self._fleet:
@@ -65,7 +72,7 @@ class PlacementActor:
         # known host keeps what the ledger last gave it; a new one starts neutral until the next fleet round.
         known = self._fleet.get(snapshot.host_id).karma if snapshot.host_id in self._fleet else NEUTRAL_KARMA
         snapshot = replace(snapshot, karma=known)
-        if snapshot.host_id in self._suspended:
+        if self._out(snapshot.host_id):
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
@@ -99,8 +106,9 @@ class PlacementActor:
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._known(host_id)
-        if host_id in self._suspended and status != HostStatus.OFFLINE:
-            raise InvalidTransition(f"host {host_id} is suspended by the network's operator; it takes no jobs",
+        if self._out(host_id) and status != HostStatus.OFFLINE:
+            why = self._suspended.get(host_id) or self._karma_suspended[host_id]
+            raise InvalidTransition(f"host {host_id} is suspended ({why}); it takes no jobs",
                                     host_id=host_id, current=str(HostStatus.SUSPENDED), target=str(status))
         current = self._fleet.status(host_id)
         if current == status:
@@ -126,22 +134,49 @@ class PlacementActor:
         log.warning("host %s suspended: %s", host_id, reason)
 
     def reinstate(self, host_id: HostId) -> None:
-        """Lift an operator's suspension: the host takes jobs again (while it heartbeats)."""
+        """Lift an operator's suspension: the host takes jobs again (while it heartbeats) unless its karma
+        keeps it suspended."""
         self._suspended.pop(host_id, None)
-        if host_id in self._fleet and self._fleet.status(host_id) == HostStatus.SUSPENDED:
-            self._fleet.set_status(host_id, HostStatus.ONLINE)
+        self._back_online(host_id)
 
     def suspensions(self) -> dict[HostId, str]:
+        """The operator's suspensions (karma's are ``karma_suspensions``)."""
         return dict(self._suspended)
 
-    def set_karma(self, host_id: HostId, karma: float) -> None:
+    def karma_suspensions(self) -> dict[HostId, str]:
+        return dict(self._karma_suspended)
+
+    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
+        """The ledger's karma for a host: its score, its share while cooled down (``scoring.cooled``), and the
+        reason it is suspended (None: it is not). A host whose karma recovers re-enters cooled down (its
+        probation share), unless an operator's suspension still holds it."""
         self._known(host_id)
         self._fleet.set_karma(host_id, karma)
+        if share < 1.0:
+            self._shares[host_id] = share
+        else:
+            self._shares.pop(host_id, None)
+        if suspended is not None:
+            if host_id not in self._karma_suspended:
+                log.warning("host %s suspended: %s", host_id, suspended)
+            self._karma_suspended[host_id] = suspended
+            self._fleet.set_status(host_id, HostStatus.SUSPENDED)
+        elif self._karma_suspended.pop(host_id, None) is not None:
+            log.info("host %s reinstated: its karma recovered", host_id)
+            self._back_online(host_id)
+
+    def _out(self, host_id: HostId) -> bool:
+        """Suspended by the operator or by karma."""
+        return host_id in self._suspended or host_id in self._karma_suspended
+
+    def _back_online(self, host_id: HostId) -> None:
+        if not self._out(host_id) and host_id in self._fleet and self._fleet.status(host_id) == HostStatus.SUSPENDED:
+            self._fleet.set_status(host_id, HostStatus.ONLINE)
 
     def rank(self, request: JobRequest) -> list[HostId]:
         """Hosts for ``request``, best first; NoCapacity with the reason when none can take it."""
         now = self._clock()
-        ranked = self._fleet.rank(request, now, self._limit)
+        ranked = cooled(self._fleet.rank(request, now, self._limit), self._shares, self._draw)
         if not ranked:
             funnel = self._fleet.funnel(request, now)
             # `full`: hosts could run it but every slot is taken; the job can wait in the queue.

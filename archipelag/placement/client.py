@@ -184,8 +184,9 @@ class PlacementClient:
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         self._calls.send("mark_offline", host_id, reason)
 
-    def set_karma(self, host_id: HostId, karma: float) -> None:
-        self._calls.send("set_karma", host_id, karma)
+    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
+        """The ledger's karma for a host: its score, its placement share, and why it is suspended (None: not)."""
+        self._calls.send("set_karma", host_id, karma, share, suspended)
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None:
         await self._calls.call_async("suspend", host_id, reason)

@@ -18,7 +18,7 @@ from archipelag.lifecycle import HostStatus
 from archipelag.placement.regions import proximity
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from archipelag.placement.measured import HardwareCheck
     from archipelag.settings import PlacementSettings
@@ -167,6 +167,25 @@ def rank(hosts: Iterable[HostSnapshot], request: JobRequest, weights: Weights, n
     """The best ``limit`` eligible hosts, best first; equal scores go to the smaller host id."""
     scored = [(-score(h, request, weights), h.host_id) for h in hosts if eligible(h, request, now, stale_after_s)]
     return [host_id for _, host_id in heapq.nsmallest(limit, scored)]
+
+
+# --- karma cool-down -------------------------------------------------------------------------------
+
+
+def cooled(ranked: Sequence[HostId], shares: Mapping[HostId, float], draw: Callable[[], float]) -> list[HostId]:
+    """A ranking with cooled-down hosts (karma share < 1) held back: each keeps its place only when ``draw()``
+    (uniform in [0, 1)) falls below its share, else it goes after every host that kept its place, in rank order.
+
+    A share of the host's own jobs rather than a score multiplier: a multiplier's effect depends on the
+    competition (alone in its region a cooled host would still win everything; among near-equals it would win
+    nothing), while this gives it ``share`` of what it would have won — and a job no other host can take still
+    goes to it (cool-down lowers a host's share, it does not strand work)."""
+    kept: list[HostId] = []
+    held: list[HostId] = []
+    for host_id in ranked:
+        share = shares.get(host_id, 1.0)
+        (kept if share >= 1.0 or draw() < share else held).append(host_id)
+    return kept + held
 
 
 # --- why nothing matched ---------------------------------------------------------------------------

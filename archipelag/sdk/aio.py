@@ -194,6 +194,11 @@ class AsyncClient:
     async def host_karma(self, host_id: str) -> HostKarma:
         return HostKarma.model_validate(await self._data("GET", f"{API}/hosts/{host_id}/karma"))
 
+    async def host_karma_history(self, host_id: str, limit: int = 20, offset: int = 0) -> Page[dict[str, Any]]:
+        """A host's karma events, newest first."""
+        return wire.page_of(await self._request("GET", f"{API}/hosts/{host_id}/karma/history",
+                                                params={"limit": limit, "offset": offset}), dict)
+
     async def api_keys(self) -> Page[ApiKey]:
         return wire.page_of(await self._request("GET", f"{API}/api-keys"), ApiKey.model_validate)
 

@@ -134,7 +134,11 @@ class Host(_ApiModel):
 class HostKarma(_ApiModel):
     host_id: HostId
     karma_score: float
-    events: tuple[dict[str, Any], ...] = ()
+    karma_total: float = 0.0  # the points behind the score (a negative total recovers with time)
+    standing: str = "good"  # good, cooldown (fewer jobs) or suspended (none)
+    placement_share: float = 1.0
+    reason: str | None = None  # why it is cooled down or suspended
+    events: tuple[dict[str, Any], ...] = ()  # the latest; host_karma_history pages through all
 
 
 BATCH_ENDED = frozenset({"succeeded", "failed", "cancelled"})  # a batch's states (the internal vocabulary)

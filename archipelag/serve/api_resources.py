@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from archipelag.catalog_signing import catalog_files
 from archipelag.errors import NotFound
-from archipelag.serve.api_jobs import Reader, Svc
+from archipelag.ids import HostId
+from archipelag.ledger.karma_rules import Standing
+from archipelag.placement.scoring import HostSnapshot
+from archipelag.serve.api_jobs import MAX_OFFSET, Reader, Svc
 from archipelag.serve.responses import data, page
+from archipelag.serve.services import Services
 from archipelag.serve.views import host_view, karma_event_view, workload_view
 
 router = APIRouter(prefix="/api/v1")
+RECENT_EVENTS = 20  # karma events GET /hosts/{id}/karma shows; /karma/history pages through all
 
 
 @router.get("/workloads")
@@ -46,16 +53,40 @@ async def list_hosts(_: Reader, svc: Svc) -> Response:
 
 @router.get("/hosts/{host_id}")
 async def get_host(host_id: str, _: Reader, svc: Svc) -> Response:
-    snapshot = next((s for s in await svc.jobs.hosts() if s.host_id == host_id), None)
-    if snapshot is None:
-        raise NotFound(f"no host {host_id!r}; GET /api/v1/hosts lists them")
-    return data(host_view(snapshot, await svc.ledger.karma_score(host_id)))
+    """One host; a suspended one says why (its operator's reason, else its karma's)."""
+    snapshot = await _snapshot(host_id, svc)
+    state = await svc.ledger.karma_state(host_id)
+    operator = (await svc.placement.suspensions_async()).get(HostId(host_id))
+    karma_suspension = state.reason if state.standing is Standing.SUSPENDED else None
+    return data({**host_view(snapshot, state.score), "karma_standing": str(state.standing),
+                 "suspended_reason": operator or karma_suspension})
 
 
 @router.get("/hosts/{host_id}/karma")
 async def host_karma(host_id: str, _: Reader, svc: Svc) -> Response:
-    if not any(s.host_id == host_id for s in await svc.jobs.hosts()):
+    """A host's karma now: total (recovery included), score, standing, placement share, why it is cooled down or
+    suspended, and its latest events (all of them: ``/karma/history``)."""
+    await _snapshot(host_id, svc)
+    state = await svc.ledger.karma_state(host_id)
+    events = await svc.ledger.karma_events(host_id, RECENT_EVENTS, 0)
+    return data({"host_id": host_id, "karma_score": state.score, "karma_total": round(state.total, 4),
+                 "standing": str(state.standing), "placement_share": state.share, "reason": state.reason,
+                 "events": [karma_event_view(e) for e in events]})
+
+
+@router.get("/hosts/{host_id}/karma/history")
+async def host_karma_history(host_id: str, _: Reader, svc: Svc,
+                             limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                             offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Response:
+    """A host's karma events, newest first, a page at a time."""
+    await _snapshot(host_id, svc)
+    events = await svc.ledger.karma_events(host_id, limit, offset)
+    total = await svc.ledger.karma_event_count(host_id)
+    return page([karma_event_view(e) for e in events], total, limit, offset)
+
+
+async def _snapshot(host_id: str, svc: Services) -> HostSnapshot:
+    snapshot = next((s for s in await svc.jobs.hosts() if s.host_id == host_id), None)
+    if snapshot is None:
         raise NotFound(f"no host {host_id!r}; GET /api/v1/hosts lists them")
-    score = await svc.ledger.karma_score(host_id)
-    events = await svc.ledger.karma_events(host_id)
-    return data({"host_id": host_id, "karma_score": score, "events": [karma_event_view(e) for e in events]})
+    return snapshot

@@ -65,7 +65,7 @@ def failed_for_the_host(api: TestClient, net: ModelNetwork, job: Any) -> None:
     assert stored[-1]["type"] == "error" and stored[-1]["code"] == "bad_receipt"
     assert job.credits_used_micro == 0 and job.usage in (None, {})
     assert net.ledger.balance_micro(net.account_id) == CREDITS
-    assert [e.kind for e in net.ledger.karma_events(HOST)] == [KarmaKind.JOB_FAILED]
+    assert [e.kind for e in net.ledger.karma_events(HOST)] == [KarmaKind.BAD_RECEIPT]
     listing = api.get("/api/v1/jobs")
     assert listing.status_code == 200, listing.text
     view = next(j for j in listing.json()["data"] if j["id"] == job.id)

@@ -1,0 +1,97 @@
+"""Placement acting on karma: a cooled-down host is held back (scoring.cooled), a karma-suspended one is out
+with its reason, and an operator's suspension and karma's never lift each other. No Ray, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from builders import NOW, a_host, a_job
+
+from archipelag.errors import InvalidTransition, NoCapacity
+from archipelag.ids import HostId
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.actor import PlacementActor
+from archipelag.placement.client import PlacementClient, _LocalCalls
+from archipelag.placement.scoring import cooled
+from archipelag.settings import Settings
+
+A, B, C = HostId("a"), HostId("b"), HostId("c")
+EU_JOB = a_job(caller_region="eu-west")
+WHY = "karma -10.50 is below the suspension threshold -10"
+
+
+@pytest.mark.parametrize(("ranked", "shares", "draws", "expected"), [
+    ([A, B, C], {}, [], [A, B, C]),  # nobody cooled: no draw, same order
+    ([A, B, C], {A: 0.25}, [0.1], [A, B, C]),  # the draw fell inside its share: it keeps its place
+    ([A, B, C], {A: 0.25}, [0.3], [B, C, A]),  # outside: after every host that kept its place
+    ([A, B, C], {A: 0.25, B: 0.25}, [0.9, 0.9], [C, A, B]),  # held-back hosts keep their rank order
+    ([A], {A: 0.25}, [0.9], [A]),  # the only host able to run it still gets the job
+    ([A, B], {A: 0.0}, [0.0], [B, A]),  # share 0: always held back
+    ([A, B], {A: 1.0}, [], [A, B]),  # share 1: never drawn for
+])
+def test_cooled_holds_back_a_cooled_down_host_by_its_share(ranked: list[HostId], shares: dict[HostId, float],
+                                                           draws: list[float], expected: list[HostId]) -> None:
+    left = iter(draws)
+    assert cooled(ranked, shares, lambda: next(left)) == expected
+    assert next(left, None) is None  # exactly one draw per cooled host
+
+
+def placement_with(draw: float) -> PlacementClient:
+    actor = PlacementActor(Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3), lambda: NOW,
+                           draw=lambda: draw)
+    return PlacementClient(_LocalCalls(actor))
+
+
+def test_a_cooled_down_host_is_ranked_after_good_ones_unless_its_draw_keeps_it() -> None:
+    unlucky, lucky = placement_with(0.9), placement_with(0.1)
+    for placement in (unlucky, lucky):
+        placement.register(a_host("a", region="eu-west"))  # the better host: the caller's region
+        placement.register(a_host("b", region="us-east"))
+        placement.set_karma(A, 0.3, 0.25, None)
+    assert unlucky.rank(EU_JOB) == [B, A] and lucky.rank(EU_JOB) == [A, B]
+    unlucky.set_karma(A, 0.5, 1.0, None)  # recovered: its place back
+    assert unlucky.rank(EU_JOB) == [A, B]
+
+
+def test_the_share_over_many_rankings_is_the_setting() -> None:
+    draws = random.Random(3)
+    actor = PlacementActor(Settings(), lambda: NOW, draw=draws.random)
+    placement = PlacementClient(_LocalCalls(actor))
+    placement.register(a_host("a", region="eu-west"))
+    placement.register(a_host("b", region="us-east"))
+    placement.set_karma(A, 0.3, 0.25, None)
+    firsts = sum(placement.rank(EU_JOB)[0] == A for _ in range(4000))
+    assert firsts / 4000 == pytest.approx(0.25, abs=0.03)
+
+
+def test_a_karma_suspended_host_is_out_with_its_reason_and_back_when_karma_recovers() -> None:
+    placement = placement_with(0.9)
+    placement.register(a_host("a"))
+    placement.register(a_host("b"))
+    placement.set_karma(A, 0.0, 0.0, WHY)
+    assert placement.get(A).status == HostStatus.SUSPENDED and placement.rank(EU_JOB) == [B]
+    placement.register(a_host("a"))  # rejoining does not lift it
+    assert placement.get(A).status == HostStatus.SUSPENDED
+    with pytest.raises(InvalidTransition, match="suspension threshold"):
+        placement.set_status(A, HostStatus.ONLINE)  # nor can its owner
+    assert asyncio.run(placement.suspensions_async()) == {}  # the operator's list is the operator's
+    placement.set_karma(A, 0.05, 0.25, None)  # recovered above the threshold: back, on probation (cooled)
+    assert placement.get(A).status == HostStatus.ONLINE and placement.rank(EU_JOB) == [B, A]
+
+
+def test_an_operator_suspension_and_a_karma_suspension_do_not_lift_each_other() -> None:
+    placement = placement_with(0.9)
+    placement.register(a_host("a"))
+    asyncio.run(placement.suspend_async(A, "cheating"))
+    placement.set_karma(A, 0.0, 0.0, WHY)
+    placement.set_karma(A, 0.5, 1.0, None)  # karma recovers: the operator's suspension holds
+    assert placement.get(A).status == HostStatus.SUSPENDED
+    placement.set_karma(A, 0.0, 0.0, WHY)
+    asyncio.run(placement.reinstate_async(A))  # the operator lifts theirs: karma's holds
+    assert placement.get(A).status == HostStatus.SUSPENDED
+    with pytest.raises(NoCapacity):
+        placement.rank(EU_JOB)
+    placement.set_karma(A, 0.5, 1.0, None)
+    assert placement.get(A).status == HostStatus.ONLINE and placement.rank(EU_JOB) == [A]
