@@ -1,9 +1,12 @@
-"""Shared test wiring: Ray's environment, and CI's rule that a capability skip is a failure."""
+"""Shared test wiring: Ray's environment, CI's rule that a capability skip is a failure, and the ledger's books
+checked after every test that made a ledger."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped in CI, where this capability is required: {reason}"
+
+
+# --- the double-entry invariant after every test ------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def ledger_books_balance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every SQLite ledger a test opens in this process is audited when the test ends: all books sum to zero,
+    each transfer balances, running balances match their postings, and no user, earnings, escrow or payouts book
+    is below zero. A PostgreSQL schema is audited by ``ledger_contract.fresh_schema`` instead, before it is dropped
+    (which is before this runs). A network's ledger actor writes to the database its coordinator opened here, so
+    its books are audited too."""
+    from archipelag.ledger import db
+
+    opened: list[str] = []
+    create = db.create_engine_for
+
+    def recording(url: str) -> Any:
+        opened.append(url)
+        return create(url)
+
+    monkeypatch.setattr(db, "create_engine_for", recording)
+    yield
+    monkeypatch.setattr(db, "create_engine_for", create)
+    from ledger_contract import audit_ledger
+
+    problems: list[str] = []
+    for url in dict.fromkeys(opened):
+        path = url.removeprefix("sqlite:///")
+        if url.startswith("sqlite:///") and Path(path).exists():
+            problems += audit_ledger(url)
+    assert not problems, "the ledger's books do not balance after this test: " + "; ".join(problems)

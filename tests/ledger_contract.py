@@ -72,15 +72,33 @@ def fresh_schema(postgres_url: str) -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_psycopg_dsn(postgres_url), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = (
+        make_url(postgres_url)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
     try:
-        yield (
-            make_url(postgres_url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
+        yield url
+        problems = audit_ledger(url)  # the double-entry invariant, checked while the schema is still there
+        assert not problems, "the ledger's books do not balance after this test: " + "; ".join(problems)
     finally:
         with psycopg.connect(_psycopg_dsn(postgres_url), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def audit_ledger(url: str) -> list[str]:
+    """What is wrong with the books of the ledger at ``url`` (see ``credits.audit``); nothing for a database that
+    was never migrated. Opens an engine of its own, so it works after the test's ledger has closed."""
+    from archipelag.ledger import credits, db
+
+    engine = db.create_engine_for(url)
+    try:
+        if db.schema_version(engine) is None:
+            return []
+        with db.read_session(engine) as session:
+            return [f"{url}: {problem}" for problem in credits.audit(session)]
+    finally:
+        engine.dispose()
 
 
 # The databases a whole network runs its suites on: the embedded SQLite, and PostgreSQL.

@@ -26,7 +26,7 @@ from test_ledger_contract import race
 from archipelag import errors
 from archipelag.ledger import Ledger
 from archipelag.ledger.credits import platform_fee_micro
-from archipelag.ledger.tables import TransferRow, utcnow
+from archipelag.ledger.tables import CreditAccountRow, TransferRow, utcnow
 
 THRESHOLD = 10.0  # KarmaRules().payout_threshold
 
@@ -162,3 +162,18 @@ def test_credits_of_the_owner_and_earnings_stay_apart(ledger: Ledger) -> None:
     assert ledger.balance_micro(owner.id) == MICRO - 100_000
     assert ledger.earnings(owner.id).unpaid_micro == 90_000
     assert ledger.usage(owner.id).total_micro == 100_000
+
+
+def test_the_audit_names_a_drifted_balance_and_a_book_below_zero(ledger: Ledger) -> None:
+    """What the after-every-test check (tests/conftest.py) would report; the books are put right afterwards."""
+    user = an_account(ledger, credits=1.0)
+    assert ledger.audit() == []
+    with ledger.engine.begin() as connection:
+        connection.execute(update(CreditAccountRow).where(col(CreditAccountRow.owner) == str(user.id))
+                           .values(balance_micro=-5))
+    problems = ledger.audit()
+    assert any("drifted" in p for p in problems) and any("below zero: -5" in p for p in problems)
+    with ledger.engine.begin() as connection:
+        connection.execute(update(CreditAccountRow).where(col(CreditAccountRow.owner) == str(user.id))
+                           .values(balance_micro=MICRO))
+    assert ledger.audit() == []
