@@ -20,9 +20,9 @@ to the relay. What the dispatcher keeps is a
   ``max_tokens`` it reserved for, what its input could hold): a host that sends what cannot be true fails the
   job with ``bad_receipt`` — the user is refunded, the host loses karma for a bad receipt, nothing is
   charged on its word.
-- **Karma.** A job that ends by the host's fault (``karma_rules.fault_of``: a timeout, a refused catalog
-  artifact, the host's own error, a bad receipt, a drop) costs the host karma, and placement hears the host's
-  new standing at once; a workload's own error costs it nothing.
+- **Karma.** A job that ends by the host's fault (``karma_rules.fault_of``: a timeout, the host's own error, a bad
+  receipt, a drop, a refused catalog artifact once another host has run that workload) costs the host karma, and
+  placement hears the host's new standing at once; a workload's own error costs it nothing.
 """
 
 from __future__ import annotations
@@ -152,6 +152,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kick = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        # Workloads some host has run to success since this start: their artifact checks out, so a host that
+        # refuses one is at fault. Until then a refusal costs nothing (the artifact may be what is wrong).
+        self._proven: set[str] = set()
 
     # --- the outside -----------------------------------------------------------------------------
 
@@ -296,7 +299,7 @@ class Dispatcher:
                 ticket.host_id = None
                 self._kick.set()  # a slot is free
             if isinstance(outcome, _Ended):
-                await self._finish(ticket, outcome.status, outcome.error, host_id, karma=outcome.karma)
+                await self._finish(ticket, outcome.status, outcome.error, host_id, karma=self._fault(ticket, outcome))
                 return
             if ticket.cancel_reason is not None:
                 await self._finish(ticket, JobStatus.CANCELLED, ticket.cancel_reason, None)
@@ -311,6 +314,15 @@ class Dispatcher:
                 self._requeue(ticket)
                 return
             self._assign(ticket, ticket.ranked.pop(0))
+
+    def _fault(self, ticket: Ticket, ended: _Ended) -> KarmaKind | None:
+        """The host's karma event for an end: a refused artifact only once another host ran it (it checks out)."""
+        if ended.status is JobStatus.SUCCEEDED:
+            self._proven.add(ticket.manifest.slug)
+            return None
+        if ended.karma is KarmaKind.ARTIFACT_REFUSED and ticket.manifest.slug not in self._proven:
+            return None
+        return ended.karma
 
     async def _lost(self, ticket: Ticket, host_id: HostId, lost: _Lost) -> bool:
         """The host lost the job: out of placement, a drop in karma; True when the job may run again."""

@@ -1,6 +1,7 @@
 """Karma that acts, on the jobs core (admission, queue, dispatcher, relay) with the real ledger (SQLite) and the
-real placement in-process, and stand-in hosts: a host whose jobs fail by its own fault is cooled down (fewer
-jobs), then suspended (none), and says why; a workload's own error costs its host nothing."""
+real placement in-process, and stand-in hosts: a host whose jobs fail by its own fault (it refuses a catalog
+artifact another host ran) is cooled down (fewer jobs), then suspended (none), and says why; a workload's own
+error, or an artifact no host has run, costs its host nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from archipelag.protocol import Event
 
 REFUSED: Event = {"type": "error", "code": "workload_refused",
                   "message": "the module's hash is not the one the catalog pins"}
-CALLERS = "eu-west"
+CALLERS, FAR = "eu-west", "ap-southeast-1"
 BAD_INPUT: Event = {"type": "error", "code": "workload_error", "message": "input.text must be a string"}
 
 
@@ -31,14 +32,14 @@ def seeded(net: Net, seed: int) -> None:
     actor = PlacementActor(net.settings, lambda: NOW, draw=random.Random(seed).random)
     net.placement = PlacementClient(_LocalCalls(actor))
     for host_id in net.hosts:
-        net.placement.register(a_host(host_id, region=CALLERS if host_id == "a" else "ap-southeast-1"))
+        net.placement.register(a_host(host_id, region=CALLERS if host_id == "a" else FAR))
         net.placement.set_karma(HostId(host_id), net.ledger.karma_rules.neutral_score)
         net.ledger.upsert_host(host_id, host_id, "eu-west", {}, HostStatus.ONLINE)
     net.service = net.build()
 
 
-async def submit(net: Net) -> JobId:
-    return (await net.service.submit(net.account, "wasm-hash", {"text": "x"}, CALLERS)).id
+async def submit(net: Net, region: str = CALLERS) -> JobId:
+    return (await net.service.submit(net.account, "wasm-hash", {"text": "x"}, region)).id
 
 
 def test_a_host_whose_jobs_fail_is_cooled_down_then_suspended_and_gets_no_more_jobs(tmp_path: Path) -> None:
@@ -48,6 +49,9 @@ def test_a_host_whose_jobs_fail_is_cooled_down_then_suspended_and_gets_no_more_j
         seeded(net, 5)
         rules = net.ledger.karma_rules
         await net.service.start()
+        proof = await submit(net, FAR)  # b runs the workload first: its artifact checks out, so a refusal is a's
+        await net.stream(proof)
+        assert net.job(proof).host_id == "b" and net.job(proof).status == JobStatus.SUCCEEDED
         standings: list[Standing] = []  # a's, after each job it ran
         offered_while_cooled = ran_while_cooled = 0
         try:
@@ -101,6 +105,24 @@ def test_a_workloads_own_error_costs_its_host_nothing(tmp_path: Path) -> None:
                 assert net.job(job_id).status == JobStatus.FAILED and net.job(job_id).host_id == "a"
             assert net.ledger.karma_events("a") == []
             assert net.ledger.karma_state("a").standing is Standing.GOOD
+        finally:
+            await net.service.close()
+
+    asyncio.run(scenario())
+
+
+def test_refusing_an_artifact_no_host_has_run_costs_nothing(tmp_path: Path) -> None:
+    """A refusal only counts against a host once the artifact checks out elsewhere: until then the artifact may
+    be what is wrong (an unsigned or tampered one is refused by every honest host)."""
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([REFUSED]), "b": StandInHost([REFUSED])})
+        await net.service.start()
+        try:
+            for _ in range(12):
+                job_id = await net.submit()
+                await net.stream(job_id)
+                assert net.job(job_id).status == JobStatus.FAILED
+            assert net.ledger.karma_events("a") == net.ledger.karma_events("b") == []
         finally:
             await net.service.close()
 
