@@ -2,7 +2,8 @@
 
 Status moves are guarded by ``lifecycle.HOST_TRANSITIONS`` with an ``UPDATE … WHERE status IN (sources)``;
 moving to the state a host is already in is a no-op. Karma points come from the pure rules in
-``karma_rules``; the total and score are derived from a host's events and their times, never stored.
+``karma_rules``; the total is the sum of a host's events (the recovery of a negative total is banked as a
+``recovery`` event at the next event) plus the recovery since its last one; total and score are never stored.
 
 Functions here take an open session; ``Ledger`` owns the transactions.
 """
@@ -108,28 +109,30 @@ def record_heartbeat(session: Session, host_id: str, at: datetime) -> None:
 
 
 def karma_totals(session: Session, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> dict[str, float]:
-    """Every host's total now, recovery included (one pass over the events, in the order they were written)."""
+    """Every host's total now: the sum of its events (recovery up to each one is banked as an event) and the
+    recovery since its last event."""
     now = now or utcnow()
     rows = session.execute(
-        select(col(KarmaEventRow.host_id), col(KarmaEventRow.at), col(KarmaEventRow.points)).order_by(
-            col(KarmaEventRow.host_id), col(KarmaEventRow.id)
-        )
+        select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at)))
+        .group_by(col(KarmaEventRow.host_id))
     ).all()
-    by_host: dict[str, list[tuple[datetime, float]]] = {}
-    for host_id, at, points in rows:
-        by_host.setdefault(str(host_id), []).append((at, float(points)))
-    return {host_id: rules.total_at(events, now) for host_id, events in by_host.items()}
+    return {str(host_id): _now_total(rules, total, last_at, now) for host_id, total, last_at in rows}
 
 
 def karma_total(session: Session, host_id: str, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> float:
-    """A host's total now: its events' points with a negative total's recovery over time (``KarmaRules``)."""
-    now = now or utcnow()
-    rows = session.execute(
-        select(col(KarmaEventRow.at), col(KarmaEventRow.points)).where(
+    """A host's total now: its events' points and a negative total's recovery since the last one (``KarmaRules``)."""
+    total, last_at = session.execute(
+        select(func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at))).where(
             col(KarmaEventRow.host_id) == host_id
-        ).order_by(col(KarmaEventRow.id))
-    ).all()
-    return rules.total_at(((at, float(points)) for at, points in rows), now)
+        )
+    ).one()
+    return _now_total(rules, total, last_at, now or utcnow())
+
+
+def _now_total(rules: KarmaRules, total: float | None, last_at: datetime | None, now: datetime) -> float:
+    if total is None or last_at is None:
+        return 0.0
+    return rules.recovered(float(total), (now - last_at).total_seconds())
 
 
 def all_rows(session: Session) -> list[HostRow]:
@@ -153,9 +156,13 @@ def add_karma(
 ) -> KarmaEvent:
     _row(session, host_id, lock=True)  # serialises a host's karma writes, so the boost uses the true total
     now = utcnow()
-    points = rules.points_for(
-        kind, total_before=karma_total(session, host_id, rules, now), compute_s=compute_s, adjustment=adjustment
-    )
+    raw = float(session.execute(select(func.coalesce(func.sum(col(KarmaEventRow.points)), 0.0)).where(
+        col(KarmaEventRow.host_id) == host_id)).scalar_one())
+    total = karma_total(session, host_id, rules, now)
+    if total != raw:  # bank the recovery since the last event, so a total is always a sum (and says why)
+        session.add(KarmaEventRow(host_id=host_id, kind=str(KarmaKind.RECOVERY), points=total - raw, job_id=None,
+                                  at=now, reason=f"recovered {rules.recovery_per_day:g} a day since the last event"))
+    points = rules.points_for(kind, total_before=total, compute_s=compute_s, adjustment=adjustment)
     row = KarmaEventRow(
         host_id=host_id, kind=str(kind), points=points, job_id=job_id, at=now, reason=reason
     )

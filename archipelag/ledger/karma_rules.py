@@ -8,7 +8,9 @@ standing derived from it. Pure: no database, no Ray (DESIGN §7). ``KarmaRules.f
   itself, a timeout, a drop (host lost mid-job), a refused catalog artifact, a bad receipt, a failed
   verification. A workload's own error (its bad input, its crash, its budget) is not the host's and costs nothing.
 - A negative total recovers toward 0 by ``recovery_per_day`` (pro rata, between events and up to now): computed
-  from the events' times alone, so no background writer is needed. A positive total does not decay.
+  from the events' times alone, so no background writer is needed (``total_at`` is the definition; the ledger
+  banks the recovery up to each new event as a ``recovery`` event, so a total is a SQL sum plus the recovery
+  since the host's last event). A positive total does not decay.
 - The score placement reads is the total mapped linearly onto [0, 1]: ``neutral_score`` for a new host,
   1.0 at ``+saturation_points``, 0.0 at ``-saturation_points``.
 - Below ``cooldown_below`` a host cools down: placement keeps its ranked place only with probability
@@ -40,6 +42,7 @@ class KarmaKind(StrEnum):
     BAD_RECEIPT = "bad_receipt"  # the host sent what cannot be true (usage, output past its ticket)
     VERIFICATION_FAILED = "verification_failed"  # a re-run elsewhere disagreed with this host's result
     ADJUSTMENT = "adjustment"  # an operator's correction, points given explicitly
+    RECOVERY = "recovery"  # a negative total's recovery over time, banked when the host's next event is written
 
 
 class Standing(StrEnum):
@@ -106,7 +109,7 @@ class KarmaRules:
         if kind is KarmaKind.JOB_SUCCEEDED:
             earned = max(self.min_job_points, self.points_per_compute_hour * max(compute_s, 0.0) / 3600.0)
             return earned * self.boost_below_threshold if total_before < self.payout_threshold else earned
-        if kind is KarmaKind.ADJUSTMENT:
+        if kind in (KarmaKind.ADJUSTMENT, KarmaKind.RECOVERY):
             return adjustment
         return {
             KarmaKind.JOB_FAILED: self.failed_points,

@@ -27,7 +27,7 @@ from ledger_contract import (  # noqa: F401  (fixtures: ledger, ledger_url, post
 from sqlalchemy import MetaData, select
 
 from archipelag import errors
-from archipelag.ledger import KarmaKind, Ledger, Standing
+from archipelag.ledger import KarmaKind, Ledger, Standing, db, hosts
 from archipelag.ledger.credits import platform_fee_micro
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import JOB_TRANSITIONS, TERMINAL_JOB_STATES, HostStatus, JobStatus
@@ -547,3 +547,19 @@ def test_karma_history_pages_newest_first(ledger: Ledger) -> None:
     assert [e.reason for e in ledger.karma_events("host-h")] == ["n0", "n1", "n2", "n3", "n4"]
     with pytest.raises(errors.NotFound):
         ledger.karma_event_count("host-zzz")
+
+
+def test_banked_recovery_is_the_rules_walk_over_the_events(ledger: Ledger) -> None:
+    """The ledger's total (a sum with recovery banked as events, plus the recovery since the last one) is
+    ``KarmaRules.total_at`` over the host's own events and their times."""
+    ledger.upsert_host("host-r", "roof", "eu-west", {}, HostStatus.ONLINE)
+    rules = ledger.karma_rules = replace(ledger.karma_rules, recovery_per_day=86_400.0 * 10)  # 10 points a second
+    for points, pause_s in ((-5.0, 0.2), (-5.0, 0.1), (1.0, 0.0), (-2.0, 0.3)):
+        ledger.record_karma("host-r", KarmaKind.ADJUSTMENT, adjustment=points)
+        time.sleep(pause_s)
+    events = ledger.karma_events("host-r")
+    assert KarmaKind.RECOVERY in [e.kind for e in events]
+    now = utcnow()
+    own = [(e.at, e.points) for e in events if e.kind != KarmaKind.RECOVERY]
+    with db.read_session(ledger.engine) as session:
+        assert hosts.karma_total(session, "host-r", rules, now) == pytest.approx(rules.total_at(own, now), abs=1e-6)

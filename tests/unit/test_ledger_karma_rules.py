@@ -40,6 +40,7 @@ def test_a_failed_verification_costs_more_than_a_drop_which_costs_more_than_a_fa
 
 def test_an_adjustment_is_worth_exactly_what_the_operator_gives() -> None:
     assert RULES.points_for(KarmaKind.ADJUSTMENT, adjustment=-2.5) == -2.5
+    assert RULES.points_for(KarmaKind.RECOVERY, adjustment=0.75) == 0.75  # banked recovery, as the ledger computed
 
 
 def test_a_new_host_scores_neutral_and_the_score_stays_in_the_unit_interval() -> None:
