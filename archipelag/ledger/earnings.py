@@ -134,14 +134,15 @@ def usage(session: Session, account_id: int, start: date, end: date) -> Usage:
     return Usage(start, end, days, by_workload, sum(by_workload.values()))
 
 
-def best_karma(session: Session, account_id: int) -> float | None:
-    """The highest karma total among the account's hosts; None when it owns none."""
+def best_karma(session: Session, account_id: int, rules: KarmaRules) -> float | None:
+    """The highest karma total among the account's hosts now (recovery included, as ``rules`` say); None when it
+    owns none."""
     owned = session.execute(
         select(col(HostRow.id)).where(col(HostRow.owner_account_id) == account_id)
     ).scalars().all()
     if not owned:
         return None
-    return max(hosts.karma_total(session, host) for host in owned)
+    return max(hosts.karma_total(session, host, rules) for host in owned)
 
 
 def payout(session: Session, account_id: int, amount_micro: int, rules: KarmaRules) -> Payout:
@@ -149,7 +150,7 @@ def payout(session: Session, account_id: int, amount_micro: int, rules: KarmaRul
     more than the book holds (checked by the guarded update, so racing payouts cannot overdraw it)."""
     if amount_micro <= 0:
         raise Conflict("a payout must be for more than zero credits")
-    karma = best_karma(session, account_id)
+    karma = best_karma(session, account_id, rules)
     if karma is None or karma < rules.payout_threshold:
         have = "owns no host" if karma is None else f"has a best host karma of {karma:.2f}"
         raise Forbidden(f"payouts open once one of your hosts reaches {rules.payout_threshold:g} karma; this account "
