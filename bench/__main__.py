@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "batch", "llm", "llm-load", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "batch", "ledger", "llm", "llm-load", "web")
 
 
 def _placement() -> None:
@@ -63,6 +63,12 @@ def _batch() -> None:
     _table(bench_batch.run())
 
 
+def _ledger() -> None:
+    from bench import bench_ledger
+
+    _table(bench_ledger.run())
+
+
 def _llm() -> None:
     from bench import bench_llm
 
@@ -83,7 +89,7 @@ def _web() -> None:
 
 RUNNERS: dict[str, Callable[[], None]] = {
     "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "join": _join, "jobs": _jobs,
-    "batch": _batch, "llm": _llm,
+    "batch": _batch, "ledger": _ledger, "llm": _llm,
     "web": _web, "llm-load": _llm_load,
 }
 
