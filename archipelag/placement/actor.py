@@ -140,11 +140,8 @@ class PlacementActor:
         self._back_online(host_id)
 
     def suspensions(self) -> dict[HostId, str]:
-        """The operator's suspensions (karma's are ``karma_suspensions``)."""
+        """The operator's suspensions (karma's are the ledger's: ``Ledger.karma_state``)."""
         return dict(self._suspended)
-
-    def karma_suspensions(self) -> dict[HostId, str]:
-        return dict(self._karma_suspended)
 
     def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
         """The ledger's karma for a host: its score, its share while cooled down (``scoring.cooled``), and the
