@@ -134,6 +134,11 @@ def check(proof: Proof, purpose: str, public_key_hex: str, report: Any, now: flo
         raise HostRefused(f"host {proof.host_id}: a replayed or out-of-order report was refused")
 
 
+def status_report(status: str) -> dict[str, str]:
+    """What a host signs to change its own status in placement (pause, resume, drain, leave)."""
+    return {"status": str(status)}
+
+
 def new_pairing_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 

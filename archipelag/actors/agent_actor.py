@@ -124,7 +124,7 @@ class HostAgentActor:
         if not known:
             self._register()
         elif (status := self._agent.state.status) != HostStatus.ONLINE:
-            self._placement.set_status(self._host_id, status)  # a host marked offline comes back paused, not online
+            self._set_status(status)  # a host marked offline comes back paused, not online
 
     def control(self, command: Command, by: Controller, reason: str) -> AgentView:
         """Pause, resume or drain this host (its owner, the schedule, an admin)."""
@@ -133,9 +133,13 @@ class HostAgentActor:
     def view(self) -> AgentView:
         return self._agent.view()
 
+    def _set_status(self, status: HostStatus) -> None:
+        with self._report_lock:
+            self._placement.set_status(self._host_id, status, self._sign("status", identity.status_report(status)))
+
     def _tell_placement(self, status: HostStatus) -> None:
         try:
-            self._placement.set_status(self._host_id, status)
+            self._set_status(status)
         except NotFound:  # placement restarted and has not heard from this host yet
             self._register(replace(self._snapshot(), status=status))
 

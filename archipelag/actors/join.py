@@ -137,7 +137,10 @@ class JoinedHost:
         if self.node.alive() and ray.is_initialized():
             self.agent.leave()
             try:
-                PlacementClient.connect(self.settings).set_status(self.host_id, HostStatus.OFFLINE)
+                key = identity.host_key(self.settings.state_dir, self.host_id)
+                report = identity.status_report(HostStatus.OFFLINE)
+                PlacementClient.connect(self.settings).set_status(
+                    self.host_id, HostStatus.OFFLINE, identity.sign(key, "status", self.host_id, time.time(), report))
             except Exception:
                 log.warning("could not tell placement that %s left", self.host_id, exc_info=True)
         ray.shutdown()

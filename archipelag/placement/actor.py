@@ -104,8 +104,12 @@ class PlacementActor:
         self._fleet.heartbeat(host_id, self._clock(), Heartbeat.from_metrics(metrics))
         return True
 
-    def set_status(self, host_id: HostId, status: HostStatus) -> None:
+    def set_status(self, host_id: HostId, status: HostStatus, proof: Proof | None = None) -> None:
+        """A host's own change of status (paused, draining, left), signed by its key like its other reports: no
+        other node can pause or drain a host here. (Losing a host is ``mark_offline``; an operator's word is
+        ``suspend``.)"""
         self._known(host_id)
+        self._check("status", host_id, identity.status_report(status), proof)
         if self._out(host_id) and status != HostStatus.OFFLINE:
             why = self._suspended.get(host_id) or self._karma_suspended[host_id]
             raise InvalidTransition(f"host {host_id} is suspended ({why}); it takes no jobs",

@@ -178,8 +178,8 @@ class PlacementClient:
         """A revoked host: out of placement at once; its next report is refused."""
         await self._calls.call_async("forget", host_id)
 
-    def set_status(self, host_id: HostId, status: HostStatus) -> None:
-        self._calls.call("set_status", host_id, status)
+    def set_status(self, host_id: HostId, status: HostStatus, proof: Proof | None = None) -> None:
+        self._calls.call("set_status", host_id, status, proof)
 
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         self._calls.send("mark_offline", host_id, reason)

@@ -141,13 +141,25 @@ def _fake_host(namespace: str, fake: HostSnapshot) -> str:
 
 
 def _pause_other(namespace: str, victim: str) -> str:
+    from archipelag.errors import HostRefused
     from archipelag.lifecycle import HostStatus
 
     placement = ray.get_actor("placement", namespace=namespace)
-    ray.get(placement.set_status.remote(HostId(victim), HostStatus.PAUSED))
+    try:
+        ray.get(placement.set_status.remote(HostId(victim), HostStatus.PAUSED))
+    except HostRefused as exc:
+        return f"refused: {exc.message}"
+    except ray.exceptions.RayTaskError as exc:
+        return f"refused: {exc.cause}" if isinstance(exc.cause, HostRefused) else f"error: {exc}"
     status = next(h.status for h in ray.get(placement.hosts.remote()) if h.host_id == victim)
-    ray.get(placement.set_status.remote(HostId(victim), HostStatus.ONLINE))  # put it back for the other attacks
     return f"placement showed {victim} as {status}"
+
+
+def _mark_offline(namespace: str, victim: str) -> str:
+    placement = ray.get_actor("placement", namespace=namespace)
+    ray.get(placement.mark_offline.remote(HostId(victim), "red team"))
+    status = next(h.status for h in ray.get(placement.hosts.remote()) if h.host_id == victim)
+    return f"placement showed {victim} as {status} (until its next heartbeat)"
 
 
 def _lift_limits(namespace: str, victim: str, spec: Any) -> str:
@@ -236,11 +248,21 @@ def test_a_joined_node_can_grant_karma(network: EmbeddedNetwork, attacker: RayNo
     record("give a host karma it did not earn", "possible", "possible", what)
 
 
-def test_a_joined_node_can_pause_another_host_in_placement(network: EmbeddedNetwork,
-                                                           attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_pause_another_host_in_placement(network: EmbeddedNetwork,
+                                                              attacker: RayNodeProcess) -> None:
     what = on_attacker(_pause_other, network.settings.ray_namespace, host_id(network))
-    record("pause another host through placement", "possible", "possible" if "paused" in what else "prevented",
-           what)
+    record("pause or drain another host through placement", "prevented",
+           "prevented" if what.startswith("refused") else "possible", what)
+
+
+def test_a_joined_node_can_mark_another_host_offline_for_a_heartbeat(network: EmbeddedNetwork,
+                                                                     attacker: RayNodeProcess) -> None:
+    what = on_attacker(_mark_offline, network.settings.ray_namespace, host_id(network))
+    record("mark another host offline through placement", "possible",
+           "possible" if "offline" in what else "prevented", what)
+    with api_client(network) as http:  # the host's next heartbeat brings it back
+        eventually(lambda: any(h["id"] == host_id(network) and h["status"] == "online"
+                               for h in http.get("/api/v1/hosts").json()["data"]), timeout_s=60)
 
 
 def victim_node(network: EmbeddedNetwork) -> str:

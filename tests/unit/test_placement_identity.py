@@ -11,6 +11,7 @@ from archipelag import identity
 from archipelag.errors import HostRefused
 from archipelag.ids import HostId
 from archipelag.ledger.records import HostIdentity
+from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
 from archipelag.settings import Settings
 
@@ -77,3 +78,19 @@ def test_a_revoked_host_is_out_at_once_and_refused_when_it_comes_back(
     assert not placement.beat(A, {}, identity.sign(KEY_A, "heartbeat", A, NOW + 1, {}))  # unknown: register again
     with pytest.raises(HostRefused, match="revoked"):
         register(placement, A, KEY_A, NOW + 2)
+
+
+def test_only_a_hosts_own_key_changes_its_status(placement: PlacementClient) -> None:
+    """Pause, drain and leave reach placement signed like any report: another node cannot pause a host here."""
+    register(placement, A, KEY_A)
+    register(placement, B, KEY_B)
+    paused = identity.status_report(HostStatus.PAUSED)
+    with pytest.raises(HostRefused, match="signed"):
+        placement.set_status(A, HostStatus.PAUSED)
+    with pytest.raises(HostRefused, match="not by the host's enrolled key"):  # B signing for A
+        placement.set_status(A, HostStatus.PAUSED, identity.sign(KEY_B, "status", A, NOW + 1, paused))
+    with pytest.raises(HostRefused, match="does not match"):  # A's signature over another status
+        placement.set_status(A, HostStatus.DRAINING, identity.sign(KEY_A, "status", A, NOW + 1, paused))
+    assert placement.get(A).status == HostStatus.ONLINE
+    placement.set_status(A, HostStatus.PAUSED, identity.sign(KEY_A, "status", A, NOW + 2, paused))
+    assert placement.get(A).status == HostStatus.PAUSED
