@@ -127,20 +127,30 @@ def _ledger_tables() -> list[Any]:
     ]
 
 
+def _timestamp(connection: Connection) -> str:
+    return "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME"
+
+
+def _add_columns(connection: Connection, table: str, added: dict[str, str]) -> None:
+    """Add the columns a table lacks (a database made before them); a new database has them from its tables."""
+    have = {column["name"] for column in inspect(connection).get_columns(table)}
+    for name, sql_type in added.items():
+        if name not in have:
+            connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def _add_index(connection: Connection, table: str, name: str, columns: str, unique: bool = False) -> None:
+    if name not in {index["name"] for index in inspect(connection).get_indexes(table)}:
+        connection.exec_driver_sql(f"CREATE {'UNIQUE ' if unique else ''}INDEX {name} ON {table} ({columns})")
+
+
 def _v2_people(connection: Connection) -> None:
     """Accounts people sign in to: passwords, verified addresses, admins, suspension; sessions and tokens.
     A database made at version 1 gets the new columns; a new one already has them from version 1's tables."""
-    have = {column["name"] for column in inspect(connection).get_columns(tables.AccountRow.__tablename__)}
-    added = {
-        "password_hash": "VARCHAR(255)",
-        "email_verified_at": "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME",
-        "is_admin": "BOOLEAN NOT NULL DEFAULT FALSE",
-        "suspended_at": "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME",
-        "suspended_reason": "VARCHAR(500)",
-    }
-    for name, sql_type in added.items():
-        if name not in have:
-            connection.exec_driver_sql(f"ALTER TABLE accounts ADD COLUMN {name} {sql_type}")
+    _add_columns(connection, tables.AccountRow.__tablename__, {
+        "password_hash": "VARCHAR(255)", "email_verified_at": _timestamp(connection),
+        "is_admin": "BOOLEAN NOT NULL DEFAULT FALSE", "suspended_at": _timestamp(connection),
+        "suspended_reason": "VARCHAR(500)"})
     SQLModel.metadata.create_all(connection, tables=[tables.SessionRow.__table__,  # type: ignore[attr-defined]
                                                      tables.AccountTokenRow.__table__])  # type: ignore[attr-defined]
 
@@ -148,32 +158,21 @@ def _v2_people(connection: Connection) -> None:
 def _v3_host_identity(connection: Connection) -> None:
     """Hosts enrol: each has an owner account and an Ed25519 key (one key per id, for good), may be revoked;
     pairing requests wait for their owner's approval."""
-    have = {column["name"] for column in inspect(connection).get_columns(tables.HostRow.__tablename__)}
-    timestamp = "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME"
-    added = {"owner_account_id": "INTEGER", "public_key": "VARCHAR(64)", "enrolled_at": timestamp,
-             "revoked_at": timestamp, "revoked_reason": "VARCHAR(500)"}
-    for name, sql_type in added.items():
-        if name not in have:
-            connection.exec_driver_sql(f"ALTER TABLE hosts ADD COLUMN {name} {sql_type}")
-    indexes = {index["name"] for index in inspect(connection).get_indexes(tables.HostRow.__tablename__)}
-    if "ix_hosts_owner_account_id" not in indexes:
-        connection.exec_driver_sql("CREATE INDEX ix_hosts_owner_account_id ON hosts (owner_account_id)")
-    if "uq_hosts_public_key" not in indexes:  # one key, one host: a key cannot enrol under two ids
-        connection.exec_driver_sql("CREATE UNIQUE INDEX uq_hosts_public_key ON hosts (public_key)")
+    hosts = tables.HostRow.__tablename__
+    _add_columns(connection, hosts, {
+        "owner_account_id": "INTEGER", "public_key": "VARCHAR(64)", "enrolled_at": _timestamp(connection),
+        "revoked_at": _timestamp(connection), "revoked_reason": "VARCHAR(500)"})
+    _add_index(connection, hosts, "ix_hosts_owner_account_id", "owner_account_id")
+    _add_index(connection, hosts, "uq_hosts_public_key", "public_key", unique=True)  # one key, one host, for good
     SQLModel.metadata.create_all(connection, tables=[tables.PairingRow.__table__])  # type: ignore[attr-defined]
 
 
 def _v4_batches(connection: Connection) -> None:
     """Batch jobs: a child names its parent and its index, a parent its number of children; a batch's settings
     have a table of their own."""
-    have = {column["name"] for column in inspect(connection).get_columns(tables.JobRow.__tablename__)}
-    added = {"parent_id": "VARCHAR(36)", "batch_index": "INTEGER", "batch_size": "INTEGER"}
-    for name, sql_type in added.items():
-        if name not in have:
-            connection.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
-    indexes = {index["name"] for index in inspect(connection).get_indexes(tables.JobRow.__tablename__)}
-    if "ix_jobs_parent_id" not in indexes:
-        connection.exec_driver_sql("CREATE INDEX ix_jobs_parent_id ON jobs (parent_id)")
+    jobs = tables.JobRow.__tablename__
+    _add_columns(connection, jobs, {"parent_id": "VARCHAR(36)", "batch_index": "INTEGER", "batch_size": "INTEGER"})
+    _add_index(connection, jobs, "ix_jobs_parent_id", "parent_id")
     SQLModel.metadata.create_all(connection, tables=[tables.BatchRow.__table__])  # type: ignore[attr-defined]
 
 
