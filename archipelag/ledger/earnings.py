@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -114,7 +114,7 @@ def earnings(session: Session, account_id: int, start: date, end: date, host_id:
     since, until = _bounds(start, end)
     rows = session.execute(base.where(col(TransferRow.at) >= since, col(TransferRow.at) < until)).all()
     days = _days([(at, str(host), int(value)) for at, host, value in rows])
-    earned = sum(int(value) for _, _, value in session.execute(base).all())
+    earned = int(session.execute(select(func.coalesce(func.sum(base.subquery().c.amount_micro), 0))).scalar_one())
     paid = sum(p.amount_micro for p in payouts(session, account_id))
     by_host = _totals(days)
     return Earnings(start, end, days, by_host, sum(by_host.values()), earned, paid,
