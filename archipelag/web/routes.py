@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from archipelag import __version__
 from archipelag.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from archipelag.ledger.records import Account
+from archipelag.serve.api_hosts import owned_view
 from archipelag.serve.api_jobs import MAX_ID_CHARS, Svc
 from archipelag.serve.api_openai import model_manifests
 from archipelag.serve.auth import SESSION_COOKIE, Caller, authenticate
@@ -194,7 +195,9 @@ async def hosts_page(request: Request, who: Seen, svc: Svc) -> Response:
     if who.caller is None:
         return to_sign_in(request)
     hosts = [host_view(s, await svc.ledger.karma_score(s.host_id)) for s in await svc.jobs.hosts()]
-    return render(request, "hosts.html", who, title="Hosts", hosts=hosts)
+    mine = [owned_view(host) for host in await svc.ledger.owned_hosts(who.caller.account_id)]
+    return render(request, "hosts.html", who, title="Hosts", hosts=hosts, mine=mine,
+                  api_url=svc.settings.public_url())
 
 
 @router.get("/hosts/{host_id}", response_class=HTMLResponse)
