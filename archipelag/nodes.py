@@ -302,9 +302,12 @@ def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0
 
 def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log_dir: Path,
                     labels: dict[str, str] | None = None, node_ip: str | None = None,
-                    object_store_mb: int = 200, env: dict[str, str] | None = None) -> RayNodeProcess:
+                    object_store_mb: int = 200, env: dict[str, str] | None = None,
+                    temp_dir: Path | None = None) -> RayNodeProcess:
     """A host's node: resources and labels that say which host it is and where. With a loopback ``node_ip`` (a
-    host on the coordinator's machine) it listens on loopback only, and so does this process's ``ray.init``."""
+    host on the coordinator's machine) it listens on loopback only, and so does this process's ``ray.init``.
+    ``temp_dir``: the host's own folder for Ray's sockets and session files (without it Ray takes the head's path;
+    two nodes starting at once in one folder race for the same socket names)."""
     keep_loopback_node_addresses()
     resources = {HOST_RESOURCE: 1, host_resource(host_id): 1}
     all_labels = {LABEL_HOST_ID: host_id, LABEL_REGION: region, **(labels or {})}
@@ -315,5 +318,8 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
     ]
     if node_ip:
         args.append(f"--node-ip-address={node_ip}")
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        args.append(f"--temp-dir={temp_dir.resolve()}")
     node_env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(HOST_GCS_RECONNECT_TIMEOUT_S), **(env or {})}
     return _spawn(f"host-{host_id}", args, log_dir, node_env)

@@ -185,7 +185,8 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
     settings = request.settings
     log_dir = (settings.state_dir / "logs").resolve()
     node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
-                           log_dir, node_ip=request.node_ip, env=settings.ray_env())
+                           log_dir, node_ip=request.node_ip, env=settings.ray_env(),
+                           temp_dir=settings.ray_temp_dir)
     try:
         ray.init(address=request.coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)

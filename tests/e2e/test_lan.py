@@ -89,14 +89,16 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     root = tmp_path_factory.mktemp("lan")
     machines: list[Machine] = []
     with lan() as net:
-        ray_tmp = Path(f"/tmp/ap-{net.tag}")  # Ray's socket paths must stay short
+        # Each machine's own /tmp for Ray (its sockets and session files), as on real machines: nodes sharing one
+        # folder race for the same socket names when they start together. Short: socket paths stay < 107 bytes.
+        ray_tmp = Path(f"/tmp/ap-{net.tag}")
         try:
             coordinator_ip = net.add("coordinator")
             hosts = {name: net.add(name) for name in ("attic", "office")}
             net.add("laptop")
             settings = network_settings(root / "coordinator", api_host=coordinator_ip, api_port=API_PORT,
                                         ray_head_ip=coordinator_ip, ray_head_port=6380, ray_auth="token",
-                                        ray_temp_dir=ray_tmp, workloads_dir=network_catalog(root),
+                                        ray_temp_dir=ray_tmp / "coordinator", workloads_dir=network_catalog(root),
                                         heartbeat_interval_s=1.0)
             base = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIPELAG_", "RAY_"))}
             coordinator = archipelag(net, "coordinator", ["up", "--hosts", "0"], {**base, **settings.to_env()})
@@ -108,13 +110,14 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             laptop = {**base, "API": api,
                       "ARCHIPELAG_API_KEY": (settings.state_dir / "api_key").read_text().strip()}
             for name, address in hosts.items():
-                env = {**base, "ARCHIPELAG_STATE_DIR": str(root / name), "ARCHIPELAG_RAY_TEMP_DIR": str(ray_tmp),
+                env = {**base, "ARCHIPELAG_STATE_DIR": str(root / name), "ARCHIPELAG_RAY_TEMP_DIR": str(ray_tmp / name),
                        "ARCHIPELAG_HEARTBEAT_INTERVAL_S": "1",  # its copy of the workloads: the test modules too
                        "ARCHIPELAG_WORKLOADS_DIR": str(settings.workloads_dir)}
                 machines.append(archipelag(net, name, [
                     "host", "join", "--coordinator", api, "--region", "eu-west", "--name", name,
                     "--node-ip", address], env))
-            yield {"net": net, "api": api, "laptop": laptop, "hosts": machines[1:], "coordinator": coordinator}
+            yield {"net": net, "api": api, "laptop": laptop, "hosts": machines[1:], "coordinator": coordinator,
+                   "ray_tmp": ray_tmp}
         finally:
             for machine in reversed(machines):
                 machine.stop(grace_s=30)
@@ -139,6 +142,8 @@ def test_hosts_on_other_machines_enrol_over_the_lan_with_a_code_their_owner_appr
     except AssertionError:
         raise AssertionError(f"online: {online()}; the hosts said: "
                              + "\n".join("".join(h.lines) for h in network["hosts"])) from None
+    for name in ("attic", "office"):  # each machine's Ray kept its sockets in its own folder
+        assert any((network["ray_tmp"] / name).glob("session_*/sockets/raylet*")), name
 
 
 def test_a_stream_survives_its_host_losing_its_link(network: dict[str, Any]) -> None:
