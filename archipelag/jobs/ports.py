@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
-from archipelag.ids import HostId, JobId
+from archipelag.ids import AccountId, HostId, JobId
 from archipelag.ledger.karma_rules import KarmaKind, KarmaState
 from archipelag.ledger.records import Host, Job, JobBatch
 from archipelag.lifecycle import HostStatus, JobStatus
@@ -49,7 +49,8 @@ class Placement(Protocol):
 
 class JobLedger(Protocol):
     async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
-                         region: str | None, priority: int, reserve_micro: int, job_id: JobId) -> Job: ...
+                         region: str | None, priority: int, reserve_micro: int, job_id: JobId,
+                         bid_price_micro: int | None = None) -> Job: ...
 
     async def transition(self, job_id: JobId, to: JobStatus, reason: str | None = None, **fields: Any) -> Job: ...
 
@@ -59,7 +60,8 @@ class JobLedger(Protocol):
 
     async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
                      usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
-                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0) -> Job: ...
+                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0,
+                     clearing_price_micro: int | None = None) -> Job: ...
 
     async def save_events(self, checkpoints: Mapping[JobId, list[dict[str, Any]]]) -> None: ...
 
@@ -92,3 +94,11 @@ class JobLedger(Protocol):
     async def karma_state(self, host_id: str) -> KarmaState: ...
 
     async def list_hosts(self) -> list[Host]: ...
+
+    async def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]: ...
+
+    async def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]: ...
+
+    async def set_bid_preference(self, account_id: int, slug: str, price_micro: int | None) -> dict[str, int]: ...
+
+    async def all_bid_preferences(self) -> dict[AccountId, dict[str, int]]: ...

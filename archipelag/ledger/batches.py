@@ -51,7 +51,7 @@ def create(session: Session, account_id: int, workload_slug: str, inputs: Sequen
                  "usage": None, "events": None, "host_id": None, "attempt": 1, "region": region,
                  "priority": priority, "created_at": now, "started_at": None, "completed_at": None,
                  "reserved_micro": reserve, "credits_used_micro": 0, "parent_id": parent.id, "batch_index": index,
-                 "batch_size": None}
+                 "batch_size": None, "bid_price_micro": bid_price_micro, "clearing_price_micro": None}
                 for index, (job_input, reserve) in enumerate(zip(inputs, reserves_micro, strict=True))]
     session.execute(insert(JobRow), children)
     session.execute(insert(JobEventRow), [{"job_id": child["id"], "from_status": None,

@@ -12,7 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 from archipelag.errors import LedgerError
-from archipelag.ids import JobId
+from archipelag.ids import AccountId, HostId, JobId
 from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import KarmaKind, KarmaRules, KarmaState
 from archipelag.ledger.ledger import Ledger
@@ -174,11 +174,12 @@ class LedgerClient:
     # --- jobs -------------------------------------------------------------------------------------
 
     async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
-                         region: str | None, priority: int, reserve_micro: int, job_id: JobId) -> Job:
+                         region: str | None, priority: int, reserve_micro: int, job_id: JobId,
+                         bid_price_micro: int | None = None) -> Job:
         """The job, queued, with its maximum price reserved; PaymentRequired (402) when the balance is short."""
         job: Job = await self._calls.call("create_job", account_id, workload_slug, dict(job_input), region=region,
                                           priority=priority, reserve_micro=reserve_micro, queue=True,
-                                          job_id=job_id)
+                                          job_id=job_id, bid_price_micro=bid_price_micro)
         return job
 
     async def transition(self, job_id: JobId, to: JobStatus, reason: str | None = None, **fields: Any) -> Job:
@@ -194,10 +195,11 @@ class LedgerClient:
 
     async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
                      usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
-                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0) -> Job:
+                     host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0,
+                     clearing_price_micro: int | None = None) -> Job:
         job: Job = await self._calls.call("finish", job_id, to, output=output, error=error, usage=dict(usage),
                                           events=events, price_micro=price_micro, host_id=host_id, karma=karma,
-                                          compute_s=compute_s)
+                                          compute_s=compute_s, clearing_price_micro=clearing_price_micro)
         return job
 
     async def save_events(self, checkpoints: Mapping[JobId, list[dict[str, Any]]]) -> None:
@@ -283,6 +285,26 @@ class LedgerClient:
     async def karma_state(self, host_id: str) -> KarmaState:
         state: KarmaState = await self._calls.call("karma_state", host_id)
         return state
+
+    # --- the exchange ---------------------------------------------------------------------------
+
+    async def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
+        return dict(await self._calls.call("set_asking_prices", host_id, dict(asks)))
+
+    async def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
+        return dict(await self._calls.call("asking_prices", host_id))
+
+    async def set_bid_preference(self, account_id: int, slug: str, price_micro: int | None) -> dict[str, int]:
+        return dict(await self._calls.call("set_bid_preference", account_id, slug, price_micro))
+
+    async def bid_preferences(self, account_id: int) -> dict[str, int]:
+        return dict(await self._calls.call("bid_preferences", account_id))
+
+    async def all_bid_preferences(self) -> dict[AccountId, dict[str, int]]:
+        return dict(await self._calls.call("all_bid_preferences"))
+
+    async def market_history(self, slug: str, since: datetime, bucket_s: int) -> list[dict[str, Any]]:
+        return list(await self._calls.call("market_history", slug, since, bucket_s))
 
     # --- enrolment --------------------------------------------------------------------------------
 

@@ -176,9 +176,19 @@ def _v4_batches(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[tables.BatchRow.__table__])  # type: ignore[attr-defined]
 
 
+def _v5_exchange(connection: Connection) -> None:
+    """The exchange: hosts' asking prices and accounts' saved bids have tables of their own; a job keeps its bid
+    and the price it cleared at, and the market's history reads settled jobs by workload and time."""
+    jobs = tables.JobRow.__tablename__
+    _add_columns(connection, jobs, {"bid_price_micro": "BIGINT", "clearing_price_micro": "BIGINT"})
+    _add_index(connection, jobs, "ix_jobs_workload_completed", "workload_id, completed_at")
+    SQLModel.metadata.create_all(connection, tables=[tables.AskingPriceRow.__table__,  # type: ignore[attr-defined]
+                                                     tables.BidPreferenceRow.__table__])  # type: ignore[attr-defined]
+
+
 # Append new steps; never edit an applied one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches))
+    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches), (5, _v5_exchange))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -37,6 +37,7 @@ SETTABLE = frozenset(
         "usage",
         "events",
         "credits_used_micro",
+        "clearing_price_micro",
     }
 )
 ACTIVE_STATES = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
@@ -65,6 +66,8 @@ def record(row: JobRow, slug: str) -> Job:
         parent_id=JobId(row.parent_id) if row.parent_id else None,
         batch_index=row.batch_index,
         batch_size=row.batch_size,
+        bid_price_micro=row.bid_price_micro,
+        clearing_price_micro=row.clearing_price_micro,
     )
 
 
@@ -92,6 +95,7 @@ def create(
     parent_id: str | None = None,
     batch_index: int | None = None,
     batch_size: int | None = None,
+    bid_price_micro: int | None = None,
 ) -> Job:
     if reserve_micro < 0:
         raise ValidationFailed("invalid job", errors={"reserve": "cannot be negative"})
@@ -121,6 +125,7 @@ def create(
         parent_id=parent_id,
         batch_index=batch_index,
         batch_size=batch_size,
+        bid_price_micro=bid_price_micro,
     )
     session.add(row)
     session.flush()

@@ -16,6 +16,8 @@ Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``, ``audit`
 Earnings, payouts and usage: ``earnings``, ``payout``, ``payouts``, ``usage`` (see ``earnings``).
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
 ``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``.
+The exchange: ``set_asking_prices``, ``asking_prices``, ``set_bid_preference``, ``bid_preferences``,
+``all_bid_preferences``, ``market_history`` (see ``market``).
 Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
 ``revoke_host``, ``owned_hosts`` (see ``enrolment``).
 """
@@ -28,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from archipelag.catalog import Manifest
 from archipelag.errors import InvalidTransition
-from archipelag.ids import JobId
-from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, workloads
+from archipelag.ids import AccountId, HostId, JobId
+from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, market, workloads
 from archipelag.ledger import earnings as earnings_ledger
 from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules, KarmaState
@@ -101,13 +103,15 @@ class Ledger(People):
         reserve_micro: int = 0,
         queue: bool = False,
         job_id: str | None = None,
+        bid_price_micro: int | None = None,
     ) -> Job:
         """A job in ``submitted`` with ``reserve_micro`` moved to escrow, in one transaction; with ``queue`` it
-        moves on to ``queued`` in the same transaction (both events recorded).
-        PaymentRequired (required/available, in credits) when the balance is short; nothing is written then."""
+        moves on to ``queued`` in the same transaction (both events recorded). ``bid_price_micro``: the most it
+        pays per job, kept with it. PaymentRequired (required/available, in credits) when the balance is short;
+        nothing is written then."""
         with db.write_session(self.engine) as session:
             job = jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro,
-                              JobId(job_id) if job_id else None)
+                              JobId(job_id) if job_id else None, bid_price_micro=bid_price_micro)
             if not queue:
                 return job
             jobs.transition(session, job.id, JobStatus.QUEUED, "queued", {})
@@ -150,11 +154,13 @@ class Ledger(People):
         reason: str | None = None,
         karma: KarmaKind | None = None,
         compute_s: float = 0.0,
+        clearing_price_micro: int | None = None,
     ) -> Job:
         """The terminal move and the credit settlement in one transaction. ``succeeded`` charges ``price_micro``
         (capped at the reservation; the host earns it minus the platform fee) and releases the rest;
         failed/cancelled/timed_out refund the whole reservation. ``karma`` appends the host's karma event for
-        this outcome in the same transaction."""
+        this outcome in the same transaction. ``clearing_price_micro``: the per-job price the job cleared at
+        (its host's effective ask), kept with a succeeded job for the market's history."""
         if to not in TERMINAL_JOB_STATES:
             raise InvalidTransition(f"finish() takes a terminal state, not {to}", job_id=job_id, to=str(to))
         with db.write_session(self.engine) as session:
@@ -170,6 +176,8 @@ class Ledger(People):
             }
             if host_id is not None:
                 values["host_id"] = host_id
+            if clearing_price_micro is not None and to is JobStatus.SUCCEEDED:
+                values["clearing_price_micro"] = max(0, clearing_price_micro)
             jobs.transition(session, job_id, to, reason or str(to), values)
             if to is JobStatus.SUCCEEDED:
                 credits.settle(session, account_id, job_id, reserved, charged, earner, self.platform_fee_bps)
@@ -373,6 +381,44 @@ class Ledger(People):
         with db.read_session(self.engine) as session:
             hosts.get_row(session, host_id)
             return self.karma_rules.state(hosts.karma_total(session, host_id, self.karma_rules))
+
+    # --- the exchange --------------------------------------------------------------------------------
+
+    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
+        """Replace what the host asks per job, by workload slug or fnmatch family (empty: the catalog's prices);
+        the asks as stored. NotFound for an unknown host, ValidationFailed for a wrong pattern or price. The
+        network's bounds are checked before this (``market.pricing.check_asks``)."""
+        with db.write_session(self.engine) as session:
+            market.set_asks(session, host_id, asks, utcnow())
+            return market.asks(session, host_id).get(HostId(host_id), {})
+
+    def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
+        """Every host's asks (or one host's), by host then pattern; a host that asks nothing is absent."""
+        with db.read_session(self.engine) as session:
+            return market.asks(session, host_id)
+
+    def set_bid_preference(self, account_id: int, slug: str, price_micro: int | None) -> dict[str, int]:
+        """Save the most the account pays per job of ``slug`` (a slug or a family) when a request names no bid;
+        None forgets it. The account's saved bids as they are now."""
+        with db.write_session(self.engine) as session:
+            market.set_bid(session, account_id, slug, price_micro, utcnow())
+            return market.bids(session, account_id).get(AccountId(account_id), {})
+
+    def bid_preferences(self, account_id: int) -> dict[str, int]:
+        with db.read_session(self.engine) as session:
+            return market.bids(session, account_id).get(AccountId(account_id), {})
+
+    def all_bid_preferences(self) -> dict[AccountId, dict[str, int]]:
+        """Every account's saved bids: what the jobs service caches, so a submission reads none."""
+        with db.read_session(self.engine) as session:
+            return market.bids(session)
+
+    def market_history(self, slug: str, since: datetime, bucket_s: int) -> list[dict[str, Any]]:
+        """The clearing prices of ``slug``'s settled jobs since ``since`` per bucket of ``bucket_s`` seconds:
+        ``start``, ``count``, ``min_micro``, ``median_micro``, ``avg_micro``, ``max_micro`` (see
+        ``market.history``)."""
+        with db.read_session(self.engine) as session:
+            return market.history(session, slug, since, bucket_s)
 
     # --- enrolment ------------------------------------------------------------------------------------
 

@@ -115,6 +115,8 @@ class Job:
     parent_id: JobId | None = None  # a batch's child names its parent
     batch_index: int | None = None  # and its place among the batch's inputs
     batch_size: int | None = None  # a batch's parent: how many children it has
+    bid_price_micro: int | None = None  # the most it pays per job (None: a job from before the exchange)
+    clearing_price_micro: int | None = None  # the ask of the host that ran it, once it succeeded
 
     @property
     def is_batch(self) -> bool:

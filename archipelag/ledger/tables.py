@@ -168,7 +168,8 @@ class PairingRow(SQLModel, table=True):
 
 class JobRow(SQLModel, table=True):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_account_created", "account_id", "created_at"),)
+    __table_args__ = (Index("ix_jobs_account_created", "account_id", "created_at"),
+                      Index("ix_jobs_workload_completed", "workload_id", "completed_at"))
     id: str = Field(primary_key=True, max_length=36)
     account_id: int = Field(foreign_key="accounts.id")
     workload_id: int = Field(foreign_key="workloads.id")
@@ -193,6 +194,9 @@ class JobRow(SQLModel, table=True):
     parent_id: str | None = Field(default=None, max_length=36, index=True)
     batch_index: int | None = None
     batch_size: int | None = None
+    # Added in schema version 5 (the exchange): the most the job pays per job, and the ask of the host that ran it.
+    bid_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    clearing_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class BatchRow(SQLModel, table=True):
@@ -204,6 +208,30 @@ class BatchRow(SQLModel, table=True):
     fail_mode: str = Field(max_length=16)
     max_parallelism: int | None = None
     bid_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class AskingPriceRow(SQLModel, table=True):
+    """What a host asks per job of the workloads ``pattern`` names (a slug, or an fnmatch family like ``llm-*``)."""
+
+    __tablename__ = "asking_prices"
+    __table_args__ = (UniqueConstraint("host_id", "pattern", name="uq_asking_prices_host_pattern"),)
+    id: int | None = Field(default=None, primary_key=True)
+    host_id: str = Field(max_length=64, index=True)  # no FK: placement may hear a host before the ledger records it
+    pattern: str = Field(max_length=100)
+    price_micro: int = _micro()
+    updated_at: datetime = _ts(nullable=False)
+
+
+class BidPreferenceRow(SQLModel, table=True):
+    """The most an account pays per job of the workloads ``pattern`` names when a request says no bid."""
+
+    __tablename__ = "bid_preferences"
+    __table_args__ = (UniqueConstraint("account_id", "pattern", name="uq_bid_preferences_account_pattern"),)
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    pattern: str = Field(max_length=100)
+    price_micro: int = _micro()
+    updated_at: datetime = _ts(nullable=False)
 
 
 class JobEventRow(SQLModel, table=True):
