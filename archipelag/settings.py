@@ -127,6 +127,18 @@ class KarmaSettings(BaseModel):
     recovery_per_day: float = Field(default=1.0, ge=0)  # a negative total rises toward 0 by this a day
 
 
+class MarketSettings(BaseModel):
+    """The exchange (market/pricing.py): the bounds on hosts' asks, tier multipliers and surge, e.g.
+    ``ARCHIPELAG_MARKET__SURGE_MULTIPLIER=1.5``."""
+
+    min_ask_ratio: float = Field(default=0.1, ge=0)  # asks below catalog × this are refused
+    max_ask_ratio: float = Field(default=10.0, ge=0)  # asks above catalog × this are refused
+    tier_multipliers: dict[str, float] = Field(default_factory=lambda: {"cpu": 1.0, "gpu": 1.0})
+    surge_multiplier: float = Field(default=1.25, ge=1.0)
+    surge_queue_factor: float = Field(default=2.0, ge=0)  # surge while queued > factor × free slots
+    history_bucket_s: int = Field(default=3600, gt=0)  # /market/history buckets
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARCHIPELAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -220,6 +232,7 @@ class Settings(BaseSettings):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     karma: KarmaSettings = Field(default_factory=KarmaSettings)
+    market: MarketSettings = Field(default_factory=MarketSettings)
 
     @field_validator("state_dir", "workloads_dir", "models_dir")
     @classmethod

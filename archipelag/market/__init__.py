@@ -1,0 +1,1 @@
+"""The exchange's rules: asks, bids, effective asks, surge and the market rate (``pricing``). Pure."""

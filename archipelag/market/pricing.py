@@ -1,0 +1,119 @@
+"""Pricing: what a host asks for a workload, what it asks in effect now, and the market's rate. Pure.
+
+A host posts asks per workload slug or per fnmatch family (DESIGN §7); ``ask_for`` picks the one that applies,
+``check_asks`` holds them within the network's bounds, ``effective_ask`` applies the hardware tier's multiplier
+and the surge, ``market_rate`` is the median effective ask. Money is int micro-credits; an effective ask is
+rounded up, so a host never earns less than it asked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+from archipelag.catalog import MICRO
+
+if TYPE_CHECKING:
+    from archipelag.settings import MarketSettings
+
+def credits_text(micro: int) -> str:
+    """Micro-credits as people read them in a message: ``0.002``."""
+    return f"{micro / MICRO:g}"
+
+
+def ask_for(asks: Mapping[str, int], slug: str, catalog_price_micro: int) -> int:
+    """The ask that applies to ``slug``: the exact slug, else the longest matching pattern (ties: the
+    lexicographically first), else the catalog's price."""
+    exact = asks.get(slug)
+    if exact is not None:
+        return exact
+    best: str | None = None
+    for pattern in asks:
+        if fnmatchcase(slug, pattern) and (best is None or (-len(pattern), pattern) < (-len(best), best)):
+            best = pattern
+    return catalog_price_micro if best is None else asks[best]
+
+
+def check_asks(asks: Mapping[str, int], catalog: Mapping[str, int], settings: MarketSettings) -> list[str]:
+    """Why ``asks`` cannot stand (empty: they can). ``catalog``: each workload's price. A family ask is checked
+    against every workload it matches; one that matches none is refused (a typo would otherwise ask nothing)."""
+    reasons: list[str] = []
+    for pattern, price in sorted(asks.items()):
+        if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+            reasons.append(f"{pattern}: a price is a whole number of micro-credits, 0 or more")
+            continue
+        matched = [slug for slug in catalog if fnmatchcase(slug, pattern)]
+        if not matched:
+            reasons.append(f"{pattern}: matches no workload in the catalog")
+        for slug in matched:
+            low, high = bounds(catalog[slug], settings)
+            if not low <= price <= high:
+                reasons.append(f"{pattern}: {credits_text(price)} credits for {slug} is outside "
+                               f"{credits_text(low)}–{credits_text(high)} ({settings.min_ask_ratio:g}× to "
+                               f"{settings.max_ask_ratio:g}× its catalog price of {credits_text(catalog[slug])})")
+    return reasons
+
+
+def bounds(catalog_price_micro: int, settings: MarketSettings) -> tuple[int, int]:
+    """The lowest and highest ask the network takes for a workload of this catalog price."""
+    return (math.ceil(_decimal(catalog_price_micro) * _decimal(settings.min_ask_ratio)),
+            math.floor(_decimal(catalog_price_micro) * _decimal(settings.max_ask_ratio)))
+
+
+def tier_of(gpu_model: str | None) -> str:
+    """A host's hardware tier: ``gpu`` when it lends a GPU, else ``cpu``."""
+    return "cpu" if gpu_model is None else "gpu"
+
+
+@dataclass(frozen=True)
+class Market:
+    """What turns an ask into an effective ask now: the tiers' multipliers and the surge. Hashable (placement
+    keeps its effective-ask columns by it)."""
+
+    tiers: tuple[tuple[str, float], ...] = field(default=())  # (tier, multiplier); a tier not listed: 1.0
+    surge: float = 1.0
+
+    @classmethod
+    def of(cls, settings: MarketSettings, surge: float = 1.0) -> Market:
+        return cls(tuple(sorted(settings.tier_multipliers.items())), surge)
+
+    def effective(self, ask_micro: int, tier: str) -> int:
+        return effective_ask(ask_micro, dict(self.tiers).get(tier, 1.0), self.surge)
+
+
+NO_MARKET = Market()  # every multiplier 1: an effective ask is the ask
+
+
+def effective_ask(ask_micro: int, *multipliers: float) -> int:
+    """``ask × multipliers`` (a tier's, the surge), rounded up to a whole micro-credit. In decimal, as the
+    multipliers are written: 1 000 × 1.1 is 1 100 (binary floats make it 1 100.0000000000002, rounded up 1 101)."""
+    product = _decimal(ask_micro)
+    for multiplier in multipliers:
+        product *= _decimal(multiplier)
+    return math.ceil(product)
+
+
+def _decimal(number: float) -> Decimal:
+    return Decimal(repr(number))
+
+
+def surge(queued: int, free_slots: int, settings: MarketSettings) -> float:
+    """The surge multiplier: ``surge_multiplier`` while queued jobs exceed ``surge_queue_factor`` × the free
+    slots of online hosts, else 1."""
+    return settings.surge_multiplier if queued > settings.surge_queue_factor * free_slots else 1.0
+
+
+def market_rate(effective_asks: Sequence[int], catalog_price_micro: int, surge_now: float) -> int:
+    """The median effective ask (the upper middle's mean rounded up for an even count), or the catalog price ×
+    surge when no host could run the workload."""
+    if not effective_asks:
+        return effective_ask(catalog_price_micro, surge_now)
+    ordered = sorted(effective_asks)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return -(-(ordered[middle - 1] + ordered[middle]) // 2)
