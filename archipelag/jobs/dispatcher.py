@@ -92,6 +92,7 @@ class Ticket:
     ledger_tail: asyncio.Task[None] | None = None  # its latest ledger write; they run in order
     abandoned: bool = False  # the ledger refused to create it: stop, write nothing
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    bid_micro: int | None = None
 
     @property
     def request(self) -> JobRequest:
