@@ -5,13 +5,21 @@ One ``Revocations`` object lives in a named actor on the head (``RevocationsClie
 follows it with ``watch`` (a Ray streaming generator) and publishes through ``publish``. A replica that loses
 the stream forgets everything it had cached before it follows again: it may re-check credentials, never trust
 stale ones. Tests without Ray use the same object in process (``RevocationsClient.local``).
+
+``publish`` returns only once every watcher has applied the notice, so a suspension answered to an admin holds
+on every replica at once. A watcher acknowledges each batch it applied (``ack``); the stream sends an empty batch
+each ``KEEPALIVE_S`` so that it acknowledges even when nothing happens. Each acknowledgement renews the watcher's
+lease on its cache for ``LEASE_S``, counted from before it sent it, so the watcher's lease ends before the one this
+side counts from receiving it. A replica that hangs or vanishes therefore holds ``publish`` up for at most one
+lease, and by then it no longer answers from its cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +31,9 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "revocations"
 KEEP_NOTICES = 10_000  # a watcher further behind than this starts over (forgets its whole cache)
+LEASE_S = 3.0  # how long a watcher's cache may be used after its last acknowledgement
+KEEPALIVE_S = 1.0  # an idle stream sends an empty batch this often, for the watcher to acknowledge
+FORGET_WATCHER_S = 600.0  # a watcher silent this long is dropped from the table
 
 NoticeKind = Literal["key", "session", "account"]
 
@@ -43,31 +54,76 @@ class Notices:
 
 
 class Revocations:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, lease_s: float = LEASE_S,
+                 keepalive_s: float = KEEPALIVE_S) -> None:
+        self._clock = clock
+        self._lease_s = lease_s
+        self._keepalive_s = keepalive_s
         self._position = 0
         self._log: list[tuple[int, Notice]] = []
         self._changed = asyncio.Condition()
+        self._watchers: dict[str, tuple[int, float]] = {}  # watcher → (position it applied, when it said so)
+        self._acked = asyncio.Condition()
 
     async def publish(self, notice: Notice) -> int:
+        """Add ``notice``; return its position once every watcher applied it or its lease ran out."""
         async with self._changed:
             self._position += 1
-            self._log.append((self._position, notice))
+            position = self._position
+            self._log.append((position, notice))
             del self._log[:-KEEP_NOTICES]
             self._changed.notify_all()
-            return self._position
+        await self._applied(position)
+        return position
 
-    async def watch(self, after: int = -1) -> AsyncIterator[Notices]:
+    async def _applied(self, position: int) -> None:
+        async with self._acked:
+            while True:
+                now = self._clock()
+                for gone in [w for w, (_, at) in self._watchers.items() if at + FORGET_WATCHER_S < now]:
+                    del self._watchers[gone]  # its stream never closed (its process vanished)
+                behind = [at + self._lease_s for applied, at in self._watchers.values()
+                          if applied < position and at + self._lease_s > now]
+                if not behind:
+                    return
+                try:
+                    await asyncio.wait_for(self._acked.wait(), timeout=min(behind) - now)
+                except TimeoutError:
+                    pass
+
+    async def ack(self, watcher: str, position: int) -> None:
+        """``watcher`` applied every notice up to ``position``."""
+        async with self._acked:
+            if watcher in self._watchers:
+                self._watchers[watcher] = (max(position, self._watchers[watcher][0]), self._clock())
+                self._acked.notify_all()
+
+    async def watch(self, after: int = -1, watcher: str | None = None) -> AsyncGenerator[Notices, None]:
         """First the position now (with ``reset``: a new watcher knows nothing it could keep), then each batch of
-        notices as they are published. ``after`` ≥ 0 resumes, or resets when the log no longer reaches back."""
+        notices as they are published, and an empty batch after each ``keepalive_s`` without any. ``after`` ≥ 0
+        resumes, or resets when the log no longer reaches back. A named ``watcher`` holds ``publish`` up until it
+        acknowledges (``ack``) or its lease runs out."""
         position = self._position
-        yield Notices(position, reset=after < 0 or after < position - len(self._log))
-        while True:
-            async with self._changed:
-                while self._position <= position:
-                    await self._changed.wait()
-                fresh = tuple(notice for at, notice in self._log if at > position)
-                position = self._position
-            yield Notices(position, fresh)
+        if watcher is not None:
+            async with self._acked:
+                self._watchers[watcher] = (position, self._clock())
+        try:
+            yield Notices(position, reset=after < 0 or after < position - len(self._log))
+            while True:
+                async with self._changed:
+                    if self._position <= position:
+                        try:
+                            await asyncio.wait_for(self._changed.wait(), timeout=self._keepalive_s)
+                        except TimeoutError:
+                            pass
+                    fresh = tuple(notice for at, notice in self._log if at > position)
+                    position = self._position
+                yield Notices(position, fresh)
+        finally:
+            if watcher is not None:
+                async with self._acked:
+                    self._watchers.pop(watcher, None)
+                    self._acked.notify_all()
 
 
 class RevocationsClient:
@@ -101,6 +157,9 @@ class RevocationsClient:
     async def publish(self, notice: Notice) -> None:
         await self._calls.call("publish", notice)
 
-    async def watch(self, after: int = -1) -> AsyncIterator[Notices]:
-        async for notices in self._calls.stream("watch", after):
+    async def ack(self, watcher: str, position: int) -> None:
+        await self._calls.call("ack", watcher, position)
+
+    async def watch(self, after: int = -1, watcher: str | None = None) -> AsyncIterator[Notices]:
+        async for notices in self._calls.stream("watch", after, watcher):
             yield notices

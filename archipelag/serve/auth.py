@@ -14,13 +14,14 @@ import hashlib
 import hmac
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from archipelag.accounts.revocations import Notice, RevocationsClient
+from archipelag.accounts.revocations import LEASE_S, Notice, RevocationsClient
 from archipelag.errors import CsrfFailed, Forbidden, RateLimited, Unauthorized
 
 if TYPE_CHECKING:
@@ -94,23 +95,32 @@ class RateLimiter:
 
 class CredentialCache:
     """Recently authenticated keys and sessions (by the SHA-256 of the secret), kept up to date by revocation
-    notices; ``follow`` runs the subscription for this replica."""
+    notices; ``follow`` runs the subscription for this replica. The cache answers only while its lease on the
+    notices holds (``accounts.revocations``): a replica that stopped hearing them checks every credential again."""
 
-    def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
+    def __init__(self, ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_s = ttl_s
+        self._clock = clock
         self._entries: dict[str, tuple[float, Caller]] = {}
         self._watching: asyncio.Task[None] | None = None
+        self._lease_until = float("-inf")
+        self.generation = 0  # counts the notices applied: ``put`` skips a caller looked up before one arrived
 
     def get(self, digest: str) -> Caller | None:
         entry = self._entries.get(digest)
-        if entry is None or entry[0] < time.monotonic():
+        now = self._clock()
+        if entry is None or entry[0] < now or now >= self._lease_until:
             return None
         return entry[1]
 
-    def put(self, digest: str, caller: Caller) -> None:
-        self._entries[digest] = (time.monotonic() + self._ttl_s, caller)
+    def put(self, digest: str, caller: Caller, generation: int) -> None:
+        """Cache ``caller``, looked up when ``generation`` was current; not when a notice arrived since (the
+        lookup may predate the revocation it announced)."""
+        if generation == self.generation:
+            self._entries[digest] = (self._clock() + self._ttl_s, caller)
 
     def forget(self, notice: Notice) -> None:
+        self.generation += 1
         for digest, (_, caller) in list(self._entries.items()):
             if ((notice.kind == "key" and caller.key_id == notice.id)
                     or (notice.kind == "session" and caller.session_id == notice.id)
@@ -118,7 +128,9 @@ class CredentialCache:
                 del self._entries[digest]
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
+        self._lease_until = float("-inf")
 
     def follow(self, revocations: RevocationsClient) -> None:
         """Follow revocation notices from now on (once per replica; restarted if it ever stops)."""
@@ -126,15 +138,19 @@ class CredentialCache:
             self._watching = asyncio.get_running_loop().create_task(self._follow(revocations))
 
     async def _follow(self, revocations: RevocationsClient) -> None:
+        watcher = uuid.uuid4().hex
         position = -1
         while True:
             try:
-                async for notices in revocations.watch(position):
+                async for notices in revocations.watch(position, watcher):
                     if notices.reset:
                         self.clear()
                     for notice in notices.notices:
                         self.forget(notice)
                     position = notices.position
+                    sent = self._clock()  # the lease counts from before the acknowledgement left
+                    await revocations.ack(watcher, position)
+                    self._lease_until = sent + LEASE_S
             except Exception:
                 log.warning("revocation notices interrupted; following again", exc_info=True)
             self.clear()  # whatever was missed meanwhile: check everything again
@@ -189,10 +205,11 @@ async def _by_key(header: str, services: Services) -> Caller:
     digest = digest_of(key)
     caller = services.credentials.get(digest)
     if caller is None:
+        generation = services.credentials.generation
         account, api_key = await services.ledger.authenticate(key)
         caller = Caller(account_id=account.id, key_id=api_key.id, scopes=frozenset(api_key.scopes),
                         home_region=account.home_region, is_admin=account.is_admin)
-        services.credentials.put(digest, caller)
+        services.credentials.put(digest, caller, generation)
     return caller
 
 
@@ -200,10 +217,11 @@ async def _by_session(token: str, services: Services) -> Caller:
     digest = digest_of(token)
     caller = services.credentials.get(digest)
     if caller is None:
+        generation = services.credentials.generation
         account, session = await services.ledger.authenticate_session(token)
         caller = Caller(account_id=account.id, key_id=None, scopes=SESSION_SCOPES, home_region=account.home_region,
                         is_admin=account.is_admin, session_id=session.id, csrf_token=session.csrf_token)
-        services.credentials.put(digest, caller)
+        services.credentials.put(digest, caller, generation)
     return caller
 
 
