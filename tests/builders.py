@@ -18,24 +18,26 @@ def a_host(host_id: str = "host-a", *, region: str = "eu-west", status: HostStat
            gpu_model: str | None = None, vram_mb: int = 0, free_vram_mb: int | None = None, cpu_cores: int = 4,
            slots: int = 4, active_jobs: int = 0, karma: float = 0.5, accepts: tuple[str, ...] = (),
            warm: frozenset[str] = frozenset(), speed: float = 0.5, last_heartbeat_at: float = NOW,
-           **extra: Any) -> HostSnapshot:
+           asks: dict[str, int] | None = None, **extra: Any) -> HostSnapshot:
     return HostSnapshot(
         host_id=HostId(host_id), name=extra.pop("name", host_id), region=region, status=status,
         runtimes=runtimes, cpu_cores=cpu_cores, ram_mb=ram_mb,
         free_ram_mb=ram_mb if free_ram_mb is None else free_ram_mb, gpu_model=gpu_model, vram_mb=vram_mb,
         free_vram_mb=vram_mb if free_vram_mb is None else free_vram_mb, slots=slots, active_jobs=active_jobs,
         karma=karma, accepts=accepts, warm=warm, speed=speed, last_heartbeat_at=last_heartbeat_at,
-        node_id=extra.pop("node_id", "0" * 56),
+        node_id=extra.pop("node_id", "0" * 56), asks=asks or {},
     )
 
 
 def a_job(workload: str = "wasm-hash", *, runtime: str = "wasm", required_ram_mb: int = 256,
           required_vram_mb: int = 0, required_cores: int = 0, caller_region: str | None = "eu-west",
-          allowed_regions: frozenset[str] | None = None, min_karma: float = 0.0) -> JobRequest:
+          allowed_regions: frozenset[str] | None = None, min_karma: float = 0.0, bid_micro: int | None = None,
+          catalog_price_micro: int = 1_000) -> JobRequest:
     return JobRequest(
         workload=WorkloadSlug(workload), runtime=runtime, required_ram_mb=required_ram_mb,
         required_vram_mb=required_vram_mb, required_cores=required_cores, caller_region=caller_region,
-        allowed_regions=allowed_regions, min_karma=min_karma,
+        allowed_regions=allowed_regions, min_karma=min_karma, bid_micro=bid_micro,
+        catalog_price_micro=catalog_price_micro,
     )
 
 

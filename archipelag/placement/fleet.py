@@ -10,7 +10,7 @@ per row and refreshed whenever its inputs change. ``rank`` returns exactly what 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
+from archipelag.market.pricing import NO_MARKET, Market, ask_for
 from archipelag.placement.measured import HardwareCheck, believed
 from archipelag.placement.regions import proximity
 from archipelag.placement.scoring import (
@@ -29,6 +30,7 @@ from archipelag.placement.scoring import (
     Weights,
     accepts,
     fresh_since,
+    host_ask,
     reason,
     standing,
 )
@@ -46,6 +48,14 @@ Mask = npt.NDArray[np.bool_]
 def _warm_column(slug: str) -> str:
     """The bool column that says which hosts have ``slug`` cached."""
     return f"warm:{slug}"
+
+
+_AskKey = tuple[str, int, Market]  # workload, its catalog price, the market's multipliers
+
+
+def _ask_column(key: _AskKey) -> str:
+    """The int column of every host's effective ask for a workload in one market (built when first asked)."""
+    return f"ask:{key[0]}:{key[1]}:{key[2]!r}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class Fleet:
         "region": np.intp, "karma": np.float64, "cores": np.int32, "free_ram": np.int64, "free_vram": np.int64,
         "slots": np.int32, "reported": np.int32, "inflight": np.int32, "active": np.int32,
         "has_room": np.bool_,  # active < slots
+        "gpu": np.bool_,  # lends a GPU: its hardware tier (market.pricing.tier_of) is gpu
         "speed": np.float64, "standing": np.float64,  # standing: scoring.standing(), refreshed on change
         "free_ram_f": np.float64, "free_vram_f": np.float64,  # max(free, 1) as floats: the fit's divisor
     }
@@ -109,6 +120,7 @@ class Fleet:
         self._regions = _Interned()
         self._accept_lists = _Interned()
         self._cols: dict[str, npt.NDArray[Any]] = {}
+        self._ask_keys: dict[str, _AskKey] = {}  # the effective-ask columns built so far (kept per row after)
         self._buffers: dict[str, npt.NDArray[np.float64]] = {}
         for name, dtype in self._COLUMNS.items():
             self._cols[name] = np.zeros(capacity, dtype=dtype)
@@ -168,6 +180,7 @@ class Fleet:
         c["inflight"][row] = 0
         self._set_live(row, Heartbeat(snapshot.free_ram_mb, snapshot.free_vram_mb, snapshot.active_jobs,
                                       snapshot.warm))
+        self._refresh_asks(row)
 
     def heartbeat(self, host_id: HostId, at: float, beat: Heartbeat) -> None:
         """Record a heartbeat; a joining or offline host comes online."""
@@ -189,6 +202,13 @@ class Fleet:
         c["cores"][row] = verdict.cpu_cores
         c["speed"][row] = verdict.speed
         self._set_live(row, Heartbeat(free_ram_mb=int(c["free_ram"][row]), free_vram_mb=int(c["free_vram"][row])))
+        self._refresh_asks(row)  # a GPU the benchmark did not find changes the host's tier
+
+    def set_asks(self, host_id: HostId, asks: Mapping[str, int]) -> None:
+        """Replace what the host asks (checked by the caller: market.pricing.check_asks)."""
+        row = self._row(host_id)
+        self._static[row] = replace(self._static[row], asks=dict(asks))
+        self._refresh_asks(row)
 
     def set_karma(self, host_id: HostId, karma: float) -> None:
         row = self._row(host_id)
@@ -261,6 +281,35 @@ class Fleet:
             self._warm[row] = beat.warm
         self._refresh_load(row)
 
+    def _refresh_asks(self, row: int) -> None:
+        """Keep the row's effective asks in every column built so far (the others are built from ``_static``)."""
+        static = self._static[row]
+        self._cols["gpu"][row] = static.gpu_model is not None
+        for name, (slug, price, market) in self._ask_keys.items():
+            self._cols[name][row] = market.effective(ask_for(static.asks, slug, price),
+                                                     "gpu" if self._cols["gpu"][row] else "cpu")
+
+    def _asks(self, request: JobRequest, market: Market) -> npt.NDArray[np.int64]:
+        """Every host's effective ask for the request's workload in ``market``: a column kept per workload and
+        market, so a decision reads it instead of pricing every host again."""
+        key: _AskKey = (request.workload, request.catalog_price_micro, market)
+        name = _ask_column(key)
+        column = self._cols.get(name)
+        if column is None:
+            n = self._n
+            base = np.full(n, request.catalog_price_micro, dtype=np.int64)
+            for row, static in enumerate(self._static):
+                if static.asks:
+                    base[row] = ask_for(static.asks, request.workload, request.catalog_price_micro)
+            values, inverse = np.unique(base, return_inverse=True)  # few distinct asks: price each once per tier
+            by_tier = {tier: np.array([market.effective(int(v), tier) for v in values.tolist()], dtype=np.int64)
+                       for tier in ("cpu", "gpu")}
+            column = np.zeros(len(self._cols["status"]), dtype=np.int64)
+            column[:n] = np.where(self._col("gpu"), by_tier["gpu"][inverse], by_tier["cpu"][inverse])
+            self._cols[name] = column
+            self._ask_keys[name] = key
+        return column[: self._n]
+
     def _refresh_load(self, row: int) -> None:
         """Load is what the host last reported or what placement handed it since, whichever is more."""
         c = self._cols
@@ -286,12 +335,11 @@ class Fleet:
 
     # --- placing ------------------------------------------------------------------------------------
 
-    def _stage_mask(self, stage: str, request: JobRequest, now: float) -> Mask | None:
+    def _stage_mask(self, stage: str, request: JobRequest, now: float, market: Market) -> Mask | None:
         """One filter stage as a boolean column; None when it passes every host."""
         c = self._col
         if stage == "online":
-            online: Mask = (c("status") == _ONLINE) & (c("heartbeat_at") >= fresh_since(now, self.stale_after_s))
-            return online
+            return self._online(now)
         if stage == "runtime":
             bit = self._runtime_bits.get(request.runtime)
             if bit is None:
@@ -314,14 +362,20 @@ class Fleet:
             return None if request.required_ram_mb <= 0 else c("free_ram") >= request.required_ram_mb
         if stage == "vram":
             return None if request.required_vram_mb <= 0 else c("free_vram") >= request.required_vram_mb
+        if stage == "price":
+            return None if request.bid_micro is None else self._asks(request, market) <= request.bid_micro
         if stage == "slots":
             return c("has_room")
         raise ValueError(f"unknown filter stage {stage!r}")
 
-    def _eligible(self, request: JobRequest, now: float) -> Mask:
+    def _online(self, now: float) -> Mask:
+        online: Mask = (self._col("status") == _ONLINE) & (self._col("heartbeat_at") >= fresh_since(now, self.stale_after_s))
+        return online
+
+    def _eligible(self, request: JobRequest, now: float, market: Market) -> Mask:
         mask = np.ones(self._n, dtype=np.bool_)
         for stage in STAGES:
-            stage_mask = self._stage_mask(stage, request, now)
+            stage_mask = self._stage_mask(stage, request, now, market)
             if stage_mask is not None:
                 np.logical_and(mask, stage_mask, out=mask)
         return mask
@@ -389,9 +443,9 @@ class Fleet:
             return np.flatnonzero(mask)
         return np.flatnonzero(scores >= floor)
 
-    def rank(self, request: JobRequest, now: float, limit: int) -> list[HostId]:
+    def rank(self, request: JobRequest, now: float, limit: int, market: Market = NO_MARKET) -> list[HostId]:
         """The best ``limit`` eligible hosts, best first; equal scores go to the smaller host id."""
-        mask = self._eligible(request, now)
+        mask = self._eligible(request, now, market)
         if limit <= 0 or not mask.any():
             return []
         all_scores = self._scores(request)
@@ -409,16 +463,43 @@ class Fleet:
             chosen += [(-float(cut), ids[r]) for r in tied]
         return [host_id for _, host_id in sorted(chosen)]
 
-    def funnel(self, request: JobRequest, now: float) -> Funnel:
+    def funnel(self, request: JobRequest, now: float, market: Market = NO_MARKET) -> Funnel:
         mask = np.ones(self._n, dtype=np.bool_)
         survivors = []
+        lowest = None
         for stage in STAGES:
-            stage_mask = self._stage_mask(stage, request, now)
+            if stage == "price" and request.bid_micro is not None and mask.any():
+                lowest = int(self._asks(request, market)[mask].min())
+            stage_mask = self._stage_mask(stage, request, now, market)
             if stage_mask is not None:
                 mask &= stage_mask
             survivors.append(int(np.count_nonzero(mask)))
-        return Funnel(total=self._n, survivors=tuple(survivors))
+        return Funnel(total=self._n, survivors=tuple(survivors), lowest_ask_micro=lowest)
 
-    def explain(self, request: JobRequest, now: float) -> str:
+    def explain(self, request: JobRequest, now: float, market: Market = NO_MARKET) -> str:
         """Why ``rank`` came back empty, in words for the API's 503."""
-        return reason(self.funnel(request, now), request)
+        return reason(self.funnel(request, now, market), request)
+
+    def free_slots(self, now: float) -> int:
+        """Free slots of the online hosts (what the surge compares the queue with)."""
+        online = self._online(now)
+        free = self._col("slots")[online].astype(np.int64) - self._col("active")[online]
+        return int(np.clip(free, 0, None).sum())
+
+    def offers(self, request: JobRequest, now: float, market: Market) -> npt.NDArray[np.int64]:
+        """The effective asks of the online hosts that could run ``request``'s workload (its runtime, its accept
+        lists; paused, draining and suspended hosts are not online): what the market rate is the median of."""
+        mask = self._eligible_for_offers(request, now, market)
+        return self._asks(request, market)[mask]
+
+    def _eligible_for_offers(self, request: JobRequest, now: float, market: Market) -> Mask:
+        mask = np.ones(self._n, dtype=np.bool_)
+        for stage in ("online", "runtime", "accepts"):
+            stage_mask = self._stage_mask(stage, request, now, market)
+            if stage_mask is not None:
+                np.logical_and(mask, stage_mask, out=mask)
+        return mask
+
+    def ask(self, host_id: HostId, request: JobRequest, market: Market) -> int:
+        """One host's effective ask for ``request`` now (the clearing price when it runs the job)."""
+        return host_ask(self._static[self._row(host_id)], request, market)

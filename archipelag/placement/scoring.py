@@ -8,13 +8,14 @@ To keep them equal to the last bit, every score is summed in one fixed order (se
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
+from archipelag.market.pricing import NO_MARKET, Market, ask_for, credits_text, tier_of
 from archipelag.placement.regions import proximity
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class HostSnapshot:
     last_heartbeat_at: float  # epoch seconds, the coordinator's clock
     node_id: str  # Ray node id (hex)
     hardware: HardwareCheck | None = None  # the claims, what the benchmark measured, what was capped and why
+    # Micro-credits it asks per job, by workload slug or fnmatch family (market.pricing.ask_for); empty: the
+    # catalog's prices. From its signed registration or its owner (placement checks the bounds).
+    asks: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class JobRequest:
     caller_region: str | None = None
     allowed_regions: frozenset[str] | None = None  # None: any region
     min_karma: float = 0.0
+    bid_micro: int | None = None  # the most the job pays per job; None: no price filter
+    catalog_price_micro: int = 0  # the workload's catalog price: what a host without an ask for it asks
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,9 @@ class Weights:
 
 # --- hard filters ----------------------------------------------------------------------------------
 # Applied in this order; the first stage that leaves no host names the 503 reason.
-STAGES: tuple[str, ...] = ("online", "runtime", "accepts", "region", "karma", "cores", "ram", "vram", "slots")
+# The price goes before the slots: a host that asks too much is no place to wait for, a full one is.
+STAGES: tuple[str, ...] = ("online", "runtime", "accepts", "region", "karma", "cores", "ram", "vram", "price",
+                           "slots")
 
 
 def fresh_since(now: float, stale_after_s: float) -> float:
@@ -97,7 +105,14 @@ def accepts(patterns: tuple[str, ...], workload: str) -> bool:
     return not patterns or any(fnmatchcase(workload, p) for p in patterns)
 
 
-def passes(host: HostSnapshot, request: JobRequest, stage: str, fresh_after: float) -> bool:
+def host_ask(host: HostSnapshot, request: JobRequest, market: Market = NO_MARKET) -> int:
+    """What the host asks in effect for a job of ``request`` now: its ask × its tier's multiplier × the surge."""
+    return market.effective(ask_for(host.asks, request.workload, request.catalog_price_micro),
+                            tier_of(host.gpu_model))
+
+
+def passes(host: HostSnapshot, request: JobRequest, stage: str, fresh_after: float,
+           market: Market = NO_MARKET) -> bool:
     """Whether one host passes one filter stage."""
     if stage == "online":
         return host.status == HostStatus.ONLINE and host.last_heartbeat_at >= fresh_after
@@ -115,14 +130,17 @@ def passes(host: HostSnapshot, request: JobRequest, stage: str, fresh_after: flo
         return host.free_ram_mb >= request.required_ram_mb
     if stage == "vram":
         return host.free_vram_mb >= request.required_vram_mb
+    if stage == "price":
+        return request.bid_micro is None or host_ask(host, request, market) <= request.bid_micro
     if stage == "slots":
         return host.active_jobs < host.slots
     raise ValueError(f"unknown filter stage {stage!r}")
 
 
-def eligible(host: HostSnapshot, request: JobRequest, now: float, stale_after_s: float) -> bool:
+def eligible(host: HostSnapshot, request: JobRequest, now: float, stale_after_s: float,
+             market: Market = NO_MARKET) -> bool:
     after = fresh_since(now, stale_after_s)
-    return all(passes(host, request, stage, after) for stage in STAGES)
+    return all(passes(host, request, stage, after, market) for stage in STAGES)
 
 
 # --- score terms, each in [0, 1] -------------------------------------------------------------------
@@ -163,9 +181,10 @@ def score(host: HostSnapshot, request: JobRequest, weights: Weights) -> float:
 
 
 def rank(hosts: Iterable[HostSnapshot], request: JobRequest, weights: Weights, now: float,
-         stale_after_s: float, limit: int) -> list[HostId]:
+         stale_after_s: float, limit: int, market: Market = NO_MARKET) -> list[HostId]:
     """The best ``limit`` eligible hosts, best first; equal scores go to the smaller host id."""
-    scored = [(-score(h, request, weights), h.host_id) for h in hosts if eligible(h, request, now, stale_after_s)]
+    scored = [(-score(h, request, weights), h.host_id) for h in hosts
+              if eligible(h, request, now, stale_after_s, market)]
     return [host_id for _, host_id in heapq.nsmallest(limit, scored)]
 
 
@@ -197,16 +216,21 @@ class Funnel:
 
     total: int
     survivors: tuple[int, ...]
+    lowest_ask_micro: int | None = None  # the lowest effective ask among the hosts the price stage looked at
 
 
-def funnel(hosts: Sequence[HostSnapshot], request: JobRequest, now: float, stale_after_s: float) -> Funnel:
+def funnel(hosts: Sequence[HostSnapshot], request: JobRequest, now: float, stale_after_s: float,
+           market: Market = NO_MARKET) -> Funnel:
     after = fresh_since(now, stale_after_s)
     left = list(hosts)
     survivors = []
+    lowest = None
     for stage in STAGES:
-        left = [h for h in left if passes(h, request, stage, after)]
+        if stage == "price" and request.bid_micro is not None and left:
+            lowest = min(host_ask(h, request, market) for h in left)
+        left = [h for h in left if passes(h, request, stage, after, market)]
         survivors.append(len(left))
-    return Funnel(total=len(hosts), survivors=tuple(survivors))
+    return Funnel(total=len(hosts), survivors=tuple(survivors), lowest_ask_micro=lowest)
 
 
 def blocking_stage(funnel: Funnel) -> str | None:
@@ -224,13 +248,16 @@ def reason(funnel: Funnel, request: JobRequest) -> str:
     before = funnel.total
     for stage, left in zip(STAGES, funnel.survivors, strict=True):
         if left == 0:
-            return _stage_reason(stage, before, request)
+            return _stage_reason(stage, before, request, funnel.lowest_ask_micro)
         before = left
     return "a host is available"  # the funnel did not end empty
 
 
-def _stage_reason(stage: str, before: int, request: JobRequest) -> str:
+def _stage_reason(stage: str, before: int, request: JobRequest, lowest_ask_micro: int | None) -> str:
     slug, runtime = request.workload, request.runtime
+    if stage == "price":
+        return (f"no host asks ≤ your bid of {credits_text(request.bid_micro or 0)} credits; the lowest ask is "
+                f"{credits_text(lowest_ask_micro or 0)} credits for {slug!r} (bid at least that, or retry later)")
     messages = {
         "online": f"none of the {before} known hosts is online; retry when one comes back",
         "runtime": f"no online host supports runtime {runtime!r}",
@@ -248,6 +275,6 @@ def _stage_reason(stage: str, before: int, request: JobRequest) -> str:
 
 
 def explain_no_match(hosts: Sequence[HostSnapshot], request: JobRequest, now: float,
-                     stale_after_s: float) -> str:
+                     stale_after_s: float, market: Market = NO_MARKET) -> str:
     """Why no host can take ``request`` now, in words for the API's 503."""
-    return reason(funnel(hosts, request, now, stale_after_s), request)
+    return reason(funnel(hosts, request, now, stale_after_s, market), request)

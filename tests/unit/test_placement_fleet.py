@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from builders import NOW, a_host, a_job, a_random_host, a_random_job
 
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
+from archipelag.market.pricing import NO_MARKET, Market
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.scoring import HostSnapshot, Weights, explain_no_match, rank
 
@@ -117,3 +119,66 @@ def test_karma_updates_move_a_host() -> None:
     fleet = fleet_of([a_host("a"), a_host("b")], Weights(1, 0, 0, 0, 0, 0))
     fleet.set_karma(HostId("b"), 0.9)
     assert fleet.rank(a_job(), NOW, 2) == ["b", "a"]
+
+
+ASK_PATTERNS = ("*", "wasm-*", "llm-*", "wasm-hash", "llm-chat", "image-gen", "w*")
+
+
+def _random_asks(rng: random.Random) -> dict[str, int]:
+    """No ask (most hosts), or one to three of them, from a few prices so that equal asks are common."""
+    if rng.random() < 0.4:
+        return {}
+    return {p: rng.choice((500, 800, 1_000, 1_200, 2_000)) for p in rng.sample(ASK_PATTERNS, rng.randint(1, 3))}
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_vectorized_rank_with_asks_and_bids_equals_the_reference(seed: int) -> None:
+    """The price filter in both engines: asks by slug and family, tiers and surge, asks changed after the
+    fleet built its columns, hosts removed and added; the 503's lowest ask too."""
+    rng = random.Random(1_000 + seed)
+    hosts = [replace(a_random_host(rng, i), asks=_random_asks(rng)) for i in range(rng.choice((0, 3, 40, 400, 2000)))]
+    fleet = fleet_of(hosts, WEIGHTS)
+    markets = [NO_MARKET, Market((("cpu", 1.0), ("gpu", 1.5)), 1.0), Market((("cpu", 1.1), ("gpu", 2.0)), 1.25)]
+    for round_ in range(4):
+        for _ in range(8):
+            job = replace(a_random_job(rng), bid_micro=rng.choice((None, 400, 800, 1_000, 1_100, 1_600, 3_000)),
+                          catalog_price_micro=rng.choice((1_000, 2_000)))
+            market, limit = rng.choice(markets), rng.choice((1, 3, 8))
+            expected = rank(hosts, job, WEIGHTS, NOW, STALE_S, limit, market)
+            assert fleet.rank(job, NOW, limit, market) == expected
+            if not expected:
+                assert fleet.explain(job, NOW, market) == explain_no_match(hosts, job, NOW, STALE_S, market)
+        if not hosts:
+            break
+        for index in rng.sample(range(len(hosts)), max(1, len(hosts) // 10)):  # asks change once columns exist
+            hosts[index] = replace(hosts[index], asks=_random_asks(rng))
+            fleet.set_asks(hosts[index].host_id, hosts[index].asks)
+        gone = rng.choice(hosts)
+        fleet.remove(gone.host_id)
+        hosts.remove(gone)
+        added = replace(a_random_host(rng, 50_000 + round_), asks=_random_asks(rng))
+        fleet.upsert(added)
+        hosts.append(added)
+
+
+def test_a_bid_below_every_ask_says_the_lowest_ask() -> None:
+    fleet = fleet_of([a_host("a", asks={"*": 1_500}), a_host("b", asks={"wasm-hash": 1_200}), a_host("c")])
+    job = a_job(bid_micro=900, catalog_price_micro=1_000)
+    assert fleet.rank(job, NOW, 8) == []
+    assert fleet.explain(job, NOW) == ("no host asks ≤ your bid of 0.0009 credits; the lowest ask is 0.001 credits "
+                                       "for 'wasm-hash' (bid at least that, or retry later)")
+    assert fleet.rank(replace(job, bid_micro=1_200), NOW, 8) == ["b", "c"]
+    assert fleet.rank(replace(job, bid_micro=None), NOW, 8) == ["a", "b", "c"]  # no bid: no price filter
+
+
+def test_asks_follow_a_host_across_changes_and_surge() -> None:
+    fleet = fleet_of([a_host("cpu", asks={"*": 1_000}), a_host("gpu", asks={"*": 1_000}, gpu_model="L4")])
+    job, surging = a_job(bid_micro=1_300), Market((("cpu", 1.0), ("gpu", 1.5)), 1.25)
+    assert fleet.rank(job, NOW, 8, surging) == ["cpu"]  # 1 250 ≤ 1 300 < 1 875
+    fleet.set_asks(HostId("gpu"), {"wasm-*": 600})  # 600 × 1.5 × 1.25 = 1 125
+    assert fleet.rank(job, NOW, 8, surging) == ["cpu", "gpu"]
+    assert fleet.ask(HostId("gpu"), job, surging) == 1_125
+    fleet.upsert(a_host("cpu", asks={"wasm-hash": 1_100}))  # a re-registration brings its own asks
+    assert fleet.rank(job, NOW, 8, surging) == ["gpu"]
+    fleet.job_assigned(HostId("gpu"))
+    assert fleet.free_slots(NOW) == 3 + 4

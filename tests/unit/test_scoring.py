@@ -6,12 +6,14 @@ import pytest
 from builders import NOW, a_host, a_job
 
 from archipelag.lifecycle import HostStatus
+from archipelag.market.pricing import NO_MARKET, Market
 from archipelag.placement.regions import proximity
 from archipelag.placement.scoring import (
     Weights,
     eligible,
     explain_no_match,
     fit_term,
+    host_ask,
     load_term,
     peak,
     rank,
@@ -197,3 +199,34 @@ def test_explain_full_hosts() -> None:
 def test_explain_accepts_and_karma() -> None:
     assert "accepts workload 'wasm-hash'" in explain([a_host(accepts=("llm-*",))])
     assert "karma ≥ 0.90" in explain([a_host(karma=0.5)], a_job(min_karma=0.9))
+
+
+# --- the price filter (DESIGN §6: the host's ask ≤ the job's bid) ------------------------------------------
+
+
+@pytest.mark.parametrize(("asks", "gpu_model", "bid", "market", "takes"), [
+    ({}, None, None, NO_MARKET, True),  # no bid: no price filter
+    ({}, None, 1_000, NO_MARKET, True),  # no ask: the catalog's 1 000
+    ({}, None, 999, NO_MARKET, False),
+    ({"wasm-*": 900}, None, 900, NO_MARKET, True),  # equal to the bid is enough
+    ({"wasm-*": 900, "wasm-hash": 1_100}, None, 1_000, NO_MARKET, False),  # the exact slug's ask applies
+    ({"*": 800}, None, 1_000, Market((), 1.25), True),  # 800 × 1.25 = 1 000
+    ({"*": 801}, None, 1_000, Market((), 1.25), False),  # 1 001.25 rounds up
+    ({"*": 800}, "L4", 1_000, Market((("gpu", 1.5),), 1.0), False),  # a GPU host's tier multiplier
+    ({"*": 800}, None, 1_000, Market((("gpu", 1.5),), 1.0), True),
+])
+def test_a_host_takes_a_job_only_when_its_effective_ask_is_within_the_bid(
+        asks: dict[str, int], gpu_model: str | None, bid: int | None, market: Market, takes: bool) -> None:
+    host = a_host(asks=asks, gpu_model=gpu_model)
+    assert eligible(host, a_job(bid_micro=bid, catalog_price_micro=1_000), NOW, STALE_S, market) is takes
+
+
+def test_a_host_that_asks_too_much_is_no_place_to_wait_for_but_a_full_one_is() -> None:
+    """The price stage comes before the slots: a bid under every ask is a 503 at once, while hosts within the
+    bid that are full keep the job waiting (the slots reason, which the API queues on)."""
+    dear, full = a_host("dear", asks={"*": 2_000}), a_host("full", active_jobs=4, slots=4)
+    job = a_job(bid_micro=1_000, catalog_price_micro=1_000)
+    assert "all 1 eligible hosts are full" in explain_no_match([dear, full], job, NOW, STALE_S)
+    assert explain_no_match([dear], job, NOW, STALE_S).startswith(
+        "no host asks ≤ your bid of 0.001 credits; the lowest ask is 0.002 credits")
+    assert host_ask(dear, job, Market((), 1.25)) == 2_500
