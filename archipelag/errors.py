@@ -139,6 +139,13 @@ class WorkloadRefused(WorkloadError):
     code = "workload_refused"
 
 
+class TicketRefused(WorkloadError):
+    """A host's gate refused to start a container: no ticket, or one the coordinator did not sign for this job,
+    this host and this input, an expired one, or one used before (gate/tickets.py)."""
+
+    code = "ticket_refused"
+
+
 class BudgetExceeded(WorkloadError):
     """The workload ran past its fuel, time, memory or output budget."""
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from archipelag.catalog import Manifest
 from archipelag.ids import JobId
 from archipelag.protocol import Event
 from archipelag.sandbox import Limits
+
+if TYPE_CHECKING:
+    from archipelag.gate.tickets import SignedTicket
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class JobSpec:
     workload: Manifest
     input: dict[str, Any]
     limits: Limits
+    ticket: SignedTicket | None = None  # the coordinator's permission to start it (containers: gate/tickets.py)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The host's gate: the one local process that may start containers, and only for coordinator-signed tickets."""
