@@ -13,17 +13,20 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from archipelag import identity
-from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound
+from archipelag.catalog import Manifest, load_catalog
+from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound, ValidationFailed
 from archipelag.identity import Proof
-from archipelag.ids import HostId
+from archipelag.ids import HostId, WorkloadSlug
 from archipelag.ledger.karma_rules import KarmaRules
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
+from archipelag.market import pricing
+from archipelag.market.pricing import Market
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.measured import Measurement, Measurements, Rules, claims_of
 from archipelag.placement.prober import Prober
@@ -40,7 +43,8 @@ Identities = Callable[[HostId], HostIdentity | None]
 class PlacementActor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
                  prober: Prober | None = None, *, identities: Identities | None = None,
-                 draw: Callable[[], float] | None = None) -> None:
+                 draw: Callable[[], float] | None = None,
+                 catalog: Mapping[WorkloadSlug, Manifest] | None = None) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -59,6 +63,12 @@ class PlacementActor:
         self._karma_suspended: dict[HostId, str] = {}
         self._shares: dict[HostId, float] = {}
         self._draw = draw or random.random  # a seeded one in tests
+        # The exchange: the catalog bounds hosts' asks and says which runtime a workload needs; the queue's
+        # length (the dispatcher's word, ``set_queued``) against the free slots makes the surge.
+        self._market_settings = settings.market
+        self._workloads_dir = settings.workloads_dir
+        self._catalog = catalog
+        self._queued = 0
 
     def _known(self, host_id: HostId) -> None:
         if host_id not in self._fleet:
@@ -70,8 +80,13 @@ class PlacementActor:
         self._check("register", snapshot.host_id, snapshot, proof)
         # Karma is the ledger's word, never the host's: a signature proves who reports, not that it is true. A
         # known host keeps what the ledger last gave it; a new one starts neutral until the next fleet round.
-        known = self._fleet.get(snapshot.host_id).karma if snapshot.host_id in self._fleet else NEUTRAL_KARMA
-        snapshot = replace(snapshot, karma=known)
+        known = self._fleet.get(snapshot.host_id) if snapshot.host_id in self._fleet else None
+        snapshot = replace(snapshot, karma=known.karma if known is not None else NEUTRAL_KARMA)
+        if snapshot.asks:
+            self._check_asks(snapshot.asks, lambda why: HostRefused(
+                f"host {snapshot.host_id} asks prices the network does not take: {why}", host_id=snapshot.host_id))
+        elif known is not None:  # a host rejoining without asks keeps those its owner set meanwhile
+            snapshot = replace(snapshot, asks=known.asks)
         if self._out(snapshot.host_id):
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
@@ -177,13 +192,69 @@ class PlacementActor:
     def rank(self, request: JobRequest) -> list[HostId]:
         """Hosts for ``request``, best first; NoCapacity with the reason when none can take it."""
         now = self._clock()
-        ranked = cooled(self._fleet.rank(request, now, self._limit), self._shares, self._draw)
+        market = self._market(now)
+        ranked = cooled(self._fleet.rank(request, now, self._limit, market), self._shares, self._draw)
         if not ranked:
-            funnel = self._fleet.funnel(request, now)
+            funnel = self._fleet.funnel(request, now, market)
             # `full`: hosts could run it but every slot is taken; the job can wait in the queue.
             raise NoCapacity(reason(funnel, request), workload=request.workload,
                              full=funnel.total > 0 and blocking_stage(funnel) == "slots")
         return ranked
+
+    # --- the exchange ---------------------------------------------------------------------------------
+
+    def set_asks(self, host_id: HostId, asks: dict[str, int]) -> None:
+        """Replace what a host asks (its owner's word through the API, or the ledger's at start); empty: the
+        catalog's prices. ValidationFailed (422) for an ask outside the bounds, nothing changed then."""
+        self._known(host_id)
+        self._check_asks(asks, lambda why: ValidationFailed(
+            f"asking prices outside the network's bounds: {why}", errors={"prices": why}))
+        self._fleet.set_asks(host_id, asks)
+
+    def set_queued(self, queued: int) -> None:
+        """How many jobs wait in the dispatcher's queue now (what the surge weighs against free slots)."""
+        self._queued = max(0, queued)
+
+    def quote(self, host_id: HostId, request: JobRequest) -> int | None:
+        """What ``host_id`` asks in effect for ``request`` now: the clearing price when it runs the job (None:
+        placement does not know the host)."""
+        if host_id not in self._fleet:
+            return None
+        return self._fleet.ask(host_id, request, self._market(self._clock()))
+
+    def market_rates(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Per workload: the market rate (the median effective ask of the online hosts that could run it, else
+        the catalog price × surge), how many hosts, the lowest and highest effective ask, and the surge."""
+        now = self._clock()
+        market = self._market(now)
+        catalog = self._manifests()
+        rates: dict[str, dict[str, Any]] = {}
+        for slug, price in catalog_prices.items():
+            manifest = catalog.get(WorkloadSlug(slug))
+            request = JobRequest(WorkloadSlug(slug), manifest.runtime if manifest else "", catalog_price_micro=price)
+            offers = self._fleet.offers(request, now, market, runtime=manifest is not None).tolist()
+            rates[slug] = {"rate_micro": pricing.market_rate(offers, price, market.surge), "hosts": len(offers),
+                           "lowest_micro": min(offers, default=None), "highest_micro": max(offers, default=None),
+                           "surge": market.surge}
+        return rates
+
+    def _market(self, now: float) -> Market:
+        """The multipliers now: the tiers' (settings) and the surge (the queue against the free slots)."""
+        surge = 1.0
+        if self._queued:  # no queue, no surge: the free slots need not be counted
+            surge = pricing.surge(self._queued, self._fleet.free_slots(now), self._market_settings)
+        return Market.of(self._market_settings, surge)
+
+    def _manifests(self) -> Mapping[WorkloadSlug, Manifest]:
+        if self._catalog is None:
+            self._catalog = load_catalog(self._workloads_dir)
+        return self._catalog
+
+    def _check_asks(self, asks: Mapping[str, int], refused: Callable[[str], Exception]) -> None:
+        prices = {str(slug): manifest.price_micro for slug, manifest in self._manifests().items()}
+        reasons = pricing.check_asks(asks, prices, self._market_settings)
+        if reasons:
+            raise refused("; ".join(reasons))
 
     def job_assigned(self, host_id: HostId) -> None:
         if host_id in self._fleet:

@@ -208,6 +208,32 @@ class PlacementClient:
     def job_released(self, host_id: HostId) -> None:
         self._calls.send("job_released", host_id)
 
+    # --- the exchange -------------------------------------------------------------------------------
+
+    def set_asks(self, host_id: HostId, asks: dict[str, int]) -> None:
+        """Replace a host's asks (micro-credits by slug or family); ValidationFailed (422) out of bounds,
+        NotFound for a host placement does not know."""
+        self._calls.call("set_asks", host_id, asks)
+
+    async def set_asks_async(self, host_id: HostId, asks: dict[str, int]) -> None:
+        await self._calls.call_async("set_asks", host_id, asks)
+
+    def set_queued(self, queued: int) -> None:
+        """Fire-and-forget: the jobs waiting in the queue now (the surge weighs them against free slots)."""
+        self._calls.send("set_queued", queued)
+
+    async def quote_async(self, host_id: HostId, request: JobRequest) -> int | None:
+        """The host's effective ask for ``request`` now (None: placement does not know the host)."""
+        quoted: int | None = await self._calls.call_async("quote", host_id, request)
+        return quoted
+
+    def market_rates(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Per slug: ``rate_micro``, ``hosts``, ``lowest_micro``, ``highest_micro`` (None without hosts), ``surge``."""
+        return dict(self._calls.call("market_rates", catalog_prices))
+
+    async def market_rates_async(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]:
+        return dict(await self._calls.call_async("market_rates", catalog_prices))
+
     # --- questions ----------------------------------------------------------------------------------
 
     def rank(self, request: JobRequest) -> list[HostId]:

@@ -486,19 +486,16 @@ class Fleet:
         free = self._col("slots")[online].astype(np.int64) - self._col("active")[online]
         return int(np.clip(free, 0, None).sum())
 
-    def offers(self, request: JobRequest, now: float, market: Market) -> npt.NDArray[np.int64]:
-        """The effective asks of the online hosts that could run ``request``'s workload (its runtime, its accept
-        lists; paused, draining and suspended hosts are not online): what the market rate is the median of."""
-        mask = self._eligible_for_offers(request, now, market)
-        return self._asks(request, market)[mask]
-
-    def _eligible_for_offers(self, request: JobRequest, now: float, market: Market) -> Mask:
+    def offers(self, request: JobRequest, now: float, market: Market, runtime: bool = True) -> npt.NDArray[np.int64]:
+        """The effective asks of the online hosts that could run ``request``'s workload (its runtime unless
+        ``runtime`` is False, its accept lists; paused, draining and suspended hosts are not online): what the
+        market rate is the median of."""
         mask = np.ones(self._n, dtype=np.bool_)
-        for stage in ("online", "runtime", "accepts"):
+        for stage in ("online", "runtime", "accepts") if runtime else ("online", "accepts"):
             stage_mask = self._stage_mask(stage, request, now, market)
             if stage_mask is not None:
                 np.logical_and(mask, stage_mask, out=mask)
-        return mask
+        return self._asks(request, market)[mask]
 
     def ask(self, host_id: HostId, request: JobRequest, market: Market) -> int:
         """One host's effective ask for ``request`` now (the clearing price when it runs the job)."""

@@ -1,0 +1,96 @@
+"""The exchange in placement: hosts' asks (bounds-checked from a registration or their owner), the price filter
+with its 503, the surge from the dispatcher's queue, quotes (clearing prices) and market rates. The real
+placement actor in-process, over the repository's catalog (wasm-hash: 0.001 credits, llm-chat: 0.002)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from builders import NOW, a_host, a_job
+
+from archipelag.errors import HostRefused, NoCapacity, NotFound, ValidationFailed
+from archipelag.ids import HostId
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.client import PlacementClient
+from archipelag.settings import MarketSettings, Settings
+
+WASM_HASH = 1_000  # its catalog price, micro-credits
+
+
+@pytest.fixture
+def placement() -> PlacementClient:
+    settings = Settings(market=MarketSettings(tier_multipliers={"cpu": 1.0, "gpu": 2.0}))
+    return PlacementClient.local(settings, lambda: NOW)
+
+
+def test_a_bid_under_every_ask_is_a_503_naming_the_lowest_ask(placement: PlacementClient) -> None:
+    placement.register(a_host("dear", asks={"wasm-*": 3_000}))
+    placement.register(a_host("fair", asks={"wasm-hash": 1_500}))
+    with pytest.raises(NoCapacity) as raised:
+        placement.rank(a_job(bid_micro=1_000, catalog_price_micro=WASM_HASH))
+    assert raised.value.message.startswith("no host asks ≤ your bid of 0.001 credits; the lowest ask is 0.0015")
+    assert not raised.value.details["full"]  # not a wait for a free slot: the job is refused at once
+    assert placement.rank(a_job(bid_micro=2_000, catalog_price_micro=WASM_HASH)) == ["fair"]
+
+
+def test_a_registration_asking_outside_the_bounds_is_refused(placement: PlacementClient) -> None:
+    with pytest.raises(HostRefused, match="outside 0.0001–0.01"):
+        placement.register(a_host("greedy", asks={"wasm-hash": 20_000}))  # 20 × the catalog price
+    with pytest.raises(HostRefused, match="matches no workload"):
+        placement.register(a_host("typo", asks={"wasm-hsah": 1_000}))
+    with pytest.raises(HostRefused, match="sdxl"):  # a family ask is held to every workload it matches
+        placement.register(a_host("everything", asks={"*": 2_000}))
+    assert placement.ping() == 0
+
+
+def test_an_owner_s_asks_replace_the_host_s_and_survive_its_rejoin(placement: PlacementClient) -> None:
+    placement.register(a_host("h", asks={"wasm-*": 1_000}))
+    with pytest.raises(ValidationFailed):
+        placement.set_asks(HostId("h"), {"wasm-hash": 1})  # below 0.1 × the catalog price: nothing changes
+    assert placement.get(HostId("h")).asks == {"wasm-*": 1_000}
+    placement.set_asks(HostId("h"), {"wasm-hash": 1_200})
+    placement.register(a_host("h"))  # rejoins without asks of its own
+    assert placement.get(HostId("h")).asks == {"wasm-hash": 1_200}
+    placement.register(a_host("h", asks={"wasm-*": 900}))  # rejoins asking its own
+    assert placement.get(HostId("h")).asks == {"wasm-*": 900}
+    with pytest.raises(NotFound):
+        placement.set_asks(HostId("nobody"), {})
+
+
+def test_a_gpu_host_asks_its_tier_multiple_and_the_quote_is_its_clearing_price(placement: PlacementClient) -> None:
+    placement.register(a_host("cpu", asks={"wasm-*": 1_000}))
+    placement.register(a_host("gpu", asks={"wasm-*": 700}, gpu_model="L4"))  # 700 × 2 = 1 400
+    job = a_job(bid_micro=1_200, catalog_price_micro=WASM_HASH)
+    assert placement.rank(job) == ["cpu"]
+    assert asyncio.run(placement.quote_async(HostId("gpu"), job)) == 1_400
+    assert asyncio.run(placement.quote_async(HostId("gone"), job)) is None
+
+
+def test_the_surge_raises_asks_while_the_queue_outgrows_the_free_slots(placement: PlacementClient) -> None:
+    placement.register(a_host("h", slots=4, active_jobs=3, asks={"wasm-hash": 1_000}))  # one free slot
+    job = a_job(bid_micro=1_100, catalog_price_micro=WASM_HASH)
+    placement.set_queued(2)  # 2 ≤ 2 × 1 free slot: no surge
+    assert placement.rank(job) == ["h"]
+    placement.set_queued(3)  # past it: asks × 1.25
+    assert asyncio.run(placement.quote_async(HostId("h"), job)) == 1_250
+    with pytest.raises(NoCapacity, match="the lowest ask is 0.00125"):
+        placement.rank(job)
+    assert placement.market_rates({"wasm-hash": WASM_HASH})["wasm-hash"]["surge"] == 1.25
+    placement.set_queued(0)
+    assert placement.rank(job) == ["h"]
+
+
+def test_market_rates_are_the_median_ask_of_the_hosts_that_could_run_each_workload(
+        placement: PlacementClient) -> None:
+    placement.register(a_host("a", asks={"wasm-hash": 900}))
+    placement.register(a_host("b", asks={"wasm-*": 1_500}))
+    placement.register(a_host("c"))  # the catalog's 1 000
+    placement.register(a_host("paused", status=HostStatus.PAUSED, asks={"wasm-*": 100}))  # not online: not counted
+    placement.register(a_host("picky", accepts=("llm-*",), asks={"wasm-*": 100}))  # does not take wasm-hash
+    rates = placement.market_rates({"wasm-hash": WASM_HASH, "llm-chat": 2_000})
+    assert rates["wasm-hash"] == {"rate_micro": 1_000, "hosts": 3, "lowest_micro": 900, "highest_micro": 1_500,
+                                  "surge": 1.0}
+    # llm-chat runs in a container; these hosts have only wasm: no host, the catalog's price.
+    assert rates["llm-chat"] == {"rate_micro": 2_000, "hosts": 0, "lowest_micro": None, "highest_micro": None,
+                                 "surge": 1.0}
