@@ -15,7 +15,9 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,27 @@ def coordinator_key(state_dir: Path) -> SigningKey:
 
 def coordinator_public_key(state_dir: Path) -> str:
     return identity.public_hex(coordinator_key(state_dir))
+
+
+Signer = Callable[[JobSpec, HostId], JobSpec]
+
+
+def signer(state_dir: Path, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> Signer:
+    """What the dispatcher hands a host: a container job with its ticket for that host (WASM runs in the agent
+    itself and needs none)."""
+    key = coordinator_key(state_dir)
+
+    def sign(spec: JobSpec, host_id: HostId) -> JobSpec:
+        if spec.workload.runtime != "container":
+            return spec
+        return replace(spec, ticket=issue(key, spec, host_id, clock(), ttl_s))
+
+    return sign
+
+
+def trusted_keys(configured: list[str], state_dir: Path) -> tuple[str, ...]:
+    """The coordinator keys a host's gate trusts: those configured (from enrolment), else, on the coordinator's
+    own machine, its key's public half."""
+    if configured:
+        return tuple(configured)
+    return (coordinator_public_key(state_dir),) if key_path(state_dir).exists() else ()

@@ -36,6 +36,7 @@ from typing import Any
 
 from archipelag.catalog import Manifest, max_tokens_of, price_micro
 from archipelag.errors import ArchipelagError, BadReceipt, HostLost, InvalidTransition, NoCapacity
+from archipelag.gate.tickets import Signer
 from archipelag.ids import HostId, JobId
 from archipelag.jobs.admission import input_bytes, job_request
 from archipelag.jobs.ports import Hosts, JobLedger, Placement
@@ -139,7 +140,8 @@ class Dispatcher:
     def __init__(self, rules: DispatchRules, ledger: JobLedger, placement: Placement, hosts: Hosts,
                  relay: Relay, queue: JobQueue[Ticket],
                  before_assign: Callable[[list[HostId]], Awaitable[None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic, metrics: NetworkMetrics | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: NetworkMetrics | None = None,
+                 sign: Signer | None = None) -> None:
         self._rules = rules
         self._ledger = ledger
         self._placement = placement
@@ -149,6 +151,7 @@ class Dispatcher:
         self._before_assign = before_assign
         self._clock = clock
         self._metrics = metrics or NetworkMetrics()
+        self._sign = sign  # a container job leaves with the coordinator's ticket for its host (gate/tickets.py)
         self._tickets: dict[JobId, Ticket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kick = asyncio.Event()
@@ -354,7 +357,7 @@ class Dispatcher:
             return _Lost(exc.message, started=False)
         if TRACE.on:
             TRACE.stamp(job_id, "dispatched")
-        stream = host.run_batches(ticket.spec)
+        stream = host.run_batches(ticket.spec if self._sign is None else self._sign(ticket.spec, host_id))
         started = streaming = False
         loop = asyncio.get_running_loop()
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from archipelag.catalog import Manifest, lookup
 from archipelag.errors import ArchipelagError, InvalidTransition, NoCapacity, NotFound
+from archipelag.gate import tickets
 from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
 from archipelag.jobs.batches import BatchDriver, admit_batch
@@ -52,7 +53,8 @@ class JobService:
                               queue_timeout_s=settings.queue_timeout_s)
         self._queue: JobQueue[Ticket] = JobQueue(settings.queue_max_jobs, aging_s=settings.priority_aging_s)
         self._dispatcher = Dispatcher(rules, ledger, self._placement, hosts, self._relay, self._queue,
-                                      before_assign=self._ensure_recorded, metrics=self._metrics)
+                                      before_assign=self._ensure_recorded, metrics=self._metrics,
+                                      sign=tickets.signer(settings.state_dir))
         self._loops: list[asyncio.Task[None]] = []
         self._batches: dict[JobId, BatchDriver] = {}  # the batches this service drives, by parent
         self._started = False
