@@ -59,9 +59,9 @@ class JobsActor:
         await asyncio.shield(self._starting)
 
     async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                     priority: int) -> Job:
+                     priority: int, bid_micro: int | None = None) -> Job:
         await self.start()
-        return await self._service.submit(account_id, slug, job_input, region, priority)
+        return await self._service.submit(account_id, slug, job_input, region, priority, bid_micro)
 
     async def read(self, job_id: JobId, after: int, wait_s: float, account_id: int | None) -> Batch:
         await self.start()
@@ -74,10 +74,10 @@ class JobsActor:
             yield batch
 
     async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                                priority: int) -> AsyncIterator[Job | Batch]:
+                                priority: int, bid_micro: int | None = None) -> AsyncIterator[Job | Batch]:
         """A Ray streaming generator: the job (or the submission's error), then its batches."""
         await self.start()
-        async for item in self._service.submit_and_follow(account_id, slug, job_input, region, priority):
+        async for item in self._service.submit_and_follow(account_id, slug, job_input, region, priority, bid_micro):
             yield item
 
     async def submit_batch(self, account_id: int, slug: str, inputs: list[dict[str, Any]], region: str | None,
@@ -95,6 +95,14 @@ class JobsActor:
     async def cancel(self, job_id: JobId, reason: str) -> None:
         await self.start()
         await self._service.cancel(job_id, reason)
+
+    async def set_asks(self, host_id: HostId, asks: dict[str, int]) -> dict[str, int]:
+        await self.start()
+        return await self._service.set_asks(host_id, asks)
+
+    async def set_bid_preference(self, account_id: int, pattern: str, price_micro: int | None) -> dict[str, int]:
+        await self.start()
+        return await self._service.set_bid_preference(account_id, pattern, price_micro)
 
     async def hosts(self) -> list[HostSnapshot]:
         await self.start()

@@ -10,6 +10,7 @@ rounded or read as a default, so a job reserves for exactly what it may make. Th
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,10 +23,15 @@ from pydantic import (
     field_validator,
 )
 
-from archipelag.catalog import Manifest, lookup, max_price_micro
+from archipelag.catalog import MICRO, Manifest, lookup, max_price_micro
 from archipelag.errors import NoCapacity, PayloadTooLarge, ValidationFailed
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.placement.scoring import JobRequest
+
+MAX_BID_CREDITS = 1_000_000
+# A request's bid: the most its job pays per job, in credits, to the micro-credit (a per-token workload's tokens
+# come on top at the catalog's price). Lower than every host asks, the job is refused (503) before anything is held.
+BidPrice = Annotated[Decimal, Field(ge=0, le=MAX_BID_CREDITS, decimal_places=6, allow_inf_nan=False)]
 
 # llm-chat (workloads/llm-chat/main.py)
 MAX_MESSAGES = 128
@@ -162,6 +168,11 @@ def admit(catalog: dict[WorkloadSlug, Manifest], slug: str, job_input: dict[str,
     manifest = lookup(catalog, slug)
     validate_input(manifest, job_input, max_input_bytes)
     return manifest, max_price_micro(manifest, job_input)
+
+
+def bid_micro(bid_price: Decimal | None) -> int | None:
+    """A request's bid in micro-credits (None: it named none)."""
+    return int(bid_price * MICRO) if bid_price is not None else None
 
 
 def hosts_now(ranking: list[HostId] | NoCapacity) -> list[HostId]:

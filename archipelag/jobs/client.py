@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from archipelag.errors import ArchipelagError
-from archipelag.ids import JobId
+from archipelag.ids import HostId, JobId
 from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
 from archipelag.ledger.records import Job, JobBatch
@@ -53,16 +53,17 @@ class JobsClient:
         return cls(LocalCalls(service))
 
     async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                     priority: int = 0) -> Job:
-        job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority)
+                     priority: int = 0, bid_micro: int | None = None) -> Job:
+        """The job, queued; ``bid_micro``: the most it pays per job (None: the bid chain's)."""
+        job: Job = await self._calls.call("submit", account_id, slug, job_input, region, priority, bid_micro)
         return job
 
     async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                                priority: int = 0) -> tuple[Job, AsyncIterator[Batch]]:
+                                priority: int = 0, bid_micro: int | None = None) -> tuple[Job, AsyncIterator[Batch]]:
         """``submit`` and ``follow`` in one call: the job as the ledger created it (or the submission's error,
         raised here), and its events as ``follow`` gives them. The stream does not ride out a restart of the
         jobs service; follow the job again from its last event then."""
-        stream = self._calls.stream("submit_and_follow", account_id, slug, job_input, region, priority)
+        stream = self._calls.stream("submit_and_follow", account_id, slug, job_input, region, priority, bid_micro)
         job: Job = await anext(stream)
         return job, stream  # after the job, batches only
 
@@ -96,6 +97,15 @@ class JobsClient:
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> None:
         await self._calls.call("cancel", job_id, reason)
+
+    async def set_asks(self, host_id: HostId, asks: dict[str, int]) -> dict[str, int]:
+        """Replace a host's asks (micro-credits by slug or family): stored and handed to placement; 422 naming
+        the ones outside the network's bounds (nothing stored then). The asks as stored."""
+        return dict(await self._calls.call("set_asks", host_id, asks))
+
+    async def set_bid_preference(self, account_id: int, pattern: str, price_micro: int | None) -> dict[str, int]:
+        """Save (None: forget) the account's bid for a workload or family; its saved bids."""
+        return dict(await self._calls.call("set_bid_preference", account_id, pattern, price_micro))
 
     async def hosts(self) -> list[HostSnapshot]:
         return list(await self._calls.call("hosts"))

@@ -47,6 +47,18 @@ class Placement(Protocol):
     async def suspend_async(self, host_id: HostId, reason: str) -> None: ...
 
 
+class AskBoard(Protocol):
+    """What the exchange needs of placement: the asks it filters and ranks by, and the rates they make."""
+
+    async def set_asks_async(self, host_id: HostId, asks: dict[str, int]) -> None: ...
+
+    async def market_rates_async(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]: ...
+
+
+class MarketPlacement(Placement, AskBoard, Protocol):
+    """Placement as the jobs service holds it: the dispatcher's port and the exchange's."""
+
+
 class JobLedger(Protocol):
     async def create_job(self, account_id: int, workload_slug: str, job_input: Mapping[str, Any],
                          region: str | None, priority: int, reserve_micro: int, job_id: JobId,

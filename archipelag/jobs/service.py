@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from archipelag.catalog import Manifest, lookup
@@ -17,7 +18,8 @@ from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
 from archipelag.jobs.batches import BatchDriver, admit_batch
 from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket, push_karma
-from archipelag.jobs.ports import Hosts, JobLedger, Placement
+from archipelag.jobs.exchange import Exchange, reserve_micro
+from archipelag.jobs.ports import Hosts, JobLedger, MarketPlacement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
 from archipelag.ledger.karma_rules import Standing
@@ -40,7 +42,7 @@ FOLLOW_WAIT_S = 15.0  # then an empty batch after this long without news (a stre
 
 class JobService:
     def __init__(self, settings: Settings, catalog: dict[WorkloadSlug, Manifest], ledger: JobLedger,
-                 placement: Placement, hosts: Hosts) -> None:
+                 placement: MarketPlacement, hosts: Hosts) -> None:
         self._settings = settings
         TRACE.configure(settings.trace_file)
         self._catalog = catalog
@@ -48,6 +50,7 @@ class JobService:
         self._metrics = NetworkMetrics()
         self._placement = MeteredPlacement(placement, self._metrics)  # each ranking timed, each fleet counted
         self._relay = Relay()
+        self._exchange = Exchange(catalog, settings.market, ledger, placement)
         self._recorded: dict[HostId, str] = {}  # host → status as last written to the ledger
         rules = DispatchRules(lease_s=settings.lease_s, max_attempts=settings.max_attempts,
                               queue_timeout_s=settings.queue_timeout_s)
@@ -65,6 +68,7 @@ class JobService:
             return
         self._started = True
         await self._recover()
+        await self._exchange.refresh()  # saved bids, stored asks and the rates, before the first submission
         self._dispatcher.start()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._checkpoint_forever()), loop.create_task(self._record_fleet_forever())]
@@ -78,17 +82,20 @@ class JobService:
     # --- jobs --------------------------------------------------------------------------------------
 
     async def submit(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                     priority: int = 0) -> Job:
+                     priority: int = 0, bid_micro: int | None = None) -> Job:
         """Admit, reserve and queue a job; the job as the ledger created it. 404/422 for a wrong request, 503
-        when no online host could ever run it or the queue is full, 402 when the balance is short — each
-        before anything is held."""
+        when no online host could ever run it (none asks within its bid) or the queue is full, 402 when the
+        balance is short — each before anything is held. ``bid_micro``: the request's bid (else the bid chain's:
+        ``Exchange.bid_for``); it reserves the bid plus its tokens' most."""
         await self.start()
         arrived = time.time()
-        manifest, reserve_micro = admit(self._catalog, slug, job_input, self._settings.max_job_input_bytes)
+        manifest, _ = admit(self._catalog, slug, job_input, self._settings.max_job_input_bytes)
+        bid = self._exchange.bid_for(account_id, manifest, bid_micro)
+        reserve = reserve_micro(manifest, job_input, bid)
         self._dispatcher.admit()
         ranking: list[HostId] | NoCapacity
         try:
-            ranking = await self._placement.rank_async(job_request(manifest, region))
+            ranking = await self._placement.rank_async(replace(job_request(manifest, region), bid_micro=bid))
         except NoCapacity as exc:
             ranking = exc
         ranked = hosts_now(ranking)
@@ -97,12 +104,13 @@ class JobService:
             TRACE.stamp(job_id, "submit", arrived)
             TRACE.stamp(job_id, "ranked")
         ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
-                        region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked)
+                        region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked,
+                        bid_micro=bid)
         self._dispatcher.enqueue(ticket)  # on a free host it starts now, before anything else runs here
         # The ledger records the job (and reserves its credits) while its host already starts; nothing it says
         # reaches anyone before this is done (``submit_and_follow``), and if it fails the job stops.
         created = asyncio.ensure_future(self._ledger.create_job(
-            account_id, manifest.slug, job_input, region, priority, reserve_micro, job_id))
+            account_id, manifest.slug, job_input, region, priority, reserve, job_id, bid))
         self._dispatcher.creating(ticket, created)
         self._metrics.admitted(job_id, manifest.slug, created)
         job = await created
@@ -111,11 +119,11 @@ class JobService:
         return job
 
     async def submit_and_follow(self, account_id: int, slug: str, job_input: dict[str, Any], region: str | None,
-                                priority: int = 0) -> AsyncIterator[Job | Batch]:
+                                priority: int = 0, bid_micro: int | None = None) -> AsyncIterator[Job | Batch]:
         """``submit``, then ``follow`` the job from its start: the job first (or the submission's error), then
         its batches. One call where a reader would make two, so the first output goes out as soon as both the
         ledger has the job and the host has said it."""
-        job = await self.submit(account_id, slug, job_input, region, priority)
+        job = await self.submit(account_id, slug, job_input, region, priority, bid_micro)
         yield job
         async for batch in self.follow(job.id):
             yield batch
@@ -185,18 +193,20 @@ class JobService:
                            priority: int = 0, *, merge_strategy: str = "concat", fail_mode: str = "best_effort",
                            max_parallelism: int | None = None, bid_price_micro: int | None = None) -> JobBatch:
         """Admit every input (the first wrong one refuses the batch, naming its index), reserve every child's
-        price (402 for the whole when short), create the parent and its children, and start releasing them.
-        Nothing is created when any check fails."""
+        price (its bid, from the bid chain as a job's, plus its tokens' most; 402 for the whole when short),
+        create the parent and its children, and start releasing them. Nothing is created when any check fails."""
         await self.start()
-        manifest, reserves = admit_batch(self._catalog, slug, inputs, self._settings.max_job_input_bytes,
-                                         self._settings.batch_max_inputs)
+        manifest, _ = admit_batch(self._catalog, slug, inputs, self._settings.max_job_input_bytes,
+                                  self._settings.batch_max_inputs)
+        bid = self._exchange.bid_for(account_id, manifest, bid_price_micro)
+        reserves = [reserve_micro(manifest, job_input, bid) for job_input in inputs]
         try:
-            hosts_now(await self._placement.rank_async(job_request(manifest, region)))
+            hosts_now(await self._placement.rank_async(replace(job_request(manifest, region), bid_micro=bid)))
         except NoCapacity as exc:
             hosts_now(exc)  # 503 when no online host could ever run it; busy hosts are fine
         batch = await self._ledger.create_batch(account_id, manifest.slug, inputs, reserves, region, priority,
                                                 merge_strategy=merge_strategy, fail_mode=fail_mode,
-                                                max_parallelism=max_parallelism, bid_price_micro=bid_price_micro)
+                                                max_parallelism=max_parallelism, bid_price_micro=bid)
         self._drive(batch.parent.id)
         return batch
 
@@ -220,7 +230,8 @@ class JobService:
         manifest = lookup(self._catalog, child.workload_slug)  # NotFound once its workload left the catalog
         ticket = Ticket(child.id, manifest, child.input,
                         manifest.limits_under(self._settings.limits_for(manifest.tier)), child.region,
-                        child.priority, attempt=child.attempt, log=self._relay.open(child.id, owner=child.account_id))
+                        child.priority, attempt=child.attempt, log=self._relay.open(child.id, owner=child.account_id),
+                        bid_micro=child.bid_price_micro)
         self._dispatcher.enqueue(ticket)
         return ticket.ended
 
@@ -232,6 +243,18 @@ class JobService:
         """Places in the queue a batch may take: its share of ``queue_max_jobs``, less what waits already."""
         share = max(1, int(self._settings.queue_max_jobs * self._settings.batch_queue_share))
         return share - len(self._queue)
+
+    # --- the exchange ------------------------------------------------------------------------------
+
+    async def set_asks(self, host_id: HostId, asks: dict[str, int]) -> dict[str, int]:
+        """An owner's asks for a host (the API checked that it is theirs): 422 outside the network's bounds."""
+        await self.start()
+        return await self._exchange.set_asks(host_id, asks)
+
+    async def set_bid_preference(self, account_id: int, pattern: str, price_micro: int | None) -> dict[str, int]:
+        """Save or forget the account's bid for a workload or family; its saved bids."""
+        await self.start()
+        return await self._exchange.set_bid_preference(account_id, pattern, price_micro)
 
     # --- a restart ---------------------------------------------------------------------------------
 
@@ -289,7 +312,7 @@ class JobService:
             return None
         log_ = self._relay.open(job.id, events, job.account_id)  # no notice added: the stream keeps its numbering (Replay)
         ticket = Ticket(job.id, manifest, job.input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
-                        job.region, job.priority, attempt=job.attempt, log=log_)
+                        job.region, job.priority, attempt=job.attempt, log=log_, bid_micro=job.bid_price_micro)
         self._dispatcher.enqueue(ticket)
         return ticket
 
@@ -353,11 +376,15 @@ class JobService:
         return snapshots
 
     async def _record_fleet_forever(self) -> None:
-        """Keep the ledger's host rows current and feed placement the karma the ledger derives."""
+        """Keep the ledger's host rows current, feed placement the karma the ledger derives and the asks it
+        holds, and refresh the market rates the bid chain falls back on."""
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
-                for snap in await self._record_fleet():  # karma recovers with time: a suspension may lift here
+                snapshots = await self._record_fleet()
+                for snap in snapshots:  # karma recovers with time: a suspension may lift here
                     await push_karma(self._ledger, self._placement, snap.host_id)
+                await self._exchange.sync(snapshots)  # asks as hosts register (both ways)
+                await self._exchange.refresh()
             except Exception:  # a missed round is retried on the next one
                 log.warning("fleet not recorded this round", exc_info=True)

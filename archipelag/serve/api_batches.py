@@ -9,7 +9,6 @@ object is given both ways, under ``data`` as every answer here and beside it at 
 from __future__ import annotations
 
 from collections import Counter
-from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from archipelag.catalog import MICRO
 from archipelag.ids import JobId
+from archipelag.jobs.admission import BidPrice, bid_micro
 from archipelag.jobs.batches import FailMode, MergeStrategy
 from archipelag.jobs.queue import MAX_PRIORITY
 from archipelag.ledger.records import BatchChild, JobBatch
@@ -25,7 +25,6 @@ from archipelag.serve.responses import FastJSON
 from archipelag.serve.views import iso, optional_id
 
 router = APIRouter(prefix="/api/v1")
-MAX_BID_CREDITS = 1_000_000
 MAX_PARALLELISM = 10_000
 
 
@@ -38,8 +37,8 @@ class BatchCreate(BaseModel):
     fail_mode: FailMode = FailMode.BEST_EFFORT
     max_parallelism: StrictInt | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
     region: str | None = Field(default=None, max_length=64)
-    # Credits per child; the reference SDK sends it as a string. Stored for the exchange (a later part).
-    bid_price: Decimal | None = Field(default=None, ge=0, le=MAX_BID_CREDITS, allow_inf_nan=False)
+    # Credits per child, each child's bid (the bid chain's when absent); the reference SDK sends it as a string.
+    bid_price: BidPrice | None = None
     priority: StrictInt | None = Field(default=None, ge=0, le=MAX_PRIORITY)
 
 
@@ -85,11 +84,11 @@ def both_ways(view: dict[str, Any], status_code: int = 200) -> Response:
 
 @router.post("/jobs/batch", status_code=201)
 async def create_batch(body: BatchCreate, caller: Writer, svc: Svc) -> Response:
-    bid = int(body.bid_price * MICRO) if body.bid_price is not None else None
     batch = await svc.jobs.submit_batch(caller.account_id, body.workload, body.inputs,
                                         body.region or caller.home_region, body.priority or 0,
                                         merge_strategy=str(body.merge_strategy), fail_mode=str(body.fail_mode),
-                                        max_parallelism=body.max_parallelism, bid_price_micro=bid)
+                                        max_parallelism=body.max_parallelism,
+                                        bid_price_micro=bid_micro(body.bid_price))
     return both_ways(batch_view(batch), status_code=201)
 
 

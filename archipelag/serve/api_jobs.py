@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from archipelag.errors import ValidationFailed
 from archipelag.ids import JobId
+from archipelag.jobs.admission import BidPrice, bid_micro
 from archipelag.jobs.queue import MAX_PRIORITY
 from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
@@ -36,6 +37,7 @@ class JobCreate(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)  # sized and typed by admission, per workload
     priority: StrictInt | None = Field(default=None, ge=0, le=MAX_PRIORITY)
     region: str | None = Field(default=None, max_length=64)
+    bid_price: BidPrice | None = None  # credits per job; None: the saved preference, else the market rate
 
 
 def services(request: Request) -> Services:
@@ -55,7 +57,7 @@ JobIdPath = Annotated[str, Path(max_length=MAX_ID_CHARS)]
 async def create_job(body: JobCreate, caller: Writer, svc: Svc, request: Request) -> Response:
     handled = time.time()
     job = await svc.jobs.submit(caller.account_id, body.workload, body.input, body.region or caller.home_region,
-                                body.priority or 0)
+                                body.priority or 0, bid_micro(body.bid_price))
     if TRACE.on:
         TRACE.stamp(job.id, "arrived", getattr(request.state, "arrived", handled))
         TRACE.stamp(job.id, "handler", handled)

@@ -42,6 +42,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -50,7 +51,7 @@ from fastapi.responses import StreamingResponse
 from archipelag.catalog import Manifest
 from archipelag.errors import NoCapacity
 from archipelag.ids import JobId
-from archipelag.jobs.admission import job_request
+from archipelag.jobs.admission import bid_micro, job_request
 from archipelag.jobs.relay import Batch
 from archipelag.ledger.records import Job
 from archipelag.metrics.trace import TRACE
@@ -155,12 +156,13 @@ async def get_model(model: str, caller: Reader, svc: Svc) -> Response:
 # --- following a job, and cancelling it when its client goes away --------------------------------------
 
 
-async def submit(svc: Services, caller: Caller, manifest: Manifest, job_input: dict[str, Any]) -> Follower:
+async def submit(svc: Services, caller: Caller, manifest: Manifest, job_input: dict[str, Any],
+                 bid_price: Decimal | None = None) -> Follower:
     """Start the job as the jobs API does, and follow it (in the same call to the jobs service); a 503 names the
-    model as well as placement's reason."""
+    model as well as placement's reason. ``bid_price``: the request's (Archipelag's extension), in credits."""
     try:
         job, stream = await svc.jobs.submit_and_follow(caller.account_id, manifest.slug, job_input,
-                                                       caller.home_region)
+                                                       caller.home_region, bid_micro=bid_micro(bid_price))
     except NoCapacity as exc:
         model = manifest.model.id if manifest.model else manifest.slug
         raise type(exc)(f"no online host can serve the model {model!r} now: {exc.message}", **exc.details) from None
@@ -275,7 +277,7 @@ async def chat_completions(body: ChatRequest, caller: Writer, svc: Svc, request:
     assert manifest.model is not None
     job_input = chat_input(body)
     handled = time.time()
-    follower = await submit(svc, caller, manifest, job_input)
+    follower = await submit(svc, caller, manifest, job_input, body.bid_price)
     if TRACE.on:
         TRACE.stamp(follower.job_id, "arrived", getattr(request.state, "arrived", handled))
         TRACE.stamp(follower.job_id, "handler", handled)
@@ -340,7 +342,7 @@ async def images_generations(body: ImageRequest, caller: Writer, svc: Svc, reque
     manifest = await image_model(svc, body.model, caller.home_region)
     assert manifest.model is not None
     image_job = image_input(body, manifest.model.id)
-    follower = await submit(svc, caller, manifest, image_job.input)
+    follower = await submit(svc, caller, manifest, image_job.input, body.bid_price)
     watch_client(request, follower)
     created = int(time.time())
     transcript = ImageTranscript()

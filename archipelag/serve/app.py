@@ -10,7 +10,15 @@ from fastapi import FastAPI, Response
 from archipelag import __version__
 from archipelag.metrics.trace import Arrivals
 from archipelag.nodes import COORDINATOR_RESOURCE
-from archipelag.serve import api_accounts, api_admin, api_hosts, api_jobs, api_openai, api_resources
+from archipelag.serve import (
+    api_accounts,
+    api_admin,
+    api_hosts,
+    api_jobs,
+    api_market,
+    api_openai,
+    api_resources,
+)
 from archipelag.serve.api_batches import router as batches_router
 from archipelag.serve.api_earnings import router as earnings_router
 from archipelag.serve.api_metrics import install_metrics
@@ -45,6 +53,7 @@ def build_api(services: Services) -> FastAPI:
     app.include_router(earnings_router)
     app.include_router(api_admin.router)
     app.include_router(api_hosts.router)
+    app.include_router(api_market.router)
     app.include_router(api_openai.router)
     install_web(app)
     return app

@@ -29,6 +29,7 @@ from archipelag.jobs.admission import (
     MAX_TOKENS,
     MIN_SIDE,
     SIDE_STEP,
+    BidPrice,
     Finite,
 )
 
@@ -64,6 +65,7 @@ class ChatRequest(_Body):
     seed: StrictInt | None = None
     n: StrictInt | None = None
     user: str | None = None
+    bid_price: BidPrice | None = None  # Archipelag's: the most the job pays per job, in credits
 
     @property
     def include_usage(self) -> bool:
@@ -83,6 +85,7 @@ class ImageRequest(_Body):
     guidance_scale: Finite | None = None
     seed: StrictInt | None = None
     user: str | None = None
+    bid_price: BidPrice | None = None
 
 
 class _Problems:

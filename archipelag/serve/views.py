@@ -60,7 +60,13 @@ def job_view(job: Any) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "completed_at": iso(job.completed_at),
         "duration_ms": duration_ms,
+        "bid_price": _micro_credits(getattr(job, "bid_price_micro", None)),  # the most it pays per job
+        "clearing_price": _micro_credits(getattr(job, "clearing_price_micro", None)),  # its host's ask
     }
+
+
+def _micro_credits(value: int | None) -> float | None:
+    return value / MICRO if value is not None else None
 
 
 def workload_view(row: Any) -> dict[str, Any]:
