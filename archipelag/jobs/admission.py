@@ -108,10 +108,12 @@ class ImageInput(_Input):
 INPUTS: dict[str, type[_Input]] = {"gguf": ChatInput, "diffusers": ImageInput}  # by the manifest's model kind
 
 
-def job_request(manifest: Manifest, region: str | None) -> JobRequest:
-    """What placement is asked for a job of ``manifest`` from ``region``."""
+def job_request(manifest: Manifest, region: str | None, bid_micro: int | None = None) -> JobRequest:
+    """What placement is asked for a job of ``manifest`` from ``region`` that bids ``bid_micro`` (None: no price
+    filter); a host without an ask for the workload asks its catalog price."""
     return JobRequest(workload=manifest.slug, runtime=manifest.runtime, required_ram_mb=manifest.required_ram_mb,
-                      required_vram_mb=manifest.required_vram_mb, caller_region=region)
+                      required_vram_mb=manifest.required_vram_mb, caller_region=region, bid_micro=bid_micro,
+                      catalog_price_micro=manifest.price_micro)
 
 
 def input_limit(manifest: Manifest, max_input_bytes: int) -> int:

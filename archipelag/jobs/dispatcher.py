@@ -20,6 +20,11 @@ to the relay. What the dispatcher keeps is a
   ``max_tokens`` it reserved for, what its input could hold): a host that sends what cannot be true fails the
   job with ``bad_receipt`` — the user is refunded, the host loses karma for a bad receipt, nothing is
   charged on its word.
+- **Prices.** A job's bid (``Ticket.bid_micro``) rides in every ranking, so only hosts whose effective ask is
+  within it are tried; the host's effective ask when the attempt starts (the surge included, up to the bid) is the
+  clearing price, charged at the end for the job's per-job part (tokens on top at the catalog's price). A job
+  that fails over clears at the new host's ask. The queue's length goes to placement after each round: its
+  surge weighs it against free slots.
 - **Karma.** A job that ends by the host's fault (``karma_rules.fault_of``: a timeout, the host's own error, a bad
   receipt, a drop, a refused catalog artifact once another host has run that workload) costs the host karma, and
   placement hears the host's new standing at once; a workload's own error costs it nothing.
@@ -93,11 +98,20 @@ class Ticket:
     ledger_tail: asyncio.Task[None] | None = None  # its latest ledger write; they run in order
     abandoned: bool = False  # the ledger refused to create it: stop, write nothing
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    bid_micro: int | None = None
+    bid_micro: int | None = None  # the most it pays per job (None: no price filter, the catalog's price at most)
+    clearing_micro: int | None = None  # the effective ask of the host its last attempt started on
 
     @property
     def request(self) -> JobRequest:
-        return job_request(self.manifest, self.region)
+        return job_request(self.manifest, self.region, self.bid_micro)
+
+    def charge_micro(self, usage: dict[str, Any]) -> int:
+        """What a completed job costs: the clearing price for the per-job part, its tokens on top as the catalog
+        prices them."""
+        catalog = price_micro(self.manifest, usage)
+        if self.clearing_micro is None:
+            return catalog
+        return catalog - self.manifest.price_micro + self.clearing_micro
 
     @property
     def spec(self) -> JobSpec:
@@ -156,6 +170,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kick = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._queued_told = 0  # the queue's length placement last heard (its surge weighs it)
         # Workloads some host has run to success since this start: their artifact checks out, so a host that
         # refuses one is at fault. Until then a refusal costs nothing (the artifact may be what is wrong).
         self._proven: set[str] = set()
@@ -267,6 +282,9 @@ class Dispatcher:
             self._assign(ticket, ranked[0])
             ticket.ranked = ranked[1:]
             self._spawn(self._run(ticket, ranked))
+        if len(self._queue) != self._queued_told:
+            self._queued_told = len(self._queue)
+            self._placement.set_queued(self._queued_told)
 
     def _assign(self, ticket: Ticket, host_id: HostId) -> None:
         """Count the job on its host now, before the next ranking (placement takes calls in order)."""
@@ -375,7 +393,7 @@ class Dispatcher:
                         if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
                             self._spawn(host.cancel(job_id, ticket.cancel_reason))
                         # Assigned and started in one write, once the host has begun: until then it is queued.
-                        self._record(ticket, lambda: self._ledger.start_job(job_id, host_id, attempt))
+                        self._record(ticket, lambda: self._started(ticket, host_id, attempt))
                     first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
                     if first_output:
                         streaming = True
@@ -408,6 +426,18 @@ class Dispatcher:
         finally:
             await stream.aclose()
 
+    async def _started(self, ticket: Ticket, host_id: HostId, attempt: int) -> None:
+        """The attempt's clearing price (the host's effective ask now, never above the bid: the ranking held it
+        there, and a surge since then is not the job's), then the ledger's start."""
+        ceiling = ticket.bid_micro if ticket.bid_micro is not None else ticket.manifest.price_micro
+        try:
+            quoted = await self._placement.quote_async(host_id, ticket.request)
+        except ArchipelagError as exc:
+            log.warning("job %s: no quote from placement for %s: %s", ticket.job_id, host_id, exc.message)
+            quoted = None
+        ticket.clearing_micro = min(ceiling, ticket.manifest.price_micro if quoted is None else quoted)
+        await self._ledger.start_job(ticket.job_id, host_id, attempt)
+
     async def _finish(self, ticket: Ticket, status: JobStatus, error: str | None, host_id: HostId | None,
                       code: str | None = None, karma: KarmaKind | None = None) -> None:
         """Record the end (credits settled in the same transaction), then release the stream's last event.
@@ -430,9 +460,10 @@ class Dispatcher:
                 try:
                     await self._ledger.finish(
                         job_id, status, output=collect_output(events), error=error, usage=usage,
-                        events=list(events), price_micro=price_micro(ticket.manifest, usage) if succeeded else 0,
+                        events=list(events), price_micro=ticket.charge_micro(usage) if succeeded else 0,
                         host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else karma,
-                        compute_s=self._clock() - started if started is not None else 0.0)
+                        compute_s=self._clock() - started if started is not None else 0.0,
+                        clearing_price_micro=ticket.clearing_micro if succeeded else None)
                     self._metrics.ended(ticket.manifest.slug, status, job_id)
                     if karma is not None and host_id is not None and not succeeded:
                         await self._push_karma(host_id)  # a cooled or suspended host stops getting jobs now

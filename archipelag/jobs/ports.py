@@ -46,6 +46,10 @@ class Placement(Protocol):
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None: ...
 
+    def set_queued(self, queued: int) -> None: ...
+
+    async def quote_async(self, host_id: HostId, request: JobRequest) -> int | None: ...
+
 
 class AskBoard(Protocol):
     """What the exchange needs of placement: the asks it filters and ranks by, and the rates they make."""

@@ -49,3 +49,9 @@ class MeteredPlacement:
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None:
         await self._placement.suspend_async(host_id, reason)
+
+    def set_queued(self, queued: int) -> None:
+        self._placement.set_queued(queued)
+
+    async def quote_async(self, host_id: HostId, request: JobRequest) -> int | None:
+        return await self._placement.quote_async(host_id, request)

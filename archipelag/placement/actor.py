@@ -69,6 +69,7 @@ class PlacementActor:
         self._workloads_dir = settings.workloads_dir
         self._catalog = catalog
         self._queued = 0
+        self._tiers = Market.of(settings.market)  # the tiers' multipliers alone
 
     def _known(self, host_id: HostId) -> None:
         if host_id not in self._fleet:
@@ -192,7 +193,7 @@ class PlacementActor:
     def rank(self, request: JobRequest) -> list[HostId]:
         """Hosts for ``request``, best first; NoCapacity with the reason when none can take it."""
         now = self._clock()
-        market = self._market(now)
+        market = self._tiers  # the filter weighs asks without the surge: see ``quote``
         ranked = cooled(self._fleet.rank(request, now, self._limit, market), self._shares, self._draw)
         if not ranked:
             funnel = self._fleet.funnel(request, now, market)
@@ -216,8 +217,13 @@ class PlacementActor:
         self._queued = max(0, queued)
 
     def quote(self, host_id: HostId, request: JobRequest) -> int | None:
-        """What ``host_id`` asks in effect for ``request`` now: the clearing price when it runs the job (None:
-        placement does not know the host)."""
+        """What ``host_id`` asks in effect for ``request`` now, surge included: the clearing price when it runs
+        the job, up to the job's bid (None: placement does not know the host).
+
+        The surge raises what a host earns and the market rate (so the bids the chain makes from it), but not
+        the bar a job's bid must clear in ``rank``: filtering on surged asks refused new jobs of a full network
+        that would otherwise wait their turn (503 instead of the queue), and left a freed slot idle beside queued
+        jobs bidding the unsurged ask until they timed out, as the queue they formed kept the surge on."""
         if host_id not in self._fleet:
             return None
         return self._fleet.ask(host_id, request, self._market(self._clock()))

@@ -67,18 +67,22 @@ def test_a_gpu_host_asks_its_tier_multiple_and_the_quote_is_its_clearing_price(p
     assert asyncio.run(placement.quote_async(HostId("gone"), job)) is None
 
 
-def test_the_surge_raises_asks_while_the_queue_outgrows_the_free_slots(placement: PlacementClient) -> None:
+def test_the_surge_raises_quotes_and_rates_but_not_the_bar_a_bid_must_clear(placement: PlacementClient) -> None:
+    """A job already bidding the unsurged ask still gets a host (it is not refused, nor stranded in the queue);
+    what the host earns rises with the surge, up to the bid (the dispatcher caps it there)."""
     placement.register(a_host("h", slots=4, active_jobs=3, asks={"wasm-hash": 1_000}))  # one free slot
-    job = a_job(bid_micro=1_100, catalog_price_micro=WASM_HASH)
+    job = a_job(bid_micro=1_000, catalog_price_micro=WASM_HASH)
     placement.set_queued(2)  # 2 ≤ 2 × 1 free slot: no surge
-    assert placement.rank(job) == ["h"]
+    assert asyncio.run(placement.quote_async(HostId("h"), job)) == 1_000
     placement.set_queued(3)  # past it: asks × 1.25
     assert asyncio.run(placement.quote_async(HostId("h"), job)) == 1_250
-    with pytest.raises(NoCapacity, match="the lowest ask is 0.00125"):
-        placement.rank(job)
-    assert placement.market_rates({"wasm-hash": WASM_HASH})["wasm-hash"]["surge"] == 1.25
-    placement.set_queued(0)
     assert placement.rank(job) == ["h"]
+    assert placement.market_rates({"wasm-hash": WASM_HASH})["wasm-hash"] == {
+        "rate_micro": 1_250, "hosts": 1, "lowest_micro": 1_250, "highest_micro": 1_250, "surge": 1.25}
+    with pytest.raises(NoCapacity, match="the lowest ask is 0.001 credits"):
+        placement.rank(a_job(bid_micro=999, catalog_price_micro=WASM_HASH))
+    placement.set_queued(0)
+    assert placement.market_rates({"wasm-hash": WASM_HASH})["wasm-hash"]["surge"] == 1.0
 
 
 def test_market_rates_are_the_median_ask_of_the_hosts_that_could_run_each_workload(
