@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from archipelag.catalog import Manifest
 from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.identity import Proof
-from archipelag.ids import HostId
+from archipelag.ids import HostId, WorkloadSlug
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.actor import Identities, PlacementActor
@@ -154,10 +155,12 @@ class PlacementClient:
 
     @classmethod
     def local(cls, settings: Settings, clock: Callable[[], float] = time.time,
-              identities: Identities | None = None) -> PlacementClient:
+              identities: Identities | None = None,
+              catalog: Mapping[WorkloadSlug, Manifest] | None = None) -> PlacementClient:
         """An in-process placement with the same behaviour, for tests that do not start Ray. Without
-        ``identities`` it takes unsigned reports (scripted hosts have no keys)."""
-        return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities)))
+        ``identities`` it takes unsigned reports (scripted hosts have no keys); ``catalog`` (else the settings'
+        workloads) bounds hosts' asks."""
+        return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities, catalog=catalog)))
 
     # --- hosts reporting ----------------------------------------------------------------------------
 

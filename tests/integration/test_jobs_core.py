@@ -80,7 +80,7 @@ class Net:
         self.ledger.migrate()
         self.ledger.sync_catalog([MANIFEST])
         self.account = self.ledger.create_account("u@example.org", CREDITS).id
-        self.placement = PlacementClient.local(self.settings, clock=lambda: NOW)
+        self.placement = PlacementClient.local(self.settings, clock=lambda: NOW, catalog={MANIFEST.slug: MANIFEST})
         for rank, host_id in enumerate(hosts):  # a before b before c
             self.placement.register(a_host(host_id, slots=settings.get("host_slots", 4)))
             self.placement.set_karma(HostId(host_id), 0.9 - rank / 10)  # the ledger's word, as its fleet round
@@ -411,5 +411,50 @@ def test_a_short_balance_refuses_the_job_and_stops_it_on_the_host_that_already_b
         with contextlib.suppress(NotFound):  # the ledger never had it: NotFound once the dispatcher let it go
             await net.service.cancel(net.hosts["a"].ran[0])  # returns once the dispatcher has let the job go
         assert net.ledger.list_jobs(poor)[1] == 0 and net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+# --- the exchange: bids, asks, clearing prices ---------------------------------------------------------------
+
+
+def test_a_job_runs_on_a_host_within_its_bid_and_is_charged_that_host_s_ask(tmp_path: Path) -> None:
+    """The best-ranked host asks more than the bid: the one within it runs the job, which is charged that host's
+    ask (the clearing price, kept with the job), not the bid nor the catalog's price."""
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([DONE]), "b": StandInHost([DONE])})
+        net.placement.set_asks(HostId("a"), {"wasm-hash": 15_000})
+        net.placement.set_asks(HostId("b"), {"wasm-*": 7_000})
+        job = await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=12_000)
+        await net.stream(job.id)
+        done = net.job(job.id)
+        assert done.status == JobStatus.SUCCEEDED and done.host_id == "b" and net.hosts["a"].ran == []
+        assert done.credits_used_micro == 7_000 and done.clearing_price_micro == 7_000
+        assert net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_failing_over_clears_at_the_new_host_s_ask(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE], lose_after=1), "b": StandInHost([*SENTENCE, DONE])})
+        net.placement.set_asks(HostId("a"), {"wasm-hash": 6_000})
+        net.placement.set_asks(HostId("b"), {"wasm-hash": 9_000})
+        job = await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=10_000)
+        await net.stream(job.id)
+        done = net.job(job.id)
+        assert (done.status, done.host_id, done.attempt) == (JobStatus.SUCCEEDED, "b", 2)
+        assert done.credits_used_micro == done.clearing_price_micro == 9_000
+
+    asyncio.run(scenario())
+
+
+def test_a_bid_under_every_ask_is_a_503_naming_the_lowest_ask_before_anything_is_held(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([DONE]), "b": StandInHost([DONE])})
+        net.placement.set_asks(HostId("a"), {"wasm-hash": 15_000})
+        with pytest.raises(NoCapacity, match=r"no host asks ≤ your bid of 0\.009 credits; the lowest ask is 0\.01 "):
+            await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=9_000)
+        assert net.ledger.list_jobs(net.account)[0] == [] and net.ledger.get_account(net.account).credits_micro == CREDITS
 
     asyncio.run(scenario())
