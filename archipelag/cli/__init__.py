@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import catalog, chat, host_controls, jobs, people
+from archipelag.cli import catalog, chat, host_controls, jobs, market, people
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -211,6 +211,7 @@ jobs.register(app)
 catalog.register(app)
 chat.register(app)
 people.register(app)
+market.register(app)
 
 
 def main() -> None:

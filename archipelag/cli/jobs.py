@@ -137,6 +137,8 @@ def submit(
     region: Annotated[str | None, typer.Option(help="Your region, for placing the job near you.")] = None,
     priority: Annotated[int | None, typer.Option(help="0-100: higher runs sooner; a waiting job gains a point per second.", min=0, max=100)] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds --wait waits.")] = None,
+    bid: Annotated[float | None, typer.Option(help="The most to pay per job, in credits (default: your saved bid, "
+                                                   "else the market rate).", min=0)] = None,
     json_out: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
@@ -144,7 +146,7 @@ def submit(
     """Submit a job. Exit code 1 when, with --stream or --wait, the job does not complete."""
     job_input = parse_input(input)
     with connected(url, api_key) as client:
-        job = client.create_job(workload, job_input, priority=priority, region=region)
+        job = client.create_job(workload, job_input, priority=priority, region=region, bid_price=bid)
         if stream:
             ok = stream_job(client, job, json_out)
         elif wait:

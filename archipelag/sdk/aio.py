@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar, overload
 
@@ -29,6 +30,7 @@ from archipelag.sdk.client import (
     batch_ended,
     batch_timeout,
     headers_for,
+    history_params,
     job_body,
     merged_of,
     output_of,
@@ -55,12 +57,15 @@ from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
     ApiKey,
+    AskingPrices,
     BatchJob,
     BatchProgress,
     Event,
     Host,
     HostKarma,
     Job,
+    MarketHistory,
+    MarketRate,
     Page,
     Workload,
 )
@@ -151,8 +156,8 @@ class AsyncClient:
         return dict(body.get("data", body)) if isinstance(body, dict) else {"status": body}
 
     async def create_job(self, workload: str, input: dict[str, Any], priority: int | None = None,
-                         region: str | None = None) -> Job:
-        body = job_body(workload, input, priority, region)
+                         region: str | None = None, bid_price: float | None = None) -> Job:
+        body = job_body(workload, input, priority, region, bid_price)
         return Job.model_validate(await self._data("POST", f"{API}/jobs", json=body))
 
     async def get_job(self, job_id: str) -> Job:
@@ -198,6 +203,35 @@ class AsyncClient:
         """A host's karma events, newest first."""
         return wire.page_of(await self._request("GET", f"{API}/hosts/{host_id}/karma/history",
                                                 params={"limit": limit, "offset": offset}), dict)
+
+    # --- the exchange ---------------------------------------------------------------------------
+
+    async def market_rates(self) -> list[MarketRate]:
+        return [MarketRate.model_validate(r) for r in await self._data("GET", f"{API}/market/rates")]
+
+    async def market_rate(self, slug: str) -> MarketRate:
+        return MarketRate.model_validate(await self._data("GET", f"{API}/market/rates/{slug}"))
+
+    async def market_history(self, slug: str, since: datetime | None = None,
+                             bucket_s: int | None = None) -> MarketHistory:
+        return MarketHistory.model_validate(await self._data("GET", f"{API}/market/history/{slug}",
+                                                             params=history_params(since, bucket_s)))
+
+    async def set_asking_prices(self, host_id: str, prices: dict[str, float]) -> AskingPrices:
+        return AskingPrices.model_validate(await self._data("POST", f"{API}/market/asking-prices",
+                                                            json={"host_id": host_id, "prices": prices}))
+
+    async def asking_prices(self, host_id: str | None = None) -> list[AskingPrices]:
+        params = {"host_id": host_id} if host_id else {}
+        return [AskingPrices.model_validate(a)
+                for a in await self._data("GET", f"{API}/market/asking-prices", params=params)]
+
+    async def bid_preferences(self) -> dict[str, float]:
+        return dict((await self._data("GET", f"{API}/account/bid-preferences"))["prices"])
+
+    async def set_bid_preference(self, workload: str, credits: float | None) -> dict[str, float]:
+        body = {"prices": {workload: credits}}
+        return dict((await self._data("PUT", f"{API}/account/bid-preferences", json=body))["prices"])
 
     async def api_keys(self) -> Page[ApiKey]:
         return wire.page_of(await self._request("GET", f"{API}/api-keys"), ApiKey.model_validate)

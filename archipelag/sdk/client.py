@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar, overload
 
@@ -43,6 +44,7 @@ from archipelag.sdk.models import (
     FINAL_EVENT_TYPES,
     Account,
     ApiKey,
+    AskingPrices,
     BatchConfig,
     BatchJob,
     BatchProgress,
@@ -51,6 +53,8 @@ from archipelag.sdk.models import (
     HostKarma,
     Job,
     JobState,
+    MarketHistory,
+    MarketRate,
     Page,
     Workload,
 )
@@ -76,13 +80,24 @@ def resolve_api_key(api_key: str | None) -> str | None:
 
 
 def job_body(workload: str, input: dict[str, Any], priority: int | None,
-             region: str | None) -> dict[str, Any]:
+             region: str | None, bid_price: float | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"workload": workload, "input": input}
     if priority is not None:
         body["priority"] = priority
     if region is not None:
         body["region"] = region
+    if bid_price is not None:
+        body["bid_price"] = bid_price
     return body
+
+
+def history_params(since: datetime | None, bucket_s: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if since is not None:
+        params["since"] = since.isoformat()
+    if bucket_s is not None:
+        params["bucket"] = bucket_s
+    return params
 
 
 def remaining_s(deadline: float | None) -> float | None:
@@ -232,9 +247,11 @@ class Client:
         return dict(body.get("data", body)) if isinstance(body, dict) else {"status": body}
 
     def create_job(self, workload: str, input: dict[str, Any], priority: int | None = None,
-                   region: str | None = None) -> Job:
+                   region: str | None = None, bid_price: float | None = None) -> Job:
+        """``bid_price``: the most the job pays per job, in credits (default: your saved bid, else the market
+        rate)."""
         return Job.model_validate(self._data("POST", f"{API}/jobs",
-                                             json=job_body(workload, input, priority, region)))
+                                             json=job_body(workload, input, priority, region, bid_price)))
 
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._data("GET", f"{API}/jobs/{job_id}"))
@@ -279,6 +296,40 @@ class Client:
         """A host's karma events, newest first."""
         return wire.page_of(self._request("GET", f"{API}/hosts/{host_id}/karma/history",
                                           params={"limit": limit, "offset": offset}), dict)
+
+    # --- the exchange ---------------------------------------------------------------------------
+
+    def market_rates(self) -> list[MarketRate]:
+        """Every workload's market rate now."""
+        return [MarketRate.model_validate(r) for r in self._data("GET", f"{API}/market/rates")]
+
+    def market_rate(self, slug: str) -> MarketRate:
+        return MarketRate.model_validate(self._data("GET", f"{API}/market/rates/{slug}"))
+
+    def market_history(self, slug: str, since: datetime | None = None, bucket_s: int | None = None) -> MarketHistory:
+        """The prices the workload's settled jobs cleared at, per bucket of time (default: the last day)."""
+        return MarketHistory.model_validate(self._data("GET", f"{API}/market/history/{slug}",
+                                                       params=history_params(since, bucket_s)))
+
+    def set_asking_prices(self, host_id: str, prices: dict[str, float]) -> AskingPrices:
+        """Replace what your host asks per job, in credits by workload slug or family (``{"llm-*": 0.05}``)."""
+        return AskingPrices.model_validate(self._data("POST", f"{API}/market/asking-prices",
+                                                      json={"host_id": host_id, "prices": prices}))
+
+    def asking_prices(self, host_id: str | None = None) -> list[AskingPrices]:
+        """One of your hosts' asks, or every host you own."""
+        params = {"host_id": host_id} if host_id else {}
+        return [AskingPrices.model_validate(a)
+                for a in self._data("GET", f"{API}/market/asking-prices", params=params)]
+
+    def bid_preferences(self) -> dict[str, float]:
+        """Your saved bids (credits by workload slug or family), used when a job names no bid."""
+        return dict(self._data("GET", f"{API}/account/bid-preferences")["prices"])
+
+    def set_bid_preference(self, workload: str, credits: float | None) -> dict[str, float]:
+        """Save your bid for a workload or family (None forgets it); your saved bids."""
+        body = {"prices": {workload: credits}}
+        return dict(self._data("PUT", f"{API}/account/bid-preferences", json=body)["prices"])
 
     def api_keys(self) -> Page[ApiKey]:
         return wire.page_of(self._request("GET", f"{API}/api-keys"), ApiKey.model_validate)

@@ -69,6 +69,8 @@ class Job(_ApiModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
+    bid_price: float | None = None  # credits: the most it pays per job
+    clearing_price: float | None = None  # credits: the ask of the host that ran it, once it succeeded
 
     @property
     def is_terminal(self) -> bool:
@@ -202,6 +204,44 @@ class BatchProgress(_ApiModel):
     @property
     def is_complete(self) -> bool:
         return self.parent_state in BATCH_ENDED
+
+
+class MarketRate(_ApiModel):
+    """A workload's market now: the rate (the median effective ask of the hosts that could run it, or the catalog
+    price × surge with none), in credits per job."""
+
+    workload: str
+    rate: float | None = None
+    hosts: int = 0
+    lowest: float | None = None
+    highest: float | None = None
+    surge: float = 1.0
+    catalog_price: float | None = None
+
+
+class PriceBucket(_ApiModel):
+    """The prices a workload's settled jobs cleared at in one bucket of time, in credits."""
+
+    start: datetime
+    count: int
+    min: float
+    median: float
+    avg: float
+    max: float
+
+
+class MarketHistory(_ApiModel):
+    workload: str
+    since: datetime
+    bucket_s: int
+    buckets: tuple[PriceBucket, ...] = ()
+
+
+class AskingPrices(_ApiModel):
+    """What a host asks per job, in credits, by workload slug or family (``llm-*``)."""
+
+    host_id: HostId
+    prices: dict[str, float] = Field(default_factory=dict)
 
 
 T = TypeVar("T")

@@ -185,3 +185,31 @@ def test_credits_on_the_wire_are_decimals_to_the_micro_credit() -> None:
 
     assert bid_micro(Decimal("0.000001")) == 1 and bid_micro(None) is None
     assert bid_micro(Decimal("12.5")) == 12 * MICRO + MICRO // 2
+
+
+def wait_for(check: Any, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+
+
+def test_stored_asks_reach_placement_and_a_registrations_asks_are_stored(tmp_path: Path) -> None:
+    """As hosts register: one naming no asks gets the stored ones (after a restart, say); one whose signed
+    registration names asks has them stored, its latest word."""
+    from builders import a_host
+
+    net = a_model_network(tmp_path, heartbeat_interval_s=0.05)
+    with_model_catalog(net)
+    owner = net.ledger.get_account(net.account_id)
+    an_owned_host(net.ledger, owner, "host-a")
+    net.ledger.set_asking_prices("host-a", {"llm-*": 30_000})
+    with net.client() as client:
+        client.get("/api/v1/account/bid-preferences")
+        client.put("/api/v1/account/bid-preferences", json={"prices": {"text-stats": 0.01}})  # starts the service
+        wait_for(lambda: net.placement.get(HostId("host-a")).asks == {"llm-*": 30_000})
+        net.placement.register(a_host("host-c", runtimes=frozenset({"container"}), asks={"*": 20_000}))
+        wait_for(lambda: net.ledger.asking_prices().get(HostId("host-c")) == {"*": 20_000})
+        assert net.ledger.asking_prices()["host-a"] == {"llm-*": 30_000}
+        rate = client.get("/api/v1/market/rates/text-stats").json()["data"]
+        assert (rate["lowest"], rate["highest"], rate["hosts"]) == (0.01, 0.02, 2)
