@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -34,23 +33,24 @@ log = logging.getLogger(__name__)
 
 
 def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> dict[str, Runtime]:
-    """WASM always; containers when this machine's Docker engine answers."""
-    from archipelag.runtimes.docker import DockerRuntime
-    from archipelag.runtimes.image_cache import ImageCache
+    """WASM always; containers through the host's gate when one is configured (this node cannot reach the Docker
+    engine then), else when this machine's Docker engine answers."""
     from archipelag.runtimes.models import ModelStore
     from archipelag.runtimes.wasm import WasmRuntime
-    from archipelag.runtimes.workers import WorkerPool
 
     runtimes: dict[str, Runtime] = {
         "wasm": WasmRuntime(cache_dir=(settings.state_dir / "wasm-cache" / host_id).resolve()),
     }
     try:
-        cache = ImageCache(settings.image_cache_max, settings.warm_ttl_s)
-        pool = functools.partial(WorkerPool, idle_ttl_s=settings.model_idle_ttl_s,
-                                 max_workers=settings.max_model_workers, reserve_mb=settings.model_memory_reserve_mb)
-        runtimes["container"] = DockerRuntime.connect(gpu=hardware.gpu_model is not None, cache=cache,
-                                                      models=ModelStore(settings.models_dir), pool=pool,
-                                                      lent_cores=hardware.cpu_cores)
+        if settings.gate_socket is not None:
+            from archipelag.gate.client import GatedRuntime
+
+            runtimes["container"] = GatedRuntime.connect(settings.gate_socket, ModelStore(settings.models_dir))
+        else:
+            from archipelag.runtimes.docker import DockerRuntime
+
+            runtimes["container"] = DockerRuntime.from_settings(settings, gpu=hardware.gpu_model is not None,
+                                                                lent_cores=hardware.cpu_cores)
     except RuntimeUnavailable as exc:
         log.warning("host %s offers no container runtime: %s", host_id, exc.message)
     return runtimes
@@ -72,7 +72,7 @@ class HostAgentActor:
     """Thin shell: every method forwards to HostAgent; the heartbeat thread reports to placement."""
 
     def __init__(self, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
-                 accepts: tuple[str, ...]) -> None:
+                 accepts: tuple[str, ...], asks: Mapping[str, int] | None = None) -> None:
         self._settings = settings
         TRACE.configure(settings.trace_file)
         self._host_id = host_id
@@ -80,6 +80,7 @@ class HostAgentActor:
         self._region = region
         self._hardware = hardware
         self._accepts = accepts
+        self._asks = dict(asks or {})  # `host join --price`: in its signed registration, bounds-checked by placement
         self._guard = CatalogGuard.from_settings(settings)
         runtimes = build_runtimes(settings, host_id, hardware)
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
@@ -102,7 +103,7 @@ class HostAgentActor:
             vram_mb=self._hardware.gpu_vram_mb, free_vram_mb=live["free_vram_mb"], slots=load.slots,
             active_jobs=load.active_jobs, karma=0.5, accepts=self._effective_accepts(), warm=self._agent.warm(time.time()),
             speed=0.5,
-            last_heartbeat_at=time.time(), node_id=ray.get_runtime_context().get_node_id(),
+            last_heartbeat_at=time.time(), node_id=ray.get_runtime_context().get_node_id(), asks=dict(self._asks),
         )
 
     def _effective_accepts(self) -> tuple[str, ...]:

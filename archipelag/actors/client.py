@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import ray
@@ -44,13 +44,14 @@ class HostAgentClient:
 
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
-              accepts: tuple[str, ...], node_id: str) -> HostAgentClient:
-        """Create the host's agent, detached and pinned to its node (it dies with the node)."""
+              accepts: tuple[str, ...], node_id: str, asks: Mapping[str, int] | None = None) -> HostAgentClient:
+        """Create the host's agent, detached and pinned to its node (it dies with the node). ``asks``: its
+        prices (``host join --price``), which its registration carries."""
         handle = HostAgentActor.options(  # type: ignore[attr-defined]
             name=actor_name(host_id), namespace=settings.ray_namespace, lifetime="detached",
             get_if_exists=True, max_concurrency=settings.host_slots + 8,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(settings, host_id, name, region, hardware, accepts)
+        ).remote(settings, host_id, name, region, hardware, accepts, dict(asks or {}))
         client = cls(host_id, handle)
         client.ping(timeout_s=120)
         return client

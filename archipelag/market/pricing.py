@@ -9,13 +9,14 @@ rounded up, so a host never earns less than it asked.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from archipelag.catalog import MICRO
+from archipelag.errors import ValidationFailed
 
 if TYPE_CHECKING:
     from archipelag.settings import MarketSettings
@@ -23,6 +24,25 @@ if TYPE_CHECKING:
 def credits_text(micro: int) -> str:
     """Micro-credits as people read them in a message: ``0.002``."""
     return f"{micro / MICRO:g}"
+
+
+def parse_asks(prices: Iterable[str]) -> dict[str, int]:
+    """``host join --price`` values as asks: ``0.02`` asks 0.02 credits for every workload (``*``),
+    ``llm-*=0.05`` for a family, ``llm-chat=0.03`` for one workload. ValidationFailed for a price that is not a
+    number of credits ≥ 0 to the micro-credit."""
+    asks: dict[str, int] = {}
+    for text in prices:
+        pattern, _, price = text.rpartition("=")
+        pattern = pattern.strip() or "*"
+        try:
+            micro = Decimal(price.strip()) * MICRO
+        except InvalidOperation:
+            micro = Decimal(-1)
+        if not micro.is_finite() or micro < 0 or micro != micro.to_integral_value():
+            raise ValidationFailed(f"--price {text!r}: a price is a number of credits, 0 or more, to the "
+                                   "micro-credit (e.g. 0.02, or llm-*=0.05)", errors={"price": text})
+        asks[pattern] = int(micro)
+    return asks
 
 
 def ask_for(asks: Mapping[str, int], slug: str, catalog_price_micro: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from archipelag.errors import ValidationFailed
 from archipelag.market.pricing import (
     NO_MARKET,
     Market,
@@ -11,6 +12,7 @@ from archipelag.market.pricing import (
     check_asks,
     effective_ask,
     market_rate,
+    parse_asks,
     surge,
     tier_of,
 )
@@ -108,3 +110,20 @@ def test_market_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     market = Settings().market
     assert market.surge_multiplier == 1.5 and market.tier_multipliers == {"cpu": 1.0, "gpu": 1.2}
     assert (market.min_ask_ratio, market.max_ask_ratio, market.surge_queue_factor) == (0.1, 10.0, 2.0)
+
+
+@pytest.mark.parametrize(("prices", "asks"), [
+    ([], {}),
+    (["0.02"], {"*": 20_000}),  # every workload
+    (["llm-*=0.05", "llm-chat=0.03"], {"llm-*": 50_000, "llm-chat": 30_000}),
+    (["0.001", "wasm-hash=0"], {"*": 1_000, "wasm-hash": 0}),
+    ([" llm-chat = 1.5 "], {"llm-chat": 1_500_000}),
+])
+def test_host_join_prices_are_credits_by_pattern(prices: list[str], asks: dict[str, int]) -> None:
+    assert parse_asks(prices) == asks
+
+
+@pytest.mark.parametrize("price", ["cheap", "-0.01", "0.0000001", "llm-chat=", "nan", "inf"])
+def test_a_price_that_is_not_whole_micro_credits_is_refused(price: str) -> None:
+    with pytest.raises(ValidationFailed, match="--price"):
+        parse_asks([price])
