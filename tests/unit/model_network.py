@@ -172,7 +172,7 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
     ledger.sync_catalog(CATALOG.values())
     account = ledger.create_account("ada@example.org", credits_micro)
     _, key = ledger.create_api_key(account.id, "test", ("keys", "read", "write"))
-    placement = PlacementClient.local(settings, clock=lambda: NOW)
+    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)  # its asks bound by this catalog
     host = ScriptedHost()
     jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host)
     services = Services(settings=settings, ledger=LedgerClient.local(ledger), jobs=JobsClient.local(jobs),

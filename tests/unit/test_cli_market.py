@@ -29,7 +29,6 @@ CHAT = {"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 4}
 @pytest.fixture
 def net(tmp_path: Path) -> ModelNetwork:
     network = a_model_network(tmp_path, hosts=2)
-    network.placement._calls.actor._catalog = dict(CATALOG)  # type: ignore[attr-defined]  # bounds by this catalog
     an_owned_host(network.ledger, network.ledger.get_account(network.account_id), "host-a")
     return network
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from ledger_contract import an_owned_host
-from model_network import CATALOG, ModelNetwork, a_model_network
+from model_network import ModelNetwork, a_model_network
 
 from archipelag.catalog import MICRO
 from archipelag.ids import HostId
@@ -25,14 +25,8 @@ TOKEN_PART = 0  # the model network's chat workload has no token price: a job re
 @pytest.fixture
 def net(tmp_path: Path) -> ModelNetwork:
     network = a_model_network(tmp_path, hosts=2)
-    with_model_catalog(network)
     an_owned_host(network.ledger, network.ledger.get_account(network.account_id), "host-a")
     return network
-
-
-def with_model_catalog(network: ModelNetwork) -> None:
-    """Placement bounds asks by the model network's catalog (every price 0.01), not the repository's."""
-    network.placement._calls.actor._catalog = dict(CATALOG)  # type: ignore[attr-defined]
 
 
 def a_stranger(net: ModelNetwork, credits_micro: int = 1_000_000) -> str:
@@ -116,7 +110,10 @@ def test_a_job_bids_the_request_then_the_saved_bid_then_the_market_rate(net: Mod
         rated = client.post("/api/v1/jobs", json={"workload": "llm-chat", "input": CHAT}).json()["data"]
         assert rated["bid_price"] == 0.02  # the market rate (host-a 0.03, host-b 0.01)
         for job in (asked.json()["data"], preferred, rated):
-            assert ended(client, job["id"])["status"] == "completed"
+            done = ended(client, job["id"])
+            assert done["status"] == "completed"
+            assert done["clearing_price"] in {0.01, 0.03} and done["clearing_price"] <= done["bid_price"]
+            assert done["usage"]["credits_used"] == done["clearing_price"] + TOKEN_PART
         wrong = client.put("/api/v1/account/bid-preferences", json={"prices": {"nothing-*": 0.1}})
         assert wrong.status_code == 422
 
@@ -138,7 +135,6 @@ def test_a_bid_under_every_ask_is_refused_before_anything_is_held(net: ModelNetw
 
 def test_a_bid_beyond_the_balance_is_402(tmp_path: Path) -> None:
     net = a_model_network(tmp_path, credits_micro=30_000)
-    with_model_catalog(net)
     with net.client() as client:
         answer = client.post("/api/v1/jobs", json={"workload": "llm-chat", "input": CHAT, "bid_price": 0.05})
         assert answer.status_code == 402, answer.text
@@ -200,7 +196,6 @@ def test_stored_asks_reach_placement_and_a_registrations_asks_are_stored(tmp_pat
     from builders import a_host
 
     net = a_model_network(tmp_path, heartbeat_interval_s=0.05)
-    with_model_catalog(net)
     owner = net.ledger.get_account(net.account_id)
     an_owned_host(net.ledger, owner, "host-a")
     net.ledger.set_asking_prices("host-a", {"llm-*": 30_000})
