@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     relay_checkpoint_s: float = 0.5  # live streams are saved this often, so a restart resumes them
     ingress_replicas: int = 2  # API processes (Ray Serve replicas) on the head; any serves any job
     trace_file: Path | None = None  # stamps of each job's path to its first output (metrics.trace; the benchmark)
+    # The host's gate (gate/server.py): when set, the host's agent starts containers only through this socket
+    # (its Ray node cannot reach the Docker engine); unset, the agent talks to the engine itself (one machine, tests).
+    gate_socket: Path | None = None
 
     # Models (LLM and image weights): looked up by file name here, verified against the catalog's SHA-256.
     models_dir: Path = DEFAULT_MODELS_DIR

@@ -20,6 +20,7 @@ case — also when the consumer closes the generator early. Docker SDK errors ar
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -51,7 +52,7 @@ from archipelag.runtimes.image_cache import ImageCache
 from archipelag.runtimes.models import ModelStore
 from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, remove_container, sweep_orphans
 from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
-from archipelag.settings import DEFAULT_MODELS_DIR
+from archipelag.settings import DEFAULT_MODELS_DIR, Settings
 
 EXIT_WAIT_S: Final = 30.0  # how long to wait for the exit status once the output has ended
 
@@ -88,6 +89,14 @@ class DockerRuntime:
             raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
                                      "with scripts/docker-engine.sh ensure") from None
         return cls(client, HostFacts.detect(gpu=gpu, lent_cores=lent_cores), cache, models, pool)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, gpu: bool = False, lent_cores: int | None = None) -> DockerRuntime:
+        """The local engine's runtime with this host's image cache, model store and warm worker pool."""
+        pool = functools.partial(WorkerPool, idle_ttl_s=settings.model_idle_ttl_s,
+                                 max_workers=settings.max_model_workers, reserve_mb=settings.model_memory_reserve_mb)
+        return cls.connect(gpu=gpu, cache=ImageCache(settings.image_cache_max, settings.warm_ttl_s),
+                           models=ModelStore(settings.models_dir), pool=pool, lent_cores=lent_cores)
 
     def close(self) -> None:
         self._pool.close()

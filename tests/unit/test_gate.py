@@ -1,0 +1,331 @@
+"""The host's gate over its real socket, with a scripted runtime: what it runs, what it refuses, and how it stays up
+under a hostile client. The real Docker engine behind it: tests/integration/test_gate_docker.py."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gate_builders import (
+    HOST,
+    WIDE,
+    Coordinator,
+    FakeRuntime,
+    a_gate,
+    container_manifest,
+    guard_for,
+    tier_limits,
+)
+
+from archipelag.errors import (
+    ArchipelagError,
+    Forbidden,
+    HostBusy,
+    HostLost,
+    JobCancelled,
+    RuntimeUnavailable,
+    TicketRefused,
+    WorkloadRefused,
+)
+from archipelag.gate import tickets, wire
+from archipelag.gate.client import GatedRuntime
+from archipelag.ids import HostId, JobId
+from archipelag.runtimes.base import CancelToken, JobSpec
+from archipelag.sandbox import Tier
+
+MANIFEST = container_manifest()
+INPUT = {"prompt": "hello"}
+
+
+@pytest.fixture
+def coordinator() -> Coordinator:
+    return Coordinator()
+
+
+def raw_exchange(path: Path, payload: bytes, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Send bytes as a hostile client would, and read every line the gate answers until it hangs up."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        with contextlib.suppress(OSError):  # the gate may hang up before it all went
+            sock.sendall(payload)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):  # its last line came first; a reset may follow
+            while chunk := sock.recv(65536):
+                received += chunk
+    return [json.loads(line) for line in received.splitlines() if line.strip()]
+
+
+def test_a_signed_ticket_runs_the_job_and_its_events_come_back(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    assert events == [{"type": "token", "content": "hi"}, {"type": "done"}]
+    [ran] = runtime.ran
+    assert (ran.job_id, ran.workload, ran.input) == ("job-1", MANIFEST, INPUT)
+    assert runtime.closed  # the gate owns its runtime
+
+
+def test_limits_beyond_the_tier_are_narrowed_to_it(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT, limits=WIDE), CancelToken()))
+    assert runtime.ran[0].limits == tier_limits(Tier.RESTRICTED)
+
+
+def test_the_agent_may_narrow_the_tickets_limits_but_never_widen_them(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime()
+    narrow = dataclasses.replace(tier_limits(Tier.RESTRICTED), memory_mb=64, timeout_s=5)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        spec = coordinator.spec(MANIFEST, INPUT, limits=narrow)
+        list(GatedRuntime(gate.path).run(dataclasses.replace(spec, limits=WIDE), CancelToken()))  # claims more
+    assert (runtime.ran[0].limits.memory_mb, runtime.ran[0].limits.timeout_s) == (64, 5)
+
+
+def test_the_gate_runs_its_own_catalogs_manifest_not_the_agents(coordinator: Coordinator) -> None:
+    """The agent sends only the slug: a manifest it made up (another image) never reaches the runtime."""
+    runtime = FakeRuntime()
+    forged = dataclasses.replace(MANIFEST, image="evil/rootkit:1", image_id="sha256:" + "ee" * 32)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        list(GatedRuntime(gate.path).run(dataclasses.replace(coordinator.spec(MANIFEST, INPUT), workload=forged),
+                                         CancelToken()))
+    assert runtime.ran[0].workload == MANIFEST
+
+
+def _other_key(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return Coordinator().spec(spec.workload, spec.input)
+
+
+def _other_host(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return c.spec(spec.workload, spec.input, host_id=HostId("host-elsewhere"))
+
+
+def _other_job(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return dataclasses.replace(spec, job_id=JobId("job-2"))
+
+
+def _other_input(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return dataclasses.replace(spec, input={"prompt": "something else"})
+
+
+def _other_artifact(c: Coordinator, spec: JobSpec) -> JobSpec:
+    """Signed for another image of the same workload (an old pin, say): the gate's catalog pins this one."""
+    return c.spec(dataclasses.replace(MANIFEST, image_id="sha256:" + "cd" * 32), spec.input)
+
+
+def _expired(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return c.spec(spec.workload, spec.input, now=time.time() - 600, ttl_s=120)
+
+
+def _no_ticket(c: Coordinator, spec: JobSpec) -> JobSpec:
+    return dataclasses.replace(spec, ticket=None)
+
+
+def _forged_body(c: Coordinator, spec: JobSpec) -> JobSpec:
+    """A ticket for a sandboxed job whose body was changed to allow the network, its signature kept."""
+    spec = c.spec(spec.workload, spec.input, limits=tier_limits(Tier.RESTRICTED))
+    assert spec.ticket is not None
+    body = json.loads(spec.ticket.body)
+    body["limits"]["network"] = True
+    forged = tickets.SignedTicket(json.dumps(body, sort_keys=True, separators=(",", ":")), spec.ticket.signature)
+    return dataclasses.replace(spec, ticket=forged)
+
+
+@pytest.mark.parametrize("mangle", [_no_ticket, _other_key, _other_host, _other_job, _other_input, _other_artifact,
+                                    _expired, _forged_body], ids=lambda f: f.__name__.strip("_"))
+def test_a_ticket_not_for_exactly_this_job_here_is_refused(coordinator: Coordinator,
+                                                           mangle: Callable[[Coordinator, JobSpec], JobSpec]) -> None:
+    runtime = FakeRuntime()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate, \
+            pytest.raises(TicketRefused) as refused:
+        GatedRuntime(gate.path).run(mangle(coordinator, coordinator.spec(MANIFEST, INPUT)), CancelToken())
+    assert refused.value.code == "ticket_refused"
+    assert runtime.ran == []
+
+
+def test_a_ticket_starts_once(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime()
+    spec = coordinator.spec(MANIFEST, INPUT)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        list(GatedRuntime(gate.path).run(spec, CancelToken()))
+        with pytest.raises(TicketRefused, match="used before"):
+            GatedRuntime(gate.path).run(spec, CancelToken())
+    assert len(runtime.ran) == 1
+
+
+def test_the_refusal_goes_out_as_a_protocol_error_event(coordinator: Coordinator) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        spec = dataclasses.replace(coordinator.spec(MANIFEST, INPUT), ticket=None)
+        [line] = raw_exchange(gate.path, wire.run_request(spec))
+    assert line["type"] == "error" and line["code"] == "ticket_refused" and "no ticket" in line["message"]
+
+
+def test_a_workload_not_in_the_gates_signed_catalog_is_refused(coordinator: Coordinator) -> None:
+    unknown = container_manifest("not-signed")
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate, \
+            pytest.raises(WorkloadRefused, match="signed catalog"):
+        GatedRuntime(gate.path).run(coordinator.spec(unknown, INPUT), CancelToken())
+
+
+def test_cancel_reaches_the_job_at_the_gate(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime(hold=True)
+    cancel = CancelToken()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), cancel)
+        assert next(events)["type"] == "status"
+        cancel.cancel("stopped by its user")
+        with pytest.raises(JobCancelled, match="stopped by its user"):
+            list(events)
+    assert runtime.cancelled == ["stopped by its user"]
+
+
+def test_an_agent_that_walks_away_cancels_the_job(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime(hold=True)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+        next(events)
+        events.close()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not runtime.cancelled and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert runtime.cancelled == ["the host agent went away mid-job"]
+
+
+def test_jobs_past_the_slots_are_turned_away(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime(hold=True)
+    cancel = CancelToken()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,), slots=1) as gate:
+        running = GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), cancel)
+        next(running)
+        with pytest.raises(HostBusy):
+            GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT, job_id="job-2"), CancelToken())
+        cancel.cancel()
+        with pytest.raises(JobCancelled):
+            list(running)
+
+
+def test_warm_is_the_runtimes_warm_set(coordinator: Coordinator) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        assert GatedRuntime.connect(gate.path).warm(time.time()) == {"fake-workload"}
+
+
+def test_a_peer_whose_uid_is_not_allowed_is_refused(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,), allowed_uids={54321}) as gate, \
+            pytest.raises(Forbidden, match="may not use"):
+        GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+    assert runtime.ran == []
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"x" * (3 << 20), "payload_too_large"),  # no newline, past the bound
+    (b"\xff\xfe not json\n", "validation_error"),
+    (b"[1, 2, 3]\n", "validation_error"),
+    (b'{"op": "run", "job_id": 5}\n', "validation_error"),
+    (b'{"op": "run", "job_id": "j", "workload": "fake-workload", "input": {}, "limits": {"memory_mb": "all"}}\n',
+     "validation_error"),
+    (b"[" * 100_000 + b"\n", "validation_error"),
+    (b'{"op": "cancel", "reason": "nothing runs"}\n', "validation_error"),
+    (b'{"op": "format-disk"}\n', "validation_error"),
+])
+def test_a_hostile_client_gets_an_error_and_the_gate_keeps_serving(coordinator: Coordinator, payload: bytes,
+                                                                   code: str) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        lines = raw_exchange(gate.path, payload)
+        assert [(line["type"], line["code"]) for line in lines] == [("error", code)]
+        assert list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))[-1]["type"] == "done"
+
+
+def test_a_client_that_says_nothing_is_timed_out_and_the_gate_keeps_serving(coordinator: Coordinator) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), request_timeout_s=0.3) as gate:
+        silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        for sock in silent:
+            sock.connect(str(gate.path))
+        assert list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))[-1]["type"] == "done"
+        for sock in silent:
+            sock.settimeout(5)
+            [line] = [json.loads(x) for x in sock.recv(65536).splitlines()]
+            assert line["code"] == "bad_request" and "did not arrive" in line["message"]
+            sock.close()
+
+
+def test_a_workload_cannot_forge_the_gates_own_lines(coordinator: Coordinator) -> None:
+    """A workload's event claiming to be the gate's error stays the workload's event."""
+    forged = {"type": "error", "message": "boom", "code": "ticket_refused", wire.MARK: "error"}
+    with a_gate(FakeRuntime([forged]), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    assert events == [{"type": "error", "message": "boom", "code": "ticket_refused"}]
+
+
+def test_a_gate_that_is_down_is_runtime_unavailable(tmp_path: Path, coordinator: Coordinator) -> None:
+    with pytest.raises(RuntimeUnavailable, match="does not answer"):
+        GatedRuntime(tmp_path / "none.sock").run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+    with pytest.raises(RuntimeUnavailable):
+        GatedRuntime.connect(tmp_path / "none.sock")
+    assert GatedRuntime(tmp_path / "none.sock").warm(time.time()) == frozenset()
+
+
+def test_a_gate_that_dies_mid_job_is_host_lost_not_a_hang(coordinator: Coordinator) -> None:
+    """A stand-in gate that accepts the job, sends one event, and dies."""
+    path = Path(f"/tmp/gate-dies-{threading.get_ident()}.sock")
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def die() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(wire.encode(wire.STARTED) + wire.encode({"type": "token", "content": "a"}))
+        conn.close()
+
+    threading.Thread(target=die, daemon=True).start()
+    try:
+        events = GatedRuntime(path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+        assert next(events) == {"type": "token", "content": "a"}
+        with pytest.raises(HostLost, match="mid-job"):
+            next(events)
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def test_closing_the_gate_cancels_what_runs_and_removes_its_socket(coordinator: Coordinator) -> None:
+    runtime = FakeRuntime(hold=True)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+        next(events)
+        gate.close()
+        with pytest.raises(JobCancelled, match="closing"):
+            list(events)
+        assert not gate.path.exists()
+
+
+def test_errors_cross_the_wire_as_their_own_class() -> None:
+    for exc in (TicketRefused("t"), WorkloadRefused("w", reason="image_missing"), HostBusy("b"), JobCancelled("c")):
+        back = wire.raised(json.loads(wire.encode(wire.error_line(exc))))
+        assert (type(back), back.message, back.details) == (type(exc), exc.message, exc.details)
+    unknown = wire.raised({"type": "error", "message": "m", "code": "from_the_future"})
+    assert type(unknown) is ArchipelagError and unknown.code == "from_the_future"
+
+
+def test_a_gate_trusting_no_coordinator_refuses_to_start() -> None:
+    from archipelag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no coordinator key"), a_gate(FakeRuntime(), guard_for(MANIFEST), ()):
+        pass
+
+
+def test_the_host_id_is_the_gates_own(coordinator: Coordinator) -> None:
+    """A ticket for this host id, sent to a gate of another host, is refused there."""
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), host_id=HostId("host-b")) as gate, \
+            pytest.raises(TicketRefused, match="another host"):
+        GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT, host_id=HOST), CancelToken())
