@@ -16,7 +16,7 @@ SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "batch", "
 def _placement() -> None:
     from bench import bench_placement
 
-    bench_placement.main()
+    bench_placement.main([])  # not this command's arguments (`python -m bench placement`)
 
 
 def _wasm() -> None:

@@ -1,4 +1,5 @@
-"""Placement benchmark: time of one decision over synthetic fleets, vectorized Fleet vs the pure reference.
+"""Placement benchmark: time of one decision over synthetic fleets, vectorized Fleet vs the pure reference, and
+the exchange's price filter (a bid against every host's effective ask) beside the same decisions without it.
 
 Run: .venv/bin/python bench/bench_placement.py [--decisions N]
 """
@@ -10,9 +11,11 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
+from archipelag.market.pricing import Market
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, rank
 from archipelag.settings import PlacementSettings
@@ -22,6 +25,8 @@ STALE_AFTER_S = 30.0
 REGIONS = ("eu-west", "eu-central", "eu-north", "us-east", "us-west", "ap-south", "ap-east", "sa-east")
 WORKLOADS = ("wasm-hash", "wasm-echo", "llm-chat", "image-gen")
 STATUSES = (HostStatus.ONLINE,) * 17 + (HostStatus.PAUSED, HostStatus.DRAINING, HostStatus.OFFLINE)
+CATALOG_PRICE = {"wasm-hash": 1_000, "llm-chat": 2_000}  # micro-credits
+MARKET = Market((("cpu", 1.0), ("gpu", 1.2)), 1.0)  # GPU hosts' asks count 1.2×
 
 
 def synthetic_host(rng: random.Random, index: int) -> HostSnapshot:
@@ -39,7 +44,21 @@ def synthetic_host(rng: random.Random, index: int) -> HostSnapshot:
         karma=rng.random(), accepts=rng.choice(((),) * 8 + (("wasm-*",), ("llm-*", "image-*"))),
         warm=frozenset(rng.sample(WORKLOADS, rng.randint(0, 2))), speed=rng.random(),
         last_heartbeat_at=NOW - rng.uniform(0, 12) - (60 if rng.random() < 0.02 else 0), node_id=f"{index:056x}",
+        asks=synthetic_asks(rng),
     )
+
+
+def synthetic_asks(rng: random.Random) -> dict[str, int]:
+    """Half the hosts ask the catalog's prices; the others post a family or a workload ask, 0.5× to 2×."""
+    if rng.random() < 0.5:
+        return {}
+    return {rng.choice(("*", "wasm-*", "llm-*", "llm-chat", "wasm-hash")): rng.choice((500, 800, 1_000, 1_500, 2_000))}
+
+
+def priced(job: JobRequest, rng: random.Random) -> JobRequest:
+    """The job with a bid between half and twice its catalog price."""
+    price = CATALOG_PRICE[job.workload]
+    return replace(job, catalog_price_micro=price, bid_micro=int(price * rng.choice((0.5, 0.8, 1.0, 1.5, 2.0))))
 
 
 def requests(rng: random.Random, count: int) -> list[JobRequest]:
@@ -67,14 +86,15 @@ def timed(decide: Callable[[JobRequest], list[HostId]], jobs: list[JobRequest]) 
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--decisions", type=int, default=300)
     parser.add_argument("--limit", type=int, default=PlacementSettings().max_candidates)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     weights = Weights.from_settings(PlacementSettings(weight_warm=0.1, weight_speed=0.05))
     rng = random.Random(7)
     jobs = requests(rng, args.decisions)
+    bids = [priced(job, rng) for job in jobs]
     print(f"{'hosts':>8}  {'engine':<16} {'p50 ms':>9} {'p99 ms':>9}")
     for size in (1_000, 10_000, 100_000):
         hosts = [synthetic_host(rng, i) for i in range(size)]
@@ -83,6 +103,10 @@ def main() -> None:
             fleet.upsert(host)
         p50, p99 = timed(lambda job, fleet=fleet: fleet.rank(job, NOW, args.limit), jobs)
         print(f"{size:>8}  {'fleet (numpy)':<16} {p50:>9.3f} {p99:>9.3f}")
+        for job in bids[:2] + [b for b in bids if b.workload != bids[0].workload][:1]:
+            fleet.rank(job, NOW, args.limit, MARKET)  # each workload's ask column is built once, then kept
+        p50, p99 = timed(lambda job, fleet=fleet: fleet.rank(job, NOW, args.limit, MARKET), bids)
+        print(f"{size:>8}  {'fleet + bid':<16} {p50:>9.3f} {p99:>9.3f}  (the price filter: ask ≤ bid)")
         if size <= 10_000:
             few = jobs[: max(20, args.decisions // 10)]
             p50, p99 = timed(lambda job, hosts=hosts: rank(hosts, job, weights, NOW, STALE_AFTER_S, args.limit), few)

@@ -121,6 +121,7 @@ class Fleet:
         self._accept_lists = _Interned()
         self._cols: dict[str, npt.NDArray[Any]] = {}
         self._ask_keys: dict[str, _AskKey] = {}  # the effective-ask columns built so far (kept per row after)
+        self._ask_names: dict[_AskKey, str] = {}  # their names, by key (a decision looks one up)
         self._buffers: dict[str, npt.NDArray[np.float64]] = {}
         for name, dtype in self._COLUMNS.items():
             self._cols[name] = np.zeros(capacity, dtype=dtype)
@@ -293,9 +294,10 @@ class Fleet:
         """Every host's effective ask for the request's workload in ``market``: a column kept per workload and
         market, so a decision reads it instead of pricing every host again."""
         key: _AskKey = (request.workload, request.catalog_price_micro, market)
-        name = _ask_column(key)
-        column = self._cols.get(name)
+        name = self._ask_names.get(key)
+        column = None if name is None else self._cols[name]
         if column is None:
+            name = self._ask_names[key] = _ask_column(key)
             n = self._n
             base = np.full(n, request.catalog_price_micro, dtype=np.int64)
             for row, static in enumerate(self._static):
