@@ -9,7 +9,8 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ class JoinRequest:
     accepts: tuple[str, ...]
     node_ip: str | None
     timeout_s: float
+    asks: Mapping[str, int] = field(default_factory=dict)  # its prices (`--price`): its registration carries them
 
     @property
     def record_path(self) -> Path:
@@ -193,7 +195,7 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         node_id = _wait_for_node(request.host_id, node, request.timeout_s)
         node.remember_tree()
         agent = HostAgentClient.start(settings, request.host_id, request.name, request.region, request.hardware,
-                                      request.accepts, node_id)
+                                      request.accepts, node_id, request.asks)
     except BaseException:
         ray.shutdown()
         node.stop(grace_s=0)
@@ -210,7 +212,8 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
-         max_gpu_memory_mb: int | None = None, no_gpu: bool = False) -> JoinedHost:
+         max_gpu_memory_mb: int | None = None, no_gpu: bool = False,
+         asks: Mapping[str, int] | None = None) -> JoinedHost:
     if is_api_url(coordinator):  # enrol through the API first: its answer says where and how to join
         enrolled = pair(settings, coordinator, name, region, detect(max_memory_mb, max_cores).as_capabilities())
         settings, coordinator, host_id = enrolled.settings, enrolled.ray_address, enrolled.host_id
@@ -224,6 +227,7 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     hid = HostId(host_id) if host_id else new_host_id()
     identity.host_key(settings.state_dir, hid)  # an enrolled host has its key here; placement refuses others
     hardware = lent(detect(max_memory_mb, max_cores), max_gpu_memory_mb, no_gpu)
-    request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s)
+    request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s,
+                          asks=dict(asks or {}))
     node, agent = _connect(request)
     return JoinedHost(request, node, agent)

@@ -113,6 +113,10 @@ def host_join(
     host_id: Annotated[str | None, typer.Option(help="Keep a stable host id across joins.")] = None,
     node_ip: Annotated[str | None, typer.Option(help="This machine's address as the coordinator sees it.")]
         = None,
+    price: Annotated[list[str] | None, typer.Option(help=(
+        "What this host asks per job, in credits; repeat it: 0.02 (every workload), 'llm-*=0.05' (a family), "
+        "llm-chat=0.03 (one workload; the most specific wins). Each within the network's bounds around the "
+        "catalog price, else the join is refused. Default: the catalog's prices."))] = None,
 ) -> None:
     """Join a network as a host; stays in the foreground. Ctrl-C (or `archipelag host leave`) drains: no new
     jobs, running ones finish (up to ARCHIPELAG_DRAIN_TIMEOUT_S), then it leaves; a second Ctrl-C (or SIGTERM)
@@ -121,6 +125,7 @@ def host_join(
     from archipelag.actors.control_socket import ControlServer, refuse_if_joined, socket_path
     from archipelag.actors.join import join
     from archipelag.actors.schedule import parse_schedule
+    from archipelag.market.pricing import parse_asks
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
@@ -131,7 +136,7 @@ def host_join(
         if host_id is not None:
             refuse_if_joined(socket_path(settings, host_id))  # before joining: a second join would take its agent
         joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip,
-                      max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu)
+                      max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu, asks=parse_asks(price or []))
     except ArchipelagError as exc:
         _fail(exc.message)
         return
