@@ -113,12 +113,15 @@ def a_gate(runtime: Runtime, guard: CatalogGuard, keys: tuple[str, ...], allowed
     folder = Path(tempfile.mkdtemp(prefix="gate-", dir="/tmp"))
     os.chmod(folder, 0o755)
     uids = {os.getuid()} if allowed_uids is None else set(allowed_uids)
-    server = GateServer(folder / "gate.sock", runtime, guard, host_id, keys, uids, max_input_bytes, slots, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server
+        server = GateServer(folder / "gate.sock", runtime, guard, host_id, keys, uids, max_input_bytes, slots,
+                            **options)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.close()
+            thread.join(10)
     finally:
-        server.close()
-        thread.join(10)
         shutil.rmtree(folder, ignore_errors=True)

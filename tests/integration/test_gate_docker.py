@@ -5,22 +5,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pwd
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from docker_engine import ENGINE_URL, LIMITS, DockerEnv, a_job_id, docker_env  # noqa: F401
-from gate_builders import Coordinator, a_gate, guard_for
+from gate_builders import HOST, Coordinator, a_gate, guard_for
 
+from archipelag.actors.agent_actor import build_runtimes
+from archipelag.actors.hardware import Hardware
+from archipelag.catalog import Manifest, write_catalog
+from archipelag.catalog_signing import generate_signing_key, sign_catalog
 from archipelag.errors import JobCancelled, TicketRefused
 from archipelag.gate import wire
 from archipelag.gate.client import GatedRuntime
-from archipelag.gate.server import GateServer
+from archipelag.gate.server import GateServer, start_gate
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime
+from archipelag.settings import Settings
 
 pytestmark = pytest.mark.docker
 
@@ -165,3 +173,43 @@ def test_the_ray_nodes_user_runs_a_job_and_no_other_uid_may(docker_env: DockerEn
         code, lines, said = as_user(test_uid, server, wire.run_request(spec))
         assert code == 0 and [(line["type"], line["code"]) for line in lines] == [("error", "forbidden")], said
     assert docker_env.leftovers() == []
+
+
+# --- as `host join` starts it -----------------------------------------------------------------------------
+
+
+def signed_state(root: Path, probe: Manifest) -> Settings:
+    """A state folder holding a catalog of the probe workload signed by a key the settings trust."""
+    state = root / "state"
+    write_catalog(state / "catalog.json", [probe])
+    public = generate_signing_key(root / "catalog.key")
+    sign_catalog(state / "catalog.json", root / "catalog.key")
+    return Settings(state_dir=state, trusted_catalog_keys=[public.encoded()], gate_socket=gate_folder() / "g.sock")
+
+
+def gate_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="gate-", dir="/tmp"))
+    folder.chmod(0o755)
+    return folder
+
+
+def test_start_gate_serves_the_agents_gated_runtime(tmp_path: Path, docker_env: DockerEnv) -> None:  # noqa: F811
+    """What `host join` does: start the gate in this process; the agent's build_runtimes then finds it."""
+    settings = signed_state(tmp_path, docker_env.probe())
+    coordinator = Coordinator()
+    hardware = Hardware(cpu_cores=2, ram_mb=4096)
+    server = start_gate(settings, HOST, (coordinator.public,), {os.getuid()}, hardware)
+    try:
+        assert server.path == settings.gate_socket
+        runtimes = build_runtimes(settings, HOST, hardware)
+        gated = runtimes["container"]
+        assert isinstance(gated, GatedRuntime)
+        spec = job(docker_env, coordinator, "gate-joined", {"attack": "echo", "text": "joined"})
+        assert [e["type"] for e in gated.run(spec, CancelToken())] == ["token", "done"]
+        assert "test-probe" in gated.warm(time.time())
+    finally:
+        server.close()
+        settings.gate_socket.parent.rmdir()  # the socket went with the gate
+    assert wait_for_no_leftovers(docker_env) == []
+    without = build_runtimes(settings.model_copy(update={"gate_socket": tmp_path / "gone.sock"}), HOST, hardware)
+    assert "container" not in without  # a gate that does not answer: no container runtime, as without an engine
