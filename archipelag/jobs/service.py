@@ -8,7 +8,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from archipelag.catalog import Manifest, lookup
@@ -95,7 +94,7 @@ class JobService:
         self._dispatcher.admit()
         ranking: list[HostId] | NoCapacity
         try:
-            ranking = await self._placement.rank_async(replace(job_request(manifest, region), bid_micro=bid))
+            ranking = await self._placement.rank_async(job_request(manifest, region, bid))
         except NoCapacity as exc:
             ranking = exc
         ranked = hosts_now(ranking)
@@ -201,7 +200,7 @@ class JobService:
         bid = self._exchange.bid_for(account_id, manifest, bid_price_micro)
         reserves = [reserve_micro(manifest, job_input, bid) for job_input in inputs]
         try:
-            hosts_now(await self._placement.rank_async(replace(job_request(manifest, region), bid_micro=bid)))
+            hosts_now(await self._placement.rank_async(job_request(manifest, region, bid)))
         except NoCapacity as exc:
             hosts_now(exc)  # 503 when no online host could ever run it; busy hosts are fine
         batch = await self._ledger.create_batch(account_id, manifest.slug, inputs, reserves, region, priority,

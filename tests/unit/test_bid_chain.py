@@ -1,0 +1,76 @@
+"""The jobs core's side of the exchange over the real ledger (SQLite) and in-process placement: the bid chain's
+order, what a job reserves, and that a bid reads only memory once the caches are filled."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from builders import NOW, a_host
+from model_network import CATALOG, CHAT, PLAIN
+
+from archipelag.catalog import Manifest
+from archipelag.ids import HostId, WorkloadSlug
+from archipelag.jobs.exchange import Exchange, check_pattern, reserve_micro
+from archipelag.ledger import Ledger
+from archipelag.ledger.client import LedgerClient
+from archipelag.placement.client import PlacementClient
+from archipelag.settings import Settings
+
+
+def an_exchange(tmp_path: Path) -> tuple[Exchange, Ledger, int, PlacementClient]:
+    settings = Settings(state_dir=tmp_path)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    ledger.sync_catalog(CATALOG.values())
+    account = ledger.create_account("ada@example.org", 1_000_000)
+    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)
+    for host, asks in (("host-a", {"llm-chat": 30_000}), ("host-b", {}), ("host-c", {"*": 50_000})):
+        placement.register(a_host(host, runtimes=frozenset({"container"}), asks=asks))
+    return Exchange(CATALOG, settings.market, LedgerClient.local(ledger), placement), ledger, account.id, placement
+
+
+def test_the_request_then_the_most_specific_saved_bid_then_the_rate_then_the_catalog(tmp_path: Path) -> None:
+    exchange, ledger, account, _ = an_exchange(tmp_path)
+
+    async def scenario() -> None:
+        assert exchange.bid_for(account, CHAT, None) == CHAT.price_micro  # nothing read yet: the catalog's
+        await exchange.refresh()
+        assert exchange.bid_for(account, CHAT, None) == 30_000  # the median of 10_000, 30_000, 50_000
+        await exchange.set_bid_preference(account, "*", 11_000)
+        await exchange.set_bid_preference(account, "llm-*", 12_000)
+        assert exchange.bid_for(account, CHAT, None) == 12_000  # the longer family wins
+        await exchange.set_bid_preference(account, "llm-chat", 13_000)
+        assert exchange.bid_for(account, CHAT, None) == 13_000  # the exact slug wins
+        assert exchange.bid_for(account, PLAIN, None) == 11_000
+        assert exchange.bid_for(account, CHAT, 7) == 7  # the request's bid over everything
+        assert exchange.bid_for(account + 1, CHAT, None) == 30_000  # another account: the rate
+        ledger.close()  # from here the ledger is gone: a bid still reads only memory
+        assert exchange.bid_for(account, CHAT, None) == 13_000
+
+    asyncio.run(scenario())
+
+
+def test_a_job_reserves_its_bid_and_its_tokens_most() -> None:
+    per_token = Manifest(slug=WorkloadSlug("llm"), name="llm", description="", runtime="container",
+                         trust_level=1, price_micro=2_000, token_price_micro=20_000)
+    assert reserve_micro(per_token, {"max_tokens": 100}, 5_000) == 5_000 + 2_000  # 100 tokens at 0.02 a thousand
+    assert reserve_micro(PLAIN, {}, 5_000) == 5_000
+
+
+def test_a_pattern_must_name_a_workload_of_the_catalog() -> None:
+    assert check_pattern("llm-*", CATALOG) and check_pattern("*", CATALOG) and check_pattern("sdxl", CATALOG)
+    assert not check_pattern("nothing-*", CATALOG) and not check_pattern("llm", CATALOG)
+
+
+def test_stored_asks_reach_a_host_that_registers_naming_none(tmp_path: Path) -> None:
+    exchange, ledger, _, placement = an_exchange(tmp_path)
+    ledger.upsert_host("host-b", "host-b", "eu-west", {})
+    ledger.set_asking_prices("host-b", {"text-*": 4_000})
+
+    async def scenario() -> None:
+        await exchange.refresh()
+        await exchange.sync(await placement.hosts_async())
+        assert placement.get(HostId("host-b")).asks == {"text-*": 4_000}
+
+    asyncio.run(scenario())
