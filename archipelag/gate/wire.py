@@ -64,7 +64,11 @@ Request = RunRequest | WarmRequest | CancelRequest
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n"
+    """One compact line; a string JSON allowed but UTF-8 cannot carry (a lone surrogate) goes escaped."""
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 def run_request(spec: JobSpec) -> bytes:

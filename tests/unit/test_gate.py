@@ -257,6 +257,15 @@ def test_a_client_that_says_nothing_is_timed_out_and_the_gate_keeps_serving(coor
             sock.close()
 
 
+def test_a_string_utf8_cannot_carry_crosses_the_wire_as_json_has_it(coordinator: Coordinator) -> None:
+    """JSON allows a lone surrogate (a workload may write one); it arrives unchanged."""
+    odd = {"type": "token", "content": "a\ud800b"}
+    runtime = FakeRuntime([odd, {"type": "done"}])
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    assert events[0] == odd
+
+
 def test_a_workload_cannot_forge_the_gates_own_lines(coordinator: Coordinator) -> None:
     """A workload's event claiming to be the gate's error stays the workload's event."""
     forged = {"type": "error", "message": "boom", "code": "ticket_refused", wire.MARK: "error"}
