@@ -55,7 +55,7 @@ class GatedRuntime:
     def run(self, spec: JobSpec, cancel: CancelToken) -> Iterator[Event]:
         sock = self._open()
         try:
-            sock.sendall(wire.run_request(spec))
+            _send(sock, wire.run_request(spec))
             reader = wire.LineReader(sock)
             first = self._line(reader, EVENT_ROOM_BYTES, time.monotonic() + ACCEPT_TIMEOUT_S, started=False)
             if first.get(wire.MARK) != "started":
@@ -76,7 +76,7 @@ class GatedRuntime:
     def warm_slugs(self) -> frozenset[str]:
         sock = self._open()
         try:
-            sock.sendall(wire.encode({"op": "warm"}))
+            _send(sock, wire.encode({"op": "warm"}))
             answer = self._line(wire.LineReader(sock), 1 << 20, time.monotonic() + ACCEPT_TIMEOUT_S, started=False)
         finally:
             sock.close()
@@ -154,3 +154,9 @@ class GatedRuntime:
                                      reason="gate_down") from None
         sock.settimeout(SEND_TIMEOUT_S)  # sends only: lines are read with deadlines (wire.LineReader)
         return sock
+
+
+def _send(sock: socket.socket, request: bytes) -> None:
+    """Send a request; a gate that hung up first (it refused the connection) has said why in its answer."""
+    with contextlib.suppress(OSError):
+        sock.sendall(request)

@@ -153,11 +153,14 @@ class GateServer:
                 raise Forbidden(f"uid {uid} may not use this host's gate; only its Ray node's user may")
             if not self._connections.acquire(blocking=False):
                 raise HostBusy("the host's gate has too many connections open; try again later")
-        except ArchipelagError as exc:
-            conn.settimeout(1.0)
+        except (ArchipelagError, OSError) as exc:
+            if isinstance(exc, ArchipelagError):
+                conn.setblocking(False)  # the accept thread never waits on a refused client
+                with contextlib.suppress(OSError):
+                    conn.send(wire.encode(wire.error_line(exc)))
             with contextlib.suppress(OSError):
-                conn.sendall(wire.encode(wire.error_line(exc)))
-            _close(conn)
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
             return
         thread = threading.Thread(target=self._serve_connection, args=(conn,), name="gate-connection", daemon=True)
         with self._lock:
@@ -211,6 +214,8 @@ class GateServer:
             events = self._runtime.run(spec, token)  # refuses before anything starts
             with self._lock:
                 self._running[id(token)] = token
+            if self._closed.is_set():  # admitted while the gate was closing
+                token.cancel("the host's gate is closing")
             try:
                 self._stream(conn, reader, spec, events, token)
             finally:

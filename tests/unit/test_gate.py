@@ -37,6 +37,7 @@ from archipelag.errors import (
 )
 from archipelag.gate import tickets, wire
 from archipelag.gate.client import GatedRuntime
+from archipelag.gate.server import SPARE_CONNECTIONS
 from archipelag.ids import HostId, JobId
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.sandbox import Tier
@@ -264,6 +265,29 @@ def test_a_string_utf8_cannot_carry_crosses_the_wire_as_json_has_it(coordinator:
     with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
         events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
     assert events[0] == odd
+
+
+def test_connections_past_the_bound_are_turned_away_until_some_close(coordinator: Coordinator) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), slots=1, request_timeout_s=1.0) as gate:
+        idle = []
+        for _ in range(1 + SPARE_CONNECTIONS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(gate.path))
+            idle.append(sock)
+        time.sleep(0.2)  # all accepted
+        with pytest.raises(HostBusy, match="too many connections"):
+            GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
+        for sock in idle:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+                break
+            except HostBusy:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert events[-1]["type"] == "done"
 
 
 def test_a_workload_cannot_forge_the_gates_own_lines(coordinator: Coordinator) -> None:
