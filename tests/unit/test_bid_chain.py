@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from builders import NOW, a_host
 from model_network import CATALOG, CHAT, PLAIN
@@ -72,5 +73,48 @@ def test_stored_asks_reach_a_host_that_registers_naming_none(tmp_path: Path) -> 
         await exchange.refresh()
         await exchange.sync(await placement.hosts_async())
         assert placement.get(HostId("host-b")).asks == {"text-*": 4_000}
+
+    asyncio.run(scenario())
+
+
+class CountingLedger:
+    """The real ledger, counting the calls made of it by name."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self._ledger, name)
+
+
+def test_a_submission_asks_the_ledger_only_to_create_its_job(tmp_path: Path) -> None:
+    """The bid chain adds no round trip to the ledger: saved bids and rates come from the service's caches."""
+    from model_network import ScriptedHost
+
+    from archipelag.jobs.service import JobService
+
+    settings = Settings(state_dir=tmp_path, heartbeat_interval_s=3600)  # no fleet round during the test
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    ledger.sync_catalog(CATALOG.values())
+    account = ledger.create_account("ada@example.org", 1_000_000).id
+    counting = CountingLedger(ledger)
+    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)
+    placement.register(a_host("host-a", runtimes=frozenset({"container"}), asks={"llm-chat": 20_000}))
+    host = ScriptedHost()
+    service = JobService(settings, dict(CATALOG), LedgerClient.local(counting), placement, lambda _: host)
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    async def scenario() -> None:
+        await service.set_bid_preference(account, "llm-*", 25_000)
+        await service.hosts()  # the fleet recorded, as the fleet round keeps it
+        counting.calls.clear()
+        job = await service.submit(account, "llm-chat", chat, None)
+        assert job.bid_price_micro == 25_000 and job.reserved_micro == 25_000
+        assert counting.calls[0] == "create_job"  # then the dispatcher's own writes (the job starting)
+        assert not {"all_bid_preferences", "bid_preferences", "asking_prices", "get_account"} & set(counting.calls)
+        await service.close()
 
     asyncio.run(scenario())
