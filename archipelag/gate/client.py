@@ -5,7 +5,7 @@ It implements the Runtime seam (runtimes/base.py) by asking the gate (gate/serve
 refused it (a refusal raises here, before the job counts as started, as DockerRuntime's does); the events then
 stream back as the workload writes them; a cancel goes to the gate on the same connection, and closing the
 iterator closes the connection, which cancels there too. A gate that does not answer is RuntimeUnavailable (the
-job goes to another host); one that goes away mid-job, or stays silent past the job's own time budget, is HostLost.
+job goes to another host); one that goes away mid-job, or stays silent longer than the job could, is HostLost.
 Never a hang: every wait has a deadline.
 """
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 5.0
 ACCEPT_TIMEOUT_S: Final = 60.0  # the gate checks the ticket and the image before it answers
-GRACE_S: Final = 90.0  # past the job's own time budget: the runtime's wait for the exit status, and more
+GRACE_S: Final = 90.0  # beyond the job's own budgets: the runtime's wait for the exit status, and more
 SEND_TIMEOUT_S: Final = 30.0
 EVENT_ROOM_BYTES: Final = 64 * 1024  # what an error line of the gate may hold beyond the workload's line budget
 
@@ -41,9 +41,10 @@ class GatedRuntime:
 
     name = "container"
 
-    def __init__(self, socket_path: Path, models: ModelStore | None = None) -> None:
+    def __init__(self, socket_path: Path, models: ModelStore | None = None, grace_s: float = GRACE_S) -> None:
         self.socket_path = Path(socket_path)
         self.models = models  # read-only here: which weights this host has (placement's accepts)
+        self._grace_s = grace_s
 
     @classmethod
     def connect(cls, socket_path: Path, models: ModelStore | None = None) -> GatedRuntime:
@@ -97,12 +98,14 @@ class GatedRuntime:
             with sent, contextlib.suppress(OSError):
                 sock.sendall(wire.cancel_request(cancel.reason or "cancelled"))
 
-        deadline = time.monotonic() + spec.limits.timeout_s + GRACE_S
+        # A job waits at most its time budget for a busy worker, then runs at most as long again: a gate silent
+        # longer than that (and the runtime's wait for an exit status) is stuck, not busy.
+        silence_s = 2 * spec.limits.timeout_s + self._grace_s
         max_bytes = spec.limits.line_bytes + EVENT_ROOM_BYTES
         try:
             cancel.on_cancel(send_cancel)
             while True:
-                line = self._line(reader, max_bytes, deadline, started=True)
+                line = self._line(reader, max_bytes, time.monotonic() + silence_s, started=True)
                 if line.get(wire.MARK) == "error":
                     raise wire.raised(line)
                 yield line

@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,29 +306,56 @@ def test_a_gate_that_is_down_is_runtime_unavailable(tmp_path: Path, coordinator:
     assert GatedRuntime(tmp_path / "none.sock").warm(time.time()) == frozenset()
 
 
-def test_a_gate_that_dies_mid_job_is_host_lost_not_a_hang(coordinator: Coordinator) -> None:
-    """A stand-in gate that accepts the job, sends one event, and dies."""
-    path = Path(f"/tmp/gate-dies-{threading.get_ident()}.sock")
+@contextlib.contextmanager
+def a_stand_in_gate(lines: list[bytes], then_close: bool) -> Iterator[Path]:
+    """A gate that takes one job, answers ``lines``, then hangs up or goes silent."""
+    path = Path(f"/tmp/gate-stand-in-{threading.get_ident()}.sock")
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
+    hold = threading.Event()
 
-    def die() -> None:
+    def serve() -> None:
         conn, _ = listener.accept()
         conn.recv(65536)
-        conn.sendall(wire.encode(wire.STARTED) + wire.encode({"type": "token", "content": "a"}))
+        conn.sendall(b"".join(lines))
+        if not then_close:
+            hold.wait(30)
         conn.close()
 
-    threading.Thread(target=die, daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
     try:
+        yield path
+    finally:
+        hold.set()
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def test_a_gate_that_dies_mid_job_is_host_lost_not_a_hang(coordinator: Coordinator) -> None:
+    lines = [wire.encode(wire.STARTED), wire.encode({"type": "token", "content": "a"})]
+    with a_stand_in_gate(lines, then_close=True) as path:
         events = GatedRuntime(path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
         assert next(events) == {"type": "token", "content": "a"}
         with pytest.raises(HostLost, match="mid-job"):
             next(events)
-    finally:
-        listener.close()
-        path.unlink(missing_ok=True)
+
+
+def test_a_gate_silent_longer_than_the_job_could_be_is_host_lost(coordinator: Coordinator) -> None:
+    quick = dataclasses.replace(tier_limits(Tier.RESTRICTED), timeout_s=0.1)
+    with a_stand_in_gate([wire.encode(wire.STARTED)], then_close=False) as path:
+        events = GatedRuntime(path, grace_s=0.3).run(coordinator.spec(MANIFEST, INPUT, limits=quick), CancelToken())
+        started = time.monotonic()
+        with pytest.raises(HostLost, match="stopped answering"):
+            next(events)
+        assert time.monotonic() - started < 5
+
+
+def test_a_gate_that_answers_nonsense_is_not_believed(coordinator: Coordinator) -> None:
+    with a_stand_in_gate([b"not json\n"], then_close=True) as path, \
+            pytest.raises(RuntimeUnavailable, match="not its wire"):
+        GatedRuntime(path).run(coordinator.spec(MANIFEST, INPUT), CancelToken())
 
 
 def test_closing_the_gate_cancels_what_runs_and_removes_its_socket(coordinator: Coordinator) -> None:
