@@ -389,3 +389,29 @@ def test_the_host_id_is_the_gates_own(coordinator: Coordinator) -> None:
     with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), host_id=HostId("host-b")) as gate, \
             pytest.raises(TicketRefused, match="another host"):
         GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT, host_id=HOST), CancelToken())
+
+
+# --- behind the host agent ------------------------------------------------------------------------------------
+
+
+def test_the_host_agent_runs_gated_jobs_as_it_runs_local_ones(coordinator: Coordinator) -> None:
+    """The agent's contract holds through the gate: numbered events after its started status; a refusal is one
+    final error with its code and no started status (the job never began here); a leaving host's cancel ends the
+    job with no final event (it moves elsewhere)."""
+    from archipelag.actors.host_agent import HostAgent
+
+    guard = guard_for(MANIFEST)
+    with a_gate(FakeRuntime(), guard, (coordinator.public,)) as gate:
+        agent = HostAgent(HOST, {"container": GatedRuntime(gate.path)}, 4, guard.admit)
+        ran = list(agent.run(coordinator.spec(MANIFEST, INPUT)))
+        assert [(e["seq"], e["type"]) for e in ran] == [(0, "status"), (1, "token"), (2, "done")]
+        refused = list(agent.run(dataclasses.replace(coordinator.spec(MANIFEST, INPUT, job_id="job-2"), ticket=None)))
+        assert [(e["type"], e.get("code")) for e in refused] == [("error", "ticket_refused")]
+    runtime = FakeRuntime(hold=True)
+    with a_gate(runtime, guard, (coordinator.public,)) as gate:
+        agent = HostAgent(HOST, {"container": GatedRuntime(gate.path)}, 4, guard.admit)
+        events = agent.run(coordinator.spec(MANIFEST, INPUT, job_id="job-3"))
+        assert [next(events)["type"], next(events)["type"]] == ["status", "status"]
+        threading.Timer(0.1, agent.close).start()
+        assert list(events) == []
+    assert runtime.cancelled == ["the host is leaving the network"]
