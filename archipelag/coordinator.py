@@ -69,12 +69,14 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) 
     import ray
 
     from archipelag.accounts.revocations import RevocationsClient
+    from archipelag.gate import tickets
     from archipelag.jobs.client import JobsClient
     from archipelag.ledger.client import LedgerClient
     from archipelag.placement.client import PlacementClient
     from archipelag.serve.app import deploy
 
     ledger = prepare_ledger(settings)
+    tickets.coordinator_key(settings.state_dir)  # made once, here, before the API hands it out and jobs sign
     head = None
     address = settings.ray_address
     if not address:

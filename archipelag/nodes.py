@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -266,10 +267,37 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None) -> RayNodeProcess:
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged account a host's Ray node runs as (``host join --ray-user``): whatever another member of
+    the cluster runs on this node runs as it, without the owner's files, groups (docker) or root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def named(cls, name: str) -> RunAs:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"there is no user {name!r} to run the Ray node as; create it first "
+                              f"(e.g. `useradd --system --no-create-home {name}`)") from None
+        if entry.pw_uid == 0:
+            raise ConfigError(f"{name!r} is root; the Ray node must run as an unprivileged user")
+        return cls(name, entry.pw_uid, entry.pw_gid)
+
+    def own(self, *paths: Path) -> None:
+        """Make these (existing) paths this account's."""
+        for path in paths:
+            os.chown(path, self.uid, self.gid)
+
+
+def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None,
+           run_as: RunAs | None = None) -> RayNodeProcess:
     """`ray start --block` in a session of its own, so terminal signals reach only us and we decide
-    how it stops. Tied to this process twice: the parent-death signal for `ray start` itself, and a
-    watchdog for the processes it daemonizes."""
+    how it stops. Tied to this process twice: the parent-death signal for `ray start` itself (armed after the
+    switch to ``run_as``: changing the user clears it), and a watchdog for the processes it daemonizes."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as out:
@@ -279,6 +307,8 @@ def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True,
             preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
+            user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
         )
     watchdog = subprocess.Popen(
         [sys.executable, "-S", "-c", _WATCHDOG, str(process.pid)], stdin=subprocess.PIPE,
@@ -303,12 +333,15 @@ def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0
 def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log_dir: Path,
                     labels: dict[str, str] | None = None, node_ip: str | None = None,
                     object_store_mb: int = 200, env: dict[str, str] | None = None,
-                    temp_dir: Path | None = None) -> RayNodeProcess:
+                    temp_dir: Path | None = None, run_as: RunAs | None = None) -> RayNodeProcess:
     """A host's node: resources and labels that say which host it is and where. With a loopback ``node_ip`` (a
     host on the coordinator's machine) it listens on loopback only, and so does this process's ``ray.init``.
     ``temp_dir``: the host's own folder for Ray's sockets and session files (without it Ray takes the head's path;
-    two nodes starting at once in one folder race for the same socket names)."""
+    two nodes starting at once in one folder race for the same socket names). ``run_as``: the account the node
+    runs as; it gets a ``temp_dir`` of its own (required then), which is also its home."""
     keep_loopback_node_addresses()
+    if run_as is not None and temp_dir is None:
+        raise ConfigError("a Ray node run as another user needs a temp dir of its own")
     resources = {HOST_RESOURCE: 1, host_resource(host_id): 1}
     all_labels = {LABEL_HOST_ID: host_id, LABEL_REGION: region, **(labels or {})}
     args = [
@@ -318,8 +351,13 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
     ]
     if node_ip:
         args.append(f"--node-ip-address={node_ip}")
+    node_env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(HOST_GCS_RECONNECT_TIMEOUT_S), **(env or {})}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         args.append(f"--temp-dir={temp_dir.resolve()}")
-    node_env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(HOST_GCS_RECONNECT_TIMEOUT_S), **(env or {})}
-    return _spawn(f"host-{host_id}", args, log_dir, node_env)
+    if run_as is not None and temp_dir is not None:
+        temp_dir.chmod(0o700)
+        run_as.own(temp_dir)
+        node_env |= {"HOME": str(temp_dir.resolve()), "RAY_TMPDIR": str(temp_dir.resolve()),
+                     "USER": run_as.name, "LOGNAME": run_as.name}
+    return _spawn(f"host-{host_id}", args, log_dir, node_env, run_as)

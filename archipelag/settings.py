@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     # The signed catalog (DESIGN §10): hosts run only what a trusted key signed. Keys are Ed25519 public keys
     # in base64; list several to rotate. `up` trusts the dev key it makes; production keeps its key offline.
     trusted_catalog_keys: list[str] = Field(default_factory=list)
+    # The coordinator keys whose job tickets a host's gate honours (gate/tickets.py), hex; an enrolled host gets
+    # them sealed with its join credentials. Empty: the key in this state dir (the coordinator's own machine).
+    trusted_ticket_keys: list[str] = Field(default_factory=list)
     catalog_signing_key: Path | None = None  # None → state_dir/catalog_signing.key (dev only)
     allowed_image_sources: list[str] = Field(default_factory=lambda: ["archipelag/*"])  # image repo patterns
 

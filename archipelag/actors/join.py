@@ -3,10 +3,13 @@ joined: when the node dies under it (its coordinator's head went away), join the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -21,11 +24,12 @@ from archipelag.actors.pairing import is_api_url, pair
 from archipelag.actors.schedule import Schedule
 from archipelag.errors import ArchipelagError, ConfigError, HostLost
 from archipelag.ids import HostId, new_host_id
-from archipelag.nodes import RayNodeProcess, host_resource, start_host_node
+from archipelag.nodes import RayNodeProcess, RunAs, host_resource, start_host_node
 from archipelag.settings import Settings
 
 if TYPE_CHECKING:  # the client imports Ray, which must not load before its environment is set
     from archipelag.actors.client import HostAgentClient
+    from archipelag.gate.server import GateServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class JoinRequest:
     accepts: tuple[str, ...]
     node_ip: str | None
     timeout_s: float
+    run_as: RunAs | None = None  # the unprivileged account its Ray node runs as (`--ray-user`)
     asks: Mapping[str, int] = field(default_factory=dict)  # its prices (`--price`): its registration carries them
 
     @property
@@ -59,6 +64,7 @@ class JoinedHost:
     request: JoinRequest
     node: RayNodeProcess
     agent: HostAgentClient
+    gate: GateServer | None = None  # the only way to the Docker engine when the Ray node runs as another user
 
     @property
     def host_id(self) -> HostId:
@@ -148,6 +154,8 @@ class JoinedHost:
         ray.shutdown()
         self.request.record_path.unlink(missing_ok=True)
         self.node.stop()
+        if self.gate is not None:
+            self.gate.close()
 
 
 def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> str:
@@ -186,9 +194,11 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         raise HostLost(f"the coordinator at {request.coordinator} does not answer", host_id=request.host_id)
     settings = request.settings
     log_dir = (settings.state_dir / "logs").resolve()
+    env, temp_dir = settings.ray_env(), settings.ray_temp_dir
+    if request.run_as is not None:
+        env, temp_dir = _hand_over(request, env)
     node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
-                           log_dir, node_ip=request.node_ip, env=settings.ray_env(),
-                           temp_dir=settings.ray_temp_dir)
+                           log_dir, node_ip=request.node_ip, env=env, temp_dir=temp_dir, run_as=request.run_as)
     try:
         ray.init(address=request.coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)
@@ -209,10 +219,59 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
     return node, agent
 
 
+def _hand_over(request: JoinRequest, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """What the unprivileged account of a host's Ray node needs, and nothing more: a temp dir of its own (short:
+    Ray's socket paths stay under 107 bytes), the host's signing key (its agent signs the host's reports), the
+    agent's WASM cache, and a copy of the cluster token. The owner's other files, the Docker engine and root stay
+    out of its reach; containers start through the gate (gate/server.py)."""
+    run_as, settings = request.run_as, request.settings
+    assert run_as is not None
+    try:
+        can_run = subprocess.run([sys.executable, "-c", "import archipelag"], user=run_as.uid, group=run_as.gid,
+                                 extra_groups=[], capture_output=True, check=False, timeout=60).returncode == 0
+    except OSError:  # not even the interpreter
+        can_run = False
+    if not can_run:
+        raise ConfigError(f"user {run_as.name} cannot run this Archipelag ({sys.executable}): install it where "
+                          f"{run_as.name} may read it (e.g. a virtual environment under /opt), or let it pass "
+                          f"through the closed folders on the way (`setfacl -m u:{run_as.name}:x FOLDER`)")
+    temp_dir = Path("/tmp") / f"ap-{run_as.uid}-{hashlib.sha256(request.host_id.encode()).hexdigest()[:6]}"
+    temp_dir.mkdir(mode=0o700, exist_ok=True)
+    run_as.own(temp_dir)
+    key = identity.named_key_path(settings.state_dir, request.host_id)
+    run_as.own(key if key.exists() else identity.machine_key_path(settings.state_dir))
+    wasm_cache = (settings.state_dir / "wasm-cache" / request.host_id).resolve()
+    wasm_cache.mkdir(parents=True, exist_ok=True)
+    run_as.own(wasm_cache)
+    token = env.get("RAY_AUTH_TOKEN_PATH")
+    if token:
+        copy = temp_dir / "ray_auth_token"
+        copy.write_bytes(Path(token).read_bytes())
+        copy.chmod(0o600)
+        run_as.own(copy)
+        env = {**env, "RAY_AUTH_TOKEN_PATH": str(copy)}
+    return env, temp_dir
+
+
+def _open_gate(settings: Settings, host_id: HostId, hardware: Hardware, run_as: RunAs) -> GateServer | None:
+    """The host's gate on this machine's Docker engine, for the Ray node's account alone; None (WASM only) when
+    no engine answers."""
+    from archipelag.errors import RuntimeUnavailable
+    from archipelag.gate import tickets
+    from archipelag.gate.server import start_gate
+
+    keys = tickets.trusted_keys(settings.trusted_ticket_keys, settings.state_dir)
+    try:
+        return start_gate(settings, host_id, keys, [run_as.uid], hardware)
+    except RuntimeUnavailable as exc:
+        log.warning("host %s offers no container runtime: %s", host_id, exc.message)
+        return None
+
+
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
-         max_gpu_memory_mb: int | None = None, no_gpu: bool = False,
+         max_gpu_memory_mb: int | None = None, no_gpu: bool = False, ray_user: str | None = None,
          asks: Mapping[str, int] | None = None) -> JoinedHost:
     if is_api_url(coordinator):  # enrol through the API first: its answer says where and how to join
         enrolled = pair(settings, coordinator, name, region, detect(max_memory_mb, max_cores).as_capabilities())
@@ -227,7 +286,16 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     hid = HostId(host_id) if host_id else new_host_id()
     identity.host_key(settings.state_dir, hid)  # an enrolled host has its key here; placement refuses others
     hardware = lent(detect(max_memory_mb, max_cores), max_gpu_memory_mb, no_gpu)
+    run_as = RunAs.named(ray_user) if ray_user else None
+    gate = _open_gate(settings, hid, hardware, run_as) if run_as is not None else None
+    if gate is not None:
+        settings = settings.model_copy(update={"gate_socket": gate.path})
     request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s,
-                          asks=dict(asks or {}))
-    node, agent = _connect(request)
-    return JoinedHost(request, node, agent)
+                          run_as, asks=dict(asks or {}))
+    try:
+        node, agent = _connect(request)
+    except BaseException:
+        if gate is not None:
+            gate.close()
+        raise
+    return JoinedHost(request, node, agent, gate)

@@ -110,7 +110,8 @@ def _install(settings: Settings, credentials: dict[str, Any], catalog: tuple[htt
     """Keep what joining needs in this host's state dir; the settings the host runs with from now on."""
     joined = settings.model_copy(update={
         "ray_namespace": str(credentials["ray_namespace"]), "ray_auth": credentials["ray_auth"],
-        "trusted_catalog_keys": sorted({*settings.trusted_catalog_keys, *credentials["trusted_catalog_keys"]})})
+        "trusted_catalog_keys": sorted({*settings.trusted_catalog_keys, *credentials["trusted_catalog_keys"]}),
+        "trusted_ticket_keys": sorted({*settings.trusted_ticket_keys, *credentials.get("ticket_keys", [])})})
     token_path = joined.ray_env().get("RAY_AUTH_TOKEN_PATH")
     if token_path and credentials.get("ray_token"):
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from archipelag.cli import catalog, chat, host_controls, jobs, market, people
+from archipelag.cli import catalog, chat, gate, host_controls, jobs, market, people
 from archipelag.errors import ArchipelagError
 from archipelag.settings import Settings
 
@@ -117,6 +117,10 @@ def host_join(
         "What this host asks per job, in credits; repeat it: 0.02 (every workload), 'llm-*=0.05' (a family), "
         "llm-chat=0.03 (one workload; the most specific wins). Each within the network's bounds around the "
         "catalog price, else the join is refused. Default: the catalog's prices."))] = None,
+    ray_user: Annotated[str | None, typer.Option(help=(
+        "Run this host's Ray node as this unprivileged user (run `host join` as root): what other members of "
+        "the cluster run here cannot reach your files, the Docker engine or root; containers start through "
+        "this process's gate, for coordinator-signed tickets only."))] = None,
 ) -> None:
     """Join a network as a host; stays in the foreground. Ctrl-C (or `archipelag host leave`) drains: no new
     jobs, running ones finish (up to ARCHIPELAG_DRAIN_TIMEOUT_S), then it leaves; a second Ctrl-C (or SIGTERM)
@@ -136,7 +140,8 @@ def host_join(
         if host_id is not None:
             refuse_if_joined(socket_path(settings, host_id))  # before joining: a second join would take its agent
         joined = join(settings, coordinator, region, name, accepts, max_memory_mb, max_cores, host_id, node_ip,
-                      max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu, asks=parse_asks(price or []))
+                      max_gpu_memory_mb=max_gpu_memory_mb, no_gpu=no_gpu, ray_user=ray_user,
+                      asks=parse_asks(price or []))
     except ArchipelagError as exc:
         _fail(exc.message)
         return
@@ -212,6 +217,7 @@ def config_show() -> None:
 
 
 host_controls.register(host_app)
+gate.register(host_app)
 jobs.register(app)
 catalog.register(app)
 chat.register(app)

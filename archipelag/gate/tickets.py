@@ -39,7 +39,9 @@ class JobTicket:
     job_id: JobId
     host_id: HostId
     workload: WorkloadSlug
-    artifact: str  # the signed catalog's pin: a container's image ID, a module's SHA-256
+    # The artifact's pin (a container's image ID, a module's SHA-256) as the coordinator's catalog has it; empty
+    # where that catalog does not pin one, and the host's signed catalog alone says which artifact the slug is.
+    artifact: str
     input_sha256: str
     limits: Limits
     issued_at: float
@@ -85,7 +87,8 @@ def verify(signed: SignedTicket | None, coordinator_keys: tuple[str, ...], host_
         raise TicketRefused(f"job {spec.job_id}: the ticket is malformed") from None
     wrong = [what for what, ok in (
         ("job", ticket.job_id == spec.job_id), ("host", ticket.host_id == host_id),
-        ("workload", ticket.workload == spec.workload.slug), ("artifact", ticket.artifact == artifact_of(spec)),
+        ("workload", ticket.workload == spec.workload.slug),
+        ("artifact", not ticket.artifact or ticket.artifact == artifact_of(spec)),
         ("input", ticket.input_sha256 == input_digest(spec.input))) if not ok]
     if wrong:
         raise TicketRefused(f"job {spec.job_id}: the ticket is for another {', '.join(wrong)}")

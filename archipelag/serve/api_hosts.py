@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from archipelag import identity
 from archipelag.actors.controls import Command
 from archipelag.errors import HostLost, HostRefused, NotFound
+from archipelag.gate import tickets
 from archipelag.ids import HostId
 from archipelag.ledger.records import Host, HostIdentity
 from archipelag.serve.api_admin import HostNote, control_host
@@ -93,6 +94,7 @@ def join_credentials(settings: Settings) -> dict[str, Any]:
         "ray_token": pathlib.Path(token_path).read_text().strip() if token_path else None,
         "ray_namespace": settings.ray_namespace,
         "trusted_catalog_keys": list(settings.trusted_catalog_keys),
+        "ticket_keys": list(tickets.trusted_keys(settings.trusted_ticket_keys, settings.state_dir)),
     }
 
 

@@ -14,7 +14,9 @@ its test fail until the expectation (and the README) is updated.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +30,8 @@ import ray
 from builders import a_host
 from catalog_builders import network_catalog
 from docker_engine import engine_lease
+from host_users import NAME as RAY_USER
+from host_users import ray_user
 from netutil import api_client, eventually, network_settings
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -46,17 +50,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ATTACKER = "mallory"
+VICTIM = "island-1"
 ON_ATTACKER = {host_resource(ATTACKER): 0.001}
 TABLE: list[tuple[str, str, str, str]] = []  # attack, expected, outcome, what happened
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
-    root = tmp_path_factory.mktemp("red-team")
-    settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
-    net = start_network(settings, hosts=1, regions=("eu-west",))
-    yield net
-    net.stop()
+def network() -> Iterator[EmbeddedNetwork]:
+    """One host, lent the way the README tells a stranger to: `host join --ray-user`, its Ray node under an
+    account of its own and its containers started by its gate on the machine's Docker engine. Its folder is one
+    that account may enter (pytest's own are closed to others)."""
+    with ray_user() as missing, engine_lease() as no_engine:
+        if missing or no_engine:
+            pytest.skip(missing or no_engine)
+        root = Path(tempfile.mkdtemp(prefix="archipelag-red-team-"))
+        root.chmod(0o755)
+        settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
+        net = start_network(settings, hosts=0, regions=("eu-west",))
+        try:
+            net.wait_node(net.add_host("eu-west", VICTIM, args=("--ray-user", RAY_USER)))
+            net.wait_online([VICTIM], 120)
+            yield net
+        finally:
+            net.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +207,61 @@ def _steal_key(node_id: str, key_path: str) -> str:
     return str(_on_victim_node(node_id, read, key_path))
 
 
+def _gate(node_id: str, socket_path: str, spec: Any, forge: bool) -> str:
+    """Ask the host's gate (whose socket the node's account may use, as its agent does) to start a container."""
+
+    def ask(socket_path: str, spec: Any, forge: bool) -> str:
+        from dataclasses import replace
+
+        from archipelag import identity
+        from archipelag.errors import ArchipelagError
+        from archipelag.gate import tickets
+        from archipelag.gate.client import GatedRuntime
+        from archipelag.runtimes.base import CancelToken
+
+        if forge:  # the attacker's own key, as a coordinator would sign
+            spec = replace(spec, ticket=tickets.issue(identity.generate_key(), spec, HostId(VICTIM), time.time()))
+        try:
+            events = list(GatedRuntime(Path(socket_path)).run(spec, CancelToken()))
+        except ArchipelagError as exc:
+            return f"refused: {exc.code}: {exc.message[:90]}"
+        last = events[-1] if events else {}
+        if last.get("type") == "error":
+            return f"refused: {last.get('code')}: {str(last.get('error'))[:90]}"
+        return f"started: {len(events)} events, the last {last.get('type')}"
+
+    return str(_on_victim_node(node_id, ask, socket_path, spec, forge))
+
+
+def _read_private(node_id: str, path: str) -> str:
+    def read(path: str) -> str:
+        try:
+            return f"read {len(Path(path).read_bytes())} bytes of {path} (uid {os.getuid()})"
+        except OSError as exc:
+            return f"refused: {exc.strerror} (uid {os.getuid()})"
+
+    return str(_on_victim_node(node_id, read, path))
+
+
+def _become_root(node_id: str) -> str:
+    def escalate() -> str:
+        import subprocess
+
+        tries = []
+        for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.setgroups([0])):
+            try:
+                attempt()
+                tries.append("allowed")
+            except OSError as exc:
+                tries.append(exc.strerror or str(exc))
+        sudo = subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode \
+            if Path("/usr/bin/sudo").exists() else "no sudo"
+        return (f"uid {os.getuid()} euid {os.geteuid()} groups {os.getgroups()}; setuid/setgid/setgroups: "
+                f"{', '.join(tries)}; sudo -n: {sudo}")
+
+    return str(_on_victim_node(node_id, escalate))
+
+
 def _docker(node_id: str) -> str:
     def reach() -> str:
         import socket
@@ -197,10 +269,13 @@ def _docker(node_id: str) -> str:
         path = "/var/run/docker.sock"
         if not os.path.exists(path):
             return "no Docker engine socket on this node"
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(path)
-            sock.sendall(b"GET /version HTTP/1.0\r\n\r\n")
-            status_line = sock.recv(200).split(b"\r\n")[0].decode()
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(path)
+                sock.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+                status_line = sock.recv(200).split(b"\r\n")[0].decode()
+        except OSError as exc:
+            return f"refused: {exc} (uid {os.getuid()})"
         return f"connected to {path}: {status_line}"
 
     return str(_on_victim_node(node_id, reach))
@@ -282,14 +357,59 @@ def test_a_joined_node_can_read_a_hosts_key_on_its_node(network: EmbeddedNetwork
            "possible" if what.startswith("read") else "prevented", what)
 
 
-def test_a_joined_node_can_reach_the_docker_engine_of_a_host(network: EmbeddedNetwork,
-                                                             attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_reach_the_docker_engine_of_a_host(network: EmbeddedNetwork,
+                                                                attacker: RayNodeProcess) -> None:
     with engine_lease() as missing:  # the host's engine, as a lent machine running containers has one
         if missing:
             pytest.skip(missing)
         what = on_attacker(_docker, victim_node(network))
-    record("reach a host's Docker engine from a task on its node", "possible",
+    record("reach a host's Docker engine from a task on its node", "prevented",
            "possible" if what.startswith("connected") else "prevented", what)
+
+
+def test_a_container_job_runs_through_the_hosts_gate(network: EmbeddedNetwork) -> None:
+    """The gate is the host's only way to its engine: a job of a container workload still runs, with the ticket
+    the coordinator signed for it."""
+    with api_client(network) as http:
+        created = http.post("/api/v1/jobs", json={"workload": "text-stats", "input": {"text": "one two two"}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["data"]["id"]
+        eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] in {"completed", "failed"},
+                   timeout_s=120)
+        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    assert job["status"] == "completed", job["error"]
+    assert '"words": 3' in job["output"]
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["without a ticket", "with a forged ticket"])
+def test_a_joined_node_cannot_start_a_container_through_a_hosts_gate(network: EmbeddedNetwork,
+                                                                   attacker: RayNodeProcess, forge: bool) -> None:
+    from archipelag.gate.server import socket_path
+
+    text_stats = load_catalog(network.settings.workloads_dir)[WorkloadSlug("text-stats")]
+    spec = JobSpec(JobId(f"red-team-{uuid.uuid4().hex[:8]}"), text_stats, {"text": "mine now"},
+                   text_stats.limits_under(network.settings.limits_for(text_stats.tier)))
+    what = on_attacker(_gate, victim_node(network), str(socket_path(network.settings, host_id(network))), spec,
+                       forge)
+    record(f"start a container through a host's gate {'with a forged' if forge else 'without a'} ticket",
+           "prevented", "prevented" if what.startswith("refused") else "possible", what)
+
+
+def test_a_joined_node_cannot_read_the_owners_files_on_a_host(network: EmbeddedNetwork,
+                                                              attacker: RayNodeProcess) -> None:
+    secret = network.settings.state_dir.parent / "owner-secret"  # the owner's, beside the host's state folder
+    secret.write_text("the owner's private notes")
+    secret.chmod(0o600)
+    what = on_attacker(_read_private, victim_node(network), str(secret))
+    record("read the owner's files on a host from a task on its node", "prevented",
+           "possible" if what.startswith("read") else "prevented", what)
+
+
+def test_a_joined_node_cannot_become_root_on_a_host(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    what = on_attacker(_become_root, victim_node(network))
+    rooted = "uid 0 " in what or "euid 0 " in what or "allowed" in what or "sudo -n: 0" in what
+    record("become root on a host from a task on its node", "prevented", "possible" if rooted else "prevented",
+           what)
 
 
 def test_a_joined_node_cannot_lift_a_workloads_limits_by_calling_a_host(network: EmbeddedNetwork,

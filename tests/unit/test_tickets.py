@@ -92,3 +92,10 @@ def test_the_signer_gives_container_jobs_a_ticket_for_their_host(tmp_path: Path)
     trusted = tickets.trusted_keys([], tmp_path)
     assert tickets.verify(container.ticket, trusted, HOST, container, NOW).host_id == HOST
     assert (tmp_path / "coordinator" / "ticket.key").stat().st_mode & 0o077 == 0
+
+
+def test_an_unpinned_ticket_leaves_the_artifact_to_the_hosts_signed_catalog(key: SigningKey) -> None:
+    unpinned = a_spec()
+    unpinned = dataclasses.replace(unpinned, workload=dataclasses.replace(unpinned.workload, image_id=None))
+    signed = tickets.issue(key, unpinned, HOST, NOW)  # the coordinator's workloads folder pins no image
+    assert tickets.verify(signed, keys_of(key), HOST, a_spec(), NOW).artifact == ""
