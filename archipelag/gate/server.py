@@ -328,6 +328,7 @@ def _listen(path: Path, allowed: frozenset[int], socket_gid: int | None) -> tupl
         raise ConfigError(f"the gate socket path {path} is longer than a Unix socket allows; use a shorter one "
                           "(ARCHIPELAG_GATE_SOCKET)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_folder(path.parent)
     _clear_stale(path)
     staging = Path(tempfile.mkdtemp(prefix=".gate-", dir=path.parent))
     staged = staging / "s"
@@ -347,19 +348,31 @@ def _listen(path: Path, allowed: frozenset[int], socket_gid: int | None) -> tupl
     return sock, inode
 
 
+def _check_folder(folder: Path) -> None:
+    """The socket's folder must be this user's or root's, and writable by no one else (a sticky one like /tmp
+    aside): whoever can write it could swap our staging folder between bind and chown, and have the gate give
+    them any file a link there points to."""
+    st = os.stat(folder)
+    loose = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
+    if st.st_uid not in (os.geteuid(), 0) or loose:
+        raise ConfigError(f"the gate socket's folder {folder} can be written by others (owner uid {st.st_uid}, mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); use a folder only you or root can write, that the Ray "
+                          "node's user can enter")
+
+
 def _grant(staged: Path, allowed: frozenset[int], socket_gid: int | None) -> None:
     """Who may open the socket: root and its owner always; one other uid (the Ray node's user) by owning it,
     when the gate runs as root; else a group (``socket_gid``) the allowed users share. The peer check on every
     connection stays the real boundary."""
     others = sorted(allowed - {os.geteuid(), 0})
     if os.geteuid() == 0 and len(others) == 1 and socket_gid is None:
-        os.chown(staged, others[0], -1)
+        os.chown(staged, others[0], -1, follow_symlinks=False)
         os.chmod(staged, 0o600)
         return
     if others:
         gid = socket_gid if socket_gid is not None else _primary_gid(others[0])
         try:
-            os.chown(staged, -1, gid)
+            os.chown(staged, -1, gid, follow_symlinks=False)
         except PermissionError:
             log.warning("the gate cannot give its socket to group %d; uids %s can connect only if they share "
                         "group %d with the gate", gid, others, os.getegid())

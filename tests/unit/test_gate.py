@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from gate_builders import (
 
 from archipelag.errors import (
     ArchipelagError,
+    ConfigError,
     Forbidden,
     HostBusy,
     HostLost,
@@ -37,7 +39,7 @@ from archipelag.errors import (
 )
 from archipelag.gate import tickets, wire
 from archipelag.gate.client import GatedRuntime
-from archipelag.gate.server import SPARE_CONNECTIONS
+from archipelag.gate.server import SPARE_CONNECTIONS, GateServer
 from archipelag.ids import HostId, JobId
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.sandbox import Tier
@@ -378,10 +380,21 @@ def test_errors_cross_the_wire_as_their_own_class() -> None:
 
 
 def test_a_gate_trusting_no_coordinator_refuses_to_start() -> None:
-    from archipelag.errors import ConfigError
-
     with pytest.raises(ConfigError, match="no coordinator key"), a_gate(FakeRuntime(), guard_for(MANIFEST), ()):
         pass
+
+
+@pytest.mark.parametrize(("mode", "owner"), [(0o777, None), (0o775, None), (0o755, 54321)])
+def test_a_socket_folder_others_can_write_is_refused(tmp_path: Path, coordinator: Coordinator, mode: int,
+                                                     owner: int | None) -> None:
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    folder.chmod(mode)
+    if owner is not None:
+        os.chown(folder, owner, -1)
+    with pytest.raises(ConfigError, match="can be written by others"):
+        GateServer(folder / "g.sock", FakeRuntime(), guard_for(MANIFEST), HOST, (coordinator.public,), {0}, 1024, 1)
+    assert list(folder.iterdir()) == []
 
 
 def test_the_host_id_is_the_gates_own(coordinator: Coordinator) -> None:
