@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import pwd
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from docker_engine import ENGINE_URL, LIMITS, DockerEnv, a_job_id, docker_env  # noqa: F401
+from docker_engine import ENGINE_URL, LIMITS, REPO_ROOT, DockerEnv, a_job_id, docker_env  # noqa: F401
 from gate_builders import HOST, Coordinator, a_gate, guard_for
 
 from archipelag.actors.agent_actor import build_runtimes
@@ -213,3 +215,32 @@ def test_start_gate_serves_the_agents_gated_runtime(tmp_path: Path, docker_env: 
     assert wait_for_no_leftovers(docker_env) == []
     without = build_runtimes(settings.model_copy(update={"gate_socket": tmp_path / "gone.sock"}), HOST, hardware)
     assert "container" not in without  # a gate that does not answer: no container runtime, as without an engine
+
+
+def test_host_gate_serves_in_the_foreground_until_ctrl_c(tmp_path: Path, docker_env: DockerEnv) -> None:  # noqa: F811
+    settings = signed_state(tmp_path, docker_env.probe())
+    assert settings.gate_socket is not None
+    coordinator = Coordinator()
+    env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(settings.state_dir),
+           "ARCHIPELAG_TRUSTED_CATALOG_KEYS": json.dumps(settings.trusted_catalog_keys)}
+    command = [str(REPO_ROOT / ".venv" / "bin" / "archipelag"), "host", "gate", "--socket", str(settings.gate_socket),
+               "--ray-uid", str(os.getuid()), "--host-id", HOST, "--coordinator-key", coordinator.public]
+    gate = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not settings.gate_socket.exists():
+            assert gate.poll() is None and time.monotonic() < deadline, gate.communicate()
+            time.sleep(0.1)
+        spec = job(docker_env, coordinator, "gate-cli", {"attack": "echo", "text": "from the cli"})
+        assert list(GatedRuntime(settings.gate_socket).run(spec, CancelToken()))[-1]["type"] == "done"
+        gate.send_signal(signal.SIGINT)
+        out, err = gate.communicate(timeout=60)
+        assert gate.returncode == 0, err
+        assert "gate of host" in out
+        assert not settings.gate_socket.exists()
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.wait()
+        shutil.rmtree(settings.gate_socket.parent, ignore_errors=True)
+    assert wait_for_no_leftovers(docker_env) == []
