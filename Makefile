@@ -76,8 +76,8 @@ up: env wasm models
 # Exit code 5 (this selection has no tests) is not a failure of the split.
 test: env wasm containers models sd-model browser
 	@status=0; \
-	$(VENV)/bin/pytest -q -ra -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
-	$(VENV)/bin/pytest -q -ra -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
+	$(VENV)/bin/pytest -q -ra --durations=20 -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
+	$(VENV)/bin/pytest -q -ra --durations=20 -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
 	exit $$status
 
 test-unit: env
