@@ -59,6 +59,7 @@ DRAIN_TIMEOUT_S: Final = 0.5  # after the last line: for the rest of a refused r
 SPARE_CONNECTIONS: Final = 16  # beyond the job slots: warm requests, and refusals answered while slots are full
 MAX_PATH_BYTES: Final = 107  # sun_path on Linux, less its terminating NUL
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_STAGING_PREFIX: Final = ".gate-"  # tempfile adds 8 characters
 
 
 class Nonces:
@@ -286,18 +287,22 @@ def _watch(reader: wire.LineReader, token: CancelToken, ended: threading.Event) 
     """Read the client's side while its job runs: a cancel request cancels; anything else, or the connection
     closing before the job ended, cancels too (the agent is gone or broken, and nobody would read the events)."""
     while True:
+        why = "the host agent sent a bad request"
         try:
             line = reader.line(wire.CONTROL_BYTES, None)
+            if line is None:
+                why = "the host agent went away mid-job"
             request = wire.parse_request(line) if line is not None else None
-        except (ArchipelagError, OSError):
+        except OSError:
+            why, request = "the host agent went away mid-job", None
+        except ArchipelagError:
             request = None
         if ended.is_set():
             return
-        if isinstance(request, wire.CancelRequest):
-            token.cancel(request.reason or "cancelled")
-            continue
-        token.cancel("the host agent went away mid-job" if line is None else "the host agent sent a bad request")
-        return
+        if not isinstance(request, wire.CancelRequest):
+            token.cancel(why)
+            return
+        token.cancel(request.reason or "cancelled")
 
 
 def _close(conn: socket.socket) -> None:
@@ -323,14 +328,13 @@ def _close(conn: socket.socket) -> None:
 def _listen(path: Path, allowed: frozenset[int], socket_gid: int | None) -> tuple[socket.socket, int]:
     """Bind in a private folder, set the socket's owner and mode, then move it into place: nobody can connect
     before its permissions are final (no umask games in a process with other threads)."""
-    staging_name = f".gate-{'x' * 8}/s"
-    if len(os.fsencode(path.parent / staging_name)) > MAX_PATH_BYTES:
+    if len(os.fsencode(path.parent / f"{_STAGING_PREFIX}{'x' * 8}" / "s")) > MAX_PATH_BYTES:
         raise ConfigError(f"the gate socket path {path} is longer than a Unix socket allows; use a shorter one "
                           "(ARCHIPELAG_GATE_SOCKET)")
     path.parent.mkdir(parents=True, exist_ok=True)
     _check_folder(path.parent)
     _clear_stale(path)
-    staging = Path(tempfile.mkdtemp(prefix=".gate-", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=path.parent))
     staged = staging / "s"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -202,6 +202,21 @@ def test_an_agent_that_walks_away_cancels_the_job(coordinator: Coordinator) -> N
     assert runtime.cancelled == ["the host agent went away mid-job"]
 
 
+@pytest.mark.parametrize("junk", [b"garbage\n", b"x" * 10_000, b'{"op": "run"}\n'])
+def test_junk_from_the_agent_mid_job_cancels_the_job(coordinator: Coordinator, junk: bytes) -> None:
+    runtime = FakeRuntime(hold=True)
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(gate.path))
+        sock.sendall(wire.run_request(coordinator.spec(MANIFEST, INPUT)))
+        reader = wire.LineReader(sock)
+        assert json.loads(reader.line(4096, time.monotonic() + 10) or b"") == wire.STARTED
+        sock.sendall(junk)
+        lines = [json.loads(line) for line in iter(lambda: reader.line(4096, time.monotonic() + 10), None)]
+    assert lines[-1]["code"] == "cancelled" and runtime.cancelled == ["the host agent sent a bad request"]
+
+
 def test_jobs_past_the_slots_are_turned_away(coordinator: Coordinator) -> None:
     runtime = FakeRuntime(hold=True)
     cancel = CancelToken()
