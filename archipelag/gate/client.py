@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 5.0
 ACCEPT_TIMEOUT_S: Final = 60.0  # the gate checks the ticket and the image before it answers
+WARM_TIMEOUT_S: Final = 5.0  # asked on the heartbeat's thread: a stuck gate must not silence the host
 GRACE_S: Final = 90.0  # beyond the job's own budgets: the runtime's wait for the exit status, and more
 SEND_TIMEOUT_S: Final = 30.0
 EVENT_ROOM_BYTES: Final = 64 * 1024  # what an error line of the gate may hold beyond the workload's line budget
@@ -78,7 +79,7 @@ class GatedRuntime:
         sock = self._open()
         try:
             _send(sock, wire.encode({"op": "warm"}))
-            answer = self._line(wire.LineReader(sock), 1 << 20, time.monotonic() + ACCEPT_TIMEOUT_S, started=False)
+            answer = self._line(wire.LineReader(sock), 1 << 20, time.monotonic() + WARM_TIMEOUT_S, started=False)
         finally:
             sock.close()
         if answer.get(wire.MARK) != "warm" or not isinstance(answer.get("warm"), list):
