@@ -276,6 +276,24 @@ class LedgerClient:
     async def list_hosts(self) -> list[Host]:
         return list(await self._calls.call("list_hosts"))
 
+    async def get_host(self, host_id: str) -> Host:
+        """The ledger's record of a host; NotFound when it never was recorded."""
+        host: Host = await self._calls.call("get_host", host_id)
+        return host
+
+    async def suspend_host(self, host_id: str, reason: str) -> Host:
+        """An operator's suspension, kept until ``reinstate_host`` (a suspended host keeps its first reason)."""
+        host: Host = await self._calls.call("suspend_host", host_id, reason)
+        return host
+
+    async def reinstate_host(self, host_id: str) -> Host:
+        host: Host = await self._calls.call("reinstate_host", host_id)
+        return host
+
+    async def suspended_hosts(self) -> list[Host]:
+        """The hosts an operator suspended, with why and since when."""
+        return list(await self._calls.call("suspended_hosts"))
+
     async def karma_events(self, host_id: str, limit: int | None = None, offset: int = 0) -> list[KarmaEvent]:
         return list(await self._calls.call("karma_events", host_id, limit, offset))
 

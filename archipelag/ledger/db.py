@@ -186,9 +186,16 @@ def _v5_exchange(connection: Connection) -> None:
                                                      tables.BidPreferenceRow.__table__])  # type: ignore[attr-defined]
 
 
+def _v6_host_suspension(connection: Connection) -> None:
+    """An operator's suspension of a host is the ledger's, with why and since when, so placement's restarts keep it."""
+    _add_columns(connection, tables.HostRow.__tablename__, {
+        "suspended_at": _timestamp(connection), "suspended_reason": "VARCHAR(500)"})
+
+
 # Append new steps; never edit an applied one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches), (5, _v5_exchange))
+    (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches), (5, _v5_exchange),
+    (6, _v6_host_suspension))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

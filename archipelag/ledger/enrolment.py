@@ -90,7 +90,8 @@ def enrol(session: Session, host_id: str, public_key: str, owner_account_id: int
 def identity(row: HostRow) -> HostIdentity | None:
     if row.enrolled_at is None or row.public_key is None or row.owner_account_id is None:
         return None
-    return HostIdentity(HostId(row.id), row.public_key, row.owner_account_id, row.revoked_at is not None)
+    return HostIdentity(HostId(row.id), row.public_key, row.owner_account_id, row.revoked_at is not None,
+                        row.suspended_reason if row.suspended_at is not None else None)
 
 
 def identity_of(session: Session, host_id: str) -> HostIdentity | None:

@@ -1,4 +1,5 @@
-"""Hosts: the recorded fleet (status, capabilities, last heartbeat) and each host's append-only karma events.
+"""Hosts: the recorded fleet (status, capabilities, last heartbeat, an operator's suspension) and each host's
+append-only karma events.
 
 Status moves are guarded by ``lifecycle.HOST_TRANSITIONS`` with an ``UPDATE … WHERE status IN (sources)``;
 moving to the state a host is already in is a no-op. Karma points come from the pure rules in
@@ -39,6 +40,8 @@ def record(row: HostRow, karma_score: float, active_jobs: int) -> Host:
         active_jobs=active_jobs,
         owner_account_id=row.owner_account_id,
         revoked_at=row.revoked_at,
+        suspended_at=row.suspended_at,
+        suspended_reason=row.suspended_reason if row.suspended_at is not None else None,
     )
 
 
@@ -99,6 +102,29 @@ def set_status(session: Session, host_id: str, target: HostStatus) -> None:
             status=str(current),
             to=str(target),
         )
+
+
+def suspend(session: Session, host_id: str, reason: str, now: datetime) -> None:
+    """An operator takes a host out of placement. Guarded (``WHERE suspended_at IS NULL``): a host already
+    suspended keeps its first reason and time, whoever else suspends it meanwhile."""
+    result = session.execute(update(HostRow).where(col(HostRow.id) == host_id, col(HostRow.suspended_at).is_(None))
+                             .values(suspended_at=now, suspended_reason=reason[:500]))
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:
+        _row(session, host_id)  # NotFound for an unknown host; otherwise it was suspended already
+
+
+def reinstate(session: Session, host_id: str) -> None:
+    """Lift an operator's suspension (none: nothing to do). Karma's suspension is not this one."""
+    _row(session, host_id)
+    session.execute(update(HostRow).where(col(HostRow.id) == host_id)
+                    .values(suspended_at=None, suspended_reason=None))
+
+
+def suspended_rows(session: Session) -> list[HostRow]:
+    """The hosts an operator suspended, longest suspended first."""
+    return list(session.scalars(select(HostRow).where(col(HostRow.suspended_at).is_not(None))
+                                .order_by(col(HostRow.suspended_at), col(HostRow.id))))
 
 
 def record_heartbeat(session: Session, host_id: str, at: datetime) -> None:

@@ -15,7 +15,7 @@ Batches: ``create_batch``, ``get_batch``, ``queue_children``, ``job_statuses``, 
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``, ``audit``.
 Earnings, payouts and usage: ``earnings``, ``payout``, ``payouts``, ``usage`` (see ``earnings``).
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
-``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``.
+``suspend_host``, ``reinstate_host``, ``suspended_hosts`` (an operator's word), ``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``.
 The exchange: ``set_asking_prices``, ``asking_prices``, ``set_bid_preference``, ``bid_preferences``,
 ``all_bid_preferences``, ``market_history`` (see ``market``).
 Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
@@ -324,12 +324,31 @@ class Ledger(People):
 
     def list_hosts(self) -> list[Host]:
         with db.read_session(self.engine) as session:
-            totals = hosts.karma_totals(session, self.karma_rules)
-            active = jobs.active_counts(session)
-            return [
-                hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
-                for row in hosts.all_rows(session)
-            ]
+            return self._hosts(session, hosts.all_rows(session))
+
+    def suspend_host(self, host_id: str, reason: str) -> Host:
+        """An operator's suspension: the host takes no new jobs until ``reinstate_host``, across its rejoins and
+        placement's restarts. A host already suspended keeps its first reason; NotFound for an unknown host."""
+        with db.write_session(self.engine) as session:
+            hosts.suspend(session, host_id, reason, utcnow())
+            return self._host(session, host_id)
+
+    def reinstate_host(self, host_id: str) -> Host:
+        """Lift an operator's suspension (karma's, if any, holds on its own); NotFound for an unknown host."""
+        with db.write_session(self.engine) as session:
+            hosts.reinstate(session, host_id)
+            return self._host(session, host_id)
+
+    def suspended_hosts(self) -> list[Host]:
+        """The hosts an operator suspended, with why and since when, longest suspended first."""
+        with db.read_session(self.engine) as session:
+            return self._hosts(session, hosts.suspended_rows(session))
+
+    def _hosts(self, session: Any, rows: list[Any]) -> list[Host]:
+        totals = hosts.karma_totals(session, self.karma_rules)
+        active = jobs.active_counts(session)
+        return [hosts.record(row, self.karma_rules.score(totals.get(row.id, 0.0)), active.get(row.id, 0))
+                for row in rows]
 
     def get_host(self, host_id: str) -> Host:
         with db.read_session(self.engine) as session:

@@ -175,6 +175,8 @@ class Host:
     active_jobs: int  # jobs assigned/started/streaming on it now
     owner_account_id: int | None = None  # the account that approved its enrolment
     revoked_at: datetime | None = None
+    suspended_at: datetime | None = None  # by an operator (karma's is ``Ledger.karma_state``): no new jobs
+    suspended_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class HostIdentity:
     public_key: str  # Ed25519, hex
     owner_account_id: int
     revoked: bool
+    suspended_reason: str | None = None  # an operator's suspension: placement applies it when the host registers
 
 
 @dataclass(frozen=True)

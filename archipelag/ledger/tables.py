@@ -146,6 +146,10 @@ class HostRow(SQLModel, table=True):
     enrolled_at: datetime | None = _ts()  # None: never enrolled, placement refuses it
     revoked_at: datetime | None = _ts()  # set: refused by placement from then on
     revoked_reason: str | None = Field(default=None, max_length=500)
+    # Added in schema version 6 (an operator's suspension outlives placement's memory): set, placement refuses it
+    # new jobs, at registration too, until an admin reinstates it. Karma's suspensions are its events' (karma_rules).
+    suspended_at: datetime | None = _ts()
+    suspended_reason: str | None = Field(default=None, max_length=500)
 
 
 class PairingRow(SQLModel, table=True):

@@ -129,16 +129,16 @@ def test_a_version_4_database_upgrades_with_its_jobs(ledger_url: str) -> None:
         connection.exec_driver_sql("DROP INDEX ix_jobs_workload_completed")
         for column in ("bid_price_micro", "clearing_price_micro"):
             connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
-        connection.execute(text("DELETE FROM schema_version WHERE version = 5"))
+        connection.execute(text("DELETE FROM schema_version WHERE version >= 5"))  # later steps: redone, no-ops
     old.close()
     upgraded = Ledger(ledger_url)
     try:
         assert upgraded.schema_version() == 4
-        assert upgraded.migrate() == db.SCHEMA_VERSION == 5
+        assert upgraded.migrate() == db.SCHEMA_VERSION
         assert upgraded.get_job(job.id).bid_price_micro is None
         upgraded.finish(job.id, JobStatus.CANCELLED, error="upgraded")
         upgraded.set_bid_preference(account.id, "echo", 3 * MICRO)
         assert upgraded.bid_preferences(account.id) == {"echo": 3 * MICRO}
-        assert upgraded.migrate() == 5  # and again: nothing to do
+        assert upgraded.migrate() == db.SCHEMA_VERSION  # and again: nothing to do
     finally:
         upgraded.close()

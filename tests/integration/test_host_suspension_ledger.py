@@ -1,0 +1,80 @@
+"""An operator's suspension of a host on SQLite and PostgreSQL: set with why and when, kept first-come, lifted,
+listed, carried in the identity placement reads at registration, and the upgrade of a version-5 database."""
+
+# The fixtures are imported from ledger_contract, and test parameters of the same name look like redefinitions.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import pytest
+from ledger_contract import (  # noqa: F401  (fixtures)
+    an_account,
+    an_owned_host,
+    ledger,
+    ledger_url,
+    postgres_schema_url,
+    postgres_url,
+)
+from sqlalchemy import text
+
+from archipelag import errors
+from archipelag.ledger import Ledger, db
+
+
+def test_a_suspension_is_kept_with_why_and_when_until_reinstated(ledger: Ledger) -> None:
+    owner = an_account(ledger)
+    an_owned_host(ledger, owner, "h-1")
+    an_owned_host(ledger, owner, "h-2")
+    assert ledger.suspended_hosts() == [] and ledger.get_host("h-1").suspended_at is None
+    suspended = ledger.suspend_host("h-1", "wrong answers")
+    assert suspended.suspended_reason == "wrong answers" and suspended.suspended_at is not None
+    again = ledger.suspend_host("h-1", "another admin's reason")  # the first word holds
+    assert (again.suspended_reason, again.suspended_at) == ("wrong answers", suspended.suspended_at)
+    assert [(h.id, h.suspended_reason) for h in ledger.suspended_hosts()] == [("h-1", "wrong answers")]
+    reinstated = ledger.reinstate_host("h-1")
+    assert reinstated.suspended_at is None and reinstated.suspended_reason is None
+    assert ledger.suspended_hosts() == []
+    ledger.reinstate_host("h-2")  # lifting what is not there is fine
+
+
+def test_placement_reads_the_suspension_with_the_hosts_identity(ledger: Ledger) -> None:
+    owner = an_account(ledger)
+    an_owned_host(ledger, owner, "h-1")
+    identity = ledger.host_identity("h-1")
+    assert identity is not None and identity.suspended_reason is None
+    ledger.suspend_host("h-1", "cheating")
+    identity = ledger.host_identity("h-1")
+    assert identity is not None and identity.suspended_reason == "cheating" and not identity.revoked
+    ledger.reinstate_host("h-1")
+    identity = ledger.host_identity("h-1")
+    assert identity is not None and identity.suspended_reason is None
+
+
+def test_an_unknown_host_cannot_be_suspended_or_reinstated(ledger: Ledger) -> None:
+    with pytest.raises(errors.NotFound):
+        ledger.suspend_host("nobody", "x")
+    with pytest.raises(errors.NotFound):
+        ledger.reinstate_host("nobody")
+    assert ledger.suspended_hosts() == []
+
+
+def test_a_version_5_database_upgrades_with_its_hosts(ledger_url: str) -> None:
+    old = Ledger(ledger_url)
+    old.migrate()
+    owner = an_account(old)
+    an_owned_host(old, owner, "h-old")
+    with old.engine.begin() as connection:  # back to version 5: no suspension columns
+        for column in ("suspended_at", "suspended_reason"):
+            connection.exec_driver_sql(f"ALTER TABLE hosts DROP COLUMN {column}")
+        connection.execute(text("DELETE FROM schema_version WHERE version = 6"))
+    old.close()
+    upgraded = Ledger(ledger_url)
+    try:
+        assert upgraded.schema_version() == 5
+        assert upgraded.migrate() == db.SCHEMA_VERSION == 6
+        assert upgraded.get_host("h-old").suspended_at is None
+        assert upgraded.suspend_host("h-old", "upgraded").suspended_reason == "upgraded"
+        assert [h.id for h in upgraded.suspended_hosts()] == ["h-old"]
+        assert upgraded.migrate() == 6  # and again: nothing to do
+    finally:
+        upgraded.close()
