@@ -45,10 +45,16 @@ try:
 except OSError as exc:
     print("connect failed:", exc.strerror)
     raise SystemExit(3)
-s.sendall(sys.stdin.buffer.read())
+try:
+    s.sendall(sys.stdin.buffer.read())
+except OSError:
+    pass  # refused before it read the request: its answer says why
 out = b""
-while chunk := s.recv(65536):
-    out += chunk
+try:
+    while chunk := s.recv(65536):
+        out += chunk
+except ConnectionResetError:
+    pass
 sys.stdout.buffer.write(out)
 """
 
