@@ -412,6 +412,12 @@ def test_a_socket_folder_others_can_write_is_refused(tmp_path: Path, coordinator
     assert list(folder.iterdir()) == []
 
 
+def test_a_socket_path_longer_than_unix_allows_is_refused(coordinator: Coordinator) -> None:
+    with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
+        GateServer(Path("/tmp") / ("g" * 120), FakeRuntime(), guard_for(MANIFEST), HOST, (coordinator.public,), {0},
+                   1024, 1)
+
+
 def test_the_host_id_is_the_gates_own(coordinator: Coordinator) -> None:
     """A ticket for this host id, sent to a gate of another host, is refused there."""
     with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), host_id=HostId("host-b")) as gate, \
