@@ -36,6 +36,15 @@ def actor_name(host_id: HostId) -> str:
     return f"host-agent:{host_id}"
 
 
+def _last_line(error: str) -> str:
+    """The error an actor's constructor raised, from Ray's report of it (the traceback's last line, less the
+    exception's module path)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else error
+    name, _, message = last.partition(": ")
+    return message if message and "." in name and " " not in name else last
+
+
 class HostAgentClient:
     def __init__(self, host_id: HostId, handle: Any, on_lost: Callable[[HostId], None] = lambda _: None) -> None:
         self.host_id = host_id
@@ -53,7 +62,16 @@ class HostAgentClient:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(settings, host_id, name, region, hardware, accepts, dict(asks or {}))
         client = cls(host_id, handle)
-        client.ping(timeout_s=120)
+        try:
+            ray.get(handle.ping.remote(), timeout=120)
+        except RayActorError as exc:
+            if exc.actor_init_failed:  # e.g. placement refused its registration: say why, not just that it died
+                raise HostLost(f"host {host_id}'s agent did not start: {_last_line(exc.error_msg)}",
+                               host_id=host_id) from None
+            raise HostLost(f"host {host_id} does not answer: {type(exc).__name__}", host_id=host_id) from None
+        except GetTimeoutError:
+            raise HostLost(f"host {host_id} does not answer: its agent did not start within 120 s",
+                           host_id=host_id) from None
         return client
 
     @classmethod

@@ -72,3 +72,11 @@ def test_the_host_asking_less_than_the_bid_runs_the_job_and_its_ask_is_the_charg
         assert job["clearing_price"] == pytest.approx(0.0007)
         assert job["usage"]["credits_used"] == pytest.approx(0.0007)
     assert credits(http) == pytest.approx(before - 3 * 0.0007)
+
+
+def test_a_host_joining_with_an_ask_outside_the_bounds_is_refused_and_told_why(network: EmbeddedNetwork) -> None:
+    host = network.add_host("eu-west", "island-greedy", args=("--price", "wasm-hash=0.5"))  # 500 × the catalog's
+    assert host.process.wait(timeout=180) == 1
+    said = host.log_path.read_text()
+    assert "asks prices the network does not take: wasm-hash: 0.5 credits for wasm-hash is outside 0.0001–0.01" in said
+    assert "Traceback" not in said
