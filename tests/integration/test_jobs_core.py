@@ -203,11 +203,13 @@ def test_cancel_reaches_the_host_and_ends_the_job_cancelled(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-def test_a_busy_host_turns_the_job_away_and_the_next_one_runs_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", ["host_busy", "runtime_unavailable", "ticket_refused"])
+def test_a_host_that_turns_the_job_away_before_it_starts_passes_it_to_the_next_one(tmp_path: Path,
+                                                                                   code: str) -> None:
     class Busy(StandInHost):
         async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
             self.ran.append(spec.job_id)
-            yield [{"type": "error", "message": "full", "code": "host_busy"}]
+            yield [{"type": "error", "message": "not here", "code": code}]
 
     async def scenario() -> None:
         net = Net(tmp_path, {"a": Busy([]), "b": StandInHost([DONE])})
@@ -456,5 +458,30 @@ def test_a_bid_under_every_ask_is_a_503_naming_the_lowest_ask_before_anything_is
         with pytest.raises(NoCapacity, match=r"no host asks ≤ your bid of 0\.009 credits; the lowest ask is 0\.01 "):
             await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=9_000)
         assert net.ledger.list_jobs(net.account)[0] == [] and net.ledger.get_account(net.account).credits_micro == CREDITS
+
+    asyncio.run(scenario())
+
+
+def test_a_queue_outgrowing_the_free_slots_surges_what_hosts_earn_up_to_each_bid(tmp_path: Path) -> None:
+    """The dispatcher tells placement its queue's length; while it outgrows the free slots hosts' quotes rise by
+    the surge, yet every queued job still runs, and none pays more than its bid."""
+    async def scenario() -> None:
+        host = StandInHost([], hold=True)
+        net = Net(tmp_path, {"a": host}, host_slots=1)
+        first = await net.submit()
+        await asyncio.sleep(0.1)
+        later = [(await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=bid)).id
+                 for bid in (10_000, 12_000, 20_000)]
+        await asyncio.sleep(0.8)  # a scheduling round: the queue's length reaches placement
+        rate = net.placement.market_rates({"wasm-hash": MANIFEST.price_micro})["wasm-hash"]
+        assert rate["surge"] == 1.25 and rate["rate_micro"] == 12_500
+        host.release.set()
+        for job_id in [first, *later]:
+            await net.stream(job_id)
+        charged = [net.job(j).credits_used_micro for j in later]
+        assert all(net.job(j).status == JobStatus.SUCCEEDED for j in later)
+        assert charged[0] == 10_000 and charged[1] <= 12_000 and charged[2] <= 12_500  # capped by the bid
+        await asyncio.sleep(0.8)
+        assert net.placement.market_rates({"wasm-hash": MANIFEST.price_micro})["wasm-hash"]["surge"] == 1.0
 
     asyncio.run(scenario())
