@@ -56,7 +56,8 @@ class SignedTicket:
 
 
 def input_digest(job_input: dict[str, Any]) -> str:
-    canonical = json.dumps(job_input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ASCII with escapes: a lone surrogate a request's JSON may carry has no UTF-8, and must not crash the signer
+    canonical = json.dumps(job_input, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 
 # A final error's code → the job's end state; anything else is `failed`.
 _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_OUT}
-_TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable"})  # before it started: next host, same attempt
+# Before it started: next host, same attempt (a host whose gate refuses the coordinator's ticket, e.g. with its
+# clock off, is turned away as one without the runtime).
+_TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable", "ticket_refused"})
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
 HOST_EVENTS_BYTES = 4096  # beyond its workload's output budget, room for the host's own events (its errors)
 HOST_EVENTS = 256  # beyond the workload's events, room for the host's own (statuses, its errors, its end)

@@ -99,3 +99,8 @@ def test_an_unpinned_ticket_leaves_the_artifact_to_the_hosts_signed_catalog(key:
     unpinned = dataclasses.replace(unpinned, workload=dataclasses.replace(unpinned.workload, image_id=None))
     signed = tickets.issue(key, unpinned, HOST, NOW)  # the coordinator's workloads folder pins no image
     assert tickets.verify(signed, keys_of(key), HOST, a_spec(), NOW).artifact == ""
+
+
+def test_an_input_with_a_lone_surrogate_is_signed_and_checked(key: SigningKey) -> None:
+    spec = a_spec(job_input={"text": "\ud800 half a pair"})  # valid JSON (an escape), no UTF-8
+    assert tickets.verify(tickets.issue(key, spec, HOST, NOW), keys_of(key), HOST, spec, NOW).job_id == spec.job_id
