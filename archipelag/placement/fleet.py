@@ -104,6 +104,7 @@ class Fleet:
         "slots": np.int32, "reported": np.int32, "inflight": np.int32, "active": np.int32,
         "has_room": np.bool_,  # active < slots
         "gpu": np.bool_,  # lends a GPU: its hardware tier (market.pricing.tier_of) is gpu
+        "asks": np.intp,  # its asks' code in ``_ask_lists``
         "speed": np.float64, "standing": np.float64,  # standing: scoring.standing(), refreshed on change
         "free_ram_f": np.float64, "free_vram_f": np.float64,  # max(free, 1) as floats: the fit's divisor
     }
@@ -119,6 +120,7 @@ class Fleet:
         self._runtime_bits: dict[str, int] = {}
         self._regions = _Interned()
         self._accept_lists = _Interned()
+        self._ask_lists = _Interned()  # hosts' asks as sorted (pattern, price) tuples: few distinct ones
         self._cols: dict[str, npt.NDArray[Any]] = {}
         self._ask_keys: dict[str, _AskKey] = {}  # the effective-ask columns built so far (kept per row after)
         self._ask_names: dict[_AskKey, str] = {}  # their names, by key (a decision looks one up)
@@ -286,6 +288,7 @@ class Fleet:
         """Keep the row's effective asks in every column built so far (the others are built from ``_static``)."""
         static = self._static[row]
         self._cols["gpu"][row] = static.gpu_model is not None
+        self._cols["asks"][row] = self._ask_lists.code(tuple(sorted(static.asks.items())))
         for name, (slug, price, market) in self._ask_keys.items():
             self._cols[name][row] = market.effective(ask_for(static.asks, slug, price),
                                                      "gpu" if self._cols["gpu"][row] else "cpu")
@@ -298,16 +301,15 @@ class Fleet:
         column = None if name is None else self._cols[name]
         if column is None:
             name = self._ask_names[key] = _ask_column(key)
-            n = self._n
-            base = np.full(n, request.catalog_price_micro, dtype=np.int64)
-            for row, static in enumerate(self._static):
-                if static.asks:
-                    base[row] = ask_for(static.asks, request.workload, request.catalog_price_micro)
-            values, inverse = np.unique(base, return_inverse=True)  # few distinct asks: price each once per tier
-            by_tier = {tier: np.array([market.effective(int(v), tier) for v in values.tolist()], dtype=np.int64)
-                       for tier in ("cpu", "gpu")}
+            # Priced once per distinct ask list and tier, then spread over the rows by their codes.
+            slug, price = request.workload, request.catalog_price_micro
+            base = [ask_for(dict(items), slug, price) for items in self._ask_lists.values]
+            codes = self._col("asks")
             column = np.zeros(len(self._cols["status"]), dtype=np.int64)
-            column[:n] = np.where(self._col("gpu"), by_tier["gpu"][inverse], by_tier["cpu"][inverse])
+            column[: self._n] = np.where(
+                self._col("gpu"),
+                np.take(np.array([market.effective(ask, "gpu") for ask in base], dtype=np.int64), codes),
+                np.take(np.array([market.effective(ask, "cpu") for ask in base], dtype=np.int64), codes))
             self._cols[name] = column
             self._ask_keys[name] = key
         return column[: self._n]
