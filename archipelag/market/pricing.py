@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from archipelag.settings import MarketSettings
 
 def credits_text(micro: int) -> str:
-    """Micro-credits as people read them in a message: ``0.002``."""
-    return f"{micro / MICRO:g}"
+    """Micro-credits as people read them in a message: ``0.002``, ``0.000001`` (never ``1e-06``), ``20``."""
+    return f"{(Decimal(micro) / MICRO).normalize():f}"
 
 
 def parse_asks(prices: Iterable[str]) -> dict[str, int]:

@@ -4,7 +4,9 @@ vectorized passes instead of a Python loop. Pure (numpy, no Ray).
 Rows are dense: a host's row comes from ``_index``; removing a host moves the last row into its place, so
 register, heartbeat and removal are O(1). The request-independent part of each score (``standing``) is kept
 per row and refreshed whenever its inputs change. ``rank`` returns exactly what ``scoring.rank`` returns over
-``snapshots()`` — same filters, same sums in the same order, same tie-break.
+``snapshots()`` — same filters, same sums in the same order, same tie-break. Hosts' effective asks (the price
+filter) are a column per workload and market, built when first asked, from a table per distinct ask list, and
+kept per row afterwards.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from archipelag.market.pricing import (
     Market,
     ask_for,
     check_asks,
+    credits_text,
     effective_ask,
     market_rate,
     parse_asks,
@@ -127,3 +128,9 @@ def test_host_join_prices_are_credits_by_pattern(prices: list[str], asks: dict[s
 def test_a_price_that_is_not_whole_micro_credits_is_refused(price: str) -> None:
     with pytest.raises(ValidationFailed, match="--price"):
         parse_asks([price])
+
+
+@pytest.mark.parametrize(("micro", "text"), [(2_000, "0.002"), (1, "0.000001"), (20_000_000, "20"), (0, "0"),
+                                             (1_500_000, "1.5")])
+def test_credits_read_as_decimals_in_messages(micro: int, text: str) -> None:
+    assert credits_text(micro) == text
