@@ -21,9 +21,8 @@ from archipelag.jobs.exchange import Exchange, reserve_micro
 from archipelag.jobs.ports import Hosts, JobLedger, MarketPlacement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
-from archipelag.ledger.karma_rules import Standing
 from archipelag.ledger.records import Job, JobBatch
-from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
+from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus
 from archipelag.metrics.network import NetworkMetrics, NetworkStatus, RequestCounts
 from archipelag.metrics.placement import MeteredPlacement
 from archipelag.metrics.trace import TRACE
@@ -261,13 +260,11 @@ class JobService:
         """Every job an earlier coordinator left unfinished runs again: queued ones take their place in the
         queue, running ones (their host's run died with the old cluster, or is orphaned) are re-run elsewhere,
         their stream continuing from its last checkpoint. A job past its attempts fails and is refunded. Hosts an
-        operator suspended stay suspended; one its karma suspended is karma's (the fleet round suspends it again,
-        and lifts it when its karma recovers)."""
+        operator suspended stay suspended, with the ledger's reason (placement also reads it when one registers);
+        one its karma suspended is karma's (the fleet round suspends it again, and lifts it when it recovers)."""
         try:
-            for host in await self._ledger.list_hosts():
-                if host.status is HostStatus.SUSPENDED and \
-                        (await self._ledger.karma_state(host.id)).standing is not Standing.SUSPENDED:
-                    await self._placement.suspend_async(host.id, "suspended by an operator before a restart")
+            for host in await self._ledger.suspended_hosts():
+                await self._placement.suspend_async(host.id, host.suspended_reason or "suspended by an operator")
         except ArchipelagError:
             log.exception("could not read which hosts are suspended")
         try:

@@ -76,8 +76,9 @@ class PlacementActor:
             raise NotFound(f"placement knows no host {host_id!r}", host_id=host_id)
 
     def register(self, snapshot: HostSnapshot, proof: Proof | None = None) -> None:
-        """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended.
-        HostRefused unless the report is signed by the host's enrolled key (see ``_check``)."""
+        """Add or refresh a host; its heartbeat clock starts now. A suspended host stays suspended, and one the
+        ledger says an operator suspended joins suspended. HostRefused unless the report is signed by the host's
+        enrolled key (see ``_check``)."""
         self._check("register", snapshot.host_id, snapshot, proof)
         # Karma is the ledger's word, never the host's: a signature proves who reports, not that it is true. A
         # known host keeps what the ledger last gave it; a new one starts neutral until the next fleet round.
@@ -147,7 +148,7 @@ class PlacementActor:
     def suspend(self, host_id: HostId, reason: str) -> None:
         """An operator takes a host out of placement (it may be unknown now: it stays out when it joins).
         Its running jobs finish; it gets no new ones until ``reinstate``. A host already suspended keeps its
-        first reason."""
+        first reason. The ledger holds it first (``Ledger.suspend_host``): this is placement hearing of it."""
         self._suspended.setdefault(host_id, reason)
         if host_id in self._fleet:
             self._fleet.set_status(host_id, HostStatus.SUSPENDED)
@@ -160,7 +161,8 @@ class PlacementActor:
         self._back_online(host_id)
 
     def suspensions(self) -> dict[HostId, str]:
-        """The operator's suspensions (karma's are the ledger's: ``Ledger.karma_state``)."""
+        """The operator's suspensions placement applies: the ledger's (``Ledger.suspended_hosts``), for the hosts
+        it has heard of (karma's are ``Ledger.karma_state``)."""
         return dict(self._suspended)
 
     def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
@@ -313,6 +315,11 @@ class PlacementActor:
             if host_id in self._fleet:
                 self._fleet.remove(host_id)
             raise HostRefused(f"host {host_id} was revoked by its owner or an admin; it takes no more jobs")
+        # The operator's suspension is the ledger's: after a restart of placement this read is its first word on
+        # it. Later ``suspend`` and ``reinstate`` follow the ledger's writes (the admin API makes both), and only
+        # ``reinstate`` lifts one: a read never does.
+        if enrolled.suspended_reason is not None:
+            self._suspended.setdefault(host_id, enrolled.suspended_reason)
         return enrolled
 
     def ping(self) -> int:

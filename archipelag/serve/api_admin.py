@@ -15,6 +15,8 @@ from archipelag.actors.controls import Command, Controller
 from archipelag.catalog import MICRO
 from archipelag.errors import Conflict, Forbidden, HostLost, NotFound
 from archipelag.ids import HostId
+from archipelag.ledger.records import Host
+from archipelag.lifecycle import HostStatus
 from archipelag.serve.api_accounts import person_view
 from archipelag.serve.api_jobs import Svc
 from archipelag.serve.auth import Caller, require
@@ -112,24 +114,29 @@ async def set_role(account_id: AccountPath, body: Role, caller: AdminWriter, svc
 
 @router.get("/hosts")
 async def list_hosts(_: AdminReader, svc: Svc) -> Response:
-    """The fleet, with each operator suspension and why (a suspended host may be offline and not listed in
-    the fleet; it stays suspended when it joins)."""
-    suspended = await svc.placement.suspensions_async()
-    views = [{**host_view(s, await svc.ledger.karma_score(s.host_id)), "suspended_reason": suspended.get(s.host_id)}
-             for s in await svc.jobs.hosts()]
+    """The fleet, with each operator suspension and why, from the ledger; then the suspended hosts placement does
+    not know now (offline, or not rejoined since its restart: they stay suspended when they join)."""
+    suspended = {host.id: host for host in await svc.ledger.suspended_hosts()}
+    fleet = await svc.jobs.hosts()
+    views = [{**host_view(s, await svc.ledger.karma_score(s.host_id)), **_suspension(suspended.pop(s.host_id, None))}
+             for s in fleet]
+    views += [_absent_view(host) for host in suspended.values()]
     return page(views, len(views), len(views), 0)
 
 
 @router.post("/hosts/{host_id}/suspend")
 async def suspend_host(host_id: HostPath, body: Suspension, caller: AdminWriter, svc: Svc) -> Response:
     """Take a host out of placement: it gets no new jobs (its running ones finish) until reinstated, across
-    its rejoins and the coordinator's restarts."""
-    await svc.placement.suspend_async(HostId(host_id), f"{body.reason} (admin account {caller.account_id})")
+    its rejoins and the coordinator's restarts (the ledger holds it; placement hears of it next). 404 for a
+    host the ledger does not know."""
+    host = await svc.ledger.suspend_host(host_id, f"{body.reason} (admin account {caller.account_id})")
+    await svc.placement.suspend_async(HostId(host_id), host.suspended_reason or body.reason)
     return data(await _host(host_id, svc))
 
 
 @router.post("/hosts/{host_id}/reinstate")
 async def reinstate_host(host_id: HostPath, _: AdminWriter, svc: Svc) -> Response:
+    await svc.ledger.reinstate_host(host_id)
     await svc.placement.reinstate_async(HostId(host_id))
     return data(await _host(host_id, svc))
 
@@ -181,13 +188,31 @@ async def drain_host(host_id: HostPath, caller: Writer, svc: Svc, body: HostNote
 
 
 async def _host(host_id: str, svc: Services) -> dict[str, object]:
-    suspended = await svc.placement.suspensions_async()
+    """A host as placement sees it, with the ledger's word on its operator's suspension; one placement does not
+    know now as the ledger recorded it (else only its id)."""
     snapshot = next((s for s in await svc.jobs.hosts() if s.host_id == host_id), None)
-    if snapshot is None:
-        return {"id": host_id, "status": "suspended" if host_id in suspended else "unknown",
-                "suspended_reason": suspended.get(HostId(host_id))}
-    return {**host_view(snapshot, await svc.ledger.karma_score(host_id)),
-            "suspended_reason": suspended.get(HostId(host_id))}
+    try:
+        host: Host | None = await svc.ledger.get_host(host_id)
+    except NotFound:
+        host = None
+    if snapshot is not None:
+        return {**host_view(snapshot, await svc.ledger.karma_score(host_id)), **_suspension(host)}
+    if host is not None:
+        return _absent_view(host)
+    return {"id": host_id, "status": "unknown", **_suspension(None)}
+
+
+def _suspension(host: Host | None) -> dict[str, object]:
+    """The operator's suspension of ``host`` as the ledger holds it (None: the host is not suspended by one)."""
+    return {"suspended_reason": host.suspended_reason if host is not None else None,
+            "suspended_at": iso(host.suspended_at) if host is not None else None}
+
+
+def _absent_view(host: Host) -> dict[str, object]:
+    """A host placement does not know now, as the ledger recorded it: suspended if an operator suspended it."""
+    status = HostStatus.SUSPENDED if host.suspended_at is not None else HostStatus.OFFLINE
+    return {"id": host.id, "name": host.name, "status": str(status), "region": host.region,
+            "karma_score": host.karma_score, "active_jobs": host.active_jobs, **_suspension(host)}
 
 
 @router.post("/invites", status_code=201)

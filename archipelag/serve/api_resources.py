@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Response
 
 from archipelag.catalog_signing import catalog_files
 from archipelag.errors import NotFound
-from archipelag.ids import HostId
 from archipelag.ledger.karma_rules import Standing
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.serve.api_jobs import MAX_OFFSET, Reader, Svc
@@ -56,7 +55,7 @@ async def get_host(host_id: str, _: Reader, svc: Svc) -> Response:
     """One host; a suspended one says why (its operator's reason, else its karma's)."""
     snapshot = await _snapshot(host_id, svc)
     state = await svc.ledger.karma_state(host_id)
-    operator = (await svc.placement.suspensions_async()).get(HostId(host_id))
+    operator = (await svc.ledger.get_host(host_id)).suspended_reason  # the ledger's, as placement applies it
     karma_suspension = state.reason if state.standing is Standing.SUSPENDED else None
     return data({**host_view(snapshot, state.score), "karma_standing": str(state.standing),
                  "suspended_reason": operator or karma_suspension})

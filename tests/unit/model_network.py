@@ -179,6 +179,7 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
                         placement=placement, catalog=dict(CATALOG))
     for index in range(hosts):
         host_id = HostId(f"host-{chr(ord('a') + index)}")
+        ledger.upsert_host(host_id, host_id, "eu-west", {})  # recorded before it joins, as enrolment records it
         placement.register(a_host(host_id, runtimes=runtimes, slots=slots, active_jobs=active_jobs))
     return ModelNetwork(services, ledger, placement, host, key, account.id, build_api(services))
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from builders import NOW, a_host
 
 from archipelag import identity
-from archipelag.errors import HostRefused
+from archipelag.errors import HostRefused, InvalidTransition
 from archipelag.ids import HostId
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
@@ -94,3 +95,18 @@ def test_only_a_hosts_own_key_changes_its_status(placement: PlacementClient) -> 
     assert placement.get(A).status == HostStatus.ONLINE
     placement.set_status(A, HostStatus.PAUSED, identity.sign(KEY_A, "status", A, NOW + 2, paused))
     assert placement.get(A).status == HostStatus.PAUSED
+
+
+def test_a_host_the_ledger_says_an_operator_suspended_joins_suspended(enrolled: dict[HostId, HostIdentity]) -> None:
+    """A new placement (after a restart) knows nothing of suspensions: the host's identity from the ledger says it."""
+    enrolled[A] = replace(enrolled[A], suspended_reason="wrong answers (admin account 1)")
+    placement = PlacementClient.local(Settings(report_max_skew_s=60), clock=lambda: NOW, identities=enrolled.get)
+    register(placement, A, KEY_A)
+    register(placement, B, KEY_B)
+    assert placement.get(A).status == HostStatus.SUSPENDED and placement.get(B).status == HostStatus.ONLINE
+    assert asyncio.run(placement.suspensions_async()) == {A: "wrong answers (admin account 1)"}
+    online = identity.status_report(HostStatus.ONLINE)
+    with pytest.raises(InvalidTransition, match="suspended"):  # the host cannot lift it by itself
+        placement.set_status(A, HostStatus.ONLINE, identity.sign(KEY_A, "status", A, NOW + 1, online))
+    asyncio.run(placement.reinstate_async(A))  # the admin API's, after the ledger's
+    assert placement.get(A).status == HostStatus.ONLINE
