@@ -59,8 +59,10 @@ def ask_for(asks: Mapping[str, int], slug: str, catalog_price_micro: int) -> int
 
 
 def check_asks(asks: Mapping[str, int], catalog: Mapping[str, int], settings: MarketSettings) -> list[str]:
-    """Why ``asks`` cannot stand (empty: they can). ``catalog``: each workload's price. A family ask is checked
-    against every workload it matches; one that matches none is refused (a typo would otherwise ask nothing)."""
+    """Why ``asks`` cannot stand (empty: they can). ``catalog``: each workload's price. An ask for one workload
+    must lie within its bounds; a family's (a pattern, ``*`` included) is held within each workload's bounds where
+    it applies (``Market.ask``), since one price rarely fits workloads whose catalog prices differ a hundredfold. A
+    family that matches no workload is refused (a typo would otherwise ask nothing)."""
     reasons: list[str] = []
     for pattern, price in sorted(asks.items()):
         if isinstance(price, bool) or not isinstance(price, int) or price < 0:
@@ -69,7 +71,7 @@ def check_asks(asks: Mapping[str, int], catalog: Mapping[str, int], settings: Ma
         matched = [slug for slug in catalog if fnmatchcase(slug, pattern)]
         if not matched:
             reasons.append(f"{pattern}: matches no workload in the catalog")
-        for slug in matched:
+        for slug in matched if pattern in catalog else ():
             low, high = bounds(catalog[slug], settings)
             if not low <= price <= high:
                 reasons.append(f"{pattern}: {credits_text(price)} credits for {slug} is outside "
@@ -80,8 +82,13 @@ def check_asks(asks: Mapping[str, int], catalog: Mapping[str, int], settings: Ma
 
 def bounds(catalog_price_micro: int, settings: MarketSettings) -> tuple[int, int]:
     """The lowest and highest ask the network takes for a workload of this catalog price."""
-    return (math.ceil(_decimal(catalog_price_micro) * _decimal(settings.min_ask_ratio)),
-            math.floor(_decimal(catalog_price_micro) * _decimal(settings.max_ask_ratio)))
+    return _bounds(catalog_price_micro, (settings.min_ask_ratio, settings.max_ask_ratio))
+
+
+def _bounds(catalog_price_micro: int, ratios: tuple[float, float]) -> tuple[int, int]:
+    low, high = ratios
+    return (math.ceil(_decimal(catalog_price_micro) * _decimal(low)),
+            math.floor(_decimal(catalog_price_micro) * _decimal(high)) if math.isfinite(high) else 2**62)
 
 
 def tier_of(gpu_model: str | None) -> str:
@@ -96,10 +103,20 @@ class Market:
 
     tiers: tuple[tuple[str, float], ...] = field(default=())  # (tier, multiplier); a tier not listed: 1.0
     surge: float = 1.0
+    ratios: tuple[float, float] = (0.0, math.inf)  # the bounds around a catalog price a family's ask is held in
 
     @classmethod
     def of(cls, settings: MarketSettings, surge: float = 1.0) -> Market:
-        return cls(tuple(sorted(settings.tier_multipliers.items())), surge)
+        return cls(tuple(sorted(settings.tier_multipliers.items())), surge,
+                   (settings.min_ask_ratio, settings.max_ask_ratio))
+
+    def ask(self, asks: Mapping[str, int], slug: str, catalog_price_micro: int) -> int:
+        """The host's ask for ``slug`` (``ask_for``); a family's held within the workload's bounds."""
+        ask = ask_for(asks, slug, catalog_price_micro)
+        if slug in asks:
+            return ask
+        low, high = _bounds(catalog_price_micro, self.ratios)
+        return min(max(ask, low), high)
 
     def effective(self, ask_micro: int, tier: str) -> int:
         return effective_ask(ask_micro, dict(self.tiers).get(tier, 1.0), self.surge)

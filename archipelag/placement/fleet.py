@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
-from archipelag.market.pricing import NO_MARKET, Market, ask_for
+from archipelag.market.pricing import NO_MARKET, Market
 from archipelag.placement.measured import HardwareCheck, believed
 from archipelag.placement.regions import proximity
 from archipelag.placement.scoring import (
@@ -292,7 +292,7 @@ class Fleet:
         self._cols["gpu"][row] = static.gpu_model is not None
         self._cols["asks"][row] = self._ask_lists.code(tuple(sorted(static.asks.items())))
         for name, (slug, price, market) in self._ask_keys.items():
-            self._cols[name][row] = market.effective(ask_for(static.asks, slug, price),
+            self._cols[name][row] = market.effective(market.ask(static.asks, slug, price),
                                                      "gpu" if self._cols["gpu"][row] else "cpu")
 
     def _asks(self, request: JobRequest, market: Market) -> npt.NDArray[np.int64]:
@@ -305,7 +305,7 @@ class Fleet:
             name = self._ask_names[key] = _ask_column(key)
             # Priced once per distinct ask list and tier, then spread over the rows by their codes.
             slug, price = request.workload, request.catalog_price_micro
-            base = [ask_for(dict(items), slug, price) for items in self._ask_lists.values]
+            base = [market.ask(dict(items), slug, price) for items in self._ask_lists.values]
             codes = self._col("asks")
             column = np.zeros(len(self._cols["status"]), dtype=np.int64)
             column[: self._n] = np.where(

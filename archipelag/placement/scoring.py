@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from archipelag.ids import HostId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
-from archipelag.market.pricing import NO_MARKET, Market, ask_for, credits_text, tier_of
+from archipelag.market.pricing import NO_MARKET, Market, credits_text, tier_of
 from archipelag.placement.regions import proximity
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def accepts(patterns: tuple[str, ...], workload: str) -> bool:
 
 def host_ask(host: HostSnapshot, request: JobRequest, market: Market = NO_MARKET) -> int:
     """What the host asks in effect for a job of ``request`` now: its ask × its tier's multiplier × the surge."""
-    return market.effective(ask_for(host.asks, request.workload, request.catalog_price_micro),
+    return market.effective(market.ask(host.asks, request.workload, request.catalog_price_micro),
                             tier_of(host.gpu_model))
 
 

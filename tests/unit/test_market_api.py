@@ -70,9 +70,9 @@ def test_asks_are_the_owners_alone_known_hosts_only_and_within_the_bounds(net: M
         assert unknown.status_code == 404
         # the catalog prices are 0.01: the network takes 0.001 to 0.1 (ratios 0.1 and 10)
         high = client.post("/api/v1/market/asking-prices",
-                           json={"host_id": "host-a", "prices": {"text-stats": 0.02, "llm-*": 0.5}})
+                           json={"host_id": "host-a", "prices": {"text-stats": 0.02, "llm-chat": 0.5}})
         assert high.status_code == 422, high.text
-        assert "llm-*" in high.json()["error"]["errors"] and "outside" in high.json()["error"]["message"]
+        assert "llm-chat" in high.json()["error"]["errors"] and "outside" in high.json()["error"]["message"]
         for wrong in ({"no-such-workload": 0.01}, {"text-stats": -1}, {"text-stats": 0.0000001}, {"a b": 0.01}):
             answer = client.post("/api/v1/market/asking-prices", json={"host_id": "host-a", "prices": wrong})
             assert answer.status_code == 422, (wrong, answer.text)

@@ -44,14 +44,27 @@ def test_the_most_specific_ask_applies(asks: dict[str, int], slug: str, expected
     ({"llm-chat": 199}, ["llm-chat"]),
     ({"llm-chat": 20_001}, ["llm-chat"]),
     ({"llm-*": 3_000}, []),  # within the bounds of llm-chat (200–20 000) and llm-code (400–40 000)
-    ({"llm-*": 300}, ["llm-*"]),  # below llm-code's lowest
-    ({"*": 20_000}, ["*"]),  # above wasm-hash's highest (10 000)
+    ({"llm-*": 300}, []),  # below llm-code's lowest: a family's ask is held within each workload's bounds
+    ({"*": 20_000}, []),  # above wasm-hash's highest (10 000): the same
     ({"llm-chta": 2_000}, ["llm-chta"]),  # a typo matches no workload
     ({"llm-chat": -1}, ["llm-chat"]),
 ])
 def test_asks_are_held_within_the_catalog_bounds(asks: dict[str, int], refused: list[str]) -> None:
     reasons = check_asks(asks, CATALOG, MarketSettings())
     assert sorted({r.split(":")[0] for r in reasons}) == refused
+
+
+@pytest.mark.parametrize(("asks", "slug", "expected"), [
+    ({"*": 20_000}, "wasm-hash", 10_000),  # one price for every workload: held at wasm-hash's highest
+    ({"*": 20_000}, "llm-chat", 20_000),  # within llm-chat's bounds: as asked
+    ({"*": 20_000}, "sdxl", 20_000),  # sdxl's lowest is 20 000
+    ({"*": 300}, "sdxl", 20_000),  # raised to sdxl's lowest
+    ({"llm-chat": 20_000, "*": 1}, "llm-chat", 20_000),  # an exact ask was checked when it was posted
+    ({}, "llm-chat", 2_000),
+])
+def test_a_familys_ask_is_held_within_each_workloads_bounds(asks: dict[str, int], slug: str,
+                                                           expected: int) -> None:
+    assert Market.of(MarketSettings()).ask(asks, slug, CATALOG[slug]) == expected
 
 
 def test_an_out_of_bounds_reason_says_the_bounds_in_credits() -> None:
