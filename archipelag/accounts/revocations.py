@@ -61,9 +61,26 @@ class Revocations:
         self._keepalive_s = keepalive_s
         self._position = 0
         self._log: list[tuple[int, Notice]] = []
-        self._changed = asyncio.Condition()
         self._watchers: dict[str, tuple[int, float]] = {}  # watcher → (position it applied, when it said so)
-        self._acked = asyncio.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed_in_loop = asyncio.Condition()
+        self._acked_in_loop = asyncio.Condition()
+
+    def _conditions(self) -> tuple[asyncio.Condition, asyncio.Condition]:
+        """(changed, acked) of the running loop. The actor has one loop; an object in process (tests, one API
+        app) may serve one event loop after another, and an asyncio condition belongs to the loop it waited in."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._changed_in_loop, self._acked_in_loop = loop, asyncio.Condition(), asyncio.Condition()
+        return self._changed_in_loop, self._acked_in_loop
+
+    @property
+    def _changed(self) -> asyncio.Condition:
+        return self._conditions()[0]
+
+    @property
+    def _acked(self) -> asyncio.Condition:
+        return self._conditions()[1]
 
     async def publish(self, notice: Notice) -> int:
         """Add ``notice``; return its position once every watcher applied it or its lease ran out."""

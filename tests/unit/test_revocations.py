@@ -121,3 +121,19 @@ async def wait_for_lease(cache: CredentialCache) -> None:
             return
         await asyncio.sleep(0.01)
     pytest.fail("the cache never got a lease")
+
+
+def test_an_object_in_process_serves_one_event_loop_after_another() -> None:
+    revocations = Revocations(lease_s=30.0)  # as an API app's own, across test clients that each run a loop
+
+    async def publish_to_a_watcher() -> None:
+        stream = revocations.watch(-1, "replica")
+        await first(stream)
+        publishing = asyncio.ensure_future(revocations.publish(KEY))
+        batch = await asyncio.wait_for(anext(stream), 5)
+        await revocations.ack("replica", batch.position)
+        await asyncio.wait_for(publishing, 5)
+        await stream.aclose()
+
+    asyncio.run(publish_to_a_watcher())
+    asyncio.run(publish_to_a_watcher())
