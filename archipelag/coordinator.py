@@ -16,15 +16,20 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def prepare_ray_env(settings: Settings) -> dict[str, str]:
-    """Write the cluster's auth token (once) and put Ray's environment into this process."""
+def prepare_ray_env(settings: Settings, rotate_token: bool = False) -> dict[str, str]:
+    """Write the cluster's auth token (once, or anew with ``rotate_token``) and put Ray's environment into this
+    process. A new token takes effect as the head starts with it: hosts enrolled by pairing fetch it themselves
+    when they rejoin (a revoked one is refused it); other nodes, those of a revoked host included, are out."""
     env = settings.ray_env()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
-    if token_path and not Path(token_path).exists():
-        Path(token_path).write_text(secrets.token_hex(32))
-        Path(token_path).chmod(0o600)
+    if token_path and (rotate_token or not Path(token_path).exists()):
+        fresh = Path(token_path).with_suffix(".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never briefly readable by others
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        fresh.replace(token_path)
     os.environ.update(env)
     return env
 
@@ -62,9 +67,10 @@ class Coordinator:
             self.head.stop()
 
 
-def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90) -> Coordinator:
+def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
+                      rotate_token: bool = False) -> Coordinator:
     """Start a head node (unless settings name one), then placement and the API on it."""
-    env = prepare_ray_env(settings)  # before Ray is imported: it reads its auth settings at import
+    env = prepare_ray_env(settings, rotate_token)  # before Ray is imported: it reads its auth settings at import
 
     import ray
 

@@ -196,13 +196,13 @@ def _signal_all(processes: list[psutil.Process], sig: int) -> None:
 
 
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,
-                  timeout_s: float = 180) -> EmbeddedNetwork:
+                  timeout_s: float = 180, rotate_token: bool = False) -> EmbeddedNetwork:
     log_dir = (settings.state_dir / "logs").resolve()
     # The embedded network signs its own catalog with a dev key its hosts trust; a deployment signs
     # offline and hands hosts the public key (README).
     _, key = ensure_dev_signed_catalog(settings)
     settings = settings.model_copy(update={"trusted_catalog_keys": [*settings.trusted_catalog_keys, key]})
-    coordinator = start_coordinator(settings, log_dir)
+    coordinator = start_coordinator(settings, log_dir, rotate_token=rotate_token)
     network = EmbeddedNetwork(settings, coordinator, api_key="")
     try:
         network.api_key = ensure_local_account(settings, coordinator.ledger)

@@ -13,16 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archipelag import identity
 from archipelag.actors.controls import HostControls, lent
 from archipelag.actors.hardware import Hardware, detect
-from archipelag.actors.pairing import is_api_url, pair
+from archipelag.actors.pairing import is_api_url, pair, refresh
 from archipelag.actors.schedule import Schedule
-from archipelag.errors import ArchipelagError, ConfigError, HostLost
+from archipelag.errors import ArchipelagError, ConfigError, HostLost, HostRefused
 from archipelag.ids import HostId, new_host_id
 from archipelag.nodes import RayNodeProcess, RunAs, host_resource, start_host_node
 from archipelag.settings import Settings
@@ -52,6 +52,7 @@ class JoinRequest:
     node_ip: str | None
     timeout_s: float
     run_as: RunAs | None = None  # the unprivileged account its Ray node runs as (`--ray-user`)
+    api: str | None = None  # the network's API when it enrolled by pairing: where fresh credentials come from
     asks: Mapping[str, int] = field(default_factory=dict)  # its prices (`--price`): its registration carries them
 
     @property
@@ -89,7 +90,8 @@ class JoinedHost:
             if not self.node.alive():
                 log.warning("host %s: its Ray node exited (see %s); rejoining %s", self.host_id,
                             self.node.log_path, self.request.coordinator)
-                self._rejoin(stop)
+                if not self._rejoin(stop):
+                    return
                 if controls is not None:
                     controls.restore()
                 continue
@@ -114,7 +116,10 @@ class JoinedHost:
                 "limits": limits}
         return HostControls(self.host_id, lambda: self.agent, info, self.settings.drain_timeout_s, schedule)
 
-    def _rejoin(self, stop: threading.Event) -> None:
+    def _rejoin(self, stop: threading.Event) -> bool:
+        """Join the coordinator again until it answers (True) or ``stop`` is set; False once the network refuses
+        this host (revoked), which then leaves. A host enrolled by pairing fetches its credentials first: the
+        cluster's token may have been rotated meanwhile."""
         import ray
 
         ray.shutdown()  # the driver's GCS is gone with the node's
@@ -123,13 +128,19 @@ class JoinedHost:
         while not stop.is_set():
             attempt += 1
             try:
+                if self.request.api is not None:
+                    self.request = _refreshed(self.request)
                 self.node, self.agent = _connect(self.request)
                 log.warning("host %s rejoined %s (try %d)", self.host_id, self.request.coordinator, attempt)
-                return
+                return True
+            except HostRefused as exc:
+                log.error("host %s: the network refuses it (%s); it leaves", self.host_id, exc.message)
+                return False
             except Exception as exc:  # noqa: BLE001 - a try fails in any of Ray's ways; the host keeps trying
                 log.warning("host %s: rejoin try %d failed: %s; next try in %.0f s", self.host_id, attempt,
                             getattr(exc, "message", exc), REJOIN_INTERVAL_S)
             stop.wait(REJOIN_INTERVAL_S)
+        return False
 
     def leave(self) -> None:
         """Stop taking jobs, tell placement, leave the cluster, and stop this host's Ray node. Only the
@@ -219,6 +230,16 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
     return node, agent
 
 
+def _refreshed(request: JoinRequest) -> JoinRequest:
+    """``request`` with the credentials the network gives this host now (a rotated token, its Ray address)."""
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+
+    assert request.api is not None
+    enrolled = refresh(request.settings, request.api)
+    AuthenticationTokenLoader.instance().reset_cache()  # this process reads the token file again
+    return replace(request, settings=enrolled.settings, coordinator=enrolled.ray_address)
+
+
 def _hand_over(request: JoinRequest, env: dict[str, str]) -> tuple[dict[str, str], Path]:
     """What the unprivileged account of a host's Ray node needs, and nothing more: a temp dir of its own (short:
     Ray's socket paths stay under 107 bytes), the host's signing key (its agent signs the host's reports), the
@@ -273,8 +294,9 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
          max_gpu_memory_mb: int | None = None, no_gpu: bool = False, ray_user: str | None = None,
          asks: Mapping[str, int] | None = None) -> JoinedHost:
-    if is_api_url(coordinator):  # enrol through the API first: its answer says where and how to join
-        enrolled = pair(settings, coordinator, name, region, detect(max_memory_mb, max_cores).as_capabilities())
+    api = coordinator if is_api_url(coordinator) else None
+    if api is not None:  # enrol through the API first: its answer says where and how to join
+        enrolled = pair(settings, api, name, region, detect(max_memory_mb, max_cores).as_capabilities())
         settings, coordinator, host_id = enrolled.settings, enrolled.ray_address, enrolled.host_id
     env = settings.ray_env()
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
@@ -291,7 +313,7 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     if gate is not None:
         settings = settings.model_copy(update={"gate_socket": gate.path})
     request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s,
-                          run_as, asks=dict(asks or {}))
+                          run_as, api, asks=dict(asks or {}))
     try:
         node, agent = _connect(request)
     except BaseException:

@@ -92,6 +92,25 @@ def pair(settings: Settings, api_url: str, name: str | None, region: str, claims
                     _install(settings, credentials, catalog))
 
 
+def refresh(settings: Settings, api_url: str) -> Enrolled:
+    """The credentials of this machine's approved key as the network gives them now (after the cluster's token
+    was rotated, say), without a new code: HostRefused once it is revoked, ConfigError while the API does not
+    answer or has no approval for it."""
+    key = identity.load_or_create_key(identity.machine_key_path(settings.state_dir))
+    try:
+        with httpx.Client(base_url=api_url.rstrip("/"), timeout=15) as http:
+            answer = _poll(http, key)
+            if answer.status_code in (202, 404):
+                raise ConfigError(f"the network at {api_url} has no approval for this machine's key")
+            approved = _answer(answer)
+            credentials = identity.unseal(key, str(approved["credentials"]))
+            catalog = (http.get(f"{API}/catalog"), http.get(f"{API}/catalog.sig"))
+    except httpx.TransportError as exc:
+        raise ConfigError(f"cannot reach the network's API at {api_url}: {exc}") from None
+    return Enrolled(HostId(str(approved["host_id"])), str(credentials["ray_address"]),
+                    _install(settings, credentials, catalog))
+
+
 def _wait(http: httpx.Client, key: SigningKey, poll_s: float) -> httpx.Response:
     while True:
         time.sleep(poll_s)

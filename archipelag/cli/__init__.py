@@ -57,6 +57,9 @@ def up(
     regions: Annotated[str, typer.Option(help="Comma-separated regions, assigned round-robin.")] =
         "eu-west,us-east,ap-south",
     port: Annotated[int | None, typer.Option(help="API port (default 8000).")] = None,
+    rotate_token: Annotated[bool, typer.Option(
+        "--rotate-token", help="Start with a new cluster token: hosts enrolled by pairing fetch it as they rejoin; "
+        "revoked hosts and any node holding the old one are out.")] = False,
 ) -> None:
     """Run the whole network on this machine: a coordinator, N hosts, the API. Ctrl-C stops it."""
     from archipelag.network import start_network
@@ -69,7 +72,7 @@ def up(
     typer.echo(f"starting the network: a coordinator and {hosts} hosts in {', '.join(region_list)} …")
     _stop_cleanly_on_sigterm()
     try:
-        network = start_network(settings, hosts, region_list)
+        network = start_network(settings, hosts, region_list, rotate_token=rotate_token)
     except ArchipelagError as exc:
         _fail(exc.message)
         return
