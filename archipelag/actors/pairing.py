@@ -71,37 +71,42 @@ def _poll(http: httpx.Client, key: SigningKey) -> httpx.Response:
 def pair(settings: Settings, api_url: str, name: str | None, region: str, claims: dict[str, Any],
          show: Callable[[str, str, float], None] = show_code, poll_s: float = POLL_INTERVAL_S) -> Enrolled:
     """Enrol this machine with the network at ``api_url`` and return how to join it."""
-    key = identity.load_or_create_key(identity.machine_key_path(settings.state_dir))
-    public = identity.public_hex(key)
-    host_id = identity.host_id_for(public)
-    try:
-        with httpx.Client(base_url=api_url.rstrip("/"), timeout=15) as http:
-            answer = _poll(http, key)
-            if answer.status_code == 404:
-                scalars = {k: v for k, v in claims.items() if v is None or isinstance(v, (bool, int, float, str))}
-                asked = _answer(http.post(f"{API}/hosts/enrol", json={
-                    "public_key": public, "name": name or host_id, "region": region, "hardware": scalars}))
-                show(str(asked["pairing_code"]), host_id, settings.pairing_ttl_s)
-                answer = _wait(http, key, poll_s)
-            approved = _answer(answer)
-            credentials = identity.unseal(key, str(approved["credentials"]))
-            catalog = (http.get(f"{API}/catalog"), http.get(f"{API}/catalog.sig"))
-    except httpx.TransportError as exc:
-        raise ConfigError(f"cannot reach the network's API at {api_url}: {exc}") from None
-    return Enrolled(HostId(str(approved["host_id"])), str(credentials["ray_address"]),
-                    _install(settings, credentials, catalog))
+
+    def until_approved(http: httpx.Client, key: SigningKey, answer: httpx.Response) -> httpx.Response:
+        if answer.status_code == 404:  # no request yet (a pending one, 202, is waited for as it is)
+            public = identity.public_hex(key)
+            host_id = identity.host_id_for(public)
+            scalars = {k: v for k, v in claims.items() if v is None or isinstance(v, (bool, int, float, str))}
+            asked = _answer(http.post(f"{API}/hosts/enrol", json={
+                "public_key": public, "name": name or host_id, "region": region, "hardware": scalars}))
+            show(str(asked["pairing_code"]), host_id, settings.pairing_ttl_s)
+        return _wait(http, key, poll_s)
+
+    return _enrolled(settings, api_url, until_approved)
 
 
 def refresh(settings: Settings, api_url: str) -> Enrolled:
     """The credentials of this machine's approved key as the network gives them now (after the cluster's token
     was rotated, say), without a new code: HostRefused once it is revoked, ConfigError while the API does not
     answer or has no approval for it."""
+
+    def refuse(http: httpx.Client, key: SigningKey, answer: httpx.Response) -> httpx.Response:
+        raise ConfigError(f"the network at {api_url} has no approval for this machine's key")
+
+    return _enrolled(settings, api_url, refuse)
+
+
+Unapproved = Callable[[httpx.Client, SigningKey, httpx.Response], httpx.Response]
+
+
+def _enrolled(settings: Settings, api_url: str, unapproved: Unapproved) -> Enrolled:
+    """Poll with this machine's key; past ``unapproved`` (a 202 or 404 answer), install the sealed credentials."""
     key = identity.load_or_create_key(identity.machine_key_path(settings.state_dir))
     try:
         with httpx.Client(base_url=api_url.rstrip("/"), timeout=15) as http:
             answer = _poll(http, key)
             if answer.status_code in (202, 404):
-                raise ConfigError(f"the network at {api_url} has no approval for this machine's key")
+                answer = unapproved(http, key, answer)
             approved = _answer(answer)
             credentials = identity.unseal(key, str(approved["credentials"]))
             catalog = (http.get(f"{API}/catalog"), http.get(f"{API}/catalog.sig"))
