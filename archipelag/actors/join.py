@@ -129,7 +129,7 @@ class JoinedHost:
             attempt += 1
             try:
                 if self.request.api is not None:
-                    self.request = _refreshed(self.request)
+                    self.request = _refreshed(self.request, self.request.api)
                 self.node, self.agent = _connect(self.request)
                 log.warning("host %s rejoined %s (try %d)", self.host_id, self.request.coordinator, attempt)
                 return True
@@ -207,7 +207,7 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
     log_dir = (settings.state_dir / "logs").resolve()
     env, temp_dir = settings.ray_env(), settings.ray_temp_dir
     if request.run_as is not None:
-        env, temp_dir = _hand_over(request, env)
+        env, temp_dir = _hand_over(request, request.run_as, env)
     node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
                            log_dir, node_ip=request.node_ip, env=env, temp_dir=temp_dir, run_as=request.run_as)
     try:
@@ -230,23 +230,22 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
     return node, agent
 
 
-def _refreshed(request: JoinRequest) -> JoinRequest:
-    """``request`` with the credentials the network gives this host now (a rotated token, its Ray address)."""
+def _refreshed(request: JoinRequest, api: str) -> JoinRequest:
+    """``request`` with the credentials the network at ``api`` gives this host now (a rotated token, its Ray
+    address)."""
     from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
-    assert request.api is not None
-    enrolled = refresh(request.settings, request.api)
+    enrolled = refresh(request.settings, api)
     AuthenticationTokenLoader.instance().reset_cache()  # this process reads the token file again
     return replace(request, settings=enrolled.settings, coordinator=enrolled.ray_address)
 
 
-def _hand_over(request: JoinRequest, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tuple[dict[str, str], Path]:
     """What the unprivileged account of a host's Ray node needs, and nothing more: a temp dir of its own (short:
     Ray's socket paths stay under 107 bytes), the host's signing key (its agent signs the host's reports), the
     agent's WASM cache, and a copy of the cluster token. The owner's other files, the Docker engine and root stay
     out of its reach; containers start through the gate (gate/server.py)."""
-    run_as, settings = request.run_as, request.settings
-    assert run_as is not None
+    settings = request.settings
     try:
         can_run = subprocess.run([sys.executable, "-c", "import archipelag"], user=run_as.uid, group=run_as.gid,
                                  extra_groups=[], capture_output=True, check=False, timeout=60).returncode == 0
