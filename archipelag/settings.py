@@ -131,8 +131,8 @@ class MarketSettings(BaseModel):
     """The exchange (market/pricing.py): the bounds on hosts' asks, tier multipliers and surge, e.g.
     ``ARCHIPELAG_MARKET__SURGE_MULTIPLIER=1.5``."""
 
-    min_ask_ratio: float = Field(default=0.1, ge=0)  # asks below catalog × this are refused
-    max_ask_ratio: float = Field(default=10.0, ge=0)  # asks above catalog × this are refused
+    min_ask_ratio: float = Field(default=0.1, ge=0)  # a workload's ask below catalog × this is refused
+    max_ask_ratio: float = Field(default=10.0, ge=0)  # above catalog × this too (a family's is held within)
     tier_multipliers: dict[str, float] = Field(default_factory=lambda: {"cpu": 1.0, "gpu": 1.0})
     surge_multiplier: float = Field(default=1.25, ge=1.0)
     surge_queue_factor: float = Field(default=2.0, ge=0)  # surge while queued > factor × free slots
