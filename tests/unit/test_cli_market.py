@@ -53,7 +53,7 @@ def test_an_owner_sets_shows_and_clears_a_hosts_asks(net: ModelNetwork, url: str
     assert net.ledger.asking_prices() == {"host-a": {"llm-*": 50_000, "text-stats": 2_000}}
     shown = json.loads(invoke("market", "ask", "host-a", "--json").stdout)
     assert shown == {"host_id": "host-a", "prices": {"llm-*": 0.05, "text-stats": 0.002}}
-    refused = invoke("market", "ask", "host-a", "llm-*=5")
+    refused = invoke("market", "ask", "host-a", "text-stats=5")  # 500 × its catalog price
     assert refused.exit_code == 1 and "outside" in refused.output
     assert invoke("market", "ask", "host-a", "llm-chat").exit_code == 2  # no =CREDITS
     assert invoke("market", "ask", "host-a", "llm-chat=lots").exit_code == 2
