@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from archipelag.errors import (
     ValidationFailed,
 )
 from archipelag.settings import Settings
+from archipelag.unix_sockets import answers, peer_uid
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ MAX_REQUEST_BYTES = 4096
 READ_TIMEOUT_S = 2.0  # a client that connects and says nothing does not hold the socket
 DRAIN_TIMEOUT_S = 0.5  # after the answer: for the rest of a refused request to arrive
 MAX_PATH_BYTES = 107  # sun_path on Linux, less its terminating NUL
-_UCRED = struct.Struct("3i")  # pid, uid, gid
 
 Handler = Callable[[Mapping[str, Any]], dict[str, Any]]
 
@@ -139,19 +138,14 @@ def refuse_if_joined(path: Path) -> None:
         return
     if not stat.S_ISSOCK(path.stat().st_mode):
         raise ConfigError(f"{path} exists and is not a socket; remove it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
+    if not answers(path):
         return  # left by a `host join` that was killed
-    finally:
-        probe.close()
     raise ConfigError(f"host {path.stem} is already joined from this machine (its control socket {path} answers); "
                       "`archipelag host status` shows it")
 
 
 def _check_peer(conn: socket.socket) -> None:
-    _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    uid = peer_uid(conn)
     if uid not in (os.getuid(), 0):
         raise Forbidden(f"only the user who lent this machine controls it (uid {os.getuid()}), not uid {uid}")
 

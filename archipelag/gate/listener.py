@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from archipelag.errors import ConfigError
+from archipelag.unix_sockets import answers
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,7 @@ def _clear_stale(path: Path) -> None:
         return
     if not stat.S_ISSOCK(path.lstat().st_mode):
         raise ConfigError(f"{path} exists and is not a socket; remove it or choose another gate socket path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
+    if not answers(path):
         path.unlink()
         return
-    finally:
-        probe.close()
     raise ConfigError(f"another gate answers at {path}; stop it first, or choose another socket path")

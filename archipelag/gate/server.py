@@ -17,7 +17,6 @@ import contextlib
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +43,7 @@ from archipelag.protocol import Event, is_final
 from archipelag.runtimes.base import CancelToken, JobSpec, Runtime
 from archipelag.sandbox import Limits
 from archipelag.settings import Settings
+from archipelag.unix_sockets import peer_uid
 
 if TYPE_CHECKING:
     from archipelag.actors.hardware import Hardware
@@ -54,7 +54,6 @@ REQUEST_TIMEOUT_S: Final = 10.0  # a client's whole request must arrive within t
 WRITE_TIMEOUT_S: Final = 120.0  # a client that reads none of its job's events this long loses the job
 DRAIN_TIMEOUT_S: Final = 0.5  # after the last line: for the rest of a refused request to arrive
 SPARE_CONNECTIONS: Final = 16  # beyond the job slots: warm requests, and refusals answered while slots are full
-_UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 class Nonces:
@@ -143,7 +142,7 @@ class GateServer:
         """Refuse a stranger or an overflow here, on the accept thread (quickly: a short send timeout); give
         everyone else a thread of their own."""
         try:
-            _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            uid = peer_uid(conn)
             if uid not in self._allowed:
                 log.warning("the gate refused a connection from uid %d (allowed: %s)", uid, sorted(self._allowed))
                 raise Forbidden(f"uid {uid} may not use this host's gate; only its Ray node's user may")
