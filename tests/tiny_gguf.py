@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def write_tiny_llama(path: Path, chat_template: str | None = CHATML, embedding: int = 32, layers: int = 2,
-                     seed: int = 0) -> Path:
-    """A 2-layer llama with a byte-fallback SentencePiece vocabulary; ``chat_template=None`` leaves it out."""
+                     seed: int = 0, quantized: GGMLQuantizationType | None = None) -> Path:
+    """A 2-layer llama with a byte-fallback SentencePiece vocabulary; ``chat_template=None`` leaves it out.
+    ``quantized``: the matrices in that format (as published models hold them), the norms in F32."""
     rng = np.random.default_rng(seed)
     pieces = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL]
@@ -45,21 +46,25 @@ def write_tiny_llama(path: Path, chat_template: str | None = CHATML, embedding: 
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
-    def weight(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    def matrix(name: str, *shape: int) -> None:
+        values = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        if quantized is None:
+            writer.add_tensor(name, values)
+        else:
+            writer.add_tensor(name, quants.quantize(values, quantized), raw_dtype=quantized)
 
-    writer.add_tensor("token_embd.weight", weight(vocab, embedding))
+    matrix("token_embd.weight", vocab, embedding)
     writer.add_tensor("output_norm.weight", np.ones(embedding, np.float32))
-    writer.add_tensor("output.weight", weight(vocab, embedding))
+    matrix("output.weight", vocab, embedding)
     for block in range(layers):
         prefix = f"blk.{block}"
         writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(embedding, np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"{prefix}.{name}.weight", weight(embedding, embedding))
+            matrix(f"{prefix}.{name}.weight", embedding, embedding)
         writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(embedding, np.float32))
-        writer.add_tensor(f"{prefix}.ffn_gate.weight", weight(ff, embedding))
-        writer.add_tensor(f"{prefix}.ffn_up.weight", weight(ff, embedding))
-        writer.add_tensor(f"{prefix}.ffn_down.weight", weight(embedding, ff))
+        matrix(f"{prefix}.ffn_gate.weight", ff, embedding)
+        matrix(f"{prefix}.ffn_up.weight", ff, embedding)
+        matrix(f"{prefix}.ffn_down.weight", embedding, ff)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -173,6 +173,33 @@ def host_join(
         typer.echo(f"host {joined.host_id} left.")
 
 
+@host_app.command("models")
+def host_models() -> None:
+    """Check the model weights the catalog's workloads need on this machine, and write those a host derives
+    (requantized weights, a few seconds each), so a host's first chat does not wait for them. Exit 1 when a
+    model here does not match the catalog's hash."""
+    from archipelag.catalog import load_catalog
+    from archipelag.runtimes.models import ModelStore
+
+    settings = Settings()
+    store = ModelStore(settings.models_dir)
+    wrong = False
+    for manifest in load_catalog(settings.workloads_dir).values():
+        model = manifest.model
+        if model is None:
+            continue
+        if not store.has(model):
+            typer.echo(f"{model.id}: not here (its manifest's [model] source says how to supply it)")
+            continue
+        try:
+            typer.echo(f"{model.id}: {store.verified(model)}")
+        except ArchipelagError as exc:
+            typer.echo(f"{model.id}: {exc.message}", err=True)
+            wrong = True
+    if wrong:
+        raise typer.Exit(1)
+
+
 def _leave_on_signals(drain_timeout_s: float) -> tuple[threading.Event, threading.Event]:
     """(leave now, leave asked): the first Ctrl-C asks to leave (a drain), the second leaves now; SIGTERM (a
     service manager, `archipelag up` stopping its hosts) leaves now."""
