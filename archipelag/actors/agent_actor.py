@@ -127,6 +127,11 @@ class HostAgentActor:
         elif (status := self._agent.state.status) != HostStatus.ONLINE:
             self._set_status(status)  # a host marked offline comes back paused, not online
 
+    def report(self) -> None:
+        """A signed heartbeat now, not at the next tick: placement asks when someone reported this host lost
+        (placement/suspects.py), and believes only the host's own key."""
+        self._beat()
+
     def control(self, command: Command, by: Controller, reason: str) -> AgentView:
         """Pause, resume or drain this host (its owner, the schedule, an admin)."""
         return self._agent.control(Command(command), Controller(by), reason, time.time(), self._tell_placement)

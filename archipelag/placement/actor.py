@@ -2,7 +2,10 @@
 
 A thin shell over ``Fleet``: it stamps heartbeats with the coordinator's clock (hosts' clocks are not
 trusted), turns an empty ranking into ``NoCapacity`` with the reason, and hides stale hosts as offline.
-The class imports no Ray; ``PlacementClient.start`` wraps it with ``ray.remote``, and unit tests use it as is.
+Ray lets any joined node call it, so it believes only what it can check: hosts' signed reports (``_check``), the
+ledger's word on suspensions and revocations, a host's own heartbeat against a report that it was lost
+(placement/suspects.py). The class imports no Ray; ``PlacementClient.start`` wraps it with ``ray.remote``, and unit
+tests use it as is.
 
 Ray runs it with ``max_concurrency=1``: calls execute one at a time in the order each caller sent them, so a
 fire-and-forget ``job_assigned`` is always counted before its ``job_released``, and the fleet needs no lock.
@@ -31,6 +34,7 @@ from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.measured import Measurement, Measurements, Rules, claims_of
 from archipelag.placement.prober import Prober
 from archipelag.placement.scoring import HostSnapshot, JobRequest, Weights, blocking_stage, cooled, reason
+from archipelag.placement.suspects import Suspects, Witness
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class PlacementActor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
                  prober: Prober | None = None, *, identities: Identities | None = None,
                  draw: Callable[[], float] | None = None,
-                 catalog: Mapping[WorkloadSlug, Manifest] | None = None) -> None:
+                 catalog: Mapping[WorkloadSlug, Manifest] | None = None, witness: Witness | None = None) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -57,6 +61,9 @@ class PlacementActor:
         self._limit = settings.placement.max_candidates
         stale_after_s = settings.heartbeat_interval_s * settings.missed_heartbeats_offline
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
+        # Reports that a host was lost, checked with the host (None: believed, the in-process stand-in's way).
+        self._witness = witness
+        self._suspects = Suspects(settings.placement.loss_doubt_s, settings.placement.loss_check_timeout_s)
         self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
         # By karma (the ledger's word, pushed with ``set_karma``), apart from the operator's: neither lifts the
         # other. ``_shares`` holds cooled-down hosts' placement shares (scoring.cooled); absent means 1.
@@ -93,6 +100,7 @@ class PlacementActor:
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
+        self._suspects.forget(snapshot.host_id)
         log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
         if ticket is not None and self._prober is not None:
             self._prober.probe(snapshot.host_id, snapshot.node_id, claims_of(snapshot), ticket)
@@ -118,7 +126,10 @@ class PlacementActor:
             log.warning("heartbeat from unregistered host %s", host_id)
             return False
         self._check("heartbeat", host_id, metrics, proof)
-        self._fleet.heartbeat(host_id, self._clock(), Heartbeat.from_metrics(metrics))
+        now = self._clock()
+        self._fleet.heartbeat(host_id, now, Heartbeat.from_metrics(metrics))  # an offline host is back online
+        if self._suspects.heard(host_id, now):
+            log.warning("host %s answered: the report that it was lost was false", host_id)
         return True
 
     def set_status(self, host_id: HostId, status: HostStatus, proof: Proof | None = None) -> None:
@@ -140,15 +151,50 @@ class PlacementActor:
         self._fleet.set_status(host_id, status)
 
     def mark_offline(self, host_id: HostId, reason: str) -> None:
-        """Take a host out of placement at once (a lost node), without waiting for missed heartbeats."""
-        if host_id in self._fleet and self._fleet.status(host_id) not in (HostStatus.OFFLINE, HostStatus.SUSPENDED):
-            log.warning("host %s marked offline: %s", host_id, reason)
-            self._fleet.set_status(host_id, HostStatus.OFFLINE)
+        """Someone says a host was lost (the dispatcher, when its agent died mid-job): out of placement at once,
+        without waiting for missed heartbeats, and asked to report now. Any joined node can say it, so with a
+        witness it is a suspicion (placement/suspects.py): the host's signed heartbeat puts it back, and one that
+        proved such a report false lately stays in until its check goes unanswered."""
+        if not self._in_placement(host_id):
+            return
+        if self._witness is None:
+            self._take_out(host_id, reason)
+            return
+        suspicion = self._suspects.suspect(host_id, self._clock())
+        if suspicion.believed:
+            self._take_out(host_id, reason)
+        if suspicion.ticket is not None:  # one check, and one line in the log, however often it is said
+            if not suspicion.believed:
+                log.warning("host %s reported lost again (%s), soon after it proved such a report false: it stays "
+                            "in while it is asked", host_id, reason)
+            self._witness.ask(host_id, suspicion.ticket)
+
+    def checked(self, host_id: HostId, ticket: str) -> None:
+        """The witness's check of a host reported lost is over (its ticket proves it): unless the host reported
+        meanwhile, it is lost after all. A call without the awaited ticket changes nothing."""
+        if self._suspects.unanswered(host_id, ticket) and self._in_placement(host_id):
+            self._take_out(host_id, "it did not report when asked")
+
+    def _in_placement(self, host_id: HostId) -> bool:
+        return host_id in self._fleet and self._fleet.status(host_id) not in (HostStatus.OFFLINE,
+                                                                              HostStatus.SUSPENDED)
+
+    def _take_out(self, host_id: HostId, reason: str) -> None:
+        log.warning("host %s marked offline: %s", host_id, reason)
+        self._fleet.set_status(host_id, HostStatus.OFFLINE)
 
     def suspend(self, host_id: HostId, reason: str) -> None:
         """An operator takes a host out of placement (it may be unknown now: it stays out when it joins).
         Its running jobs finish; it gets no new ones until ``reinstate``. A host already suspended keeps its
-        first reason. The ledger holds it first (``Ledger.suspend_host``): this is placement hearing of it."""
+        first reason. The ledger holds it first (``Ledger.suspend_host``): this is placement hearing of it, and
+        checking it there, with the ledger's reason (HostRefused when the ledger holds no such suspension: any
+        joined node can call this)."""
+        if self._identities is not None:
+            held = self._ledger_word(host_id)
+            if held is None or held.suspended_reason is None:
+                raise HostRefused(f"host {host_id}: the ledger holds no suspension of it; placement suspends a "
+                                  "host on the ledger's word only")
+            reason = held.suspended_reason
         self._suspended.setdefault(host_id, reason)
         if host_id in self._fleet:
             self._fleet.set_status(host_id, HostStatus.SUSPENDED)
@@ -156,7 +202,12 @@ class PlacementActor:
 
     def reinstate(self, host_id: HostId) -> None:
         """Lift an operator's suspension: the host takes jobs again (while it heartbeats) unless its karma
-        keeps it suspended."""
+        keeps it suspended. HostRefused while the ledger still holds the suspension (``Ledger.reinstate_host``
+        lifts it first)."""
+        enrolled = self._ledger_word(host_id)
+        if enrolled is not None and enrolled.suspended_reason is not None:
+            raise HostRefused(f"host {host_id}: the ledger still holds its suspension ({enrolled.suspended_reason})"
+                              "; an admin lifts it there first")
         self._suspended.pop(host_id, None)
         self._back_online(host_id)
 
@@ -280,15 +331,17 @@ class PlacementActor:
         self._known(host_id)
         return self._fleet.get(host_id, self._clock())
 
-    def remove(self, host_id: HostId) -> None:
-        if host_id in self._fleet:
-            self._fleet.remove(host_id)
-
     def forget(self, host_id: HostId) -> None:
         """A host was revoked: out of placement at once, and its key forgotten, so its next report is checked
-        against the ledger again (and refused there)."""
+        against the ledger again (and refused there). HostRefused when the ledger says it is enrolled and not
+        revoked (any joined node can call this)."""
+        enrolled = self._ledger_word(host_id)
+        if enrolled is not None and not enrolled.revoked:
+            raise HostRefused(f"host {host_id} is not revoked in the ledger; placement forgets a host on the "
+                              "ledger's word only")
         self._keys.pop(host_id, None)
         self._last_report_at.pop(host_id, None)
+        self._suspects.forget(host_id)
         if host_id in self._fleet:
             self._fleet.remove(host_id)
         log.warning("host %s revoked: removed from placement", host_id)
@@ -304,6 +357,11 @@ class PlacementActor:
                        self._last_report_at.get(host_id))
         self._keys[host_id] = enrolled
         self._last_report_at[host_id] = proof.at
+
+    def _ledger_word(self, host_id: HostId) -> HostIdentity | None:
+        """What the ledger holds of a host now (None without ``identities``, or for a host it does not know): the
+        word placement checks an operator's or an owner's call against."""
+        return self._identities(host_id) if self._identities is not None else None
 
     def _lookup(self, host_id: HostId) -> HostIdentity:
         assert self._identities is not None

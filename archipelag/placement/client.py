@@ -131,13 +131,15 @@ class PlacementClient:
         import ray
 
         from archipelag.placement.prober import RayProber
+        from archipelag.placement.suspects import RayWitness
 
         prober = RayProber(settings.benchmark) if settings.benchmark.enabled else None
+        witness = RayWitness(settings.ray_namespace, settings.placement.loss_check_timeout_s)
         handle = ray.remote(PlacementActor).options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, resources=resources or {}, max_restarts=-1,
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
-        ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace))
+        ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace), witness=witness)
         client = cls(_RayCalls(handle))
         client.ping()
         return client
@@ -159,7 +161,7 @@ class PlacementClient:
               catalog: Mapping[WorkloadSlug, Manifest] | None = None) -> PlacementClient:
         """An in-process placement with the same behaviour, for tests that do not start Ray. Without
         ``identities`` it takes unsigned reports (scripted hosts have no keys); ``catalog`` (else the settings'
-        workloads) bounds hosts' asks."""
+        workloads) bounds hosts' asks. A report that a host was lost is believed: there is no host to ask."""
         return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities, catalog=catalog)))
 
     # --- hosts reporting ----------------------------------------------------------------------------
@@ -185,6 +187,8 @@ class PlacementClient:
         self._calls.call("set_status", host_id, status, proof)
 
     def mark_offline(self, host_id: HostId, reason: str) -> None:
+        """Fire-and-forget: the host was lost; out of placement at once, until it answers a check with a signed
+        heartbeat (placement/suspects.py)."""
         self._calls.send("mark_offline", host_id, reason)
 
     def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
@@ -199,9 +203,6 @@ class PlacementClient:
 
     async def suspensions_async(self) -> dict[HostId, str]:
         return dict(await self._calls.call_async("suspensions"))
-
-    def remove(self, host_id: HostId) -> None:
-        self._calls.call("remove", host_id)
 
     # --- live load between heartbeats ---------------------------------------------------------------
 

@@ -108,5 +108,8 @@ def test_a_host_the_ledger_says_an_operator_suspended_joins_suspended(enrolled: 
     online = identity.status_report(HostStatus.ONLINE)
     with pytest.raises(InvalidTransition, match="suspended"):  # the host cannot lift it by itself
         placement.set_status(A, HostStatus.ONLINE, identity.sign(KEY_A, "status", A, NOW + 1, online))
+    with pytest.raises(HostRefused, match="the ledger still holds its suspension"):  # any node could call it
+        asyncio.run(placement.reinstate_async(A))
+    enrolled[A] = replace(enrolled[A], suspended_reason=None)  # the ledger lifts it first
     asyncio.run(placement.reinstate_async(A))  # the admin API's, after the ledger's
     assert placement.get(A).status == HostStatus.ONLINE
