@@ -173,11 +173,44 @@ def _pause_other(namespace: str, victim: str) -> str:
     return f"placement showed {victim} as {status}"
 
 
-def _mark_offline(namespace: str, victim: str) -> str:
+def _mark_offline(namespace: str, victim: str, reports: int) -> tuple[int, str, float]:
+    """Report the victim lost, over and over, reading placement after each report: how many reads showed it
+    offline, its status after the last report, and how soon it was back."""
     placement = ray.get_actor("placement", namespace=namespace)
-    ray.get(placement.mark_offline.remote(HostId(victim), "red team"))
-    status = next(h.status for h in ray.get(placement.hosts.remote()) if h.host_id == victim)
-    return f"placement showed {victim} as {status} (until its next heartbeat)"
+
+    def status() -> str:
+        return str(next(h.status for h in ray.get(placement.hosts.remote()) if h.host_id == victim))
+
+    seen = []
+    for _ in range(reports):
+        ray.get(placement.mark_offline.remote(HostId(victim), "red team"))
+        seen.append(status())
+    started = time.monotonic()
+    while status() != "online" and time.monotonic() - started < 30:
+        time.sleep(0.02)
+    return seen.count("offline"), status(), time.monotonic() - started
+
+
+def _suspend_other(namespace: str, victim: str) -> str:
+    from archipelag.errors import HostRefused
+
+    placement = ray.get_actor("placement", namespace=namespace)
+    try:
+        ray.get(placement.suspend.remote(HostId(victim), "red team"))
+    except ray.exceptions.RayTaskError as exc:
+        return f"refused: {exc.cause}" if isinstance(exc.cause, HostRefused) else f"error: {exc}"
+    return f"placement holds {victim} suspended: {ray.get(placement.suspensions.remote()).get(victim)}"
+
+
+def _forget_other(namespace: str, victim: str) -> str:
+    from archipelag.errors import HostRefused
+
+    placement = ray.get_actor("placement", namespace=namespace)
+    try:
+        ray.get(placement.forget.remote(HostId(victim)))
+    except ray.exceptions.RayTaskError as exc:
+        return f"refused: {exc.cause}" if isinstance(exc.cause, HostRefused) else f"error: {exc}"
+    return f"placement dropped {victim} as if it were revoked ({ray.get(placement.ping.remote())} hosts left)"
 
 
 def _lift_limits(namespace: str, victim: str, spec: Any) -> str:
@@ -331,14 +364,44 @@ def test_a_joined_node_cannot_pause_another_host_in_placement(network: EmbeddedN
            "prevented" if what.startswith("refused") else "possible", what)
 
 
-def test_a_joined_node_can_mark_another_host_offline_for_a_heartbeat(network: EmbeddedNetwork,
-                                                                     attacker: RayNodeProcess) -> None:
-    what = on_attacker(_mark_offline, network.settings.ray_namespace, host_id(network))
-    record("mark another host offline through placement", "possible",
-           "possible" if "offline" in what else "prevented", what)
-    with api_client(network) as http:  # the host's next heartbeat brings it back
-        eventually(lambda: any(h["id"] == host_id(network) and h["status"] == "online"
-                               for h in http.get("/api/v1/hosts").json()["data"]), timeout_s=60)
+def run_job(network: EmbeddedNetwork, text: str) -> dict[str, Any]:
+    with api_client(network) as http:
+        created = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": text}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["data"]["id"]
+        eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] in {"completed", "failed"},
+                   timeout_s=60)
+        job: dict[str, Any] = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    return job
+
+
+def test_a_joined_node_cannot_take_another_host_out_of_placement(network: EmbeddedNetwork,
+                                                                 attacker: RayNodeProcess) -> None:
+    """Reporting a host lost, as the dispatcher does when its agent dies: placement asks the host, whose signed
+    heartbeat puts it back within a round trip, and doubts the next reports (placement/suspects.py)."""
+    reports = 50
+    offline, status, back_s = on_attacker(_mark_offline, network.settings.ray_namespace, host_id(network), reports)
+    what = (f"{offline} of {reports} reads right after a report showed it offline; {status} "
+            f"{back_s:.2f} s after the last")
+    held = offline > 2 or status != "online" or back_s > 1.0
+    record("take another host out of placement (report it lost)", "prevented", "possible" if held else "prevented",
+           what)
+    job = run_job(network, "still here")  # the victim is the only host: it still gets the job
+    assert job["status"] == "completed", job["error"]
+
+
+def test_a_joined_node_cannot_suspend_or_forget_another_host_in_placement(network: EmbeddedNetwork,
+                                                                         attacker: RayNodeProcess) -> None:
+    """An operator's suspension and an owner's revocation are the ledger's word, which placement checks."""
+    suspended = on_attacker(_suspend_other, network.settings.ray_namespace, host_id(network))
+    record("suspend another host in placement", "prevented",
+           "prevented" if suspended.startswith("refused") else "possible", suspended)
+    forgotten = on_attacker(_forget_other, network.settings.ray_namespace, host_id(network))
+    record("drop another host from placement as if revoked", "prevented",
+           "prevented" if forgotten.startswith("refused") else "possible", forgotten)
+    with api_client(network) as http:
+        assert any(h["id"] == host_id(network) and h["status"] == "online"
+                   for h in http.get("/api/v1/hosts").json()["data"])
 
 
 def victim_node(network: EmbeddedNetwork) -> str:
