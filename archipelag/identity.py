@@ -117,16 +117,22 @@ def sign(key: SigningKey, purpose: str, host_id: HostId, at: float, report: Any)
     return Proof(host_id, at, report_digest, bytes(signature))
 
 
-def check(proof: Proof, purpose: str, public_key_hex: str, report: Any, now: float, max_skew_s: float,
-          after: float | None) -> None:
-    """Raise HostRefused unless ``proof`` is ``public_key_hex``'s signature over this very report, made within
-    ``max_skew_s`` of ``now`` and later than ``after`` (the last report accepted: a replay is refused)."""
+def verify(proof: Proof, purpose: str, public_key_hex: str, report: Any) -> None:
+    """Raise HostRefused unless ``proof`` is ``public_key_hex``'s signature over this very report, whenever it was
+    made (a job receipt is checked again later, by its job's owner)."""
     if proof.digest != digest(report):
         raise HostRefused(f"host {proof.host_id}: the signed digest does not match the report")
     try:
         verify_key(public_key_hex).verify(_message(purpose, proof.host_id, proof.at, proof.digest), proof.signature)
     except BadSignatureError:
         raise HostRefused(f"host {proof.host_id}: the signature is not by the host's enrolled key") from None
+
+
+def check(proof: Proof, purpose: str, public_key_hex: str, report: Any, now: float, max_skew_s: float,
+          after: float | None) -> None:
+    """Raise HostRefused unless ``proof`` is ``public_key_hex``'s signature over this very report, made within
+    ``max_skew_s`` of ``now`` and later than ``after`` (the last report accepted: a replay is refused)."""
+    verify(proof, purpose, public_key_hex, report)
     if not math.isfinite(proof.at) or abs(now - proof.at) > max_skew_s:
         raise HostRefused(f"host {proof.host_id}: the report's time is {proof.at - now:+.0f} s off the "
                           f"coordinator's (more than {max_skew_s:g} s); check the host's clock")

@@ -22,7 +22,8 @@ _FIELDS: Final[dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
     "token": {"content": ((str,), True)},
     "progress": {"step": ((int,), True), "total": ((int,), True)},
     "image": {"data": ((str,), True), "format": ((str,), True), "width": ((int,), True), "height": ((int,), True)},
-    "done": {"usage": ((dict,), False), "output": ((object,), False), "seed": ((int,), False)},
+    "done": {"usage": ((dict,), False), "output": ((object,), False), "seed": ((int,), False),
+             "receipt": ((dict,), False)},  # the host's signature over the job's end (receipts.py)
     "error": {"message": ((str,), True)},
 }
 EVENT_TYPES: Final = frozenset(_FIELDS)
@@ -52,7 +53,30 @@ def validate(event: Any) -> Event:
         for key, value in event["usage"].items():
             if not isinstance(value, _NUM) or isinstance(value, bool):
                 raise ProtocolViolation(f"done event usage.{key} must be a number")
+    if kind == "done" and "receipt" in event:
+        _check_receipt_field(event["receipt"])
     return event
+
+
+# A done event's ``receipt``: when the host signed, the SHA-256 of the output, the Ed25519 signature (base64).
+RECEIPT_FIELDS: Final = {"signed_at": _NUM, "output_sha256": (str,), "signature": (str,)}
+SIGNATURE_B64_CHARS: Final = 88  # 64 bytes
+
+
+def _check_receipt_field(receipt: dict[str, Any]) -> None:
+    if set(receipt) != set(RECEIPT_FIELDS):
+        raise ProtocolViolation(f"done event receipt must have exactly the fields {sorted(RECEIPT_FIELDS)}")
+    for name, types in RECEIPT_FIELDS.items():
+        value = receipt[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ProtocolViolation(f"done event receipt.{name} has the wrong type")
+    if not math.isfinite(receipt["signed_at"]):
+        raise ProtocolViolation("done event receipt.signed_at must be a finite number")
+    sha = receipt["output_sha256"]
+    if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+        raise ProtocolViolation("done event receipt.output_sha256 must be 64 lower-case hex characters")
+    if len(receipt["signature"]) != SIGNATURE_B64_CHARS:
+        raise ProtocolViolation(f"done event receipt.signature must be {SIGNATURE_B64_CHARS} base64 characters")
 
 
 # --- what a host sends -----------------------------------------------------------------------------
@@ -123,6 +147,13 @@ def checked_usage(usage: Any, max_completion_tokens: int | None = None,
             raise BadReceipt(f"the host reported usage.{name} = {value}, past the {bound} this job allowed")
         checked[name] = value
     return checked
+
+
+def usage_counts(usage: Any) -> dict[str, Any]:
+    """A done event's usage counts, the rest left out: what the coordinator charges by and a receipt signs."""
+    if not isinstance(usage, dict):
+        return {}
+    return {name: usage[name] for name in USAGE_COUNTS if name in usage}
 
 
 def _shown(value: Any) -> str:

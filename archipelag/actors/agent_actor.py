@@ -83,11 +83,11 @@ class HostAgentActor:
         self._asks = dict(asks or {})  # `host join --price`: in its signed registration, bounds-checked by placement
         self._guard = CatalogGuard.from_settings(settings)
         runtimes = build_runtimes(settings, host_id, hardware)
+        self._key = identity.host_key(settings.state_dir, host_id)  # on this machine only; never sent anywhere
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
-                                share=share_of(hardware, accepts))
+                                share=share_of(hardware, accepts), key=self._key)  # it signs job receipts
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
-        self._key = identity.host_key(settings.state_dir, host_id)  # on this machine only; never sent anywhere
         self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
         self._register()
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")

@@ -4,6 +4,7 @@
 Ray shell pinned to the host's node. Every event leaving the agent carries ``seq``; every job
 ends with exactly one final ``done`` or ``error`` event, whatever the workload did — except a job the host
 stops because it is leaving: its stream ends without one, which tells the coordinator to run it on another host.
+A host with a key signs a receipt into each ``done`` event (receipts.py): the coordinator charges nothing without.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
+from nacl.signing import SigningKey
+
+from archipelag import receipts
 from archipelag.actors.controls import (
     ONLINE,
     AgentView,
@@ -52,11 +57,14 @@ class HostAgent:
     """``admit`` checks a job against the host's verified catalog before anything runs and returns
     the spec to run (the signed entry's); it raises WorkloadRefused to refuse. A paused or draining host, and
     one whose owner does not lend what a job needs (``share``), turns the job away before it starts (the job
-    goes to the next host): placement filters the same, but a host does not rely on placement for its limits."""
+    goes to the next host): placement filters the same, but a host does not rely on placement for its limits.
+    With ``key`` (the host's own) every ``done`` event leaves with the host's signed receipt."""
 
     def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int,
-                 admit: Admission = admit_all, share: ShareLimits | None = None) -> None:
+                 admit: Admission = admit_all, share: ShareLimits | None = None,
+                 key: SigningKey | None = None) -> None:
         self.host_id = host_id
+        self._key = key
         self._admit_spec = admit
         self._share = share
         self._state = ONLINE
@@ -135,11 +143,17 @@ class HostAgent:
             yield numbered({"type": "status", "message": f"started on {self.host_id}"})
             ended = False
             output = False
+            produced: list[Event] = []  # what this attempt's receipt covers
             try:
                 for event in events:
                     if not output and event.get("type") in OUTPUT_TYPES and TRACE.on:
                         TRACE.stamp(spec.job_id, "sandbox_out")
                         output = True
+                    if self._key is not None:
+                        produced.append(event)
+                        if event.get("type") == "done":
+                            event["receipt"] = receipts.sign(self._key, self.host_id, spec.job_id, spec.attempt,
+                                                             produced, time.time())
                     yield numbered(event)
                     if is_final(event):
                         ended = True

@@ -25,6 +25,7 @@ class JobSpec:
     input: dict[str, Any]
     limits: Limits
     ticket: SignedTicket | None = None  # the coordinator's permission to start it (containers: gate/tickets.py)
+    attempt: int = 1  # which run of the job this is: the host's receipt names it (receipts.py)
 
 
 @dataclass
