@@ -30,6 +30,7 @@ from archipelag.ledger.records import (
     Workload,
 )
 from archipelag.lifecycle import HostStatus, JobStatus
+from archipelag.receipts import Receipt
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
 
@@ -196,10 +197,11 @@ class LedgerClient:
     async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
                      usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
                      host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0,
-                     clearing_price_micro: int | None = None) -> Job:
+                     clearing_price_micro: int | None = None, receipt: Receipt | None = None) -> Job:
         job: Job = await self._calls.call("finish", job_id, to, output=output, error=error, usage=dict(usage),
                                           events=events, price_micro=price_micro, host_id=host_id, karma=karma,
-                                          compute_s=compute_s, clearing_price_micro=clearing_price_micro)
+                                          compute_s=compute_s, clearing_price_micro=clearing_price_micro,
+                                          receipt=receipt)
         return job
 
     async def save_events(self, checkpoints: Mapping[JobId, list[dict[str, Any]]]) -> None:

@@ -192,10 +192,15 @@ def _v6_host_suspension(connection: Connection) -> None:
         "suspended_at": _timestamp(connection), "suspended_reason": "VARCHAR(500)"})
 
 
+def _v7_job_receipts(connection: Connection) -> None:
+    """A succeeded job keeps its host's signed receipt (job, attempt, usage, output digest), for its owner to check."""
+    _add_columns(connection, tables.JobRow.__tablename__, {"receipt": "JSON"})  # as a new database's column
+
+
 # Append new steps; never edit an applied one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches), (5, _v5_exchange),
-    (6, _v6_host_suspension))
+    (6, _v6_host_suspension), (7, _v7_job_receipts))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -10,6 +10,7 @@ Functions here take an open session; ``Ledger`` owns the transactions (and settl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from archipelag.ledger import credits, workloads
 from archipelag.ledger.records import Job, JobEvent
 from archipelag.ledger.tables import AccountRow, JobEventRow, JobRow, WorkloadRow, utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus, can_move, sources_of
+from archipelag.receipts import Receipt
 
 # Columns a transition may set besides status.
 SETTABLE = frozenset(
@@ -38,6 +40,7 @@ SETTABLE = frozenset(
         "events",
         "credits_used_micro",
         "clearing_price_micro",
+        "receipt",
     }
 )
 ACTIVE_STATES = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
@@ -68,7 +71,16 @@ def record(row: JobRow, slug: str) -> Job:
         batch_size=row.batch_size,
         bid_price_micro=row.bid_price_micro,
         clearing_price_micro=row.clearing_price_micro,
+        receipt=_receipt(row.receipt),
     )
+
+
+def stored_receipt(receipt: Receipt) -> dict[str, Any]:
+    return dataclasses.asdict(receipt)
+
+
+def _receipt(stored: dict[str, Any] | None) -> Receipt | None:
+    return Receipt(**stored) if stored is not None else None
 
 
 def _event(

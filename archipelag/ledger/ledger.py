@@ -48,6 +48,7 @@ from archipelag.ledger.records import (
 )
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
+from archipelag.receipts import Receipt
 
 if TYPE_CHECKING:
     from archipelag.settings import Settings
@@ -155,12 +156,14 @@ class Ledger(People):
         karma: KarmaKind | None = None,
         compute_s: float = 0.0,
         clearing_price_micro: int | None = None,
+        receipt: Receipt | None = None,
     ) -> Job:
         """The terminal move and the credit settlement in one transaction. ``succeeded`` charges ``price_micro``
         (capped at the reservation; the host earns it minus the platform fee) and releases the rest;
         failed/cancelled/timed_out refund the whole reservation. ``karma`` appends the host's karma event for
         this outcome in the same transaction. ``clearing_price_micro``: the per-job price the job cleared at
-        (its host's effective ask), kept with a succeeded job for the market's history."""
+        (its host's effective ask), kept with a succeeded job for the market's history. ``receipt``: the host's
+        signed receipt the coordinator accepted for it (receipts.py), kept with a succeeded job."""
         if to not in TERMINAL_JOB_STATES:
             raise InvalidTransition(f"finish() takes a terminal state, not {to}", job_id=job_id, to=str(to))
         with db.write_session(self.engine) as session:
@@ -178,6 +181,8 @@ class Ledger(People):
                 values["host_id"] = host_id
             if clearing_price_micro is not None and to is JobStatus.SUCCEEDED:
                 values["clearing_price_micro"] = max(0, clearing_price_micro)
+            if receipt is not None and to is JobStatus.SUCCEEDED:
+                values["receipt"] = jobs.stored_receipt(receipt)
             jobs.transition(session, job_id, to, reason or str(to), values)
             if to is JobStatus.SUCCEEDED:
                 credits.settle(session, account_id, job_id, reserved, charged, earner, self.platform_fee_bps)

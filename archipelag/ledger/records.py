@@ -9,6 +9,7 @@ from typing import Any
 from archipelag.catalog import MICRO
 from archipelag.ids import AccountId, HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus, JobStatus
+from archipelag.receipts import Receipt
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Job:
     batch_size: int | None = None  # a batch's parent: how many children it has
     bid_price_micro: int | None = None  # the most it pays per job (None: a job from before the exchange)
     clearing_price_micro: int | None = None  # the ask of the host that ran it, once it succeeded
+    receipt: Receipt | None = None  # its host's signed receipt, once it succeeded in a network of enrolled hosts
 
     @property
     def is_batch(self) -> bool:

@@ -201,6 +201,8 @@ class JobRow(SQLModel, table=True):
     # Added in schema version 5 (the exchange): the most the job pays per job, and the ask of the host that ran it.
     bid_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     clearing_price_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Added in schema version 7: the host's signed receipt of a succeeded job (receipts.Receipt, as JSON).
+    receipt: dict[str, Any] | None = _json()
 
 
 class BatchRow(SQLModel, table=True):

@@ -66,15 +66,15 @@ def test_a_version_5_database_upgrades_with_its_hosts(ledger_url: str) -> None:
     with old.engine.begin() as connection:  # back to version 5: no suspension columns
         for column in ("suspended_at", "suspended_reason"):
             connection.exec_driver_sql(f"ALTER TABLE hosts DROP COLUMN {column}")
-        connection.execute(text("DELETE FROM schema_version WHERE version = 6"))
+        connection.execute(text("DELETE FROM schema_version WHERE version >= 6"))
     old.close()
     upgraded = Ledger(ledger_url)
     try:
         assert upgraded.schema_version() == 5
-        assert upgraded.migrate() == db.SCHEMA_VERSION == 6
+        assert upgraded.migrate() == db.SCHEMA_VERSION
         assert upgraded.get_host("h-old").suspended_at is None
         assert upgraded.suspend_host("h-old", "upgraded").suspended_reason == "upgraded"
         assert [h.id for h in upgraded.suspended_hosts()] == ["h-old"]
-        assert upgraded.migrate() == 6  # and again: nothing to do
+        assert upgraded.migrate() == db.SCHEMA_VERSION  # and again: nothing to do
     finally:
         upgraded.close()
