@@ -27,7 +27,7 @@ KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="ARCHIPELAG_A
                                                help="An API key (ak_…).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 
-jobs_app = typer.Typer(help="Jobs: list, inspect, cancel.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: list, inspect, cancel, verify.", no_args_is_help=True)
 hosts_app = typer.Typer(help="The hosts of the network.", no_args_is_help=True)
 workloads_app = typer.Typer(help="The workload catalog.", no_args_is_help=True)
 keys_app = typer.Typer(help="Your API keys.", no_args_is_help=True)
@@ -272,6 +272,18 @@ def jobs_stream(job_id: str, json_out: JsonOption = False, url: UrlOption = DEFA
         ok = stream_job(client, client.get_job(job_id), json_out)
     if not ok:
         raise typer.Exit(1)
+
+
+@jobs_app.command("verify")
+def jobs_verify(job_id: str, json_out: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                api_key: KeyOption = None) -> None:
+    """Check a completed job's receipt here: its host's signature over the job, its usage and its output."""
+    with connected(url, api_key) as client:
+        receipt = client.verify_receipt(job_id)
+    if json_out:
+        print_json(dumped(receipt))
+        return
+    typer.echo(f"receipt verified: signed by host {receipt.host_id} (key {receipt.host_public_key})")
 
 
 # --- hosts, workloads, keys, account --------------------------------------------------------------

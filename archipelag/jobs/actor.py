@@ -49,8 +49,10 @@ class JobsActor:
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
-        self._service = JobService(settings, load_catalog(settings.workloads_dir), LedgerClient.connect(settings),
-                                   PlacementClient.connect(settings), HostClients(settings))
+        ledger = LedgerClient.connect(settings)
+        self._service = JobService(settings, load_catalog(settings.workloads_dir), ledger,
+                                   PlacementClient.connect(settings), HostClients(settings),
+                                   identities=ledger.host_identity)  # every host enrols: receipts are checked
         self._starting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -17,9 +17,11 @@ to the relay. What the dispatcher keeps is a
 - **Cancellation** has one path, ``cancel``: a waiting job leaves the queue, a running one is stopped on its
   host, and the attempt's end records it.
 - **Receipts.** What a host sends is checked by the relay against the job's ``Budget`` (its output budget, the
-  ``max_tokens`` it reserved for, what its input could hold): a host that sends what cannot be true fails the
+  ``max_tokens`` it reserved for, what its input could hold), and, where hosts have enrolled keys (``keys``), its
+  ``done`` event must carry its signed receipt of the attempt's usage and output (receipts.py), checked with the
+  key the ledger holds for it: a host that sends what cannot be true, or signs what it did not send, fails the
   job with ``bad_receipt`` — the user is refunded, the host loses karma for a bad receipt, nothing is
-  charged on its word.
+  charged on its word. The accepted receipt is kept with the job.
 - **Prices.** A job's bid (``Ticket.bid_micro``) rides in every ranking, so only hosts whose effective ask is
   within it are tried; the host's effective ask when the attempt starts (the surge included, up to the bid) is the
   clearing price, charged at the end for the job's per-job part (tokens on top at the catalog's price). A job
@@ -44,6 +46,7 @@ from archipelag.errors import ArchipelagError, BadReceipt, HostLost, InvalidTran
 from archipelag.gate.tickets import Signer
 from archipelag.ids import HostId, JobId
 from archipelag.jobs.admission import input_bytes, job_request
+from archipelag.jobs.host_keys import HostKeys
 from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Budget, JobLog, Relay, diverged_error
@@ -54,6 +57,7 @@ from archipelag.metrics.network import NetworkMetrics
 from archipelag.metrics.trace import TRACE
 from archipelag.placement.scoring import JobRequest
 from archipelag.protocol import OUTPUT_TYPES, collect_output, error_event
+from archipelag.receipts import Expected
 from archipelag.remote import Unreachable
 from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
@@ -117,7 +121,7 @@ class Ticket:
 
     @property
     def spec(self) -> JobSpec:
-        return JobSpec(self.job_id, self.manifest, self.input, self.limits)
+        return JobSpec(self.job_id, self.manifest, self.input, self.limits, attempt=self.attempt)
 
     @property
     def budget(self) -> Budget:
@@ -157,7 +161,7 @@ class Dispatcher:
                  relay: Relay, queue: JobQueue[Ticket],
                  before_assign: Callable[[list[HostId]], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, metrics: NetworkMetrics | None = None,
-                 sign: Signer | None = None) -> None:
+                 sign: Signer | None = None, keys: HostKeys | None = None) -> None:
         self._rules = rules
         self._ledger = ledger
         self._placement = placement
@@ -168,6 +172,9 @@ class Dispatcher:
         self._clock = clock
         self._metrics = metrics or NetworkMetrics()
         self._sign = sign  # a container job leaves with the coordinator's ticket for its host (gate/tickets.py)
+        # Hosts' enrolled keys: each done event's receipt is checked against its host's. None: hosts have no keys
+        # (scripted hosts in tests, as placement's ``identities=None``) and receipts are not checked.
+        self._keys = keys
         self._tickets: dict[JobId, Ticket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kick = asyncio.Event()
@@ -369,7 +376,7 @@ class Dispatcher:
 
     async def _attempt(self, ticket: Ticket, host_id: HostId) -> _Ended | _Lost | object:
         job_id = ticket.job_id
-        ticket.log.begin(ticket.attempt, ticket.budget)
+        ticket.log.begin(ticket.attempt, ticket.budget, await self._expected_receipt(ticket, host_id))
         attempt = ticket.attempt
         try:
             host = self._hosts(host_id)
@@ -428,6 +435,12 @@ class Dispatcher:
         finally:
             await stream.aclose()
 
+    async def _expected_receipt(self, ticket: Ticket, host_id: HostId) -> Expected | None:
+        """Whose receipt must end the attempt; the host's key is read from the ledger once, on its first job."""
+        if self._keys is None:
+            return None
+        return Expected(ticket.job_id, ticket.attempt, host_id, await self._keys.public_key(host_id))
+
     async def _started(self, ticket: Ticket, host_id: HostId, attempt: int) -> None:
         """The attempt's clearing price (the host's effective ask now, never above the bid: the ranking held it
         there, and a surge since then is not the job's), then the ledger's start."""
@@ -465,7 +478,8 @@ class Dispatcher:
                         events=list(events), price_micro=ticket.charge_micro(usage) if succeeded else 0,
                         host_id=host_id, karma=KarmaKind.JOB_SUCCEEDED if succeeded and host_id else karma,
                         compute_s=self._clock() - started if started is not None else 0.0,
-                        clearing_price_micro=ticket.clearing_micro if succeeded else None)
+                        clearing_price_micro=ticket.clearing_micro if succeeded else None,
+                        receipt=ticket.log.receipt if succeeded else None)
                     self._metrics.ended(ticket.manifest.slug, status, job_id)
                     if karma is not None and host_id is not None and not succeeded:
                         await self._push_karma(host_id)  # a cooled or suspended host stops getting jobs now

@@ -15,6 +15,7 @@ from archipelag.ledger.records import Host, Job, JobBatch
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.protocol import Event
+from archipelag.receipts import Receipt
 from archipelag.runtimes.base import JobSpec
 
 
@@ -77,7 +78,7 @@ class JobLedger(Protocol):
     async def finish(self, job_id: JobId, to: JobStatus, *, output: str | None, error: str | None,
                      usage: Mapping[str, Any], events: list[dict[str, Any]], price_micro: int,
                      host_id: str | None, karma: KarmaKind | None = None, compute_s: float = 0.0,
-                     clearing_price_micro: int | None = None) -> Job: ...
+                     clearing_price_micro: int | None = None, receipt: Receipt | None = None) -> Job: ...
 
     async def save_events(self, checkpoints: Mapping[JobId, list[dict[str, Any]]]) -> None: ...
 

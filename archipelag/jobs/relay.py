@@ -11,8 +11,10 @@ Relay on its event loop.
 
 Hosts are untrusted for what they send (DESIGN §10): every event is checked (``protocol.received``), a job's
 events are bounded by its ``Budget`` — what a log holds, the coordinator's memory and the ledger's stored
-events and output alike — and a ``done`` event's usage must be believable before anything is charged on it. A
-breach raises ``BadReceipt`` after the events before it; the dispatcher fails the job for the host.
+events and output alike — and a ``done`` event's usage must be believable before anything is charged on it. In a
+network whose hosts have enrolled keys the ``done`` event must also carry the host's signed receipt of that usage
+and of the job's output as this log holds it (``receipts.Expected``). A breach raises ``BadReceipt`` after the
+events before it, the done event withheld; the dispatcher fails the job for the host.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from dataclasses import dataclass
 from archipelag.errors import BadReceipt
 from archipelag.ids import JobId
 from archipelag.jobs.replay import Diverged, Replay
-from archipelag.protocol import FINAL_TYPES, OUTPUT_TYPES, Event, checked_usage, error_event, received
+from archipelag.protocol import (
+    FINAL_TYPES,
+    OUTPUT_TYPES,
+    Event,
+    checked_usage,
+    collect_output,
+    error_event,
+    received,
+)
+from archipelag.receipts import Expected, Receipt
 
 MAX_BATCH = 512  # events in one read
 
@@ -65,6 +76,8 @@ class JobLog:
         self.size = sum(_size_of_stored(e) for e in self.events)  # bytes of output counted against the budget
         self.budget: Budget | None = None
         self.attempt = 0
+        self.receipt: Receipt | None = None  # the accepted receipt of the attempt that ended the job
+        self._expected: Expected | None = None
         self.ended = False
         self._visible = len(self.events)
         self._replay: Replay | None = None
@@ -74,11 +87,14 @@ class JobLog:
     def final(self) -> Event | None:
         return self.events[-1] if self.events and self.events[-1]["type"] in FINAL_TYPES else None
 
-    def begin(self, attempt: int, budget: Budget | None = None) -> None:
+    def begin(self, attempt: int, budget: Budget | None = None, receipt: Expected | None = None) -> None:
         """A new attempt takes over the stream; what it says again is swallowed (``Replay``). ``budget`` bounds
-        what the job's hosts may send from now on."""
+        what the job's hosts may send from now on; ``receipt``: whose signed receipt its done event must carry
+        (None: receipts are not checked)."""
         self.attempt = attempt
         self.budget = budget or self.budget
+        self._expected = receipt
+        self.receipt = None
         self._replay = Replay(self.events) if self.events else None
 
     def publish(self, attempt: int, events: Sequence[Event]) -> list[Event]:
@@ -97,6 +113,8 @@ class JobLog:
                 event = kept
             if self.budget is not None:
                 self._spend(event, size, self.budget)
+            if event["type"] == "done" and self._expected is not None:
+                self.receipt = self._expected.accept(event, collect_output([*self.events, event]))
             published.append(self._append(event))
             if event["type"] in FINAL_TYPES:
                 break

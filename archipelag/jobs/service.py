@@ -18,6 +18,7 @@ from archipelag.jobs.admission import admit, hosts_now, job_request
 from archipelag.jobs.batches import BatchDriver, admit_batch
 from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket, push_karma
 from archipelag.jobs.exchange import Exchange, reserve_micro
+from archipelag.jobs.host_keys import HostKeys, Identities
 from archipelag.jobs.ports import Hosts, JobLedger, MarketPlacement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Batch, Relay
@@ -39,8 +40,12 @@ FOLLOW_WAIT_S = 15.0  # then an empty batch after this long without news (a stre
 
 
 class JobService:
+    """``identities``: hosts' enrolled keys (the ledger's ``host_identity``; always in a network), against which
+    each job's receipt is checked before it is charged; None takes hosts' ends unsigned (scripted hosts in tests,
+    as placement without ``identities``)."""
+
     def __init__(self, settings: Settings, catalog: dict[WorkloadSlug, Manifest], ledger: JobLedger,
-                 placement: MarketPlacement, hosts: Hosts) -> None:
+                 placement: MarketPlacement, hosts: Hosts, identities: Identities | None = None) -> None:
         self._settings = settings
         TRACE.configure(settings.trace_file)
         self._catalog = catalog
@@ -55,7 +60,8 @@ class JobService:
         self._queue: JobQueue[Ticket] = JobQueue(settings.queue_max_jobs, aging_s=settings.priority_aging_s)
         self._dispatcher = Dispatcher(rules, ledger, self._placement, hosts, self._relay, self._queue,
                                       before_assign=self._ensure_recorded, metrics=self._metrics,
-                                      sign=tickets.signer(settings.state_dir))
+                                      sign=tickets.signer(settings.state_dir),
+                                      keys=HostKeys(identities) if identities is not None else None)
         self._loops: list[asyncio.Task[None]] = []
         self._batches: dict[JobId, BatchDriver] = {}  # the batches this service drives, by parent
         self._started = False

@@ -19,7 +19,7 @@
 
 from archipelag.sdk.aio import AsyncBatchRef, AsyncClient, AsyncJobRef
 from archipelag.sdk.client import DEFAULT_URL, BatchRef, Client, JobRef
-from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.errors import JobFailed, ReceiptInvalid, Unreachable, WaitTimeout
 from archipelag.sdk.generation import AsyncChatStream, ChatResult, ChatStream, ImageResult
 from archipelag.sdk.models import (
     TERMINAL_STATES,
@@ -35,6 +35,7 @@ from archipelag.sdk.models import (
     HostCapabilities,
     HostKarma,
     Job,
+    JobReceipt,
     JobState,
     MarketHistory,
     MarketRate,
@@ -69,12 +70,14 @@ __all__ = [
     "ImageResult",
     "Job",
     "JobFailed",
+    "JobReceipt",
     "JobRef",
     "JobState",
     "MarketHistory",
     "MarketRate",
     "Page",
     "PriceBucket",
+    "ReceiptInvalid",
     "Unreachable",
     "Usage",
     "WaitTimeout",

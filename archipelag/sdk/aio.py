@@ -37,6 +37,7 @@ from archipelag.sdk.client import (
     remaining_s,
     report_progress,
     resolve_api_key,
+    verified_receipt,
     wait_timeout,
 )
 from archipelag.sdk.errors import Unreachable
@@ -64,6 +65,7 @@ from archipelag.sdk.models import (
     Host,
     HostKarma,
     Job,
+    JobReceipt,
     MarketHistory,
     MarketRate,
     Page,
@@ -169,6 +171,10 @@ class AsyncClient:
 
     async def cancel_job(self, job_id: str) -> Job:
         return Job.model_validate(await self._data("DELETE", f"{API}/jobs/{job_id}"))
+
+    async def verify_receipt(self, job_id: str) -> JobReceipt:
+        """Check the job's receipt against its output here, offline (``Client.verify_receipt``)."""
+        return verified_receipt(await self.get_job(job_id))
 
     async def workloads(self) -> Page[Workload]:
         return wire.page_of(await self._request("GET", f"{API}/workloads"), Workload.model_validate)

@@ -22,11 +22,12 @@ from typing import Any, Self, TypeVar, overload
 import httpx
 from httpx_sse import EventSource, SSEError
 
-from archipelag import __version__
+from archipelag import __version__, receipts
 from archipelag.errors import ArchipelagError
 from archipelag.ids import JobId
+from archipelag.protocol import USAGE_COUNTS
 from archipelag.sdk import generation, wire
-from archipelag.sdk.errors import JobFailed, Unreachable, WaitTimeout
+from archipelag.sdk.errors import JobFailed, ReceiptInvalid, Unreachable, WaitTimeout
 from archipelag.sdk.generation import (
     CHAT_PATH,
     DEFAULT_CHAT_MODEL,
@@ -52,6 +53,7 @@ from archipelag.sdk.models import (
     Host,
     HostKarma,
     Job,
+    JobReceipt,
     JobState,
     MarketHistory,
     MarketRate,
@@ -111,6 +113,30 @@ def output_of(job: Job) -> str | None:
     reason = job.error or "no reason given"
     raise JobFailed(f"job {job.id} ended {job.status.value}: {reason}", job_id=job.id,
                     status=job.status.value, error=job.error)
+
+
+def verified_receipt(job: Job) -> JobReceipt:
+    """``job``'s receipt once it checks out here, trusting nobody but the key in it: the signature is that key's
+    over this job, its attempt, the usage it was charged for and the SHA-256 of its output. ReceiptInvalid says
+    what does not match."""
+    signed = job.receipt
+    if signed is None:
+        raise ReceiptInvalid(f"job {job.id} has no receipt: only a job that completed on a host with an enrolled "
+                             "key has one", job_id=job.id)
+    if job.host_id is not None and signed.host_id != job.host_id:
+        raise ReceiptInvalid(f"the receipt is host {signed.host_id}'s, but job {job.id} ran on {job.host_id}",
+                             job_id=job.id)
+    for name in USAGE_COUNTS:
+        charged, said = getattr(job.usage, name), signed.usage.get(name, 0)
+        if charged != said:
+            raise ReceiptInvalid(f"the job was charged for {charged} {name}, but the receipt says {said}",
+                                 job_id=job.id)
+    why = receipts.mismatch(receipts.Receipt(signed.host_id, signed.host_public_key, signed.attempt, dict(signed.usage),
+                                             signed.output_sha256, signed.signed_at, signed.signature),
+                            job.id, job.output)
+    if why is not None:
+        raise ReceiptInvalid(why, job_id=job.id)
+    return signed
 
 
 def wait_timeout(job_id: str, status: JobState, timeout_s: float | None) -> WaitTimeout:
@@ -262,6 +288,11 @@ class Client:
 
     def cancel_job(self, job_id: str) -> Job:
         return Job.model_validate(self._data("DELETE", f"{API}/jobs/{job_id}"))
+
+    def verify_receipt(self, job_id: str) -> JobReceipt:
+        """Check the job's receipt against its output here, offline: the receipt if it holds, else
+        ReceiptInvalid saying what does not match (``verified_receipt``)."""
+        return verified_receipt(self.get_job(job_id))
 
     def workloads(self) -> Page[Workload]:
         return wire.page_of(self._request("GET", f"{API}/workloads"), Workload.model_validate)

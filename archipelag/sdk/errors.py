@@ -31,6 +31,13 @@ class JobFailed(ArchipelagError):
         self.error: str | None = details.get("error")
 
 
+class ReceiptInvalid(ArchipelagError):
+    """A job's receipt does not check out: it is missing, or does not match the job's output, usage or host key."""
+
+    code = "receipt_invalid"
+    http_status = 502
+
+
 class WaitTimeout(ArchipelagError, TimeoutError):
     """A wait for a job ran past its timeout; the job itself goes on."""
 

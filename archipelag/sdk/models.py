@@ -55,6 +55,19 @@ class Usage(_ApiModel):
     credits_used: float = 0.0
 
 
+class JobReceipt(_ApiModel):
+    """What the host that ran a completed job signed with its enrolled key: the job and attempt, the usage it was
+    charged for, and the SHA-256 of its output (``Client.verify_receipt`` checks it offline)."""
+
+    host_id: HostId
+    host_public_key: str  # Ed25519, hex: the key the host enrolled with
+    attempt: int
+    usage: dict[str, int] = Field(default_factory=dict)  # prompt_tokens, completion_tokens
+    output_sha256: str
+    signed_at: float  # the host's clock, Unix seconds
+    signature: str  # Ed25519, base64
+
+
 class Job(_ApiModel):
     id: JobId
     workload_id: int | None = None
@@ -71,6 +84,7 @@ class Job(_ApiModel):
     duration_ms: int | None = None
     bid_price: float | None = None  # credits: the most it pays per job
     clearing_price: float | None = None  # credits: the ask of the host that ran it, once it succeeded
+    receipt: JobReceipt | None = None  # its host's signed receipt, once it completed on an enrolled host
 
     @property
     def is_terminal(self) -> bool:

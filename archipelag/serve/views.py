@@ -6,11 +6,13 @@ network's clients validate them as ``str`` and refuse a number. Workload ids sta
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
 from archipelag.catalog import MICRO
 from archipelag.lifecycle import JobStatus, public_status
+from archipelag.receipts import Receipt
 
 
 def iso(value: datetime | None) -> str | None:
@@ -62,7 +64,13 @@ def job_view(job: Any) -> dict[str, Any]:
         "duration_ms": duration_ms,
         "bid_price": _micro_credits(getattr(job, "bid_price_micro", None)),  # the most it pays per job
         "clearing_price": _micro_credits(getattr(job, "clearing_price_micro", None)),  # its host's ask
+        "receipt": receipt_view(getattr(job, "receipt", None)),
     }
+
+
+def receipt_view(receipt: Receipt | None) -> dict[str, Any] | None:
+    """A succeeded job's receipt, signed by its host (receipts.py): what ``archipelag jobs verify`` checks."""
+    return dataclasses.asdict(receipt) if receipt is not None else None
 
 
 def _micro_credits(value: int | None) -> float | None:

@@ -5,7 +5,8 @@ of HostAgents.
 The scripted hosts answer chat jobs with the words of the last message as tokens (capped at ``max_tokens``)
 and image jobs with ``progress`` events and a real PNG. Words in the prompt steer them:
 ``fail`` (an error after one token), ``refuse`` (an error before any output), ``hang`` (one token, then
-nothing until cancelled), ``park`` (nothing at all until cancelled).
+nothing until cancelled), ``park`` (nothing at all until cancelled). In a ``signed`` network the host has an
+enrolled key, signs a receipt into each done event, and the jobs service checks it, as in a network of real hosts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import base64
 import socket
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -25,7 +27,9 @@ import uvicorn
 from builders import NOW, a_host
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from nacl.signing import SigningKey
 
+from archipelag import identity, receipts
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.jobs.client import JobsClient
@@ -71,6 +75,7 @@ class ScriptedHost:
     ran: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[JobId] = field(default_factory=list)
     token_delay_s: float = 0.0
+    key: SigningKey | None = None  # HOST's: it signs a receipt into each done event
     _stops: dict[JobId, asyncio.Event] = field(default_factory=dict)
 
     async def run(self, spec: JobSpec) -> AsyncIterator[Event]:
@@ -81,6 +86,7 @@ class ScriptedHost:
             events = self._chat(spec.input)
         else:
             events = self._image(spec.input)
+        produced: list[Event] = []
         for event in events:
             if event["type"] == "wait":
                 while not stop.is_set():  # alive and quiet: keep the lease
@@ -92,6 +98,10 @@ class ScriptedHost:
                 return
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
+            produced.append(event)
+            if event["type"] == "done" and self.key is not None:
+                event = {**event, "receipt": receipts.sign(self.key, HOST, spec.job_id, spec.attempt, produced,
+                                                           time.time())}
             yield event
 
     async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
@@ -162,9 +172,11 @@ class ModelNetwork:
 
 def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jobs: int = 0,
                     runtimes: frozenset[str] = frozenset({"container"}), queue_timeout_s: float = 5.0,
-                    credits_micro: int = 1_000_000, queue_max_jobs: int = 1000, **overrides: Any) -> ModelNetwork:
+                    credits_micro: int = 1_000_000, queue_max_jobs: int = 1000, signed: bool = False,
+                    **overrides: Any) -> ModelNetwork:
     """The network; its account (the first: an admin) has a key with every scope. ``overrides`` replace settings
-    (the real rate limiter runs, at a pace tests do not reach unless they mean to)."""
+    (the real rate limiter runs, at a pace tests do not reach unless they mean to). ``signed``: its hosts are
+    enrolled (owned by that account) with keys, HOST signs its receipts, and the jobs service checks them."""
     settings = Settings(**{"state_dir": tmp_path, "queue_timeout_s": queue_timeout_s, "rate_limit_per_min": 6000,
                            "queue_max_jobs": queue_max_jobs, **overrides})
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -173,13 +185,18 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
     account = ledger.create_account("ada@example.org", credits_micro)
     _, key = ledger.create_api_key(account.id, "test", ("keys", "read", "write"))
     placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)  # its asks bound by this catalog
-    host = ScriptedHost()
-    jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host)
+    host = ScriptedHost(key=identity.generate_key() if signed else None)
+    jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host,
+                      identities=LedgerClient.local(ledger).host_identity if signed else None)
     services = Services(settings=settings, ledger=LedgerClient.local(ledger), jobs=JobsClient.local(jobs),
                         placement=placement, catalog=dict(CATALOG))
     for index in range(hosts):
         host_id = HostId(f"host-{chr(ord('a') + index)}")
         ledger.upsert_host(host_id, host_id, "eu-west", {})  # recorded before it joins, as enrolment records it
+        if signed:
+            host_key = host.key if host_id == HOST else identity.generate_key()
+            assert host_key is not None
+            ledger.enrol_host(host_id, identity.public_hex(host_key), account.id, host_id, "eu-west")
         placement.register(a_host(host_id, runtimes=runtimes, slots=slots, active_jobs=active_jobs))
     return ModelNetwork(services, ledger, placement, host, key, account.id, build_api(services))
 
