@@ -86,9 +86,11 @@ class PlacementSettings(BaseModel):
     weight_speed: float = 0.10
     max_candidates: int = 8  # length of the ranked list handed back
     # A host reported lost is asked for a heartbeat at once (placement/suspects.py): no answer within this long and
-    # it stays out. One that proved such a report false stays in on the next one within ``loss_doubt_s``, until
-    # its check goes unanswered: a joined node repeating the lie takes it out one round trip per this long.
+    # it stays out. One that answered within ``loss_answer_within_s`` (a round trip: slower, it was hung or busy)
+    # proved the report false and stays in on the next one within ``loss_doubt_s``, until its check goes
+    # unanswered: a joined node repeating the lie takes it out one round trip per ``loss_doubt_s``.
     loss_check_timeout_s: float = Field(default=5.0, gt=0)
+    loss_answer_within_s: float = Field(default=1.0, gt=0)
     loss_doubt_s: float = Field(default=60.0, ge=0)
 
 

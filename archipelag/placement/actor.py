@@ -63,7 +63,7 @@ class PlacementActor:
         self._fleet = Fleet(Weights.from_settings(settings.placement), stale_after_s=stale_after_s)
         # Reports that a host was lost, checked with the host (None: believed, the in-process stand-in's way).
         self._witness = witness
-        self._suspects = Suspects(settings.placement.loss_doubt_s, settings.placement.loss_check_timeout_s)
+        self._suspects = Suspects(settings.placement.loss_doubt_s, settings.placement.loss_answer_within_s)
         self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
         # By karma (the ledger's word, pushed with ``set_karma``), apart from the operator's: neither lifts the
         # other. ``_shares`` holds cooled-down hosts' placement shares (scoring.cooled); absent means 1.

@@ -4,9 +4,10 @@ The dispatcher reports a host lost when its agent dies mid-job, and nothing can 
 any joined node call placement. So a report is a suspicion. The host leaves placement at once (a lost host must not
 get the next job while it is checked) and is asked to report now (``Witness``); only its signed heartbeat, which no
 other node can forge, answers, and it puts the host back within a round trip. A host that proved a report false
-lately (it answered within ``answer_within_s``) stays in when the next one comes, until its check goes unanswered: a
-lie repeated in a loop takes a host out for one round trip per ``doubt_s``, and a real loss in that window waits
-for the check. A host that answers later (it hung, then woke) is back, but proved nothing.
+lately (it answered within ``answer_within_s``, a round trip) stays in when the next one comes, until its check goes
+unanswered: a lie repeated in a loop takes a host out for one round trip per ``doubt_s``, and a real loss in that
+window waits for the check. A host that answers later (it hung, then woke) is back, but proved nothing: the next
+report of its loss is believed at once.
 
 ``Suspects`` is the bookkeeping (pure); ``RayWitness`` asks the host's agent on placement's behalf.
 """
