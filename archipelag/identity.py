@@ -2,8 +2,8 @@
 
 A host is who holds its key. Its id is derived from its public key (``host_id_for``), so one host cannot claim
 another's id without that host's key; the ledger binds every enrolled id to one key. What a host tells placement
-(its registration, its heartbeats) travels with a ``Proof``: a signature over the host id, the host's timestamp and
-the digest of what it reports. The credentials a newly approved host receives are sealed to its key
+(its registration, its heartbeats) and the receipt of each job it ends (receipts.py) travel with a ``Proof``: a
+signature over the host id, the host's timestamp and the digest of what it reports. The credentials a newly approved host receives are sealed to its key
 (``seal``/``unseal``), so only the machine that holds the key can read them.
 
 Pure: no Ray, no database, no HTTP; pynacl only.

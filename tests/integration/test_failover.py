@@ -18,6 +18,8 @@ from catalog_builders import network_catalog
 from netutil import api_client, eventually, network_settings
 
 from archipelag.network import EmbeddedNetwork, start_network
+from archipelag.sdk import Job
+from archipelag.sdk.client import verified_receipt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 
@@ -192,5 +194,7 @@ def test_a_host_killed_mid_stream_hands_the_job_on_and_the_stream_has_no_gap_or_
     job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
     assert job["status"] == "completed" and job["host_id"] != killed and job["attempt"] == 2
     assert job["output"] == "tick " * TICKS
+    receipt = verified_receipt(Job.model_validate(job))  # the second host signed the whole output it said again
+    assert receipt.host_id == job["host_id"] and receipt.attempt == 2
     karma = http.get(f"/api/v1/hosts/{killed}/karma").json()["data"]
     assert "host_dropped" in [e["kind"] for e in karma["events"]]

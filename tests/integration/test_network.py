@@ -20,6 +20,8 @@ from netutil import api_client, eventually, network_settings
 
 from archipelag.network import EmbeddedNetwork, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
+from archipelag.sdk import Job
+from archipelag.sdk.client import verified_receipt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 
@@ -82,6 +84,7 @@ def test_a_wasm_job_runs_end_to_end_and_its_result_is_stored(http: httpx.Client)
     assert job["host_id"] in {"island-1", "island-2", "island-3"}
     assert job["usage"]["credits_used"] == pytest.approx(0.001)
     assert job["started_at"] and job["completed_at"] and job["duration_ms"] is not None
+    assert verified_receipt(Job.model_validate(job)).host_id == job["host_id"]  # signed by its enrolled key
     # A client that connects after the job finished still gets its events.
     assert stream(http, job["id"]) == events
 
