@@ -116,10 +116,11 @@ def host_join(
     host_id: Annotated[str | None, typer.Option(help="Keep a stable host id across joins.")] = None,
     node_ip: Annotated[str | None, typer.Option(help="This machine's address as the coordinator sees it.")]
         = None,
-    price: Annotated[list[str] | None, typer.Option(help=(
+    price: Annotated[list[str] | None, typer.Option(metavar="ASK", help=(
         "What this host asks per job, in credits; repeat it: 0.02 (every workload), 'llm-*=0.05' (a family), "
-        "llm-chat=0.03 (one workload; the most specific wins). Each within the network's bounds around the "
-        "catalog price, else the join is refused. Default: the catalog's prices."))] = None,
+        "llm-chat=0.03 (one workload; the most specific wins). A workload's own ask must lie within the "
+        "network's bounds around its catalog price, else the join is refused; a family's is held within each "
+        "workload's bounds. Default: the catalog's prices."))] = None,
     ray_user: Annotated[str | None, typer.Option(help=(
         "Run this host's Ray node as this unprivileged user (run `host join` as root): what other members of "
         "the cluster run here cannot reach your files, the Docker engine or root; containers start through "
