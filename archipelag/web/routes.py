@@ -21,9 +21,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from archipelag import __version__
+from archipelag import __version__, receipts
 from archipelag.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from archipelag.ledger.records import Account
+from archipelag.receipts import Receipt
 from archipelag.serve.api_hosts import owned_view
 from archipelag.serve.api_jobs import MAX_ID_CHARS, Svc
 from archipelag.serve.api_openai import model_manifests
@@ -186,8 +187,10 @@ async def job_page(job_id: str, request: Request, who: Seen, svc: Svc) -> Respon
         job = job_view(await svc.ledger.get_job(job_id, who.caller.account_id))
     except NotFound:
         return not_found(request, who, "You have no job with this id. Your jobs are listed on the Jobs page.")
+    receipt = job["receipt"]
     return render(request, "job.html", who, title=f"Job {job['id']}", job=job, live=job["status"] not in TERMINAL,
-                  image=_image_of(job), input_json=json.dumps(job["input"], indent=2))
+                  image=_image_of(job), input_json=json.dumps(job["input"], indent=2),
+                  receipt_problem=receipts.mismatch(Receipt(**receipt), job["id"], job["output"]) if receipt else None)
 
 
 @router.get("/hosts", response_class=HTMLResponse)

@@ -1,5 +1,5 @@
 """Workloads and jobs in the browser: a workload chosen from the catalog runs from its form with its events in a
-log; the job is then in the jobs table, and its page shows its events, status and output."""
+log; the job is then in the jobs table, and its page shows its events, status, output and its host's receipt."""
 
 from __future__ import annotations
 
@@ -39,3 +39,4 @@ def test_a_workload_runs_from_its_page_and_its_job_shows_its_events(page: Page, 
     expect(page.locator("#job-status")).to_have_text("completed")
     expect(page.get_by_role("log", name="Job events")).to_contain_text("three")
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(page.locator("#receipt-check")).to_contain_text("with the key it enrolled")  # its host's signed receipt

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from model_network import HOST, ModelNetwork, a_model_network, serve
 from netutil import eventually
 from test_hardening_receipts import CREDITS, PRICE, failed_for_the_host, run_chat, tokens
+from test_web_pages import a_person, page
 from typer.testing import CliRunner
 
 from archipelag import identity, receipts
@@ -155,3 +156,38 @@ def test_the_owner_verifies_a_receipt_with_the_cli(net: ModelNetwork, monkeypatc
             connection.exec_driver_sql("UPDATE jobs SET output = 'the sea is rough' WHERE id = ?", (job.id,))
         tampered = CliRunner().invoke(app, ["jobs", "verify", job.id])
         assert tampered.exit_code == 1 and "output has SHA-256" in tampered.stderr
+
+
+
+def _chat_on_the_web(tmp_path: Path, *, signed: bool) -> tuple[ModelNetwork, TestClient, str]:
+    """A signed-in person's finished chat, for its page."""
+    net = a_model_network(tmp_path, credits_micro=CREDITS, signed=signed, signup_policy="open",
+                          session_cookie_secure=False)
+    anon = net.client()
+    anon.__enter__()
+    person = a_person(net, anon, "rui@example.org")
+    made = person.post("/api/v1/jobs", json={"workload": "llm-chat", "input": {
+        "messages": [{"role": "user", "content": "the sea is calm"}], "max_tokens": 8}},
+        headers={"X-CSRF-Token": person.cookies["archipelag_csrf"]})
+    assert made.status_code == 201, made.text
+    job_id = made.json()["data"]["id"]
+    eventually(lambda: net.job(job_id).status in TERMINAL_JOB_STATES, timeout_s=5, interval_s=0.02)
+    return net, person, job_id
+
+
+def test_the_jobs_web_page_shows_its_receipt_and_whether_it_checks_out(tmp_path: Path) -> None:
+    net, person, job_id = _chat_on_the_web(tmp_path, signed=True)
+    assert page(person, f"/jobs/{job_id}").find("h2", id="receipt-heading")
+    shown = person.get(f"/jobs/{job_id}").text
+    assert f"Signed by host {HOST} with the key it enrolled" in shown and f"archipelag jobs verify {job_id}" in shown
+    with net.ledger.engine.begin() as connection:  # the stored output changes under the receipt
+        connection.exec_driver_sql("UPDATE jobs SET output = 'the sea is rough' WHERE id = ?", (job_id,))
+    tampered = person.get(f"/jobs/{job_id}").text
+    assert "This receipt does not check out: the job&#39;s output has SHA-256" in tampered
+
+
+def test_a_job_without_a_receipt_shows_none_on_its_page(tmp_path: Path) -> None:
+    _, person, job_id = _chat_on_the_web(tmp_path, signed=False)  # scripted hosts without keys
+    shown = person.get(f"/jobs/{job_id}")
+    assert shown.status_code == 200 and f'data-job-id="{job_id}"' in shown.text
+    assert "receipt-heading" not in shown.text

@@ -19,6 +19,13 @@ function show(job) {
   if (parsed && parsed.image_data) output.replaceChildren(el("img", { src: dataUrlOf(parsed), alt: `Output of job ${job.id}` }));
   else if (job.output !== null) output.replaceChildren(el("pre", {}, job.output));
   else if (job.error) output.replaceChildren(el("p", {}, job.error));
+  if (job.receipt && !document.getElementById("receipt-heading")) {
+    // The page came before the job ended: the host's receipt, checked by the page's server on the next load.
+    section.parentElement.append(el("section", { "aria-labelledby": "receipt-heading" },
+      el("h2", { id: "receipt-heading" }, "Receipt"),
+      el("p", { id: "receipt-check" }, `Signed by host ${job.receipt.host_id}; reload the page to see it checked.`),
+      el("p", { class: "hint" }, `Check it on your own machine: archipelag jobs verify ${job.id}`)));
+  }
 }
 
 async function follow() {
