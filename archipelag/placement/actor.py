@@ -316,6 +316,8 @@ class PlacementActor:
             raise refused("; ".join(reasons))
 
     def job_assigned(self, host_id: HostId) -> None:
+        """The dispatcher handed a host a job: counted until the host's own heartbeats bound it (any joined node
+        can say this, so what the host does not count is gone by its second heartbeat: ``Fleet.heartbeat``)."""
         if host_id in self._fleet:
             self._fleet.job_assigned(host_id)
 

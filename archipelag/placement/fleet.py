@@ -103,7 +103,10 @@ class Fleet:
     _COLUMNS: ClassVar[dict[str, type[np.generic]]] = {
         "status": np.int8, "heartbeat_at": np.float64, "runtimes": np.int64, "accepts": np.intp,
         "region": np.intp, "karma": np.float64, "cores": np.int32, "free_ram": np.int64, "free_vram": np.int64,
-        "slots": np.int32, "reported": np.int32, "inflight": np.int32, "active": np.int32,
+        "slots": np.int32, "reported": np.int32, "active": np.int32,
+        # Jobs placement was told it handed the host (``job_assigned``), by heartbeat: since the last one, and
+        # before it. Any joined node can say it, so a heartbeat's signed count bounds the older ones.
+        "inflight": np.int32, "carried": np.int32,
         "has_room": np.bool_,  # active < slots
         "gpu": np.bool_,  # lends a GPU: its hardware tier (market.pricing.tier_of) is gpu
         "asks": np.intp,  # its asks' code in ``_ask_lists``
@@ -182,17 +185,26 @@ class Fleet:
         c["runtimes"][row] = self._runtime_mask(snapshot.runtimes)
         c["region"][row] = self._regions.code(snapshot.region)
         c["accepts"][row] = self._accept_lists.code(snapshot.accepts)
-        c["inflight"][row] = 0
+        c["inflight"][row] = c["carried"][row] = 0
         self._set_live(row, Heartbeat(snapshot.free_ram_mb, snapshot.free_vram_mb, snapshot.active_jobs,
                                       snapshot.warm))
         self._refresh_asks(row)
 
     def heartbeat(self, host_id: HostId, at: float, beat: Heartbeat) -> None:
-        """Record a heartbeat; a joining or offline host comes online."""
+        """Record a heartbeat; a joining or offline host comes online.
+
+        Its count of jobs bounds the assignments placement was told of before the previous heartbeat: those had a
+        whole interval to start, so any the host does not count now are dropped, and a job a node only said it
+        handed the host (any node can) stops counting by the second heartbeat after. Those told since the
+        previous one are kept until the next: the host may not have started them when it counted."""
         row = self._row(host_id)
-        self._cols["heartbeat_at"][row] = at
+        c = self._cols
+        c["heartbeat_at"][row] = at
         if self.status(host_id) in (HostStatus.JOINING, HostStatus.OFFLINE):
-            self._cols["status"][row] = _ONLINE
+            c["status"][row] = _ONLINE
+        if beat.active_jobs is not None:
+            c["carried"][row] = min(int(c["carried"][row]), beat.active_jobs) + c["inflight"][row]
+            c["inflight"][row] = 0
         self._set_live(row, beat)
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
@@ -221,7 +233,7 @@ class Fleet:
         self._refresh_standing(row)
 
     def job_assigned(self, host_id: HostId) -> None:
-        """Count a job handed to the host before its next heartbeat reports it."""
+        """Count a job handed to the host until its heartbeats count it (see ``heartbeat``)."""
         row = self._row(host_id)
         self._cols["inflight"][row] += 1
         self._refresh_load(row)
@@ -229,7 +241,8 @@ class Fleet:
     def job_released(self, host_id: HostId) -> None:
         row = self._row(host_id)
         c = self._cols
-        c["inflight"][row] = max(0, int(c["inflight"][row]) - 1)
+        older = "carried" if c["carried"][row] > 0 else "inflight"  # jobs end roughly in the order they began
+        c[older][row] = max(0, int(c[older][row]) - 1)
         c["reported"][row] = max(0, int(c["reported"][row]) - 1)
         self._refresh_load(row)
 
@@ -317,9 +330,9 @@ class Fleet:
         return column[: self._n]
 
     def _refresh_load(self, row: int) -> None:
-        """Load is what the host last reported or what placement handed it since, whichever is more."""
+        """Load is what the host last reported or what placement was told it handed it, whichever is more."""
         c = self._cols
-        c["active"][row] = max(c["reported"][row], c["inflight"][row])
+        c["active"][row] = max(c["reported"][row], c["carried"][row] + c["inflight"][row])
         c["has_room"][row] = c["active"][row] < c["slots"][row]
         self._refresh_standing(row)
 

@@ -104,6 +104,32 @@ def test_load_is_the_larger_of_reported_and_assigned() -> None:
     assert fleet.get(HostId("h")).active_jobs == 2
 
 
+def test_an_assignment_the_host_never_counts_is_gone_by_its_second_heartbeat() -> None:
+    """Any joined node can say a job was handed to a host: the host's signed count is what lasts."""
+    fleet = fleet_of([a_host("h", slots=2)])
+    fleet.job_assigned(HostId("h"))
+    fleet.job_assigned(HostId("h"))  # nobody handed it these
+    assert fleet.rank(a_job(), NOW, 1) == []
+    fleet.heartbeat(HostId("h"), NOW, Heartbeat(active_jobs=0))  # it may not have started them yet
+    assert fleet.get(HostId("h")).active_jobs == 2
+    fleet.heartbeat(HostId("h"), NOW + 10, Heartbeat(active_jobs=0))  # a whole interval later: it never did
+    assert fleet.get(HostId("h")).active_jobs == 0
+    assert fleet.rank(a_job(), NOW + 10, 1) == ["h"]
+
+
+def test_assignments_the_host_counts_stay_counted_until_released() -> None:
+    fleet = fleet_of([a_host("h", slots=3)])
+    fleet.job_assigned(HostId("h"))
+    fleet.heartbeat(HostId("h"), NOW, Heartbeat(active_jobs=1))
+    fleet.job_assigned(HostId("h"))  # told just before the next heartbeat, which does not count it yet
+    fleet.heartbeat(HostId("h"), NOW + 10, Heartbeat(active_jobs=1))
+    assert fleet.get(HostId("h")).active_jobs == 2
+    fleet.job_assigned(HostId("h"))
+    assert fleet.rank(a_job(), NOW + 10, 1) == []  # a burst between heartbeats does not over-fill it
+    fleet.job_released(HostId("h"))
+    assert fleet.get(HostId("h")).active_jobs == 2
+
+
 def test_remove_keeps_the_others_and_a_reused_row_starts_cold() -> None:
     fleet = fleet_of([a_host("a"), a_host("b", warm=frozenset({"wasm-hash"})), a_host("c")],
                      Weights(0, 0, 0, 0, 1, 0))
