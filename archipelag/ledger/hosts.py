@@ -11,6 +11,7 @@ Functions here take an open session; ``Ledger`` owns the transactions.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -134,14 +135,15 @@ def record_heartbeat(session: Session, host_id: str, at: datetime) -> None:
         raise NotFound(f"host {host_id} does not exist")
 
 
-def karma_totals(session: Session, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> dict[str, float]:
-    """Every host's total now: the sum of its events (recovery up to each one is banked as an event) and the
-    recovery since its last event."""
+def karma_totals(session: Session, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None,
+                 host_ids: Collection[str] | None = None) -> dict[str, float]:
+    """Every host's total now (or those of ``host_ids``): the sum of its events (recovery up to each one is banked
+    as an event) and the recovery since its last event. A host without events is absent."""
     now = now or utcnow()
-    rows = session.execute(
-        select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at)))
-        .group_by(col(KarmaEventRow.host_id))
-    ).all()
+    query = select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at)))
+    if host_ids is not None:
+        query = query.where(col(KarmaEventRow.host_id).in_(list(host_ids)))
+    rows = session.execute(query.group_by(col(KarmaEventRow.host_id))).all()
     return {str(host_id): _now_total(rules, total, last_at, now) for host_id, total, last_at in rows}
 
 

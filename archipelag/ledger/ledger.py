@@ -15,7 +15,7 @@ Batches: ``create_batch``, ``get_batch``, ``queue_children``, ``job_statuses``, 
 Credits: ``balance_micro``, ``host_earnings_micro``, ``total_is_zero``, ``audit``.
 Earnings, payouts and usage: ``earnings``, ``payout``, ``payouts``, ``usage`` (see ``earnings``).
 Hosts and karma: ``upsert_host``, ``set_host_status``, ``record_heartbeat``, ``list_hosts``, ``get_host``,
-``suspend_host``, ``reinstate_host``, ``suspended_hosts`` (an operator's word), ``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``.
+``suspend_host``, ``reinstate_host``, ``suspended_hosts`` (an operator's word), ``record_karma``, ``karma_events``, ``karma_event_count``, ``karma_score``, ``karma_state``, ``karma_states``.
 The exchange: ``set_asking_prices``, ``asking_prices``, ``set_bid_preference``, ``bid_preferences``,
 ``all_bid_preferences``, ``market_history`` (see ``market``).
 Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment_status``, ``host_identity``,
@@ -24,7 +24,7 @@ Enrolment: ``request_pairing``, ``approve_pairing``, ``enrol_host``, ``enrolment
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -405,6 +405,13 @@ class Ledger(People):
         with db.read_session(self.engine) as session:
             hosts.get_row(session, host_id)
             return self.karma_rules.state(hosts.karma_total(session, host_id, self.karma_rules))
+
+    def karma_states(self, host_ids: Collection[str]) -> dict[HostId, KarmaState]:
+        """Each of these hosts' karma now, in one read (placement's fleet round); a host without events is neutral,
+        known to the ledger or not."""
+        with db.read_session(self.engine) as session:
+            totals = hosts.karma_totals(session, self.karma_rules, host_ids=host_ids)
+        return {HostId(host_id): self.karma_rules.state(totals.get(host_id, 0.0)) for host_id in host_ids}
 
     # --- the exchange --------------------------------------------------------------------------------
 

@@ -531,6 +531,9 @@ def test_karma_state_cools_down_suspends_and_recovers_from_event_times(ledger: L
         ledger.record_karma("host-s", KarmaKind.JOB_TIMED_OUT)
     suspended = ledger.karma_state("host-s")
     assert suspended.standing is Standing.SUSPENDED and suspended.total == pytest.approx(-11.0, abs=1e-3)
+    states = ledger.karma_states(["host-s", "host-never"])  # placement's one read per fleet round
+    assert states["host-s"].standing is Standing.SUSPENDED and states["host-s"].reason == suspended.reason
+    assert states["host-never"] == ledger.karma_rules.state(0.0)
     ledger.karma_rules = replace(ledger.karma_rules, recovery_per_day=86_400.0 * 100)  # 100 points a second
     time.sleep(0.2)
     assert ledger.karma_state("host-s").standing is Standing.GOOD and ledger.karma_state("host-s").total == 0.0
