@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from archipelag.ids import HostId, WorkloadSlug
+from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaState, Standing
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 
@@ -70,3 +73,28 @@ def a_random_job(rng: random.Random) -> JobRequest:
         allowed_regions=rng.choice((None, None, frozenset({"eu-west", "eu-central"}))),
         min_karma=rng.choice((0.0, 0.0, 0.5)),
     )
+
+
+@dataclass
+class LedgerWord:
+    """The ledger's word on karma and asks as placement reads it (``placement.actor.Book``), set by a test: what
+    ``Ledger`` would derive, without its events. ``says_karma`` writes a host's state the way the ledger holds it."""
+
+    karma: dict[HostId, KarmaState] = field(default_factory=dict)
+    asks: dict[HostId, dict[str, int]] = field(default_factory=dict)
+
+    def says_karma(self, host_id: str, score: float, share: float = 1.0, suspended: str | None = None) -> None:
+        standing = Standing.SUSPENDED if suspended else Standing.COOLDOWN if share < 1.0 else Standing.GOOD
+        self.karma[HostId(host_id)] = KarmaState(total=0.0, score=score, standing=standing, share=share,
+                                                 reason=suspended)
+
+    def karma_states(self, host_ids: Collection[str]) -> dict[HostId, KarmaState]:
+        """As the ledger: a host it has no word on is neutral."""
+        return {HostId(h): self.karma.get(HostId(h), DEFAULT_RULES.state(0.0)) for h in host_ids}
+
+    def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
+        return {h: dict(a) for h, a in self.asks.items() if a and host_id in (None, h)}
+
+    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
+        self.asks[HostId(host_id)] = dict(asks)
+        return dict(asks)

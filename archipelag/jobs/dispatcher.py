@@ -29,7 +29,7 @@ to the relay. What the dispatcher keeps is a
   surge weighs it against free slots.
 - **Karma.** A job that ends by the host's fault (``karma_rules.fault_of``: a timeout, the host's own error, a bad
   receipt, a drop, a refused catalog artifact once another host has run that workload) costs the host karma, and
-  placement hears the host's new standing at once; a workload's own error costs it nothing.
+  placement reads the host's new standing from the ledger at once; a workload's own error costs it nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from archipelag.jobs.ports import Hosts, JobLedger, Placement
 from archipelag.jobs.queue import JobQueue
 from archipelag.jobs.relay import Budget, JobLog, Relay, diverged_error
 from archipelag.jobs.replay import Diverged
-from archipelag.ledger.karma_rules import KarmaKind, Standing, fault_of
+from archipelag.ledger.karma_rules import KarmaKind, fault_of
 from archipelag.lifecycle import JobStatus
 from archipelag.metrics.network import NetworkMetrics
 from archipelag.metrics.trace import TRACE
@@ -482,7 +482,7 @@ class Dispatcher:
                         receipt=ticket.log.receipt if succeeded else None)
                     self._metrics.ended(ticket.manifest.slug, status, job_id)
                     if karma is not None and host_id is not None and not succeeded:
-                        await self._push_karma(host_id)  # a cooled or suspended host stops getting jobs now
+                        self._placement.refresh_karma([host_id])  # cooled or suspended: no more jobs now
                     break
                 except InvalidTransition:
                     log.info("job %s had already ended", job_id)
@@ -533,27 +533,13 @@ class Dispatcher:
         except ArchipelagError as exc:
             log.warning("karma for %s not recorded: %s", host_id, exc.message)
             return
-        await self._push_karma(host_id)
-
-    async def _push_karma(self, host_id: HostId) -> None:
-        """Tell placement the host's karma now (score, cool-down share, suspension) after a fault of its own."""
-        try:
-            await push_karma(self._ledger, self._placement, host_id)
-        except ArchipelagError as exc:
-            log.warning("karma for %s not pushed: %s", host_id, exc.message)
+        self._placement.refresh_karma([host_id])  # placement reads it from the ledger: nobody hands it values
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-async def push_karma(ledger: JobLedger, placement: Placement, host_id: HostId) -> None:
-    """Placement acts on the ledger's karma: the score it ranks by, the cool-down share, a suspension and why."""
-    state = await ledger.karma_state(host_id)
-    placement.set_karma(host_id, state.score, state.share,
-                        state.reason if state.standing is Standing.SUSPENDED else None)
 
 
 def _kind(event: Any) -> Any:

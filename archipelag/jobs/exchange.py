@@ -5,26 +5,24 @@ the caches that keep both off a submission's path.
   workload (a slug or a family, the most specific winning as for asks), else the market rate, else the catalog
   price. It reserves ``bid + token part`` (``reserve_micro``). ``bid_for`` reads only memory: every account's
   saved bids are read once at start and changed here (``set_bid_preference``), and the market rates are
-  refreshed each fleet round (``refresh_rates``).
-- **Asks.** An owner's asks (``set_asks``) are checked against the network's bounds, stored, and handed to
-  placement. As hosts register, ``sync`` reconciles: asks a host's signed registration names are its latest word
-  and are stored; a host that registers naming none gets the stored ones from placement (after a coordinator
-  or placement restart, too).
+  refreshed each fleet round (``refresh``).
+- **Asks.** An owner's asks (``set_asks``) are checked against the network's bounds and stored; placement then
+  applies what the ledger holds (any joined node can call placement, so it takes asks from no caller). The asks
+  a host's signed registration names (`host join --price`) placement checks and stores itself; a host that
+  registers naming none gets the stored ones. Nothing here reads asks back from placement.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from archipelag.catalog import Manifest, max_price_micro
-from archipelag.errors import ArchipelagError, NotFound, ValidationFailed
+from archipelag.errors import ArchipelagError, ValidationFailed
 from archipelag.ids import AccountId, HostId, WorkloadSlug
 from archipelag.jobs.ports import AskBoard, JobLedger
 from archipelag.market.pricing import ask_for, check_asks
-from archipelag.placement.scoring import HostSnapshot
 from archipelag.settings import MarketSettings
 
 log = logging.getLogger(__name__)
@@ -45,9 +43,7 @@ class Exchange:
         self._ledger = ledger
         self._placement = placement
         self._bids: dict[AccountId, dict[str, int]] | None = None  # None until read from the ledger
-        self._asks: dict[HostId, dict[str, int]] | None = None  # what the ledger holds, as last read or written
         self._rates: dict[str, dict[str, Any]] = {}
-        self._lock = asyncio.Lock()  # one change of asks at a time: an owner's, or a registration's
 
     @property
     def catalog_prices(self) -> dict[str, int]:
@@ -70,15 +66,13 @@ class Exchange:
         return dict(self._rates)
 
     async def refresh(self) -> None:
-        """Read what is not cached yet (saved bids, stored asks) and the market rates now; a part that fails is
-        tried again on the next call."""
+        """Read the saved bids if not cached yet, and the market rates now; a part that fails is tried again on
+        the next call."""
         try:
             if self._bids is None:
                 self._bids = dict(await self._ledger.all_bid_preferences())
-            if self._asks is None:
-                self._asks = dict(await self._ledger.asking_prices())
         except ArchipelagError as exc:
-            log.warning("saved bids or asks not read (tried again next round): %s", exc.message)
+            log.warning("saved bids not read (tried again next round): %s", exc.message)
         await self.refresh_rates()
 
     async def refresh_rates(self) -> None:
@@ -101,39 +95,17 @@ class Exchange:
     # --- asks --------------------------------------------------------------------------------------
 
     async def set_asks(self, host_id: HostId, asks: dict[str, int]) -> dict[str, int]:
-        """Replace a host's asks: 422 naming each one outside the network's bounds (nothing stored then), handed
-        to placement, then stored. The asks as stored."""
+        """Replace a host's asks: 422 naming each one outside the network's bounds (nothing stored then); stored,
+        then placement applies what the ledger holds (a host not joined now reads them when it registers). The
+        asks as stored."""
         reasons = check_asks(asks, self.catalog_prices, self._settings)
         if reasons:
             raise ValidationFailed("asks outside the network's bounds: " + "; ".join(reasons),
                                    errors={reason.split(":", 1)[0]: reason for reason in reasons})
-        async with self._lock:
-            try:  # placement first: what it refuses is not stored
-                await self._placement.set_asks_async(host_id, dict(asks))
-            except NotFound:  # not joined now: placement hears them when it registers (``sync``)
-                pass
-            stored = await self._ledger.set_asking_prices(host_id, asks)
-            if self._asks is not None:
-                self._asks[host_id] = dict(stored)
+        stored = await self._ledger.set_asking_prices(host_id, asks)
+        await self._placement.refresh_asks_async(host_id)
         await self.refresh_rates()  # the rate the bid chain falls back on moves with the asks
         return stored
-
-    async def sync(self, snapshots: Iterable[HostSnapshot]) -> None:
-        """Reconcile each host's asks in placement with the stored ones (see the module's note)."""
-        if self._asks is None:
-            return
-        async with self._lock:
-            for snap in snapshots:
-                told, stored = dict(snap.asks), self._asks.get(snap.host_id, {})
-                if told == stored:
-                    continue
-                try:
-                    if told:  # named in its signed registration: the host's latest word
-                        self._asks[snap.host_id] = await self._ledger.set_asking_prices(snap.host_id, told)
-                    else:
-                        await self._placement.set_asks_async(snap.host_id, stored)
-                except ArchipelagError as exc:
-                    log.warning("asks of host %s not synchronised: %s", snap.host_id, exc.message)
 
 
 def check_pattern(pattern: str, catalog: Mapping[WorkloadSlug, Manifest]) -> bool:

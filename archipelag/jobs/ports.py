@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
 from archipelag.ids import AccountId, HostId, JobId
-from archipelag.ledger.karma_rules import KarmaKind, KarmaState
+from archipelag.ledger.karma_rules import KarmaKind
 from archipelag.ledger.records import Host, Job, JobBatch
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.placement.scoring import HostSnapshot, JobRequest
@@ -42,8 +42,9 @@ class Placement(Protocol):
 
     def mark_offline(self, host_id: HostId, reason: str) -> None: ...
 
-    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0,
-                  suspended: str | None = None) -> None: ...
+    def refresh_karma(self, host_ids: list[HostId] | None = None) -> None: ...
+
+    def refresh_asks(self) -> None: ...
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None: ...
 
@@ -53,9 +54,9 @@ class Placement(Protocol):
 
 
 class AskBoard(Protocol):
-    """What the exchange needs of placement: the asks it filters and ranks by, and the rates they make."""
+    """What the exchange needs of placement: to apply the asks the ledger holds, and the rates they make."""
 
-    async def set_asks_async(self, host_id: HostId, asks: dict[str, int]) -> None: ...
+    async def refresh_asks_async(self, host_id: HostId) -> None: ...
 
     async def market_rates_async(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]: ...
 
@@ -108,13 +109,9 @@ class JobLedger(Protocol):
 
     async def karma_score(self, host_id: str) -> float: ...
 
-    async def karma_state(self, host_id: str) -> KarmaState: ...
-
     async def suspended_hosts(self) -> list[Host]: ...
 
     async def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]: ...
-
-    async def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]: ...
 
     async def set_bid_preference(self, account_id: int, slug: str, price_micro: int | None) -> dict[str, int]: ...
 

@@ -16,7 +16,7 @@ from archipelag.gate import tickets
 from archipelag.ids import HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.jobs.admission import admit, hosts_now, job_request
 from archipelag.jobs.batches import BatchDriver, admit_batch
-from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket, push_karma
+from archipelag.jobs.dispatcher import Dispatcher, DispatchRules, Ticket
 from archipelag.jobs.exchange import Exchange, reserve_micro
 from archipelag.jobs.host_keys import HostKeys, Identities
 from archipelag.jobs.ports import Hosts, JobLedger, MarketPlacement
@@ -72,7 +72,7 @@ class JobService:
             return
         self._started = True
         await self._recover()
-        await self._exchange.refresh()  # saved bids, stored asks and the rates, before the first submission
+        await self._exchange.refresh()  # saved bids and the rates, before the first submission
         self._dispatcher.start()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._checkpoint_forever()), loop.create_task(self._record_fleet_forever())]
@@ -378,15 +378,14 @@ class JobService:
         return snapshots
 
     async def _record_fleet_forever(self) -> None:
-        """Keep the ledger's host rows current, feed placement the karma the ledger derives and the asks it
+        """Keep the ledger's host rows current, have placement read the karma the ledger derives and the asks it
         holds, and refresh the market rates the bid chain falls back on."""
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
-                snapshots = await self._record_fleet()
-                for snap in snapshots:  # karma recovers with time: a suspension may lift here
-                    await push_karma(self._ledger, self._placement, snap.host_id)
-                await self._exchange.sync(snapshots)  # asks as hosts register (both ways)
+                await self._record_fleet()
+                self._placement.refresh_karma()  # karma recovers with time: a suspension may lift here
+                self._placement.refresh_asks()  # the ledger's, should an owner's change have missed placement
                 await self._exchange.refresh()
             except Exception:  # a missed round is retried on the next one
                 log.warning("fleet not recorded this round", exc_info=True)

@@ -44,8 +44,11 @@ class MeteredPlacement:
     def mark_offline(self, host_id: HostId, reason: str) -> None:
         self._placement.mark_offline(host_id, reason)
 
-    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
-        self._placement.set_karma(host_id, karma, share, suspended)
+    def refresh_karma(self, host_ids: list[HostId] | None = None) -> None:
+        self._placement.refresh_karma(host_ids)
+
+    def refresh_asks(self) -> None:
+        self._placement.refresh_asks()
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None:
         await self._placement.suspend_async(host_id, reason)

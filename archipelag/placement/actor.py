@@ -3,9 +3,10 @@
 A thin shell over ``Fleet``: it stamps heartbeats with the coordinator's clock (hosts' clocks are not
 trusted), turns an empty ranking into ``NoCapacity`` with the reason, and hides stale hosts as offline.
 Ray lets any joined node call it, so it believes only what it can check: hosts' signed reports (``_check``), the
-ledger's word on suspensions and revocations, a host's own heartbeat against a report that it was lost
-(placement/suspects.py). The class imports no Ray; ``PlacementClient.start`` wraps it with ``ray.remote``, and unit
-tests use it as is.
+ledger's word on suspensions, revocations, karma and asks (a caller may ask placement to read it again, never say
+what it is), a host's own heartbeat against a report that it was lost (placement/suspects.py) or against the jobs
+it was said to be handed (``Fleet.heartbeat``). The class imports no Ray; ``PlacementClient.start`` wraps it with
+``ray.remote``, and unit tests use it as is.
 
 Ray runs it with ``max_concurrency=1``: calls execute one at a time in the order each caller sent them, so a
 fire-and-forget ``job_assigned`` is always counted before its ``job_released``, and the fleet needs no lock.
@@ -16,16 +17,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from archipelag import identity
 from archipelag.catalog import Manifest, load_catalog
-from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound, ValidationFailed
+from archipelag.errors import HostRefused, InvalidTransition, NoCapacity, NotFound
 from archipelag.identity import Proof
 from archipelag.ids import HostId, WorkloadSlug
-from archipelag.ledger.karma_rules import KarmaRules
+from archipelag.ledger.karma_rules import KarmaRules, KarmaState, Standing
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.market import pricing
@@ -44,11 +45,24 @@ NEUTRAL_KARMA = KarmaRules().neutral_score  # a new host's score until the ledge
 Identities = Callable[[HostId], HostIdentity | None]
 
 
+class Book(Protocol):
+    """The ledger's word on hosts' karma and asks, as placement reads it, and the one thing placement writes there:
+    the asks a host's signed registration names. ``Ledger`` has these methods (in-process); ``LedgerBook`` in
+    placement/client.py calls them on the ledger actor."""
+
+    def karma_states(self, host_ids: Collection[str]) -> Mapping[HostId, KarmaState]: ...
+
+    def asking_prices(self, host_id: str | None = None) -> Mapping[HostId, dict[str, int]]: ...
+
+    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]: ...
+
+
 class PlacementActor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
                  prober: Prober | None = None, *, identities: Identities | None = None,
                  draw: Callable[[], float] | None = None,
-                 catalog: Mapping[WorkloadSlug, Manifest] | None = None, witness: Witness | None = None) -> None:
+                 catalog: Mapping[WorkloadSlug, Manifest] | None = None, witness: Witness | None = None,
+                 book: Book | None = None) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -65,8 +79,11 @@ class PlacementActor:
         self._witness = witness
         self._suspects = Suspects(settings.placement.loss_doubt_s, settings.placement.loss_answer_within_s)
         self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
-        # By karma (the ledger's word, pushed with ``set_karma``), apart from the operator's: neither lifts the
-        # other. ``_shares`` holds cooled-down hosts' placement shares (scoring.cooled); absent means 1.
+        # Karma and asks are the ledger's word, read when asked to (``refresh_karma``, ``refresh_asks``) and at
+        # registration; None: hosts keep the neutral score, and the asks they register with (the stand-in's way).
+        self._book = book
+        # By karma, apart from the operator's: neither lifts the other. ``_shares`` holds cooled-down hosts'
+        # placement shares (scoring.cooled); absent means 1.
         self._karma_suspended: dict[HostId, str] = {}
         self._shares: dict[HostId, float] = {}
         self._draw = draw or random.random  # a seeded one in tests
@@ -88,22 +105,37 @@ class PlacementActor:
         enrolled key (see ``_check``)."""
         self._check("register", snapshot.host_id, snapshot, proof)
         # Karma is the ledger's word, never the host's: a signature proves who reports, not that it is true. A
-        # known host keeps what the ledger last gave it; a new one starts neutral until the next fleet round.
+        # known host keeps what the ledger last gave it, a new one starts neutral, until the ledger is read below.
         known = self._fleet.get(snapshot.host_id) if snapshot.host_id in self._fleet else None
         snapshot = replace(snapshot, karma=known.karma if known is not None else NEUTRAL_KARMA)
-        if snapshot.asks:
-            self._check_asks(snapshot.asks, lambda why: HostRefused(
-                f"host {snapshot.host_id} asks prices the network does not take: {why}", host_id=snapshot.host_id))
-        elif known is not None:  # a host rejoining without asks keeps those its owner set meanwhile
-            snapshot = replace(snapshot, asks=known.asks)
+        snapshot = replace(snapshot, asks=self._registered_asks(snapshot, known))
         if self._out(snapshot.host_id):
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
         self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
         self._suspects.forget(snapshot.host_id)
+        self.refresh_karma([snapshot.host_id])  # a host karma suspended stays out when it rejoins a new placement
         log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
         if ticket is not None and self._prober is not None:
             self._prober.probe(snapshot.host_id, snapshot.node_id, claims_of(snapshot), ticket)
+
+    def _registered_asks(self, snapshot: HostSnapshot, known: HostSnapshot | None) -> dict[str, int]:
+        """What a registering host asks: those its signed registration names (`host join --price`), stored in the
+        ledger first as an owner's are; else those the ledger holds (its owner's, set while it was away or before
+        placement restarted); without a ledger, those it had. HostRefused for asks out of bounds."""
+        if snapshot.asks:
+            reasons = self._ask_reasons(snapshot.asks)
+            if reasons:
+                raise HostRefused(f"host {snapshot.host_id} asks prices the network does not take: "
+                                  + "; ".join(reasons), host_id=snapshot.host_id)
+            if self._book is not None:
+                return self._book.set_asking_prices(snapshot.host_id, snapshot.asks)
+            return dict(snapshot.asks)
+        kept = dict(known.asks) if known is not None else {}
+        if self._book is None:
+            return kept
+        return self._ledger_asks(snapshot.host_id, dict(self._book.asking_prices(snapshot.host_id).get(
+            snapshot.host_id, {})), kept)
 
     def measured(self, host_id: HostId, node_id: str, ticket: str, measurement: Measurement) -> None:
         """The join benchmark's answer from the prober (its ticket proves it): cap what it contradicts, set the
@@ -216,16 +248,29 @@ class PlacementActor:
         it has heard of (karma's are ``Ledger.karma_state``)."""
         return dict(self._suspended)
 
-    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
-        """The ledger's karma for a host: its score, its share while cooled down (``scoring.cooled``), and the
-        reason it is suspended (None: it is not). A host whose karma recovers re-enters cooled down (its
-        probation share), unless an operator's suspension still holds it."""
-        self._known(host_id)
-        self._fleet.set_karma(host_id, karma)
-        if share < 1.0:
-            self._shares[host_id] = share
+    def refresh_karma(self, host_ids: list[HostId] | None = None) -> None:
+        """Act on the ledger's karma for these hosts (None: every host placement knows), read in one call
+        (``Ledger.karma_states``): the jobs service asks each fleet round, and after a fault of a host's own. Any
+        joined node can ask; none can say what a host's karma is. Hosts placement does not know are skipped."""
+        if self._book is None:
+            return
+        known = [host_id for host_id in (self._fleet.ids() if host_ids is None else host_ids)
+                 if host_id in self._fleet]
+        if not known:
+            return
+        for host_id, state in self._book.karma_states(known).items():
+            self._apply_karma(host_id, state)
+
+    def _apply_karma(self, host_id: HostId, state: KarmaState) -> None:
+        """A host's karma: its score, its share while cooled down (``scoring.cooled``), and the reason it is
+        suspended. A host whose karma recovers re-enters cooled down (its probation share), unless an operator's
+        suspension still holds it."""
+        self._fleet.set_karma(host_id, state.score)
+        if state.share < 1.0:
+            self._shares[host_id] = state.share
         else:
             self._shares.pop(host_id, None)
+        suspended = state.reason if state.standing is Standing.SUSPENDED else None
         if suspended is not None:
             if host_id not in self._karma_suspended:
                 log.warning("host %s suspended: %s", host_id, suspended)
@@ -257,13 +302,28 @@ class PlacementActor:
 
     # --- the exchange ---------------------------------------------------------------------------------
 
-    def set_asks(self, host_id: HostId, asks: dict[str, int]) -> None:
-        """Replace what a host asks (its owner's word through the API, or the ledger's at start); empty: the
-        catalog's prices. ValidationFailed (422) for an ask outside the bounds, nothing changed then."""
-        self._known(host_id)
-        self._check_asks(asks, lambda why: ValidationFailed(
-            f"asking prices outside the network's bounds: {why}", errors={"prices": why}))
-        self._fleet.set_asks(host_id, asks)
+    def refresh_asks(self, host_id: HostId | None = None) -> None:
+        """Apply what the ledger holds of a host's asks now (None: every host's, in one read; the jobs service
+        asks each fleet round). An owner's asks reach placement only after the ledger holds them
+        (``Exchange.set_asks`` stores them, then asks for this). Any joined node can ask; none can say what a
+        host asks. A host placement does not know reads them when it registers."""
+        if self._book is None or (host_id is not None and host_id not in self._fleet):
+            return
+        held = self._book.asking_prices(host_id)
+        for known in [host_id] if host_id is not None else self._fleet.ids():
+            now = dict(self._fleet.get(known).asks)
+            asks = self._ledger_asks(known, dict(held.get(known, {})), now)
+            if asks != now:
+                self._fleet.set_asks(known, asks)
+
+    def _ledger_asks(self, host_id: HostId, held: dict[str, int], kept: dict[str, int]) -> dict[str, int]:
+        """The asks the ledger holds for a host, or ``kept`` when they are out of the network's bounds (the
+        exchange checks before it stores, so only a write around it, or bounds changed since, leads here)."""
+        reasons = self._ask_reasons(held)
+        if reasons:
+            log.warning("host %s: the asks the ledger holds are not applied: %s", host_id, "; ".join(reasons))
+            return kept
+        return held
 
     def set_queued(self, queued: int) -> None:
         """How many jobs wait in the dispatcher's queue now (what the surge weighs against free slots)."""
@@ -309,11 +369,9 @@ class PlacementActor:
             self._catalog = load_catalog(self._workloads_dir)
         return self._catalog
 
-    def _check_asks(self, asks: Mapping[str, int], refused: Callable[[str], Exception]) -> None:
+    def _ask_reasons(self, asks: Mapping[str, int]) -> list[str]:
         prices = {str(slug): manifest.price_micro for slug, manifest in self._manifests().items()}
-        reasons = pricing.check_asks(asks, prices, self._market_settings)
-        if reasons:
-            raise refused("; ".join(reasons))
+        return pricing.check_asks(asks, prices, self._market_settings)
 
     def job_assigned(self, host_id: HostId) -> None:
         """The dispatcher handed a host a job: counted until the host's own heartbeats bound it (any joined node

@@ -3,7 +3,7 @@
 ``start`` creates the named detached actor on the head, ``connect`` finds it, ``local`` runs the same actor
 class in-process (no Ray) as a stand-in for unit tests. Ray's errors are translated here: an error the actor
 raised on purpose comes back as itself; an unreachable actor becomes ``NoCapacity`` (503, retry).
-Load updates (heartbeat, job_assigned/released, mark_offline, set_karma) are fire-and-forget: they never
+Load updates (heartbeat, job_assigned/released, mark_offline, refresh_karma) are fire-and-forget: they never
 block a heartbeat thread or the API's event loop.
 """
 
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from archipelag.catalog import Manifest
 from archipelag.errors import ArchipelagError, NoCapacity
 from archipelag.identity import Proof
 from archipelag.ids import HostId, WorkloadSlug
+from archipelag.ledger.karma_rules import KarmaState
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
-from archipelag.placement.actor import Identities, PlacementActor
+from archipelag.placement.actor import Book, Identities, PlacementActor
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.settings import Settings
 
@@ -96,9 +97,10 @@ class _LocalCalls:
         return self.call(method, *args)
 
 
-class LedgerIdentities:
-    """Placement's view of who is enrolled: the ledger actor's ``host_identity``, found by name when first asked
-    (so this travels to the placement actor as plain data)."""
+class _LedgerActor:
+    """The ledger actor as placement calls it: found by name when first called (so what holds it travels to the
+    placement actor as plain data); an error the ledger raised on purpose comes back as itself, an unreachable
+    ledger as NoCapacity."""
 
     def __init__(self, namespace: str) -> None:
         self._namespace = namespace
@@ -107,18 +109,50 @@ class LedgerIdentities:
     def __getstate__(self) -> dict[str, Any]:
         return {"_namespace": self._namespace, "_handle": None}
 
-    def __call__(self, host_id: HostId) -> HostIdentity | None:
+    def call(self, what: str, method: str, *args: Any) -> Any:
         import ray
-        from ray.exceptions import RayError
+        from ray.exceptions import RayError, RayTaskError
 
         try:
             if self._handle is None:
                 self._handle = ray.get_actor("ledger", namespace=self._namespace)
-            found: HostIdentity | None = ray.get(self._handle.host_identity.remote(host_id), timeout=CALL_TIMEOUT_S)
-            return found
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ArchipelagError):
+                raise exc.cause from None
+            self._handle = None
+            raise NoCapacity(f"placement could not ask the ledger {what}; retry shortly") from None
         except (RayError, ValueError):
             self._handle = None
-            raise NoCapacity(f"placement could not ask the ledger who host {host_id} is; retry shortly") from None
+            raise NoCapacity(f"placement could not ask the ledger {what}; retry shortly") from None
+
+
+class LedgerIdentities:
+    """Placement's view of who is enrolled: the ledger actor's ``host_identity``."""
+
+    def __init__(self, namespace: str) -> None:
+        self._ledger = _LedgerActor(namespace)
+
+    def __call__(self, host_id: HostId) -> HostIdentity | None:
+        found: HostIdentity | None = self._ledger.call(f"who host {host_id} is", "host_identity", host_id)
+        return found
+
+
+class LedgerBook:
+    """Placement's view of hosts' karma and asks (``placement.actor.Book``): the ledger actor's own methods."""
+
+    def __init__(self, namespace: str) -> None:
+        self._ledger = _LedgerActor(namespace)
+
+    def karma_states(self, host_ids: Collection[str]) -> dict[HostId, KarmaState]:
+        return dict(self._ledger.call("for hosts' karma", "karma_states", list(host_ids)))
+
+    def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
+        return dict(self._ledger.call(f"what host {host_id} asks", "asking_prices", host_id))
+
+    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
+        return dict(self._ledger.call(f"to store what host {host_id} asks", "set_asking_prices", host_id,
+                                      dict(asks)))
 
 
 class PlacementClient:
@@ -139,7 +173,8 @@ class PlacementClient:
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, resources=resources or {}, max_restarts=-1,
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
-        ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace), witness=witness)
+        ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace), witness=witness,
+                 book=LedgerBook(settings.ray_namespace))
         client = cls(_RayCalls(handle))
         client.ping()
         return client
@@ -158,11 +193,13 @@ class PlacementClient:
     @classmethod
     def local(cls, settings: Settings, clock: Callable[[], float] = time.time,
               identities: Identities | None = None,
-              catalog: Mapping[WorkloadSlug, Manifest] | None = None) -> PlacementClient:
+              catalog: Mapping[WorkloadSlug, Manifest] | None = None, book: Book | None = None) -> PlacementClient:
         """An in-process placement with the same behaviour, for tests that do not start Ray. Without
         ``identities`` it takes unsigned reports (scripted hosts have no keys); ``catalog`` (else the settings'
-        workloads) bounds hosts' asks. A report that a host was lost is believed: there is no host to ask."""
-        return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities, catalog=catalog)))
+        workloads) bounds hosts' asks; ``book`` (an in-process ``Ledger``) is the ledger's word on karma and asks,
+        without which hosts keep the neutral score and the asks they register with. A report that a host was
+        lost is believed: there is no host to ask."""
+        return cls(_LocalCalls(PlacementActor(settings, clock, identities=identities, catalog=catalog, book=book)))
 
     # --- hosts reporting ----------------------------------------------------------------------------
 
@@ -191,9 +228,10 @@ class PlacementClient:
         heartbeat (placement/suspects.py)."""
         self._calls.send("mark_offline", host_id, reason)
 
-    def set_karma(self, host_id: HostId, karma: float, share: float = 1.0, suspended: str | None = None) -> None:
-        """The ledger's karma for a host: its score, its placement share, and why it is suspended (None: not)."""
-        self._calls.send("set_karma", host_id, karma, share, suspended)
+    def refresh_karma(self, host_ids: list[HostId] | None = None) -> None:
+        """Fire-and-forget: placement reads these hosts' karma from the ledger (None: every host it knows) and acts
+        on it: the score, the placement share, a suspension and why."""
+        self._calls.send("refresh_karma", host_ids)
 
     async def suspend_async(self, host_id: HostId, reason: str) -> None:
         await self._calls.call_async("suspend", host_id, reason)
@@ -214,13 +252,14 @@ class PlacementClient:
 
     # --- the exchange -------------------------------------------------------------------------------
 
-    def set_asks(self, host_id: HostId, asks: dict[str, int]) -> None:
-        """Replace a host's asks (micro-credits by slug or family); ValidationFailed (422) out of bounds,
-        NotFound for a host placement does not know."""
-        self._calls.call("set_asks", host_id, asks)
+    def refresh_asks(self) -> None:
+        """Fire-and-forget: placement applies what the ledger holds of every host's asks now."""
+        self._calls.send("refresh_asks", None)
 
-    async def set_asks_async(self, host_id: HostId, asks: dict[str, int]) -> None:
-        await self._calls.call_async("set_asks", host_id, asks)
+    async def refresh_asks_async(self, host_id: HostId) -> None:
+        """Placement applies what the ledger holds of the host's asks now (a host it does not know reads them
+        when it registers)."""
+        await self._calls.call_async("refresh_asks", host_id)
 
     def set_queued(self, queued: int) -> None:
         """Fire-and-forget: the jobs waiting in the queue now (the surge weighs them against free slots)."""

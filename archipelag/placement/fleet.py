@@ -135,6 +135,9 @@ class Fleet:
 
     # --- reading ------------------------------------------------------------------------------------
 
+    def ids(self) -> list[HostId]:
+        return list(self._ids)
+
     def __len__(self) -> int:
         return self._n
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from archipelag.jobs.queue import QueueFull
 from archipelag.jobs.service import JobService
 from archipelag.ledger import Ledger
 from archipelag.ledger.client import LedgerClient
+from archipelag.ledger.karma_rules import KarmaState
 from archipelag.ledger.records import Job
 from archipelag.lifecycle import JobStatus
 from archipelag.placement.client import PlacementClient
@@ -73,6 +75,26 @@ class StandInHost:
         return True
 
 
+class EarnedLedger:
+    """The real ledger as placement reads it (``placement.actor.Book``), with karma earned before the test: a host
+    the ledger has no event of yet has its ``earned`` score, so a ranks before b before c until a fault of theirs."""
+
+    def __init__(self, ledger: Ledger, earned: dict[str, float]) -> None:
+        self.ledger = ledger
+        self.earned = earned
+
+    def karma_states(self, host_ids: Collection[str]) -> dict[HostId, KarmaState]:
+        return {host_id: state if self.ledger.karma_event_count(host_id) else replace(
+            state, score=self.earned.get(host_id, state.score)) for host_id, state in
+            self.ledger.karma_states(host_ids).items()}
+
+    def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
+        return self.ledger.asking_prices(host_id)
+
+    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
+        return self.ledger.set_asking_prices(host_id, asks)
+
+
 class Net:
     def __init__(self, tmp_path: Path, hosts: dict[str, StandInHost], **settings: Any) -> None:
         self.settings = Settings(state_dir=tmp_path, **{"lease_s": 0.5, "queue_timeout_s": 5.0, **settings})
@@ -80,10 +102,12 @@ class Net:
         self.ledger.migrate()
         self.ledger.sync_catalog([MANIFEST])
         self.account = self.ledger.create_account("u@example.org", CREDITS).id
-        self.placement = PlacementClient.local(self.settings, clock=lambda: NOW, catalog={MANIFEST.slug: MANIFEST})
-        for rank, host_id in enumerate(hosts):  # a before b before c
+        earned = {host_id: 0.9 - rank / 10 for rank, host_id in enumerate(hosts)}  # a before b before c
+        self.placement = PlacementClient.local(self.settings, clock=lambda: NOW, catalog={MANIFEST.slug: MANIFEST},
+                                               book=EarnedLedger(self.ledger, earned))
+        for host_id in hosts:
+            self.ledger.upsert_host(host_id, host_id, "eu-west", {})  # recorded before it joins, as enrolment does
             self.placement.register(a_host(host_id, slots=settings.get("host_slots", 4)))
-            self.placement.set_karma(HostId(host_id), 0.9 - rank / 10)  # the ledger's word, as its fleet round
         self.hosts = hosts
         self.service = self.build()
 
@@ -425,8 +449,8 @@ def test_a_job_runs_on_a_host_within_its_bid_and_is_charged_that_host_s_ask(tmp_
     ask (the clearing price, kept with the job), not the bid nor the catalog's price."""
     async def scenario() -> None:
         net = Net(tmp_path, {"a": StandInHost([DONE]), "b": StandInHost([DONE])})
-        net.placement.set_asks(HostId("a"), {"wasm-hash": 15_000})
-        net.placement.set_asks(HostId("b"), {"wasm-*": 7_000})
+        await net.service.set_asks(HostId("a"), {"wasm-hash": 15_000})
+        await net.service.set_asks(HostId("b"), {"wasm-*": 7_000})
         job = await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=12_000)
         await net.stream(job.id)
         done = net.job(job.id)
@@ -440,8 +464,8 @@ def test_a_job_runs_on_a_host_within_its_bid_and_is_charged_that_host_s_ask(tmp_
 def test_a_job_failing_over_clears_at_the_new_host_s_ask(tmp_path: Path) -> None:
     async def scenario() -> None:
         net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE], lose_after=1), "b": StandInHost([*SENTENCE, DONE])})
-        net.placement.set_asks(HostId("a"), {"wasm-hash": 6_000})
-        net.placement.set_asks(HostId("b"), {"wasm-hash": 9_000})
+        await net.service.set_asks(HostId("a"), {"wasm-hash": 6_000})
+        await net.service.set_asks(HostId("b"), {"wasm-hash": 9_000})
         job = await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=10_000)
         await net.stream(job.id)
         done = net.job(job.id)
@@ -454,7 +478,7 @@ def test_a_job_failing_over_clears_at_the_new_host_s_ask(tmp_path: Path) -> None
 def test_a_bid_under_every_ask_is_a_503_naming_the_lowest_ask_before_anything_is_held(tmp_path: Path) -> None:
     async def scenario() -> None:
         net = Net(tmp_path, {"a": StandInHost([DONE]), "b": StandInHost([DONE])})
-        net.placement.set_asks(HostId("a"), {"wasm-hash": 15_000})
+        await net.service.set_asks(HostId("a"), {"wasm-hash": 15_000})
         with pytest.raises(NoCapacity, match=r"no host asks ≤ your bid of 0\.009 credits; the lowest ask is 0\.01 "):
             await net.service.submit(net.account, "wasm-hash", {"text": "x"}, None, bid_micro=9_000)
         assert net.ledger.list_jobs(net.account)[0] == [] and net.ledger.get_account(net.account).credits_micro == CREDITS

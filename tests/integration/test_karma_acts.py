@@ -29,12 +29,11 @@ def seeded(net: Net, seed: int) -> None:
     """The placement of ``net`` again, with a seeded draw for cool-down; every host neutral, a in the callers'
     region and b far away: a ranks first by a margin its falling karma score alone does not undo before
     suspension, so what moves its jobs to b is placement acting on its standing."""
-    actor = PlacementActor(net.settings, lambda: NOW, draw=random.Random(seed).random)
+    actor = PlacementActor(net.settings, lambda: NOW, draw=random.Random(seed).random, book=net.ledger)
     net.placement = PlacementClient(_LocalCalls(actor))
     for host_id in net.hosts:
-        net.placement.register(a_host(host_id, region=CALLERS if host_id == "a" else FAR))
-        net.placement.set_karma(HostId(host_id), net.ledger.karma_rules.neutral_score)
         net.ledger.upsert_host(host_id, host_id, "eu-west", {}, HostStatus.ONLINE)
+        net.placement.register(a_host(host_id, region=CALLERS if host_id == "a" else FAR))
     net.service = net.build()
 
 

@@ -184,7 +184,8 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
     ledger.sync_catalog(CATALOG.values())
     account = ledger.create_account("ada@example.org", credits_micro)
     _, key = ledger.create_api_key(account.id, "test", ("keys", "read", "write"))
-    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)  # its asks bound by this catalog
+    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG,  # its asks bound by this catalog
+                                      book=ledger)  # karma and asks are the ledger's word
     host = ScriptedHost(key=identity.generate_key() if signed else None)
     jobs = JobService(settings, dict(CATALOG), LedgerClient.local(ledger), placement, lambda _: host,
                       identities=LedgerClient.local(ledger).host_identity if signed else None)

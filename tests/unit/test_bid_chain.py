@@ -25,8 +25,9 @@ def an_exchange(tmp_path: Path) -> tuple[Exchange, Ledger, int, PlacementClient]
     ledger.migrate()
     ledger.sync_catalog(CATALOG.values())
     account = ledger.create_account("ada@example.org", 1_000_000)
-    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG)
+    placement = PlacementClient.local(settings, clock=lambda: NOW, catalog=CATALOG, book=ledger)
     for host, asks in (("host-a", {"llm-chat": 30_000}), ("host-b", {}), ("host-c", {"*": 50_000})):
+        ledger.upsert_host(host, host, "eu-west", {})  # recorded before it joins, as enrolment records it
         placement.register(a_host(host, runtimes=frozenset({"container"}), asks=asks))
     return Exchange(CATALOG, settings.market, LedgerClient.local(ledger), placement), ledger, account.id, placement
 
@@ -65,14 +66,20 @@ def test_a_pattern_must_name_a_workload_of_the_catalog() -> None:
 
 
 def test_stored_asks_reach_a_host_that_registers_naming_none(tmp_path: Path) -> None:
+    _, ledger, _, placement = an_exchange(tmp_path)
+    assert ledger.asking_prices() == {"host-a": {"llm-chat": 30_000}, "host-c": {"*": 50_000}}  # as registered
+    ledger.set_asking_prices("host-b", {"text-*": 4_000})  # its owner's, while it was away
+    placement.register(a_host("host-b", runtimes=frozenset({"container"})))
+    assert placement.get(HostId("host-b")).asks == {"text-*": 4_000}
+
+
+def test_an_owner_s_asks_reach_placement_after_the_ledger_holds_them(tmp_path: Path) -> None:
     exchange, ledger, _, placement = an_exchange(tmp_path)
-    ledger.upsert_host("host-b", "host-b", "eu-west", {})
-    ledger.set_asking_prices("host-b", {"text-*": 4_000})
 
     async def scenario() -> None:
-        await exchange.refresh()
-        await exchange.sync(await placement.hosts_async())
-        assert placement.get(HostId("host-b")).asks == {"text-*": 4_000}
+        assert await exchange.set_asks(HostId("host-b"), {"llm-*": 25_000}) == {"llm-*": 25_000}
+        assert ledger.asking_prices("host-b") == {"host-b": {"llm-*": 25_000}}
+        assert placement.get(HostId("host-b")).asks == {"llm-*": 25_000}
 
     asyncio.run(scenario())
 

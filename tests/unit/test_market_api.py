@@ -191,8 +191,9 @@ def wait_for(check: Any, timeout_s: float = 10) -> None:
 
 
 def test_stored_asks_reach_placement_and_a_registrations_asks_are_stored(tmp_path: Path) -> None:
-    """As hosts register: one naming no asks gets the stored ones (after a restart, say); one whose signed
-    registration names asks has them stored, its latest word."""
+    """Stored asks reach a host placement knows (the fleet round has placement read them) and one that registers
+    naming none (after a restart, say); one whose signed registration names asks has them stored by placement,
+    its latest word."""
     from builders import a_host
 
     net = a_model_network(tmp_path, heartbeat_interval_s=0.05)
@@ -203,6 +204,7 @@ def test_stored_asks_reach_placement_and_a_registrations_asks_are_stored(tmp_pat
         client.get("/api/v1/account/bid-preferences")
         client.put("/api/v1/account/bid-preferences", json={"prices": {"text-stats": 0.01}})  # starts the service
         wait_for(lambda: net.placement.get(HostId("host-a")).asks == {"llm-*": 30_000})
+        net.ledger.upsert_host("host-c", "host-c", "eu-west", {})  # as enrolment records it
         net.placement.register(a_host("host-c", runtimes=frozenset({"container"}), asks={"*": 20_000}))
         wait_for(lambda: net.ledger.asking_prices().get(HostId("host-c")) == {"*": 20_000})
         assert net.ledger.asking_prices()["host-a"] == {"llm-*": 30_000}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import NOW, a_host, a_job
+from builders import NOW, LedgerWord, a_host, a_job
 
 from archipelag.errors import InvalidTransition, NoCapacity, NotFound
 from archipelag.ids import HostId
@@ -27,8 +27,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def placement(clock: Clock) -> PlacementClient:
-    return PlacementClient.local(Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3), clock)
+def ledger() -> LedgerWord:
+    return LedgerWord()
+
+
+@pytest.fixture
+def placement(clock: Clock, ledger: LedgerWord) -> PlacementClient:
+    return PlacementClient.local(Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3), clock, book=ledger)
 
 
 def test_registered_hosts_are_ranked_and_listed(placement: PlacementClient) -> None:
@@ -65,10 +70,10 @@ def test_rank_with_no_match_raises_no_capacity_with_the_reason(placement: Placem
     assert caught.value.http_status == 503
 
 
-def test_mark_offline_takes_a_host_out_at_once(placement: PlacementClient) -> None:
+def test_mark_offline_takes_a_host_out_at_once(placement: PlacementClient, ledger: LedgerWord) -> None:
     placement.register(a_host("a"))
+    ledger.says_karma("b", 0.1)
     placement.register(a_host("b"))
-    placement.set_karma(HostId("b"), 0.1)
     placement.mark_offline(HostId("a"), "actor died")
     assert placement.rank(a_job()) == ["b"]
     placement.heartbeat(HostId("a"), {})  # it was alive after all
@@ -90,6 +95,19 @@ def test_unknown_hosts(placement: PlacementClient) -> None:
     placement.heartbeat(HostId("ghost"), {"active_jobs": 1})  # ignored, not raised
     placement.job_assigned(HostId("ghost"))
     placement.mark_offline(HostId("ghost"), "gone")
+
+
+def test_jobs_a_node_only_said_it_handed_a_host_stop_counting_after_its_heartbeats(
+        placement: PlacementClient, clock: Clock) -> None:
+    """Any joined node can say a job was handed to a host; the host's signed count is what lasts."""
+    placement.register(a_host("a", slots=1))
+    placement.job_assigned(HostId("a"))  # nobody handed it one
+    with pytest.raises(NoCapacity, match="full"):
+        placement.rank(a_job())
+    placement.heartbeat(HostId("a"), {"active_jobs": 0})  # it may not have started it yet
+    clock.now += 10
+    placement.heartbeat(HostId("a"), {"active_jobs": 0})  # a whole interval later: it never did
+    assert placement.rank(a_job()) == ["a"]
 
 
 def test_a_burst_spreads_over_hosts(placement: PlacementClient) -> None:
@@ -147,12 +165,13 @@ def test_a_host_suspended_before_it_joins_joins_suspended(placement: PlacementCl
     assert placement.get(HostId("later")).status == HostStatus.SUSPENDED
 
 
-def test_a_host_cannot_register_its_own_karma(placement: PlacementClient) -> None:
-    """Karma is the ledger's (set_karma, from the jobs service's fleet round), never the host's claim."""
+def test_a_host_cannot_register_its_own_karma(placement: PlacementClient, ledger: LedgerWord) -> None:
+    """Karma is the ledger's (read by placement as it registers and each fleet round), never the host's claim."""
     placement.register(a_host("modest"))
     placement.register(a_host("boaster", karma=1.0))
     assert placement.get(HostId("boaster")).karma == placement.get(HostId("modest")).karma == NEUTRAL_KARMA
-    placement.set_karma(HostId("modest"), 0.9)
+    ledger.says_karma("modest", 0.9)
+    placement.refresh_karma()
     placement.register(a_host("modest", karma=0.0))  # registering again keeps what the ledger said
     assert placement.get(HostId("modest")).karma == 0.9
     assert placement.rank(a_job()) == ["modest", "boaster"]

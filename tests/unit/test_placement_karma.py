@@ -1,5 +1,6 @@
 """Placement acting on karma: a cooled-down host is held back (scoring.cooled), a karma-suspended one is out
-with its reason, and an operator's suspension and karma's never lift each other. No Ray, a fake clock."""
+with its reason, and an operator's suspension and karma's never lift each other; the karma is the ledger's, read by
+placement, never a caller's. No Ray, a fake clock, the ledger's word as a test sets it (``LedgerWord``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import random
 
 import pytest
-from builders import NOW, a_host, a_job
+from builders import NOW, LedgerWord, a_host, a_job
 
 from archipelag.errors import InvalidTransition, NoCapacity
 from archipelag.ids import HostId
@@ -38,60 +39,95 @@ def test_cooled_holds_back_a_cooled_down_host_by_its_share(ranked: list[HostId],
     assert next(left, None) is None  # exactly one draw per cooled host
 
 
-def placement_with(draw: float) -> PlacementClient:
+def placement_with(draw: float, ledger: LedgerWord) -> PlacementClient:
     actor = PlacementActor(Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3), lambda: NOW,
-                           draw=lambda: draw)
+                           draw=lambda: draw, book=ledger)
     return PlacementClient(_LocalCalls(actor))
 
 
+def says(ledger: LedgerWord, placement: PlacementClient, host_id: HostId, score: float, share: float = 1.0,
+         suspended: str | None = None) -> None:
+    """The ledger's karma for a host changes, and placement is asked to read it (as the jobs service asks)."""
+    ledger.says_karma(host_id, score, share, suspended)
+    placement.refresh_karma([host_id])
+
+
 def test_a_cooled_down_host_is_ranked_after_good_ones_unless_its_draw_keeps_it() -> None:
-    unlucky, lucky = placement_with(0.9), placement_with(0.1)
+    ledger = LedgerWord()
+    unlucky, lucky = placement_with(0.9, ledger), placement_with(0.1, ledger)
     for placement in (unlucky, lucky):
         placement.register(a_host("a", region="eu-west"))  # the better host: the caller's region
         placement.register(a_host("b", region="us-east"))
-        placement.set_karma(A, 0.3, 0.25, None)
+        says(ledger, placement, A, 0.3, 0.25)
     assert unlucky.rank(EU_JOB) == [B, A] and lucky.rank(EU_JOB) == [A, B]
-    unlucky.set_karma(A, 0.5, 1.0, None)  # recovered: its place back
+    says(ledger, unlucky, A, 0.5)  # recovered: its place back
     assert unlucky.rank(EU_JOB) == [A, B]
 
 
 def test_the_share_over_many_rankings_is_the_setting() -> None:
     draws = random.Random(3)
-    actor = PlacementActor(Settings(), lambda: NOW, draw=draws.random)
+    ledger = LedgerWord()
+    actor = PlacementActor(Settings(), lambda: NOW, draw=draws.random, book=ledger)
     placement = PlacementClient(_LocalCalls(actor))
     placement.register(a_host("a", region="eu-west"))
     placement.register(a_host("b", region="us-east"))
-    placement.set_karma(A, 0.3, 0.25, None)
+    says(ledger, placement, A, 0.3, 0.25)
     firsts = sum(placement.rank(EU_JOB)[0] == A for _ in range(4000))
     assert firsts / 4000 == pytest.approx(0.25, abs=0.03)
 
 
 def test_a_karma_suspended_host_is_out_with_its_reason_and_back_when_karma_recovers() -> None:
-    placement = placement_with(0.9)
+    ledger = LedgerWord()
+    placement = placement_with(0.9, ledger)
     placement.register(a_host("a"))
     placement.register(a_host("b"))
-    placement.set_karma(A, 0.0, 0.0, WHY)
+    says(ledger, placement, A, 0.0, 0.0, WHY)
     assert placement.get(A).status == HostStatus.SUSPENDED and placement.rank(EU_JOB) == [B]
     placement.register(a_host("a"))  # rejoining does not lift it
     assert placement.get(A).status == HostStatus.SUSPENDED
     with pytest.raises(InvalidTransition, match="suspension threshold"):
         placement.set_status(A, HostStatus.ONLINE)  # nor can its owner
     assert asyncio.run(placement.suspensions_async()) == {}  # the operator's list is the operator's
-    placement.set_karma(A, 0.05, 0.25, None)  # recovered above the threshold: back, on probation (cooled)
+    says(ledger, placement, A, 0.05, 0.25)  # recovered above the threshold: back, on probation (cooled)
     assert placement.get(A).status == HostStatus.ONLINE and placement.rank(EU_JOB) == [B, A]
 
 
 def test_an_operator_suspension_and_a_karma_suspension_do_not_lift_each_other() -> None:
-    placement = placement_with(0.9)
+    ledger = LedgerWord()
+    placement = placement_with(0.9, ledger)
     placement.register(a_host("a"))
     asyncio.run(placement.suspend_async(A, "cheating"))
-    placement.set_karma(A, 0.0, 0.0, WHY)
-    placement.set_karma(A, 0.5, 1.0, None)  # karma recovers: the operator's suspension holds
+    says(ledger, placement, A, 0.0, 0.0, WHY)
+    says(ledger, placement, A, 0.5)  # karma recovers: the operator's suspension holds
     assert placement.get(A).status == HostStatus.SUSPENDED
-    placement.set_karma(A, 0.0, 0.0, WHY)
+    says(ledger, placement, A, 0.0, 0.0, WHY)
     asyncio.run(placement.reinstate_async(A))  # the operator lifts theirs: karma's holds
     assert placement.get(A).status == HostStatus.SUSPENDED
     with pytest.raises(NoCapacity):
         placement.rank(EU_JOB)
-    placement.set_karma(A, 0.5, 1.0, None)
+    says(ledger, placement, A, 0.5)
     assert placement.get(A).status == HostStatus.ONLINE and placement.rank(EU_JOB) == [A]
+
+
+def test_karma_is_what_the_ledger_holds_whoever_asks_placement_to_read_it() -> None:
+    """Any joined node can call placement: asking it to read karma changes nothing the ledger does not say, and
+    there is no call that hands it a value."""
+    ledger = LedgerWord()
+    placement = placement_with(0.9, ledger)
+    placement.register(a_host("a"))
+    placement.register(a_host("b"))
+    ledger.says_karma(B, 0.9)  # the ledger's word on b, not read yet
+    placement.refresh_karma([A, B, HostId("nobody")])  # a stranger asks; a host placement does not know is skipped
+    assert placement.get(A).karma == 0.5 and placement.get(B).karma == 0.9
+    assert not hasattr(PlacementActor, "set_karma")
+    ledger.says_karma(A, 0.0, 0.0, WHY)
+    placement.refresh_karma()  # the fleet round: every host placement knows, in one read
+    assert placement.get(A).status == HostStatus.SUSPENDED
+
+
+def test_a_karma_suspended_host_rejoining_a_restarted_placement_stays_out() -> None:
+    ledger = LedgerWord()
+    ledger.says_karma(A, 0.0, 0.0, WHY)
+    placement = placement_with(0.9, ledger)  # a new placement: it has heard nothing of a
+    placement.register(a_host("a"))
+    assert placement.get(A).status == HostStatus.SUSPENDED

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from builders import NOW, a_host, a_job
+from builders import NOW, LedgerWord, a_host, a_job
 
-from archipelag.errors import HostRefused, NoCapacity, NotFound, ValidationFailed
+from archipelag.errors import HostRefused, NoCapacity
 from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.client import PlacementClient
@@ -44,18 +44,34 @@ def test_a_registration_asking_outside_the_bounds_is_refused(placement: Placemen
     assert placement.get(HostId("everything")).asks == {"*": 2_000}
 
 
-def test_an_owner_s_asks_replace_the_host_s_and_survive_its_rejoin(placement: PlacementClient) -> None:
+def test_an_owner_s_asks_reach_placement_only_through_the_ledger_and_survive_its_rejoin() -> None:
+    ledger = LedgerWord()
+    placement = PlacementClient.local(Settings(), lambda: NOW, book=ledger)
     placement.register(a_host("h", asks={"wasm-*": 1_000}))
-    with pytest.raises(ValidationFailed):
-        placement.set_asks(HostId("h"), {"wasm-hash": 1})  # below 0.1 × the catalog price: nothing changes
-    assert placement.get(HostId("h")).asks == {"wasm-*": 1_000}
-    placement.set_asks(HostId("h"), {"wasm-hash": 1_200})
+    assert ledger.asks == {"h": {"wasm-*": 1_000}}  # its signed registration's, stored as its word
+    ledger.asks[HostId("h")] = {"wasm-hash": 1}  # below 0.1 × the catalog price (written around the exchange)
+    asyncio.run(placement.refresh_asks_async(HostId("h")))
+    assert placement.get(HostId("h")).asks == {"wasm-*": 1_000}  # not applied
+    ledger.asks[HostId("h")] = {"wasm-hash": 1_200}  # the owner's, as the exchange stores them
+    asyncio.run(placement.refresh_asks_async(HostId("h")))
+    assert placement.get(HostId("h")).asks == {"wasm-hash": 1_200}
     placement.register(a_host("h"))  # rejoins without asks of its own
     assert placement.get(HostId("h")).asks == {"wasm-hash": 1_200}
     placement.register(a_host("h", asks={"wasm-*": 900}))  # rejoins asking its own
-    assert placement.get(HostId("h")).asks == {"wasm-*": 900}
-    with pytest.raises(NotFound):
-        placement.set_asks(HostId("nobody"), {})
+    assert placement.get(HostId("h")).asks == {"wasm-*": 900} and ledger.asks["h"] == {"wasm-*": 900}
+    asyncio.run(placement.refresh_asks_async(HostId("nobody")))  # a host it does not know: nothing to do
+
+
+def test_no_caller_can_say_what_a_host_asks() -> None:
+    """Any joined node can call placement: the asks it applies are the ledger's, whoever asks for a refresh."""
+    ledger = LedgerWord()
+    placement = PlacementClient.local(Settings(), lambda: NOW, book=ledger)
+    placement.register(a_host("h", asks={"wasm-hash": 1_200}))
+    actor = placement._calls.actor  # type: ignore[attr-defined]  # the calls a stranger's node can make
+    assert not hasattr(actor, "set_asks")
+    ledger.asks.clear()  # the owner went back to the catalog's prices
+    placement.refresh_asks()
+    assert placement.get(HostId("h")).asks == {}
 
 
 def test_a_gpu_host_asks_its_tier_multiple_and_the_quote_is_its_clearing_price(placement: PlacementClient) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import NOW, a_host, a_job
+from builders import NOW, LedgerWord, a_host, a_job
 
 from archipelag import identity
 from archipelag.errors import HostRefused
@@ -49,10 +49,11 @@ def witness() -> Witness:
 def placement(clock: Clock, witness: Witness) -> PlacementActor:
     settings = Settings(heartbeat_interval_s=10, missed_heartbeats_offline=3,
                         placement=PlacementSettings(loss_doubt_s=60))
-    actor = PlacementActor(settings, clock, witness=witness)
+    ledger = LedgerWord()
+    ledger.says_karma(B, 0.1)  # A ranks first when it is in
+    actor = PlacementActor(settings, clock, witness=witness, book=ledger)
     actor.register(a_host(A))
     actor.register(a_host(B))
-    actor.set_karma(B, 0.1)  # A ranks first when it is in
     return actor
 
 
