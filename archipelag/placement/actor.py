@@ -311,10 +311,9 @@ class PlacementActor:
             return
         held = self._book.asking_prices(host_id)
         for known in [host_id] if host_id is not None else self._fleet.ids():
-            now = dict(self._fleet.get(known).asks)
-            asks = self._ledger_asks(known, dict(held.get(known, {})), now)
-            if asks != now:
-                self._fleet.set_asks(known, asks)
+            applied = self._fleet.asks(known)
+            if held.get(known, {}) != applied:
+                self._fleet.set_asks(known, self._ledger_asks(known, dict(held.get(known, {})), applied))
 
     def _ledger_asks(self, host_id: HostId, held: dict[str, int], kept: dict[str, int]) -> dict[str, int]:
         """The asks the ledger holds for a host, or ``kept`` when they are out of the network's bounds (the

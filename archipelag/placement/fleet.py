@@ -138,6 +138,10 @@ class Fleet:
     def ids(self) -> list[HostId]:
         return list(self._ids)
 
+    def asks(self, host_id: HostId) -> dict[str, int]:
+        """What the host asks now (cheaper than ``get`` for a pass over the whole fleet)."""
+        return dict(self._static[self._row(host_id)].asks)
+
     def __len__(self) -> int:
         return self._n
 
