@@ -148,7 +148,8 @@ class LedgerBook:
         return dict(self._ledger.call("for hosts' karma", "karma_states", list(host_ids)))
 
     def asking_prices(self, host_id: str | None = None) -> dict[HostId, dict[str, int]]:
-        return dict(self._ledger.call(f"what host {host_id} asks", "asking_prices", host_id))
+        what = "what hosts ask" if host_id is None else f"what host {host_id} asks"
+        return dict(self._ledger.call(what, "asking_prices", host_id))
 
     def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]:
         return dict(self._ledger.call(f"to store what host {host_id} asks", "set_asking_prices", host_id,
