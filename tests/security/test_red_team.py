@@ -207,6 +207,57 @@ def _forget_other(namespace: str, victim: str) -> str:
     return f"placement dropped {victim} as if it were revoked ({ray.get(placement.ping.remote())} hosts left)"
 
 
+def _victim_in_placement(placement: Any, victim: str) -> HostSnapshot:
+    seen: HostSnapshot = next(h for h in ray.get(placement.hosts.remote()) if h.host_id == victim)
+    return seen
+
+
+def _set_karma(namespace: str, victim: str) -> tuple[str, float, float, str]:
+    """Try to hand placement a karma (0: to suspend the victim), then ask it to read karma again, which any node
+    may: (what the attempt did, placement's karma for the victim, the ledger's, its status in placement)."""
+    placement = ray.get_actor("placement", namespace=namespace)
+    try:
+        ray.get(placement.set_karma.remote(HostId(victim), 0.0, 0.0, "red team"))
+        tried = "set_karma was taken"
+    except AttributeError:
+        tried = "placement has no call that takes a karma"
+    ray.get(placement.refresh_karma.remote([HostId(victim)]))
+    seen = _victim_in_placement(placement, victim)
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    return tried, seen.karma, ray.get(ledger.karma_score.remote(victim)), str(seen.status)
+
+
+def _set_asks(namespace: str, victim: str) -> tuple[str, dict[str, int], dict[str, int]]:
+    """Try to set the victim's asks in placement (a thousandfold), then ask placement to apply the asks again,
+    which any node may: (what the attempt did, placement's asks for the victim, the ledger's)."""
+    placement = ray.get_actor("placement", namespace=namespace)
+    try:
+        ray.get(placement.set_asks.remote(HostId(victim), {"*": 10**9}))
+        tried = "set_asks was taken"
+    except AttributeError:
+        tried = "placement has no call that takes asks"
+    ray.get(placement.refresh_asks.remote(HostId(victim)))
+    ledger = ray.get_actor("ledger", namespace=namespace)
+    held = ray.get(ledger.asking_prices.remote(victim)).get(victim, {})
+    return tried, dict(_victim_in_placement(placement, victim).asks), dict(held)
+
+
+def _invent_load(namespace: str, victim: str, jobs: int, seconds: float) -> list[tuple[float, int]]:
+    """Tell placement the victim was handed ``jobs`` jobs nobody gave it, then read its load until it is back
+    under that or ``seconds`` pass: (when, jobs placement counts on it)."""
+    placement = ray.get_actor("placement", namespace=namespace)
+    for _ in range(jobs):
+        ray.get(placement.job_assigned.remote(HostId(victim)))
+    seen = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        seen.append((time.monotonic() - started, _victim_in_placement(placement, victim).active_jobs))
+        if seen[-1][1] < jobs:
+            break
+        time.sleep(0.05)
+    return seen
+
+
 def _lift_limits(namespace: str, victim: str, spec: Any) -> str:
     agent = ray.get_actor(f"host-agent:{victim}", namespace=namespace)
     started = time.monotonic()
@@ -398,6 +449,50 @@ def test_a_joined_node_cannot_suspend_or_forget_another_host_in_placement(networ
     with api_client(network) as http:
         assert any(h["id"] == host_id(network) and h["status"] == "online"
                    for h in http.get("/api/v1/hosts").json()["data"])
+
+
+def test_a_joined_node_cannot_make_placement_rank_by_invented_karma(network: EmbeddedNetwork,
+                                                                   attacker: RayNodeProcess) -> None:
+    """Karma is the ledger's word, which placement reads itself; a caller may only ask it to read again."""
+    tried, karma, ledger_score, status = on_attacker(_set_karma, network.settings.ray_namespace, host_id(network))
+    what = (f"{tried}; after a refresh it asked for, placement ranks the host by karma {karma:.2f}, the ledger's "
+            f"{ledger_score:.2f}, and shows it {status}")
+    believed = tried.endswith("taken") or abs(karma - ledger_score) > 1e-3 or status != "online"
+    record("set another host's karma in placement (to suspend it)", "prevented",
+           "possible" if believed else "prevented", what)
+
+
+def test_a_joined_node_cannot_set_another_hosts_asks(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    """Asks reach placement only from the ledger (an owner's, stored first; a host's signed registration's), and
+    nothing stores to the ledger what placement holds: after fleet rounds the ledger still holds the owner's."""
+    victim = host_id(network)
+    tried, in_placement, in_ledger = on_attacker(_set_asks, network.settings.ray_namespace, victim)
+    time.sleep(3 * network.settings.heartbeat_interval_s)  # fleet rounds, which once stored placement's asks
+    with api_client(network) as http:
+        stored = http.get("/api/v1/market/asking-prices", params={"host_id": victim}).json()["data"]
+    what = f"{tried}; placement's asks for the host {in_placement or 'the catalog'}, the ledger's {in_ledger or 'none'}"
+    forged = (tried.endswith("taken") or in_placement != in_ledger
+              or max(stored[0]["prices"].values(), default=0) >= 1000)  # the forged ask: 10**9 micro-credits
+    record("set another host's asking prices in placement", "prevented", "possible" if forged else "prevented",
+           what)
+
+
+def test_a_joined_node_cannot_make_another_host_look_full_for_good(network: EmbeddedNetwork,
+                                                                   attacker: RayNodeProcess) -> None:
+    """Jobs a node says placement handed a host count only until the host's signed heartbeats bound them
+    (Fleet.heartbeat): the invented load is gone by the host's second heartbeat, and the host runs a job again."""
+    slots, interval_s = network.settings.host_slots, network.settings.heartbeat_interval_s
+    seen = on_attacker(_invent_load, network.settings.ray_namespace, host_id(network), 5 * slots, 20 * interval_s)
+    full_at_first = seen[0][1] >= slots
+    gone_s = seen[-1][0] if seen[-1][1] < 5 * slots else float("inf")
+    record("make another host look full by inventing jobs handed to it (once, or repeated)", "possible",
+           "possible" if full_at_first else "prevented",
+           f"{5 * slots} invented jobs: placement counted {seen[0][1]} on it, full while they last")
+    record("make another host look full for good with invented jobs", "prevented",
+           "prevented" if gone_s <= 10 * interval_s else "possible",
+           f"the invented jobs were gone {gone_s:.2f} s later (its heartbeats every {interval_s:g} s)")
+    job = run_job(network, "not full")
+    assert job["status"] == "completed", job["error"]
 
 
 def victim_node(network: EmbeddedNetwork) -> str:
