@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from catalog_builders import network_catalog
-from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
+from ledger_contract import network_database, postgres_url  # noqa: F401 - a fixture
 from netutil import enrol_local_host, eventually, free_port
 from up_process import network_processes, start_up, still_running, up_env
 
@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TICKS = 40
 
 
-@pytest.fixture(params=NETWORK_DATABASES)
+# On PostgreSQL, where a deployment that restarts its coordinator keeps its ledger. Most other e2e tests run `up`
+# on SQLite, and tests/integration/test_jobs_core.py restarts the jobs service over a SQLite ledger.
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with network_database(request) as url:
         yield url

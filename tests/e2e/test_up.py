@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
 from netutil import eventually, free_port
 from up_process import network_processes, start_up, still_running
 
@@ -32,17 +31,13 @@ class Up:
     state_dir: Path
 
 
-@pytest.fixture(scope="module", params=NETWORK_DATABASES)
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with network_database(request) as url:
-        yield url
-
-
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Up]:
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    # On `make up`'s own database, SQLite in the state dir. The same network on PostgreSQL runs in
+    # test_restart.py and test_economy_up.py; the ledger's contract tests cover both databases call by call.
     state_dir = tmp_path_factory.mktemp("up")
     port = free_port()
-    process, _ = start_up(state_dir, port, free_port(), hosts=3, database_url=database_url)
+    process, _ = start_up(state_dir, port, free_port(), hosts=3)
     api_key = (state_dir / "api_key").read_text().strip()
     yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
     if process.poll() is None:
