@@ -123,8 +123,8 @@ class EmbeddedNetwork:
         return host
 
     def wait_node(self, host: LocalHost, timeout_s: float = 60) -> None:
-        """Wait until the host's Ray node has registered. Local nodes start one after another: two
-        `ray start` processes in one session at once can race for the same socket names."""
+        """Wait until the host's Ray node has registered (each node has a Ray temp dir of its own, so hosts
+        may start together)."""
         import ray
 
         resource = host_resource(host.host_id)
@@ -208,8 +208,9 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
         network.api_key = ensure_local_account(settings, coordinator.ledger)
         network.owner_account_id = coordinator.ledger.authenticate(network.api_key)[0].id
         ids = [f"island-{i + 1}" for i in range(hosts)]
-        for index, host_id in enumerate(ids):
-            network.wait_node(network.add_host(regions[index % len(regions)], host_id))
+        joining = [network.add_host(regions[index % len(regions)], host_id) for index, host_id in enumerate(ids)]
+        for host in joining:
+            network.wait_node(host, timeout_s)
         network.wait_online(ids, timeout_s)
     except BaseException:
         network.stop()

@@ -205,7 +205,7 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         raise HostLost(f"the coordinator at {request.coordinator} does not answer", host_id=request.host_id)
     settings = request.settings
     log_dir = (settings.state_dir / "logs").resolve()
-    env, temp_dir = settings.ray_env(), settings.ray_temp_dir
+    env, temp_dir = settings.ray_env(), _own_temp_dir(settings.ray_temp_dir, request.host_id)
     if request.run_as is not None:
         env, temp_dir = _hand_over(request, request.run_as, env)
     node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
@@ -228,6 +228,13 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         "region": request.region}))
     written.replace(request.record_path)
     return node, agent
+
+
+def _own_temp_dir(ray_temp_dir: Path, host_id: HostId) -> Path:
+    """The host node's own folder for Ray's sockets and session files, under the machine's Ray temp dir: nodes
+    that share a folder race for the same socket names when they start at once (the embedded network starts its
+    hosts together). Short, as Ray's socket paths must stay under 107 bytes."""
+    return ray_temp_dir / f"h-{hashlib.sha256(host_id.encode()).hexdigest()[:6]}"
 
 
 def _refreshed(request: JoinRequest, api: str) -> JoinRequest:
