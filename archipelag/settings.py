@@ -92,6 +92,10 @@ class PlacementSettings(BaseModel):
     loss_check_timeout_s: float = Field(default=5.0, gt=0)
     loss_answer_within_s: float = Field(default=1.0, gt=0)
     loss_doubt_s: float = Field(default=60.0, ge=0)
+    # How long placement's thread waits for the ledger's answer on karma and asks (placement/book.py): longer, it
+    # answers rankings on what it holds and applies the answer when it comes; it does not wait at all while the
+    # ledger is known not to answer (restarting, down).
+    ledger_read_timeout_s: float = Field(default=0.5, gt=0)
 
 
 class BenchmarkSettings(BaseModel):

@@ -77,7 +77,7 @@ def a_random_job(rng: random.Random) -> JobRequest:
 
 @dataclass
 class LedgerWord:
-    """The ledger's word on karma and asks as placement reads it (``placement.actor.Book``), set by a test: what
+    """The ledger's word on karma and asks as placement reads it (``placement.book.Book``), set by a test: what
     ``Ledger`` would derive, without its events. ``says_karma`` writes a host's state the way the ledger holds it."""
 
     karma: dict[HostId, KarmaState] = field(default_factory=dict)

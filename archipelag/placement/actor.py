@@ -9,7 +9,9 @@ it was said to be handed (``Fleet.heartbeat``). The class imports no Ray; ``Plac
 ``ray.remote``, and unit tests use it as is.
 
 Ray runs it with ``max_concurrency=1``: calls execute one at a time in the order each caller sent them, so a
-fire-and-forget ``job_assigned`` is always counted before its ``job_released``, and the fleet needs no lock.
+fire-and-forget ``job_assigned`` is always counted before its ``job_released``, and the fleet needs no lock. Its
+calls to the ledger's book run on a thread of their own (placement/book.py), so a ranking never waits on the
+ledger; their answers are applied on the actor's thread, at its next call.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from archipelag import identity
 from archipelag.catalog import Manifest, load_catalog
@@ -31,6 +33,7 @@ from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus, host_can_move
 from archipelag.market import pricing
 from archipelag.market.pricing import Market
+from archipelag.placement.book import Answer, Book, LedgerCalls, Word
 from archipelag.placement.fleet import Fleet, Heartbeat
 from archipelag.placement.measured import Measurement, Measurements, Rules, claims_of
 from archipelag.placement.prober import Prober
@@ -45,24 +48,12 @@ NEUTRAL_KARMA = KarmaRules().neutral_score  # a new host's score until the ledge
 Identities = Callable[[HostId], HostIdentity | None]
 
 
-class Book(Protocol):
-    """The ledger's word on hosts' karma and asks, as placement reads it, and the one thing placement writes there:
-    the asks a host's signed registration names. ``Ledger`` has these methods (in-process); ``LedgerBook`` in
-    placement/client.py calls them on the ledger actor."""
-
-    def karma_states(self, host_ids: Collection[str]) -> Mapping[HostId, KarmaState]: ...
-
-    def asking_prices(self, host_id: str | None = None) -> Mapping[HostId, dict[str, int]]: ...
-
-    def set_asking_prices(self, host_id: str, asks: Mapping[str, int]) -> dict[str, int]: ...
-
-
 class PlacementActor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
                  prober: Prober | None = None, *, identities: Identities | None = None,
                  draw: Callable[[], float] | None = None,
                  catalog: Mapping[WorkloadSlug, Manifest] | None = None, witness: Witness | None = None,
-                 book: Book | None = None) -> None:
+                 book: Book | None = None, book_thread: bool = False) -> None:
         self._clock = clock
         # Who may report: with ``identities`` (always in a network) only enrolled, unrevoked hosts, by signed
         # reports; None is the in-process stand-in for tests that script hosts without keys.
@@ -81,7 +72,13 @@ class PlacementActor:
         self._suspended: dict[HostId, str] = {}  # by an operator, with why; kept across the host's rejoins
         # Karma and asks are the ledger's word, read when asked to (``refresh_karma``, ``refresh_asks``) and at
         # registration; None: hosts keep the neutral score, and the asks they register with (the stand-in's way).
-        self._book = book
+        # ``book_thread``: calls to the book run on a thread of their own (the Ray actor's: the ledger may hang).
+        self._ledger = None if book is None else LedgerCalls(book, settings.placement.ledger_read_timeout_s,
+                                                             thread=book_thread)
+        # Hosts this placement has not read the ledger's karma or asks of since they joined: held out of placement
+        # (``Fleet.hold``), so a host the ledger suspended, or whose karma it could not read, is never ranked on
+        # the neutral score in the meantime.
+        self._unread: dict[HostId, set[Word]] = {}
         # By karma, apart from the operator's: neither lifts the other. ``_shares`` holds cooled-down hosts'
         # placement shares (scoring.cooled); absent means 1.
         self._karma_suspended: dict[HostId, str] = {}
@@ -104,38 +101,44 @@ class PlacementActor:
         ledger says an operator suspended joins suspended. HostRefused unless the report is signed by the host's
         enrolled key (see ``_check``)."""
         self._check("register", snapshot.host_id, snapshot, proof)
+        host_id = snapshot.host_id
         # Karma is the ledger's word, never the host's: a signature proves who reports, not that it is true. A
-        # known host keeps what the ledger last gave it, a new one starts neutral, until the ledger is read below.
-        known = self._fleet.get(snapshot.host_id) if snapshot.host_id in self._fleet else None
-        snapshot = replace(snapshot, karma=known.karma if known is not None else NEUTRAL_KARMA)
-        snapshot = replace(snapshot, asks=self._registered_asks(snapshot, known))
-        if self._out(snapshot.host_id):
+        # known host keeps what the ledger last gave it; a new one is held out of placement until the ledger's
+        # karma and asks for it are read below (however long the ledger takes to answer).
+        known = self._fleet.get(host_id) if host_id in self._fleet else None
+        asks = self._registered_asks(snapshot)
+        if known is None and self._ledger is not None:
+            self._unread[host_id] = set(Word)
+        # Asks too, once the ledger holds them; without a ledger, those it names, else those it had.
+        kept = dict(known.asks) if known is not None else {}
+        snapshot = replace(snapshot, karma=known.karma if known is not None else NEUTRAL_KARMA,
+                           asks=asks if asks is not None and self._ledger is None else kept)
+        if self._out(host_id):
             snapshot = replace(snapshot, status=HostStatus.SUSPENDED)
         snapshot, ticket = self._hardware.registered(snapshot)  # measured hardware, not the host's claims
-        self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()))
-        self._suspects.forget(snapshot.host_id)
-        self.refresh_karma([snapshot.host_id])  # a host karma suspended stays out when it rejoins a new placement
-        log.info("host %s registered in %s", snapshot.host_id, snapshot.region)
+        self._fleet.upsert(replace(snapshot, last_heartbeat_at=self._clock()), held=host_id in self._unread)
+        self._suspects.forget(host_id)
+        if self._ledger is not None:
+            if asks is not None:  # stored first, as an owner's are; what the ledger stored is applied
+                self._ledger.store_asks(host_id, asks)
+            else:  # its owner's, set while it was away or before placement restarted
+                self._ledger.asks([host_id])
+            self._ledger.karma([host_id])  # a host karma suspended stays out when it rejoins a new placement
+            self._settle(wait=True)
+        log.info("host %s registered in %s", host_id, snapshot.region)
         if ticket is not None and self._prober is not None:
             self._prober.probe(snapshot.host_id, snapshot.node_id, claims_of(snapshot), ticket)
 
-    def _registered_asks(self, snapshot: HostSnapshot, known: HostSnapshot | None) -> dict[str, int]:
-        """What a registering host asks: those its signed registration names (`host join --price`), stored in the
-        ledger first as an owner's are; else those the ledger holds (its owner's, set while it was away or before
-        placement restarted); without a ledger, those it had. HostRefused for asks out of bounds."""
-        if snapshot.asks:
-            reasons = self._ask_reasons(snapshot.asks)
-            if reasons:
-                raise HostRefused(f"host {snapshot.host_id} asks prices the network does not take: "
-                                  + "; ".join(reasons), host_id=snapshot.host_id)
-            if self._book is not None:
-                return self._book.set_asking_prices(snapshot.host_id, snapshot.asks)
-            return dict(snapshot.asks)
-        kept = dict(known.asks) if known is not None else {}
-        if self._book is None:
-            return kept
-        return self._ledger_asks(snapshot.host_id, dict(self._book.asking_prices(snapshot.host_id).get(
-            snapshot.host_id, {})), kept)
+    def _registered_asks(self, snapshot: HostSnapshot) -> dict[str, int] | None:
+        """The asks a host's signed registration names (`host join --price`), None when it names none (it asks
+        what the ledger holds; without a ledger, what it had). HostRefused for asks out of bounds."""
+        if not snapshot.asks:
+            return None
+        reasons = self._ask_reasons(snapshot.asks)
+        if reasons:
+            raise HostRefused(f"host {snapshot.host_id} asks prices the network does not take: "
+                              + "; ".join(reasons), host_id=snapshot.host_id)
+        return dict(snapshot.asks)
 
     def measured(self, host_id: HostId, node_id: str, ticket: str, measurement: Measurement) -> None:
         """The join benchmark's answer from the prober (its ticket proves it): cap what it contradicts, set the
@@ -168,6 +171,7 @@ class PlacementActor:
         """A host's own change of status (paused, draining, left), signed by its key like its other reports: no
         other node can pause or drain a host here. (Losing a host is ``mark_offline``; an operator's word is
         ``suspend``.)"""
+        self._settle()
         self._known(host_id)
         self._check("status", host_id, identity.status_report(status), proof)
         if self._out(host_id) and status != HostStatus.OFFLINE:
@@ -252,14 +256,40 @@ class PlacementActor:
         """Act on the ledger's karma for these hosts (None: every host placement knows), read in one call
         (``Ledger.karma_states``): the jobs service asks each fleet round, and after a fault of a host's own. Any
         joined node can ask; none can say what a host's karma is. Hosts placement does not know are skipped."""
-        if self._book is None:
+        if self._ledger is None:
             return
         known = [host_id for host_id in (self._fleet.ids() if host_ids is None else host_ids)
                  if host_id in self._fleet]
-        if not known:
+        if known:
+            self._ledger.karma(known)
+            self._settle(wait=True)
+
+    def _settle(self, wait: bool = False) -> None:
+        """Apply the ledger's answers come since the last call (``wait``: after waiting a moment for those just
+        asked for; placement/book.py), in the order they were asked for. A host read for the first time since
+        it joined takes jobs once both its karma and its asks are read."""
+        if self._ledger is None:
             return
-        for host_id, state in self._book.karma_states(known).items():
-            self._apply_karma(host_id, state)
+        for answer in self._ledger.answers(wait):
+            for host_id in answer.hosts:
+                if host_id in self._fleet:
+                    self._apply(host_id, answer)
+
+    def _apply(self, host_id: HostId, answer: Answer) -> None:
+        if answer.word is Word.KARMA:
+            if host_id not in answer.karma:
+                return
+            self._apply_karma(host_id, answer.karma[host_id])
+        else:
+            held, applied = dict(answer.asks.get(host_id, {})), self._fleet.asks(host_id)
+            if held != applied:
+                self._fleet.set_asks(host_id, self._ledger_asks(host_id, held, applied))
+        unread = self._unread.get(host_id)
+        if unread is not None:
+            unread.discard(answer.word)
+            if not unread:
+                del self._unread[host_id]
+                self._fleet.hold(host_id, False)
 
     def _apply_karma(self, host_id: HostId, state: KarmaState) -> None:
         """A host's karma: its score, its share while cooled down (``scoring.cooled``), and the reason it is
@@ -290,6 +320,7 @@ class PlacementActor:
 
     def rank(self, request: JobRequest) -> list[HostId]:
         """Hosts for ``request``, best first; NoCapacity with the reason when none can take it."""
+        self._settle()
         now = self._clock()
         market = self._tiers  # the filter weighs asks without the surge: see ``quote``
         ranked = cooled(self._fleet.rank(request, now, self._limit, market), self._shares, self._draw)
@@ -307,13 +338,10 @@ class PlacementActor:
         asks each fleet round). An owner's asks reach placement only after the ledger holds them
         (``Exchange.set_asks`` stores them, then asks for this). Any joined node can ask; none can say what a
         host asks. A host placement does not know reads them when it registers."""
-        if self._book is None or (host_id is not None and host_id not in self._fleet):
+        if self._ledger is None or (host_id is not None and host_id not in self._fleet):
             return
-        held = self._book.asking_prices(host_id)
-        for known in [host_id] if host_id is not None else self._fleet.ids():
-            applied = self._fleet.asks(known)
-            if held.get(known, {}) != applied:
-                self._fleet.set_asks(known, self._ledger_asks(known, dict(held.get(known, {})), applied))
+        self._ledger.asks([host_id] if host_id is not None else self._fleet.ids(), every=host_id is None)
+        self._settle(wait=True)
 
     def _ledger_asks(self, host_id: HostId, held: dict[str, int], kept: dict[str, int]) -> dict[str, int]:
         """The asks the ledger holds for a host, or ``kept`` when they are out of the network's bounds (the
@@ -336,6 +364,7 @@ class PlacementActor:
         the bar a job's bid must clear in ``rank``: filtering on surged asks refused new jobs of a full network
         that would otherwise wait their turn (503 instead of the queue), and left a freed slot idle beside queued
         jobs bidding the unsurged ask until they timed out, as the queue they formed kept the surge on."""
+        self._settle()
         if host_id not in self._fleet:
             return None
         return self._fleet.ask(host_id, request, self._market(self._clock()))
@@ -343,6 +372,7 @@ class PlacementActor:
     def market_rates(self, catalog_prices: dict[str, int]) -> dict[str, dict[str, Any]]:
         """Per workload: the market rate (the median effective ask of the online hosts that could run it, else
         the catalog price × surge), how many hosts, the lowest and highest effective ask, and the surge."""
+        self._settle()
         now = self._clock()
         market = self._market(now)
         catalog = self._manifests()
@@ -383,10 +413,13 @@ class PlacementActor:
             self._fleet.job_released(host_id)
 
     def hosts(self) -> list[HostSnapshot]:
-        """Every known host; one whose heartbeats stopped reads as offline."""
+        """Every known host; one whose heartbeats stopped reads as offline, one placement has not read the
+        ledger's word on since it joined as joining."""
+        self._settle()
         return self._fleet.snapshots(self._clock())
 
     def get(self, host_id: HostId) -> HostSnapshot:
+        self._settle()
         self._known(host_id)
         return self._fleet.get(host_id, self._clock())
 
@@ -401,6 +434,7 @@ class PlacementActor:
         self._keys.pop(host_id, None)
         self._last_report_at.pop(host_id, None)
         self._suspects.forget(host_id)
+        self._unread.pop(host_id, None)
         if host_id in self._fleet:
             self._fleet.remove(host_id)
         log.warning("host %s revoked: removed from placement", host_id)

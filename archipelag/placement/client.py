@@ -22,7 +22,8 @@ from archipelag.ids import HostId, WorkloadSlug
 from archipelag.ledger.karma_rules import KarmaState
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
-from archipelag.placement.actor import Book, Identities, PlacementActor
+from archipelag.placement.actor import Identities, PlacementActor
+from archipelag.placement.book import Book
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.settings import Settings
 
@@ -139,7 +140,7 @@ class LedgerIdentities:
 
 
 class LedgerBook:
-    """Placement's view of hosts' karma and asks (``placement.actor.Book``): the ledger actor's own methods."""
+    """Placement's view of hosts' karma and asks (``placement.book.Book``): the ledger actor's own methods."""
 
     def __init__(self, namespace: str) -> None:
         self._ledger = _LedgerActor(namespace)
@@ -175,7 +176,7 @@ class PlacementClient:
             num_cpus=0, resources=resources or {}, max_restarts=-1,
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
         ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace), witness=witness,
-                 book=LedgerBook(settings.ray_namespace))
+                 book=LedgerBook(settings.ray_namespace), book_thread=True)
         client = cls(_RayCalls(handle))
         client.ping()
         return client

@@ -108,6 +108,7 @@ class Fleet:
         # before it. Any joined node can say it, so a heartbeat's signed count bounds the older ones.
         "inflight": np.int32, "carried": np.int32,
         "has_room": np.bool_,  # active < slots
+        "held": np.bool_,  # held out of placement until it may take jobs (``hold``); reads as joining
         "gpu": np.bool_,  # lends a GPU: its hardware tier (market.pricing.tier_of) is gpu
         "asks": np.intp,  # its asks' code in ``_ask_lists``
         "speed": np.float64, "standing": np.float64,  # standing: scoring.standing(), refreshed on change
@@ -159,6 +160,8 @@ class Fleet:
         row = self._row(host_id)
         c = self._cols
         status = _STATUSES[int(c["status"][row])]
+        if status == HostStatus.ONLINE and c["held"][row]:
+            status = HostStatus.JOINING
         heartbeat_at = float(c["heartbeat_at"][row])
         if now is not None and heartbeat_at < fresh_since(now, self.stale_after_s):
             status = HostStatus.OFFLINE
@@ -176,14 +179,16 @@ class Fleet:
 
     # --- writing ------------------------------------------------------------------------------------
 
-    def upsert(self, snapshot: HostSnapshot) -> None:
-        """Add a host, or replace what is known about it (a re-register resets its live counts)."""
+    def upsert(self, snapshot: HostSnapshot, held: bool = False) -> None:
+        """Add a host, or replace what is known about it (a re-register resets its live counts); ``held``: see
+        ``hold``."""
         row = self._index.get(snapshot.host_id)
         if row is None:
             row = self._append(snapshot.host_id)
         c = self._cols
         self._static[row] = snapshot
         c["status"][row] = _STATUS_CODE[snapshot.status]
+        c["held"][row] = held
         c["heartbeat_at"][row] = snapshot.last_heartbeat_at
         c["cores"][row] = snapshot.cpu_cores
         c["slots"][row] = snapshot.slots
@@ -216,6 +221,11 @@ class Fleet:
 
     def set_status(self, host_id: HostId, status: HostStatus) -> None:
         self._cols["status"][self._row(host_id)] = _STATUS_CODE[status]
+
+    def hold(self, host_id: HostId, held: bool) -> None:
+        """Hold a host out of placement, whatever its status and heartbeats say, or let it in: placement holds a
+        host it has not read the ledger's word on yet. A held host that is online reads as joining."""
+        self._cols["held"][self._row(host_id)] = held
 
     def set_hardware(self, host_id: HostId, verdict: HardwareCheck) -> None:
         """Believe the join benchmark's verdict on a host: its capped cores, RAM and GPU memory, and its speed.
@@ -395,7 +405,8 @@ class Fleet:
         raise ValueError(f"unknown filter stage {stage!r}")
 
     def _online(self, now: float) -> Mask:
-        online: Mask = (self._col("status") == _ONLINE) & (self._col("heartbeat_at") >= fresh_since(now, self.stale_after_s))
+        online: Mask = ((self._col("status") == _ONLINE) & ~self._col("held")
+                        & (self._col("heartbeat_at") >= fresh_since(now, self.stale_after_s)))
         return online
 
     def _eligible(self, request: JobRequest, now: float, market: Market) -> Mask:

@@ -76,7 +76,7 @@ class StandInHost:
 
 
 class EarnedLedger:
-    """The real ledger as placement reads it (``placement.actor.Book``), with karma earned before the test: a host
+    """The real ledger as placement reads it (``placement.book.Book``), with karma earned before the test: a host
     the ledger has no event of yet has its ``earned`` score, so a ranks before b before c until a fault of theirs."""
 
     def __init__(self, ledger: Ledger, earned: dict[str, float]) -> None:

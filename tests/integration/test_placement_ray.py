@@ -4,6 +4,8 @@ ledger actor and sign what they report, as hosts in a network do."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,8 +16,10 @@ from archipelag import identity
 from archipelag.errors import NoCapacity, NotFound
 from archipelag.ids import HostId
 from archipelag.ledger import Ledger
+from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaState
+from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
-from archipelag.placement.client import PlacementClient
+from archipelag.placement.client import ACTOR_NAME, PlacementClient
 from archipelag.settings import Settings
 
 # tests/conftest.py sets RAY_AUTH_MODE=disabled and RAY_TMPDIR before any test imports ray.
@@ -87,10 +91,70 @@ def test_placement_through_ray(placement: PlacementClient) -> None:
     assert "host-eu" not in placement.rank(a_job(caller_region="eu-west"))
 
 
-def test_a_dead_placement_actor_reads_as_no_capacity(placement: PlacementClient) -> None:
+class HangingLedger:
+    """A ledger actor that knows the hosts' keys at once but can hang on karma and asks, as a restarting one does."""
+
+    def __init__(self, identities: dict[str, HostIdentity]) -> None:
+        self._identities = identities
+        self._answering = threading.Event()
+        self._answering.set()
+
+    def hang(self) -> None:
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
+
+    def host_identity(self, host_id: str) -> HostIdentity | None:
+        return self._identities.get(host_id)
+
+    def karma_states(self, host_ids: list[str]) -> dict[str, KarmaState]:
+        self._answering.wait(60)
+        return {host_id: DEFAULT_RULES.state(0.0) for host_id in host_ids}
+
+    def asking_prices(self, host_id: str | None = None) -> dict[str, dict[str, int]]:
+        self._answering.wait(60)
+        return {}
+
+
+def test_rankings_do_not_wait_on_a_ledger_that_hangs(placement: PlacementClient) -> None:
+    """Each of placement's reads of karma and asks would wait for the ledger up to the call timeout (30 s); a ranking
+    behind one would time out. They answer now, on what placement holds, and a host that joins meanwhile takes no
+    jobs until its karma and asks are read."""
     import ray
 
-    from archipelag.placement.client import ACTOR_NAME
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    settings = SETTINGS.model_copy(update={"ray_namespace": "placement-stall"})
+    identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
+                  for host_id, key in KEYS.items()}
+    ledger = ray.remote(HangingLedger).options(name="ledger", namespace=settings.ray_namespace, num_cpus=0,
+                                               max_concurrency=4).remote(identities)
+    stalled = PlacementClient.start(settings)
+    try:
+        register(stalled, "host-eu", region="eu-west")
+        register(stalled, "host-us", region="us-east")
+        ray.get(ledger.hang.remote())
+        stalled.refresh_karma()  # the fleet round's reads hang
+        stalled.refresh_asks()
+        for _ in range(3):
+            assert stalled.rank(a_job(caller_region="eu-west")) == ["host-eu", "host-us"]
+        register(stalled, "host-ap", region="ap-south")  # returns while its reads hang
+        assert stalled.get(HostId("host-ap")).status == HostStatus.JOINING
+        assert "host-ap" not in stalled.rank(a_job(caller_region="ap-south"))
+        ray.get(ledger.resume.remote())
+        deadline = time.monotonic() + 30
+        while stalled.get(HostId("host-ap")).status != HostStatus.ONLINE:
+            assert time.monotonic() < deadline, "placement did not apply the ledger's answer"
+            time.sleep(0.05)
+        assert stalled.rank(a_job(caller_region="ap-south"))[0] == "host-ap"
+    finally:
+        ray.get(ledger.resume.remote())
+        ray.kill(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), no_restart=True)
+        ray.kill(ledger, no_restart=True)
+
+
+def test_a_dead_placement_actor_reads_as_no_capacity(placement: PlacementClient) -> None:
+    import ray
 
     ray.kill(ray.get_actor(ACTOR_NAME, namespace=SETTINGS.ray_namespace), no_restart=True)
     deadline = time.monotonic() + 10  # the kill is asynchronous: a call may still get through
