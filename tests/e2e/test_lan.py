@@ -177,8 +177,8 @@ def test_hosts_on_other_machines_enrol_over_the_lan_with_a_code_their_owner_appr
     except AssertionError:
         raise AssertionError(f"online: {online(net, laptop)}; the hosts said: "
                              + "\n".join("".join(h.lines) for h in network["hosts"])) from None
-    for name in ("attic", "office"):  # each machine's Ray kept its sockets in its own folder
-        assert any((network["ray_tmp"] / name).glob("session_*/sockets/raylet*")), name
+    for name in ("attic", "office"):  # each machine's Ray kept its sockets in its own folder (its node's, inside)
+        assert any((network["ray_tmp"] / name).glob("h-*/session_*/sockets/raylet*")), name
 
 
 def test_a_stream_survives_its_host_losing_its_link(network: dict[str, Any]) -> None:
