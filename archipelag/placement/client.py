@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "placement"
 CALL_TIMEOUT_S = 30.0
+# Who a host is, read from the ledger on placement's own thread (a host's first report, an operator's call): a
+# ledger that does not answer this soon fails the report, which the host sends again, instead of holding every
+# ranking behind it. Karma and asks are read off that thread (placement/book.py).
+IDENTITY_TIMEOUT_S = 2.0
 
 
 class _Calls(Protocol):
@@ -103,12 +107,13 @@ class _LedgerActor:
     placement actor as plain data); an error the ledger raised on purpose comes back as itself, an unreachable
     ledger as NoCapacity."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._namespace = namespace
+        self._timeout_s = timeout_s
         self._handle: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_namespace": self._namespace, "_handle": None}
+        return {**self.__dict__, "_handle": None}
 
     def call(self, what: str, method: str, *args: Any) -> Any:
         import ray
@@ -117,7 +122,7 @@ class _LedgerActor:
         try:
             if self._handle is None:
                 self._handle = ray.get_actor("ledger", namespace=self._namespace)
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=self._timeout_s)
         except RayTaskError as exc:
             if isinstance(exc.cause, ArchipelagError):
                 raise exc.cause from None
@@ -132,7 +137,7 @@ class LedgerIdentities:
     """Placement's view of who is enrolled: the ledger actor's ``host_identity``."""
 
     def __init__(self, namespace: str) -> None:
-        self._ledger = _LedgerActor(namespace)
+        self._ledger = _LedgerActor(namespace, IDENTITY_TIMEOUT_S)
 
     def __call__(self, host_id: HostId) -> HostIdentity | None:
         found: HostIdentity | None = self._ledger.call(f"who host {host_id} is", "host_identity", host_id)

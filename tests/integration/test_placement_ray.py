@@ -98,14 +98,18 @@ class HangingLedger:
         self._identities = identities
         self._answering = threading.Event()
         self._answering.set()
+        self._hang_identities = False
 
-    def hang(self) -> None:
+    def hang(self, identities: bool = False) -> None:
+        self._hang_identities = identities
         self._answering.clear()
 
     def resume(self) -> None:
         self._answering.set()
 
     def host_identity(self, host_id: str) -> HostIdentity | None:
+        if self._hang_identities:
+            self._answering.wait(60)
         return self._identities.get(host_id)
 
     def karma_states(self, host_ids: list[str]) -> dict[str, KarmaState]:
@@ -147,6 +151,43 @@ def test_rankings_do_not_wait_on_a_ledger_that_hangs(placement: PlacementClient)
             assert time.monotonic() < deadline, "placement did not apply the ledger's answer"
             time.sleep(0.05)
         assert stalled.rank(a_job(caller_region="ap-south"))[0] == "host-ap"
+    finally:
+        ray.get(ledger.resume.remote())
+        ray.kill(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), no_restart=True)
+        ray.kill(ledger, no_restart=True)
+
+
+def test_a_host_reporting_first_while_the_ledger_hangs_is_told_to_retry_and_rankings_go_on(
+        placement: PlacementClient) -> None:
+    """Who a host is, placement reads from the ledger on its own thread at the host's first report: against a
+    ledger that hangs, the report fails within IDENTITY_TIMEOUT_S (the host sends it again) instead of holding every
+    ranking for the call timeout (30 s); once the ledger answers, the report registers the host."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    settings = SETTINGS.model_copy(update={"ray_namespace": "placement-who"})
+    identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
+                  for host_id, key in KEYS.items()}
+    ledger = ray.remote(HangingLedger).options(name="ledger", namespace=settings.ray_namespace, num_cpus=0,
+                                               max_concurrency=4).remote(identities)
+    stalled = PlacementClient.start(settings)
+    try:
+        register(stalled, "host-eu", region="eu-west")
+        deadline = time.monotonic() + 30
+        while stalled.get(HostId("host-eu")).status != HostStatus.ONLINE:  # its karma and asks read
+            assert time.monotonic() < deadline, "placement did not read the host's karma and asks"
+            time.sleep(0.05)
+        ray.get(ledger.hang.remote(identities=True))
+        with pytest.raises(NoCapacity, match="retry shortly"):
+            register(stalled, "host-ap", region="ap-south")
+        heartbeat(stalled, "host-eu", {"active_jobs": 0})  # a known host's key is held: no ledger call
+        assert stalled.rank(a_job(caller_region="ap-south")) == ["host-eu"]
+        ray.get(ledger.resume.remote())
+        register(stalled, "host-ap", region="ap-south")
+        deadline = time.monotonic() + 30
+        while stalled.get(HostId("host-ap")).status != HostStatus.ONLINE:
+            assert time.monotonic() < deadline, "placement did not take the host's report once the ledger answered"
+            time.sleep(0.05)
     finally:
         ray.get(ledger.resume.remote())
         ray.kill(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), no_restart=True)
