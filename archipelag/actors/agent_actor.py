@@ -18,7 +18,7 @@ from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.catalog_signing import CatalogGuard
-from archipelag.errors import NotFound, RuntimeUnavailable
+from archipelag.errors import NoCapacity, NotFound, RuntimeUnavailable
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.metrics.trace import TRACE
@@ -89,7 +89,10 @@ class HostAgentActor:
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
         self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
-        self._register()
+        try:
+            self._register()
+        except NoCapacity as exc:  # placement or the ledger busy or restarting: the first heartbeat registers it
+            log.warning("host %s: registration not taken yet (%s); the next heartbeat registers it", host_id, exc)
         self._heartbeat = Heartbeat(self._beat, settings.heartbeat_interval_s, name=f"heartbeat-{host_id}")
         self._heartbeat.start()
 
