@@ -39,7 +39,8 @@ from archipelag.errors import (
 from archipelag.gate import tickets, wire
 from archipelag.gate.listener import listen
 from archipelag.ids import HostId
-from archipelag.protocol import Event, is_final
+from archipelag.metrics.trace import TRACE
+from archipelag.protocol import OUTPUT_TYPES, Event, is_final
 from archipelag.runtimes.base import CancelToken, JobSpec, Runtime
 from archipelag.sandbox import Limits
 from archipelag.settings import Settings
@@ -204,7 +205,11 @@ class GateServer:
         if not self._slots.acquire(blocking=False):
             raise HostBusy(f"the host's gate runs as many jobs as it may at once; job {request.job_id} goes elsewhere")
         try:
+            if TRACE.on:
+                TRACE.stamp(request.job_id, "gate_in")
             spec = self._admitted(request)
+            if TRACE.on:
+                TRACE.stamp(spec.job_id, "admitted")
             token = CancelToken()
             events = self._runtime.run(spec, token)  # refuses before anything starts
             with self._lock:
@@ -243,9 +248,13 @@ class GateServer:
         try:
             conn.sendall(wire.encode(wire.STARTED))
             watcher.start()
+            output = False
             try:
                 for event in events:
                     line = wire.encode({k: v for k, v in event.items() if k != wire.MARK})
+                    if not output and event.get("type") in OUTPUT_TYPES and TRACE.on:
+                        TRACE.stamp(spec.job_id, "gate_out")
+                        output = True
                     if is_final(event):
                         ended.set()  # before it leaves: a client closing once it has read it cancels nothing
                     conn.sendall(line)
@@ -333,6 +342,7 @@ def start_gate(settings: Settings, host_id: HostId, coordinator_keys: Sequence[s
     from archipelag.runtimes.docker import DockerRuntime
 
     hardware = hardware or detect()
+    TRACE.configure(settings.trace_file)
     guard = CatalogGuard.from_settings(settings)
     runtime = DockerRuntime.from_settings(settings, gpu=hardware.gpu_model is not None, lent_cores=hardware.cpu_cores)
     try:

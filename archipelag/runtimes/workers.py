@@ -62,7 +62,8 @@ from archipelag.errors import (
     WorkloadError,
     WorkloadTimedOut,
 )
-from archipelag.protocol import Event, is_final, parse_line
+from archipelag.metrics.trace import TRACE
+from archipelag.protocol import OUTPUT_TYPES, Event, is_final, parse_line
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.container_io import Output, exit_failure
 from archipelag.runtimes.orphans import remove_container
@@ -88,9 +89,11 @@ class _Request:
     """One request in flight: its budgets, what it wrote so far, and where its events go (events, then its final
     event or the error that ended it). The worker's lock guards the counters and ``stopped``."""
 
-    def __init__(self, ident: int, limits: Limits) -> None:
+    def __init__(self, ident: int, limits: Limits, job_id: str = "") -> None:
         self.ident = ident
         self.limits = limits
+        self.job_id = job_id  # for the trace's stamps
+        self.output = False  # it wrote output (a token, progress, an image) before
         self.mailbox: queue.SimpleQueue[Event | ArchipelagError] = queue.SimpleQueue()
         self.bytes = 0
         self.events = 0
@@ -175,10 +178,12 @@ class Worker:
             if self._dead is not None:
                 self._taken = max(0, self._taken - 1)
                 raise self._dead
-            request = _Request(self._next_id, spec.limits)
+            request = _Request(self._next_id, spec.limits, spec.job_id)
             self._next_id += 1
             self._requests[request.ident] = request
         self._send({"id": request.ident, "input": spec.input})
+        if TRACE.on:
+            TRACE.stamp(spec.job_id, "worker_in")
         return request
 
     def stream(self, request: _Request, cancel: CancelToken) -> Generator[Event, None, None]:
@@ -277,6 +282,10 @@ class Worker:
                 request.stopped = over
         if failed or event is None:
             return  # a stopped request's events go nowhere: its consumer already has its error
+        if not request.output and event["type"] in OUTPUT_TYPES:
+            request.output = True
+            if TRACE.on:
+                TRACE.stamp(request.job_id, "worker_out")
         if over is None:
             request.mailbox.put(event)
         elif final:

@@ -41,6 +41,8 @@ from archipelag.gate import tickets, wire
 from archipelag.gate.client import GatedRuntime
 from archipelag.gate.server import SPARE_CONNECTIONS, GateServer
 from archipelag.ids import HostId, JobId
+from archipelag.metrics.trace import TRACE
+from archipelag.metrics.trace import read as read_trace
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.sandbox import Tier
 
@@ -449,3 +451,16 @@ def test_the_host_agent_runs_gated_jobs_as_it_runs_local_ones(coordinator: Coord
         threading.Timer(0.1, agent.close).start()
         assert list(events) == []
     assert runtime.cancelled == ["the host is leaving the network"]
+
+
+def test_traced_the_gate_stamps_the_request_its_admission_and_the_first_output(coordinator: Coordinator,
+                                                                               tmp_path: Path) -> None:
+    TRACE.configure(tmp_path / "trace.txt")
+    try:
+        with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+            list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    finally:
+        TRACE.configure(None)
+    stamps = read_trace(tmp_path / "trace.txt")["job-1"]
+    assert list(stamps) == ["gate_in", "admitted", "gate_out"]
+    assert stamps["gate_in"] <= stamps["admitted"] <= stamps["gate_out"]

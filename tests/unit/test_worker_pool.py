@@ -28,6 +28,8 @@ from archipelag.errors import (
     WorkloadTimedOut,
 )
 from archipelag.ids import JobId, WorkloadSlug
+from archipelag.metrics.trace import TRACE
+from archipelag.metrics.trace import read as read_trace
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.container_io import Output
 from archipelag.runtimes.workers import Started, WorkerPool
@@ -332,3 +334,16 @@ def test_a_worker_that_dies_fails_every_request_in_flight(chats: Chats, engine: 
 
 def run_on(pool: WorkerPool) -> list[str]:
     return [e["type"] for e in pool.serve(spec("m", PARALLEL), "sha256:img", None, CancelToken())]
+
+
+def test_traced_a_request_is_stamped_on_the_workers_stdin_and_at_its_first_output(engine: Engine,
+                                                                                 tmp_path: Path) -> None:
+    TRACE.configure(tmp_path / "trace.txt")
+    try:
+        pool = WorkerPool(engine.start, free_memory_mb=lambda: 100_000)
+        run(pool, "llm-chat")
+        pool.close()
+    finally:
+        TRACE.configure(None)
+    stamps = read_trace(tmp_path / "trace.txt")["job-llm-chat"]
+    assert list(stamps) == ["worker_in", "worker_out"] and stamps["worker_in"] <= stamps["worker_out"]
