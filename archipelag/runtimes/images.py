@@ -9,8 +9,10 @@ Dockerfile builds from a public python base.
 
 The catalog pins a workload by image ID (``sha256:…``; there is no registry to give digests), so every build
 returns that ID. Builds are cached: an image carries the hash of what went into it (label
-``io.archipelag.content-hash``), and a build whose image with that hash is already on the engine is skipped (the
-image is tagged again if another checkout moved the tag). The hash is of the files' bytes, not their times, so a
+``io.archipelag.content-hash``) and is also tagged by it (``<repository>:content-<hash prefix>``), and a build whose
+content tag is already on the engine is skipped (its own tag is put back if another checkout moved it). The
+lookup is by that tag, not by the label: an image built FROM a workload image inherits its labels, and a lookup by
+label handed such a derived image back as the workload's. The hash is of the files' bytes, not their times, so a
 fresh clone of the same commit finds the images an earlier clone built.
 """
 
@@ -126,18 +128,23 @@ def image_id(client: docker.DockerClient, reference: str) -> str | None:
 def _build(client: docker.DockerClient, entries: list[_Entry], tag: str, buildargs: dict[str, str],
            salt: str = "") -> str:
     content_hash = _content_hash(entries, buildargs, salt)
+    repository = parse_repository_tag(tag)[0]
+    content_tag = f"content-{content_hash.removeprefix('sha256:')[:32]}"
     try:
-        built = client.images.list(filters={"label": f"{CONTENT_HASH_LABEL}={content_hash}"})
-        if built:  # this content was built before: by this checkout, an earlier clone, or another checkout
-            if tag not in built[0].tags:
-                built[0].tag(*parse_repository_tag(tag))
-            return str(built[0].id)
+        built = client.images.get(f"{repository}:{content_tag}")
+        # This content was built before: by this checkout, an earlier clone, or another checkout.
+        if tag not in built.tags:
+            built.tag(*parse_repository_tag(tag))
+        return str(built.id)
+    except docker.errors.ImageNotFound:
+        pass
     except docker.errors.DockerException as exc:
         raise ConfigError(f"the Docker engine could not look up image {tag}: {exc}") from None
     context = _tar(entries)
     try:
         image, _logs = client.images.build(fileobj=context, custom_context=True, tag=tag, buildargs=buildargs,
                                            labels={CONTENT_HASH_LABEL: content_hash}, rm=True, forcerm=True)
+        image.tag(repository, content_tag)
     except docker.errors.BuildError as exc:
         tail = "".join(str(line.get("stream") or line.get("error") or "") for line in exc.build_log)[-2000:]
         raise ConfigError(f"building image {tag} failed: {exc.msg}\n{tail}") from None

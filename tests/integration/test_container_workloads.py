@@ -198,3 +198,31 @@ def test_an_image_is_found_again_by_its_content_not_by_its_files_times_or_its_ta
         for image_id in made:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 docker_env.client.images.remove(image_id, force=True)
+
+
+def test_an_image_built_from_a_workload_image_never_stands_in_for_it(
+        docker_env: DockerEnv, tmp_path: Path) -> None:  # noqa: F811
+    """An image built FROM a workload image inherits its labels, the content hash among them (a developer's
+    experiment on the same engine did this, and a lookup by label moved the workload's tag onto it). The lookup is
+    by the content's own tag: the workload's image is found, and its tag put back on it."""
+    tag = f"archipelag-test/derived-{uuid.uuid4().hex[:8]}:1"
+    workload, experiment = tmp_path / "workload", tmp_path / "experiment"
+    workload.mkdir()
+    experiment.mkdir()
+    (workload / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nCOPY note.txt /app/note.txt\n")
+    (workload / "note.txt").write_text(f"{tag}\n")
+    made = images.build_image(docker_env.client, workload, tag)
+    derived = None
+    try:
+        (experiment / "Dockerfile").write_text(f"FROM {made}\nCOPY other.txt /app/other.txt\n")
+        (experiment / "other.txt").write_text("an experiment\n")
+        derived, _ = docker_env.client.images.build(path=str(experiment), rm=True, forcerm=True)
+        label = images.CONTENT_HASH_LABEL
+        assert derived.labels[label] == docker_env.client.images.get(made).labels[label]  # inherited
+        derived.tag(*tag.split(":"))  # and it holds the workload's tag now
+        assert images.build_image(docker_env.client, workload, tag) == made
+        assert docker_env.client.images.get(tag).id == made
+    finally:
+        for image in (derived.id if derived is not None else None, made):
+            with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError, TypeError):
+                docker_env.client.images.remove(image, force=True)
