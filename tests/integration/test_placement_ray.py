@@ -4,10 +4,12 @@ ledger actor and sign what they report, as hosts in a network do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from builders import a_host, a_job
@@ -121,20 +123,40 @@ class HangingLedger:
         return {}
 
 
+@contextlib.contextmanager
+def beside_a_hanging_ledger(namespace: str) -> Iterator[tuple[PlacementClient, Any]]:
+    """A placement actor of its own, in ``namespace``, whose ledger is a ``HangingLedger`` actor; both killed after."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    settings = SETTINGS.model_copy(update={"ray_namespace": namespace})
+    identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
+                  for host_id, key in KEYS.items()}
+    ledger = ray.remote(HangingLedger).options(name="ledger", namespace=namespace, num_cpus=0,
+                                               max_concurrency=4).remote(identities)
+    try:
+        yield PlacementClient.start(settings), ledger
+    finally:
+        ray.get(ledger.resume.remote())
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(ACTOR_NAME, namespace=namespace), no_restart=True)
+        ray.kill(ledger, no_restart=True)
+
+
+def until_online(placement: PlacementClient, host_id: str, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while placement.get(HostId(host_id)).status != HostStatus.ONLINE:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_rankings_do_not_wait_on_a_ledger_that_hangs(placement: PlacementClient) -> None:
     """Each of placement's reads of karma and asks would wait for the ledger up to the call timeout (30 s); a ranking
     behind one would time out. They answer now, on what placement holds, and a host that joins meanwhile takes no
     jobs until its karma and asks are read."""
     import ray
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
-    settings = SETTINGS.model_copy(update={"ray_namespace": "placement-stall"})
-    identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
-                  for host_id, key in KEYS.items()}
-    ledger = ray.remote(HangingLedger).options(name="ledger", namespace=settings.ray_namespace, num_cpus=0,
-                                               max_concurrency=4).remote(identities)
-    stalled = PlacementClient.start(settings)
-    try:
+    with beside_a_hanging_ledger("placement-stall") as (stalled, ledger):
         register(stalled, "host-eu", region="eu-west")
         register(stalled, "host-us", region="us-east")
         ray.get(ledger.hang.remote())
@@ -146,15 +168,8 @@ def test_rankings_do_not_wait_on_a_ledger_that_hangs(placement: PlacementClient)
         assert stalled.get(HostId("host-ap")).status == HostStatus.JOINING
         assert "host-ap" not in stalled.rank(a_job(caller_region="ap-south"))
         ray.get(ledger.resume.remote())
-        deadline = time.monotonic() + 30
-        while stalled.get(HostId("host-ap")).status != HostStatus.ONLINE:
-            assert time.monotonic() < deadline, "placement did not apply the ledger's answer"
-            time.sleep(0.05)
+        until_online(stalled, "host-ap", "placement did not apply the ledger's answer")
         assert stalled.rank(a_job(caller_region="ap-south"))[0] == "host-ap"
-    finally:
-        ray.get(ledger.resume.remote())
-        ray.kill(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), no_restart=True)
-        ray.kill(ledger, no_restart=True)
 
 
 def test_a_host_reporting_first_while_the_ledger_hangs_is_told_to_retry_and_rankings_go_on(
@@ -164,19 +179,9 @@ def test_a_host_reporting_first_while_the_ledger_hangs_is_told_to_retry_and_rank
     ranking for the call timeout (30 s); once the ledger answers, the report registers the host."""
     import ray
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
-    settings = SETTINGS.model_copy(update={"ray_namespace": "placement-who"})
-    identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
-                  for host_id, key in KEYS.items()}
-    ledger = ray.remote(HangingLedger).options(name="ledger", namespace=settings.ray_namespace, num_cpus=0,
-                                               max_concurrency=4).remote(identities)
-    stalled = PlacementClient.start(settings)
-    try:
+    with beside_a_hanging_ledger("placement-who") as (stalled, ledger):
         register(stalled, "host-eu", region="eu-west")
-        deadline = time.monotonic() + 30
-        while stalled.get(HostId("host-eu")).status != HostStatus.ONLINE:  # its karma and asks read
-            assert time.monotonic() < deadline, "placement did not read the host's karma and asks"
-            time.sleep(0.05)
+        until_online(stalled, "host-eu", "placement did not read the host's karma and asks")
         ray.get(ledger.hang.remote(identities=True))
         with pytest.raises(NoCapacity, match="retry shortly"):
             register(stalled, "host-ap", region="ap-south")
@@ -184,14 +189,7 @@ def test_a_host_reporting_first_while_the_ledger_hangs_is_told_to_retry_and_rank
         assert stalled.rank(a_job(caller_region="ap-south")) == ["host-eu"]
         ray.get(ledger.resume.remote())
         register(stalled, "host-ap", region="ap-south")
-        deadline = time.monotonic() + 30
-        while stalled.get(HostId("host-ap")).status != HostStatus.ONLINE:
-            assert time.monotonic() < deadline, "placement did not take the host's report once the ledger answered"
-            time.sleep(0.05)
-    finally:
-        ray.get(ledger.resume.remote())
-        ray.kill(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), no_restart=True)
-        ray.kill(ledger, no_restart=True)
+        until_online(stalled, "host-ap", "placement did not take the host's report once the ledger answered")
 
 
 def test_a_dead_placement_actor_reads_as_no_capacity(placement: PlacementClient) -> None:
