@@ -59,13 +59,29 @@ def fake_worker(docker_env: DockerEnv) -> Manifest:  # noqa: F811
                     directory=str(folder), worker=True, parallel=4)
 
 
-@pytest.fixture
-def runtime(docker_env: DockerEnv, tmp_path: Path) -> Iterator[DockerRuntime]:  # noqa: F811
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """One store for the module's runtimes: llm-chat's Q8_0 is derived from the package's Q4_1 once (seconds),
+    not for every test."""
+    return ModelStore(tmp_path_factory.mktemp("models"))
+
+
+def runtime_over(env: DockerEnv, models: ModelStore) -> Iterator[DockerRuntime]:
     pool = lambda start: WorkerPool(start, idle_ttl_s=60, reap_every_s=0.2)
-    runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path / "models"),
-                            pool=pool)
+    runtime = DockerRuntime(env.client, HostFacts.detect(), models=models, pool=pool)
     yield runtime
     runtime.pool.close()  # the client belongs to docker_env
+
+
+@pytest.fixture
+def runtime(docker_env: DockerEnv, models: ModelStore) -> Iterator[DockerRuntime]:  # noqa: F811
+    yield from runtime_over(docker_env, models)
+
+
+@pytest.fixture
+def bare_runtime(docker_env: DockerEnv, tmp_path: Path) -> Iterator[DockerRuntime]:  # noqa: F811
+    """A runtime whose models directory is the test's own ``tmp_path / "models"``, empty at first."""
+    yield from runtime_over(docker_env, ModelStore(tmp_path / "models"))
 
 
 def spec_of(workload: Manifest, job: dict[str, Any], **limits: Any) -> JobSpec:
@@ -282,9 +298,9 @@ def test_bad_input_is_an_error_event_and_the_worker_lives_on(runtime: DockerRunt
 
 
 def test_an_idle_worker_is_stopped_after_its_ttl(docker_env: DockerEnv, llm: Manifest,  # noqa: F811
-                                                 tmp_path: Path) -> None:
+                                                 models: ModelStore) -> None:
     pool = lambda start: WorkerPool(start, idle_ttl_s=0.5, reap_every_s=0.2)
-    runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path), pool=pool)
+    runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=models, pool=pool)
     try:
         run(runtime, spec_of(llm, {"prompt": "Hi", "max_tokens": 1}))
         assert runtime.warm(time.time()) >= {"llm-chat"}
@@ -298,9 +314,9 @@ def test_an_idle_worker_is_stopped_after_its_ttl(docker_env: DockerEnv, llm: Man
 
 
 def test_no_memory_for_a_new_worker_turns_the_job_away(docker_env: DockerEnv, llm: Manifest,  # noqa: F811
-                                                       tmp_path: Path) -> None:
+                                                       models: ModelStore) -> None:
     pool = lambda start: WorkerPool(start, reserve_mb=1024, free_memory_mb=lambda: 900)
-    runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=ModelStore(tmp_path), pool=pool)
+    runtime = DockerRuntime(docker_env.client, HostFacts.detect(), models=models, pool=pool)
     try:
         with pytest.raises(HostBusy, match="no room for another model worker"):
             runtime.run(spec_of(llm, {"prompt": "Hi"}), CancelToken())
@@ -309,32 +325,32 @@ def test_no_memory_for_a_new_worker_turns_the_job_away(docker_env: DockerEnv, ll
         runtime.pool.close()
 
 
-def test_a_model_whose_hash_differs_from_the_catalog_is_never_mounted(runtime: DockerRuntime, llm: Manifest,
+def test_a_model_whose_hash_differs_from_the_catalog_is_never_mounted(bare_runtime: DockerRuntime, llm: Manifest,
                                                                       tmp_path: Path) -> None:
     assert llm.model is not None
     fake = tmp_path / "models" / llm.model.file
     fake.parent.mkdir(parents=True)
     fake.write_bytes(b"GGUF not really")  # the models dir wins over the package: a swapped file
     with pytest.raises(WorkloadRefused, match="refusing to load it"):
-        runtime.run(spec_of(llm, {"prompt": "Hi"}), CancelToken())
+        bare_runtime.run(spec_of(llm, {"prompt": "Hi"}), CancelToken())
     missing = replace(llm, model=replace(llm.model, file="nope.gguf", pypi=None))
     with pytest.raises(WorkloadRefused, match="not on this host"):
-        runtime.run(spec_of(missing, {"prompt": "Hi"}), CancelToken())
+        bare_runtime.run(spec_of(missing, {"prompt": "Hi"}), CancelToken())
 
 
-def test_a_tiny_random_model_without_a_chat_template_fails_clearly(runtime: DockerRuntime, llm: Manifest,
+def test_a_tiny_random_model_without_a_chat_template_fails_clearly(bare_runtime: DockerRuntime, llm: Manifest,
                                                                    tmp_path: Path) -> None:
     path = write_tiny_llama(tmp_path / "models" / "tiny.gguf", chat_template=None)
     tiny = replace(llm, model=ModelSpec(id="tiny", kind="gguf", file="tiny.gguf", sha256=file_sha256(path)))
-    events = run(runtime, spec_of(tiny, {"prompt": "Hi", "max_tokens": 2}))
+    events = run(bare_runtime, spec_of(tiny, {"prompt": "Hi", "max_tokens": 2}))
     assert events[-1]["type"] == "error" and "no chat template" in events[-1]["message"]
 
 
-def test_a_tiny_random_model_with_a_template_generates(runtime: DockerRuntime, llm: Manifest,
+def test_a_tiny_random_model_with_a_template_generates(bare_runtime: DockerRuntime, llm: Manifest,
                                                        tmp_path: Path) -> None:
     path = write_tiny_llama(tmp_path / "models" / "tiny.gguf")
     tiny = replace(llm, model=ModelSpec(id="tiny", kind="gguf", file="tiny.gguf", sha256=file_sha256(path)))
-    events = run(runtime, spec_of(tiny, {"prompt": "Hi", "max_tokens": 5, "temperature": 1.0}))
+    events = run(bare_runtime, spec_of(tiny, {"prompt": "Hi", "max_tokens": 5, "temperature": 1.0}))
     assert events[-1]["type"] == "done" and events[-1]["usage"]["completion_tokens"] <= 5
 
 
