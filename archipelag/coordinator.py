@@ -49,6 +49,20 @@ class Coordinator:
     address: str
     ledger: Ledger  # migrated and synced with the catalog at start
 
+    def start_services(self) -> None:
+        """The ledger, revocations, placement and jobs actors on the head, then the API."""
+        from archipelag.accounts.revocations import RevocationsClient
+        from archipelag.jobs.client import JobsClient
+        from archipelag.ledger.client import LedgerClient
+        from archipelag.placement.client import PlacementClient
+        from archipelag.serve.app import deploy
+
+        LedgerClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
+        RevocationsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
+        PlacementClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
+        JobsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
+        deploy(self.settings)
+
     def stop(self) -> None:
         """Take the coordinator down. A head of its own goes with everything it runs (Serve's graceful shutdown
         would drain the ingress replicas for up to 30 s, with nothing to hand over: jobs resume from the ledger
@@ -70,16 +84,25 @@ class Coordinator:
 def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
                       rotate_token: bool = False) -> Coordinator:
     """Start a head node (unless settings name one), then placement and the API on it."""
+    coordinator = open_coordinator(settings, log_dir, timeout_s, rotate_token)
+    try:
+        coordinator.start_services()
+    except BaseException:
+        coordinator.stop()
+        raise
+    return coordinator
+
+
+def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
+                     rotate_token: bool = False) -> Coordinator:
+    """The head node (unless settings name one) with this process connected to it, and the ledger ready; its
+    services start with ``Coordinator.start_services``. Hosts may start joining in between: they wait for
+    placement (``actors/join.py``), and their nodes come up while the services do."""
     env = prepare_ray_env(settings, rotate_token)  # before Ray is imported: it reads its auth settings at import
 
     import ray
 
-    from archipelag.accounts.revocations import RevocationsClient
     from archipelag.gate import tickets
-    from archipelag.jobs.client import JobsClient
-    from archipelag.ledger.client import LedgerClient
-    from archipelag.placement.client import PlacementClient
-    from archipelag.serve.app import deploy
 
     ledger = prepare_ledger(settings)
     tickets.coordinator_key(settings.state_dir)  # made once, here, before the API hands it out and jobs sign
@@ -89,17 +112,17 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
         head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, node_ip=settings.ray_head_ip,
                           env=env)
         address = f"{settings.ray_head_ip}:{settings.ray_head_port}"
-    if head is not None:
-        head.wait_started(timeout_s)
-    ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
-             log_to_driver=False)
+    try:
+        if head is not None:
+            head.wait_started(timeout_s)
+        ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    except BaseException:
+        if head is not None:
+            head.stop()
+        raise
     if head is not None:
         head.remember_tree()
-    LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
-    RevocationsClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
-    PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
-    JobsClient.start(settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
-    deploy(settings)
     return Coordinator(settings=settings, head=head, address=address, ledger=ledger)
 
 

@@ -22,7 +22,7 @@ import psutil
 
 from archipelag import identity
 from archipelag.catalog_signing import ensure_dev_signed_catalog
-from archipelag.coordinator import Coordinator, ensure_local_account, start_coordinator
+from archipelag.coordinator import Coordinator, ensure_local_account, open_coordinator
 from archipelag.errors import ConfigError
 from archipelag.nodes import GRACEFUL_STOP_S, die_with_parent, host_resource, kill_processes, session_members
 from archipelag.settings import Settings
@@ -202,13 +202,15 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
     # offline and hands hosts the public key (README).
     _, key = ensure_dev_signed_catalog(settings)
     settings = settings.model_copy(update={"trusted_catalog_keys": [*settings.trusted_catalog_keys, key]})
-    coordinator = start_coordinator(settings, log_dir, rotate_token=rotate_token)
+    coordinator = open_coordinator(settings, log_dir, rotate_token=rotate_token)
     network = EmbeddedNetwork(settings, coordinator, api_key="")
     try:
         network.api_key = ensure_local_account(settings, coordinator.ledger)
         network.owner_account_id = coordinator.ledger.authenticate(network.api_key)[0].id
         ids = [f"island-{i + 1}" for i in range(hosts)]
+        # The hosts' nodes start while the coordinator's services do (their agents wait for placement).
         joining = [network.add_host(regions[index % len(regions)], host_id) for index, host_id in enumerate(ids)]
+        coordinator.start_services()
         for host in joining:
             network.wait_node(host, timeout_s)
         network.wait_online(ids, timeout_s)

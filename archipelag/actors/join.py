@@ -186,6 +186,29 @@ def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> s
                    host_id=host_id)
 
 
+def _wait_for_placement(request: JoinRequest, node: RayNodeProcess) -> None:
+    """A coordinator that is still starting (the embedded network starts its hosts meanwhile) has no placement
+    yet: the agent registers with it once it has."""
+    import ray
+
+    from archipelag.placement.client import ACTOR_NAME
+
+    deadline = time.monotonic() + request.timeout_s
+    while True:
+        try:
+            ray.get_actor(ACTOR_NAME, namespace=request.settings.ray_namespace)
+            return
+        except ValueError:
+            pass
+        if not node.alive():
+            raise HostLost(f"the Ray node of {request.host_id} exited while joining; see {node.log_path}",
+                           host_id=request.host_id)
+        if time.monotonic() > deadline:
+            raise HostLost(f"the coordinator at {request.coordinator} has no placement running after "
+                           f"{request.timeout_s:.0f} s", host_id=request.host_id)
+        time.sleep(0.2)
+
+
 def _reachable(address: str, timeout_s: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
@@ -215,6 +238,7 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
                  log_to_driver=False)
         node_id = _wait_for_node(request.host_id, node, request.timeout_s)
         node.remember_tree()
+        _wait_for_placement(request, node)
         agent = HostAgentClient.start(settings, request.host_id, request.name, request.region, request.hardware,
                                       request.accepts, node_id, request.asks)
     except BaseException:
