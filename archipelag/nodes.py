@@ -293,6 +293,13 @@ class RunAs:
             os.chown(path, self.uid, self.gid)
 
 
+# What a node of ours leaves out, since nothing here uses it and each costs a Python process's start (a second
+# or more of CPU) and its polling after: the log monitor, which streams workers' output to drivers (ours say
+# log_to_driver=False; workers' logs stay in files), and the idle workers Ray starts ahead for the first driver.
+NODE_OPTIONS = ("--include-log-monitor=false",)
+NODE_ENV = {"RAY_prestart_worker_first_driver": "0"}
+
+
 def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None,
            run_as: RunAs | None = None) -> RayNodeProcess:
     """`ray start --block` in a session of its own, so terminal signals reach only us and we decide
@@ -303,9 +310,9 @@ def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None
     with log_path.open("ab") as out:
         offset = out.tell()
         process = subprocess.Popen(
-            [*ray_start_command(), "--block", "--disable-usage-stats", *args],
+            [*ray_start_command(), "--block", "--disable-usage-stats", *NODE_OPTIONS, *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **NODE_ENV, **(env or {})}, start_new_session=True,
             preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, looked up before the fork
             user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
             extra_groups=[] if run_as else None,
@@ -326,7 +333,7 @@ def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0
     return _spawn("head", [
         "--head", f"--port={port}", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir.resolve()}",
         "--num-cpus=1", f"--resources={json.dumps({COORDINATOR_RESOURCE: 1000})}",
-        "--include-dashboard=false", f"--object-store-memory={object_store_mb << 20}",
+        "--include-dashboard=false", "--no-monitor", f"--object-store-memory={object_store_mb << 20}",
     ], log_dir, env)
 
 
