@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,7 +197,11 @@ def _signal_all(processes: list[psutil.Process], sig: int) -> None:
 
 
 def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] = DEFAULT_REGIONS,
-                  timeout_s: float = 180, rotate_token: bool = False) -> EmbeddedNetwork:
+                  timeout_s: float = 180, rotate_token: bool = False,
+                  named: Mapping[str, tuple[str, ...]] | None = None) -> EmbeddedNetwork:
+    """The coordinator and ``hosts`` local hosts (island-1, …, over ``regions`` in turn), and the ``named`` ones:
+    each host id with more of its `host join` options (e.g. ``("--price", "wasm-*=0.001")``), in the first
+    region. All hosts start while the coordinator's services do; returns once every one is online."""
     log_dir = (settings.state_dir / "logs").resolve()
     # The embedded network signs its own catalog with a dev key its hosts trust; a deployment signs
     # offline and hands hosts the public key (README).
@@ -210,6 +215,8 @@ def start_network(settings: Settings, hosts: int = 3, regions: tuple[str, ...] =
         ids = [f"island-{i + 1}" for i in range(hosts)]
         # The hosts' nodes start while the coordinator's services do (their agents wait for placement).
         joining = [network.add_host(regions[index % len(regions)], host_id) for index, host_id in enumerate(ids)]
+        joining += [network.add_host(regions[0], host_id, args=args) for host_id, args in (named or {}).items()]
+        ids += list(named or {})
         coordinator.start_services()
         for host in joining:
             network.wait_node(host, timeout_s)

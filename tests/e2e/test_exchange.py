@@ -24,11 +24,9 @@ ASKS = {"island-a": "wasm-hash=0.004", "island-b": "wasm-*=0.0007"}  # the catal
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
     root = tmp_path_factory.mktemp("exchange")
-    net = start_network(network_settings(root / "state", workloads_dir=network_catalog(root)), hosts=0)
+    net = start_network(network_settings(root / "state", workloads_dir=network_catalog(root)), hosts=0,
+                        named={host_id: ("--price", price) for host_id, price in ASKS.items()})  # in eu-west
     try:
-        for host_id, price in ASKS.items():
-            net.wait_node(net.add_host("eu-west", host_id, args=("--price", price)))
-        net.wait_online(list(ASKS))
         yield net
     finally:
         net.stop()

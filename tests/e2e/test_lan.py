@@ -158,7 +158,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                    "ray_tmp": ray_tmp, "machines": machines, "settings": settings,
                    "coordinator_env": coordinator_env}
         finally:  # hosts first: a host whose coordinator is gone spends its whole grace trying to say goodbye
-            for machine in sorted(reversed(machines), key=lambda m: m.name == "coordinator"):
+            for machine in sorted(machines, key=lambda m: m.name == "coordinator"):
                 machine.stop(grace_s=30)
             shutil.rmtree(ray_tmp, ignore_errors=True)
 

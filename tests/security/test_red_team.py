@@ -66,10 +66,8 @@ def network() -> Iterator[EmbeddedNetwork]:
         root = Path(tempfile.mkdtemp(prefix="archipelag-red-team-"))
         root.chmod(0o755)
         settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
-        net = start_network(settings, hosts=0, regions=("eu-west",))
+        net = start_network(settings, hosts=0, regions=("eu-west",), named={VICTIM: ("--ray-user", RAY_USER)})
         try:
-            net.wait_node(net.add_host("eu-west", VICTIM, args=("--ray-user", RAY_USER)))
-            net.wait_online([VICTIM], 120)
             yield net
         finally:
             net.stop()
