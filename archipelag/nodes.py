@@ -333,7 +333,8 @@ def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0
     return _spawn("head", [
         "--head", f"--port={port}", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir.resolve()}",
         "--num-cpus=1", f"--resources={json.dumps({COORDINATOR_RESOURCE: 1000})}",
-        "--include-dashboard=false", "--no-monitor", f"--object-store-memory={object_store_mb << 20}",
+        "--include-dashboard=false", f"--object-store-memory={object_store_mb << 20}",
+        "--no-monitor",  # the autoscaler's monitor: there is no autoscaler to serve
     ], log_dir, env)
 
 
