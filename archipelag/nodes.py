@@ -16,6 +16,7 @@ import logging
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -287,10 +288,24 @@ class RunAs:
             raise ConfigError(f"{name!r} is root; the Ray node must run as an unprivileged user")
         return cls(name, entry.pw_uid, entry.pw_gid)
 
-    def own(self, *paths: Path) -> None:
-        """Make these (existing) paths this account's."""
+    def own(self, *paths: Path, mode: int | None = None) -> None:
+        """Make these (existing) files or folders this account's (and ``mode``), never through a link: where the
+        account may have replaced a path of its own by a link (its folder's entry in /tmp), root would otherwise
+        hand it what the link names. Opened without following links and without blocking (a FIFO put there
+        instead), then changed through that descriptor."""
         for path in paths:
-            os.chown(path, self.uid, self.gid)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ConfigError(f"cannot hand {path} to {self.name}: {exc.strerror} (a link is refused)") from None
+            try:
+                if not (stat.S_ISDIR(os.fstat(fd).st_mode) or stat.S_ISREG(os.fstat(fd).st_mode)):
+                    raise ConfigError(f"cannot hand {path} to {self.name}: not a file or folder")
+                os.fchown(fd, self.uid, self.gid)
+                if mode is not None:
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
 
 
 # What a node of ours leaves out, since nothing here uses it and each costs a Python process's start (a second
@@ -364,8 +379,7 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
         temp_dir.mkdir(parents=True, exist_ok=True)
         args.append(f"--temp-dir={temp_dir.resolve()}")
     if run_as is not None and temp_dir is not None:
-        temp_dir.chmod(0o700)
-        run_as.own(temp_dir)
+        run_as.own(temp_dir, mode=0o700)
         node_env |= {"HOME": str(temp_dir.resolve()), "RAY_TMPDIR": str(temp_dir.resolve()),
                      "USER": run_as.name, "LOGNAME": run_as.name}
     return _spawn(f"host-{host_id}", args, log_dir, node_env, run_as)

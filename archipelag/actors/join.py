@@ -7,9 +7,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -151,6 +153,8 @@ class JoinedHost:
             self.driver.close()
         self.request.record_path.unlink(missing_ok=True)
         self.node.stop()
+        if self.request.run_as is not None:
+            _remove_node_dirs(self.host_id, self.request.run_as)
         if self.gate is not None:
             self.gate.close()
 
@@ -225,7 +229,12 @@ def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tupl
     """What the unprivileged account of a host's Ray node needs, and nothing more: a temp dir of its own (short:
     Ray's socket paths stay under 107 bytes), the host's signing key (its agent signs the host's reports), the
     agent's WASM cache, and a copy of the cluster token. The owner's other files, the Docker engine and root stay
-    out of its reach; containers start through the gate (gate/server.py)."""
+    out of its reach; containers start through the gate (gate/server.py).
+
+    The temp dir is a new one at every join: the account owns its entry in /tmp, so by a rejoin it may have put a
+    link there, and root must not write into, or hand over, whatever a name it chose now names. The folder is
+    made (by root, under a name nobody else chose), filled, and only then handed over; the account's folders
+    from earlier joins of this host go (``shutil.rmtree`` does not follow links)."""
     settings = request.settings
     try:
         can_run = subprocess.run([sys.executable, "-c", "import archipelag"], user=run_as.uid, group=run_as.gid,
@@ -236,22 +245,36 @@ def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tupl
         raise ConfigError(f"user {run_as.name} cannot run this Archipelag ({sys.executable}): install it where "
                           f"{run_as.name} may read it (e.g. a virtual environment under /opt), or let it pass "
                           f"through the closed folders on the way (`setfacl -m u:{run_as.name}:x FOLDER`)")
-    temp_dir = Path("/tmp") / f"ap-{run_as.uid}-{hashlib.sha256(request.host_id.encode()).hexdigest()[:6]}"
-    temp_dir.mkdir(mode=0o700, exist_ok=True)
-    run_as.own(temp_dir)
+    _remove_node_dirs(request.host_id, run_as)
+    temp_dir = Path(tempfile.mkdtemp(prefix=_node_dir_prefix(request.host_id, run_as), dir="/tmp"))
+    token = env.get("RAY_AUTH_TOKEN_PATH")
+    if token:
+        copy = temp_dir / "ray_auth_token"
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(Path(token).read_bytes())
+        run_as.own(copy)
+        env = {**env, "RAY_AUTH_TOKEN_PATH": str(copy)}
+    run_as.own(temp_dir, mode=0o700)
     key = identity.named_key_path(settings.state_dir, request.host_id)
     run_as.own(key if key.exists() else identity.machine_key_path(settings.state_dir))
     wasm_cache = (settings.state_dir / "wasm-cache" / request.host_id).resolve()
     wasm_cache.mkdir(parents=True, exist_ok=True)
     run_as.own(wasm_cache)
-    token = env.get("RAY_AUTH_TOKEN_PATH")
-    if token:
-        copy = temp_dir / "ray_auth_token"
-        copy.write_bytes(Path(token).read_bytes())
-        copy.chmod(0o600)
-        run_as.own(copy)
-        env = {**env, "RAY_AUTH_TOKEN_PATH": str(copy)}
     return env, temp_dir
+
+
+def _node_dir_prefix(host_id: HostId, run_as: RunAs) -> str:
+    return f"ap-{run_as.uid}-{hashlib.sha256(host_id.encode()).hexdigest()[:6]}-"
+
+
+def _remove_node_dirs(host_id: HostId, run_as: RunAs) -> None:
+    """The temp dirs of this host's earlier nodes, and whatever the node's account put in their place."""
+    for earlier in Path("/tmp").glob(f"{_node_dir_prefix(host_id, run_as)}*"):
+        if earlier.is_symlink() or not earlier.is_dir():
+            earlier.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(earlier, ignore_errors=True)
 
 
 def _open_gate(settings: Settings, host_id: HostId, hardware: Hardware, run_as: RunAs) -> GateServer | None:

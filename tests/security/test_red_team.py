@@ -368,6 +368,35 @@ def _hand_root_a_pickle(namespace: str, victim: str, command: str) -> str:
     return str(ray.get(agent.__ray_call__.remote(plant, command), timeout=30))
 
 
+def _swap_the_nodes_folder(node_id: str, target: str) -> str:
+    """Put a link to ``target`` where the node's own folder was (the node's account owns that folder's entry in
+    /tmp), then stop the node's `ray start` (the node's account's own process): `host join` (root) joins again and
+    prepares the folder anew."""
+
+    def swap(target: str) -> str:
+        import shlex
+        import subprocess
+
+        home = Path(os.environ["HOME"])  # the node's folder: its temp dir, also its home
+        for proc in Path("/proc").iterdir():
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                if proc.stat().st_uid == os.getuid() and b"--block" in args \
+                        and f"--temp-dir={home}".encode() in args:
+                    break
+            except (OSError, ValueError):
+                continue
+        else:
+            return f"found no ray start of {home} to stop"
+        # From a process of its own: this task's worker keeps its log in that folder, and the node goes with it.
+        moved, link = shlex.quote(f"{home}-moved"), shlex.quote(str(home))
+        script = f"sleep 0.5; mv {link} {moved} && ln -s {shlex.quote(target)} {link} && kill -9 {proc.name}"
+        subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        return f"linked {home} -> {target}, stopped its ray start (pid {proc.name})"
+
+    return str(_on_victim_node(node_id, swap, target))
+
+
 def _docker(node_id: str) -> str:
     def reach() -> str:
         import socket
@@ -625,3 +654,21 @@ def test_a_joined_node_cannot_make_the_owners_process_run_its_code(network: Embe
                "possible" if ran_as == "0" else "prevented", what)
     finally:
         shutil.rmtree(drop, ignore_errors=True)
+
+
+def test_a_joined_node_cannot_make_the_owners_process_hand_it_a_folder(network: EmbeddedNetwork,
+                                                                      attacker: RayNodeProcess) -> None:
+    """When a host's node stops, `host join` (root) starts it again. A folder the node's account may replace by a
+    link must not be one root then changes the owner of."""
+    canary = Path(tempfile.mkdtemp(prefix="archipelag-red-team-canary-"))  # root's, 0700
+    before = victim_node(network)
+    try:
+        what = on_attacker(_swap_the_nodes_folder, before, str(canary))
+        eventually(lambda: victim_node(network) != before or canary.stat().st_uid != 0, timeout_s=90)
+        owner = canary.stat().st_uid
+        what += f"; the host rejoined; root's folder {canary.name} is now owned by uid {owner}"
+        record("make the owner's `host join` (root) give the node's account a folder of root's, by a link where "
+               "the node's folder was", "prevented", "possible" if owner != 0 else "prevented", what)
+    finally:
+        shutil.rmtree(canary, ignore_errors=True)
+    eventually(lambda: victim_node(network) != before, timeout_s=90)  # the host is back for what follows
