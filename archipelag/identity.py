@@ -6,6 +6,11 @@ another's id without that host's key; the ledger binds every enrolled id to one 
 signature over the host id, the host's timestamp and the digest of what it reports. The credentials a newly approved host receives are sealed to its key
 (``seal``/``unseal``), so only the machine that holds the key can read them.
 
+Who signs is a ``Signer``: the key in this process (``key_signer``), or, where the host's Ray node runs as an
+account of its own, the host's gate (gate/client.py ``gate_signer``), which keeps the key where that account cannot
+read it and signs only what a node may ask for (``NODE_PURPOSES``: never the poll that fetches the cluster's
+credentials, so a stolen answer cannot outlast a rotated token).
+
 Pure: no Ray, no database, no HTTP; pynacl only.
 """
 
@@ -18,9 +23,11 @@ import json
 import math
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import SealedBox
@@ -112,9 +119,25 @@ def _message(purpose: str, host_id: str, at: float, report_digest: str) -> bytes
 
 
 def sign(key: SigningKey, purpose: str, host_id: HostId, at: float, report: Any) -> Proof:
-    report_digest = digest(report)
+    return sign_digest(key, purpose, host_id, at, digest(report))
+
+
+def sign_digest(key: SigningKey, purpose: str, host_id: HostId, at: float, report_digest: str) -> Proof:
     signature = key.sign(_message(purpose, host_id, at, report_digest)).signature
     return Proof(host_id, at, report_digest, bytes(signature))
+
+
+Signer = Callable[[str, Any], Proof]
+"""Signs ``report`` for ``purpose`` as its host, stamped with the signer's own clock."""
+
+NODE_PURPOSES: Final = frozenset({"register", "heartbeat", "status", "receipt"})  # what a host's agent signs
+
+
+def key_signer(key: SigningKey, host_id: HostId, clock: Callable[[], float] = time.time) -> Signer:
+    def signer(purpose: str, report: Any) -> Proof:
+        return sign(key, purpose, host_id, clock(), report)
+
+    return signer
 
 
 def verify(proof: Proof, purpose: str, public_key_hex: str, report: Any) -> None:

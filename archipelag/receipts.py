@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nacl.signing import SigningKey
-
 from archipelag import identity
 from archipelag.errors import BadReceipt, HostRefused
 from archipelag.ids import HostId
@@ -53,13 +51,12 @@ def _report(job_id: str, attempt: int, usage: dict[str, Any], output_digest: str
     return {"job_id": job_id, "attempt": attempt, "usage": usage, "output_sha256": output_digest}
 
 
-def sign(key: SigningKey, host_id: HostId, job_id: str, attempt: int, events: Sequence[Event],
-         at: float) -> dict[str, Any]:
+def sign(signer: identity.Signer, job_id: str, attempt: int, events: Sequence[Event]) -> dict[str, Any]:
     """The host's ``receipt`` field for the done event that ends ``events`` (this attempt's events, in order)."""
     done = events[-1]
     digest = output_sha256(collect_output(list(events)))
-    proof = identity.sign(key, PURPOSE, host_id, at, _report(job_id, attempt, usage_counts(done.get("usage")), digest))
-    return {"signed_at": at, "output_sha256": digest, "signature": base64.b64encode(proof.signature).decode()}
+    proof = signer(PURPOSE, _report(job_id, attempt, usage_counts(done.get("usage")), digest))
+    return {"signed_at": proof.at, "output_sha256": digest, "signature": base64.b64encode(proof.signature).decode()}
 
 
 def mismatch(receipt: Receipt, job_id: str, output: str | None) -> str | None:

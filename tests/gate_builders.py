@@ -29,6 +29,7 @@ from archipelag.sandbox import Limits, Tier
 from archipelag.settings import Settings
 
 HOST = HostId("host-gate")
+HOST_KEY = SigningKey(bytes(range(32)))  # the gate's host's: the gate signs the node's reports with it
 IMAGE = "archipelag/fake-workload:1"
 IMAGE_ID = "sha256:" + "ab" * 32
 WIDE = Limits(memory_mb=1 << 20, timeout_s=10_000, network=True, gpu=True, fuel=10**12, output_bytes=1 << 40,
@@ -106,8 +107,8 @@ class FakeRuntime:
 
 
 @contextlib.contextmanager
-def a_gate(runtime: Runtime, guard: CatalogGuard, keys: tuple[str, ...], allowed_uids: Iterable[int] | None = None,
-           host_id: HostId = HOST, slots: int = 4, max_input_bytes: int = 1 << 20,
+def a_gate(runtime: Runtime | None, guard: CatalogGuard, keys: tuple[str, ...], allowed_uids: Iterable[int] | None = None,
+           host_id: HostId = HOST, slots: int = 4, max_input_bytes: int = 1 << 20, key: SigningKey | None = None,
            **options: Any) -> Iterator[GateServer]:
     """A gate serving on a thread, on a short path in a folder others may enter (a real Ray user must reach it)."""
     folder = Path(tempfile.mkdtemp(prefix="gate-", dir="/tmp"))
@@ -115,7 +116,7 @@ def a_gate(runtime: Runtime, guard: CatalogGuard, keys: tuple[str, ...], allowed
     uids = {os.getuid()} if allowed_uids is None else set(allowed_uids)
     try:
         server = GateServer(folder / "gate.sock", runtime, guard, host_id, keys, uids, max_input_bytes, slots,
-                            **options)
+                            key or HOST_KEY, **options)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:

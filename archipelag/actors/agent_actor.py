@@ -56,6 +56,16 @@ def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> d
     return runtimes
 
 
+def host_signer(settings: Settings, host_id: HostId) -> identity.Signer:
+    """The host's gate where it has one: it holds the host's key, which this node's account cannot read. Else the
+    key on this machine (the node runs as the owner, who holds it anyway)."""
+    if settings.gate_socket is not None:
+        from archipelag.gate.client import gate_signer
+
+        return gate_signer(settings.gate_socket, host_id)
+    return identity.key_signer(identity.host_key(settings.state_dir, host_id), host_id)
+
+
 def accepts_with_models(patterns: tuple[str, ...], manifests: Mapping[WorkloadSlug, Manifest],
                         has_model: Callable[[ModelSpec], bool]) -> tuple[str, ...]:
     """The operator's accept patterns, less the workloads whose model weights this host lacks: then an explicit
@@ -83,9 +93,9 @@ class HostAgentActor:
         self._asks = dict(asks or {})  # `host join --price`: in its signed registration, bounds-checked by placement
         self._guard = CatalogGuard.from_settings(settings)
         runtimes = build_runtimes(settings, host_id, hardware)
-        self._key = identity.host_key(settings.state_dir, host_id)  # on this machine only; never sent anywhere
+        self._sign = host_signer(settings, host_id)  # it signs job receipts and every report to placement
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
-                                share=share_of(hardware, accepts), key=self._key)  # it signs job receipts
+                                share=share_of(hardware, accepts), signer=self._sign)
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
         self._placement = PlacementClient.connect(settings)
         self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
@@ -152,8 +162,6 @@ class HostAgentActor:
         except NotFound:  # placement restarted and has not heard from this host yet
             self._register(replace(self._snapshot(), status=status))
 
-    def _sign(self, purpose: str, report: Any) -> identity.Proof:
-        return identity.sign(self._key, purpose, self._host_id, time.time(), report)
 
     def _register(self, snapshot: HostSnapshot | None = None) -> None:
         """Tell placement who this host is and what it has, signed with the host's key (placement refuses an

@@ -12,13 +12,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
-from nacl.signing import SigningKey
-
-from archipelag import receipts
+from archipelag import identity, receipts
 from archipelag.actors.controls import (
     ONLINE,
     AgentView,
@@ -58,13 +55,13 @@ class HostAgent:
     the spec to run (the signed entry's); it raises WorkloadRefused to refuse. A paused or draining host, and
     one whose owner does not lend what a job needs (``share``), turns the job away before it starts (the job
     goes to the next host): placement filters the same, but a host does not rely on placement for its limits.
-    With ``key`` (the host's own) every ``done`` event leaves with the host's signed receipt."""
+    With ``signer`` (the host's key, or its gate) every ``done`` event leaves with the host's signed receipt."""
 
     def __init__(self, host_id: HostId, runtimes: Mapping[str, Runtime], slots: int,
                  admit: Admission = admit_all, share: ShareLimits | None = None,
-                 key: SigningKey | None = None) -> None:
+                 signer: identity.Signer | None = None) -> None:
         self.host_id = host_id
-        self._key = key
+        self._signer = signer
         self._admit_spec = admit
         self._share = share
         self._state = ONLINE
@@ -149,11 +146,10 @@ class HostAgent:
                     if not output and event.get("type") in OUTPUT_TYPES and TRACE.on:
                         TRACE.stamp(spec.job_id, "sandbox_out")
                         output = True
-                    if self._key is not None:
+                    if self._signer is not None:
                         produced.append(event)
                         if event.get("type") == "done":
-                            event["receipt"] = receipts.sign(self._key, self.host_id, spec.job_id, spec.attempt,
-                                                             produced, time.time())
+                            event["receipt"] = receipts.sign(self._signer, spec.job_id, spec.attempt, produced)
                     yield numbered(event)
                     if is_final(event):
                         ended = True

@@ -227,9 +227,9 @@ def _refreshed(request: JoinRequest, api: str) -> JoinRequest:
 
 def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tuple[dict[str, str], Path]:
     """What the unprivileged account of a host's Ray node needs, and nothing more: a temp dir of its own (short:
-    Ray's socket paths stay under 107 bytes), the host's signing key (its agent signs the host's reports), the
-    agent's WASM cache, and a copy of the cluster token. The owner's other files, the Docker engine and root stay
-    out of its reach; containers start through the gate (gate/server.py).
+    Ray's socket paths stay under 107 bytes), the agent's WASM cache, and a copy of the cluster token. The owner's
+    other files, the host's key, the Docker engine and root stay out of its reach; the gate (gate/server.py)
+    starts containers and signs the agent's reports.
 
     The temp dir is a new one at every join: the account owns its entry in /tmp, so by a rejoin it may have put a
     link there, and root must not write into, or hand over, whatever a name it chose now names. The folder is
@@ -256,8 +256,6 @@ def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tupl
         run_as.own(copy)
         env = {**env, "RAY_AUTH_TOKEN_PATH": str(copy)}
     run_as.own(temp_dir, mode=0o700)
-    key = identity.named_key_path(settings.state_dir, request.host_id)
-    run_as.own(key if key.exists() else identity.machine_key_path(settings.state_dir))
     wasm_cache = (settings.state_dir / "wasm-cache" / request.host_id).resolve()
     wasm_cache.mkdir(parents=True, exist_ok=True)
     run_as.own(wasm_cache)
@@ -277,19 +275,23 @@ def _remove_node_dirs(host_id: HostId, run_as: RunAs) -> None:
             shutil.rmtree(earlier, ignore_errors=True)
 
 
-def _open_gate(settings: Settings, host_id: HostId, hardware: Hardware, run_as: RunAs) -> GateServer | None:
-    """The host's gate on this machine's Docker engine, for the Ray node's account alone; None (WASM only) when
-    no engine answers."""
-    from archipelag.errors import RuntimeUnavailable
+def _reclaim_key(state_dir: Path, host_id: HostId) -> None:
+    """The host's key is the owner's again where an earlier version handed it to the node's account: the gate
+    signs for the node now. Its folder is the owner's, so the name cannot have been swapped for a link."""
+    named = identity.named_key_path(state_dir, host_id)
+    key = named if named.exists() else identity.machine_key_path(state_dir)
+    if key.exists() and key.lstat().st_uid != os.getuid():
+        os.chown(key, os.getuid(), os.getgid(), follow_symlinks=False)
+
+
+def _open_gate(settings: Settings, host_id: HostId, hardware: Hardware, run_as: RunAs) -> GateServer:
+    """The host's gate, for the Ray node's account alone: it signs the agent's reports with the host's key, and
+    starts containers on this machine's Docker engine (none when no engine answers: the host offers WASM only)."""
     from archipelag.gate import tickets
     from archipelag.gate.server import start_gate
 
     keys = tickets.trusted_keys(settings.trusted_ticket_keys, settings.state_dir)
-    try:
-        return start_gate(settings, host_id, keys, [run_as.uid], hardware)
-    except RuntimeUnavailable as exc:
-        log.warning("host %s offers no container runtime: %s", host_id, exc.message)
-        return None
+    return start_gate(settings, host_id, keys, [run_as.uid], hardware)
 
 
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
@@ -312,8 +314,10 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     identity.host_key(settings.state_dir, hid)  # an enrolled host has its key here; placement refuses others
     hardware = lent(detect(max_memory_mb, max_cores), max_gpu_memory_mb, no_gpu)
     run_as = RunAs.named(ray_user) if ray_user else None
+    if run_as is not None:
+        _reclaim_key(settings.state_dir, hid)
     gate = _open_gate(settings, hid, hardware, run_as) if run_as is not None else None
-    if gate is not None:
+    if gate is not None:  # the node reaches the engine and the host's key only through it
         settings = settings.model_copy(update={"gate_socket": gate.path})
     request = JoinRequest(settings, coordinator, hid, region, name or hid, hardware, accepts, node_ip, timeout_s,
                           run_as, api, asks=dict(asks or {}))

@@ -11,6 +11,8 @@ Never a hang: every wait has a deadline.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -19,10 +21,12 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from archipelag import identity
 from archipelag.errors import ArchipelagError, HostLost, RuntimeUnavailable
 from archipelag.gate import wire
+from archipelag.ids import HostId
 from archipelag.protocol import Event, is_final
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.models import ModelStore
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S: Final = 5.0
 ACCEPT_TIMEOUT_S: Final = 60.0  # the gate checks the ticket and the image before it answers
 WARM_TIMEOUT_S: Final = 5.0  # asked on the heartbeat's thread: a stuck gate must not silence the host
+SIGN_TIMEOUT_S: Final = 5.0  # heartbeats and receipts wait on it
 GRACE_S: Final = 90.0  # beyond the job's own budgets: the runtime's wait for the exit status, and more
 SEND_TIMEOUT_S: Final = 30.0
 EVENT_ROOM_BYTES: Final = 64 * 1024  # what an error line of the gate may hold beyond the workload's line budget
@@ -158,6 +163,35 @@ class GatedRuntime:
                                      reason="gate_down") from None
         sock.settimeout(SEND_TIMEOUT_S)  # sends only: lines are read with deadlines (wire.LineReader)
         return sock
+
+
+def gate_signer(socket_path: Path, host_id: HostId) -> identity.Signer:
+    """Signs as the host through its gate, which holds the key (identity.Signer): RuntimeUnavailable when the gate
+    does not answer within SIGN_TIMEOUT_S or answers what is not this host's signature over this report."""
+    gate = GatedRuntime(socket_path)
+
+    def signer(purpose: str, report: Any) -> identity.Proof:
+        report_digest = identity.digest(report)
+        sock = gate._open()
+        try:
+            _send(sock, wire.sign_request(purpose, report_digest))
+            answer = gate._line(wire.LineReader(sock), 4096, time.monotonic() + SIGN_TIMEOUT_S, started=False)
+        finally:
+            sock.close()
+        if answer.get(wire.MARK) != "signed":
+            raise gate._refusal(answer)
+        at, signature = answer.get("at"), answer.get("signature")
+        if answer.get("host_id") != host_id or answer.get("digest") != report_digest \
+                or not isinstance(at, float | int) or isinstance(at, bool) or not isinstance(signature, str):
+            raise RuntimeUnavailable(f"the host's gate at {socket_path} signed something else", reason="gate_broken")
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise RuntimeUnavailable(f"the host's gate at {socket_path} sent no signature",
+                                     reason="gate_broken") from None
+        return identity.Proof(host_id, float(at), report_digest, raw)
+
+    return signer
 
 
 def _send(sock: socket.socket, request: bytes) -> None:

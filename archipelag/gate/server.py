@@ -13,6 +13,7 @@ socket, never a hung or crashed gate.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import select
@@ -24,6 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from nacl.signing import SigningKey
+
+from archipelag import identity
 from archipelag.catalog_signing import CatalogGuard
 from archipelag.errors import (
     ArchipelagError,
@@ -31,6 +35,7 @@ from archipelag.errors import (
     Forbidden,
     HostBusy,
     RequestError,
+    RuntimeUnavailable,
     TicketRefused,
     ValidationFailed,
     WorkloadError,
@@ -77,16 +82,18 @@ class GateServer:
     """Serves the gate on ``socket_path`` (bound and listening once constructed); ``serve_forever`` answers on the
     calling thread until ``close``. Each connection has a thread; at most ``slots`` jobs run at once."""
 
-    def __init__(self, socket_path: Path, runtime: Runtime, guard: CatalogGuard, host_id: HostId,
+    def __init__(self, socket_path: Path, runtime: Runtime | None, guard: CatalogGuard, host_id: HostId,
                  coordinator_keys: Sequence[str], allowed_uids: Iterable[int], max_input_bytes: int, slots: int,
-                 *, clock: Callable[[], float] = time.time, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 key: SigningKey, *, clock: Callable[[], float] = time.time,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S,
                  write_timeout_s: float = WRITE_TIMEOUT_S, socket_gid: int | None = None) -> None:
         if not coordinator_keys:
             raise ConfigError("the gate trusts no coordinator key, so it would refuse every ticket; pass the "
                               "coordinator's public key (the host learns it when it enrols)")
         self.path = Path(socket_path).absolute()
         self.host_id = host_id
-        self._runtime = runtime
+        self._runtime = runtime  # None: no Docker engine here; the gate still signs for the node
+        self._key = key  # the host's: the node's account cannot read it, and asks the gate to sign (``sign``)
         self._guard = guard
         self._keys = tuple(coordinator_keys)
         self._allowed = frozenset(allowed_uids)
@@ -135,7 +142,14 @@ class GateServer:
         deadline = time.monotonic() + 30
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._runtime.close()
+        if self._runtime is not None:
+            self._runtime.close()
+
+    def _engine(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeUnavailable("this host's gate has no Docker engine: it runs no containers",
+                                     reason="no_engine")
+        return self._runtime
 
     # --- connections --------------------------------------------------------------------------------------
 
@@ -169,8 +183,14 @@ class GateServer:
             reader = wire.LineReader(conn)
             try:
                 request = self._read_request(reader)
-                if isinstance(request, wire.WarmRequest):
-                    conn.sendall(wire.encode({wire.MARK: "warm", "warm": sorted(self._runtime.warm(self._clock()))}))
+                if isinstance(request, wire.SignRequest):
+                    proof = identity.sign_digest(self._key, request.purpose, self.host_id, self._clock(),
+                                                 request.digest)
+                    conn.sendall(wire.encode({wire.MARK: "signed", "host_id": proof.host_id, "at": proof.at,
+                                              "digest": proof.digest,
+                                              "signature": base64.b64encode(proof.signature).decode()}))
+                elif isinstance(request, wire.WarmRequest):
+                    conn.sendall(wire.encode({wire.MARK: "warm", "warm": sorted(self._engine().warm(self._clock()))}))
                 elif isinstance(request, wire.RunRequest):
                     self._run(conn, reader, request)
                 else:
@@ -211,7 +231,7 @@ class GateServer:
             if TRACE.on:
                 TRACE.stamp(spec.job_id, "admitted")
             token = CancelToken()
-            events = self._runtime.run(spec, token)  # refuses before anything starts
+            events = self._engine().run(spec, token)  # refuses before anything starts
             with self._lock:
                 self._running[id(token)] = token
             if self._closed.is_set():  # admitted while the gate was closing
@@ -335,21 +355,30 @@ def socket_path(settings: Settings, host_id: HostId) -> Path:
 
 def start_gate(settings: Settings, host_id: HostId, coordinator_keys: Sequence[str], allowed_uids: Iterable[int],
                hardware: Hardware | None = None) -> GateServer:
-    """The host's gate on the local Docker engine, serving on a daemon thread of this process; its socket is
-    ``socket_path(settings, host_id)`` (pass that to the Ray node's settings as ``gate_socket``). ``close()``
-    stops it. Raises RuntimeUnavailable when the engine does not answer, ConfigError for a bad socket path."""
+    """The host's gate, serving on a daemon thread of this process; its socket is ``socket_path(settings,
+    host_id)`` (pass that to the Ray node's settings as ``gate_socket``). It holds the host's key (from the state
+    dir) and signs the node's reports; it runs containers on the local Docker engine, none when no engine answers.
+    ``close()`` stops it. ConfigError for a bad socket path or a missing key."""
     from archipelag.actors.hardware import detect
     from archipelag.runtimes.docker import DockerRuntime
 
     hardware = hardware or detect()
     TRACE.configure(settings.trace_file)
     guard = CatalogGuard.from_settings(settings)
-    runtime = DockerRuntime.from_settings(settings, gpu=hardware.gpu_model is not None, lent_cores=hardware.cpu_cores)
+    key = identity.host_key(settings.state_dir, host_id)
+    runtime: DockerRuntime | None
+    try:
+        runtime = DockerRuntime.from_settings(settings, gpu=hardware.gpu_model is not None,
+                                              lent_cores=hardware.cpu_cores)
+    except RuntimeUnavailable as exc:
+        log.warning("host %s: its gate runs no containers: %s", host_id, exc.message)
+        runtime = None
     try:
         server = GateServer(socket_path(settings, host_id), runtime, guard, host_id, coordinator_keys, allowed_uids,
-                            settings.max_job_input_bytes, settings.host_slots)
+                            settings.max_job_input_bytes, settings.host_slots, key)
     except BaseException:
-        runtime.close()
+        if runtime is not None:
+            runtime.close()
         raise
     threading.Thread(target=server.serve_forever, name=f"gate-{host_id}", daemon=True).start()
     return server

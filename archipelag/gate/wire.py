@@ -10,6 +10,9 @@ One request per connection, each message one line of compact JSON:
   last when the job fails. While the job runs the client may send ``{"op": "cancel", "reason"}``; closing the
   connection cancels too.
 - ``{"op": "warm"}`` → ``{"gate": "warm", "warm": [slug, …]}``.
+- ``{"op": "sign", "purpose", "digest"}`` → ``{"gate": "signed", "host_id", "at", "digest", "signature"}``: the
+  host's signature over the SHA-256 of a report (``identity.digest``), stamped with the gate's clock, for one of
+  ``identity.NODE_PURPOSES`` only (base64 signature).
 
 A workload's own events never carry the ``gate`` key (the gate drops it), so the client can tell the gate's
 lines from what the workload wrote. Pure: sockets are only read and written here, never opened.
@@ -29,6 +32,7 @@ from typing import Any, Final
 from archipelag import errors
 from archipelag.errors import ArchipelagError, PayloadTooLarge, ValidationFailed
 from archipelag.gate.tickets import SignedTicket
+from archipelag.identity import NODE_PURPOSES
 from archipelag.ids import JobId, WorkloadSlug
 from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
@@ -60,7 +64,13 @@ class CancelRequest:
     reason: str
 
 
-Request = RunRequest | WarmRequest | CancelRequest
+@dataclass(frozen=True)
+class SignRequest:
+    purpose: str
+    digest: str  # sha256 hex of the report
+
+
+Request = RunRequest | WarmRequest | CancelRequest | SignRequest
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -81,6 +91,10 @@ def cancel_request(reason: str) -> bytes:
     return encode({"op": "cancel", "reason": reason[:1000]})
 
 
+def sign_request(purpose: str, report_digest: str) -> bytes:
+    return encode({"op": "sign", "purpose": purpose, "digest": report_digest})
+
+
 def parse_request(line: bytes) -> Request:
     """A client's request; ValidationFailed when it is not one of the ops with its fields of the right types."""
     try:
@@ -94,8 +108,16 @@ def parse_request(line: bytes) -> Request:
         return WarmRequest()
     if op == "cancel":
         return CancelRequest(_text(raw, "reason", 1000, allow_empty=True))
+    if op == "sign":
+        purpose, report_digest = _text(raw, "purpose", 40), _text(raw, "digest", 64)
+        if purpose not in NODE_PURPOSES:
+            raise ValidationFailed(f"the gate signs only {', '.join(sorted(NODE_PURPOSES))} for the node, not "
+                                   f"{purpose!r}", errors={"purpose": "not one the node may ask for"})
+        if len(report_digest) != 64 or any(c not in "0123456789abcdef" for c in report_digest):
+            raise ValidationFailed("digest is a SHA-256, 64 lowercase hex digits", errors={"digest": "invalid"})
+        return SignRequest(purpose, report_digest)
     if op != "run":
-        raise ValidationFailed(f"unknown gate op {str(op)[:40]!r}; expected run, warm or cancel",
+        raise ValidationFailed(f"unknown gate op {str(op)[:40]!r}; expected run, warm, cancel or sign",
                                errors={"op": "unknown"})
     job_input = raw.get("input")
     if not isinstance(job_input, dict):

@@ -20,6 +20,7 @@ import pytest
 from docker_engine import ENGINE_URL, LIMITS, REPO_ROOT, DockerEnv, a_job_id, docker_env  # noqa: F401
 from gate_builders import HOST, Coordinator, a_gate, guard_for
 
+from archipelag import identity
 from archipelag.actors.agent_actor import build_runtimes
 from archipelag.actors.hardware import Hardware
 from archipelag.catalog import Manifest, write_catalog
@@ -187,9 +188,11 @@ def test_the_ray_nodes_user_runs_a_job_and_no_other_uid_may(docker_env: DockerEn
 
 
 def signed_state(root: Path, probe: Manifest) -> Settings:
-    """A state folder holding a catalog of the probe workload signed by a key the settings trust."""
+    """A state folder holding a catalog of the probe workload signed by a key the settings trust, and the host's
+    key (the gate signs the node's reports with it)."""
     state = root / "state"
     write_catalog(state / "catalog.json", [probe])
+    identity.load_or_create_key(identity.named_key_path(state, HOST))
     public = generate_signing_key(root / "catalog.key")
     sign_catalog(state / "catalog.json", root / "catalog.key")
     return Settings(state_dir=state, trusted_catalog_keys=[public.encoded()], gate_socket=gate_folder() / "g.sock")

@@ -37,7 +37,7 @@ def a_running_job(ledger: Ledger) -> str:
 
 def a_receipt(job_id: str, output: str) -> receipts.Receipt:
     done = {"type": "done", "usage": USAGE, "output": output}
-    done["receipt"] = receipts.sign(KEY, HOST, job_id, 1, [done], 1_700_000_000.25)
+    done["receipt"] = receipts.sign(identity.key_signer(KEY, HOST, lambda: 1_700_000_000.25), job_id, 1, [done])
     return receipts.Expected(job_id, 1, HOST, identity.public_hex(KEY)).accept(done, output)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -382,13 +382,18 @@ def test_only_the_account_that_owns_a_job_may_read_its_stream(tmp_path: Path) ->
 
 
 class SlowLedger:
-    """The real ledger, with the creation of a job taking ``delay_s`` (a busy database)."""
+    """The real ledger, whose creation of a job answers only once ``until()`` holds (a busy database), or after
+    ``timeout_s``; ``waited_for`` says whether it held."""
 
-    def __init__(self, ledger: Ledger, delay_s: float) -> None:
-        self._ledger, self._delay_s = ledger, delay_s
+    def __init__(self, ledger: Ledger, until: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        self._ledger, self._until, self._timeout_s = ledger, until, timeout_s
+        self.waited_for = False
 
     def create_job(self, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(self._delay_s)
+        deadline = time.monotonic() + self._timeout_s
+        while not self._until() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.waited_for = self._until()
         return self._ledger.create_job(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -398,12 +403,11 @@ class SlowLedger:
 def test_a_free_host_starts_the_job_while_the_ledger_still_records_it(tmp_path: Path) -> None:
     async def scenario() -> None:
         net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE])})
-        service = JobService(net.settings, {MANIFEST.slug: MANIFEST}, LedgerClient.local(SlowLedger(net.ledger, 0.5)),
+        ledger = SlowLedger(net.ledger, until=lambda: len(net.hosts["a"].ran) == 1)
+        service = JobService(net.settings, {MANIFEST.slug: MANIFEST}, LedgerClient.local(ledger),
                              net.placement, lambda host_id: net.hosts[host_id])
-        submitted = asyncio.ensure_future(service.submit(net.account, "wasm-hash", {"text": "x"}, None))
-        await asyncio.sleep(0.2)
-        assert not submitted.done() and len(net.hosts["a"].ran) == 1  # running before the ledger answered
-        job = await submitted
+        job = await service.submit(net.account, "wasm-hash", {"text": "x"}, None)
+        assert ledger.waited_for  # the job ran before the ledger answered: nothing waited on it
         net.service = service
         assert text(await net.stream(job.id)) == "The sea is calm"
         assert net.job(job.id).status == JobStatus.SUCCEEDED and net.ledger.total_is_zero()

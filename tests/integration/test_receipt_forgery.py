@@ -85,7 +85,7 @@ def run_one_job(tmp_path: Path, key: SigningKey, tamper: Tamper = lambda batch: 
     ledger.enrol_host(HOST, identity.public_hex(enrolled), account, HOST, "eu-west")
     placement = PlacementClient.local(settings, clock=lambda: NOW, catalog={CHAT.slug: CHAT})
     placement.register(a_host(HOST, runtimes=frozenset({"wasm"})))
-    host = AgentHost(HostAgent(HOST, {"wasm": ScriptedModel()}, 2, key=key), tamper)
+    host = AgentHost(HostAgent(HOST, {"wasm": ScriptedModel()}, 2, signer=identity.key_signer(key, HOST)), tamper)
     service = JobService(settings, {CHAT.slug: CHAT}, LedgerClient.local(ledger), placement, lambda _: host,
                          identities=LedgerClient.local(ledger).host_identity)
 

@@ -278,9 +278,30 @@ def _on_victim_node(node_id: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def _steal_key(node_id: str, key_path: str) -> str:
     def read(path: str) -> str:
-        return f"read {len(Path(path).read_bytes())} bytes of {path} on its node (uid {os.getuid()})"
+        try:
+            return f"read {len(Path(path).read_bytes())} bytes of {path} on its node (uid {os.getuid()})"
+        except OSError as exc:
+            return f"refused: {exc.strerror} (uid {os.getuid()}): the host's gate holds it"
 
     return str(_on_victim_node(node_id, read, key_path))
+
+
+def _have_the_gate_sign(node_id: str, socket_path: str, purpose: str) -> str:
+    def ask(socket_path: str, purpose: str) -> str:
+        import json
+        import socket
+
+        from archipelag.gate import wire
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(socket_path)
+            sock.sendall(wire.sign_request(purpose, "ab" * 32))
+            answer = json.loads(sock.makefile().readline())
+        if answer.get("gate") == "signed":
+            return f"signed {purpose} as {answer.get('host_id')} at {answer.get('at')} (uid {os.getuid()})"
+        return f"refused: {answer.get('code')}: {str(answer.get('message'))[:90]}"
+
+    return str(_on_victim_node(node_id, ask, socket_path, purpose))
 
 
 def _gate(node_id: str, socket_path: str, spec: Any, forge: bool) -> str:
@@ -559,13 +580,30 @@ def victim_node(network: EmbeddedNetwork) -> str:
     return str(json.loads(record_file.read_text())["node_id"])
 
 
-def test_a_joined_node_can_read_a_hosts_key_on_its_node(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_read_a_hosts_key_on_its_node(network: EmbeddedNetwork,
+                                                          attacker: RayNodeProcess) -> None:
     from archipelag import identity
 
     key_path = identity.named_key_path(network.settings.state_dir, host_id(network))
     what = on_attacker(_steal_key, victim_node(network), str(key_path))
-    record("read a host's signing key from a task on its node (then sign as it)", "possible",
+    record("read a host's signing key from a task on its node", "prevented",
            "possible" if what.startswith("read") else "prevented", what)
+
+
+@pytest.mark.parametrize(("purpose", "expected"), [("heartbeat", "possible"), ("poll", "prevented")],
+                         ids=["a report", "the poll for the cluster's credentials"])
+def test_what_a_joined_node_can_have_a_hosts_gate_sign(network: EmbeddedNetwork, attacker: RayNodeProcess,
+                                                      purpose: str, expected: str) -> None:
+    """The gate signs for whoever runs as the node's account: so does a task of another member on that node. It
+    signs only what an agent signs, never the poll that fetches the cluster's credentials, so the host's word
+    cannot be had once the node is off the cluster (a rotated token)."""
+    from archipelag.gate.server import socket_path
+
+    what = on_attacker(_have_the_gate_sign, victim_node(network),
+                       str(socket_path(network.settings, host_id(network))), purpose)
+    attack = ("have a host's gate sign a report as the host, from a task on its node" if purpose != "poll" else
+              "have a host's gate sign the poll that fetches the cluster's credentials (to outlast a rotated token)")
+    record(attack, expected, "possible" if what.startswith("signed") else "prevented", what)
 
 
 def test_a_joined_node_cannot_reach_the_docker_engine_of_a_host(network: EmbeddedNetwork,

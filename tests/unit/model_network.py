@@ -15,7 +15,6 @@ import asyncio
 import base64
 import socket
 import threading
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -100,8 +99,8 @@ class ScriptedHost:
                 await asyncio.sleep(self.token_delay_s)
             produced.append(event)
             if event["type"] == "done" and self.key is not None:
-                event = {**event, "receipt": receipts.sign(self.key, HOST, spec.job_id, spec.attempt, produced,
-                                                           time.time())}
+                event = {**event, "receipt": receipts.sign(identity.key_signer(self.key, HOST), spec.job_id,
+                                                           spec.attempt, produced)}
             yield event
 
     async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:

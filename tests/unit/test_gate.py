@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from gate_builders import (
     HOST,
+    HOST_KEY,
     WIDE,
     Coordinator,
     FakeRuntime,
@@ -410,14 +411,15 @@ def test_a_socket_folder_others_can_write_is_refused(tmp_path: Path, coordinator
     if owner is not None:
         os.chown(folder, owner, -1)
     with pytest.raises(ConfigError, match="can be written by others"):
-        GateServer(folder / "g.sock", FakeRuntime(), guard_for(MANIFEST), HOST, (coordinator.public,), {0}, 1024, 1)
+        GateServer(folder / "g.sock", FakeRuntime(), guard_for(MANIFEST), HOST, (coordinator.public,), {0}, 1024, 1,
+                   HOST_KEY)
     assert list(folder.iterdir()) == []
 
 
 def test_a_socket_path_longer_than_unix_allows_is_refused(coordinator: Coordinator) -> None:
     with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
         GateServer(Path("/tmp") / ("g" * 120), FakeRuntime(), guard_for(MANIFEST), HOST, (coordinator.public,), {0},
-                   1024, 1)
+                   1024, 1, HOST_KEY)
 
 
 def test_the_host_id_is_the_gates_own(coordinator: Coordinator) -> None:
@@ -464,3 +466,42 @@ def test_traced_the_gate_stamps_the_request_its_admission_and_the_first_output(c
     stamps = read_trace(tmp_path / "trace.txt")["job-1"]
     assert list(stamps) == ["gate_in", "admitted", "gate_out"]
     assert stamps["gate_in"] <= stamps["admitted"] <= stamps["gate_out"]
+
+
+# --- signing for the node: the gate holds the host's key ----------------------------------------------------
+
+
+def test_the_gate_signs_the_nodes_reports_with_the_hosts_key(coordinator: Coordinator) -> None:
+    from archipelag import identity
+    from archipelag.gate.client import gate_signer
+
+    report = {"active_jobs": 1, "warm": ["a"]}
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,), clock=lambda: 1234.5) as gate:
+        proof = gate_signer(gate.path, HOST)("heartbeat", report)
+    assert proof.at == 1234.5  # the gate's clock, not the node's
+    identity.verify(proof, "heartbeat", identity.public_hex(HOST_KEY), report)
+
+
+@pytest.mark.parametrize(("purpose", "digest"), [
+    ("poll", "ab" * 32),  # fetches the cluster's credentials: never for the node
+    ("anything", "ab" * 32),
+    ("heartbeat", "AB" * 32),
+    ("heartbeat", "ab" * 31),
+    ("heartbeat", "zz" * 32),
+], ids=["poll", "unknown purpose", "upper-case digest", "short digest", "not hex"])
+def test_the_gate_signs_nothing_else(coordinator: Coordinator, purpose: str, digest: str) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate, \
+            socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(gate.path))
+        sock.sendall(wire.sign_request(purpose, digest))
+        answer = json.loads(sock.makefile().readline())
+    assert answer["gate"] == "error" and answer["code"] == "validation_error"
+
+
+def test_a_gate_without_an_engine_still_signs_and_runs_no_container(coordinator: Coordinator) -> None:
+    from archipelag.gate.client import gate_signer
+
+    with a_gate(None, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        assert gate_signer(gate.path, HOST)("status", {"status": "online"}).host_id == HOST
+        with pytest.raises(RuntimeUnavailable, match="no Docker engine"):
+            GatedRuntime.connect(gate.path)

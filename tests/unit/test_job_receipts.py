@@ -5,7 +5,6 @@ verify`; a missing, forged or mismatched one fails the job for the host and the 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,8 @@ def forging_host(net: ModelNetwork, monkeypatch: pytest.MonkeyPatch, *, sent: li
         yield [{"type": "status", "message": "loading model"}]
         done = dict(sent[-1])
         if receipt:
-            done["receipt"] = receipts.sign(key or net.host.key, HOST, spec.job_id, attempt or spec.attempt,
-                                            signed or sent, time.time())
+            done["receipt"] = receipts.sign(identity.key_signer(key or net.host.key, HOST), spec.job_id,
+                                            attempt or spec.attempt, signed or sent)
         for event in [*sent[:-1], done]:
             yield [event]
 

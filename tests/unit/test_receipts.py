@@ -32,7 +32,8 @@ def ended(usage: dict[str, Any] | None = None, attempt: int = 1, key: Any = KEY,
           events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A done event after ``events`` (TOKENS), with the receipt ``key`` signs over them."""
     done = {"type": "done", "usage": dict(usage or USAGE)}
-    return {**done, "receipt": receipts.sign(key, HOST, job_id, attempt, [*(events or TOKENS), done], 1_700_000_000.5)}
+    return {**done, "receipt": receipts.sign(identity.key_signer(key, HOST, lambda: 1_700_000_000.5), job_id, attempt,
+                                                [*(events or TOKENS), done])}
 
 
 def expected(attempt: int = 1, public_key: str | None = identity.public_hex(KEY)) -> Expected:
@@ -108,7 +109,7 @@ def test_a_malformed_receipt_field_is_outside_the_protocol(receipt: Any) -> None
 
 def test_a_host_agent_with_a_key_signs_its_done_event_for_the_attempt_it_was_given() -> None:
     runtime = ScriptedRuntime([*TOKENS, {"type": "done", "usage": USAGE}])
-    agent = HostAgent(HOST, {"wasm": runtime}, 2, key=KEY)
+    agent = HostAgent(HOST, {"wasm": runtime}, 2, signer=identity.key_signer(KEY, HOST))
     events = list(agent.run(replace(a_spec(JOB), attempt=2)))
     done = events[-1]
     assert Expected(JOB, 2, HOST, identity.public_hex(KEY)).accept(done, collect_output(events)).attempt == 2
