@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # placements before a job whose hosts keep vanishing fails
     image_cache_max: int = 20  # workload images a host keeps (LRU beyond)
     warm_ttl_s: float = 600.0  # an image used this recently makes its workload warm on the host
+    # Where a host fetches a workload image it lacks (the network's API, `GET /api/v1/images/{id}`); each is kept
+    # only if its ID is the one the signed catalog pins. Empty: a host enrolled by pairing uses the API it paired
+    # with; any other host refuses the job (`image_missing`).
+    image_source: str = ""
+    image_fetch_max_bytes: int = Field(default=8 * 1024**3, gt=0)  # one image's tarball, at most
+    image_fetch_timeout_s: float = Field(default=900.0, gt=0)  # one image's whole transfer and load, at most
+    image_fetch_retry_s: float = Field(default=30.0, ge=0)  # a failed fetch is not tried again for this long
+    image_downloads_per_min: int = Field(default=30, gt=0)  # coordinator: image downloads per client address
     queue_timeout_s: float = 120.0  # how long a job waits in the queue for a free slot before it fails
     queue_max_jobs: int = 1000  # jobs waiting at once; past it a new job gets 503 with Retry-After
     priority_aging_s: float = Field(default=1.0, gt=0)  # a queued job gains a point of priority per this wait

@@ -45,7 +45,8 @@ def build_runtimes(settings: Settings, host_id: HostId, hardware: Hardware) -> d
         if settings.gate_socket is not None:
             from archipelag.gate.client import GatedRuntime
 
-            runtimes["container"] = GatedRuntime.connect(settings.gate_socket, ModelStore(settings.models_dir))
+            runtimes["container"] = GatedRuntime.connect(settings.gate_socket, ModelStore(settings.models_dir),
+                                                         image_fetch_s=settings.image_fetch_timeout_s)
         else:
             from archipelag.runtimes.docker import DockerRuntime
 

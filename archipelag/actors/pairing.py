@@ -3,8 +3,10 @@
 ``pair`` makes this machine's key (once, ``identity.machine_key_path``), asks the network's API for a pairing code,
 shows it, and polls (signed with the key) until the owner approves it. The answer is sealed to the key: the Ray
 address, the join credential (written to this host's state dir, mode 0600), the Ray namespace and the catalog keys
-to trust; the signed catalog is fetched from the API and checked by the host as it always is. A key that is already
-enrolled gets its credentials at the first poll, without a new code.
+to trust; the signed catalog is fetched from the API and checked by the host as it always is. The same API becomes
+the host's image source (unless ``ARCHIPELAG_IMAGE_SOURCE`` names another): images it lacks come from there,
+checked against the catalog's pins (runtimes/image_fetch.py). A key that is already enrolled gets its credentials
+at the first poll, without a new code.
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ def _enrolled(settings: Settings, api_url: str, unapproved: Unapproved) -> Enrol
             catalog = (http.get(f"{API}/catalog"), http.get(f"{API}/catalog.sig"))
     except httpx.TransportError as exc:
         raise ConfigError(f"cannot reach the network's API at {api_url}: {exc}") from None
-    return Enrolled(HostId(str(approved["host_id"])), str(credentials["ray_address"]),
-                    _install(settings, credentials, catalog))
+    joined = _install(settings, credentials, catalog)
+    if not joined.image_source:
+        joined = joined.model_copy(update={"image_source": api_url.rstrip("/")})
+    return Enrolled(HostId(str(approved["host_id"])), str(credentials["ray_address"]), joined)
 
 
 def _wait(http: httpx.Client, key: SigningKey, poll_s: float) -> httpx.Response:

@@ -34,7 +34,7 @@ from archipelag.runtimes.models import ModelStore
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 5.0
-ACCEPT_TIMEOUT_S: Final = 60.0  # the gate checks the ticket and the image before it answers
+ACCEPT_TIMEOUT_S: Final = 60.0  # the gate checks the ticket and the image before it answers (beyond an image fetch)
 WARM_TIMEOUT_S: Final = 5.0  # asked on the heartbeat's thread: a stuck gate must not silence the host
 SIGN_TIMEOUT_S: Final = 5.0  # heartbeats and receipts wait on it
 GRACE_S: Final = 90.0  # beyond the job's own budgets: the runtime's wait for the exit status, and more
@@ -47,15 +47,19 @@ class GatedRuntime:
 
     name = "container"
 
-    def __init__(self, socket_path: Path, models: ModelStore | None = None, grace_s: float = GRACE_S) -> None:
+    def __init__(self, socket_path: Path, models: ModelStore | None = None, grace_s: float = GRACE_S,
+                 image_fetch_s: float = 0.0) -> None:
         self.socket_path = Path(socket_path)
         self.models = models  # read-only here: which weights this host has (placement's accepts)
         self._grace_s = grace_s
+        # The gate fetches an image it lacks before it answers (runtimes/image_fetch.py): wait that long more.
+        self._accept_timeout_s = ACCEPT_TIMEOUT_S + image_fetch_s
 
     @classmethod
-    def connect(cls, socket_path: Path, models: ModelStore | None = None) -> GatedRuntime:
+    def connect(cls, socket_path: Path, models: ModelStore | None = None,
+                image_fetch_s: float = 0.0) -> GatedRuntime:
         """A runtime whose gate answers now; RuntimeUnavailable when none does."""
-        runtime = cls(socket_path, models)
+        runtime = cls(socket_path, models, image_fetch_s=image_fetch_s)
         runtime.warm_slugs()
         return runtime
 
@@ -64,7 +68,7 @@ class GatedRuntime:
         try:
             _send(sock, wire.run_request(spec))
             reader = wire.LineReader(sock)
-            first = self._line(reader, EVENT_ROOM_BYTES, time.monotonic() + ACCEPT_TIMEOUT_S, started=False)
+            first = self._line(reader, EVENT_ROOM_BYTES, time.monotonic() + self._accept_timeout_s, started=False)
             if first.get(wire.MARK) != "started":
                 raise self._refusal(first)
         except BaseException:

@@ -1,7 +1,8 @@
 """Docker runtime: runs one job's workload image in a hardened container on a real Docker engine.
 
-Per job (DESIGN §5): the image is checked first (present here, and its ID equal to the one the catalog pins,
-else ``WorkloadRefused`` and nothing runs); then a container is created from that exact ID in the tier's sandbox
+Per job (DESIGN §5): the image is checked first (present here under the ID the catalog pins, else fetched from the
+network when this host has an image source (``runtimes.image_fetch``: kept only if it comes out under that ID), else
+``WorkloadRefused`` and nothing runs); then a container is created from that exact ID in the tier's sandbox
 (``runtimes.container_spec``: read-only root, tmpfs ``/tmp``, no capabilities, seccomp, no network, limits, user
 10001, no log driver: output travels only over the attach socket). A workload with a model gets it mounted
 read-only after ``runtimes.models`` verified it; a ``worker = true`` workload is served by a warm worker
@@ -49,6 +50,7 @@ from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.container_io import Output, engine_error, exit_failure, frames
 from archipelag.runtimes.container_spec import ContainerRequest, HostFacts, container_request
 from archipelag.runtimes.image_cache import ImageCache
+from archipelag.runtimes.image_fetch import ImageFetcher, ImageSource
 from archipelag.runtimes.models import ModelStore
 from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, remove_container, sweep_orphans
 from archipelag.runtimes.workers import Started, StartWorker, WorkerPool
@@ -66,8 +68,10 @@ class DockerRuntime:
 
     def __init__(self, client: docker.DockerClient, host: HostFacts | None = None,
                  cache: ImageCache | None = None, models: ModelStore | None = None,
-                 pool: Callable[[StartWorker], WorkerPool] | None = None) -> None:
+                 pool: Callable[[StartWorker], WorkerPool] | None = None,
+                 images_from: ImageSource | None = None) -> None:
         self._client = client
+        self._fetcher = ImageFetcher(client, images_from) if images_from is not None else None
         self._host = host or HostFacts.detect()
         self._cache = cache or ImageCache()
         self._models = models or ModelStore(DEFAULT_MODELS_DIR)
@@ -80,7 +84,7 @@ class DockerRuntime:
     def connect(cls, base_url: str = "unix:///var/run/docker.sock", gpu: bool = False,
                 cache: ImageCache | None = None, models: ModelStore | None = None,
                 pool: Callable[[StartWorker], WorkerPool] | None = None,
-                lent_cores: int | None = None) -> DockerRuntime:
+                lent_cores: int | None = None, images_from: ImageSource | None = None) -> DockerRuntime:
         """A runtime on the engine at ``base_url``; RuntimeUnavailable when it does not answer."""
         try:
             client = docker.DockerClient(base_url=base_url)
@@ -88,15 +92,16 @@ class DockerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeUnavailable(f"the Docker engine at {base_url} does not answer ({exc}); start it "
                                      "with scripts/docker-engine.sh ensure") from None
-        return cls(client, HostFacts.detect(gpu=gpu, lent_cores=lent_cores), cache, models, pool)
+        return cls(client, HostFacts.detect(gpu=gpu, lent_cores=lent_cores), cache, models, pool, images_from)
 
     @classmethod
     def from_settings(cls, settings: Settings, gpu: bool = False, lent_cores: int | None = None) -> DockerRuntime:
-        """The local engine's runtime with this host's image cache, model store and warm worker pool."""
+        """The local engine's runtime with this host's image cache, model store, warm worker pool and image source."""
         pool = functools.partial(WorkerPool, idle_ttl_s=settings.model_idle_ttl_s,
                                  max_workers=settings.max_model_workers, reserve_mb=settings.model_memory_reserve_mb)
         return cls.connect(gpu=gpu, cache=ImageCache(settings.image_cache_max, settings.warm_ttl_s),
-                           models=ModelStore(settings.models_dir), pool=pool, lent_cores=lent_cores)
+                           models=ModelStore(settings.models_dir), pool=pool, lent_cores=lent_cores,
+                           images_from=ImageSource.from_settings(settings))
 
     def close(self) -> None:
         self._pool.close()
@@ -116,7 +121,7 @@ class DockerRuntime:
         if spec.workload.worker and self._pool.serves(str(spec.workload.slug), pinned, model):
             image_id = pinned  # its live worker was started from exactly this image: no engine round trip
         else:
-            image_id = self._checked_image(spec.workload)  # refuses before anything runs
+            image_id = self._checked_image(spec.workload, cancel)  # fetches, or refuses, before anything runs
         if spec.workload.worker:
             self._worker_slugs.add(str(spec.workload.slug))
             self._pool.check_room(spec, image_id, model)  # HostBusy now, before the job counts as started here
@@ -157,23 +162,33 @@ class DockerRuntime:
             return
         self._cache.forget(image_id)
 
-    def _checked_image(self, workload: Manifest) -> str:
+    def _checked_image(self, workload: Manifest, cancel: CancelToken) -> str:
+        """The pinned image's ID once it is on this engine (found by that ID: a tag proves nothing), fetched when
+        this host has an image source; else WorkloadRefused, saying whether it is missing or another image holds
+        the workload's tag."""
         pinned = workload.image_id
         if not pinned:
             raise WorkloadRefused(f"workload {workload.slug!r} has no pinned image ID; the catalog must pin one",
                                   reason="image_unpinned")
+        if self._find(pinned) == pinned:
+            return pinned
+        if self._fetcher is not None:
+            return self._fetcher.fetch(workload, lambda: cancel.cancelled)
         reference = workload.image or pinned
-        try:
-            found = str(self._client.images.get(reference).id)
-        except docker.errors.ImageNotFound:
+        found = self._find(reference)
+        if found is None:
             raise WorkloadRefused(f"image {reference} of workload {workload.slug!r} is not on this host",
-                                  reason="image_missing") from None
+                                  reason="image_missing")
+        raise WorkloadRefused(f"image {reference} here is {found}, but the catalog pins {pinned} for workload "
+                              f"{workload.slug!r}; refusing to run it", reason="image_mismatch")
+
+    def _find(self, reference: str) -> str | None:
+        try:
+            return str(self._client.images.get(reference).id)
+        except docker.errors.ImageNotFound:
+            return None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_error(exc) from None
-        if found != pinned:
-            raise WorkloadRefused(f"image {reference} here is {found}, but the catalog pins {pinned} for workload "
-                                  f"{workload.slug!r}; refusing to run it", reason="image_mismatch")
-        return found
 
     def _create(self, request: ContainerRequest) -> Container:
         api = self._client.api

@@ -14,6 +14,7 @@ from archipelag.serve import (
     api_accounts,
     api_admin,
     api_hosts,
+    api_images,
     api_jobs,
     api_market,
     api_openai,
@@ -49,6 +50,7 @@ def build_api(services: Services) -> FastAPI:
     app.include_router(api_jobs.router)
     app.include_router(batches_router)
     app.include_router(api_resources.router)
+    app.include_router(api_images.router)
     app.include_router(api_accounts.router)
     app.include_router(earnings_router)
     app.include_router(api_admin.router)

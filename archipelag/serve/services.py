@@ -16,6 +16,7 @@ from archipelag.jobs.client import JobsClient
 from archipelag.ledger.client import LedgerClient
 from archipelag.metrics.trace import TRACE
 from archipelag.placement.client import PlacementClient
+from archipelag.runtimes.image_store import ImageStore
 from archipelag.serve.auth import CredentialCache, RateLimiter
 from archipelag.settings import Settings
 
@@ -34,6 +35,8 @@ class Services:
     enrolments: RateLimiter = field(init=False)  # pairing requests, per client address (they carry no key)
     polls: RateLimiter = field(init=False)  # waiting hosts' polls, per client address
     pairing_failures: RateLimiter = field(init=False)  # wrong pairing codes, per account
+    image_downloads: RateLimiter = field(init=False)  # image tarballs, per client address (they carry no key)
+    images: ImageStore = field(init=False)  # the pinned images hosts fetch, saved from the coordinator's engine
     mailer: Mailer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class Services:
         self.enrolments = RateLimiter(self.settings.enrolments_per_min, "pairing requests")
         self.polls = RateLimiter(self.settings.enrolments_per_min * 6, "enrolment polls")
         self.pairing_failures = RateLimiter(self.settings.pairing_failures_per_min, "wrong pairing codes")
+        self.image_downloads = RateLimiter(self.settings.image_downloads_per_min, "image downloads")
+        self.images = ImageStore(self.settings.state_dir / "images")
         self.mailer = Mailer(self.settings)
 
     @classmethod
