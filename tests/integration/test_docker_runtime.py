@@ -113,6 +113,17 @@ def test_an_image_not_pinned_by_the_catalog_is_refused_before_running(
 
 
 def test_an_image_missing_here_is_refused(runtime: DockerRuntime, docker_env: DockerEnv) -> None:  # noqa: F811
-    workload = dataclasses.replace(docker_env.probe(), image="archipelag/not-built-here:1")
-    with pytest.raises(WorkloadRefused, match="not on this host"):
+    workload = dataclasses.replace(docker_env.probe(), image="archipelag/not-built-here:1",
+                                   image_id="sha256:" + "1" * 64)
+    with pytest.raises(WorkloadRefused, match="not on this host") as refused:
         runtime.run(JobSpec(a_job_id("missing"), workload, {}, LIMITS), CancelToken())
+    assert refused.value.details["reason"] == "image_missing"
+
+
+def test_an_image_is_found_by_its_pinned_id_whatever_its_tag(runtime: DockerRuntime,
+                                                             docker_env: DockerEnv) -> None:  # noqa: F811
+    """Tags prove nothing (a loaded tarball may move them); the ID, the digest of the image's config, does."""
+    workload = dataclasses.replace(docker_env.probe(), image="archipelag/not-built-here:1")
+    events = list(runtime.run(JobSpec(a_job_id("by-id"), workload, {"attack": "echo", "text": "a"}, LIMITS),
+                              CancelToken()))
+    assert events[-1]["type"] == "done"
