@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from docker_engine import LIMITS, DockerEnv, a_job_id, docker_env  # noqa: F401
+from docker_engine import ENGINE_URL, LIMITS, DockerEnv, a_job_id, docker_env  # noqa: F401
+from gate_builders import Coordinator as TicketSigner
+from gate_builders import a_gate, guard_for
 from image_builders import (
     TestImage,
     a_tarball_server,
@@ -27,7 +30,9 @@ from image_builders import (
 from unit.model_network import a_model_network, serve
 
 from archipelag.errors import RuntimeUnavailable, WorkloadRefused
+from archipelag.gate.client import GatedRuntime
 from archipelag.image_transfer import Budget
+from archipelag.protocol import Event
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.runtimes.image_fetch import ImageSource
@@ -176,3 +181,30 @@ def test_the_api_serves_only_what_the_catalog_pins(coordinator: Coordinator) -> 
     assert unpinned.status_code == 404 and unpinned.json()["error"]["code"] == "not_found"
     for bad in ("latest", "sha256:" + "A" * 64, "sha256:..%2F..%2Fetc"):
         assert httpx.get(f"{coordinator.url}/api/v1/images/{bad}").status_code in (404, 422)
+
+
+def test_through_the_gate_the_gate_fetches_and_the_agent_only_asks(coordinator: Coordinator, absent: TestImage,
+                                                                    docker_env: DockerEnv) -> None:  # noqa: F811
+    """As on a lent machine (`--ray-user`): the agent holds no engine and no image source; the gate, the owner's
+    process, fetches and verifies before it answers the ticket."""
+    signer = TicketSigner()
+
+    def through_a_gate(source: str, name: str) -> list[Event]:
+        runtime = DockerRuntime.connect(ENGINE_URL, images_from=ImageSource(source, BUDGET, retry_s=0))
+        with a_gate(runtime, guard_for(absent.manifest), (signer.public,)) as gate:
+            spec = signer.spec(absent.manifest, {"text": name}, job_id=a_job_id(name), limits=LIMITS)
+            return list(GatedRuntime(gate.path).run(spec, CancelToken()))
+
+    events = through_a_gate(coordinator.url, "gated")
+    assert events[0] == {"type": "token", "content": "gated"} and events[-1]["type"] == "done"
+    assert present(docker_env.client, absent.image_id)
+
+    deadline = time.monotonic() + 30
+    while docker_env.leftovers() and time.monotonic() < deadline:  # the gate removes it just after done
+        time.sleep(0.1)
+    remove_image(docker_env.client, absent.image_id)
+    evil = with_entrypoint(coordinator.tarball.read_bytes(), ["python3", "-c", "print('owned')"])
+    with a_tarball_server(evil) as served, pytest.raises(WorkloadRefused) as refused:
+        through_a_gate(served.url, "gate-evil")
+    assert refused.value.details["reason"] == "image_mismatch"
+    assert not present(docker_env.client, absent.image_id)
