@@ -162,3 +162,24 @@ def test_a_hosts_owner_controls_it_through_the_api_and_nobody_else_does(net: Mod
     with net.client(owner_key) as olga:  # allowed; this network has no agent running to reach (no Ray here)
         allowed = olga.post(f"/api/v1/hosts/host-o/{command}")
         assert allowed.status_code == 404 and "not joined" in allowed.text, allowed.text
+
+
+def test_a_paired_machine_fetches_missing_images_from_the_api_it_paired_with(tmp_path: Path) -> None:
+    """Pairing over the real API (served over HTTP): the host's settings name that API as its image source, unless
+    the machine's owner named one already."""
+    from archipelag.actors.pairing import pair
+    from archipelag.settings import Settings
+
+    (tmp_path / "ray_auth_token").write_text(TOKEN)
+    net = a_model_network(tmp_path, trusted_catalog_keys=["k1"])
+    with serve(net.app) as url, net.client() as owner:
+        def approve(code: str, host_id: str, expires_in_s: float) -> None:
+            assert owner.post("/api/v1/hosts/approve", json={"code": code}).status_code == 200
+
+        machine = Settings(state_dir=tmp_path / "machine", ray_auth="disabled")
+        machine.state_dir.mkdir()
+        enrolled = pair(machine, f"{url}/", "attic", "eu-west", {"cpu_cores": 2}, show=approve, poll_s=0.01)
+        assert enrolled.settings.image_source == url
+        again = pair(machine.model_copy(update={"image_source": "https://mirror.example"}), url, "attic",
+                     "eu-west", {"cpu_cores": 2}, show=approve, poll_s=0.01)
+        assert again.settings.image_source == "https://mirror.example"
