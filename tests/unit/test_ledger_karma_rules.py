@@ -75,6 +75,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
     ("validation_error", None),
     ("cancelled", None),
     ("host_busy", None),
+    ("runtime_unavailable", None),  # e.g. an image it lacks and could not fetch: it turns the job away
     (None, None),
 ])
 def test_only_an_end_that_is_the_hosts_fault_costs_it_karma(code: str | None, kind: KarmaKind | None) -> None:
