@@ -44,7 +44,6 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES: Final = 1 << 20
-READ_TIMEOUT_S: Final = 60.0  # between two chunks from the API (the coordinator may be saving the image first)
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,9 @@ class ImageFetcher:
         url = image_url(self._source.api_url, pinned)
         before = self._image_ids()
         budget = self._source.budget
-        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=10.0)
+        # Each read may take the whole budget: the first byte waits for the coordinator's first save of the image.
+        # The deadline is checked between chunks, so a transfer ends within the budget and one read.
+        timeout = httpx.Timeout(budget.timeout_s, connect=10.0)
         try:
             with httpx.Client(timeout=timeout, follow_redirects=False) as http, \
                     http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
