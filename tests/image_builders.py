@@ -41,6 +41,7 @@ class TestImage:
     tag: str
     image_id: str
     manifest: Manifest
+    nonce: str  # the content of /app/nonce in its top layer
 
 
 def a_test_image(client: docker.DockerClient, folder: Path, name: str = "fetch") -> TestImage:
@@ -56,7 +57,7 @@ def a_test_image(client: docker.DockerClient, folder: Path, name: str = "fetch")
     image_id = images.build_image(client, context, tag)
     manifest = Manifest(slug=WorkloadSlug(f"test-{name}"), name=name, description="", runtime="container",
                         trust_level=0, price_micro=0, image=tag, image_id=image_id, directory=str(context))
-    return TestImage(tag, image_id, manifest)
+    return TestImage(tag, image_id, manifest, nonce)
 
 
 def remove_image(client: docker.DockerClient, image_id: str) -> None:

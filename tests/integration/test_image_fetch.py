@@ -134,6 +134,21 @@ def test_a_tampered_image_is_refused_and_nothing_of_it_stays(coordinator: Coordi
     assert docker_env.leftovers() == []
 
 
+def test_a_layer_changed_on_the_way_does_not_load_and_nothing_of_it_stays(coordinator: Coordinator, absent: TestImage,
+                                                                          docker_env: DockerEnv) -> None:  # noqa: F811
+    """A file inside a layer changed (same length, the tar headers intact): the layer's digest no longer matches the
+    one the config names, so the engine refuses the load."""
+    tarball = coordinator.tarball.read_bytes()
+    assert tarball.count(absent.nonce.encode()) == 1
+    evil = tarball.replace(absent.nonce.encode(), b"f" * len(absent.nonce))
+    images_before = {i.id for i in docker_env.client.images.list(all=True)}
+    with a_tarball_server(evil) as served, pytest.raises(WorkloadRefused, match="does not load") as refused:
+        a_host(docker_env, served.url).run(a_spec(absent, "layer"), CancelToken())
+    assert refused.value.details["reason"] == "image_mismatch"
+    assert not present(docker_env.client, absent.image_id)
+    assert {i.id for i in docker_env.client.images.list(all=True)} <= images_before
+
+
 def test_another_image_served_under_the_pinned_id_is_refused_and_removed(
         coordinator: Coordinator, absent: TestImage, docker_env: DockerEnv, tmp_path: Path) -> None:  # noqa: F811
     other = a_test_image(docker_env.client, tmp_path, "other")
