@@ -50,7 +50,7 @@ MAX_RUNNING: Final = 1024  # job ids in one view
 MAX_TEXT: Final = 1000  # characters of a reason or an error message
 CONTROL_TIMEOUT_S: Final = 30.0
 VIEW_TIMEOUT_S: Final = 10.0
-LEAVE_TIMEOUT_S: Final = 15.0  # telling a coordinator that may be gone: then the owner stops waiting
+LEAVE_TIMEOUT_S: Final = 5.0  # telling a coordinator that may be gone (a live one answers in well under 1 s)
 STOP_TIMEOUT_S: Final = 10.0  # a driver leaving the cluster; then it is killed
 _ERRORS: Final[Mapping[str, type[ArchipelagError]]] = {
     cls.code: cls for cls in (HostLost, Conflict, HostRefused, ConfigError, ValidationFailed)}
@@ -175,10 +175,18 @@ class InProcessDriver:
         return self._agent.view()
 
     def leave(self) -> None:
+        """Say goodbye for at most LEAVE_TIMEOUT_S: with its coordinator gone, Ray's calls wait for a GCS that
+        does not come back, and the owner pressed Ctrl-C."""
         import ray
 
         if ray.is_initialized():
-            say_goodbye(self._settings, self._host_id, self._agent)
+            goodbye = threading.Thread(target=say_goodbye, args=(self._settings, self._host_id, self._agent),
+                                       name=f"goodbye-{self._host_id}", daemon=True)
+            goodbye.start()
+            goodbye.join(LEAVE_TIMEOUT_S)
+            if goodbye.is_alive():
+                log.warning("host %s: its coordinator did not hear it leave within %.0f s; leaving anyway",
+                            self._host_id, LEAVE_TIMEOUT_S)
         ray.shutdown()
 
     def close(self) -> None:
@@ -249,6 +257,7 @@ class SeparateDriver:
             self._ask({"op": "leave"}, LEAVE_TIMEOUT_S)
         except ArchipelagError as exc:
             log.warning("the host's driver did not say goodbye: %s", exc.message)
+            self._process.kill()  # it hangs on a coordinator that is gone: nothing more to wait for
         self.close()
 
     def close(self) -> None:
