@@ -66,6 +66,7 @@ class HostDriver(Protocol):
     def view(self) -> AgentView: ...
     def leave(self) -> None: ...
     def close(self) -> None: ...
+    def alive(self) -> bool: ...
 
 
 # --- what any driver does ------------------------------------------------------------------------------
@@ -193,6 +194,11 @@ class InProcessDriver:
         import ray
 
         ray.shutdown()
+
+    def alive(self) -> bool:
+        import ray
+
+        return bool(ray.is_initialized())
 
 
 # --- the driver as a process of the node's account (`host join --ray-user`) --------------------------------

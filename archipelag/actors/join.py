@@ -88,9 +88,10 @@ class JoinedHost:
         every ``REJOIN_INTERVAL_S`` until it is back, without anyone restarting it, in the state it was in."""
         leaving = False
         while not stop.wait(poll_s):
-            if not self.node.alive():
-                log.warning("host %s: its Ray node exited (see %s); rejoining %s", self.host_id,
-                            self.node.log_path, self.request.coordinator)
+            if not self.node.alive() or not self.driver.alive():  # either may be stopped from the node's account
+                gone = "its Ray node exited" if not self.node.alive() else "its driver exited"
+                log.warning("host %s: %s (see %s); rejoining %s", self.host_id, gone, self.node.log_path,
+                            self.request.coordinator)
                 if not self._rejoin(stop):
                     return
                 if controls is not None:
