@@ -47,7 +47,8 @@ def output_sha256(output: str | None) -> str:
     return hashlib.sha256((output or "").encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _report(job_id: str, attempt: int, usage: dict[str, Any], output_digest: str) -> dict[str, Any]:
+def report(job_id: str, attempt: int, usage: dict[str, Any], output_digest: str) -> dict[str, Any]:
+    """What a receipt signs (its digest, ``identity.digest``)."""
     return {"job_id": job_id, "attempt": attempt, "usage": usage, "output_sha256": output_digest}
 
 
@@ -55,7 +56,7 @@ def sign(signer: identity.Signer, job_id: str, attempt: int, events: Sequence[Ev
     """The host's ``receipt`` field for the done event that ends ``events`` (this attempt's events, in order)."""
     done = events[-1]
     digest = output_sha256(collect_output(list(events)))
-    proof = signer(PURPOSE, _report(job_id, attempt, usage_counts(done.get("usage")), digest))
+    proof = signer(PURPOSE, report(job_id, attempt, usage_counts(done.get("usage")), digest))
     return {"signed_at": proof.at, "output_sha256": digest, "signature": base64.b64encode(proof.signature).decode()}
 
 
@@ -70,10 +71,10 @@ def mismatch(receipt: Receipt, job_id: str, output: str | None) -> str | None:
         signature = base64.b64decode(receipt.signature, validate=True)
     except (binascii.Error, ValueError):
         return f"host {receipt.host_id}'s receipt signature is not base64"
-    report = _report(job_id, receipt.attempt, dict(receipt.usage), receipt.output_sha256)
-    proof = identity.Proof(receipt.host_id, receipt.signed_at, identity.digest(report), signature)
+    signed = report(job_id, receipt.attempt, dict(receipt.usage), receipt.output_sha256)
+    proof = identity.Proof(receipt.host_id, receipt.signed_at, identity.digest(signed), signature)
     try:
-        identity.verify(proof, PURPOSE, receipt.host_public_key, report)
+        identity.verify(proof, PURPOSE, receipt.host_public_key, signed)
     except HostRefused:
         return (f"the receipt is not host {receipt.host_id}'s signature (key {receipt.host_public_key[:16]}…) over "
                 f"job {job_id}, attempt {receipt.attempt}, usage {dict(receipt.usage)} and this output")

@@ -46,6 +46,7 @@ class GatedRuntime:
     """Runs container workloads through the host's gate; thread-safe (one connection per job)."""
 
     name = "container"
+    signs_receipts = True  # the gate signs each job's receipt over what it sent (HostAgent keeps it)
 
     def __init__(self, socket_path: Path, models: ModelStore | None = None, grace_s: float = GRACE_S,
                  image_fetch_s: float = 0.0) -> None:
@@ -178,7 +179,7 @@ def gate_signer(socket_path: Path, host_id: HostId) -> identity.Signer:
         report_digest = identity.digest(report)
         sock = gate._open()
         try:
-            _send(sock, wire.sign_request(purpose, report_digest))
+            _send(sock, wire.sign_request(purpose, report))
             answer = gate._line(wire.LineReader(sock), 4096, time.monotonic() + SIGN_TIMEOUT_S, started=False)
         finally:
             sock.close()

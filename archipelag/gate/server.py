@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from nacl.signing import SigningKey
 
-from archipelag import identity
+from archipelag import identity, receipts
 from archipelag.catalog_signing import CatalogGuard
 from archipelag.errors import (
     ArchipelagError,
@@ -60,6 +61,7 @@ REQUEST_TIMEOUT_S: Final = 10.0  # a client's whole request must arrive within t
 WRITE_TIMEOUT_S: Final = 120.0  # a client that reads none of its job's events this long loses the job
 DRAIN_TIMEOUT_S: Final = 0.5  # after the last line: for the rest of a refused request to arrive
 SPARE_CONNECTIONS: Final = 16  # beyond the job slots: warm requests, and refusals answered while slots are full
+RAN_REMEMBERED: Final = 100_000  # job ids the gate refuses to sign another receipt for
 
 
 class Nonces:
@@ -94,6 +96,7 @@ class GateServer:
         self.host_id = host_id
         self._runtime = runtime  # None: no Docker engine here; the gate still signs for the node
         self._key = key  # the host's: the node's account cannot read it, and asks the gate to sign (``sign``)
+        self._ran: OrderedDict[str, None] = OrderedDict()  # jobs admitted here, whose receipts the gate signs
         self._guard = guard
         self._keys = tuple(coordinator_keys)
         self._allowed = frozenset(allowed_uids)
@@ -184,6 +187,9 @@ class GateServer:
             try:
                 request = self._read_request(reader)
                 if isinstance(request, wire.SignRequest):
+                    if request.receipt is not None and request.receipt["job_id"] in self._ran:
+                        raise Forbidden(f"the gate ran job {request.receipt['job_id']} and signed its receipt "
+                                        "itself; it signs no other", reason="receipt_taken")
                     proof = identity.sign_digest(self._key, request.purpose, self.host_id, self._clock(),
                                                  request.digest)
                     conn.sendall(wire.encode({wire.MARK: "signed", "host_id": proof.host_id, "at": proof.at,
@@ -251,9 +257,14 @@ class GateServer:
         if manifest is None or manifest.runtime != "container":
             raise WorkloadRefused(f"workload {request.workload!r} is no container workload of this host's signed "
                                   "catalog; refusing to run it", reason="unknown_workload")
-        claimed = JobSpec(request.job_id, manifest, request.input, request.limits or _NO_LIMITS, request.ticket)
+        claimed = JobSpec(request.job_id, manifest, request.input, request.limits or _NO_LIMITS, request.ticket,
+                          request.attempt)
         ticket = tickets.verify(request.ticket, self._keys, self.host_id, claimed, self._clock())
         self._nonces.spend(ticket, self._clock())
+        with self._lock:
+            self._ran[request.job_id] = None
+            while len(self._ran) > RAN_REMEMBERED:
+                self._ran.popitem(last=False)
         limits = ticket.limits.within(request.limits) if request.limits is not None else ticket.limits
         spec = self._guard.admit(replace(claimed, limits=limits))
         log.info("gate: job %s of %s admitted on %s", spec.job_id, manifest.slug, self.host_id)
@@ -269,9 +280,15 @@ class GateServer:
             conn.sendall(wire.encode(wire.STARTED))
             watcher.start()
             output = False
+            produced: list[Event] = []  # what the job's receipt covers
+            sign = identity.key_signer(self._key, self.host_id, self._clock)
             try:
                 for event in events:
-                    line = wire.encode({k: v for k, v in event.items() if k != wire.MARK})
+                    event = {k: v for k, v in event.items() if k not in (wire.MARK, "receipt")}
+                    produced.append(event)
+                    if event.get("type") == "done":  # signed here: the node may change what it relays, not this
+                        event["receipt"] = receipts.sign(sign, spec.job_id, spec.attempt, produced)
+                    line = wire.encode(event)
                     if not output and event.get("type") in OUTPUT_TYPES and TRACE.on:
                         TRACE.stamp(spec.job_id, "gate_out")
                         output = True

@@ -2,8 +2,8 @@
 
 One request per connection, each message one line of compact JSON:
 
-- ``{"op": "run", "job_id", "workload" (a slug), "input", "limits" (optional, may only narrow), "ticket"
-  ({"body", "signature"} or null)}``. The gate answers ``{"gate": "started"}`` once the container is about to
+- ``{"op": "run", "job_id", "attempt", "workload" (a slug), "input", "limits" (optional, may only narrow),
+  "ticket" ({"body", "signature"} or null)}``. The gate answers ``{"gate": "started"}`` once the container is about to
   start, then each of the workload's events as the workload wrote it, and closes. An error the gate or its
   runtime raised is the protocol's error event (``protocol.error_event``: ``message``, ``code``) marked
   ``"gate": "error"`` with the error's ``details``; it comes instead of ``started`` when the job is refused, or
@@ -12,7 +12,9 @@ One request per connection, each message one line of compact JSON:
 - ``{"op": "warm"}`` → ``{"gate": "warm", "warm": [slug, …]}``.
 - ``{"op": "sign", "purpose", "digest"}`` → ``{"gate": "signed", "host_id", "at", "digest", "signature"}``: the
   host's signature over the SHA-256 of a report (``identity.digest``), stamped with the gate's clock, for one of
-  ``identity.NODE_PURPOSES`` only (base64 signature).
+  ``identity.NODE_PURPOSES`` only (base64 signature). A job's receipt is asked for by its fields instead of a
+  digest, ``"receipt": {"job_id", "attempt", "usage", "output_sha256"}``: the gate signs none for a job it ran
+  itself (it signed that receipt when the job ended: the done event it sends carries it).
 
 A workload's own events never carry the ``gate`` key (the gate drops it), so the client can tell the gate's
 lines from what the workload wrote. Pure: sockets are only read and written here, never opened.
@@ -29,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from archipelag import errors
+from archipelag import errors, identity, receipts
 from archipelag.errors import ArchipelagError, PayloadTooLarge, ValidationFailed
 from archipelag.gate.tickets import SignedTicket
 from archipelag.identity import NODE_PURPOSES
@@ -39,6 +41,7 @@ from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
 
 MARK: Final = "gate"  # the key of the gate's own lines
+RECEIPT: Final = receipts.PURPOSE
 STARTED: Final[Event] = {MARK: "started"}
 CONTROL_BYTES: Final = 4096  # a warm or cancel request, and what a line may hold beyond a job's input
 TICKET_BYTES: Final = 16 * 1024  # a run request's fields besides its input: ids, limits, the ticket
@@ -48,6 +51,7 @@ MAX_ID_CHARS: Final = 200
 @dataclass(frozen=True)
 class RunRequest:
     job_id: JobId
+    attempt: int
     workload: WorkloadSlug
     input: dict[str, Any]
     limits: Limits | None  # the agent's, which may only narrow the ticket's
@@ -68,6 +72,7 @@ class CancelRequest:
 class SignRequest:
     purpose: str
     digest: str  # sha256 hex of the report
+    receipt: dict[str, Any] | None = None  # a receipt's fields (receipts.report), whose digest ``digest`` is
 
 
 Request = RunRequest | WarmRequest | CancelRequest | SignRequest
@@ -83,16 +88,19 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def run_request(spec: JobSpec) -> bytes:
     ticket = dataclasses.asdict(spec.ticket) if spec.ticket is not None else None
-    return encode({"op": "run", "job_id": spec.job_id, "workload": spec.workload.slug, "input": spec.input,
-                   "limits": dataclasses.asdict(spec.limits), "ticket": ticket})
+    return encode({"op": "run", "job_id": spec.job_id, "attempt": spec.attempt, "workload": spec.workload.slug,
+                   "input": spec.input, "limits": dataclasses.asdict(spec.limits), "ticket": ticket})
 
 
 def cancel_request(reason: str) -> bytes:
     return encode({"op": "cancel", "reason": reason[:1000]})
 
 
-def sign_request(purpose: str, report_digest: str) -> bytes:
-    return encode({"op": "sign", "purpose": purpose, "digest": report_digest})
+def sign_request(purpose: str, report: Any) -> bytes:
+    """A receipt goes as its fields (the gate checks which job it is for), any other report as its digest."""
+    if purpose == RECEIPT:
+        return encode({"op": "sign", "purpose": purpose, "receipt": report})
+    return encode({"op": "sign", "purpose": purpose, "digest": identity.digest(report)})
 
 
 def parse_request(line: bytes) -> Request:
@@ -109,10 +117,14 @@ def parse_request(line: bytes) -> Request:
     if op == "cancel":
         return CancelRequest(_text(raw, "reason", 1000, allow_empty=True))
     if op == "sign":
-        purpose, report_digest = _text(raw, "purpose", 40), _text(raw, "digest", 64)
+        purpose = _text(raw, "purpose", 40)
         if purpose not in NODE_PURPOSES:
             raise ValidationFailed(f"the gate signs only {', '.join(sorted(NODE_PURPOSES))} for the node, not "
                                    f"{purpose!r}", errors={"purpose": "not one the node may ask for"})
+        if purpose == RECEIPT:
+            fields = _receipt_fields(raw.get("receipt"))
+            return SignRequest(purpose, identity.digest(fields), fields)
+        report_digest = _text(raw, "digest", 64)
         if len(report_digest) != 64 or any(c not in "0123456789abcdef" for c in report_digest):
             raise ValidationFailed("digest is a SHA-256, 64 lowercase hex digits", errors={"digest": "invalid"})
         return SignRequest(purpose, report_digest)
@@ -122,8 +134,24 @@ def parse_request(line: bytes) -> Request:
     job_input = raw.get("input")
     if not isinstance(job_input, dict):
         raise ValidationFailed("a job's input is a JSON object", errors={"input": "not an object"})
-    return RunRequest(JobId(_text(raw, "job_id", MAX_ID_CHARS)), WorkloadSlug(_text(raw, "workload", MAX_ID_CHARS)),
-                      job_input, _limits(raw.get("limits")), _ticket(raw.get("ticket")))
+    attempt = raw.get("attempt", 1)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= 1000:
+        raise ValidationFailed("attempt is a whole number from 1", errors={"attempt": "invalid"})
+    return RunRequest(JobId(_text(raw, "job_id", MAX_ID_CHARS)), attempt,
+                      WorkloadSlug(_text(raw, "workload", MAX_ID_CHARS)), job_input, _limits(raw.get("limits")),
+                      _ticket(raw.get("ticket")))
+
+
+def _receipt_fields(raw: Any) -> dict[str, Any]:
+    """A receipt's fields as ``receipts.report`` makes them, each of its type."""
+    if not isinstance(raw, dict) or set(raw) != {"job_id", "attempt", "usage", "output_sha256"}:
+        raise ValidationFailed("a receipt is {job_id, attempt, usage, output_sha256}", errors={"receipt": "invalid"})
+    usage, attempt = raw["usage"], raw["attempt"]
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not isinstance(usage, dict) or len(usage) > 16 \
+            or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in usage.items()):
+        raise ValidationFailed("a receipt's attempt is a number and its usage counts", errors={"receipt": "invalid"})
+    digest = _text(raw, "output_sha256", 64)
+    return receipts.report(_text(raw, "job_id", MAX_ID_CHARS), attempt, usage, digest)
 
 
 def _text(raw: dict[str, Any], name: str, max_chars: int, allow_empty: bool = False) -> str:

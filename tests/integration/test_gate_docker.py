@@ -20,7 +20,7 @@ import pytest
 from docker_engine import ENGINE_URL, LIMITS, REPO_ROOT, DockerEnv, a_job_id, docker_env  # noqa: F401
 from gate_builders import HOST, Coordinator, a_gate, guard_for
 
-from archipelag import identity
+from archipelag import identity, receipts
 from archipelag.actors.agent_actor import build_runtimes
 from archipelag.actors.hardware import Hardware
 from archipelag.catalog import Manifest, write_catalog
@@ -85,6 +85,7 @@ def test_a_signed_ticket_runs_a_real_container_through_the_gate(gate: tuple[Gate
     spec = job(docker_env, coordinator, "gate-echo", {"attack": "echo", "text": "through the gate"})
     events = list(GatedRuntime(server.path).run(spec, CancelToken()))
     assert "".join(e["content"] for e in events if e["type"] == "token") == "through the gate "
+    assert events[-1].pop("receipt")["output_sha256"] == receipts.output_sha256("through the gate ")  # the gate's
     assert events[-1] == {"type": "done", "usage": {"completion_tokens": 3}}
     assert wait_for_no_leftovers(docker_env) == []  # removed just after the done event left, as without a gate
 

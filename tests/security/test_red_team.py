@@ -13,6 +13,7 @@ its test fail until the expectation (and the README) is updated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -418,6 +419,34 @@ def _swap_the_nodes_folder(node_id: str, target: str) -> str:
     return str(_on_victim_node(node_id, swap, target))
 
 
+def _change_a_container_jobs_output(namespace: str, victim: str) -> str:
+    """Take over the host's agent and change the output of the next container job it relays, asking the host's
+    gate (as the agent may) to sign a receipt for the changed output; keep the gate's own receipt if it will not."""
+
+    def plant(instance: Any) -> str:
+        from archipelag import receipts
+
+        runtime = instance._agent._runtimes["container"]
+        original = runtime.run
+
+        def run(spec: Any, cancel: Any) -> Any:
+            runtime.run = original  # once
+            sent: list[dict[str, Any]] = []
+            for event in original(spec, cancel):
+                if event.get("type") == "done" and isinstance(event.get("output"), dict):
+                    event = {**event, "output": {**event["output"], "words": 999}}
+                    with contextlib.suppress(Exception):  # refused: the gate's receipt stays
+                        event["receipt"] = receipts.sign(instance._sign, spec.job_id, spec.attempt, [*sent, event])
+                sent.append(event)
+                yield event
+
+        runtime.run = run
+        return f"planted in pid {os.getpid()} (uid {os.getuid()})"
+
+    agent = ray.get_actor(f"host-agent:{victim}", namespace=namespace)
+    return str(ray.get(agent.__ray_call__.remote(plant), timeout=30))
+
+
 def _docker(node_id: str) -> str:
     def reach() -> str:
         import socket
@@ -628,6 +657,25 @@ def test_a_container_job_runs_through_the_hosts_gate(network: EmbeddedNetwork) -
         job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
     assert job["status"] == "completed", job["error"]
     assert '"words": 3' in job["output"]
+
+
+def test_a_joined_node_cannot_change_a_container_jobs_output_on_another_host(network: EmbeddedNetwork,
+                                                                             attacker: RayNodeProcess) -> None:
+    """The gate signs each container job's receipt over what it sent, and no other for that job: output changed
+    after it fails the coordinator's check (the user pays nothing), and the user's own check would catch it."""
+    planted = on_attacker(_change_a_container_jobs_output, network.settings.ray_namespace, host_id(network))
+    with api_client(network) as http:
+        created = http.post("/api/v1/jobs", json={"workload": "text-stats", "input": {"text": "one two two"}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["data"]["id"]
+        eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] in {"completed", "failed"},
+                   timeout_s=120)
+        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    changed = job["status"] == "completed" and '"words": 999' in (job["output"] or "")
+    what = f"{planted}; the job {job['status']}" + (f": {job['error']}" if job.get("error") else "") + \
+        (f", output {job['output'][:60]}" if job.get("output") else "")
+    record("change the output of a container job on another host (take over its agent, have the gate sign anew)",
+           "prevented", "possible" if changed else "prevented", what)
 
 
 @pytest.mark.parametrize("forge", [False, True], ids=["without a ticket", "with a forged ticket"])

@@ -27,6 +27,7 @@ from gate_builders import (
     tier_limits,
 )
 
+from archipelag import identity, receipts
 from archipelag.errors import (
     ArchipelagError,
     ConfigError,
@@ -44,6 +45,7 @@ from archipelag.gate.server import SPARE_CONNECTIONS, GateServer
 from archipelag.ids import HostId, JobId
 from archipelag.metrics.trace import TRACE
 from archipelag.metrics.trace import read as read_trace
+from archipelag.protocol import usage_counts
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.sandbox import Tier
 
@@ -74,7 +76,9 @@ def test_a_signed_ticket_runs_the_job_and_its_events_come_back(coordinator: Coor
     runtime = FakeRuntime()
     with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
         events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    receipt = events[-1].pop("receipt")  # the gate's, over what it sent
     assert events == [{"type": "token", "content": "hi"}, {"type": "done"}]
+    assert receipts.mismatch(a_receipt(receipt, "job-1", events[-1]), "job-1", "hi") is None
     [ran] = runtime.ran
     assert (ran.job_id, ran.workload, ran.input) == ("job-1", MANIFEST, INPUT)
     assert runtime.closed  # the gate owns its runtime
@@ -482,20 +486,58 @@ def test_the_gate_signs_the_nodes_reports_with_the_hosts_key(coordinator: Coordi
     identity.verify(proof, "heartbeat", identity.public_hex(HOST_KEY), report)
 
 
-@pytest.mark.parametrize(("purpose", "digest"), [
-    ("poll", "ab" * 32),  # fetches the cluster's credentials: never for the node
-    ("anything", "ab" * 32),
-    ("heartbeat", "AB" * 32),
-    ("heartbeat", "ab" * 31),
-    ("heartbeat", "zz" * 32),
-], ids=["poll", "unknown purpose", "upper-case digest", "short digest", "not hex"])
-def test_the_gate_signs_nothing_else(coordinator: Coordinator, purpose: str, digest: str) -> None:
-    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate, \
-            socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(gate.path))
-        sock.sendall(wire.sign_request(purpose, digest))
-        answer = json.loads(sock.makefile().readline())
+def ask_to_sign(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(wire.encode(request))
+        answer: dict[str, Any] = json.loads(sock.makefile().readline())
+    return answer
+
+
+RECEIPT_FIELDS = {"job_id": "job-9", "attempt": 1, "usage": {"completion_tokens": 2}, "output_sha256": "ab" * 32}
+
+
+@pytest.mark.parametrize("request_", [
+    {"op": "sign", "purpose": "poll", "digest": "ab" * 32},  # fetches the cluster's credentials: never the node's
+    {"op": "sign", "purpose": "anything", "digest": "ab" * 32},
+    {"op": "sign", "purpose": "heartbeat", "digest": "AB" * 32},
+    {"op": "sign", "purpose": "heartbeat", "digest": "ab" * 31},
+    {"op": "sign", "purpose": "heartbeat", "digest": "zz" * 32},
+    {"op": "sign", "purpose": "receipt", "digest": "ab" * 32},  # a receipt goes as its fields
+    {"op": "sign", "purpose": "receipt", "receipt": {**RECEIPT_FIELDS, "extra": 1}},
+    {"op": "sign", "purpose": "receipt", "receipt": {**RECEIPT_FIELDS, "usage": {"tokens": "many"}}},
+], ids=["poll", "unknown purpose", "upper-case digest", "short digest", "not hex", "receipt as a digest",
+        "receipt with more fields", "receipt with a usage that is no count"])
+def test_the_gate_signs_nothing_else(coordinator: Coordinator, request_: dict[str, Any]) -> None:
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        answer = ask_to_sign(gate.path, request_)
     assert answer["gate"] == "error" and answer["code"] == "validation_error"
+
+
+def test_the_gate_signs_no_receipt_for_a_job_it_ran_but_one_for_another(coordinator: Coordinator) -> None:
+    """It signed the receipt of a job it ran over what it sent: a node that changed that output on the way cannot
+    have the change signed too. A job the agent ran itself (WASM) gets its receipt from the gate on request."""
+    with a_gate(FakeRuntime(), guard_for(MANIFEST), (coordinator.public,)) as gate:
+        list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+        taken = ask_to_sign(gate.path, {"op": "sign", "purpose": "receipt",
+                                        "receipt": {**RECEIPT_FIELDS, "job_id": "job-1"}})
+        other = ask_to_sign(gate.path, {"op": "sign", "purpose": "receipt", "receipt": RECEIPT_FIELDS})
+    assert taken["code"] == "forbidden" and "signed its receipt itself" in taken["message"]
+    assert other["gate"] == "signed" and other["digest"] == identity.digest(receipts.report(job_id="job-9", attempt=1, usage={"completion_tokens": 2}, output_digest="ab" * 32))
+
+
+def test_a_receipt_the_workload_wrote_is_replaced_by_the_gates(coordinator: Coordinator) -> None:
+    forged = {"signed_at": 1.0, "output_sha256": "00" * 32, "signature": "AAAA"}
+    runtime = FakeRuntime([{"type": "token", "content": "hi"}, {"type": "done", "receipt": forged}])
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        events = list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    receipt = events[-1]["receipt"]
+    assert receipt != forged and receipts.mismatch(a_receipt(receipt, "job-1", events[-1]), "job-1", "hi") is None
+
+
+def a_receipt(field: dict[str, Any], job_id: str, done: dict[str, Any]) -> receipts.Receipt:
+    return receipts.Receipt(HOST, identity.public_hex(HOST_KEY), 1, usage_counts(done.get("usage")),
+                            field["output_sha256"], field["signed_at"], field["signature"])
 
 
 def test_a_gate_without_an_engine_still_signs_and_runs_no_container(coordinator: Coordinator) -> None:
