@@ -61,7 +61,7 @@ REQUEST_TIMEOUT_S: Final = 10.0  # a client's whole request must arrive within t
 WRITE_TIMEOUT_S: Final = 120.0  # a client that reads none of its job's events this long loses the job
 DRAIN_TIMEOUT_S: Final = 0.5  # after the last line: for the rest of a refused request to arrive
 SPARE_CONNECTIONS: Final = 16  # beyond the job slots: warm requests, and refusals answered while slots are full
-RAN_REMEMBERED: Final = 100_000  # job ids the gate refuses to sign another receipt for
+RAN_REMEMBERED: Final = 100_000  # job ids whose receipts the gate remembers signing, each way
 
 
 class Nonces:
@@ -96,7 +96,10 @@ class GateServer:
         self.host_id = host_id
         self._runtime = runtime  # None: no Docker engine here; the gate still signs for the node
         self._key = key  # the host's: the node's account cannot read it, and asks the gate to sign (``sign``)
-        self._ran: OrderedDict[str, None] = OrderedDict()  # jobs admitted here, whose receipts the gate signs
+        # A job's receipt is signed once, by one of two: the gate as the container job it ran ends, or the gate
+        # on the node's request (a job that ran in the agent). Each remembers its job ids and bars the other.
+        self._ran: OrderedDict[str, None] = OrderedDict()
+        self._receipted: OrderedDict[str, None] = OrderedDict()
         self._guard = guard
         self._keys = tuple(coordinator_keys)
         self._allowed = frozenset(allowed_uids)
@@ -187,9 +190,12 @@ class GateServer:
             try:
                 request = self._read_request(reader)
                 if isinstance(request, wire.SignRequest):
-                    if request.receipt is not None and request.receipt["job_id"] in self._ran:
-                        raise Forbidden(f"the gate ran job {request.receipt['job_id']} and signed its receipt "
-                                        "itself; it signs no other", reason="receipt_taken")
+                    if request.receipt is not None:
+                        with self._lock:
+                            if request.receipt["job_id"] in self._ran:
+                                raise Forbidden(f"the gate ran job {request.receipt['job_id']} and signed its "
+                                                "receipt itself; it signs no other", reason="receipt_taken")
+                            _remember(self._receipted, request.receipt["job_id"])
                     proof = identity.sign_digest(self._key, request.purpose, self.host_id, self._clock(),
                                                  request.digest)
                     conn.sendall(wire.encode({wire.MARK: "signed", "host_id": proof.host_id, "at": proof.at,
@@ -262,9 +268,10 @@ class GateServer:
         ticket = tickets.verify(request.ticket, self._keys, self.host_id, claimed, self._clock())
         self._nonces.spend(ticket, self._clock())
         with self._lock:
-            self._ran[request.job_id] = None
-            while len(self._ran) > RAN_REMEMBERED:
-                self._ran.popitem(last=False)
+            if request.job_id in self._receipted:
+                raise TicketRefused(f"job {request.job_id} already has a receipt the node asked for; this gate runs "
+                                    "it no more", reason="receipt_taken")
+            _remember(self._ran, request.job_id)
         limits = ticket.limits.within(request.limits) if request.limits is not None else ticket.limits
         spec = self._guard.admit(replace(claimed, limits=limits))
         log.info("gate: job %s of %s admitted on %s", spec.job_id, manifest.slug, self.host_id)
@@ -321,6 +328,12 @@ class GateServer:
 
 # A request without limits takes the ticket's: this only fills the spec the ticket is checked against.
 _NO_LIMITS = Limits(memory_mb=0, timeout_s=0, network=False, gpu=False, fuel=0, output_bytes=0, line_bytes=0)
+
+
+def _remember(seen: OrderedDict[str, None], job_id: str) -> None:
+    seen[job_id] = None
+    while len(seen) > RAN_REMEMBERED:
+        seen.popitem(last=False)
 
 
 def _watch(reader: wire.LineReader, token: CancelToken, ended: threading.Event) -> None:

@@ -526,6 +526,18 @@ def test_the_gate_signs_no_receipt_for_a_job_it_ran_but_one_for_another(coordina
     assert other["gate"] == "signed" and other["digest"] == identity.digest(receipts.report(job_id="job-9", attempt=1, usage={"completion_tokens": 2}, output_digest="ab" * 32))
 
 
+def test_a_job_whose_receipt_the_node_had_signed_ahead_does_not_run(coordinator: Coordinator) -> None:
+    """Signed ahead for a job id the node learned, a receipt for a changed output would stand in for the gate's:
+    the gate runs no container job it already signed a receipt for."""
+    runtime = FakeRuntime()
+    with a_gate(runtime, guard_for(MANIFEST), (coordinator.public,)) as gate:
+        ahead = ask_to_sign(gate.path, {"op": "sign", "purpose": "receipt",
+                                        "receipt": {**RECEIPT_FIELDS, "job_id": "job-1"}})
+        with pytest.raises(TicketRefused, match="already has a receipt"):
+            list(GatedRuntime(gate.path).run(coordinator.spec(MANIFEST, INPUT), CancelToken()))
+    assert ahead["gate"] == "signed" and runtime.ran == []
+
+
 def test_a_receipt_the_workload_wrote_is_replaced_by_the_gates(coordinator: Coordinator) -> None:
     forged = {"signed_at": 1.0, "output_sha256": "00" * 32, "signature": "AAAA"}
     runtime = FakeRuntime([{"type": "token", "content": "hi"}, {"type": "done", "receipt": forged}])
