@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import tarfile
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,9 +15,9 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
+from netutil import serve
 
 from archipelag.catalog import Manifest, write_catalog
 from archipelag.catalog_signing import catalog_path, signature_path
@@ -132,19 +130,6 @@ def a_tarball_server(body: bytes = b"", status: int = 200) -> Iterator[TarballSe
 
         return StreamingResponse(chunks(), status_code=served.status, media_type="application/x-tar")
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the tarball server did not start")
-            threading.Event().wait(0.01)
-        served.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with serve(app) as url:
+        served.url = url
         yield served
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()

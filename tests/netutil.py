@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 
 from archipelag.network import EmbeddedNetwork
 from archipelag.settings import Settings
@@ -72,3 +75,24 @@ def enrol_local_host(settings: Settings, host_id: str, region: str = "eu-west") 
         ledger.enrol_host(host_id, identity.public_hex(key), owner.id, host_id, region)
     finally:
         ledger.close()
+
+
+@contextmanager
+def serve(app: FastAPI, lifespan: str = "off") -> Iterator[str]:
+    """Run the app with uvicorn on a free local port in a thread; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the app did not start")
+            threading.Event().wait(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()

@@ -645,16 +645,22 @@ def test_a_joined_node_cannot_reach_the_docker_engine_of_a_host(network: Embedde
            "possible" if what.startswith("connected") else "prevented", what)
 
 
-def test_a_container_job_runs_through_the_hosts_gate(network: EmbeddedNetwork) -> None:
-    """The gate is the host's only way to its engine: a job of a container workload still runs, with the ticket
-    the coordinator signed for it."""
+def a_text_stats_job(network: EmbeddedNetwork) -> dict[str, Any]:
+    """A user's text-stats job (a container workload) on the network, once it has ended."""
     with api_client(network) as http:
         created = http.post("/api/v1/jobs", json={"workload": "text-stats", "input": {"text": "one two two"}})
         assert created.status_code == 201, created.text
         job_id = created.json()["data"]["id"]
         eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] in {"completed", "failed"},
                    timeout_s=120)
-        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+        job: dict[str, Any] = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    return job
+
+
+def test_a_container_job_runs_through_the_hosts_gate(network: EmbeddedNetwork) -> None:
+    """The gate is the host's only way to its engine: a job of a container workload still runs, with the ticket
+    the coordinator signed for it."""
+    job = a_text_stats_job(network)
     assert job["status"] == "completed", job["error"]
     assert '"words": 3' in job["output"]
 
@@ -664,13 +670,7 @@ def test_a_joined_node_cannot_change_a_container_jobs_output_on_another_host(net
     """The gate signs each container job's receipt over what it sent, and no other for that job: output changed
     after it fails the coordinator's check (the user pays nothing), and the user's own check would catch it."""
     planted = on_attacker(_change_a_container_jobs_output, network.settings.ray_namespace, host_id(network))
-    with api_client(network) as http:
-        created = http.post("/api/v1/jobs", json={"workload": "text-stats", "input": {"text": "one two two"}})
-        assert created.status_code == 201, created.text
-        job_id = created.json()["data"]["id"]
-        eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] in {"completed", "failed"},
-                   timeout_s=120)
-        job = http.get(f"/api/v1/jobs/{job_id}").json()["data"]
+    job = a_text_stats_job(network)
     changed = job["status"] == "completed" and '"words": 999' in (job["output"] or "")
     what = f"{planted}; the job {job['status']}" + (f": {job['error']}" if job.get("error") else "") + \
         (f", output {job['output'][:60]}" if job.get("output") else "")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+import netutil
 from builders import NOW, a_host
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -203,20 +201,6 @@ def a_model_network(tmp_path: Path, *, hosts: int = 1, slots: int = 4, active_jo
 
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
-    """Run the app with uvicorn (lifespan on) on a free local port in a thread; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the API did not start")
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    """The API with its lifespan on (its services start and stop with it)."""
+    with netutil.serve(app, lifespan="on") as url:
+        yield url

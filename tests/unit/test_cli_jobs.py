@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from fake_api import KEY, READ_ONLY_KEY, FakeNetwork, build_app, free_port_url, serve
+from fake_api import KEY, READ_ONLY_KEY, FakeNetwork, build_app, free_port_url
+from netutil import serve
 from typer.testing import CliRunner, Result
 
 from archipelag.cli.jobs import register

@@ -7,7 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fake_api import KEY, READ_ONLY_KEY, FakeNetwork, build_app, free_port_url, serve
+from fake_api import KEY, READ_ONLY_KEY, FakeNetwork, build_app, free_port_url
+from netutil import serve
 
 from archipelag import errors
 from archipelag.sdk import Client, JobFailed, JobRef, JobState, Page, Unreachable, WaitTimeout

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from fake_api import KEY, FakeNetwork, build_app, serve
+from fake_api import KEY, FakeNetwork, build_app
+from netutil import serve
 
 from archipelag import errors
 from archipelag.sdk import AsyncClient, AsyncJobRef, JobFailed, JobState, WaitTimeout
