@@ -344,11 +344,19 @@ def revoke_sessions(session: Session, account_id: int) -> None:
 # --- single-use tokens ------------------------------------------------------------------------------
 
 
+def typeable_token(nbytes: int) -> str:
+    """A URL-safe token a command line takes as its argument: never one starting with "-", which reads as an option
+    (`archipelag verify -x…` was a usage error for one token in 64)."""
+    while (token := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return token
+
+
 def issue_token(session: Session, account_id: int, purpose: str, ttl: timedelta,
                 email: str | None = None) -> tuple[str, datetime]:
     """A new single-use token for ``purpose`` (shown once) and when it expires."""
     assert purpose in TOKEN_PURPOSES
-    token = secrets.token_urlsafe(24)
+    token = typeable_token(24)
     expires_at = utcnow() + ttl
     session.add(AccountTokenRow(account_id=account_id, purpose=purpose, token_hash=hash_key(token),
                                 email=normalized_email(email) if email else None, created_at=utcnow(),

@@ -101,3 +101,12 @@ def test_an_admin_suspends_and_reinstates_a_host(net: ModelNetwork, cli: CliRunn
     assert next(h["suspended_reason"] for h in json.loads(listed.stdout) if h["id"] == "host-a").startswith("lies")
     assert invoke(cli, "admin", "reinstate-host", "host-a").exit_code == 0
     assert "lies" not in invoke(cli, "admin", "hosts").stdout
+
+
+def test_a_mailed_token_never_reads_as_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`archipelag verify TOKEN` takes the token as typed: one starting with "-" would be a usage error."""
+    from archipelag.ledger import accounts
+
+    drawn = iter(["-starts-with-a-dash", "fine-token"])
+    monkeypatch.setattr(accounts.secrets, "token_urlsafe", lambda _n: next(drawn))
+    assert accounts.typeable_token(24) == "fine-token"
