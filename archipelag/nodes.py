@@ -299,7 +299,8 @@ class RunAs:
             except OSError as exc:
                 raise ConfigError(f"cannot hand {path} to {self.name}: {exc.strerror} (a link is refused)") from None
             try:
-                if not (stat.S_ISDIR(os.fstat(fd).st_mode) or stat.S_ISREG(os.fstat(fd).st_mode)):
+                kind = os.fstat(fd).st_mode
+                if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):
                     raise ConfigError(f"cannot hand {path} to {self.name}: not a file or folder")
                 os.fchown(fd, self.uid, self.gid)
                 if mode is not None:

@@ -163,7 +163,6 @@ class HostAgentActor:
         except NotFound:  # placement restarted and has not heard from this host yet
             self._register(replace(self._snapshot(), status=status))
 
-
     def _register(self, snapshot: HostSnapshot | None = None) -> None:
         """Tell placement who this host is and what it has, signed with the host's key (placement refuses an
         unsigned registration)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -99,6 +100,30 @@ class GatedRuntime:
     def close(self) -> None:
         """Nothing to release: each job's connection closes with it; the gate keeps its own runtime."""
 
+    def sign_as(self, host_id: HostId, purpose: str, report: Any) -> identity.Proof:
+        """The gate's signature over ``report`` as ``host_id``, at its clock; RuntimeUnavailable when it does not
+        answer within SIGN_TIMEOUT_S or answers what is not this host's signature over this report."""
+        report_digest = identity.digest(report)
+        sock = self._open()
+        try:
+            _send(sock, wire.sign_request(purpose, report))
+            answer = self._line(wire.LineReader(sock), 4096, time.monotonic() + SIGN_TIMEOUT_S, started=False)
+        finally:
+            sock.close()
+        if answer.get(wire.MARK) != "signed":
+            raise self._refusal(answer)
+        at, signature = answer.get("at"), answer.get("signature")
+        if answer.get("host_id") != host_id or answer.get("digest") != report_digest \
+                or not isinstance(at, float | int) or isinstance(at, bool) or not isinstance(signature, str):
+            raise RuntimeUnavailable(f"the host's gate at {self.socket_path} signed something else",
+                                     reason="gate_broken")
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise RuntimeUnavailable(f"the host's gate at {self.socket_path} sent no signature",
+                                     reason="gate_broken") from None
+        return identity.Proof(host_id, float(at), report_digest, raw)
+
     # --- one job ------------------------------------------------------------------------------------------
 
     def _events(self, sock: socket.socket, reader: wire.LineReader, spec: JobSpec,
@@ -171,32 +196,8 @@ class GatedRuntime:
 
 
 def gate_signer(socket_path: Path, host_id: HostId) -> identity.Signer:
-    """Signs as the host through its gate, which holds the key (identity.Signer): RuntimeUnavailable when the gate
-    does not answer within SIGN_TIMEOUT_S or answers what is not this host's signature over this report."""
-    gate = GatedRuntime(socket_path)
-
-    def signer(purpose: str, report: Any) -> identity.Proof:
-        report_digest = identity.digest(report)
-        sock = gate._open()
-        try:
-            _send(sock, wire.sign_request(purpose, report))
-            answer = gate._line(wire.LineReader(sock), 4096, time.monotonic() + SIGN_TIMEOUT_S, started=False)
-        finally:
-            sock.close()
-        if answer.get(wire.MARK) != "signed":
-            raise gate._refusal(answer)
-        at, signature = answer.get("at"), answer.get("signature")
-        if answer.get("host_id") != host_id or answer.get("digest") != report_digest \
-                or not isinstance(at, float | int) or isinstance(at, bool) or not isinstance(signature, str):
-            raise RuntimeUnavailable(f"the host's gate at {socket_path} signed something else", reason="gate_broken")
-        try:
-            raw = base64.b64decode(signature, validate=True)
-        except (binascii.Error, ValueError):
-            raise RuntimeUnavailable(f"the host's gate at {socket_path} sent no signature",
-                                     reason="gate_broken") from None
-        return identity.Proof(host_id, float(at), report_digest, raw)
-
-    return signer
+    """Signs as the host through its gate, which holds the key (identity.Signer)."""
+    return functools.partial(GatedRuntime(socket_path).sign_as, host_id)
 
 
 def _send(sock: socket.socket, request: bytes) -> None:
