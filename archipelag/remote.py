@@ -17,6 +17,26 @@ from archipelag.errors import ArchipelagError
 log = logging.getLogger(__name__)
 
 
+def remote_apart(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """``method.remote(*args, **kwargs)``, sent as no child of the Ray task running here, so that it ends as the
+    actor it goes to decides, never because the task that sent it was cancelled.
+
+    Ray cancels a cancelled task's children with it (``ray.cancel``'s default; Serve cancels a request's task so
+    when its client goes away, and our streams cancel theirs when their reader leaves). A child still queued at
+    an in-order actor is then dropped before it runs: seen here, a chat's Stop cancelled the ledger's record of
+    a job, and the hole it left in the ledger's queue held every later call from the jobs service for 30 s and
+    then failed them all, other users' included. What a caller sends must outlive the caller's own cancel: the
+    jobs service and the hosts stop work through their own cancel paths."""
+    from ray import TaskID
+    from ray._raylet import async_task_id  # type: ignore[attr-defined]
+
+    token = async_task_id.set(TaskID.nil())  # no parent (unset, Ray takes the task its thread runs last)
+    try:
+        return method.remote(*args, **kwargs)
+    finally:
+        async_task_id.reset(token)
+
+
 class Calls(Protocol):
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -44,7 +64,7 @@ class RayCalls:
         from ray.exceptions import RayError
 
         try:
-            ref = getattr(self._handle, method).remote(*args, **kwargs)
+            ref = remote_apart(getattr(self._handle, method), *args, **kwargs)
             if self._timeout_s is None:
                 return await ref
             return await asyncio.wait_for(ref, self._timeout_s)
@@ -53,7 +73,7 @@ class RayCalls:
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None:
         try:
-            getattr(self._handle, method).remote(*args, **kwargs)
+            remote_apart(getattr(self._handle, method), *args, **kwargs)
         except Exception:  # fire-and-forget: the caller never fails for a lost notice
             log.warning("%s.%s was not sent", self._what, method, exc_info=True)
 
@@ -63,7 +83,7 @@ class RayCalls:
         import ray
         from ray.exceptions import RayError
 
-        generator = getattr(self._handle, method).remote(*args)
+        generator = remote_apart(getattr(self._handle, method), *args)
         finished = False
         try:
             async for ref in generator:
@@ -75,7 +95,7 @@ class RayCalls:
         finally:
             if not finished:
                 try:
-                    ray.cancel(generator)
+                    ray.cancel(generator, recursive=False)  # what the generator sent ends as its callee decides
                 except Exception:  # best effort: the actor's generator ends at its next wait anyway
                     log.debug("%s.%s was not cancelled", self._what, method, exc_info=True)
 

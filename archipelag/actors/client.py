@@ -25,6 +25,7 @@ from archipelag.actors.hardware import Hardware
 from archipelag.errors import ArchipelagError, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
 from archipelag.protocol import Event, error_event
+from archipelag.remote import remote_apart
 from archipelag.runtimes.base import JobSpec
 from archipelag.settings import Settings
 
@@ -103,7 +104,7 @@ class HostAgentClient:
     async def run_batches(self, spec: JobSpec) -> AsyncGenerator[list[Event], None]:
         """The job's events in the batches the host sends (an empty one: alive, the job quiet); HostLost when the
         host vanishes mid-job. Leaving early cancels the call, so a host that answers late is not waited on."""
-        stream = self._handle.run.remote(spec)
+        stream = remote_apart(self._handle.run, spec)
         finished = False
         try:
             async for ref in stream:
@@ -120,13 +121,13 @@ class HostAgentClient:
         finally:
             if not finished:
                 try:
-                    ray.cancel(stream)
+                    ray.cancel(stream, recursive=False)
                 except Exception:  # best effort: the lease already fenced this run
                     log.debug("could not cancel the run of %s on %s", spec.job_id, self.host_id, exc_info=True)
 
     async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
         try:
-            return bool(await asyncio.wait_for(self._handle.cancel.remote(job_id, reason), timeout=10))
+            return bool(await asyncio.wait_for(remote_apart(self._handle.cancel, job_id, reason), timeout=10))
         except (*_LOST, TimeoutError):
             return False
 
@@ -139,7 +140,8 @@ class HostAgentClient:
 
     async def control_async(self, command: Command, by: Controller, reason: str, timeout_s: float = 30) -> AgentView:
         try:
-            view: AgentView = await asyncio.wait_for(self._handle.control.remote(command, by, reason), timeout_s)
+            view: AgentView = await asyncio.wait_for(remote_apart(self._handle.control, command, by, reason),
+                                                     timeout_s)
         except RayTaskError as exc:
             raise _cause(exc, self.host_id) from None
         except (*_LOST, TimeoutError) as exc:

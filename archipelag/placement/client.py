@@ -25,6 +25,7 @@ from archipelag.lifecycle import HostStatus
 from archipelag.placement.actor import Identities, PlacementActor
 from archipelag.placement.book import Book
 from archipelag.placement.scoring import HostSnapshot, JobRequest
+from archipelag.remote import remote_apart
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _RayCalls:
 
     def send(self, method: str, *args: Any) -> None:
         try:
-            getattr(self._handle, method).remote(*args)
+            remote_apart(getattr(self._handle, method), *args)
         except Exception:  # a lost update is repaired by the next heartbeat; never fail the caller for it
             log.warning("placement.%s was not sent", method, exc_info=True)
 
@@ -68,7 +69,7 @@ class _RayCalls:
         from ray.exceptions import RayError
 
         try:
-            return await asyncio.wait_for(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            return await asyncio.wait_for(remote_apart(getattr(self._handle, method), *args), timeout=CALL_TIMEOUT_S)
         except (RayError, TimeoutError) as exc:
             raise _translated(exc) from None
 
