@@ -55,7 +55,7 @@ class _RayCalls:
         from ray.exceptions import RayError
 
         try:
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            return ray.get(remote_apart(getattr(self._handle, method), *args), timeout=CALL_TIMEOUT_S)
         except RayError as exc:
             raise _translated(exc) from None
 
@@ -123,7 +123,7 @@ class _LedgerActor:
         try:
             if self._handle is None:
                 self._handle = ray.get_actor("ledger", namespace=self._namespace)
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=self._timeout_s)
+            return ray.get(remote_apart(getattr(self._handle, method), *args), timeout=self._timeout_s)
         except RayTaskError as exc:
             if isinstance(exc.cause, ArchipelagError):
                 raise exc.cause from None
