@@ -1,4 +1,4 @@
-"""LLM chat under load: total tokens/s of 1, 8 and 32 concurrent streamed chats through `/v1/chat/completions`,
+"""LLM chat under load: total tokens/s of 1, 2, 4, 8 and 32 concurrent streamed chats through `/v1/chat/completions`,
 on a one-host network and on the 3-host embedded network, next to one direct llama-cpp-python stream.
 
 Same model (SmolLM2-135M-Instruct Q8_0, as llm-chat's hosts load it), same thread count for the direct run and for each
@@ -27,7 +27,55 @@ from bench.bench_llm import model_path, stream_chat
 Row = tuple[str, str, str]
 TOKENS = 64
 THREADS = 1
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = (1, 2, 4, 8, 32)
+
+
+def step_ms(chats: int, prompt: int = 24, steps: int = 30) -> float:
+    """Median time of one llama_decode step of ``chats`` one-token sequences, each after a prompt of its own,
+    in a context set up as llm-chat's batched decoder sets its own (one thread, a cache per sequence, flash
+    attention), every logit read: what the decoder's ceiling is before anything of the network runs."""
+    from llama_cpp import llama_cpp as ll
+    from llama_cpp._internals import LlamaModel
+
+    model = LlamaModel(path_model=str(model_path()), params=ll.llama_model_default_params(), verbose=False)
+    params = ll.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.kv_unified = 256 * chats, chats, False
+    params.n_batch = params.n_ubatch = max(512, chats * prompt)
+    params.n_threads = params.n_threads_batch = THREADS
+    params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    ctx = ll.llama_init_from_model(model.model, params)
+    batch = ll.llama_batch_init(params.n_batch, 0, 1)
+    try:
+        def decode(tokens: list[tuple[int, int, int, bool]]) -> None:  # (token, position, sequence, logits)
+            for i, (token, pos, seq, logits) in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+                batch.seq_id[i][0] = seq
+            batch.n_tokens = len(tokens)
+            assert ll.llama_decode(ctx, batch) == 0
+
+        decode([(100 + i + seq, i, seq, i == prompt - 1) for seq in range(chats) for i in range(prompt)])
+        times = []
+        for step in range(steps):
+            start = time.perf_counter()
+            decode([(200 + step, prompt + step, seq, True) for seq in range(chats)])
+            for seq in range(chats):
+                ll.llama_get_logits_ith(ctx, seq)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2] * 1000
+    finally:
+        ll.llama_batch_free(batch)
+        ll.llama_free(ctx)
+
+
+def step_rows() -> list[Row]:
+    """The decoder's ceiling: a step of N chats against N steps of one, measured back to back."""
+    one = step_ms(1)
+    rows: list[Row] = [("llama.cpp step of 1 chat (baseline)", f"{one:.1f} ms", f"{THREADS} thread, Q8_0")]
+    for chats in (2, 8, 32):
+        ms = step_ms(chats)
+        rows.append((f"llama.cpp step of {chats} chats", f"{ms:.1f} ms",
+                     f"{ms / one:.1f} steps of one: at most {chats * one / ms:.2f}× one stream"))
+    return rows
 
 
 def _messages(n: int) -> list[dict[str, str]]:
@@ -97,6 +145,7 @@ def network_rows(hosts: int) -> dict[str, float]:
 
 def run() -> list[Row]:
     load = os.getloadavg()[0]
+    steps = step_rows()
     direct = direct_tps()
     one, three = network_rows(1), network_rows(3)
     rows: list[Row] = [("direct llama-cpp-python, 1 stream (baseline)", f"{direct:.1f} tok/s",
@@ -110,6 +159,6 @@ def run() -> list[Row]:
         rows.append((f"network {name}, 1 stream after first token", f"{net['single']:.1f} tok/s",
                      f"{net['single'] / direct:.3f} of direct (aim ≥ 0.99)"))
     rows.append(("machine load (1-min average) at start", f"{load:.2f}", f"{os.cpu_count()} cores"))
-    return rows
+    return steps + rows
 
 

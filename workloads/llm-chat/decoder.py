@@ -11,6 +11,12 @@ llama-cpp-python's ``create_completion`` builds: greedy at temperature 0, else t
 temperature and a seeded draw). A chat joins between steps; a finished or cancelled one frees its sequence at
 once, so the next chat can take it.
 
+A step of N one-token chats is not always cheaper than N steps of one: llama.cpp sends a batch through its tiled
+matrix kernels, which on this project's 2-core EPYC cost 36 ms for 2 chats where one chat's step costs 7.4 ms, and
+win only from about 6 chats (8: 49 ms against 60). Where that line lies depends on the CPU and the weights, so the
+decoder measures as it goes (``_Costs``) and, while no prompt is being read, decodes the chats apart, each in a step
+of its own, when that is what costs less here.
+
 A freed sequence keeps its cache, as llama.cpp's server keeps a slot's prompt: a new chat takes the free sequence
 whose cache begins the way its prompt does for the most tokens (ties: the lowest id), drops the rest
 (``llama_memory_seq_rm``) and evaluates only what follows. The chat template's system preamble, and a conversation's
@@ -31,6 +37,7 @@ import ctypes
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +53,8 @@ from llama_cpp._internals import LlamaModel
 BATCH_TOKENS = 512  # tokens one llama_decode call takes: every chat's next token, then prompt chunks
 TOP_K = 40  # the rest of llama-cpp-python's create_completion defaults, so a seed gives the text it gave
 MIN_P = 0.05
+EXPLORE_EVERY = 64  # the mode not taken for N chats is measured again once per this many steps of N
+WEIGHT = 0.2  # of the newest measurement in a moving average
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,38 @@ class Chat:
         if isinstance(item, Exception):
             raise item
         return item
+
+
+class _Costs:
+    """What decoding has cost here (moving averages, seconds): a step of one chat, and a step of N chats together.
+    ``apart(n)`` says whether n generating chats go cheaper one step each; a batch size not yet measured is
+    measured first, and the mode not taken is measured again now and then, so a busy moment is not kept for good.
+    Decoder thread only."""
+
+    def __init__(self) -> None:
+        self.one: float | None = None
+        self.together: dict[int, float] = {}
+        self._steps: dict[int, int] = {}
+
+    def apart(self, n: int) -> bool:
+        if n < 2 or self.one is None:
+            return False
+        step = self._steps[n] = self._steps.get(n, 0) + 1
+        together = self.together.get(n)
+        if together is None:
+            return False
+        cheaper = n * self.one < together
+        return not cheaper if step % EXPLORE_EVERY == 0 else cheaper
+
+    def took(self, n: int, seconds: float) -> None:
+        if n == 1:
+            self.one = _average(self.one, seconds)
+        else:
+            self.together[n] = _average(self.together.get(n), seconds)
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + WEIGHT * (new - old)
 
 
 class _Slot:
@@ -152,6 +193,7 @@ class Decoder:
         self._wake = threading.Event()
         self._slots: dict[int, _Slot] = {}  # by sequence id
         self._kept: dict[int, list[int]] = {}  # a free sequence → the tokens its cache still holds
+        self._costs = _Costs()
         threading.Thread(target=self._loop, name="decoder", daemon=True).start()
 
     def submit(self, chat: Chat) -> Chat:
@@ -192,23 +234,46 @@ class Decoder:
     def _step(self) -> None:
         for slot in [s for s in self._slots.values() if s.chat._cancelled.is_set()]:
             self._end(slot, None)
+        reading = any(s.pending for s in self._slots.values())  # a prompt's chunk: batched, and not timed
+        if not reading and self._costs.apart(len(self._slots)):
+            self._step_apart()
+            return
         outputs = self._fill()
         if not outputs:
             return
-        status = llama_cpp.llama_decode(self._ctx, self._batch)
-        if status != 0:
-            error = DecodeFailed(f"llama_decode failed with status {status}")
-            for slot in list(self._slots.values()):
-                self._end(slot, error)
+        if not self._decode(None if reading else len(outputs)):
             return
         for index, slot in outputs:
             token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
             self._take(slot, token)
 
+    def _step_apart(self) -> None:
+        """Each generating chat's next token in a step of its own (cheaper here than one step of all of them)."""
+        for seq in sorted(self._slots):
+            slot = self._slots[seq]
+            self._batch.n_tokens = 0
+            self._put(slot, [slot.last])
+            if not self._decode(1):
+                return
+            self._take(slot, llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, 0))
+
+    def _decode(self, timed: int | None) -> bool:
+        """llama_decode on the batch as filled (its time counted as a step of ``timed`` chats); on failure every
+        chat ends with it."""
+        start = time.perf_counter()
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            error = DecodeFailed(f"llama_decode failed with status {status}")
+            for slot in list(self._slots.values()):
+                self._end(slot, error)
+            return False
+        if timed:
+            self._costs.took(timed, time.perf_counter() - start)
+        return True
+
     def _fill(self) -> list[tuple[int, _Slot]]:
         """Put this step's tokens in the batch, by sequence id; the batch positions whose logits are sampled."""
-        batch = self._batch
-        n = 0
+        self._batch.n_tokens = 0
         outputs: list[tuple[int, _Slot]] = []
         budget = BATCH_TOKENS - sum(1 for s in self._slots.values() if not s.pending)
         for seq in sorted(self._slots):
@@ -221,20 +286,27 @@ class Decoder:
                 budget -= len(tokens)
             else:
                 tokens = [slot.last]
-            slot.cached += tokens
-            for token in tokens:
-                batch.token[n] = token
-                batch.pos[n] = slot.pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq
-                batch.logits[n] = False
-                slot.pos += 1
-                n += 1
+            last = self._put(slot, tokens)
             if not slot.pending:  # the prompt's last token, or a generated one: sample after it
-                batch.logits[n - 1] = True
-                outputs.append((n - 1, slot))
-        batch.n_tokens = n
+                outputs.append((last, slot))
         return outputs
+
+    def _put(self, slot: _Slot, tokens: list[int]) -> int:
+        """Append ``tokens`` of the slot's sequence to the batch, logits for the last only; that one's index."""
+        batch = self._batch
+        n = batch.n_tokens
+        slot.cached += tokens
+        for token in tokens:
+            batch.token[n] = token
+            batch.pos[n] = slot.pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq
+            batch.logits[n] = False
+            slot.pos += 1
+            n += 1
+        batch.logits[n - 1] = not slot.pending
+        batch.n_tokens = n
+        return n - 1
 
     def _take(self, slot: _Slot, token: int) -> None:
         """A sampled token: its text out (less what may be a stop string or half a character), or the end."""
