@@ -292,7 +292,8 @@ class Decoder:
         return outputs
 
     def _put(self, slot: _Slot, tokens: list[int]) -> int:
-        """Append ``tokens`` of the slot's sequence to the batch, logits for the last only; that one's index."""
+        """Append ``tokens`` of the slot's sequence to the batch; the last one's index, which asks for logits
+        when the slot samples after it (its prompt read, or a generated token)."""
         batch = self._batch
         n = batch.n_tokens
         slot.cached += tokens
