@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from archipelag.bridge.client import BridgeProcess
 from archipelag.catalog import load_catalog
 from archipelag.ledger import Ledger
 from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, start_head
@@ -48,9 +49,11 @@ class Coordinator:
     head: RayNodeProcess | None
     address: str
     ledger: Ledger  # migrated and synced with the catalog at start
+    bridge: BridgeProcess | None = None
 
     def start_services(self) -> None:
-        """The ledger, revocations, placement and jobs actors on the head, then the API."""
+        """The ledger, revocations, placement and jobs actors on the head, the bridge to the hosts, then the
+        API."""
         from archipelag.accounts.revocations import RevocationsClient
         from archipelag.jobs.client import JobsClient
         from archipelag.ledger.client import LedgerClient
@@ -60,6 +63,8 @@ class Coordinator:
         LedgerClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
         RevocationsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
         PlacementClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
+        self.bridge = BridgeProcess(self.settings, self.address,
+                                    self.settings.state_dir / "logs" / "bridge.log").start()
         JobsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
         deploy(self.settings)
 
@@ -77,6 +82,8 @@ class Coordinator:
             except Exception:
                 log.warning("serve did not shut down cleanly", exc_info=True)
         ray.shutdown()
+        if self.bridge is not None:
+            self.bridge.stop()
         if self.head is not None:
             self.head.stop()
 

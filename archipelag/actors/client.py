@@ -1,10 +1,10 @@
-"""HostAgentClient: the typed wrapper around one host's agent actor; the only place that calls it."""
+"""HostAgentClient: the typed wrapper around one host's agent actor, for the host's own driver (and the bridge's
+errors: ``_LOST``). The coordinator's services reach an agent through the bridge (bridge/client.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -15,18 +15,14 @@ from ray.exceptions import (
     RayActorError,
     RayError,
     RayTaskError,
-    TaskCancelledError,
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from archipelag.actors.agent_actor import HostAgentActor
 from archipelag.actors.controls import AgentView, Command, Controller
 from archipelag.actors.hardware import Hardware
-from archipelag.errors import ArchipelagError, HostLost, JobCancelled
-from archipelag.ids import HostId, JobId
-from archipelag.protocol import Event, error_event
-from archipelag.remote import remote_apart
-from archipelag.runtimes.base import JobSpec
+from archipelag.errors import ArchipelagError, HostLost
+from archipelag.ids import HostId
 from archipelag.settings import Settings
 
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -47,10 +43,9 @@ def _last_line(error: str) -> str:
 
 
 class HostAgentClient:
-    def __init__(self, host_id: HostId, handle: Any, on_lost: Callable[[HostId], None] = lambda _: None) -> None:
+    def __init__(self, host_id: HostId, handle: Any) -> None:
         self.host_id = host_id
         self._handle = handle
-        self._on_lost = on_lost  # told when the agent is found gone, so the next call looks it up again
 
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
@@ -76,8 +71,7 @@ class HostAgentClient:
         return client
 
     @classmethod
-    def connect(cls, settings: Settings, host_id: HostId,
-                on_lost: Callable[[HostId], None] = lambda _: None) -> HostAgentClient:
+    def connect(cls, settings: Settings, host_id: HostId) -> HostAgentClient:
         if not ray.is_initialized():  # an API without a cluster (tests); get_actor would start a Ray of its own
             raise HostLost(f"host {host_id} has no running agent: this process is not part of a network",
                            host_id=host_id)
@@ -85,7 +79,7 @@ class HostAgentClient:
             handle = ray.get_actor(actor_name(host_id), namespace=settings.ray_namespace)
         except ValueError:
             raise HostLost(f"host {host_id} has no running agent", host_id=host_id) from None
-        return cls(host_id, handle, on_lost)
+        return cls(host_id, handle)
 
     def ping(self, timeout_s: float = 10) -> str:
         try:
@@ -101,52 +95,12 @@ class HostAgentClient:
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
                            host_id=self.host_id) from None
 
-    async def run_batches(self, spec: JobSpec) -> AsyncGenerator[list[Event], None]:
-        """The job's events in the batches the host sends (an empty one: alive, the job quiet); HostLost when the
-        host vanishes mid-job. Leaving early cancels the call, so a host that answers late is not waited on."""
-        stream = remote_apart(self._handle.run, spec)
-        finished = False
-        try:
-            async for ref in stream:
-                yield list(await ref)
-            finished = True
-        except _LOST as exc:
-            finished = True
-            self._on_lost(self.host_id)
-            raise HostLost(f"host {self.host_id} was lost while running the job: {type(exc).__name__}",
-                           host_id=self.host_id) from None
-        except TaskCancelledError:
-            finished = True
-            yield [error_event("cancelled: the job's run was cancelled", JobCancelled.code)]
-        finally:
-            if not finished:
-                try:
-                    ray.cancel(stream, recursive=False)
-                except Exception:  # best effort: the lease already fenced this run
-                    log.debug("could not cancel the run of %s on %s", spec.job_id, self.host_id, exc_info=True)
-
-    async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
-        try:
-            return bool(await asyncio.wait_for(remote_apart(self._handle.cancel, job_id, reason), timeout=10))
-        except (*_LOST, TimeoutError):
-            return False
-
     def control(self, command: Command, by: Controller, reason: str, timeout_s: float = 30) -> AgentView:
         """Pause, resume or drain the host; its state after. The agent's refusal (Conflict) comes back as itself."""
         return self._get(self._handle.control.remote(command, by, reason), timeout_s)
 
     def view(self, timeout_s: float = 10) -> AgentView:
         return self._get(self._handle.view.remote(), timeout_s)
-
-    async def control_async(self, command: Command, by: Controller, reason: str, timeout_s: float = 30) -> AgentView:
-        try:
-            view: AgentView = await asyncio.wait_for(remote_apart(self._handle.control, command, by, reason),
-                                                     timeout_s)
-        except RayTaskError as exc:
-            raise _cause(exc, self.host_id) from None
-        except (*_LOST, TimeoutError) as exc:
-            raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}", host_id=self.host_id) from None
-        return view
 
     def _get(self, ref: Any, timeout_s: float) -> AgentView:
         try:
@@ -162,9 +116,6 @@ class HostAgentClient:
             ray.get(self._handle.leave.remote(), timeout=10)
         except (*_LOST, GetTimeoutError):
             pass
-
-    def kill(self) -> None:
-        ray.kill(self._handle, no_restart=True)
 
 
 def _cause(exc: RayTaskError, host_id: HostId) -> ArchipelagError:

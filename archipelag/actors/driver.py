@@ -268,19 +268,9 @@ class SeparateDriver:
 
     def close(self) -> None:
         """The driver leaves the cluster (its input closes) and exits, or is killed."""
-        process = self._process
-        if process.stdin is not None and not process.stdin.closed:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        end_child(self._process, STOP_TIMEOUT_S)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
     def alive(self) -> bool:
         return self._process.poll() is None
@@ -331,6 +321,21 @@ class SeparateDriver:
         return line
 
 
+def end_child(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Close a child's input, which tells it to leave the cluster and exit; kill it if it has not within
+    ``timeout_s``."""
+    if process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def read_view(answer: Mapping[str, Any]) -> AgentView:
     """An AgentView from a driver's answer, every field checked: a driver may say anything."""
     state = answer.get("state")
@@ -367,7 +372,7 @@ def _error(error: Any) -> ArchipelagError:
 # --- the driver's own process ------------------------------------------------------------------------------
 
 
-def _view_dict(view: AgentView) -> dict[str, Any]:
+def view_dict(view: AgentView) -> dict[str, Any]:
     return {"state": view.state.as_dict(), "running": list(view.running)}
 
 
@@ -392,11 +397,11 @@ def _serve(replies: Any, start: dict[str, Any]) -> None:
             op = request.get("op")
             try:
                 if op == "view":
-                    _reply(replies, {"ok": _view_dict(agent.view())})
+                    _reply(replies, {"ok": view_dict(agent.view())})
                 elif op == "control":
                     view = agent.control(Command(request["command"]), Controller(request["by"]),
                                          str(request["reason"]))
-                    _reply(replies, {"ok": _view_dict(view)})
+                    _reply(replies, {"ok": view_dict(view)})
                 elif op == "leave":
                     say_goodbye(settings, host_id, agent)
                     _reply(replies, {"ok": {}})

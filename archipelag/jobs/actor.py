@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from archipelag.actors.client import HostAgentClient
+from archipelag.bridge.client import BridgeHosts, socket_path
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId
 from archipelag.jobs.relay import Batch
@@ -27,23 +27,6 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class HostClients:
-    """The typed client of each host's agent, found once by name (a lost host's is dropped: it may come back)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._clients: dict[HostId, HostAgentClient] = {}
-
-    def __call__(self, host_id: HostId) -> HostAgentClient:
-        client = self._clients.get(host_id)
-        if client is None:
-            client = self._clients[host_id] = HostAgentClient.connect(self._settings, host_id, self.forget)
-        return client
-
-    def forget(self, host_id: HostId) -> None:
-        self._clients.pop(host_id, None)
-
-
 class JobsActor:
     """A plain class; ``JobsClient.start`` runs it as a named Ray actor."""
 
@@ -51,7 +34,7 @@ class JobsActor:
         logging.basicConfig(level=logging.INFO)
         ledger = LedgerClient.connect(settings)
         self._service = JobService(settings, load_catalog(settings.workloads_dir), ledger,
-                                   PlacementClient.connect(settings), HostClients(settings),
+                                   PlacementClient.connect(settings), BridgeHosts(socket_path(settings)),
                                    identities=ledger.host_identity)  # every host enrols: receipts are checked
         self._starting: asyncio.Task[None] | None = None
 

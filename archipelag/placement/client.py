@@ -172,11 +172,12 @@ class PlacementClient:
         """Create the named, detached placement actor (or find the running one) and wait until it answers."""
         import ray
 
-        from archipelag.placement.prober import RayProber
-        from archipelag.placement.suspects import RayWitness
+        from archipelag.bridge.client import socket_path
+        from archipelag.placement.prober import BridgeProber
+        from archipelag.placement.suspects import BridgeWitness
 
-        prober = RayProber(settings.benchmark) if settings.benchmark.enabled else None
-        witness = RayWitness(settings.ray_namespace, settings.placement.loss_check_timeout_s)
+        prober = BridgeProber(settings.benchmark, socket_path(settings)) if settings.benchmark.enabled else None
+        witness = BridgeWitness(socket_path(settings), settings.placement.loss_check_timeout_s)
         handle = ray.remote(PlacementActor).options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, resources=resources or {}, max_restarts=-1,

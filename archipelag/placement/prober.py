@@ -1,5 +1,5 @@
-"""Prober: the coordinator's side of the join benchmark — placement asks, this starts ``actors/benchmark.run`` as a
-Ray task on the node of the host that just registered, and hands the answer back to placement.
+"""Prober: the join benchmark — placement asks (``BridgeProber``), the bridge starts ``actors/benchmark.run`` as a
+Ray task on the node of the host that just registered (``RayProber``), and the answer goes back to placement.
 
 The task is pinned twice: to the node id the host registered with (hard node affinity) and to the custom resource
 that only that host's node carries (``nodes.host_resource``). A host that registers with another node's id gets no
@@ -11,9 +11,11 @@ without which placement ignores it (placement/measured.py ``Measurements``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from archipelag.ids import HostId
@@ -46,15 +48,15 @@ def _node_carries(node_id: str, resource: str) -> bool:
     return any(n.get("NodeID") == node_id and n.get("Alive") and resource in n.get("Resources", {}) for n in nodes)
 
 
-class RayProber:
-    """Runs the benchmark as a Ray task pinned to the host's node; answers reach placement's actor handle."""
+class Reporting:
+    """A prober's half in placement's process: measures in the background (placement must not wait ~1 s per joining
+    host), then hands the answer to placement's actor handle. The answer carries ``ticket``, which never leaves
+    placement's process: the benchmark task does not get it."""
 
-    def __init__(self, settings: BenchmarkSettings) -> None:
-        self._settings = settings
+    def measure(self, host_id: HostId, node_id: str, claims: Claims) -> Measurement:
+        raise NotImplementedError
 
     def probe(self, host_id: HostId, node_id: str, claims: Claims, ticket: str) -> None:
-        """Start measuring in the background (placement must not wait ~1 s per joining host). The answer carries
-        ``ticket``, which never leaves placement's process: the benchmark task does not get it."""
         import ray
 
         placement = ray.get_runtime_context().current_actor
@@ -74,6 +76,27 @@ class RayProber:
                  host_id, measurement.cpu_single_mb_s, measurement.cpu_all_mb_s, measurement.threads,
                  measurement.memory_verified_mb, measurement.duration_s)
         placement.measured.remote(host_id, node_id, ticket, measurement)
+
+
+class BridgeProber(Reporting):
+    """Placement's prober in a network: the bridge runs the benchmark on the host's node."""
+
+    def __init__(self, settings: BenchmarkSettings, bridge: Path) -> None:
+        self._settings = settings
+        self._bridge = bridge
+
+    def measure(self, host_id: HostId, node_id: str, claims: Claims) -> Measurement:
+        from archipelag.bridge.client import BridgedAgent
+
+        agent = BridgedAgent(host_id, self._bridge)
+        return asyncio.run(agent.measure(node_id, claims, self._settings.timeout_s + NODE_WAIT_S + 5))
+
+
+class RayProber(Reporting):
+    """Runs the benchmark as a Ray task pinned to the host's node: what the bridge does for placement."""
+
+    def __init__(self, settings: BenchmarkSettings) -> None:
+        self._settings = settings
 
     def measure(self, host_id: HostId, node_id: str, claims: Claims) -> Measurement:
         """Run the benchmark on the node and wait for it; raises when the node is not the host's or it fails."""

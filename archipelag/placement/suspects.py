@@ -9,16 +9,18 @@ unanswered: a lie repeated in a loop takes a host out for one round trip per ``d
 window waits for the check. A host that answers later (it hung, then woke) is back, but proved nothing: the next
 report of its loss is believed at once.
 
-``Suspects`` is the bookkeeping (pure); ``RayWitness`` asks the host's agent on placement's behalf.
+``Suspects`` is the bookkeeping (pure); ``BridgeWitness`` asks the host's agent on placement's behalf.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from archipelag.ids import HostId
@@ -79,13 +81,13 @@ class Suspects:
         self._cleared_at.pop(host_id, None)
 
 
-class RayWitness:
-    """Asks the host's agent for a signed heartbeat now (``HostAgentActor.report``), in a thread of placement's
-    process (placement must not wait), then tells placement through its own actor handle, so the answer is applied
-    in turn with every other call."""
+class BridgeWitness:
+    """Asks the host's agent, through the bridge, for a signed heartbeat now (``HostAgentActor.report``), in a
+    thread of placement's process (placement must not wait), then tells placement through its own actor handle, so
+    the answer is applied in turn with every other call."""
 
-    def __init__(self, namespace: str, timeout_s: float) -> None:
-        self._namespace = namespace
+    def __init__(self, bridge: Path, timeout_s: float) -> None:
+        self._bridge = bridge
         self._timeout_s = timeout_s
 
     def ask(self, host_id: HostId, ticket: str) -> None:
@@ -96,13 +98,10 @@ class RayWitness:
                          daemon=True).start()
 
     def _ask(self, placement: Any, host_id: HostId, ticket: str) -> None:
-        import ray
-
-        from archipelag.actors.client import actor_name
+        from archipelag.bridge.client import BridgedAgent
 
         try:
-            agent = ray.get_actor(actor_name(host_id), namespace=self._namespace)
-            ray.get(agent.report.remote(), timeout=self._timeout_s)
+            asyncio.run(asyncio.wait_for(BridgedAgent(host_id, self._bridge).report(), self._timeout_s))
         except Exception as exc:  # noqa: BLE001 - any failure is the host's silence; placement judges by heartbeats
             log.info("host %s did not report when asked: %s", host_id, type(exc).__name__)
         placement.checked.remote(host_id, ticket)

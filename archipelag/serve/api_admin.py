@@ -152,7 +152,7 @@ async def may_control(caller: Caller, host_id: HostId, svc: Services) -> bool:
 async def control_host(host_id: str, command: Command, caller: Caller, note: HostNote | None,
                        svc: Services) -> Response:
     """Pause, resume or drain a host through its agent, for its owner or an admin (both routers use it)."""
-    from archipelag.actors.client import HostAgentClient  # Ray, only for the routes that reach a host
+    from archipelag.bridge.client import bridged
 
     hid = HostId(host_id)
     if not await may_control(caller, hid, svc):
@@ -161,9 +161,8 @@ async def control_host(host_id: str, command: Command, caller: Caller, note: Hos
     done = {Command.PAUSE: "paused", Command.DRAIN: "draining: leaves when its running jobs finish"}.get(command)
     reason = "" if done is None else f"{done} by {who}" + (f": {note.reason}" if note and note.reason else "")
     try:
-        agent = HostAgentClient.connect(svc.settings, hid)
         by = Controller.ADMIN if caller.is_admin else Controller.OWNER
-        view = await agent.control_async(command, by, reason)
+        view = await bridged(svc.settings, hid).control_async(command, by, reason)
     except HostLost:
         raise NotFound(f"host {host_id} is not joined (no running agent answers)", host_id=host_id) from None
     return data({**await _host(host_id, svc), "control": view.state.as_dict(), "running_jobs": list(view.running)})

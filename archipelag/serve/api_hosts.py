@@ -10,7 +10,6 @@ machine holding it can read it. Approving a code needs an account; wrong codes a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pathlib
 import time
@@ -149,18 +148,18 @@ async def revoke(host_id: HostPath, caller: Writer, svc: Svc, body: Revocation |
     host = await svc.ledger.revoke_host(host_id, caller.account_id, caller.is_admin,
                                         f"{reason} (account {caller.account_id})")
     await svc.placement.forget_async(HostId(host_id))
-    await asyncio.to_thread(_stop_agent, svc, HostId(host_id))
+    await _stop_agent(svc, HostId(host_id))
     return data(owned_view(host))
 
 
-def _stop_agent(svc: Services, host_id: HostId) -> None:
+async def _stop_agent(svc: Services, host_id: HostId) -> None:
     """Its agent goes: the dispatcher sees the host lost and runs its jobs elsewhere (the failover path)."""
-    from archipelag.actors.client import HostAgentClient
+    from archipelag.bridge.client import bridged
 
     try:
-        HostAgentClient.connect(svc.settings, host_id).kill()
+        await bridged(svc.settings, host_id).kill()
     except HostLost:
-        pass  # not running now, or an API without a cluster (connect refuses to start a Ray of its own)
+        pass  # not running now, or an API without a network (no bridge)
     except Exception:  # placement already refuses it; a kill that fails leaves its jobs to their leases
         log.warning("the agent of revoked host %s was not stopped", host_id, exc_info=True)
 

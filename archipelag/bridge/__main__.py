@@ -1,0 +1,3 @@
+from archipelag.bridge.server import main
+
+main()

@@ -1,0 +1,263 @@
+"""The coordinator's side of the bridge: its process (``BridgeProcess``), and each host as the jobs service, the
+API and placement see it (``BridgedAgent``), reached through the bridge's socket in JSON lines that are checked
+here field by field. No Ray in this module."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, Final
+
+from archipelag.actors.controls import AgentView, Command, Controller
+from archipelag.actors.driver import end_child, read_view
+from archipelag.bridge import wire
+from archipelag.errors import ArchipelagError, HostLost, JobCancelled
+from archipelag.ids import HostId, JobId
+from archipelag.placement.measured import Claims, Measurement
+from archipelag.protocol import Event, error_event
+from archipelag.runtimes.base import JobSpec
+from archipelag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # one batch of a host's events (the relay holds each job to its budget)
+MAX_BATCH_EVENTS: Final = 100_000
+START_TIMEOUT_S: Final = 90.0
+STOP_TIMEOUT_S: Final = 10.0
+RESTART_PAUSE_S: Final = 1.0
+
+
+def socket_path(settings: Settings) -> Path:
+    """Under Ray's short temp folder (a Unix socket's path has at most 107 bytes), one per state folder."""
+    tag = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:12]
+    return settings.ray_temp_dir.resolve() / f"bridge-{tag}.sock"
+
+
+class BridgedAgent:
+    """One host's agent, through the bridge: what the dispatcher (``jobs.ports.HostRunner``), the API's host
+    controls and placement's witness ask of it."""
+
+    def __init__(self, host_id: HostId, path: Path) -> None:
+        self.host_id = host_id
+        self._path = path
+
+    async def run_batches(self, spec: JobSpec) -> AsyncGenerator[list[Event], None]:
+        """The job's events in the batches the host sends (an empty one: alive, the job quiet); HostLost when the
+        host or the bridge goes. Leaving early closes the connection, which cancels the run."""
+        reader, writer = await self._open()
+        try:
+            writer.write(wire.run_request(self.host_id, spec))
+            await writer.drain()
+            while True:
+                answer = await self._answer(reader, None)
+                if "batch" in answer:
+                    yield self._batch(answer["batch"])
+                elif answer.get("end") is True:
+                    return
+                elif "cancelled" in answer:
+                    yield [error_event("cancelled: the job's run was cancelled", JobCancelled.code)]
+                    return
+                elif "lost" in answer:
+                    raise HostLost(_said(answer["lost"]) or f"host {self.host_id} was lost", host_id=self.host_id)
+                else:
+                    raise wire.raised(answer.get("error"), self.host_id)
+        except OSError as exc:
+            raise HostLost(f"the bridge dropped the run on host {self.host_id}: {exc}", host_id=self.host_id) from None
+        finally:
+            writer.close()
+
+    async def cancel(self, job_id: JobId, reason: str = "cancelled by the user") -> bool:
+        try:
+            return await self._ask(wire.ask("cancel", self.host_id, job_id=job_id, reason=reason[:wire.MAX_TEXT]),
+                                   15) is True
+        except HostLost:
+            return False
+
+    async def control_async(self, command: Command, by: Controller, reason: str) -> AgentView:
+        """Pause, resume or drain the host; its state after. The agent's refusal (Conflict) comes back as itself."""
+        view = await self._ask(wire.ask("control", self.host_id, command=command, by=by,
+                                        reason=reason[:wire.MAX_TEXT]), 35)
+        return self._view(view)
+
+    async def view_async(self) -> AgentView:
+        return self._view(await self._ask(wire.ask("view", self.host_id), 15))
+
+    async def report(self) -> None:
+        """A signed heartbeat to placement now, from the host's agent."""
+        await self._ask(wire.ask("report", self.host_id), 15)
+
+    async def kill(self) -> None:
+        await self._ask(wire.ask("kill", self.host_id), 15)
+
+    async def measure(self, node_id: str, claims: Claims, timeout_s: float) -> Measurement:
+        """The join benchmark, run on the node the host registered with."""
+        return wire.measurement(await self._ask(wire.measure_request(self.host_id, node_id, claims), timeout_s),
+                                self.host_id)
+
+    async def _ask(self, request: bytes, timeout_s: float) -> Any:
+        reader, writer = await self._open()
+        try:
+            writer.write(request)
+            await writer.drain()
+            answer = await self._answer(reader, timeout_s)
+        except OSError as exc:
+            raise HostLost(f"the bridge dropped a request for host {self.host_id}: {exc}",
+                           host_id=self.host_id) from None
+        finally:
+            writer.close()
+        if "error" in answer:
+            raise wire.raised(answer["error"], self.host_id)
+        return answer.get("ok")
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(str(self._path), limit=MAX_ANSWER_BYTES)
+        except OSError as exc:
+            raise HostLost(f"host {self.host_id} cannot be reached: the bridge is not running ({exc.strerror})",
+                           host_id=self.host_id) from None
+
+    async def _answer(self, reader: asyncio.StreamReader, timeout_s: float | None) -> dict[str, Any]:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout_s)
+        except TimeoutError:
+            raise HostLost(f"the bridge did not answer for host {self.host_id} in {timeout_s:g} s",
+                           host_id=self.host_id) from None
+        except ValueError:  # past the limit
+            raise HostLost(f"the bridge sent more than a line may hold for host {self.host_id}",
+                           host_id=self.host_id) from None
+        if not line:
+            raise HostLost(f"the bridge closed the connection for host {self.host_id}", host_id=self.host_id)
+        return wire.parse_answer(line, self.host_id)
+
+    def _batch(self, raw: Any) -> list[Event]:
+        """A list of objects; each event's fields are the relay's to check (``protocol.received``)."""
+        if not isinstance(raw, list) or len(raw) > MAX_BATCH_EVENTS or not all(isinstance(e, dict) for e in raw):
+            raise HostLost(f"the bridge sent what is not a batch of events for host {self.host_id}",
+                           host_id=self.host_id)
+        return raw
+
+    def _view(self, raw: Any) -> AgentView:
+        try:
+            return read_view(raw if isinstance(raw, dict) else {})
+        except HostLost as exc:
+            raise HostLost(f"host {self.host_id}: {exc.message}", host_id=self.host_id) from None
+
+
+class BridgeHosts:
+    """The jobs service's ``Hosts``: each host through the bridge at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __call__(self, host_id: HostId) -> BridgedAgent:
+        return BridgedAgent(host_id, self._path)
+
+
+def bridged(settings: Settings, host_id: HostId) -> BridgedAgent:
+    return BridgedAgent(host_id, socket_path(settings))
+
+
+def _said(value: Any) -> str:
+    return value[:wire.MAX_TEXT] if isinstance(value, str) else ""
+
+
+class BridgeProcess:
+    """The bridge, run by the coordinator: started as a driver of the cluster at ``address``, started again if it
+    exits while the coordinator runs, stopped with it (its input closes: it leaves the cluster and exits)."""
+
+    def __init__(self, settings: Settings, address: str, log_path: Path) -> None:
+        self._settings = settings
+        self._address = address
+        self._log_path = log_path
+        self.path = socket_path(settings)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a bridge started again as the coordinator stops is stopped, not kept
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> BridgeProcess:
+        self._process = self._spawn()
+        self._watch = threading.Thread(target=self._keep_running, name="bridge-watch", daemon=True)
+        self._watch.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is not None:
+            end_child(process, STOP_TIMEOUT_S)
+        if self._watch is not None:
+            self._watch.join(timeout=STOP_TIMEOUT_S)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("ab") as out:
+            process = subprocess.Popen([sys.executable, "-m", "archipelag.bridge"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=out, start_new_session=True)
+        start = {"op": "start", "settings": self._settings.model_dump(mode="json", exclude={"smtp_password"}), "address": self._address,
+                 "socket": str(self.path)}
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(start).encode() + b"\n")
+            process.stdin.flush()
+            answer = _first_line(process, time.monotonic() + START_TIMEOUT_S)
+            if "ok" not in answer:
+                raise wire.raised(answer.get("error"), HostId("-"))
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        return process
+
+    def _keep_running(self) -> None:
+        while not self._stopping.wait(0.5):
+            exited = self._process
+            if exited is None or exited.poll() is None:
+                continue
+            log.warning("the bridge exited (%s); starting it again", exited.returncode)
+            if self._stopping.wait(RESTART_PAUSE_S):
+                return
+            try:
+                process = self._spawn()
+            except (ArchipelagError, OSError, ValueError):
+                log.exception("the bridge did not start again; trying once more")
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    end_child(process, STOP_TIMEOUT_S)
+                    return
+                self._process = process
+
+
+def _first_line(process: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer = b""
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise HostLost(f"the bridge did not start within {START_TIMEOUT_S:g} s")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise HostLost(f"the bridge exited while starting ({process.wait()})")
+            buffer += chunk
+    answer = json.loads(buffer.partition(b"\n")[0])
+    return answer if isinstance(answer, dict) else {}
