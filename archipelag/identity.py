@@ -94,15 +94,16 @@ def host_id_for(public_key_hex: str) -> HostId:
     return HostId("h-" + base64.b32encode(digest[:10]).decode().lower())
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A report as JSON types, as its digest sees it (sets sorted, tuples as lists)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
+        return sorted(plain(v) for v in value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
@@ -110,7 +111,7 @@ def _plain(value: Any) -> Any:
 
 def digest(report: Any) -> str:
     """SHA-256 of the canonical JSON of a report (a dataclass, a dict): the same on both sides of the wire."""
-    canonical = json.dumps(_plain(report), sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(plain(report), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -230,6 +230,8 @@ class Settings(BaseSettings):
     reset_link_ttl_s: float = 3600.0
     invite_ttl_s: float = 14 * 24 * 3600.0
     public_api_url: str = ""  # the API's address in links that mail carries; empty → http://api_host:api_port
+    coordinator_api: str = ""  # the API a host reports to; empty → the paired API, or the Ray address' machine
+    host_reports_per_min: int = Field(default=600, gt=0)  # signed reports one address may send for one host
     smtp_host: str = ""  # empty → mail is written to state_dir/logs/mail.log on the coordinator
     smtp_port: int = 587
     smtp_starttls: bool = True
@@ -268,6 +270,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'archipelag.db').resolve()}"
+
+    def api_for_hosts(self) -> str:
+        """Where a host sends its signed reports: the API it paired with, else this network's own."""
+        return (self.coordinator_api or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     def public_url(self) -> str:
         """The API's address as people reach it (links in mail)."""

@@ -16,13 +16,13 @@ from archipelag.actors.controls import AgentView, Command, Controller, share_of
 from archipelag.actors.hardware import Hardware, metrics
 from archipelag.actors.heartbeat import Heartbeat
 from archipelag.actors.host_agent import HostAgent
+from archipelag.actors.reports import Reports
 from archipelag.catalog import Manifest, ModelSpec
 from archipelag.catalog_signing import CatalogGuard
 from archipelag.errors import NoCapacity, NotFound, RuntimeUnavailable
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.metrics.trace import TRACE
-from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot, accepts
 from archipelag.protocol import OUTPUT_TYPES, Event
 from archipelag.runtimes.base import JobSpec, Runtime
@@ -98,7 +98,7 @@ class HostAgentActor:
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
                                 share=share_of(hardware, accepts), signer=self._sign)
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
-        self._placement = PlacementClient.connect(settings)
+        self._placement = Reports.from_settings(settings)
         self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
         try:
             self._register()
@@ -199,3 +199,4 @@ class HostAgentActor:
         """Stop heartbeating and cancel what runs; the node is about to go."""
         self._heartbeat.stop()
         self._agent.close()
+        self._placement.close()

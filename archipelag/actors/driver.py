@@ -73,28 +73,28 @@ class HostDriver(Protocol):
 
 
 def attach(settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
-           accepts: tuple[str, ...], asks: Mapping[str, int], coordinator: str, timeout_s: float,
+           accepts: tuple[str, ...], asks: Mapping[str, int], timeout_s: float,
            node_alive: Callable[[], str | None]) -> tuple[str, HostAgentClient]:
-    """In a process that is already a driver of the cluster: wait for the host's node, then for placement (a
-    coordinator that is still starting has none yet), and start the host's agent on the node. ``node_alive`` says
-    why the node is gone (None while it runs)."""
+    """In a process that is already a driver of the cluster: wait for the host's node, then for the coordinator's
+    API (the host reports there; a coordinator that is still starting has none yet), and start the host's agent on
+    the node. ``node_alive`` says why the node is gone (None while it runs)."""
     from archipelag.actors.client import HostAgentClient
 
     node_id = _wait_for_node(host_id, timeout_s, node_alive)
-    _wait_for_placement(settings, host_id, coordinator, timeout_s, node_alive)
+    _wait_for_api(settings, host_id, timeout_s, node_alive)
     agent = HostAgentClient.start(settings, host_id, name, region, hardware, accepts, node_id, asks)
     return node_id, agent
 
 
 def say_goodbye(settings: Settings, host_id: HostId, agent: HostAgentClient) -> None:
     """The agent stops, and placement hears that the host left (signed like its other reports)."""
-    from archipelag.placement.client import PlacementClient
+    from archipelag.actors.reports import Reports
 
     agent.leave()
     try:
         key = identity.host_key(settings.state_dir, host_id)
         report = identity.status_report(HostStatus.OFFLINE)
-        PlacementClient.connect(settings).set_status(
+        Reports(settings.api_for_hosts(), timeout_s=LEAVE_TIMEOUT_S).set_status(
             host_id, HostStatus.OFFLINE, identity.sign(key, "status", host_id, time.time(), report))
     except Exception:  # it leaves anyway; placement finds it gone by its silence
         log.warning("could not tell placement that %s left", host_id, exc_info=True)
@@ -116,23 +116,23 @@ def _wait_for_node(host_id: HostId, timeout_s: float, node_alive: Callable[[], s
     raise HostLost(f"the Ray node of {host_id} did not join within {timeout_s:.0f} s", host_id=host_id)
 
 
-def _wait_for_placement(settings: Settings, host_id: HostId, coordinator: str, timeout_s: float,
-                        node_alive: Callable[[], str | None]) -> None:
-    import ray
+def _wait_for_api(settings: Settings, host_id: HostId, timeout_s: float,
+                  node_alive: Callable[[], str | None]) -> None:
+    import httpx
 
-    from archipelag.placement.client import ACTOR_NAME
-
+    url = settings.api_for_hosts()
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace)
-            return
-        except ValueError:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
             pass
         if (gone := node_alive()) is not None:
             raise HostLost(f"the Ray node of {host_id} exited while joining; {gone}", host_id=host_id)
         if time.monotonic() > deadline:
-            raise HostLost(f"the coordinator at {coordinator} has no placement running after {timeout_s:.0f} s",
+            raise HostLost(f"the coordinator's API at {url} did not answer within {timeout_s:.0f} s (a host "
+                           "reports there: set ARCHIPELAG_COORDINATOR_API where it is not this machine's)",
                            host_id=host_id)
         time.sleep(0.2)
 
@@ -159,8 +159,8 @@ class InProcessDriver:
         ray.init(address=coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)
         try:
-            node_id, agent = attach(settings, host_id, name, region, hardware, accepts, asks, coordinator,
-                                    timeout_s, node_alive)
+            node_id, agent = attach(settings, host_id, name, region, hardware, accepts, asks, timeout_s,
+                                    node_alive)
         except BaseException:
             ray.shutdown()
             raise
@@ -389,7 +389,7 @@ def _serve(replies: Any, start: dict[str, Any]) -> None:
     try:
         node_id, agent = attach(settings, host_id, start["name"], start["region"],
                                 Hardware.from_capabilities(start["hardware"]), tuple(start["accepts"]), start["asks"],
-                                start["coordinator"], float(start["timeout_s"]), lambda: None)
+                                float(start["timeout_s"]), lambda: None)
         runtimes = sorted(agent.capabilities().get("runtimes", []))
         _reply(replies, {"ok": {"node_id": node_id, "runtimes": runtimes}})
         for line in sys.stdin:

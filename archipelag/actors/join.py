@@ -295,6 +295,12 @@ def _open_gate(settings: Settings, host_id: HostId, hardware: Hardware, run_as: 
     return start_gate(settings, host_id, keys, [run_as.uid], hardware)
 
 
+def api_beside(ray_address: str, api_port: int) -> str:
+    """The API on the machine of a coordinator's Ray address (host:port), at ``api_port``."""
+    host = ray_address.rpartition(":")[0] or ray_address
+    return f"http://{host}:{api_port}"
+
+
 def join(settings: Settings, coordinator: str, region: str, name: str | None = None,
          accepts: tuple[str, ...] = (), max_memory_mb: int | None = None, max_cores: int | None = None,
          host_id: str | None = None, node_ip: str | None = None, timeout_s: float = 120,
@@ -304,6 +310,8 @@ def join(settings: Settings, coordinator: str, region: str, name: str | None = N
     if api is not None:  # enrol through the API first: its answer says where and how to join
         enrolled = pair(settings, api, name, region, detect(max_memory_mb, max_cores).as_capabilities())
         settings, coordinator, host_id = enrolled.settings, enrolled.ray_address, enrolled.host_id
+    elif not settings.coordinator_api:  # joined by a Ray address: the API is on the coordinator's machine
+        settings = settings.model_copy(update={"coordinator_api": api_beside(coordinator, settings.api_port)})
     env = settings.ray_env()
     token_path = env.get("RAY_AUTH_TOKEN_PATH")
     if token_path and not Path(token_path).exists():

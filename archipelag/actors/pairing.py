@@ -115,6 +115,7 @@ def _enrolled(settings: Settings, api_url: str, unapproved: Unapproved) -> Enrol
     except httpx.TransportError as exc:
         raise ConfigError(f"cannot reach the network's API at {api_url}: {exc}") from None
     joined = _install(settings, credentials, catalog)
+    joined = joined.model_copy(update={"coordinator_api": api_url.rstrip("/")})
     if not joined.image_source:
         joined = joined.model_copy(update={"image_source": api_url.rstrip("/")})
     return Enrolled(HostId(str(approved["host_id"])), str(credentials["ray_address"]), joined)

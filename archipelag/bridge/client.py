@@ -23,6 +23,7 @@ from archipelag.actors.driver import end_child, read_view
 from archipelag.bridge import wire
 from archipelag.errors import ArchipelagError, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
+from archipelag.nodes import die_with_parent
 from archipelag.placement.measured import Claims, Measurement
 from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
@@ -173,7 +174,8 @@ def _said(value: Any) -> str:
 
 class BridgeProcess:
     """The bridge, run by the coordinator: started as a driver of the cluster at ``address``, started again if it
-    exits while the coordinator runs, stopped with it (its input closes: it leaves the cluster and exits)."""
+    exits while the coordinator runs, stopped with it (its input closes: it leaves the cluster and exits), and
+    killed by the kernel if the coordinator dies."""
 
     def __init__(self, settings: Settings, address: str, log_path: Path) -> None:
         self._settings = settings
@@ -209,7 +211,8 @@ class BridgeProcess:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("ab") as out:
             process = subprocess.Popen([sys.executable, "-m", "archipelag.bridge"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=out, start_new_session=True)
+                                       stdout=subprocess.PIPE, stderr=out, start_new_session=True,
+                                       preexec_fn=die_with_parent())  # noqa: PLW1509 - only a prctl call
         start = {"op": "start", "settings": self._settings.model_dump(mode="json", exclude={"smtp_password"}), "address": self._address,
                  "socket": str(self.path)}
         try:

@@ -225,6 +225,15 @@ class PlacementClient:
         (it restarted), so the host registers again; HostRefused for a revoked host or a forged report."""
         return bool(self._calls.call("heartbeat", host_id, metrics, proof))
 
+    async def register_async(self, snapshot: HostSnapshot, proof: Proof | None) -> None:
+        await self._calls.call_async("register", snapshot, proof)
+
+    async def beat_async(self, host_id: HostId, metrics: dict[str, Any], proof: Proof | None) -> bool:
+        return bool(await self._calls.call_async("heartbeat", host_id, metrics, proof))
+
+    async def set_status_async(self, host_id: HostId, status: HostStatus, proof: Proof | None) -> None:
+        await self._calls.call_async("set_status", host_id, status, proof)
+
     async def forget_async(self, host_id: HostId) -> None:
         """A revoked host: out of placement at once; its next report is refused."""
         await self._calls.call_async("forget", host_id)

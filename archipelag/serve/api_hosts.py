@@ -13,17 +13,29 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from archipelag import identity
 from archipelag.actors.controls import Command
-from archipelag.errors import HostLost, HostRefused, NotFound
+from archipelag.errors import HostLost, HostRefused, NotFound, ValidationFailed
 from archipelag.gate import tickets
 from archipelag.ids import HostId
 from archipelag.ledger.records import Host, HostIdentity
+from archipelag.lifecycle import HostStatus
+from archipelag.placement.scoring import HostSnapshot
 from archipelag.serve.api_admin import HostNote, control_host
 from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.auth import client_address
@@ -63,6 +75,69 @@ class Approval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(min_length=6, max_length=16, pattern=r"^[A-Za-z0-9 -]+$")
+
+
+Text = Annotated[StrictStr, Field(max_length=200)]
+Metric = StrictInt | StrictFloat | Annotated[list[Text], Field(max_length=256)]
+HOST_STATUSES = (HostStatus.ONLINE, HostStatus.PAUSED, HostStatus.DRAINING, HostStatus.OFFLINE)
+
+
+class ProofForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host_id: str = Field(min_length=1, max_length=64)
+    at: float = Field(allow_inf_nan=False, description="the host's clock, Unix seconds")
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+    def proof(self) -> identity.Proof:
+        return identity.Proof(HostId(self.host_id), self.at, self.digest, bytes.fromhex(self.signature))
+
+
+class Registration(BaseModel):
+    """A host's snapshot as it signed it (``identity.plain`` of a ``HostSnapshot``); the hardware check is
+    placement's own, never the host's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host_id: str = Field(min_length=1, max_length=64)
+    name: Text
+    region: Annotated[StrictStr, Field(max_length=64)]
+    status: HostStatus
+    runtimes: Annotated[list[Text], Field(max_length=16)]
+    cpu_cores: StrictInt = Field(ge=0)
+    ram_mb: StrictInt = Field(ge=0)
+    free_ram_mb: StrictInt = Field(ge=0)
+    gpu_model: Text | None
+    vram_mb: StrictInt = Field(ge=0)
+    free_vram_mb: StrictInt = Field(ge=0)
+    slots: StrictInt = Field(ge=0, le=10_000)
+    active_jobs: StrictInt = Field(ge=0)
+    karma: StrictFloat = Field(allow_inf_nan=False)
+    accepts: Annotated[list[Text], Field(max_length=256)]
+    warm: Annotated[list[Text], Field(max_length=256)]
+    speed: StrictFloat = Field(allow_inf_nan=False)
+    last_heartbeat_at: StrictFloat = Field(allow_inf_nan=False)
+    node_id: Annotated[StrictStr, Field(max_length=64)]
+    hardware: None = None
+    asks: dict[Text, StrictInt] = Field(max_length=256)
+
+    def snapshot(self) -> HostSnapshot:
+        return HostSnapshot(
+            host_id=HostId(self.host_id), name=self.name, region=self.region, status=self.status,
+            runtimes=frozenset(self.runtimes), cpu_cores=self.cpu_cores, ram_mb=self.ram_mb,
+            free_ram_mb=self.free_ram_mb, gpu_model=self.gpu_model, vram_mb=self.vram_mb,
+            free_vram_mb=self.free_vram_mb, slots=self.slots, active_jobs=self.active_jobs, karma=self.karma,
+            accepts=tuple(self.accepts), warm=frozenset(self.warm), speed=self.speed,
+            last_heartbeat_at=self.last_heartbeat_at, node_id=self.node_id, asks=dict(self.asks))
+
+
+class SignedReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: Literal["register", "heartbeat", "status"]
+    report: dict[Annotated[str, Field(max_length=64)], Any] = Field(max_length=64)
+    proof: ProofForm
 
 
 class Revocation(BaseModel):
@@ -126,6 +201,43 @@ async def poll(body: Poll, request: Request, svc: Svc) -> Response:
         raise HostRefused(f"host {status.host_id} was revoked; it cannot join again with this key")
     sealed = identity.seal(body.public_key, join_credentials(svc.settings))
     return data({"status": "approved", "host_id": status.host_id, "credentials": sealed})
+
+
+@router.post("/hosts/{host_id}/reports")
+async def report(host_id: HostPath, body: SignedReport, request: Request, svc: Svc) -> Response:
+    """A host's registration, heartbeat or status change, signed with its key: placement believes only what the
+    host's enrolled key signed, lately, once (403 otherwise). No account key: the signature is the credential.
+    ``known`` is False when placement does not know the host (it registers again)."""
+    svc.host_reports.check((client_address(request), host_id))
+    proof = body.proof.proof()
+    if proof.host_id != host_id:
+        raise HostRefused(f"a report for host {host_id} must be signed as that host")
+    hid = HostId(host_id)
+    try:
+        if body.purpose == "register":
+            snapshot = Registration.model_validate(body.report).snapshot()
+            if snapshot.host_id != hid:
+                raise HostRefused(f"a registration for host {host_id} must name that host")
+            await svc.placement.register_async(snapshot, proof)
+            return data({"known": True})
+        if body.purpose == "heartbeat":
+            metrics = _metrics(body.report)
+            return data({"known": await svc.placement.beat_async(hid, metrics, proof)})
+        status = HostStatus(str(body.report.get("status")))
+    except (ValidationError, ValueError) as exc:
+        raise ValidationFailed(f"not a {body.purpose} report: {exc}"[:500]) from None
+    if set(body.report) != {"status"} or status not in HOST_STATUSES:
+        raise ValidationFailed(f"a host reports its status as one of {', '.join(HOST_STATUSES)}")
+    await svc.placement.set_status_async(hid, status, proof)
+    return data({"known": True})
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """A heartbeat's metrics: numbers, and lists of workload slugs (``warm``)."""
+    return dict(_METRICS.validate_python(report))
+
+
+_METRICS: TypeAdapter[dict[str, Metric]] = TypeAdapter(dict[Annotated[str, Field(max_length=64)], Metric])
 
 
 @router.post("/hosts/approve")

@@ -45,6 +45,7 @@ class Services:
         # so a client on one keep-alive connection meets one replica. One spreading its requests over many
         # connections reaches at most ``ingress_replicas`` times a limit (no shared counter: a hop per request).
         self.limiter = RateLimiter(self.settings.rate_limit_per_min)
+        self.host_reports = RateLimiter(self.settings.host_reports_per_min, "host reports")  # per address and host
         self.auth_failures = RateLimiter(self.settings.auth_failures_per_min, "failed authentications")
         self.enrolments = RateLimiter(self.settings.enrolments_per_min, "pairing requests")
         self.polls = RateLimiter(self.settings.enrolments_per_min * 6, "enrolment polls")

@@ -52,7 +52,7 @@ def test_a_coordinator_killed_with_jobs_queued_and_running_resumes_them_when_it_
     host = subprocess.Popen(
         [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", f"127.0.0.1:{head_port}",
          "--region", "eu-west", "--host-id", "island-r", "--node-ip", "127.0.0.1"],
-        env=up_env(state, head_port, **settings), stdout=host_log, stderr=subprocess.STDOUT,
+        env=up_env(state, head_port, api_port=str(port), **settings), stdout=host_log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True)
     restarted: subprocess.Popen[str] | None = None
     try:

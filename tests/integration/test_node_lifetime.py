@@ -19,12 +19,10 @@ from up_process import network_processes, still_running
 
 from archipelag.actors.client import HostAgentClient
 from archipelag.catalog_signing import ensure_dev_signed_catalog
-from archipelag.coordinator import prepare_ray_env
+from archipelag.coordinator import Coordinator, prepare_ray_env, start_coordinator
 from archipelag.errors import ArchipelagError
 from archipelag.ids import HostId
-from archipelag.ledger.client import LedgerClient
-from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, kill_processes, start_head
-from archipelag.placement.client import PlacementClient
+from archipelag.nodes import kill_processes, start_head
 from archipelag.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -95,16 +93,13 @@ def head_settings(tmp_path: Path) -> Iterator[Settings]:
     ray.shutdown()
 
 
-def start_coordinator_head(settings: Settings, log_dir: Path) -> RayNodeProcess:
-    """A head, the ledger and the placement actor a host's agent registers with (the rest of the coordinator is not
-    needed to join)."""
-    head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, env=settings.ray_env())
-    head.wait_started()
-    ray.init(address=f"127.0.0.1:{settings.ray_head_port}", namespace=settings.ray_namespace,
-             log_to_driver=False)
-    LedgerClient.start(settings, resources={COORDINATOR_RESOURCE: 1})  # placement asks it who a host is
-    PlacementClient.start(settings, resources={COORDINATOR_RESOURCE: 1})
-    return head
+def crash(coordinator: Coordinator) -> None:
+    """The coordinator's head vanishes as a crashed machine's would; then what is left of it stops."""
+    ray.shutdown()
+    assert coordinator.head is not None
+    kill_processes(coordinator.head.processes())
+    coordinator.head.stop(grace_s=0)
+    coordinator.stop()
 
 
 def agent_answers(settings: Settings, host_id: HostId) -> bool:
@@ -118,7 +113,7 @@ def agent_answers(settings: Settings, host_id: HostId) -> bool:
 def test_a_host_rejoins_by_itself_when_its_coordinators_head_is_killed_and_restarted(
         head_settings: Settings, tmp_path: Path) -> None:
     settings, host_id, log_dir = head_settings, HostId("islet"), tmp_path / "logs"
-    head = start_coordinator_head(settings, log_dir)
+    coordinator = start_coordinator(settings, log_dir)  # its API: a host's agent reports there
     join_log = (tmp_path / "join.log").open("wb")
     host = subprocess.Popen(
         [sys.executable, "-m", "archipelag", "host", "join", "--coordinator", f"127.0.0.1:{settings.ray_head_port}",
@@ -126,15 +121,13 @@ def test_a_host_rejoins_by_itself_when_its_coordinators_head_is_killed_and_resta
         stdout=join_log, stderr=subprocess.STDOUT, env={**os.environ, **settings.to_env()})
     try:
         eventually(lambda: agent_answers(settings, host_id), timeout_s=90, interval_s=0.5)
-        ray.shutdown()
-        kill_processes(head.processes())  # the head vanishes as a crashed machine would
-        head.stop(grace_s=0)
+        crash(coordinator)
         killed = time.monotonic()
         # Its node goes once its raylet gives up on the GCS (`ray start --head` on this machine refuses to
         # start while a raylet here still points at the old head's address).
         eventually(lambda: b"its Ray node exited" in (tmp_path / "join.log").read_bytes(), timeout_s=60)
         print(f"\nthe host's node exited {time.monotonic() - killed:.1f} s after its head was killed")
-        head = start_coordinator_head(settings, log_dir)
+        coordinator = start_coordinator(settings, log_dir)
         eventually(lambda: agent_answers(settings, host_id), timeout_s=120, interval_s=0.5)
         print(f"the host answered again {time.monotonic() - killed:.1f} s after its head was killed")
         eventually(lambda: b"rejoined" in (tmp_path / "join.log").read_bytes())
@@ -146,5 +139,4 @@ def test_a_host_rejoins_by_itself_when_its_coordinators_head_is_killed_and_resta
         except subprocess.TimeoutExpired:
             host.kill()
         join_log.close()
-        ray.shutdown()
-        head.stop()
+        coordinator.stop()
