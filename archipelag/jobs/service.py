@@ -297,10 +297,16 @@ class JobService:
             log.warning("resumed %d unfinished jobs", len(unfinished))
 
     async def _resume(self, job: Job) -> Ticket | None:
-        """The job back in the queue (its ticket), or ended failed (None) when it cannot run again."""
+        """The job back in the queue (its ticket); None when it cannot run again (ended failed here), or when it
+        ended meanwhile: the coordinator that ran it recorded its end after ``job`` was read."""
         reason = "the coordinator restarted while the job ran"
         if job.status in _RUNNING:
-            job = await self._ledger.requeue(job.id, reason)
+            try:
+                job = await self._ledger.requeue(job.id, reason)
+            except InvalidTransition:
+                if (await self._ledger.get_job(job.id)).status in TERMINAL_JOB_STATES:
+                    return None
+                raise
         elif job.status is JobStatus.SUBMITTED:
             job = await self._ledger.transition(job.id, JobStatus.QUEUED, "resumed after a restart")
         manifest = self._catalog.get(job.workload_slug)
