@@ -59,6 +59,7 @@ _MOVE = (
 )
 _MOVE_NO_OVERDRAFT = _MOVE.where(_BOOKS.c.balance_micro + bindparam("amount") >= 0)  # the guarded update
 _NEW_TRANSFER = insert(_TRANSFERS).returning(_TRANSFERS.c.id)
+_NEW_POSTINGS = insert(_POSTINGS)
 _HOSTS = table(HostRow)
 _OWNER_OF_HOST = select(_HOSTS.c.owner_account_id).where(_HOSTS.c.id == bindparam("host_id"))
 
@@ -145,7 +146,7 @@ def transfer(
     transfer_id = session.execute(
         _NEW_TRANSFER, {"kind": kind, "job_id": job_id, "at": utcnow(), "memo": memo}
     ).scalar_one()
-    session.execute(insert(_POSTINGS), [{"transfer_id": transfer_id, "credit_account_id": ids[book],
+    session.execute(_NEW_POSTINGS, [{"transfer_id": transfer_id, "credit_account_id": ids[book],
                                          "amount_micro": amount} for book, amount in legs.items()])
 
 

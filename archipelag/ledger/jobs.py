@@ -56,8 +56,13 @@ _ACCOUNTS = table(AccountRow)
 # A job as ``record`` reads it: its row and its workload's slug.
 JOB = select(_JOBS, _WORKLOADS.c.slug).join(_WORKLOADS, _WORKLOADS.c.id == _JOBS.c.workload_id)
 _ACCOUNT_EXISTS = select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == bindparam("account_id"))
+# The per-job path's statements are built once: building one per call cost more CPU than running it.
 _JOB_BY_ID = JOB.where(_JOBS.c.id == bindparam("job_id"))
+_LOCKED_JOB = _JOB_BY_ID.with_for_update(of=_JOBS)  # the workload's row, joined for its slug, stays free
 _STATUS = select(_JOBS.c.status).where(_JOBS.c.id == bindparam("job_id"))
+_LOCKED_STATUS = _STATUS.with_for_update()
+_NEW_JOB = insert(_JOBS)
+_NEW_EVENTS = insert(_EVENTS)
 Step = tuple[JobStatus, str | None]  # a state to enter and why
 
 
@@ -108,7 +113,7 @@ def _events(
         rows.append({"job_id": job_id, "from_status": str(source) if source is not None else None,
                      "to_status": str(target), "at": at, "reason": reason})
         source = target
-    session.execute(insert(_EVENTS), rows)
+    session.execute(_NEW_EVENTS, rows)
 
 
 def create(
@@ -154,15 +159,14 @@ def create(
         "batch_index": batch_index, "batch_size": batch_size, "bid_price_micro": bid_price_micro,
         "clearing_price_micro": None, "receipt": None,
     }
-    session.execute(insert(_JOBS), row)
+    session.execute(_NEW_JOB, row)
     _events(session, job_id, None, steps, now)
     return record({**row, "slug": workload.slug})
 
 
 def status_of(session: Session, job_id: str, *, lock: bool = False) -> JobStatus:
     """The job's state (NotFound for an unknown job); ``lock`` holds its row until the transaction ends."""
-    stmt = _STATUS.with_for_update() if lock else _STATUS
-    status = session.execute(stmt, {"job_id": job_id}).scalar_one_or_none()
+    status = session.execute(_LOCKED_STATUS if lock else _STATUS, {"job_id": job_id}).scalar_one_or_none()
     if status is None:
         raise NotFound(f"job {job_id} does not exist")
     return JobStatus(status)
@@ -254,8 +258,8 @@ def get(session: Session, job_id: str, account_id: int | None = None) -> Job:
 
 def locked(session: Session, job_id: str) -> dict[str, Any]:
     """The job's row and its workload's slug (what ``record`` reads), locked until the transaction ends: on
-    PostgreSQL ``FOR UPDATE OF jobs`` (the workload's row stays free), on SQLite the write transaction's lock."""
-    found = session.execute(_JOB_BY_ID.with_for_update(of=_JOBS), {"job_id": job_id}).first()
+    PostgreSQL ``FOR UPDATE OF jobs``, on SQLite the write transaction's lock."""
+    found = session.execute(_LOCKED_JOB, {"job_id": job_id}).first()
     if found is None:
         raise NotFound(f"job {job_id} does not exist")
     return dict(found._mapping)
