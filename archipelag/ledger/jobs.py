@@ -53,8 +53,12 @@ _JOBS = table(JobRow)
 _EVENTS = table(JobEventRow)
 _WORKLOADS = table(WorkloadRow)
 _ACCOUNTS = table(AccountRow)
-# A job as ``record`` reads it: its row and its workload's slug.
-JOB = select(_JOBS, _WORKLOADS.c.slug).join(_WORKLOADS, _WORKLOADS.c.id == _JOBS.c.workload_id)
+# A job as ``record`` reads it: its row but for its stored events (a streamed job's can be long, and no Job holds
+# them: ``stored_output_events`` reads them), and its workload's slug.
+JOB = (
+    select(*(column for column in _JOBS.c if column.name != "events"), _WORKLOADS.c.slug)
+    .join(_WORKLOADS, _WORKLOADS.c.id == _JOBS.c.workload_id)
+)
 _ACCOUNT_EXISTS = select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == bindparam("account_id"))
 # The per-job path's statements are built once: building one per call cost more CPU than running it.
 _JOB_BY_ID = JOB.where(_JOBS.c.id == bindparam("job_id"))
