@@ -16,11 +16,12 @@ Functions here take an open session; ``Ledger`` owns the transactions (and settl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Update, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from archipelag.errors import InvalidTransition, NotFound, ValidationFailed
@@ -230,11 +231,9 @@ def _advance(
         moved.setdefault("started_at", now)
     if reached in TERMINAL_JOB_STATES:
         moved.setdefault("completed_at", now)
-    result = session.execute(
-        update(_JOBS)
-        .where(_JOBS.c.id == job_id, _JOBS.c.status.in_([str(s) for s in sources]))
-        .values(status=str(reached), **moved)
-    )
+    params = {f"set_{column}": value for column, value in moved.items()}
+    result = session.execute(_guarded_update(sources, tuple(sorted(moved))),
+                             {"job_id": job_id, "set_status": str(reached), **params})
     assert isinstance(result, CursorResult)
     if result.rowcount != 1:  # not in the one source state, or another writer moved it first
         raise _refused(job_id, status_of(session, job_id), steps[0][0])
@@ -242,15 +241,23 @@ def _advance(
     return source
 
 
-def requeue(session: Session, job_id: str, reason: str) -> None:
-    """A lost host sends an assigned/started/streaming job back to queued, attempt + 1."""
-    transition(
-        session,
-        job_id,
-        JobStatus.QUEUED,
-        reason,
-        {"attempt": _JOBS.c.attempt + 1, "host_id": None, "started_at": None},
+@functools.cache
+def _guarded_update(sources: frozenset[JobStatus], columns: tuple[str, ...]) -> Update:
+    """``UPDATE jobs SET status, columns … WHERE id = :job_id AND status IN (sources)``, built once per shape: building
+    it per move cost more CPU than running it. The values are bound as ``set_<column>``."""
+    return (
+        update(_JOBS)
+        .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status.in_(sorted(str(s) for s in sources)))
+        .values({column: bindparam(f"set_{column}") for column in ("status", *columns)})
     )
+
+
+def requeue(session: Session, job_id: str, reason: str) -> None:
+    """A lost host sends an assigned/started/streaming job back to queued, attempt + 1 (read under its lock)."""
+    row = locked(session, job_id)
+    transition(session, job_id, JobStatus.QUEUED, reason,
+               {"attempt": row["attempt"] + 1, "host_id": None, "started_at": None},
+               source=JobStatus(row["status"]))
 
 
 def get(session: Session, job_id: str, account_id: int | None = None) -> Job:
