@@ -2,7 +2,7 @@
 
 Every move goes through ``transition`` (or ``start``, two moves at once): it is checked against
 ``lifecycle.JOB_TRANSITIONS`` from the state the job is in, then made with the guarded
-``UPDATE jobs SET status=:to … WHERE id=:id AND status IN (sources_of(to))``; rowcount 0 raises
+``UPDATE jobs SET status=:to … WHERE id=:id AND status IN (sources_of(first state entered))``; rowcount 0 raises
 ``InvalidTransition``. A ``JobEvent`` (from, to, at, reason) per move is written in the same transaction. The state
 the job is in is read under ``FOR UPDATE`` (SQLite: the write transaction already holds the database lock), or
 comes from the caller's own locked read, or, where the table allows only one, is the guard itself.
