@@ -110,7 +110,7 @@ def create_account(
     except IntegrityError:
         raise Conflict(f"an account with email {email!r} already exists") from None
     assert row.id is not None
-    credits.user_book(session, row.id)
+    credits.open_book(session, credits.user_book(row.id))
     if credits_micro:
         credits.grant(session, row.id, credits_micro, memo="initial credits")
     return account_record(row, credits_micro)

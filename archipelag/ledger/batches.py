@@ -21,8 +21,10 @@ from archipelag.errors import NotFound, PaymentRequired, ValidationFailed
 from archipelag.ids import HostId, JobId, new_job_id
 from archipelag.ledger import credits, jobs
 from archipelag.ledger.records import BatchChild, Job, JobBatch
-from archipelag.ledger.tables import BatchRow, JobEventRow, JobRow, WorkloadRow, utcnow
+from archipelag.ledger.tables import BatchRow, JobEventRow, JobRow, table, utcnow
 from archipelag.lifecycle import JobStatus
+
+_JOBS = table(JobRow)
 
 
 def create(session: Session, account_id: int, workload_slug: str, inputs: Sequence[Mapping[str, Any]],
@@ -98,15 +100,14 @@ def queue_children(session: Session, parent_id: str, child_ids: Sequence[str]) -
     """Move those of ``child_ids`` still ``submitted`` to ``queued`` (their batch releases them); every one of
     them as it is now, in index order (one cancelled meanwhile comes back terminal: the driver skips it)."""
     rows = session.execute(
-        select(JobRow, col(WorkloadRow.slug)).join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
-        .where(col(JobRow.parent_id) == parent_id, col(JobRow.id).in_(list(child_ids)))
-        .order_by(col(JobRow.batch_index)).with_for_update()
+        jobs.JOB.where(_JOBS.c.parent_id == parent_id, _JOBS.c.id.in_(list(child_ids)))
+        .order_by(_JOBS.c.batch_index).with_for_update()
     ).all()
     children: list[Job] = []
-    for row, slug in rows:
-        child = jobs.record(row, slug)
+    for row in rows:
+        child = jobs.record(row._mapping)
         if child.status is JobStatus.SUBMITTED:
-            jobs.transition(session, row.id, JobStatus.QUEUED, "released by its batch", {})
+            jobs.transition(session, child.id, JobStatus.QUEUED, "released by its batch", {}, source=child.status)
             child = replace(child, status=JobStatus.QUEUED)
         children.append(child)
     return children

@@ -21,61 +21,64 @@ Functions here take an open session; ``Ledger`` owns the transactions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from archipelag.catalog import MICRO
 from archipelag.errors import LedgerError, PaymentRequired
-from archipelag.ledger.tables import CreditAccountRow, HostRow, JobRow, PostingRow, TransferRow, utcnow
+from archipelag.ledger.tables import CreditAccountRow, HostRow, JobRow, PostingRow, TransferRow, table, utcnow
 
 DEFAULT_PLATFORM_FEE_BPS = 1_000  # the platform keeps 10% of each job's price; hosts earn the rest (a setting)
 # Books that may never go below zero: what a person holds, what escrow holds for open jobs, what an owner may claim.
 NON_NEGATIVE_BOOKS = ("user", "earnings", "host", "escrow", "platform", "payouts")
 
 
+class Book(NamedTuple):
+    """A book by its unique key: what it is and whose (an account id, a host id, "" for the platform's)."""
+
+    kind: str
+    owner: str = ""
+
+
+ESCROW, PLATFORM, MINT, PAYOUTS = Book("escrow"), Book("platform"), Book("mint"), Book("payouts")
+
+_BOOKS = table(CreditAccountRow)
+_TRANSFERS = table(TransferRow)
+_POSTINGS = table(PostingRow)
+# One leg of a transfer: the book found by its key moves by the amount and returns its id for the posting. By key,
+# not by an id remembered from an earlier transaction, so there is no cached id that could name another book.
+_MOVE = (
+    update(_BOOKS)
+    .where(_BOOKS.c.kind == bindparam("book_kind"), _BOOKS.c.owner == bindparam("book_owner"))
+    .values(balance_micro=_BOOKS.c.balance_micro + bindparam("amount"))
+    .returning(_BOOKS.c.id)
+)
+_MOVE_NO_OVERDRAFT = _MOVE.where(_BOOKS.c.balance_micro + bindparam("amount") >= 0)  # the guarded update
+_NEW_TRANSFER = insert(_TRANSFERS).returning(_TRANSFERS.c.id)
+_NEW_POSTINGS = insert(_POSTINGS)
+_HOSTS = table(HostRow)
+_OWNER_OF_HOST = select(_HOSTS.c.owner_account_id).where(_HOSTS.c.id == bindparam("host_id"))
+
+
 def platform_fee_micro(price_micro: int, fee_bps: int = DEFAULT_PLATFORM_FEE_BPS) -> int:
     return price_micro * fee_bps // 10_000
 
 
-def _find_book(session: Session, kind: str, owner: str) -> int | None:
-    return session.execute(
-        select(col(CreditAccountRow.id)).where(
-            col(CreditAccountRow.kind) == kind, col(CreditAccountRow.owner) == owner
-        )
-    ).scalar_one_or_none()
-
-
-_KNOWN_BOOKS: dict[tuple[str, str, str], int] = {}  # (database, kind, owner) → id; books are never removed
-
-
-def book(session: Session, kind: str, owner: str = "") -> int:
-    """The id of a book, created when missing (safe under concurrent creators). Ids of books that existed
-    before this transaction are remembered: each job's transfers would otherwise look up the same few books."""
-    key = (session.get_bind().engine.url.render_as_string(), kind, owner)
-    known = _KNOWN_BOOKS.get(key)
-    if known is not None:
-        return known
-    found = _find_book(session, kind, owner)
-    if found is not None:
-        _KNOWN_BOOKS[key] = found  # a transfer looks each book up once: found, it existed before this transaction
-        return found
+def open_book(session: Session, book: Book) -> None:
+    """Create ``book`` when it is missing (safe under concurrent creators)."""
     dialect = session.get_bind().dialect.name
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert_or_skip: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        insert(CreditAccountRow).values(kind=kind, owner=owner, balance_micro=0).on_conflict_do_nothing()
+        insert_or_skip(_BOOKS).values(kind=book.kind, owner=book.owner, balance_micro=0).on_conflict_do_nothing()
     )
-    created = _find_book(session, kind, owner)
-    if created is None:
-        raise LedgerError(f"the {kind} book {owner!r} is missing; run `archipelag db migrate`")
-    return created
 
 
-def user_book(session: Session, account_id: int) -> int:
-    return book(session, "user", str(account_id))
+def user_book(account_id: int) -> Book:
+    return Book("user", str(account_id))
 
 
 def _balance_of(session: Session, kind: str, owner: str) -> int:
@@ -110,12 +113,10 @@ def unpaid_earnings_micro(session: Session, account_id: int) -> int:
     return _balance_of(session, "earnings", str(account_id))
 
 
-def earnings_book(session: Session, host_id: str) -> int:
+def earnings_book(session: Session, host_id: str) -> Book:
     """The book a host's earnings go to: its owner's ``earnings`` book, or the host's own while it has none."""
-    owner = session.execute(
-        select(col(HostRow.owner_account_id)).where(col(HostRow.id) == host_id)
-    ).scalar_one_or_none()
-    return book(session, "earnings", str(owner)) if owner is not None else book(session, "host", host_id)
+    owner = session.execute(_OWNER_OF_HOST, {"host_id": host_id}).scalar_one_or_none()
+    return Book("earnings", str(owner)) if owner is not None else Book("host", host_id)
 
 
 def book_balance_micro(session: Session, kind: str) -> int:
@@ -126,71 +127,59 @@ def book_balance_micro(session: Session, kind: str) -> int:
 def transfer(
     session: Session,
     kind: str,
-    legs: dict[int, int],
+    legs: dict[Book, int],
     *,
     job_id: str | None = None,
     memo: str | None = None,
-    no_overdraft: int | None = None,
+    no_overdraft: Book | None = None,
 ) -> None:
-    """Post ``legs`` ({book id: amount}) as one transfer. ``no_overdraft`` names a book that may not go negative;
-    when it would, raises PaymentRequired and the caller's transaction rolls back."""
-    legs = {book_id: amount for book_id, amount in legs.items() if amount != 0}
+    """Post ``legs`` ({book: amount}) as one transfer; a book missing so far is opened. ``no_overdraft`` names a
+    book that may not go negative; when it would, raises PaymentRequired and the caller's transaction rolls
+    back."""
+    legs = {book: amount for book, amount in legs.items() if amount != 0}
     if sum(legs.values()) != 0:
         raise LedgerError(f"transfer {kind} does not balance: {legs}")
     if not legs:
         return
-    balance = col(CreditAccountRow.balance_micro)
-    # Lock books in id order so concurrent transfers never deadlock on PostgreSQL.
-    for book_id in sorted(legs):
-        amount = legs[book_id]
-        stmt = update(CreditAccountRow).where(col(CreditAccountRow.id) == book_id)
-        if book_id == no_overdraft and amount < 0:
-            stmt = stmt.where(balance + amount >= 0)  # the guarded update: no overdraft, even under races
-        result = session.execute(stmt.values(balance_micro=balance + amount))
-        assert isinstance(result, CursorResult)
-        if result.rowcount == 1:
-            continue
-        if book_id == no_overdraft:
-            available = session.execute(
-                select(balance).where(col(CreditAccountRow.id) == book_id)
-            ).scalar_one()
-            raise PaymentRequired(
-                f"this job needs {-amount / MICRO:g} credits and the account has {available / MICRO:g}; "
-                "add credits or lower the job's price",
-                required=-amount / MICRO,
-                available=available / MICRO,
-            )
-        raise LedgerError(f"book {book_id} is missing")
-    row = TransferRow(kind=kind, job_id=job_id, at=utcnow(), memo=memo)
-    session.add(row)
-    session.flush()
-    assert row.id is not None
-    session.add_all(
-        [PostingRow(transfer_id=row.id, credit_account_id=b, amount_micro=a) for b, a in legs.items()]
-    )
-    session.flush()
+    # Lock books in one order (by their key) so concurrent transfers never deadlock on PostgreSQL.
+    ids = {book: _move(session, book, legs[book], guarded=book == no_overdraft) for book in sorted(legs)}
+    transfer_id = session.execute(
+        _NEW_TRANSFER, {"kind": kind, "job_id": job_id, "at": utcnow(), "memo": memo}
+    ).scalar_one()
+    session.execute(_NEW_POSTINGS, [{"transfer_id": transfer_id, "credit_account_id": ids[book],
+                                         "amount_micro": amount} for book, amount in legs.items()])
+
+
+def _move(session: Session, book: Book, amount: int, *, guarded: bool) -> int:
+    """Move ``book``'s running balance by ``amount`` and return its id; ``guarded``, refuse to take it below zero."""
+    params = {"book_kind": book.kind, "book_owner": book.owner, "amount": amount}
+    moved = session.execute(_MOVE_NO_OVERDRAFT if guarded else _MOVE, params).scalar_one_or_none()
+    if moved is not None:
+        return int(moved)
+    if guarded:
+        available = _balance_of(session, book.kind, book.owner)
+        raise PaymentRequired(
+            f"this job needs {-amount / MICRO:g} credits and the account has {available / MICRO:g}; "
+            "add credits or lower the job's price",
+            required=-amount / MICRO,
+            available=available / MICRO,
+        )
+    open_book(session, book)
+    moved = session.execute(_MOVE, params).scalar_one_or_none()
+    if moved is None:
+        raise LedgerError(f"the {book.kind} book {book.owner!r} is missing; run `archipelag db migrate`")
+    return int(moved)
 
 
 def grant(session: Session, account_id: int, amount_micro: int, memo: str | None = None) -> None:
     if amount_micro < 0:
         raise ValueError("a grant cannot be negative")
-    transfer(
-        session,
-        "grant",
-        {book(session, "mint"): -amount_micro, user_book(session, account_id): amount_micro},
-        memo=memo,
-    )
+    transfer(session, "grant", {MINT: -amount_micro, user_book(account_id): amount_micro}, memo=memo)
 
 
 def reserve(session: Session, account_id: int, job_id: str, amount_micro: int) -> None:
-    user = user_book(session, account_id)
-    transfer(
-        session,
-        "reserve",
-        {user: -amount_micro, book(session, "escrow"): amount_micro},
-        job_id=job_id,
-        no_overdraft=user,
-    )
+    user = user_book(account_id)
+    transfer(session, "reserve", {user: -amount_micro, ESCROW: amount_micro}, job_id=job_id, no_overdraft=user)
 
 
 def settle(
@@ -201,14 +190,14 @@ def settle(
     host's share goes to its owner's earnings (the job row names the host: that is the posting's attribution)."""
     charged = max(0, min(price_micro, reserved_micro))
     fee = platform_fee_micro(charged, fee_bps) if host_id else charged  # no host to pay: the platform keeps it
-    legs: dict[int, int] = {}
+    legs: dict[Book, int] = {}
 
-    def add(book_id: int, amount: int) -> None:
-        legs[book_id] = legs.get(book_id, 0) + amount
+    def add(book: Book, amount: int) -> None:
+        legs[book] = legs.get(book, 0) + amount
 
-    add(book(session, "escrow"), -reserved_micro)
-    add(user_book(session, account_id), reserved_micro - charged)
-    add(book(session, "platform"), fee)
+    add(ESCROW, -reserved_micro)
+    add(user_book(account_id), reserved_micro - charged)
+    add(PLATFORM, fee)
     if host_id:
         add(earnings_book(session, host_id), charged - fee)
     transfer(session, "settle", legs, job_id=job_id)
@@ -216,12 +205,7 @@ def settle(
 
 
 def refund(session: Session, account_id: int, job_id: str, reserved_micro: int) -> None:
-    transfer(
-        session,
-        "refund",
-        {book(session, "escrow"): -reserved_micro, user_book(session, account_id): reserved_micro},
-        job_id=job_id,
-    )
+    transfer(session, "refund", {ESCROW: -reserved_micro, user_book(account_id): reserved_micro}, job_id=job_id)
 
 
 def total_is_zero(session: Session) -> bool:

@@ -52,6 +52,8 @@ def create_engine_for(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         )
+        if not engine.dialect.update_returning:  # a transfer's legs are UPDATE … RETURNING (SQLite ≥ 3.35)
+            raise LedgerError("the ledger needs SQLite 3.35 or newer; use a Python built with a newer SQLite")
         _install_sqlite_hooks(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":

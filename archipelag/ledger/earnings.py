@@ -156,9 +156,9 @@ def payout(session: Session, account_id: int, amount_micro: int, rules: KarmaRul
         raise Forbidden(f"payouts open once one of your hosts reaches {rules.payout_threshold:g} karma; this account "
                         f"{have}. Karma grows with completed jobs.", karma=karma,
                         threshold=rules.payout_threshold)
-    source = credits.book(session, "earnings", str(account_id))
+    source = credits.Book("earnings", str(account_id))
     try:
-        credits.transfer(session, "payout", {source: -amount_micro, credits.book(session, "payouts"): amount_micro},
+        credits.transfer(session, "payout", {source: -amount_micro, credits.PAYOUTS: amount_micro},
                          memo=f"payout to account {account_id}", no_overdraft=source)
     except PaymentRequired as exc:
         unpaid = exc.details["available"]

@@ -71,7 +71,7 @@ def upsert(
             )
         )
         session.flush()
-        credits.book(session, "host", host_id)
+        credits.open_book(session, credits.Book("host", host_id))
         return
     current = HostStatus(row.status)
     if current is not status and not host_can_move(current, status):

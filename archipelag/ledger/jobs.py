@@ -1,9 +1,14 @@
 """Jobs: job rows, their guarded state transitions, and the transition history (DESIGN §3).
 
-Every move goes through ``transition``: the row is read under ``FOR UPDATE`` (SQLite: the write transaction
-already holds the database lock), checked against ``lifecycle.JOB_TRANSITIONS``, then moved with the guarded
-``UPDATE jobs SET status=:to … WHERE id=:id AND status IN (sources_of(to))``; rowcount 0 raises
-``InvalidTransition``. A ``JobEvent`` (from, to, at, reason) is written in the same transaction.
+Every move goes through ``transition`` (or ``start``, two moves at once): it is checked against
+``lifecycle.JOB_TRANSITIONS`` from the state the job is in, then made with the guarded
+``UPDATE jobs SET status=:to … WHERE id=:id AND status IN (sources_of(first state entered))``; rowcount 0 raises
+``InvalidTransition``. A ``JobEvent`` (from, to, at, reason) per move is written in the same transaction. The state
+the job is in is read under ``FOR UPDATE`` (SQLite: the write transaction already holds the database lock), or
+comes from the caller's own locked read, or, where the table allows only one, is the guard itself.
+
+The per-job path (create, start, the terminal move) writes Core statements and builds the records it returns from
+the values it wrote: the ORM's unit of work and the reads back cost more CPU than the database did.
 
 Functions here take an open session; ``Ledger`` owns the transactions (and settles credits in ``finish``).
 """
@@ -11,19 +16,19 @@ Functions here take an open session; ``Ledger`` owns the transactions (and settl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, Update, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from archipelag.errors import InvalidTransition, NotFound, ValidationFailed
 from archipelag.ids import AccountId, HostId, JobId, WorkloadSlug, new_job_id
 from archipelag.ledger import credits, workloads
 from archipelag.ledger.records import Job, JobEvent
-from archipelag.ledger.tables import AccountRow, JobEventRow, JobRow, WorkloadRow, utcnow
+from archipelag.ledger.tables import AccountRow, JobEventRow, JobRow, WorkloadRow, table, utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, JobStatus, can_move, sources_of
 from archipelag.receipts import Receipt
 
@@ -45,33 +50,54 @@ SETTABLE = frozenset(
 )
 ACTIVE_STATES = frozenset({JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING})
 
+_JOBS = table(JobRow)
+_EVENTS = table(JobEventRow)
+_WORKLOADS = table(WorkloadRow)
+_ACCOUNTS = table(AccountRow)
+# A job as ``record`` reads it: its row but for its stored events (a streamed job's can be long, and no Job holds
+# them: ``stored_output_events`` reads them), and its workload's slug.
+JOB = (
+    select(*(column for column in _JOBS.c if column.name != "events"), _WORKLOADS.c.slug)
+    .join(_WORKLOADS, _WORKLOADS.c.id == _JOBS.c.workload_id)
+)
+_ACCOUNT_EXISTS = select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == bindparam("account_id"))
+# The per-job path's statements are built once: building one per call cost more CPU than running it.
+_JOB_BY_ID = JOB.where(_JOBS.c.id == bindparam("job_id"))
+_LOCKED_JOB = _JOB_BY_ID.with_for_update(of=_JOBS)  # the workload's row, joined for its slug, stays free
+_STATUS = select(_JOBS.c.status).where(_JOBS.c.id == bindparam("job_id"))
+_LOCKED_STATUS = _STATUS.with_for_update()
+_NEW_JOB = insert(_JOBS)
+_NEW_EVENTS = insert(_EVENTS)
+Step = tuple[JobStatus, str | None]  # a state to enter and why
 
-def record(row: JobRow, slug: str) -> Job:
+
+def record(row: Mapping[Any, Any]) -> Job:
+    """The job from its row's columns and its workload's ``slug`` (a row of ``JOB``, or the values written)."""
     return Job(
-        id=JobId(row.id),
-        account_id=AccountId(row.account_id),
-        workload_id=row.workload_id,
-        workload_slug=WorkloadSlug(slug),
-        status=JobStatus(row.status),
-        input=dict(row.input or {}),
-        output=row.output,
-        error=row.error,
-        usage=dict(row.usage) if row.usage is not None else None,
-        host_id=HostId(row.host_id) if row.host_id else None,
-        attempt=row.attempt,
-        region=row.region,
-        priority=row.priority,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        reserved_micro=row.reserved_micro,
-        credits_used_micro=row.credits_used_micro,
-        parent_id=JobId(row.parent_id) if row.parent_id else None,
-        batch_index=row.batch_index,
-        batch_size=row.batch_size,
-        bid_price_micro=row.bid_price_micro,
-        clearing_price_micro=row.clearing_price_micro,
-        receipt=_receipt(row.receipt),
+        id=JobId(row["id"]),
+        account_id=AccountId(row["account_id"]),
+        workload_id=row["workload_id"],
+        workload_slug=WorkloadSlug(row["slug"]),
+        status=JobStatus(row["status"]),
+        input=dict(row["input"] or {}),
+        output=row["output"],
+        error=row["error"],
+        usage=dict(row["usage"]) if row["usage"] is not None else None,
+        host_id=HostId(row["host_id"]) if row["host_id"] else None,
+        attempt=row["attempt"],
+        region=row["region"],
+        priority=row["priority"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        reserved_micro=row["reserved_micro"],
+        credits_used_micro=row["credits_used_micro"],
+        parent_id=JobId(row["parent_id"]) if row["parent_id"] else None,
+        batch_index=row["batch_index"],
+        batch_size=row["batch_size"],
+        bid_price_micro=row["bid_price_micro"],
+        clearing_price_micro=row["clearing_price_micro"],
+        receipt=_receipt(row["receipt"]),
     )
 
 
@@ -83,15 +109,16 @@ def _receipt(stored: dict[str, Any] | None) -> Receipt | None:
     return Receipt(**stored) if stored is not None else None
 
 
-def _event(
-    session: Session,
-    job_id: str,
-    source: JobStatus | None,
-    target: JobStatus,
-    reason: str | None,
-    at: datetime,
+def _events(
+    session: Session, job_id: str, source: JobStatus | None, steps: Sequence[Step], at: datetime
 ) -> None:
-    session.add(JobEventRow(job_id=job_id, from_status=source, to_status=target, at=at, reason=reason))
+    """One JobEvent per step, the first from ``source``, in one statement."""
+    rows = []
+    for target, reason in steps:
+        rows.append({"job_id": job_id, "from_status": str(source) if source is not None else None,
+                     "to_status": str(target), "at": at, "reason": reason})
+        source = target
+    session.execute(_NEW_EVENTS, rows)
 
 
 def create(
@@ -104,132 +131,155 @@ def create(
     reserve_micro: int,
     job_id: JobId | None = None,
     *,
+    queue: bool = False,
     parent_id: str | None = None,
     batch_index: int | None = None,
     batch_size: int | None = None,
     bid_price_micro: int | None = None,
 ) -> Job:
+    """A ``submitted`` job with its reservation; with ``queue`` it is written ``queued`` at once (no other
+    transaction sees it in between), with both events."""
     if reserve_micro < 0:
         raise ValidationFailed("invalid job", errors={"reserve": "cannot be negative"})
-    if session.get(AccountRow, account_id) is None:
+    if session.execute(_ACCOUNT_EXISTS, {"account_id": account_id}).first() is None:
         raise NotFound(f"account {account_id} does not exist")
     workload = workloads.get_row(session, workload_slug)
     if not workload.is_enabled:
         raise NotFound(
             f"workload {workload_slug!r} is disabled; GET /api/v1/workloads lists the enabled ones"
         )
-    assert workload.id is not None
     job_id = job_id or new_job_id()
     now = utcnow()
     credits.reserve(
         session, account_id, job_id, reserve_micro
     )  # first: it raises PaymentRequired before any write
-    row = JobRow(
-        id=job_id,
-        account_id=account_id,
-        workload_id=workload.id,
-        status=JobStatus.SUBMITTED,
-        input=dict(job_input),
-        region=region,
-        priority=priority,
-        created_at=now,
-        reserved_micro=reserve_micro,
-        parent_id=parent_id,
-        batch_index=batch_index,
-        batch_size=batch_size,
-        bid_price_micro=bid_price_micro,
-    )
-    session.add(row)
-    session.flush()
-    _event(session, job_id, None, JobStatus.SUBMITTED, "submitted", now)
-    session.flush()
-    return record(row, workload.slug)
+    steps: list[Step] = [(JobStatus.SUBMITTED, "submitted")]
+    if queue:
+        steps.append((JobStatus.QUEUED, "queued"))
+    row = {
+        "id": job_id, "account_id": account_id, "workload_id": workload.id, "status": str(steps[-1][0]),
+        "input": dict(job_input), "output": None, "error": None, "usage": None, "events": None, "host_id": None,
+        "attempt": 1, "region": region, "priority": priority, "created_at": now, "started_at": None,
+        "completed_at": None, "reserved_micro": reserve_micro, "credits_used_micro": 0, "parent_id": parent_id,
+        "batch_index": batch_index, "batch_size": batch_size, "bid_price_micro": bid_price_micro,
+        "clearing_price_micro": None, "receipt": None,
+    }
+    session.execute(_NEW_JOB, row)
+    _events(session, job_id, None, steps, now)
+    return record({**row, "slug": workload.slug})
 
 
-def _locked_status(session: Session, job_id: str) -> JobStatus:
-    status = session.execute(
-        select(col(JobRow.status)).where(col(JobRow.id) == job_id).with_for_update()
-    ).scalar_one_or_none()
+def status_of(session: Session, job_id: str, *, lock: bool = False) -> JobStatus:
+    """The job's state (NotFound for an unknown job); ``lock`` holds its row until the transaction ends."""
+    status = session.execute(_LOCKED_STATUS if lock else _STATUS, {"job_id": job_id}).scalar_one_or_none()
     if status is None:
         raise NotFound(f"job {job_id} does not exist")
     return JobStatus(status)
 
 
-def transition(
-    session: Session, job_id: str, target: JobStatus, reason: str | None, values: Mapping[str, Any]
-) -> JobStatus:
-    """Move ``job_id`` to ``target`` and set ``values``; returns the state it left."""
-    unknown = set(values) - SETTABLE
-    if unknown:
-        raise TypeError(f"transition cannot set {sorted(unknown)}; allowed: {sorted(SETTABLE)}")
-    source = _locked_status(session, job_id)
-    if not can_move(source, target):
-        raise InvalidTransition(
-            f"job {job_id} is {source} and cannot become {target}",
-            job_id=job_id,
-            status=str(source),
-            to=str(target),
-        )
-    now = utcnow()
-    moved = dict(values)
-    if target is JobStatus.STARTED:
-        moved.setdefault("started_at", now)
-    if target in TERMINAL_JOB_STATES:
-        moved.setdefault("completed_at", now)
-    result = session.execute(
-        update(JobRow)
-        .where(col(JobRow.id) == job_id, col(JobRow.status).in_([str(s) for s in sources_of(target)]))
-        .values(status=str(target), **moved)
+def _refused(job_id: str, source: JobStatus, target: JobStatus) -> InvalidTransition:
+    return InvalidTransition(
+        f"job {job_id} is {source} and cannot become {target}", job_id=job_id, status=str(source), to=str(target)
     )
-    assert isinstance(result, CursorResult)
-    if result.rowcount != 1:  # another writer moved it first
-        raise InvalidTransition(
-            f"job {job_id} changed state before it could become {target}", job_id=job_id, to=str(target)
-        )
-    _event(session, job_id, source, target, reason, now)
-    session.flush()
+
+
+def _walk(job_id: str, source: JobStatus, steps: Sequence[Step]) -> JobStatus:
+    """The state ``steps`` end in, each allowed by the table from the one before; InvalidTransition if not."""
+    for target, _ in steps:
+        if not can_move(source, target):
+            raise _refused(job_id, source, target)
+        source = target
     return source
 
 
-def requeue(session: Session, job_id: str, reason: str) -> None:
-    """A lost host sends an assigned/started/streaming job back to queued, attempt + 1."""
-    transition(
-        session,
-        job_id,
-        JobStatus.QUEUED,
-        reason,
-        {"attempt": col(JobRow.attempt) + 1, "host_id": None, "started_at": None},
+def transition(
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    reason: str | None,
+    values: Mapping[str, Any],
+    *,
+    source: JobStatus | None = None,
+) -> JobStatus:
+    """Move ``job_id`` to ``target`` and set ``values``; returns the state it left. ``source``: the state the
+    caller read under lock in this transaction (read here when not given)."""
+    return _advance(session, job_id, [(target, reason)], values, source)
+
+
+def start(session: Session, job_id: str, host_id: str, attempt: int) -> None:
+    """queued → assigned → started: the host has begun the job's ``attempt``. One guarded update, both events."""
+    steps: list[Step] = [(JobStatus.ASSIGNED, f"assigned to {host_id}"), (JobStatus.STARTED, f"started on {host_id}")]
+    _advance(session, job_id, steps, {"host_id": host_id, "attempt": attempt}, None)
+
+
+def _advance(
+    session: Session, job_id: str, steps: Sequence[Step], values: Mapping[str, Any], source: JobStatus | None
+) -> JobStatus:
+    """Take ``steps`` in one guarded update plus their events; returns the state the job left. Where the table
+    lets the first step be entered from one state only, the guard decides and the state is read only to say why
+    it refused."""
+    unknown = set(values) - SETTABLE
+    if unknown:
+        raise TypeError(f"transition cannot set {sorted(unknown)}; allowed: {sorted(SETTABLE)}")
+    sources = sources_of(steps[0][0])
+    if source is None:
+        source = next(iter(sources)) if len(sources) == 1 else status_of(session, job_id, lock=True)
+    reached = _walk(job_id, source, steps)
+    now = utcnow()
+    moved = dict(values)
+    if any(target is JobStatus.STARTED for target, _ in steps):
+        moved.setdefault("started_at", now)
+    if reached in TERMINAL_JOB_STATES:
+        moved.setdefault("completed_at", now)
+    params = {f"set_{column}": value for column, value in moved.items()}
+    result = session.execute(_guarded_update(sources, tuple(sorted(moved))),
+                             {"job_id": job_id, "set_status": str(reached), **params})
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:  # not in the one source state, or another writer moved it first
+        raise _refused(job_id, status_of(session, job_id), steps[0][0])
+    _events(session, job_id, source, steps, now)
+    return source
+
+
+@functools.cache
+def _guarded_update(sources: frozenset[JobStatus], columns: tuple[str, ...]) -> Update:
+    """``UPDATE jobs SET status, columns … WHERE id = :job_id AND status IN (sources)``, built once per shape: building
+    it per move cost more CPU than running it. The values are bound as ``set_<column>``."""
+    return (
+        update(_JOBS)
+        .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status.in_(sorted(str(s) for s in sources)))
+        .values({column: bindparam(f"set_{column}") for column in ("status", *columns)})
     )
+
+
+def requeue(session: Session, job_id: str, reason: str) -> None:
+    """A lost host sends an assigned/started/streaming job back to queued, attempt + 1 (read under its lock)."""
+    row = locked(session, job_id)
+    transition(session, job_id, JobStatus.QUEUED, reason,
+               {"attempt": row["attempt"] + 1, "host_id": None, "started_at": None},
+               source=JobStatus(row["status"]))
 
 
 def get(session: Session, job_id: str, account_id: int | None = None) -> Job:
-    found = session.execute(
-        select(JobRow, col(WorkloadRow.slug))
-        .join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
-        .where(col(JobRow.id) == job_id)
-        .execution_options(populate_existing=True)
-    ).first()
-    if found is None or (account_id is not None and found[0].account_id != account_id):
+    found = session.execute(_JOB_BY_ID, {"job_id": job_id}).first()
+    if found is None or (account_id is not None and found.account_id != account_id):
         raise NotFound(f"job {job_id} does not exist")
-    return record(found[0], found[1])
+    return record(found._mapping)
 
 
-def reservation(session: Session, job_id: str, *, lock: bool = False) -> tuple[int, int, str | None]:
-    """(account_id, reserved_micro, host_id) of a job; ``lock`` holds the row until the transaction ends."""
-    stmt = select(col(JobRow.account_id), col(JobRow.reserved_micro), col(JobRow.host_id)).where(
-        col(JobRow.id) == job_id
-    )
-    found = session.execute(stmt.with_for_update() if lock else stmt).first()
+def locked(session: Session, job_id: str) -> dict[str, Any]:
+    """The job's row and its workload's slug (what ``record`` reads), locked until the transaction ends: on
+    PostgreSQL ``FOR UPDATE OF jobs``, on SQLite the write transaction's lock."""
+    found = session.execute(_LOCKED_JOB, {"job_id": job_id}).first()
     if found is None:
         raise NotFound(f"job {job_id} does not exist")
-    return int(found[0]), int(found[1]), found[2]
+    return dict(found._mapping)
 
 
 def save_events(session: Session, job_id: str, events: list[dict[str, Any]]) -> bool:
     result = session.execute(
-        update(JobRow)
-        .where(col(JobRow.id) == job_id,
-               col(JobRow.status).not_in([str(s) for s in TERMINAL_JOB_STATES]))
+        update(_JOBS)
+        .where(_JOBS.c.id == job_id, _JOBS.c.status.not_in([str(s) for s in TERMINAL_JOB_STATES]))
         .values(events=events)
     )
     assert isinstance(result, CursorResult)
@@ -238,33 +288,27 @@ def save_events(session: Session, job_id: str, events: list[dict[str, Any]]) -> 
 
 def unfinished(session: Session) -> list[Job]:
     rows = session.execute(
-        select(JobRow, col(WorkloadRow.slug))
-        .join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
-        .where(col(JobRow.status).not_in([str(s) for s in TERMINAL_JOB_STATES]))
-        .order_by(col(JobRow.created_at), col(JobRow.id))
-    ).all()
-    return [record(row, slug) for row, slug in rows]
+        JOB.where(_JOBS.c.status.not_in([str(s) for s in TERMINAL_JOB_STATES]))
+        .order_by(_JOBS.c.created_at, _JOBS.c.id)
+    )
+    return [record(row._mapping) for row in rows]
 
 
 def list_for(session: Session, account_id: int, limit: int, offset: int) -> tuple[list[Job], int]:
     total = session.execute(
-        select(func.count()).select_from(JobRow).where(col(JobRow.account_id) == account_id)
+        select(func.count()).select_from(_JOBS).where(_JOBS.c.account_id == account_id)
     ).scalar_one()
     rows = session.execute(
-        select(JobRow, col(WorkloadRow.slug))
-        .join(WorkloadRow, col(WorkloadRow.id) == col(JobRow.workload_id))
-        .where(col(JobRow.account_id) == account_id)
-        .order_by(col(JobRow.created_at).desc(), col(JobRow.id).desc())
+        JOB.where(_JOBS.c.account_id == account_id)
+        .order_by(_JOBS.c.created_at.desc(), _JOBS.c.id.desc())
         .limit(limit)
         .offset(offset)
-    ).all()
-    return [record(row, slug) for row, slug in rows], int(total)
+    )
+    return [record(row._mapping) for row in rows], int(total)
 
 
 def events(session: Session, job_id: str) -> list[JobEvent]:
-    rows = session.scalars(
-        select(JobEventRow).where(col(JobEventRow.job_id) == job_id).order_by(col(JobEventRow.id))
-    )
+    rows = session.execute(select(_EVENTS).where(_EVENTS.c.job_id == job_id).order_by(_EVENTS.c.id))
     return [
         JobEvent(
             job_id=JobId(row.job_id),
@@ -278,7 +322,7 @@ def events(session: Session, job_id: str) -> list[JobEvent]:
 
 
 def stored_output_events(session: Session, job_id: str) -> list[dict[str, Any]]:
-    found = session.execute(select(col(JobRow.events)).where(col(JobRow.id) == job_id)).first()
+    found = session.execute(select(_JOBS.c.events).where(_JOBS.c.id == job_id)).first()
     if found is None:
         raise NotFound(f"job {job_id} does not exist")
     return list(found[0] or [])
@@ -287,8 +331,8 @@ def stored_output_events(session: Session, job_id: str) -> list[dict[str, Any]]:
 def active_counts(session: Session) -> dict[str, int]:
     """Jobs assigned/started/streaming per host."""
     rows = session.execute(
-        select(col(JobRow.host_id), func.count())
-        .where(col(JobRow.status).in_([str(s) for s in ACTIVE_STATES]), col(JobRow.host_id).is_not(None))
-        .group_by(col(JobRow.host_id))
+        select(_JOBS.c.host_id, func.count())
+        .where(_JOBS.c.status.in_([str(s) for s in ACTIVE_STATES]), _JOBS.c.host_id.is_not(None))
+        .group_by(_JOBS.c.host_id)
     ).all()
     return {str(host_id): int(count) for host_id, count in rows}

@@ -111,12 +111,8 @@ class Ledger(People):
         pays per job, kept with it. PaymentRequired (required/available, in credits) when the balance is short;
         nothing is written then."""
         with db.write_session(self.engine) as session:
-            job = jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro,
-                              JobId(job_id) if job_id else None, bid_price_micro=bid_price_micro)
-            if not queue:
-                return job
-            jobs.transition(session, job.id, JobStatus.QUEUED, "queued", {})
-            return jobs.get(session, job.id)
+            return jobs.create(session, account_id, workload_slug, input, region, priority, reserve_micro,
+                               JobId(job_id) if job_id else None, queue=queue, bid_price_micro=bid_price_micro)
 
     def transition(self, job_id: str, to: JobStatus, reason: str | None = None, **fields: Any) -> Job:
         """The guarded move to ``to`` plus a JobEvent. ``fields`` may set host_id, attempt, started_at,
@@ -131,9 +127,7 @@ class Ledger(People):
         """queued → assigned → started in one transaction (both events recorded): the host has begun the job's
         ``attempt``. One write where the dispatcher would otherwise make two."""
         with db.write_session(self.engine) as session:
-            jobs.transition(session, job_id, JobStatus.ASSIGNED, f"assigned to {host_id}",
-                            {"host_id": host_id, "attempt": attempt})
-            jobs.transition(session, job_id, JobStatus.STARTED, f"started on {host_id}", {})
+            jobs.start(session, job_id, host_id, attempt)
 
     def requeue(self, job_id: str, reason: str) -> Job:
         """assigned/started/streaming → queued, attempt + 1, host cleared (its host was lost)."""
@@ -167,10 +161,12 @@ class Ledger(People):
         if to not in TERMINAL_JOB_STATES:
             raise InvalidTransition(f"finish() takes a terminal state, not {to}", job_id=job_id, to=str(to))
         with db.write_session(self.engine) as session:
-            account_id, reserved, recorded_host = jobs.reservation(session, job_id, lock=True)
-            earner = host_id or recorded_host
+            row = jobs.locked(session, job_id)
+            account_id, reserved = row["account_id"], row["reserved_micro"]
+            earner = host_id or row["host_id"]
             charged = max(0, min(price_micro, reserved)) if to is JobStatus.SUCCEEDED else 0
             values: dict[str, Any] = {
+                "completed_at": utcnow(),  # set here, as the returned record is built from what was written
                 "output": output,
                 "error": error,
                 "credits_used_micro": charged,
@@ -183,7 +179,7 @@ class Ledger(People):
                 values["clearing_price_micro"] = max(0, clearing_price_micro)
             if receipt is not None and to is JobStatus.SUCCEEDED:
                 values["receipt"] = jobs.stored_receipt(receipt)
-            jobs.transition(session, job_id, to, reason or str(to), values)
+            jobs.transition(session, job_id, to, reason or str(to), values, source=JobStatus(row["status"]))
             if to is JobStatus.SUCCEEDED:
                 credits.settle(session, account_id, job_id, reserved, charged, earner, self.platform_fee_bps)
             else:
@@ -191,7 +187,7 @@ class Ledger(People):
             if karma is not None and earner is not None:
                 hosts.add_karma(session, self.karma_rules, earner, karma, job_id=job_id, compute_s=compute_s,
                                 adjustment=0.0, reason=None)
-            return jobs.get(session, job_id)
+            return jobs.record({**row, **values, "status": to})
 
     def save_events(self, checkpoints: Mapping[str, list[dict[str, Any]]]) -> int:
         """Checkpoint running jobs' live events (what each stream has carried so far), in one transaction, so a
@@ -250,7 +246,7 @@ class Ledger(People):
     def job_events(self, job_id: str) -> list[JobEvent]:
         """The job's state-transition history, oldest first."""
         with db.read_session(self.engine) as session:
-            jobs.reservation(session, job_id)  # NotFound for an unknown job
+            jobs.status_of(session, job_id)  # NotFound for an unknown job
             return jobs.events(session, job_id)
 
     def stored_output_events(self, job_id: str) -> list[dict[str, Any]]:

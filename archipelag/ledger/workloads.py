@@ -7,20 +7,23 @@ deleted (old jobs still point at it).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from archipelag.catalog import Manifest
 from archipelag.errors import NotFound
 from archipelag.ids import WorkloadSlug
 from archipelag.ledger.records import Workload
-from archipelag.ledger.tables import WorkloadRow, utcnow
+from archipelag.ledger.tables import WorkloadRow, table, utcnow
+
+_WORKLOADS = table(WorkloadRow)
+_BY_SLUG = select(_WORKLOADS).where(_WORKLOADS.c.slug == bindparam("slug"))
+_BY_ID = select(_WORKLOADS).where(_WORKLOADS.c.id == bindparam("workload_id"))
 
 
-def record(row: WorkloadRow) -> Workload:
-    assert row.id is not None
+def record(row: Row[Any]) -> Workload:
     return Workload(
         id=row.id,
         slug=WorkloadSlug(row.slug),
@@ -67,17 +70,16 @@ def sync(session: Session, manifests: Iterable[Manifest]) -> list[Workload]:
 
 
 def list_all(session: Session) -> list[Workload]:
-    return [record(row) for row in session.scalars(select(WorkloadRow).order_by(col(WorkloadRow.id)))]
+    return [record(row) for row in session.execute(select(_WORKLOADS).order_by(_WORKLOADS.c.id))]
 
 
-def get_row(session: Session, slug_or_id: str | int) -> WorkloadRow:
-    row: WorkloadRow | None = None
-    if isinstance(slug_or_id, int):
-        row = session.get(WorkloadRow, slug_or_id)
-    else:
-        row = session.scalars(select(WorkloadRow).where(col(WorkloadRow.slug) == slug_or_id)).first()
-        if row is None and slug_or_id.isdigit():
-            row = session.get(WorkloadRow, int(slug_or_id))
+def get_row(session: Session, slug_or_id: str | int) -> Row[Any]:
+    """The workload's row by slug, or by id (an int, or a slug that is all digits and names none)."""
+    row: Row[Any] | None = None
+    if isinstance(slug_or_id, str):
+        row = session.execute(_BY_SLUG, {"slug": slug_or_id}).first()
+    if row is None and (isinstance(slug_or_id, int) or slug_or_id.isdigit()):
+        row = session.execute(_BY_ID, {"workload_id": int(slug_or_id)}).first()
     if row is None:
         raise NotFound(f"unknown workload {slug_or_id!r}; GET /api/v1/workloads lists them")
     return row

@@ -44,10 +44,10 @@ def a_receipt(job_id: str, output: str) -> receipts.Receipt:
 def test_a_succeeded_job_keeps_its_receipt_and_it_still_verifies(ledger: Ledger) -> None:
     job_id = a_running_job(ledger)
     receipt = a_receipt(job_id, "ok")
-    ledger.finish(job_id, JobStatus.SUCCEEDED, output="ok", usage=USAGE, price_micro=5_000, host_id=HOST,
-                  receipt=receipt)
+    finished = ledger.finish(job_id, JobStatus.SUCCEEDED, output="ok", usage=USAGE, price_micro=5_000, host_id=HOST,
+                             receipt=receipt)
     stored = ledger.get_job(job_id)
-    assert stored.receipt == receipt
+    assert stored.receipt == receipt and finished == stored
     assert receipts.mismatch(stored.receipt, job_id, stored.output) is None
 
 

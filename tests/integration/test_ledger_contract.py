@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,6 +240,50 @@ def test_a_job_can_be_created_straight_into_the_queue_in_one_transaction(ledger:
         (None, JobStatus.SUBMITTED), (JobStatus.SUBMITTED, JobStatus.QUEUED)]
 
 
+def test_the_settle_path_returns_each_job_as_it_is_stored(ledger: Ledger) -> None:
+    # create_job and finish build the jobs they return from what they wrote; a read gives the same job.
+    account = an_account(ledger, credits=1.0)
+    ledger.upsert_host("host-r", "r", "eu", {})
+    created = ledger.create_job(account.id, "echo", {"text": "hi", "n": [1, 2]}, region="eu", priority=3,
+                                reserve_micro=100_000, queue=True, bid_price_micro=90_000)
+    assert created == ledger.get_job(created.id)
+    ledger.start_job(created.id, "host-r", 2)
+    started = ledger.get_job(created.id)
+    assert (started.status, started.host_id, started.attempt) == (JobStatus.STARTED, "host-r", 2)
+    assert started.started_at is not None
+    finished = ledger.finish(created.id, JobStatus.SUCCEEDED, output="hi", usage={"completion_tokens": 3},
+                             events=[{"type": "done", "seq": 1}], price_micro=40_000, host_id="host-r",
+                             clearing_price_micro=35_000)
+    assert finished == ledger.get_job(created.id)
+    assert (finished.credits_used_micro, finished.clearing_price_micro) == (40_000, 35_000)
+    assert [(e.from_status, e.to_status, e.reason) for e in ledger.job_events(created.id)] == [
+        (None, JobStatus.SUBMITTED, "submitted"), (JobStatus.SUBMITTED, JobStatus.QUEUED, "queued"),
+        (JobStatus.QUEUED, JobStatus.ASSIGNED, "assigned to host-r"),
+        (JobStatus.ASSIGNED, JobStatus.STARTED, "started on host-r"),
+        (JobStatus.STARTED, JobStatus.SUCCEEDED, "succeeded")]
+    assert ledger.audit() == []
+
+
+def test_only_a_queued_job_can_be_started(ledger: Ledger) -> None:
+    for status in (JobStatus.SUBMITTED, JobStatus.STARTED, JobStatus.CANCELLED):
+        job = a_job(ledger, status=status)
+        with pytest.raises(errors.InvalidTransition) as refused:
+            ledger.start_job(job.id, "host-a", 1)
+        assert (refused.value.details["status"], refused.value.details["to"]) == (str(status), "assigned")
+        assert ledger.get_job(job.id) == job
+    with pytest.raises(errors.NotFound):
+        ledger.start_job("00000000-0000-0000-0000-000000000000", "host-a", 1)
+
+
+def test_two_hosts_racing_to_start_a_job_exactly_one_wins(ledger: Ledger) -> None:
+    account = an_account(ledger)
+    for _ in range(5):
+        job = a_job(ledger, account, status=JobStatus.QUEUED)
+        results = race(2, lambda i, job_id=job.id: ledger.start_job(job_id, f"host-{i}", 1))
+        assert [type(r) for r in results].count(errors.InvalidTransition) == 1, results
+        assert [e.to_status for e in ledger.job_events(job.id)].count(JobStatus.STARTED) == 1
+
+
 def test_finish_can_record_the_hosts_karma_in_the_same_transaction(ledger: Ledger) -> None:
     ledger.upsert_host("host-k", "k", "eu", {})
     job = a_job(ledger, an_account(ledger), status=JobStatus.STREAMING, host_id="host-k")
@@ -264,6 +309,35 @@ def test_finish_takes_only_terminal_states_and_finishes_once(ledger: Ledger) -> 
     with pytest.raises(errors.InvalidTransition):
         ledger.finish(job.id, JobStatus.SUCCEEDED, price_micro=1)
     assert ledger.total_is_zero()
+
+
+def test_a_database_made_anew_at_an_address_used_before_gets_its_own_books(tmp_path: Path) -> None:
+    # Nothing about a book is remembered across transactions: a process that meets a new database where it used
+    # one before (the file deleted and made again) posts into the new one's books, though their ids differ.
+    # On SQLite, where a database is easiest to make anew.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = Ledger(url)
+    first.migrate()
+    first.sync_catalog([a_manifest()])
+    account = an_account(first, credits=1.0)
+    first.create_job(account.id, "echo", {}, reserve_micro=100_000, queue=True)
+    first.close()
+    for path in tmp_path.glob("ledger.db*"):
+        path.unlink()
+    again = Ledger(url)
+    try:
+        again.migrate()
+        again.sync_catalog([a_manifest()])
+        again.upsert_host("host-a", "a", "eu", {})  # the host's book takes the id the account's book had
+        account = an_account(again, credits=1.0)
+        job = again.create_job(account.id, "echo", {}, reserve_micro=100_000, queue=True)
+        again.start_job(job.id, "host-a", 1)
+        again.finish(job.id, JobStatus.SUCCEEDED, price_micro=100_000)
+        assert again.balance_micro(account.id) == 900_000
+        assert again.host_earnings_micro("host-a") == 100_000 - platform_fee_micro(100_000)
+        assert again.audit() == []
+    finally:
+        again.close()
 
 
 def test_granted_credits_raise_the_balance(ledger: Ledger) -> None:
