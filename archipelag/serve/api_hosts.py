@@ -213,28 +213,32 @@ async def report(host_id: HostPath, body: SignedReport, request: Request, svc: S
     if proof.host_id != host_id:
         raise HostRefused(f"a report for host {host_id} must be signed as that host")
     hid = HostId(host_id)
+    report = _read(body)
+    if isinstance(report, HostSnapshot):
+        if report.host_id != hid:
+            raise HostRefused(f"a registration for host {host_id} must name that host")
+        await svc.placement.register_async(report, proof)
+        return data({"known": True})
+    if isinstance(report, HostStatus):
+        await svc.placement.set_status_async(hid, report, proof)
+        return data({"known": True})
+    return data({"known": await svc.placement.beat_async(hid, report, proof)})
+
+
+def _read(body: SignedReport) -> HostSnapshot | HostStatus | dict[str, Any]:
+    """The report of its purpose, every field of its type (422 otherwise): a registration's snapshot, a status,
+    or a heartbeat's metrics (numbers, and lists of workload slugs)."""
     try:
         if body.purpose == "register":
-            snapshot = Registration.model_validate(body.report).snapshot()
-            if snapshot.host_id != hid:
-                raise HostRefused(f"a registration for host {host_id} must name that host")
-            await svc.placement.register_async(snapshot, proof)
-            return data({"known": True})
+            return Registration.model_validate(body.report).snapshot()
         if body.purpose == "heartbeat":
-            metrics = _metrics(body.report)
-            return data({"known": await svc.placement.beat_async(hid, metrics, proof)})
+            return dict(_METRICS.validate_python(body.report))
         status = HostStatus(str(body.report.get("status")))
     except (ValidationError, ValueError) as exc:
         raise ValidationFailed(f"not a {body.purpose} report: {exc}"[:500]) from None
     if set(body.report) != {"status"} or status not in HOST_STATUSES:
         raise ValidationFailed(f"a host reports its status as one of {', '.join(HOST_STATUSES)}")
-    await svc.placement.set_status_async(hid, status, proof)
-    return data({"known": True})
-
-
-def _metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """A heartbeat's metrics: numbers, and lists of workload slugs (``warm``)."""
-    return dict(_METRICS.validate_python(report))
+    return status
 
 
 _METRICS: TypeAdapter[dict[str, Metric]] = TypeAdapter(dict[Annotated[str, Field(max_length=64)], Metric])

@@ -1,12 +1,15 @@
 """The network on a real multi-node Ray cluster: real `ray start` hosts, wasmtime, the SQLite ledger, HTTP.
 
-One network for the module (starting it costs ~15 s); the test that kills a host runs last.
+One network for the module (starting it costs ~15 s); the tests that kill a host run last.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +21,15 @@ from catalog_builders import network_catalog
 from docker_engine import engine_lease
 from netutil import api_client, eventually, network_settings
 
+from archipelag.bridge.client import BridgedAgent
+from archipelag.catalog import load_catalog
+from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.network import EmbeddedNetwork, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
+from archipelag.runtimes.base import JobSpec
 from archipelag.sdk import Job
 from archipelag.sdk.client import verified_receipt
+from archipelag.unix_sockets import answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray_driver]
 
@@ -220,6 +228,53 @@ def test_the_coordinator_serves_the_signed_catalog_hosts_verify(network: Embedde
     catalog = verify_catalog(data, signature, network.settings.trusted_catalog_keys,
                              network.settings.workloads_dir)
     assert "wasm-hash" in catalog.manifests
+
+
+# --- the bridge (archipelag/bridge/): the coordinator's services reach the hosts' agents only through it -------
+
+
+def test_the_join_benchmark_runs_on_the_hosts_node_through_the_bridge(network: EmbeddedNetwork,
+                                                                     http: httpx.Client) -> None:
+    host_id = network.hosts[0].host_id
+
+    def measured() -> dict[str, Any] | None:
+        view: dict[str, Any] | None = http.get(f"/api/v1/hosts/{host_id}").json()["data"]["measured"]
+        return view if view is not None and (view["benchmark"] or "benchmark_failed" in view["flags"]) else None
+
+    view = eventually(measured, timeout_s=30)
+    assert "benchmark_failed" not in view["flags"] and view["benchmark"]["cpu_single_mb_s"] > 0, view
+
+
+def test_a_run_whose_caller_leaves_the_bridge_is_cancelled_on_the_host(network: EmbeddedNetwork) -> None:
+    manifest = load_catalog(network.settings.workloads_dir)[WorkloadSlug("test-ticks")]
+    spec = JobSpec(JobId("bridge-leaves-1"), manifest, {},
+                   manifest.limits_under(network.settings.limits_for(manifest.tier)))
+    assert network.coordinator.bridge is not None
+    agent = BridgedAgent(HostId(network.hosts[0].host_id), network.coordinator.bridge.path)
+
+    async def start_then_leave() -> None:
+        stream = agent.run_batches(spec)
+        async for batch in stream:
+            if any(e.get("type") == "token" for e in batch):
+                break
+        assert spec.job_id in (await agent.view_async()).running
+        await stream.aclose()
+
+    asyncio.run(start_then_leave())
+    eventually(lambda: spec.job_id not in asyncio.run(agent.view_async()).running, timeout_s=10)
+
+
+def test_a_killed_bridge_is_started_again_and_jobs_run_through_the_new_one(network: EmbeddedNetwork,
+                                                                            http: httpx.Client) -> None:
+    bridge = network.coordinator.bridge
+    assert bridge is not None and bridge.pid is not None
+    killed = bridge.pid
+    os.kill(killed, signal.SIGKILL)
+    started = time.monotonic()
+    eventually(lambda: bridge.pid != killed and answers(bridge.path), timeout_s=60)
+    print(f"bridge back in {time.monotonic() - started:.1f} s")
+    job, _ = run_job(http, "wasm-echo-stream", {"text": "after the restart", "repeat": 2})
+    assert job["status"] == "completed", job
 
 
 def test_a_host_lost_mid_job_sends_the_job_to_another_host_then_goes_offline(network: EmbeddedNetwork,
