@@ -1,5 +1,5 @@
 """HostAgentClient: the typed wrapper around one host's agent actor, for the host's own driver (and the bridge's
-errors: ``_LOST``). The coordinator's services reach an agent through the bridge (bridge/client.py)."""
+errors: ``LOST``). The coordinator's services reach an agent through the bridge (bridge/client.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from archipelag.errors import ArchipelagError, HostLost
 from archipelag.ids import HostId
 from archipelag.settings import Settings
 
-_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+LOST = (ActorDiedError, ActorUnavailableError, RayActorError)  # what Ray raises for an agent that is gone
 log = logging.getLogger(__name__)
 
 
@@ -84,14 +84,14 @@ class HostAgentClient:
     def ping(self, timeout_s: float = 10) -> str:
         try:
             return str(ray.get(self._handle.ping.remote(), timeout=timeout_s))
-        except (*_LOST, GetTimeoutError) as exc:
+        except (*LOST, GetTimeoutError) as exc:
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
                            host_id=self.host_id) from None
 
     def capabilities(self, timeout_s: float = 10) -> dict[str, Any]:
         try:
             return dict(ray.get(self._handle.capabilities.remote(), timeout=timeout_s))
-        except (*_LOST, GetTimeoutError) as exc:
+        except (*LOST, GetTimeoutError) as exc:
             raise HostLost(f"host {self.host_id} does not answer: {type(exc).__name__}",
                            host_id=self.host_id) from None
 
@@ -114,7 +114,7 @@ class HostAgentClient:
     def leave(self) -> None:
         try:
             ray.get(self._handle.leave.remote(), timeout=10)
-        except (*_LOST, GetTimeoutError):
+        except (*LOST, GetTimeoutError):
             pass
 
 

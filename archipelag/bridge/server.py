@@ -29,7 +29,6 @@ from archipelag.settings import Settings
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S: Final = {"cancel": 10.0, "control": 30.0, "view": 10.0, "report": 10.0, "kill": 10.0}
-CONTROL_LINE_BYTES: Final = 4096
 
 
 class Bridge:
@@ -68,7 +67,7 @@ class Bridge:
         """One answer; a handle found gone is looked up again once (the host may have joined anew)."""
         import ray
 
-        from archipelag.actors.client import _LOST
+        from archipelag.actors.client import LOST
 
         if request.op == "measure":
             return await self._measure(request)
@@ -76,7 +75,7 @@ class Bridge:
             handle = await self._agent(request.host)
             try:
                 return await asyncio.wait_for(self._call(handle, request), ASK_TIMEOUT_S[request.op])
-            except _LOST:
+            except LOST:
                 self._agents.pop(request.host, None)
                 if not retry:
                     raise HostLost(f"host {request.host} does not answer: its agent is gone",
@@ -149,7 +148,7 @@ class Bridge:
     async def _forward(self, host_id: HostId, stream: Any, writer: asyncio.StreamWriter) -> None:
         from ray.exceptions import RayTaskError, TaskCancelledError
 
-        from archipelag.actors.client import _LOST
+        from archipelag.actors.client import LOST
 
         last: dict[str, Any]
         try:
@@ -157,7 +156,7 @@ class Bridge:
                 writer.write(wire.encode({"batch": list(await ref)}))
                 await writer.drain()
             last = {"end": True}
-        except _LOST as exc:
+        except LOST as exc:
             self._agents.pop(host_id, None)
             last = {"lost": f"host {host_id} was lost while running the job: {type(exc).__name__}"}
         except TaskCancelledError:

@@ -390,6 +390,25 @@ def _hand_root_a_pickle(namespace: str, victim: str, command: str) -> str:
     return str(ray.get(agent.__ray_call__.remote(plant, command), timeout=30))
 
 
+def _answer_a_run_with_a_pickle(namespace: str, victim: str, command: str) -> str:
+    """Take over the host's agent and make the first batch of the next job it runs a pickle that runs ``command``
+    wherever it is unpickled: the coordinator's process that reads the host's answers."""
+
+    def plant(instance: Any, command: str) -> str:
+        logic = instance._agent
+        original = logic.run_batched
+
+        def run_batched(spec: Any, keepalive_s: float) -> Any:
+            logic.run_batched = original  # once: the job's retry, and the attacks after this one, run as usual
+            yield [_RunOnUnpickle(command)]
+
+        logic.run_batched = run_batched
+        return f"planted in pid {os.getpid()} (uid {os.getuid()})"
+
+    agent = ray.get_actor(f"host-agent:{victim}", namespace=namespace)
+    return str(ray.get(agent.__ray_call__.remote(plant, command), timeout=30))
+
+
 def _swap_the_nodes_folder(node_id: str, target: str) -> str:
     """Put a link to ``target`` where the node's own folder was (the node's account owns that folder's entry in
     /tmp), then stop the node's `ray start` (the node's account's own process): `host join` (root) joins again and
@@ -718,6 +737,33 @@ def test_a_joined_node_cannot_lift_a_workloads_limits_by_calling_a_host(network:
     what = on_attacker(_lift_limits, network.settings.ray_namespace, host_id(network), spec)
     record("hand a host a job with limits beyond its signed tier", "prevented",
            "prevented" if what.startswith("stopped") else "possible", what)
+
+
+def test_what_reads_a_hosts_answers_is_the_bridge_alone(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    """The coordinator's services read hosts only through the bridge's JSON (archipelag/bridge/): a pickle a taken-
+    over agent answers with runs in the bridge, never in the jobs service that holds the job's books."""
+    drop = Path(tempfile.mkdtemp(prefix="archipelag-red-team-drop-"))
+    drop.chmod(0o1777)
+    marker = drop / "ran-in"
+    try:
+        planted = on_attacker(_answer_a_run_with_a_pickle, network.settings.ray_namespace, host_id(network),
+                              f"echo $PPID $(id -u) > {marker}")
+        with api_client(network) as http:
+            created = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": "a pickle"}})
+            assert created.status_code == 201, created.text
+            job_id = created.json()["data"]["id"]
+            eventually(marker.exists, timeout_s=30)
+            http.delete(f"/api/v1/jobs/{job_id}")  # its host was lost to it: it would wait for another one
+        pid, uid = marker.read_text().split()
+        bridge = network.coordinator.bridge
+        assert bridge is not None
+        where = "the bridge" if pid == str(bridge.pid) else "a process that is not the bridge"
+        record("make the jobs service run its code: a taken-over host's agent answers a job with a pickle",
+               "prevented", "prevented" if where == "the bridge" else "possible",
+               f"{planted}; the payload ran in {where} (pid {pid}, uid {uid}), which holds no account, key or "
+               "credit; the job lost its host")
+    finally:
+        shutil.rmtree(drop, ignore_errors=True)
 
 
 def test_a_joined_node_cannot_make_the_owners_process_run_its_code(network: EmbeddedNetwork,
