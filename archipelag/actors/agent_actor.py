@@ -98,7 +98,7 @@ class HostAgentActor:
         self._agent = HostAgent(host_id, runtimes, settings.host_slots, self._guard.admit,
                                 share=share_of(hardware, accepts), signer=self._sign)
         self._models: ModelStore | None = getattr(runtimes.get("container"), "models", None)
-        self._placement = Reports.from_settings(settings)
+        self._reports = Reports.from_settings(settings)  # to placement, through the coordinator's API
         self._report_lock = threading.Lock()  # reports leave signed in the order of their timestamps
         try:
             self._register()
@@ -135,7 +135,7 @@ class HostAgentActor:
         warm = sorted(self._agent.warm(time.time()))
         report = {**live, "active_jobs": load.active_jobs, "warm": warm}
         with self._report_lock:
-            known = self._placement.beat(self._host_id, report, self._sign("heartbeat", report))
+            known = self._reports.beat(self._host_id, report, self._sign("heartbeat", report))
         if not known:
             self._register()
         elif (status := self._agent.state.status) != HostStatus.ONLINE:
@@ -155,7 +155,7 @@ class HostAgentActor:
 
     def _set_status(self, status: HostStatus) -> None:
         with self._report_lock:
-            self._placement.set_status(self._host_id, status, self._sign("status", identity.status_report(status)))
+            self._reports.set_status(self._host_id, status, self._sign("status", identity.status_report(status)))
 
     def _tell_placement(self, status: HostStatus) -> None:
         try:
@@ -168,7 +168,7 @@ class HostAgentActor:
         unsigned registration)."""
         with self._report_lock:
             snapshot = snapshot or self._snapshot()
-            self._placement.register(snapshot, self._sign("register", snapshot))
+            self._reports.register(snapshot, self._sign("register", snapshot))
 
     def run(self, spec: JobSpec) -> Generator[list[Event], None, None]:
         batches = self._agent.run_batched(spec, self._settings.keepalive_s)
@@ -199,4 +199,4 @@ class HostAgentActor:
         """Stop heartbeating and cancel what runs; the node is about to go."""
         self._heartbeat.stop()
         self._agent.close()
-        self._placement.close()
+        self._reports.close()
