@@ -85,9 +85,7 @@ def parse_request(line: bytes, max_bytes: int) -> Run | Ask:
     host = HostId(_text(raw, "host", MAX_ID))
     op = raw.get("op")
     if op == "run":
-        job = gate_wire.parse_request(line)
-        assert isinstance(job, gate_wire.RunRequest)
-        return Run(host, job)
+        return Run(host, gate_wire.run_of(raw))
     if op not in CONTROL_OPS:
         raise ValidationFailed(f"unknown bridge op {str(op)[:40]!r}", errors={"op": "unknown"})
     if op == "cancel":

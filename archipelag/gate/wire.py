@@ -131,6 +131,11 @@ def parse_request(line: bytes) -> Request:
     if op != "run":
         raise ValidationFailed(f"unknown gate op {str(op)[:40]!r}; expected run, warm, cancel or sign",
                                errors={"op": "unknown"})
+    return run_of(raw)
+
+
+def run_of(raw: dict[str, Any]) -> RunRequest:
+    """A run request's fields, each of its type (a request already read as JSON)."""
     job_input = raw.get("input")
     if not isinstance(job_input, dict):
         raise ValidationFailed("a job's input is a JSON object", errors={"input": "not an object"})
