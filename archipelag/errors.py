@@ -177,6 +177,11 @@ class HostLost(ArchipelagError):
     http_status = 503
 
 
+class BridgeDown(HostLost):
+    """No host could be reached: the coordinator's bridge (archipelag/bridge/) is down or starting again. Not the
+    host's doing: its job runs again once the bridge is back, with no karma lost and nothing said to readers."""
+
+
 class BadReceipt(ArchipelagError):
     """A host reported what cannot be true of a job it ran: an event outside the protocol, usage that is no
     count or past what the request allowed, more output than its ticket's budget. The job fails for the host:

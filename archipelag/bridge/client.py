@@ -21,7 +21,7 @@ from typing import Any, Final
 from archipelag.actors.controls import AgentView, Command, Controller
 from archipelag.actors.driver import end_child, read_view
 from archipelag.bridge import wire
-from archipelag.errors import ArchipelagError, HostLost, JobCancelled
+from archipelag.errors import ArchipelagError, BridgeDown, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
 from archipelag.nodes import die_with_parent
 from archipelag.placement.measured import Claims, Measurement
@@ -73,7 +73,7 @@ class BridgedAgent:
                 else:
                     raise wire.raised(answer.get("error"), self.host_id)
         except OSError as exc:
-            raise HostLost(f"the bridge dropped the run on host {self.host_id}: {exc}", host_id=self.host_id) from None
+            raise BridgeDown(f"the bridge dropped the run on host {self.host_id}: {exc}", host_id=self.host_id) from None
         finally:
             writer.close()
 
@@ -112,8 +112,8 @@ class BridgedAgent:
             await writer.drain()
             answer = await self._answer(reader, timeout_s)
         except OSError as exc:
-            raise HostLost(f"the bridge dropped a request for host {self.host_id}: {exc}",
-                           host_id=self.host_id) from None
+            raise BridgeDown(f"the bridge dropped a request for host {self.host_id}: {exc}",
+                             host_id=self.host_id) from None
         finally:
             writer.close()
         if "error" in answer:
@@ -124,8 +124,8 @@ class BridgedAgent:
         try:
             return await asyncio.open_unix_connection(str(self._path), limit=MAX_ANSWER_BYTES)
         except OSError as exc:
-            raise HostLost(f"host {self.host_id} cannot be reached: the bridge is not running ({exc.strerror})",
-                           host_id=self.host_id) from None
+            raise BridgeDown(f"host {self.host_id} cannot be reached: the bridge is not running ({exc.strerror})",
+                             host_id=self.host_id) from None
 
     async def _answer(self, reader: asyncio.StreamReader, timeout_s: float | None) -> dict[str, Any]:
         try:
@@ -137,7 +137,7 @@ class BridgedAgent:
             raise HostLost(f"the bridge sent more than a line may hold for host {self.host_id}",
                            host_id=self.host_id) from None
         if not line:
-            raise HostLost(f"the bridge closed the connection for host {self.host_id}", host_id=self.host_id)
+            raise BridgeDown(f"the bridge closed the connection for host {self.host_id}", host_id=self.host_id)
         return wire.parse_answer(line, self.host_id)
 
     def _batch(self, raw: Any) -> list[Event]:

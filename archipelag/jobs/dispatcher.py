@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archipelag.catalog import Manifest, max_tokens_of, price_micro
-from archipelag.errors import ArchipelagError, BadReceipt, HostLost, InvalidTransition, NoCapacity
+from archipelag.errors import ArchipelagError, BadReceipt, BridgeDown, HostLost, InvalidTransition, NoCapacity
 from archipelag.gate.tickets import Signer
 from archipelag.ids import HostId, JobId
 from archipelag.jobs.admission import input_bytes, job_request
@@ -70,6 +70,7 @@ _END_BY_CODE = {"cancelled": JobStatus.CANCELLED, "timed_out": JobStatus.TIMED_O
 # clock off, is turned away as one without the runtime).
 _TURNED_AWAY = frozenset({"host_busy", "runtime_unavailable", "ticket_refused"})
 SCHEDULE_EVERY_S = 0.5  # the queue is looked at this often even when nothing wakes it
+BRIDGE_RETRY_S = 1.0  # a job whose bridge went waits this long before it goes back to the queue
 HOST_EVENTS_BYTES = 4096  # beyond its workload's output budget, room for the host's own events (its errors)
 HOST_EVENTS = 256  # beyond the workload's events, room for the host's own (statuses, its errors, its end)
 PROMPT_TEMPLATE_TOKENS = 1024  # beyond a token per byte of input, room for a chat template's tokens
@@ -151,7 +152,7 @@ class _Ended:
 class _Lost:
     reason: str
     started: bool  # the host had begun the attempt (and the ledger was told)
-
+    ours: bool = False  # the coordinator's bridge went, not the host
 
 _TURNED_AWAY_OUTCOME = object()
 
@@ -335,6 +336,9 @@ class Dispatcher:
             if ticket.cancel_reason is not None:
                 await self._finish(ticket, JobStatus.CANCELLED, ticket.cancel_reason, None)
                 return
+            if isinstance(outcome, _Lost) and outcome.ours:
+                await self._bridge_down(ticket, outcome)
+                return
             if isinstance(outcome, _Lost):
                 if not await self._lost(ticket, host_id, outcome):
                     return
@@ -354,6 +358,17 @@ class Dispatcher:
         if ended.karma is KarmaKind.ARTIFACT_REFUSED and ticket.manifest.slug not in self._proven:
             return None
         return ended.karma
+
+    async def _bridge_down(self, ticket: Ticket, lost: _Lost) -> None:
+        """The bridge to every host went (it is starting again, or the coordinator is going down): the job runs
+        again once it is back, on any host, with no karma lost and no retry said to readers. A coordinator that
+        dies meanwhile resumes the stream from its checkpoint with the numbering its readers saw."""
+        log.warning("job %s: %s; it runs again once the bridge is back", ticket.job_id, lost.reason)
+        ticket.attempt += 1
+        if lost.started:
+            self._record(ticket, lambda: self._ledger.requeue(ticket.job_id, lost.reason))
+        await asyncio.sleep(BRIDGE_RETRY_S)
+        self._requeue(ticket)
 
     async def _lost(self, ticket: Ticket, host_id: HostId, lost: _Lost) -> bool:
         """The host lost the job: out of placement, a drop in karma; True when the job may run again."""
@@ -430,6 +445,8 @@ class Dispatcher:
         except TimeoutError:
             self._spawn(host.cancel(job_id, "the job's lease on this host expired"))
             return _Lost(f"host {host_id} was silent for {self._rules.lease_s:g} s (its lease expired)", started)
+        except BridgeDown as exc:
+            return _Lost(exc.message, started, ours=True)
         except HostLost as exc:
             return _Lost(exc.message, started)
         finally:

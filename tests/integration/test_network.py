@@ -266,13 +266,22 @@ def test_a_run_whose_caller_leaves_the_bridge_is_cancelled_on_the_host(network: 
 
 def test_a_killed_bridge_is_started_again_and_jobs_run_through_the_new_one(network: EmbeddedNetwork,
                                                                             http: httpx.Client) -> None:
+    """A job the bridge carried when it went runs again once it is back: whole, and no retry said (no host lost)."""
     bridge = network.coordinator.bridge
     assert bridge is not None and bridge.pid is not None
+    created = http.post("/api/v1/jobs", json={"workload": "test-ticks", "input": {}})
+    assert created.status_code == 201, created.text
+    carried = created.json()["data"]["id"]
+    eventually(lambda: http.get(f"/api/v1/jobs/{carried}").json()["data"]["status"] == "running", timeout_s=30)
+    time.sleep(0.5)  # a few ticks into its stream
     killed = bridge.pid
     os.kill(killed, signal.SIGKILL)
     started = time.monotonic()
     eventually(lambda: bridge.pid != killed and answers(bridge.path), timeout_s=60)
     print(f"bridge back in {time.monotonic() - started:.1f} s")
+    events = stream(http, carried)
+    assert "".join(e["content"] for e in events if e["type"] == "token") == "tick " * 40
+    assert not [e for e in events if e.get("retry")] and events[-1]["type"] == "done", events[-3:]
     job, _ = run_job(http, "wasm-echo-stream", {"text": "after the restart", "repeat": 2})
     assert job["status"] == "completed", job
 

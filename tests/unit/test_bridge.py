@@ -18,7 +18,7 @@ from archipelag.bridge import client as client_module
 from archipelag.bridge import wire
 from archipelag.bridge.client import BridgedAgent
 from archipelag.catalog import Manifest
-from archipelag.errors import Conflict, HostLost, ValidationFailed, WorkloadRefused
+from archipelag.errors import BridgeDown, Conflict, HostLost, ValidationFailed, WorkloadRefused
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.placement.measured import Claims
@@ -116,6 +116,19 @@ async def test_a_line_past_the_limit_is_a_lost_host_not_a_memory_hog(tmp_path: P
 
 
 @sync
+async def test_a_bridge_that_goes_mid_run_is_the_bridges_fault_and_a_lost_agent_is_the_hosts(tmp_path: Path) -> None:
+    fake = FakeBridge(tmp_path / "b.sock", lambda _: line({"batch": []}))  # then closes: the bridge went
+    async with await serving(fake):
+        with pytest.raises(BridgeDown):
+            await run_all(BridgedAgent(HOST, fake.path))
+    lost = FakeBridge(tmp_path / "c.sock", lambda _: line({"lost": "host h1 was lost: ActorDiedError"}))
+    async with await serving(lost):
+        with pytest.raises(HostLost) as raised:
+            await run_all(BridgedAgent(HOST, lost.path))
+    assert not isinstance(raised.value, BridgeDown)
+
+
+@sync
 async def test_a_cancelled_run_ends_with_the_cancelled_error_event(tmp_path: Path) -> None:
     fake = FakeBridge(tmp_path / "b.sock", lambda _: line({"cancelled": "the job's run was cancelled"}))
     async with await serving(fake):
@@ -149,7 +162,7 @@ async def test_a_caller_that_leaves_a_run_closes_its_connection(tmp_path: Path) 
 @sync
 async def test_no_bridge_is_a_lost_host_and_a_cancel_that_did_nothing(tmp_path: Path) -> None:
     agent = BridgedAgent(HOST, tmp_path / "nobody.sock")
-    with pytest.raises(HostLost, match="the bridge is not running"):
+    with pytest.raises(BridgeDown, match="the bridge is not running"):  # no host's fault: no karma, no retry note
         await run_all(agent)
     assert await agent.cancel(JobId("j1")) is False
     with pytest.raises(HostLost):
