@@ -76,12 +76,7 @@ def parse_request(line: bytes, max_bytes: int) -> Run | Ask:
     """A request, every field checked; ValidationFailed for anything else."""
     if len(line) > max_bytes:
         raise ValidationFailed(f"a bridge request is at most {max_bytes} bytes", errors={"request": "too long"})
-    try:
-        raw = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ValidationFailed("a bridge request is one line of JSON", errors={"request": "not JSON"}) from None
-    if not isinstance(raw, dict):
-        raise ValidationFailed("a bridge request is a JSON object", errors={"request": "not an object"})
+    raw = gate_wire.json_object(line, "a bridge request")
     host = HostId(_text(raw, "host", MAX_ID))
     op = raw.get("op")
     if op == "run":

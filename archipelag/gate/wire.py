@@ -103,14 +103,20 @@ def sign_request(purpose: str, report: Any) -> bytes:
     return encode({"op": "sign", "purpose": purpose, "digest": identity.digest(report)})
 
 
-def parse_request(line: bytes) -> Request:
-    """A client's request; ValidationFailed when it is not one of the ops with its fields of the right types."""
+def json_object(line: bytes, what: str) -> dict[str, Any]:
+    """One line of JSON that is an object; ValidationFailed naming ``what`` otherwise."""
     try:
         raw = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ValidationFailed("a gate request is one line of JSON", errors={"request": "not JSON"}) from None
+        raise ValidationFailed(f"{what} is one line of JSON", errors={"request": "not JSON"}) from None
     if not isinstance(raw, dict):
-        raise ValidationFailed("a gate request is a JSON object", errors={"request": "not an object"})
+        raise ValidationFailed(f"{what} is a JSON object", errors={"request": "not an object"})
+    return raw
+
+
+def parse_request(line: bytes) -> Request:
+    """A client's request; ValidationFailed when it is not one of the ops with its fields of the right types."""
+    raw = json_object(line, "a gate request")
     op = raw.get("op")
     if op == "warm":
         return WarmRequest()
