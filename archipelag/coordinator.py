@@ -1,37 +1,47 @@
-"""Coordinator: the head node and what runs on it — ledger, catalog, placement, the jobs service, and the API."""
+"""Coordinator: its two Ray heads — its services' (ledger, catalog, placement, the jobs service, the API) and the
+hosts' — and the bridge between them."""
 
 from __future__ import annotations
 
 import logging
 import os
 import secrets
+import shutil
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from archipelag.bridge.client import BridgeProcess
 from archipelag.catalog import load_catalog
 from archipelag.ledger import Ledger
-from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, start_head
+from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, RunAs, head_address, runtime_dir, start_head
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def prepare_ray_env(settings: Settings, rotate_token: bool = False) -> dict[str, str]:
-    """Write the cluster's auth token (once, or anew with ``rotate_token``) and put Ray's environment into this
-    process. A new token takes effect as the head starts with it: hosts enrolled by pairing fetch it themselves
-    when they rejoin (a revoked one is refused it); other nodes, those of a revoked host included, are out."""
-    env = settings.ray_env()
+    """Write the two clusters' auth tokens (once, or anew with ``rotate_token``) and put the coordinator's own
+    cluster's environment into this process. The hosts' token is the one hosts hold; a new one takes effect as
+    the hosts' head starts with it: hosts enrolled by pairing fetch it themselves when they rejoin (a revoked one
+    is refused it); other nodes, those of a revoked host included, are out. No host ever holds the services'."""
+    env = settings.services_ray_env()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state_dir(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
-    token_path = env.get("RAY_AUTH_TOKEN_PATH")
-    if token_path and (rotate_token or not Path(token_path).exists()):
-        fresh = Path(token_path).with_suffix(".new")
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never briefly readable by others
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-        fresh.replace(token_path)
+    for token_path in (settings.ray_env().get("RAY_AUTH_TOKEN_PATH"), env.get("RAY_AUTH_TOKEN_PATH")):
+        if token_path and (rotate_token or not Path(token_path).exists()):
+            fresh = Path(token_path).with_suffix(".new")
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never briefly readable by others
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+            fresh.replace(token_path)
     os.environ.update(env)
+    if "ray" in sys.modules:  # a process that ran a coordinator before reads the token file again
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+
+        AuthenticationTokenLoader.instance().reset_cache()
     return env
 
 
@@ -43,17 +53,84 @@ def prepare_ledger(settings: Settings) -> Ledger:
     return ledger
 
 
+def private_state_dir(settings: Settings) -> None:
+    """The coordinator's state dir as the hosts' head's account finds it: it may pass through (a host's node of
+    `host join --ray-user` beside it keeps its WASM cache there) but not list it. The ledger's SQLite file (and
+    its journal, which SQLite makes with the database's mode) and the logs are the coordinator's alone; tokens and
+    keys are written 0600."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o711)
+    (state / "logs").mkdir(exist_ok=True)
+    (state / "logs").chmod(0o700)
+    if not settings.database_url:
+        database = state / "archipelag.db"
+        database.touch(mode=0o600)  # an empty file is a new database to SQLite
+        database.chmod(0o600)
+
+
+def _fresh_runtime_dir(settings: Settings, run_as: RunAs | None) -> tuple[Path, Path]:
+    """(the services' Ray temp dir, the hosts' head's folder), made anew: whatever was at those names (an earlier
+    run's, or what the hosts' account put there) goes first. /tmp is sticky, so nobody but root can replace the
+    root folder made here; the hosts' folder is handed over only once made and filled (``RunAs.own`` follows no
+    link). Ray makes its temp dir open to all, so each sits inside a folder of its owner's alone."""
+    root = runtime_dir(settings.state_dir)
+    try:
+        if stat.S_ISDIR(root.lstat().st_mode):
+            shutil.rmtree(root)
+        else:
+            root.unlink()
+    except FileNotFoundError:
+        pass
+    root.mkdir(mode=0o711)  # fails if someone made the name again meanwhile
+    root.chmod(0o711)
+    services, hosts = root / "services", root / "hosts"
+    services.mkdir(mode=0o700)
+    hosts.mkdir(mode=0o700)
+    (hosts / "ray").mkdir(mode=0o700)
+    if run_as is not None:
+        token = settings.ray_env().get("RAY_AUTH_TOKEN_PATH")
+        if token:
+            copy = hosts / "ray_auth_token"
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(Path(token).read_bytes())
+            run_as.own(copy)
+        run_as.own(hosts / "ray", hosts, mode=0o700)
+    return services / "ray", hosts
+
+
+def hosts_env(settings: Settings) -> dict[str, str]:
+    """The environment of the hosts' head and the bridge: the hosts' cluster's, with the copy of its token the
+    hosts' account may read when it runs them."""
+    env = settings.ray_env()
+    copy = runtime_dir(settings.state_dir) / "hosts" / "ray_auth_token"
+    if settings.hosts_ray_user and "RAY_AUTH_TOKEN_PATH" in env:
+        env["RAY_AUTH_TOKEN_PATH"] = str(copy)
+    return env
+
+
+def hosts_account(settings: Settings) -> RunAs | None:
+    return RunAs.named(settings.hosts_ray_user) if settings.hosts_ray_user else None
+
+
 @dataclass
 class Coordinator:
+    """Two Ray clusters: the services' own (``head``, on loopback: ledger, revocations, placement, jobs, the API),
+    which no host joins, and the hosts' (``hosts_head`` at ``address``), which hosts and the bridge join and the
+    services do not. Only the bridge's JSON crosses between them, and hosts' signed reports reach the API."""
+
     settings: Settings
-    head: RayNodeProcess | None
-    address: str
+    head: RayNodeProcess
+    services_address: str
+    hosts_head: RayNodeProcess
+    address: str  # the hosts' head: what hosts join
     ledger: Ledger  # migrated and synced with the catalog at start
     bridge: BridgeProcess | None = None
 
     def start_services(self) -> None:
-        """The ledger, revocations, placement and jobs actors on the head, the bridge to the hosts, then the
-        API."""
+        """The ledger, revocations, placement and jobs actors on the services' head, the bridge to the hosts,
+        then the API."""
         from archipelag.accounts.revocations import RevocationsClient
         from archipelag.jobs.client import JobsClient
         from archipelag.ledger.client import LedgerClient
@@ -63,34 +140,27 @@ class Coordinator:
         LedgerClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
         RevocationsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
         PlacementClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
-        self.bridge = BridgeProcess(self.settings, self.address,
-                                    self.settings.state_dir / "logs" / "bridge.log").start()
+        self.bridge = BridgeProcess(self.settings, self.address, self.settings.state_dir / "logs" / "bridge.log",
+                                    hosts_env(self.settings), hosts_account(self.settings)).start()
         JobsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
         deploy(self.settings)
 
     def stop(self) -> None:
-        """Take the coordinator down. A head of its own goes with everything it runs (Serve's graceful shutdown
-        would drain the ingress replicas for up to 30 s, with nothing to hand over: jobs resume from the ledger
-        at the next start); on a head someone else runs, its apps are taken down and the head stays."""
+        """Take the coordinator down: each head goes with everything it runs (Serve's graceful shutdown would
+        drain the ingress replicas for up to 30 s, with nothing to hand over: jobs resume from the ledger at the
+        next start)."""
         import ray
 
-        from archipelag.serve.app import undeploy
-
-        if self.head is None:
-            try:
-                undeploy()
-            except Exception:
-                log.warning("serve did not shut down cleanly", exc_info=True)
         ray.shutdown()
         if self.bridge is not None:
             self.bridge.stop()
-        if self.head is not None:
-            self.head.stop()
+        self.head.stop()
+        self.hosts_head.stop()
 
 
 def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
                       rotate_token: bool = False) -> Coordinator:
-    """Start a head node (unless settings name one), then placement and the API on it."""
+    """Start the two heads, then placement and the API."""
     coordinator = open_coordinator(settings, log_dir, timeout_s, rotate_token)
     try:
         coordinator.start_services()
@@ -102,9 +172,9 @@ def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
 
 def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
                      rotate_token: bool = False) -> Coordinator:
-    """The head node (unless settings name one) with this process connected to it, and the ledger ready; its
-    services start with ``Coordinator.start_services``. Hosts may start joining in between: they wait for
-    placement (``actors/join.py``), and their nodes come up while the services do."""
+    """The two heads, with this process a driver of the services' one, and the ledger ready; the services start
+    with ``Coordinator.start_services``. Hosts may start joining in between: they wait for the API
+    (``actors/driver.py``), and their nodes come up while the services do."""
     env = prepare_ray_env(settings, rotate_token)  # before Ray is imported: it reads its auth settings at import
 
     import ray
@@ -113,24 +183,25 @@ def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
 
     ledger = prepare_ledger(settings)
     tickets.coordinator_key(settings.state_dir)  # made once, here, before the API hands it out and jobs sign
-    head = None
-    address = settings.ray_address
-    if not address:
-        head = start_head(settings.ray_head_port, settings.ray_temp_dir, log_dir, node_ip=settings.ray_head_ip,
-                          env=env)
-        address = f"{settings.ray_head_ip}:{settings.ray_head_port}"
+    run_as = hosts_account(settings)
+    services_dir, hosts_dir = _fresh_runtime_dir(settings, run_as)
+    head = start_head(0, services_dir, log_dir, env=env)  # loopback, on a port Ray picks: for this machine only
+    hosts_head = start_head(settings.ray_head_port, hosts_dir / "ray", log_dir, node_ip=settings.ray_head_ip,
+                            env=hosts_env(settings), name="hosts-head", resources={}, num_cpus=0, run_as=run_as)
     try:
-        if head is not None:
-            head.wait_started(timeout_s)
-        ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
+        head.wait_started(timeout_s)
+        hosts_head.wait_started(timeout_s)
+        services_address = head_address(services_dir)
+        ray.init(address=services_address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)
     except BaseException:
-        if head is not None:
-            head.stop()
+        head.stop()
+        hosts_head.stop()
         raise
-    if head is not None:
-        head.remember_tree()
-    return Coordinator(settings=settings, head=head, address=address, ledger=ledger)
+    head.remember_tree()
+    hosts_head.remember_tree()
+    return Coordinator(settings=settings, head=head, services_address=services_address, hosts_head=hosts_head,
+                       address=f"{settings.ray_head_ip}:{settings.ray_head_port}", ledger=ledger)
 
 
 def ensure_local_account(settings: Settings, ledger: Ledger, email: str = "you@localhost") -> str:

@@ -25,7 +25,7 @@ from archipelag import identity
 from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, ensure_local_account, open_coordinator
 from archipelag.errors import ConfigError
-from archipelag.nodes import GRACEFUL_STOP_S, die_with_parent, host_resource, kill_processes, session_members
+from archipelag.nodes import GRACEFUL_STOP_S, die_with_parent, kill_processes, session_members
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class EmbeddedNetwork:
     def add_host(self, region: str, host_id: str, name: str | None = None, args: tuple[str, ...] = ()) -> LocalHost:
         """Start a local `host join`; ``args`` are more of its options (e.g. ``("--schedule", "22:00-07:00")``)."""
         self.enrol(host_id, region, name)
+        (self.settings.state_dir / "hosts" / f"{host_id}.json").unlink(missing_ok=True)  # an earlier run's
         log_dir = (self.settings.state_dir / "logs").resolve()
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"join-{host_id}.log"
@@ -124,18 +125,14 @@ class EmbeddedNetwork:
         return host
 
     def wait_node(self, host: LocalHost, timeout_s: float = 60) -> None:
-        """Wait until the host's Ray node has registered (each node has a Ray temp dir of its own, so hosts
-        may start together)."""
-        import ray
-
-        resource = host_resource(host.host_id)
+        """Wait until the host has joined the hosts' cluster: its node runs and its driver is connected, as the
+        record it writes then says (each node has a Ray temp dir of its own, so hosts may start together)."""
         deadline = time.monotonic() + timeout_s
-        while not any(n["Alive"] and resource in n["Resources"]
-                      for n in ray.nodes()):  # type: ignore[no-untyped-call]
+        while not host.record(self.settings):
             if host.process.poll() is not None:
                 raise ConfigError(f"host {host.host_id} failed to join; see {host.log_path}")
             if time.monotonic() > deadline:
-                raise ConfigError(f"host {host.host_id}'s node did not register in {timeout_s:.0f} s")
+                raise ConfigError(f"host {host.host_id}'s node did not join in {timeout_s:.0f} s")
             time.sleep(0.1)
 
     def wait_online(self, host_ids: list[str], timeout_s: float = 120) -> None:

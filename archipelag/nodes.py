@@ -9,6 +9,7 @@ watchdog kills its session when its owner dies, however it dies (SIGKILL include
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import ctypes.util
 import importlib.util
 import json
@@ -36,6 +37,14 @@ LABEL_HOST_ID = "archipelag.io/host-id"
 LABEL_REGION = "archipelag.io/region"
 
 
+def runtime_dir(state_dir: Path) -> Path:
+    """The coordinator's folder for the two heads' sockets and session files and the bridge's socket: short, as a
+    Unix socket's path has at most 107 bytes, and one per state folder. The hosts' head's account may pass
+    through it to its own folder in it (``hosts``), and into nothing else."""
+    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"ap-{tag}"
+
+
 def host_resource(host_id: str) -> str:
     """The custom resource only this host's node carries (pins its agent there)."""
     return f"{HOST_RESOURCE}:{host_id}"
@@ -49,14 +58,19 @@ def host_resource(host_id: str) -> str:
 # the outward address; measured, tests/e2e/test_exposure.py). No setting turns the rewrite off for a worker node
 # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does it for a head, but makes `ray start --address` abort), so the processes
 # that start or join a node keep a loopback address as it is. Other addresses go through Ray's rule unchanged.
+#
+# A head also starts no Ray Client server: nothing here uses one, it is one more port open to every member, and
+# `ray start` has no option to leave it out (it binds 10001 whenever Ray Client is installed, so the coordinator's
+# two heads would race for it). Ray reads "no Ray Client installed" as "no server".
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _RAY_START = """
 import sys
 from archipelag.nodes import keep_loopback_node_addresses
 keep_loopback_node_addresses()
-from ray.scripts.scripts import main
+from ray.scripts import scripts
+scripts.get_ray_client_dependency_error = lambda: "Archipelag starts no Ray Client server"
 sys.argv[0] = "ray"
-sys.exit(main())
+sys.exit(scripts.main())
 """
 
 
@@ -341,17 +355,36 @@ def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None
 
 
 def start_head(port: int, temp_dir: Path, log_dir: Path, node_ip: str = "127.0.0.1",
-               object_store_mb: int = 200, env: dict[str, str] | None = None) -> RayNodeProcess:
-    """The coordinator's head node: it carries only the coordinator resource, so no job lands on it. On a
-    loopback ``node_ip`` everything it runs listens on loopback only, and so does this process's ``ray.init``."""
+               object_store_mb: int = 200, env: dict[str, str] | None = None, name: str = "head",
+               resources: dict[str, int] | None = None, num_cpus: int = 1,
+               run_as: RunAs | None = None) -> RayNodeProcess:
+    """A head node; by default the coordinator's services' own, which carries only the coordinator resource, so no
+    job lands on it. ``port`` 0: Ray picks one (``head_address`` reads it once the head runs). On a loopback
+    ``node_ip`` everything it runs listens on loopback only, and so does this process's ``ray.init``. ``run_as``:
+    the account it runs as, which must own ``temp_dir`` (its home too)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
     keep_loopback_node_addresses()
-    return _spawn("head", [
-        "--head", f"--port={port}", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir.resolve()}",
-        "--num-cpus=1", f"--resources={json.dumps({COORDINATOR_RESOURCE: 1000})}",
-        "--include-dashboard=false", f"--object-store-memory={object_store_mb << 20}",
-        "--no-monitor",  # the autoscaler's monitor: there is no autoscaler to serve
-    ], log_dir, env)
+    resources = {COORDINATOR_RESOURCE: 1000} if resources is None else resources
+    args = ["--head", f"--port={port}", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir.resolve()}",
+            f"--num-cpus={num_cpus}", "--include-dashboard=false", f"--object-store-memory={object_store_mb << 20}",
+            "--no-monitor"]  # the autoscaler's monitor: there is no autoscaler to serve
+    if resources:
+        args.append(f"--resources={json.dumps(resources)}")
+    if run_as is not None:
+        env = {**(env or {}), "HOME": str(temp_dir.resolve()), "RAY_TMPDIR": str(temp_dir.resolve()),
+               "USER": run_as.name, "LOGNAME": run_as.name}
+    return _spawn(name, args, log_dir, env, run_as)
+
+
+def head_address(temp_dir: Path, timeout_s: float = 10) -> str:
+    """The GCS address of the head started in ``temp_dir`` (Ray writes it there once the head runs)."""
+    path = temp_dir / "ray_current_cluster"
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() or not path.read_text().strip():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the head in {temp_dir} did not say its address within {timeout_s:g} s")
+        time.sleep(0.02)
+    return path.read_text().strip()
 
 
 def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log_dir: Path,

@@ -160,11 +160,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ray_namespace: str = "archipelag"
+    # The hosts' Ray head (the cluster hosts join; the coordinator's services run in a cluster of their own, on
+    # loopback, whose port Ray picks): its port, and the address its Ray ports listen on — loopback for a network
+    # on one machine (`make up`); the LAN or public address hosts on other machines reach (behind TLS across the
+    # internet: README, deployment).
     ray_head_port: int = 6380
-    # The address the head's Ray ports listen on: loopback for a network on one machine (`make up`); the LAN or
-    # public address hosts on other machines reach (behind TLS across the internet: README, deployment).
     ray_head_ip: str = "127.0.0.1"
-    ray_address: str = ""  # empty → the local head started by `up`
+    # The account the hosts' head and the bridge run as (the coordinator must be root to use it): whatever a
+    # host runs on that head, or makes the bridge run, runs as it. Empty: the coordinator's own account.
+    hosts_ray_user: str = ""
     ray_auth: Literal["token", "disabled"] = "token"  # Ray's token auth for every join (DESIGN §10)
     ray_temp_dir: Path = Path("/tmp/archipelag")  # short: Ray's socket paths must stay under 107 bytes
     serve_throughput_optimized: bool = True  # Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode (see ray_env)
@@ -253,7 +257,7 @@ class Settings(BaseSettings):
     enrolments_per_min: int = 10  # pairing requests and polls one client address may send a minute, unsigned
     pairing_failures_per_min: int = 10  # wrong codes one account may try a minute
     report_max_skew_s: float = 60.0  # a signed host report this far from the coordinator's clock is refused
-    public_ray_address: str = ""  # the Ray address approved hosts join; empty → ray_address, else the head's
+    public_ray_address: str = ""  # the Ray address approved hosts join; empty → the hosts' head's
 
     tiers: Tiers = Field(default_factory=Tiers)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
@@ -280,7 +284,15 @@ class Settings(BaseSettings):
         return (self.public_api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     def ray_env(self) -> dict[str, str]:
-        """Environment for every Ray process of this network (nodes, drivers), so all agree on auth."""
+        """Environment for every Ray process of the hosts' cluster (nodes, drivers), so all agree on auth: its
+        token is the one hosts hold."""
+        return self._ray_env(self.state_dir / "ray_auth_token")
+
+    def services_ray_env(self) -> dict[str, str]:
+        """Environment for the coordinator's own Ray cluster: a token no host is given."""
+        return self._ray_env(self.state_dir / "services_ray_token")
+
+    def _ray_env(self, token: Path) -> dict[str, str]:
         env = {"RAY_AUTH_MODE": self.ray_auth, "RAY_TMPDIR": str(self.ray_temp_dir)}
         if self.serve_throughput_optimized:
             # Ray Serve's documented low-overhead mode: user code on the replica's own loop, the router on the
@@ -288,7 +300,7 @@ class Settings(BaseSettings):
             env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
             env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"  # each replica listens on the API's port itself (listener)
         if self.ray_auth == "token":
-            env["RAY_AUTH_TOKEN_PATH"] = str((self.state_dir / "ray_auth_token").resolve())
+            env["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
         return env
 
     def to_env(self) -> dict[str, str]:

@@ -5,7 +5,6 @@ here field by field. No Ray in this module."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from archipelag.actors.driver import end_child, read_view
 from archipelag.bridge import wire
 from archipelag.errors import ArchipelagError, BridgeDown, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
-from archipelag.nodes import die_with_parent
+from archipelag.nodes import RunAs, die_with_parent, runtime_dir
 from archipelag.placement.measured import Claims, Measurement
 from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
@@ -39,9 +38,9 @@ RESTART_PAUSE_S: Final = 1.0
 
 
 def socket_path(settings: Settings) -> Path:
-    """Under Ray's short temp folder (a Unix socket's path has at most 107 bytes), one per state folder."""
-    tag = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:12]
-    return settings.ray_temp_dir.resolve() / f"bridge-{tag}.sock"
+    """In the hosts' head's folder of the coordinator's runtime folder (``nodes.runtime_dir``), which the bridge's
+    account owns."""
+    return runtime_dir(settings.state_dir) / "hosts" / "bridge.sock"
 
 
 class BridgedAgent:
@@ -177,10 +176,13 @@ class BridgeProcess:
     exits while the coordinator runs, stopped with it (its input closes: it leaves the cluster and exits), and
     killed by the kernel if the coordinator dies."""
 
-    def __init__(self, settings: Settings, address: str, log_path: Path) -> None:
+    def __init__(self, settings: Settings, address: str, log_path: Path, env: dict[str, str],
+                 run_as: RunAs | None = None) -> None:
         self._settings = settings
         self._address = address
         self._log_path = log_path
+        self._env = env  # the hosts' cluster's Ray environment (its token)
+        self._run_as = run_as
         self.path = socket_path(settings)
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
@@ -209,11 +211,16 @@ class BridgeProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        run_as, env = self._run_as, {**os.environ, **self._env}
+        if run_as is not None:
+            env |= {"HOME": str(self.path.parent), "USER": run_as.name, "LOGNAME": run_as.name}
         with self._log_path.open("ab") as out:
             process = subprocess.Popen([sys.executable, "-m", "archipelag.bridge"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=out, start_new_session=True,
+                                       stdout=subprocess.PIPE, stderr=out, start_new_session=True, env=env,
+                                       user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+                                       extra_groups=[] if run_as else None,
                                        preexec_fn=die_with_parent())  # noqa: PLW1509 - only a prctl call
-        start = {"op": "start", "settings": self._settings.model_dump(mode="json", exclude={"smtp_password"}), "address": self._address,
+        start = {"op": "start", "settings": bridge_settings(self._settings), "address": self._address,
                  "socket": str(self.path)}
         try:
             assert process.stdin is not None and process.stdout is not None
@@ -246,6 +253,12 @@ class BridgeProcess:
                     end_child(process, STOP_TIMEOUT_S)
                     return
                 self._process = process
+
+
+def bridge_settings(settings: Settings) -> dict[str, Any]:
+    """What the bridge is told of the settings: nothing secret, since hosts can make it run their code."""
+    secret = {"smtp_password", "smtp_username", "database_url", "catalog_signing_key"}
+    return settings.model_dump(mode="json", exclude=secret)
 
 
 def _first_line(process: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:

@@ -22,11 +22,9 @@ app = typer.Typer(help="Archipelag: run AI and utility workloads on lent machine
 host_app = typer.Typer(help="Lend this machine to a network.", no_args_is_help=True)
 db_app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
-coordinator_app = typer.Typer(help="The coordinator on a Ray head that is already running.", no_args_is_help=True)
 app.add_typer(host_app, name="host")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
-app.add_typer(coordinator_app, name="coordinator")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -227,18 +225,6 @@ def db_migrate() -> None:
     settings = Settings()
     prepare_ledger(settings)
     typer.echo(f"ledger ready at {settings.redacted()['database_url']}")
-
-
-@coordinator_app.command("start")
-def coordinator_start() -> None:
-    """Start placement and the API on the head at ARCHIPELAG_RAY_ADDRESS (they outlive this command)."""
-    from archipelag.coordinator import start_coordinator
-
-    settings = Settings()
-    if not settings.ray_address:
-        _fail("set ARCHIPELAG_RAY_ADDRESS to the running head (e.g. 127.0.0.1:6380); `archipelag up` starts one")
-    coordinator = start_coordinator(settings, settings.state_dir / "logs")
-    typer.echo(f"coordinator running on {coordinator.address}; API on http://{settings.api_host}:{settings.api_port}")
 
 
 @config_app.command("show")

@@ -159,11 +159,10 @@ def poll_report(public_key: str) -> dict[str, str]:
 
 
 def join_credentials(settings: Settings) -> dict[str, Any]:
-    """What an approved host needs to join this network's Ray cluster; sealed to its key before it leaves."""
+    """What an approved host needs to join the hosts' Ray cluster; sealed to its key before it leaves."""
     token_path = settings.ray_env().get("RAY_AUTH_TOKEN_PATH")
     return {
-        "ray_address": settings.public_ray_address or settings.ray_address
-                        or f"{settings.ray_head_ip}:{settings.ray_head_port}",
+        "ray_address": settings.public_ray_address or f"{settings.ray_head_ip}:{settings.ray_head_port}",
         "ray_auth": settings.ray_auth,
         "ray_token": pathlib.Path(token_path).read_text().strip() if token_path else None,
         "ray_namespace": settings.ray_namespace,
