@@ -15,7 +15,14 @@ from pathlib import Path
 from archipelag.bridge.client import BridgeProcess
 from archipelag.catalog import load_catalog
 from archipelag.ledger import Ledger
-from archipelag.nodes import COORDINATOR_RESOURCE, RayNodeProcess, RunAs, head_address, runtime_dir, start_head
+from archipelag.nodes import (
+    COORDINATOR_RESOURCE,
+    RayNodeProcess,
+    RunAs,
+    head_address,
+    runtime_dir,
+    start_head,
+)
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,6 +191,10 @@ def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
     ledger = prepare_ledger(settings)
     tickets.coordinator_key(settings.state_dir)  # made once, here, before the API hands it out and jobs sign
     run_as = hosts_account(settings)
+    if run_as is None and settings.ray_head_ip not in ("127.0.0.1", "::1"):
+        log.warning("the hosts' head listens on %s and runs as this account: any host may run code as it and read "
+                    "the coordinator's state; set ARCHIPELAG_HOSTS_RAY_USER (README, \"Two Ray clusters\")",
+                    settings.ray_head_ip)
     services_dir, hosts_dir = _fresh_runtime_dir(settings, run_as)
     head = start_head(0, services_dir, log_dir, env=env)  # loopback, on a port Ray picks: for this machine only
     hosts_head = start_head(settings.ray_head_port, hosts_dir / "ray", log_dir, node_ip=settings.ray_head_ip,

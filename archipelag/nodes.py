@@ -9,8 +9,8 @@ watchdog kills its session when its owner dies, however it dies (SIGKILL include
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import ctypes.util
+import hashlib
 import importlib.util
 import json
 import logging

@@ -19,6 +19,7 @@ import pytest
 import ray
 from catalog_builders import network_catalog
 from docker_engine import engine_lease
+from hosts_cluster import hosts_driver
 from netutil import api_client, eventually, network_settings
 
 from archipelag.bridge.client import BridgedAgent
@@ -65,13 +66,23 @@ def stream(http: httpx.Client, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
 
 
-def test_the_head_carries_no_host_resources_and_each_host_has_its_own_node(network: EmbeddedNetwork) -> None:
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    head = [n for n in nodes if COORDINATOR_RESOURCE in n["Resources"]]
+def test_hosts_join_a_cluster_of_their_own_which_holds_none_of_the_coordinators_services(
+        network: EmbeddedNetwork) -> None:
+    """The coordinator's services run in a Ray cluster of their own (this test process is one of its drivers);
+    hosts, each with a node of its own, join another, whose head carries nothing a job or actor may ask for."""
+    services = [n for n in ray.nodes() if n["Alive"]]
+    assert len(services) == 1 and COORDINATOR_RESOURCE in services[0]["Resources"]
+    assert not any(HOST_RESOURCE in n["Resources"] for n in services)
+    with hosts_driver(network) as driver:
+        nodes = driver.nodes()
+        named = driver.in_driver(ray.util.list_named_actors, True)
+    head = [n for n in nodes if HOST_RESOURCE not in n["Resources"]]
     hosts = [n for n in nodes if HOST_RESOURCE in n["Resources"]]
-    assert len(head) == 1 and HOST_RESOURCE not in head[0]["Resources"]
+    assert len(head) == 1 and not head[0]["Resources"].get("CPU")
+    assert not any(COORDINATOR_RESOURCE in n["Resources"] for n in nodes)
     assert len(hosts) == 3
     assert sorted(n["Labels"]["archipelag.io/region"] for n in hosts) == ["ap-south", "eu-west", "us-east"]
+    assert {a["name"] for a in named} == {f"host-agent:island-{i}" for i in (1, 2, 3)}, named
 
 
 def test_hosts_are_listed_online_with_their_capabilities(http: httpx.Client) -> None:

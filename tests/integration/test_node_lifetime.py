@@ -3,6 +3,7 @@ goes with it, and a host whose coordinator's head is killed and started again jo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import ray
 from netutil import enrol_local_host, eventually, network_settings
 from up_process import network_processes, still_running
 
-from archipelag.actors.client import HostAgentClient
+from archipelag.bridge.client import BridgedAgent, socket_path
 from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, prepare_ray_env, start_coordinator
 from archipelag.errors import ArchipelagError
@@ -94,18 +95,20 @@ def head_settings(tmp_path: Path) -> Iterator[Settings]:
 
 
 def crash(coordinator: Coordinator) -> None:
-    """The coordinator's head vanishes as a crashed machine's would; then what is left of it stops."""
+    """The coordinator's heads vanish as a crashed machine's would; then what is left of it stops."""
     ray.shutdown()
-    assert coordinator.head is not None
-    kill_processes(coordinator.head.processes())
-    coordinator.head.stop(grace_s=0)
+    for head in (coordinator.head, coordinator.hosts_head):
+        kill_processes(head.processes())
+        head.stop(grace_s=0)
     coordinator.stop()
 
 
 def agent_answers(settings: Settings, host_id: HostId) -> bool:
+    """Whether the host's agent answers the coordinator (through the bridge, as the coordinator's services ask)."""
     try:
-        return bool(HostAgentClient.connect(settings, host_id).ping(timeout_s=2))
-    except ArchipelagError:
+        asyncio.run(asyncio.wait_for(BridgedAgent(host_id, socket_path(settings)).view_async(), 2))
+        return True
+    except (ArchipelagError, TimeoutError):
         return False
 
 

@@ -1,9 +1,11 @@
 """The red team: attacks a joined node makes on a real network, each run as a Ray task on that node, and what came
 of it. Prints a table (attack, outcome) and writes it to test-artifacts/security/red-team.md.
 
-The attacker is what issue 11 calls "a real joined node": a Ray node started with the cluster's address (and, in
-a deployment, its credential), as `host join` starts one, that is not an enrolled host. Its code reaches the
-coordinator's actors by name and other hosts' nodes by node affinity, as Ray allows any member of a cluster.
+The attacker is what issue 11 calls "a real joined node": a Ray node started with the hosts' cluster's address
+and credential, as `host join` starts one, that is not an enrolled host. Its code tries the coordinator's actors by
+name (they run in another Ray cluster, the services', which no host joins) and reaches other hosts' nodes and the
+hosts' head by node affinity, as Ray allows any member of a cluster. This test process is a driver of the
+services' cluster; the attacks are sent to the hosts' cluster through a driver of its own (``hosts_cluster.py``).
 
 Each attack has an expected outcome. ``prevented`` ones are the project's promises. ``possible`` ones are what Ray's
 model still allows here (Ray has no authorisation between members of a cluster; README, "What a joined host can and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import sys
 import tempfile
@@ -25,7 +28,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import ray
 from builders import a_host
@@ -33,13 +35,14 @@ from catalog_builders import network_catalog
 from docker_engine import engine_lease
 from host_users import NAME as RAY_USER
 from host_users import ray_user
+from hosts_cluster import HostsDriver, Raised, hosts_driver
 from netutil import api_client, eventually, network_settings
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.network import EmbeddedNetwork, start_network
-from archipelag.nodes import RayNodeProcess, host_resource, start_host_node
+from archipelag.nodes import RayNodeProcess, host_resource, runtime_dir, start_host_node
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.runtimes.base import JobSpec
 from archipelag.sandbox import Limits
@@ -52,6 +55,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ATTACKER = "mallory"
 VICTIM = "island-1"
+HUB_USER = "archipelag-hub"  # the account of the hosts' head and the bridge
 ON_ATTACKER = {host_resource(ATTACKER): 0.001}
 TABLE: list[tuple[str, str, str, str]] = []  # attack, expected, outcome, what happened
 
@@ -60,13 +64,15 @@ TABLE: list[tuple[str, str, str, str]] = []  # attack, expected, outcome, what h
 def network() -> Iterator[EmbeddedNetwork]:
     """One host, lent the way the README tells a stranger to: `host join --ray-user`, its Ray node under an
     account of its own and its containers started by its gate on the machine's Docker engine. Its folder is one
-    that account may enter (pytest's own are closed to others)."""
-    with ray_user() as missing, engine_lease() as no_engine:
-        if missing or no_engine:
-            pytest.skip(missing or no_engine)
+    that account may enter (pytest's own are closed to others). The hosts' head and the bridge run as an account
+    of their own too (``ARCHIPELAG_HOSTS_RAY_USER``), and every join needs the cluster's token."""
+    with ray_user() as missing, ray_user(HUB_USER) as no_hub, engine_lease() as no_engine:
+        if missing or no_hub or no_engine:
+            pytest.skip(missing or no_hub or no_engine)
         root = Path(tempfile.mkdtemp(prefix="archipelag-red-team-"))
         root.chmod(0o755)
-        settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2)
+        settings = network_settings(root / "state", workloads_dir=network_catalog(root), host_slots=2,
+                                    ray_auth="token", hosts_ray_user=HUB_USER)
         net = start_network(settings, hosts=0, regions=("eu-west",), named={VICTIM: ("--ray-user", RAY_USER)})
         try:
             yield net
@@ -77,13 +83,19 @@ def network() -> Iterator[EmbeddedNetwork]:
 
 @pytest.fixture(scope="module")
 def attacker(network: EmbeddedNetwork) -> Iterator[RayNodeProcess]:
-    """A joined node that is not an enrolled host: it holds the cluster's address and credential, nothing more."""
+    """A joined node that is not an enrolled host: it holds the hosts' cluster's address and credential, nothing
+    more."""
+    global DRIVER
     node = start_host_node(network.coordinator.address, ATTACKER, "eu-west", 1,
                            network.settings.state_dir / "logs", node_ip="127.0.0.1", env=network.settings.ray_env())
-    eventually(lambda: any(n.get("Alive") and host_resource(ATTACKER) in n.get("Resources", {})
-                           for n in ray.nodes()), timeout_s=120)  # type: ignore[no-untyped-call]
-    yield node
-    node.stop()
+    try:
+        with hosts_driver(network) as DRIVER:
+            eventually(lambda: any(host_resource(ATTACKER) in n["Resources"] for n in DRIVER.nodes()),
+                       timeout_s=120)
+            yield node
+    finally:
+        DRIVER = None
+        node.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,10 +111,33 @@ def table() -> Iterator[None]:
     (out / "red-team.md").write_text(report + "\n")
 
 
+DRIVER: HostsDriver | None = None  # the hosts' cluster's driver, while the attacker's node runs
+
+
 def on_attacker(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn`` as a task on the attacker's node and return what it returned."""
-    return ray.get(ray.remote(fn).options(num_cpus=0, resources=ON_ATTACKER, max_retries=0).remote(*args),
-                   timeout=120)
+    """Run ``fn`` as a task on the attacker's node: what it returned, or what it raised (``Raised``)."""
+    assert DRIVER is not None
+    return DRIVER.call(fn, *args, num_cpus=0, resources=ON_ATTACKER, max_retries=0)
+
+
+def no_such_actor(what: Any) -> bool:
+    """Whether an attack failed because the hosts' cluster has no actor by the name it looked up."""
+    return isinstance(what, Raised) and "Failed to look up actor" in what
+
+
+NOT_HERE = "the hosts' cluster holds no such actor: the coordinator's services run in a Ray cluster of their own"
+
+
+def in_depth(fn: Callable[..., Any], *args: Any) -> Any:
+    """An attack on placement: from the joined node, which finds no placement actor to call; then, for placement's
+    own checks (defence in depth), from a member of the services' cluster (this process): what that returned."""
+    joined = on_attacker(fn, *args)
+    assert no_such_actor(joined), joined
+    return fn(*args)
+
+
+def deep(what: str) -> str:
+    return f"{NOT_HERE}; called from inside that cluster, {what}"
 
 
 def record(attack: str, expected: str, outcome: str, what: str) -> None:
@@ -485,54 +520,103 @@ def _docker(node_id: str) -> str:
     return str(_on_victim_node(node_id, reach))
 
 
+def _read_the_coordinators_state(head_node: str, state_dir: str, runtime_dir: str) -> str:
+    def read(state_dir: str, runtime_dir: str) -> str:
+        got, refused = [], []
+        for name in ("archipelag.db", "archipelag.db-wal", "services_ray_token", "ray_auth_token", "api_key",
+                     "catalog_signing.key", "coordinator/ticket.key", f"keys/{VICTIM}.key", "logs/bridge.log",
+                     "logs/head.log"):
+            try:
+                with open(os.path.join(state_dir, name), "rb") as file:
+                    file.read(1)
+                got.append(name)
+            except OSError as exc:
+                refused.append(f"{name}: {exc.strerror}")
+        for folder in (state_dir, os.path.join(runtime_dir, "services")):
+            try:
+                os.listdir(folder)
+                got.append(f"the list of {folder}")
+            except OSError as exc:
+                refused.append(f"{folder}: {exc.strerror}")
+        return f"as uid {os.getuid()}: read {', '.join(got) or 'nothing'}; refused {len(refused)} ({refused[0]}, …)"
+
+    return str(_on_victim_node(head_node, read, state_dir, runtime_dir))
+
+
+def _join_the_services_cluster(address: str, token: str) -> str:
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".token") as held:
+        held.write(token)
+        held.flush()
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": held.name}
+        try:
+            tried = subprocess.run(
+                [sys.executable, "-c", ("import ray, sys; ray.init(address=sys.argv[1]); "
+                                        "print('joined', len(ray.nodes()), 'nodes', ray.util.list_named_actors(True))"),
+                 address],
+                env=env, capture_output=True, text=True, timeout=90, check=False)
+        except subprocess.TimeoutExpired:
+            return "refused: no answer within 90 s"
+    if tried.returncode == 0 and "joined" in tried.stdout:
+        return tried.stdout.strip()
+    last = [line for line in tried.stderr.splitlines() if line.strip()][-1:] or ["(nothing said)"]
+    return f"refused (exit {tried.returncode}): {last[0][:200]}"
+
+
 # --- the tests ---------------------------------------------------------------------------------------------
 
 
 def test_a_joined_node_cannot_register_a_fake_host(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
     fake = replace(a_host("h-invented", karma=1.0, last_heartbeat_at=time.time()), cpu_cores=64, ram_mb=10**6,
                    slots=64)
-    what = on_attacker(_fake_host, network.settings.ray_namespace, fake)
+    what = in_depth(_fake_host, network.settings.ray_namespace, fake)
     record("register a fake host with invented hardware and karma", "prevented",
-           "prevented" if what.startswith("refused") else "possible", what)
+           "prevented" if what.startswith("refused") else "possible", deep(what))
 
 
-def test_a_joined_node_can_mint_credits_through_the_ledger_actor(network: EmbeddedNetwork,
-                                                                 attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_mint_credits_through_the_ledger_actor(network: EmbeddedNetwork,
+                                                                    attacker: RayNodeProcess) -> None:
     with api_client(network) as http:
         account = http.get("/api/v1/account").json()["data"]["id"]
-    what = on_attacker(_mint, network.settings.ray_namespace, account)
-    record("mint credits by calling the ledger actor", "possible", "possible", what)
+        before = http.get("/api/v1/account").json()["data"]["credits"]
+        what = on_attacker(_mint, network.settings.ray_namespace, account)
+        after = http.get("/api/v1/account").json()["data"]["credits"]
+    record("mint credits by calling the ledger actor", "prevented",
+           "prevented" if no_such_actor(what) and after == before else "possible", f"{NOT_HERE} ({what})")
 
 
-def test_a_joined_node_can_make_api_keys_for_any_account(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_make_api_keys_for_any_account(network: EmbeddedNetwork,
+                                                            attacker: RayNodeProcess) -> None:
     with api_client(network) as http:
         account = http.get("/api/v1/account").json()["data"]["id"]
     what = on_attacker(_api_key, network.settings.ray_namespace, account)
-    with httpx.Client(base_url=network.url) as http:
-        stolen = what.rsplit(": ", 1)[1].rstrip("…")
-        assert stolen.startswith("ak_")
-    record("make an API key for another account", "possible", "possible", what)
+    record("make an API key for another account", "prevented", "prevented" if no_such_actor(what) else "possible",
+           f"{NOT_HERE} ({what})")
 
 
-def test_a_joined_node_can_read_other_users_jobs(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_read_other_users_jobs_through_the_ledger(network: EmbeddedNetwork,
+                                                                       attacker: RayNodeProcess) -> None:
     with api_client(network) as http:
         created = http.post("/api/v1/jobs", json={"workload": "wasm-hash", "input": {"text": "a private note"}})
         assert created.status_code == 201, created.text
     what = on_attacker(_read_job, network.settings.ray_namespace, created.json()["data"]["id"])
-    record("read another user's job input and output", "possible",
-           "possible" if "a private note" in what else "prevented", what)
+    record("read another user's job input and output through the ledger", "prevented",
+           "possible" if "a private note" in what else "prevented", f"{NOT_HERE} ({what})")
 
 
-def test_a_joined_node_can_grant_karma(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+def test_a_joined_node_cannot_grant_karma(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
     what = on_attacker(_karma, network.settings.ray_namespace, host_id(network))
-    record("give a host karma it did not earn", "possible", "possible", what)
+    record("give a host karma it did not earn", "prevented", "prevented" if no_such_actor(what) else "possible",
+           f"{NOT_HERE} ({what})")
 
 
 def test_a_joined_node_cannot_pause_another_host_in_placement(network: EmbeddedNetwork,
                                                               attacker: RayNodeProcess) -> None:
-    what = on_attacker(_pause_other, network.settings.ray_namespace, host_id(network))
+    what = in_depth(_pause_other, network.settings.ray_namespace, host_id(network))
     record("pause or drain another host through placement", "prevented",
-           "prevented" if what.startswith("refused") else "possible", what)
+           "prevented" if what.startswith("refused") else "possible", deep(what))
 
 
 def run_job(network: EmbeddedNetwork, text: str) -> dict[str, Any]:
@@ -550,7 +634,7 @@ def test_a_joined_node_cannot_take_another_host_out_of_placement(network: Embedd
                                                                  attacker: RayNodeProcess) -> None:
     """Reporting a host lost, as the dispatcher does when its agent dies: placement asks the host, whose signed
     heartbeat puts it back within a round trip, and doubts the next reports (placement/suspects.py)."""
-    seen = on_attacker(_mark_offline, network.settings.ray_namespace, host_id(network), 3.0)
+    seen = in_depth(_mark_offline, network.settings.ray_namespace, host_id(network), 3.0)
     back = next((i for i, (_, status) in enumerate(seen) if status == "online"), len(seen))
     out_s = seen[back][0] if back < len(seen) else float("inf")
     offline_later = sum(status != "online" for _, status in seen[back:])
@@ -558,7 +642,7 @@ def test_a_joined_node_cannot_take_another_host_out_of_placement(network: Embedd
             f"then out in {offline_later} reads")
     held = out_s > 2.0 or offline_later > 0
     record("take another host out of placement (report it lost)", "prevented", "possible" if held else "prevented",
-           what)
+           deep(what))
     job = run_job(network, "still here")  # the victim is the only host: it still gets the job
     assert job["status"] == "completed", job["error"]
 
@@ -566,12 +650,12 @@ def test_a_joined_node_cannot_take_another_host_out_of_placement(network: Embedd
 def test_a_joined_node_cannot_suspend_or_forget_another_host_in_placement(network: EmbeddedNetwork,
                                                                          attacker: RayNodeProcess) -> None:
     """An operator's suspension and an owner's revocation are the ledger's word, which placement checks."""
-    suspended = on_attacker(_suspend_other, network.settings.ray_namespace, host_id(network))
+    suspended = in_depth(_suspend_other, network.settings.ray_namespace, host_id(network))
     record("suspend another host in placement", "prevented",
-           "prevented" if suspended.startswith("refused") else "possible", suspended)
-    forgotten = on_attacker(_forget_other, network.settings.ray_namespace, host_id(network))
+           "prevented" if suspended.startswith("refused") else "possible", deep(suspended))
+    forgotten = in_depth(_forget_other, network.settings.ray_namespace, host_id(network))
     record("drop another host from placement as if revoked", "prevented",
-           "prevented" if forgotten.startswith("refused") else "possible", forgotten)
+           "prevented" if forgotten.startswith("refused") else "possible", deep(forgotten))
     with api_client(network) as http:
         assert any(h["id"] == host_id(network) and h["status"] == "online"
                    for h in http.get("/api/v1/hosts").json()["data"])
@@ -580,19 +664,19 @@ def test_a_joined_node_cannot_suspend_or_forget_another_host_in_placement(networ
 def test_a_joined_node_cannot_make_placement_rank_by_invented_karma(network: EmbeddedNetwork,
                                                                    attacker: RayNodeProcess) -> None:
     """Karma is the ledger's word, which placement reads itself; a caller may only ask it to read again."""
-    tried, karma, ledger_score, status = on_attacker(_set_karma, network.settings.ray_namespace, host_id(network))
+    tried, karma, ledger_score, status = in_depth(_set_karma, network.settings.ray_namespace, host_id(network))
     what = (f"{tried}; after a refresh it asked for, placement ranks the host by karma {karma:.2f}, the ledger's "
             f"{ledger_score:.2f}, and shows it {status}")
     believed = tried.endswith("taken") or abs(karma - ledger_score) > 1e-3 or status != "online"
     record("set another host's karma in placement (to suspend it)", "prevented",
-           "possible" if believed else "prevented", what)
+           "possible" if believed else "prevented", deep(what))
 
 
 def test_a_joined_node_cannot_set_another_hosts_asks(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
     """Asks reach placement only from the ledger (an owner's, stored first; a host's signed registration's), and
     nothing stores to the ledger what placement holds: after fleet rounds the ledger still holds the owner's."""
     victim = host_id(network)
-    tried, in_placement, in_ledger = on_attacker(_set_asks, network.settings.ray_namespace, victim)
+    tried, in_placement, in_ledger = in_depth(_set_asks, network.settings.ray_namespace, victim)
     time.sleep(3 * network.settings.heartbeat_interval_s)  # fleet rounds, which once stored placement's asks
     with api_client(network) as http:
         stored = http.get("/api/v1/market/asking-prices", params={"host_id": victim}).json()["data"]
@@ -600,7 +684,7 @@ def test_a_joined_node_cannot_set_another_hosts_asks(network: EmbeddedNetwork, a
     forged = (tried.endswith("taken") or in_placement != in_ledger
               or max(stored[0]["prices"].values(), default=0) >= 1000)  # the forged ask: 10**9 micro-credits
     record("set another host's asking prices in placement", "prevented", "possible" if forged else "prevented",
-           what)
+           deep(what))
 
 
 def test_a_joined_node_cannot_make_another_host_look_full_for_good(network: EmbeddedNetwork,
@@ -608,15 +692,15 @@ def test_a_joined_node_cannot_make_another_host_look_full_for_good(network: Embe
     """Jobs a node says placement handed a host count only until the host's signed heartbeats bound them
     (Fleet.heartbeat): the invented load is gone by the host's second heartbeat, and the host runs a job again."""
     slots, interval_s = network.settings.host_slots, network.settings.heartbeat_interval_s
-    seen = on_attacker(_invent_load, network.settings.ray_namespace, host_id(network), 5 * slots, 20 * interval_s)
+    seen = in_depth(_invent_load, network.settings.ray_namespace, host_id(network), 5 * slots, 20 * interval_s)
     full_at_first = seen[0][1] >= slots
     gone_s = seen[-1][0] if seen[-1][1] < 5 * slots else float("inf")
-    record("make another host look full by inventing jobs handed to it (once, or repeated)", "possible",
-           "possible" if full_at_first else "prevented",
-           f"{5 * slots} invented jobs: placement counted {seen[0][1]} on it, full while they last")
+    assert full_at_first  # placement believes the dispatcher's word: only members of the services' cluster have it
+    record("make another host look full by inventing jobs handed to it (once, or repeated)", "prevented",
+           "prevented", deep(f"{5 * slots} invented jobs: placement counted {seen[0][1]} on it, full while they last"))
     record("make another host look full for good with invented jobs", "prevented",
            "prevented" if gone_s <= 10 * interval_s else "possible",
-           f"the invented jobs were gone {gone_s:.2f} s later (its heartbeats every {interval_s:g} s)")
+           deep(f"the invented jobs were gone {gone_s:.2f} s later (its heartbeats every {interval_s:g} s)"))
     job = run_job(network, "not full")
     assert job["status"] == "completed", job["error"]
 
@@ -758,12 +842,38 @@ def test_what_reads_a_hosts_answers_is_the_bridge_alone(network: EmbeddedNetwork
         bridge = network.coordinator.bridge
         assert bridge is not None
         where = "the bridge" if pid == str(bridge.pid) else "a process that is not the bridge"
+        hub = pwd.getpwnam(HUB_USER).pw_uid
         record("make the jobs service run its code: a taken-over host's agent answers a job with a pickle",
-               "prevented", "prevented" if where == "the bridge" else "possible",
-               f"{planted}; the payload ran in {where} (pid {pid}, uid {uid}), which holds no account, key or "
-               "credit; the job lost its host")
+               "prevented", "prevented" if where == "the bridge" and uid == str(hub) else "possible",
+               f"{planted}; the payload ran in {where} (pid {pid}) as uid {uid}, the hosts' head's account, which "
+               "holds no account, key or credit and cannot read the coordinator's state; the job lost its host")
+        record("read or change the jobs that pass through the bridge (every host's): take it over with a pickled "
+               "answer", "possible", "possible" if where == "the bridge" else "prevented",
+               f"the payload ran in the bridge (pid {pid}), which carries every job's input and output to and from "
+               "its host")
     finally:
         shutil.rmtree(drop, ignore_errors=True)
+
+
+def test_code_on_the_hosts_head_cannot_read_the_coordinators_state(network: EmbeddedNetwork,
+                                                                  attacker: RayNodeProcess) -> None:
+    """Any member may run a task on the hosts' head: it runs as the hosts' head's account, on the coordinator's
+    machine, beside the coordinator's state (ledger, tokens, keys, logs)."""
+    assert DRIVER is not None
+    head = next(n["NodeID"] for n in DRIVER.nodes() if "node:__internal_head__" in n["Resources"])
+    what = on_attacker(_read_the_coordinators_state, head, str(network.settings.state_dir),
+                       str(runtime_dir(network.settings.state_dir)))
+    record("read the coordinator's database, tokens, keys or logs from a task on the hosts' head", "prevented",
+           "prevented" if "read nothing" in what else "possible", what)
+
+
+def test_a_joined_node_cannot_join_the_services_cluster(network: EmbeddedNetwork, attacker: RayNodeProcess) -> None:
+    """The services' cluster listens on the coordinator's loopback only, and takes the services' token, which no
+    host is given. Told its address, a joined node tries the token it holds."""
+    token = Path(network.settings.ray_env()["RAY_AUTH_TOKEN_PATH"]).read_text()
+    what = on_attacker(_join_the_services_cluster, network.coordinator.services_address, token)
+    record("join the coordinator's own Ray cluster with the hosts' credential", "prevented",
+           "prevented" if what.startswith("refused") else "possible", what)
 
 
 def test_a_joined_node_cannot_make_the_owners_process_run_its_code(network: EmbeddedNetwork,
