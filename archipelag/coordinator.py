@@ -45,9 +45,10 @@ def prepare_ray_env(settings: Settings, rotate_token: bool = False) -> dict[str,
                 out.write(secrets.token_hex(32))
             fresh.replace(token_path)
     os.environ.update(env)
-    if "ray" in sys.modules:  # a process that ran a coordinator before reads the token file again
-        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+    if "ray" in sys.modules:  # Ray read its settings as it was imported: it reads them, and the token, again
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
+        Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
     return env
 
@@ -155,7 +156,7 @@ class Coordinator:
     def stop(self) -> None:
         """Take the coordinator down: each head goes with everything it runs (Serve's graceful shutdown would
         drain the ingress replicas for up to 30 s, with nothing to hand over: jobs resume from the ledger at the
-        next start)."""
+        next start), and their runtime folder with them (each node's own log stays in the state dir)."""
         import ray
 
         ray.shutdown()
@@ -163,6 +164,7 @@ class Coordinator:
             self.bridge.stop()
         self.head.stop()
         self.hosts_head.stop()
+        shutil.rmtree(runtime_dir(self.settings.state_dir), ignore_errors=True)  # sockets and session files
 
 
 def start_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -20,10 +21,22 @@ from archipelag.settings import Settings
 T = TypeVar("T")
 
 
+# Ports for a test network's API and Ray head: free now, and below the kernel's ephemeral range (32768 and up here),
+# where every port Ray's processes bind without a number (port 0) comes from, and above Ray's worker ports (10002 to
+# 19999). A port the kernel handed out would be free when picked and could be taken by one of Ray's servers before
+# the API binds it (seen: "Address already in use" as a network started).
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def network_settings(state_dir: Path, **overrides: object) -> Settings:

@@ -22,6 +22,8 @@ from docker_engine import engine_lease
 from netutil import eventually, free_port
 from up_process import network_processes, start_up
 
+from archipelag.nodes import runtime_dir
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHAT_MODEL = "smollm2-135m-instruct"
@@ -110,9 +112,10 @@ def _not_a_log(path: Path) -> bool:
 
 
 def network_logs(up: Up) -> dict[str, str]:
-    """Every log this network wrote: the state dir (node, join and mail logs), Ray's session dirs, `up`'s output."""
+    """Every log this network wrote: the state dir (node, join and mail logs), Ray's session dirs (the hosts' and
+    the heads'), `up`'s output."""
     logs = {"up stdout": "".join(up.output)}
-    for root in (up.state_dir, up.ray_dir):
+    for root in (up.state_dir, up.ray_dir, runtime_dir(up.state_dir)):
         for path in root.rglob("*"):
             if path.is_file() and not path.is_symlink() and path.name != "api_key" and not _not_a_log(path):
                 try:

@@ -553,7 +553,8 @@ def _join_the_services_cluster(address: str, token: str) -> str:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": held.name}
         try:
             tried = subprocess.run(
-                [sys.executable, "-c", ("import ray, sys; ray.init(address=sys.argv[1]); "
+                [sys.executable, "-c", ("import ray, sys; from archipelag.nodes import keep_loopback_node_addresses; "
+                                        "keep_loopback_node_addresses(); ray.init(address=sys.argv[1]); "
                                         "print('joined', len(ray.nodes()), 'nodes', ray.util.list_named_actors(True))"),
                  address],
                 env=env, capture_output=True, text=True, timeout=90, check=False)
@@ -561,8 +562,9 @@ def _join_the_services_cluster(address: str, token: str) -> str:
             return "refused: no answer within 90 s"
     if tried.returncode == 0 and "joined" in tried.stdout:
         return tried.stdout.strip()
-    last = [line for line in tried.stderr.splitlines() if line.strip()][-1:] or ["(nothing said)"]
-    return f"refused (exit {tried.returncode}): {last[0][:200]}"
+    said = [line for line in tried.stderr.splitlines() if line.strip()]
+    why = [line for line in said if "auth" in line.lower()] or said[-1:] or ["(nothing said)"]
+    return f"refused (exit {tried.returncode}): {why[0][:200]}"
 
 
 # --- the tests ---------------------------------------------------------------------------------------------
@@ -847,6 +849,9 @@ def test_what_reads_a_hosts_answers_is_the_bridge_alone(network: EmbeddedNetwork
                "prevented", "prevented" if where == "the bridge" and uid == str(hub) else "possible",
                f"{planted}; the payload ran in {where} (pid {pid}) as uid {uid}, the hosts' head's account, which "
                "holds no account, key or credit and cannot read the coordinator's state; the job lost its host")
+        record("read or change the jobs another host runs: run code inside its agent (`__ray_call__`)", "possible",
+               "prevented" if isinstance(planted, Raised) else "possible",
+               f"{planted}: code of the attacker's now answers that host's jobs")
         record("read or change the jobs that pass through the bridge (every host's): take it over with a pickled "
                "answer", "possible", "possible" if where == "the bridge" else "prevented",
                f"the payload ran in the bridge (pid {pid}), which carries every job's input and output to and from "
@@ -872,6 +877,9 @@ def test_a_joined_node_cannot_join_the_services_cluster(network: EmbeddedNetwork
     host is given. Told its address, a joined node tries the token it holds."""
     token = Path(network.settings.ray_env()["RAY_AUTH_TOKEN_PATH"]).read_text()
     what = on_attacker(_join_the_services_cluster, network.coordinator.services_address, token)
+    services_token = Path(network.settings.services_ray_env()["RAY_AUTH_TOKEN_PATH"]).read_text()
+    control = _join_the_services_cluster(network.coordinator.services_address, services_token)
+    assert control.startswith("joined"), control  # the services' own token joins: the refusal is the token's
     record("join the coordinator's own Ray cluster with the hosts' credential", "prevented",
            "prevented" if what.startswith("refused") else "possible", what)
 

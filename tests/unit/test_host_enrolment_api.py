@@ -18,13 +18,15 @@ from archipelag.ids import HostId
 from archipelag.serve.api_hosts import poll_report
 
 TOKEN = "the-ray-token"
+SERVICES_TOKEN = "the-services-token"  # the coordinator's own cluster's: never handed out
 
 
 @pytest.fixture
 def net(tmp_path: Path) -> ModelNetwork:
     (tmp_path / "ray_auth_token").write_text(TOKEN)
+    (tmp_path / "services_ray_token").write_text(SERVICES_TOKEN)
     return a_model_network(tmp_path, hosts=2, enrolments_per_min=5, pairing_failures_per_min=3,
-                           ray_namespace="ns-x", trusted_catalog_keys=["k1"])
+                           ray_namespace="ns-x", trusted_catalog_keys=["k1"], ray_head_port=7001)
 
 
 def signed_poll(key: SigningKey, at: float | None = None) -> dict[str, object]:
@@ -56,7 +58,8 @@ def test_an_approved_machine_gets_its_credentials_sealed_to_its_key(net: ModelNe
         assert TOKEN not in answer.text
         credentials = identity.unseal(key, answer.json()["data"]["credentials"])
         assert credentials["ray_token"] == TOKEN and credentials["ray_namespace"] == "ns-x"
-        assert credentials["trusted_catalog_keys"] == ["k1"] and credentials["ray_address"]
+        assert SERVICES_TOKEN not in json.dumps(credentials)
+        assert credentials["trusted_catalog_keys"] == ["k1"] and credentials["ray_address"] == "127.0.0.1:7001"
 
         mine = owner.get("/api/v1/account/hosts").json()["data"]
         assert [h["id"] for h in mine] == [host["id"]]
