@@ -34,7 +34,6 @@ def prepare_ray_env(settings: Settings, rotate_token: bool = False) -> dict[str,
     the hosts' head starts with it: hosts enrolled by pairing fetch it themselves when they rejoin (a revoked one
     is refused it); other nodes, those of a revoked host included, are out. No host ever holds the services'."""
     env = settings.services_ray_env()
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     private_state_dir(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     for token_path in (settings.ray_env().get("RAY_AUTH_TOKEN_PATH"), env.get("RAY_AUTH_TOKEN_PATH")):
@@ -184,7 +183,7 @@ def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
     """The two heads, with this process a driver of the services' one, and the ledger ready; the services start
     with ``Coordinator.start_services``. Hosts may start joining in between: they wait for the API
     (``actors/driver.py``), and their nodes come up while the services do."""
-    env = prepare_ray_env(settings, rotate_token)  # before Ray is imported: it reads its auth settings at import
+    env = prepare_ray_env(settings, rotate_token)  # before ray.init: Ray reads its auth settings from there
 
     import ray
 
