@@ -98,11 +98,7 @@ def _fresh_runtime_dir(settings: Settings, run_as: RunAs | None) -> tuple[Path, 
     if run_as is not None:
         token = settings.ray_env().get("RAY_AUTH_TOKEN_PATH")
         if token:
-            copy = hosts / "ray_auth_token"
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(Path(token).read_bytes())
-            run_as.own(copy)
+            run_as.copy_to(Path(token), hosts / "ray_auth_token")
         run_as.own(hosts / "ray", hosts, mode=0o700)
     return services / "ray", hosts
 

@@ -250,11 +250,7 @@ def _hand_over(request: JoinRequest, run_as: RunAs, env: dict[str, str]) -> tupl
     temp_dir = Path(tempfile.mkdtemp(prefix=_node_dir_prefix(request.host_id, run_as), dir="/tmp"))
     token = env.get("RAY_AUTH_TOKEN_PATH")
     if token:
-        copy = temp_dir / "ray_auth_token"
-        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(Path(token).read_bytes())
-        run_as.own(copy)
+        copy = run_as.copy_to(Path(token), temp_dir / "ray_auth_token")
         env = {**env, "RAY_AUTH_TOKEN_PATH": str(copy)}
     run_as.own(temp_dir, mode=0o700)
     wasm_cache = (settings.state_dir / "wasm-cache" / request.host_id).resolve()
