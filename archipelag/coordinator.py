@@ -20,6 +20,7 @@ from archipelag.nodes import (
     RayNodeProcess,
     RunAs,
     head_address,
+    hosts_dir,
     runtime_dir,
     start_head,
 )
@@ -91,7 +92,7 @@ def _fresh_runtime_dir(settings: Settings, run_as: RunAs | None) -> tuple[Path, 
         pass
     root.mkdir(mode=0o711)  # fails if someone made the name again meanwhile
     root.chmod(0o711)
-    services, hosts = root / "services", root / "hosts"
+    services, hosts = root / "services", hosts_dir(settings.state_dir)
     services.mkdir(mode=0o700)
     hosts.mkdir(mode=0o700)
     (hosts / "ray").mkdir(mode=0o700)
@@ -107,7 +108,7 @@ def hosts_env(settings: Settings) -> dict[str, str]:
     """The environment of the hosts' head and the bridge: the hosts' cluster's, with the copy of its token the
     hosts' account may read when it runs them."""
     env = settings.ray_env()
-    copy = runtime_dir(settings.state_dir) / "hosts" / "ray_auth_token"
+    copy = hosts_dir(settings.state_dir) / "ray_auth_token"
     if settings.hosts_ray_user and "RAY_AUTH_TOKEN_PATH" in env:
         env["RAY_AUTH_TOKEN_PATH"] = str(copy)
     return env

@@ -45,6 +45,12 @@ def runtime_dir(state_dir: Path) -> Path:
     return Path("/tmp") / f"ap-{tag}"
 
 
+def hosts_dir(state_dir: Path) -> Path:
+    """The hosts' head's folder in the runtime folder: its Ray temp dir, its copy of the hosts' token, the bridge's
+    socket. The hosts' account's, when the hosts' head runs as one."""
+    return runtime_dir(state_dir) / "hosts"
+
+
 def host_resource(host_id: str) -> str:
     """The custom resource only this host's node carries (pins its agent there)."""
     return f"{HOST_RESOURCE}:{host_id}"

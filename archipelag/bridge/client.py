@@ -22,7 +22,7 @@ from archipelag.actors.driver import end_child, read_view
 from archipelag.bridge import wire
 from archipelag.errors import ArchipelagError, BridgeDown, HostLost, JobCancelled
 from archipelag.ids import HostId, JobId
-from archipelag.nodes import RunAs, die_with_parent, runtime_dir
+from archipelag.nodes import RunAs, die_with_parent, hosts_dir
 from archipelag.placement.measured import Claims, Measurement
 from archipelag.protocol import Event, error_event
 from archipelag.runtimes.base import JobSpec
@@ -38,9 +38,8 @@ RESTART_PAUSE_S: Final = 1.0
 
 
 def socket_path(settings: Settings) -> Path:
-    """In the hosts' head's folder of the coordinator's runtime folder (``nodes.runtime_dir``), which the bridge's
-    account owns."""
-    return runtime_dir(settings.state_dir) / "hosts" / "bridge.sock"
+    """In the hosts' head's folder (``nodes.hosts_dir``), which the bridge's account owns."""
+    return hosts_dir(settings.state_dir) / "bridge.sock"
 
 
 class BridgedAgent:

@@ -154,6 +154,7 @@ class _Lost:
     started: bool  # the host had begun the attempt (and the ledger was told)
     ours: bool = False  # the coordinator's bridge went, not the host
 
+
 _TURNED_AWAY_OUTCOME = object()
 
 
