@@ -72,14 +72,11 @@ up: env wasm models
 	$(VENV)/bin/archipelag up $(ARGS); status=$$?; \
 	bash $(ENGINE) stop $$$$ >/dev/null 2>&1; exit $$status
 
-# Two pytest processes: tests that make the test process a Ray driver run apart from the in-process
-# wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process).
-# Exit code 5 (this selection has no tests) is not a failure of the split.
+# Two pytest processes at once (scripts/test.py): tests that make the test process a Ray driver run apart from the
+# in-process wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process), and the
+# two share the machine's cores.
 test: env wasm containers models sd-model browser
-	@status=0; \
-	$(VENV)/bin/pytest -q -ra --durations=20 -m "not ray_driver" $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
-	$(VENV)/bin/pytest -q -ra --durations=20 -m ray_driver $(ARGS); rc=$$?; [[ $$rc == 0 || $$rc == 5 ]] || status=$$rc; \
-	exit $$status
+	@$(PY) scripts/test.py $(ARGS)
 
 test-unit: env
 	$(VENV)/bin/pytest -q tests/unit

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 from web_accounts import Network, Person
 from web_browser import answer_growth, progress_seen, sign_in, watch_answers, watch_progress
 
-pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.docker, pytest.mark.slow]
 
 CHAT_MODEL = "smollm2-135m-instruct"
 

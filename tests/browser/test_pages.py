@@ -18,7 +18,7 @@ from web_browser import (
     unreachable_by_tab,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
 SIGNED_OUT = ["/signin", "/signup", "/verify", "/reset", "/reset/confirm", "/status"]
 SIGNED_IN = ["/chat", "/images", "/workloads", "/workloads/wasm-hash", "/jobs", "/jobs/{job}", "/account", "/hosts",

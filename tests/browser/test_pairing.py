@@ -10,7 +10,7 @@ from web_browser import sign_in
 
 from archipelag import identity
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
 
 def a_machine_asks(network: Network, name: str) -> tuple[str, str]:

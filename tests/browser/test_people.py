@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 from web_accounts import PASSWORD, Network
 from web_browser import sign_in
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
 
 def test_a_stranger_signs_up_verifies_by_the_mailed_link_and_signs_in(page: Page, network: Network) -> None:

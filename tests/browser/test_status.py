@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from web_accounts import Network
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
 
 def test_the_status_page_shows_the_hosts_online_to_a_stranger(page: Page, network: Network) -> None:

@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 from web_accounts import Network
 from web_browser import sign_in
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
 
 def test_a_workload_runs_from_its_page_and_its_job_shows_its_events(page: Page, network: Network) -> None:
