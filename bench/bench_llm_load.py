@@ -27,13 +27,15 @@ from bench.bench_llm import model_path, stream_chat
 
 Row = tuple[str, str, str]
 TOKENS = 64
-THREADS = 1
+# Threads of the direct run and of each host's model worker (its tier's cores): 1 by default, as in
+# `bench llm`; ARCHIPELAG_BENCH_THREADS=2 gives both sides this machine's two cores.
+THREADS = int(os.environ.get("ARCHIPELAG_BENCH_THREADS", "1"))
 CONCURRENCY = (1, 2, 4, 8, 32)
 
 
 def step_ms(chats: int, prompt: int = 24, steps: int = 30) -> float:
     """Median time of one llama_decode step of ``chats`` one-token sequences, each after a prompt of its own,
-    in a context set up as llm-chat's batched decoder sets its own (one thread, a cache per sequence, flash
+    in a context set up as llm-chat's batched decoder sets its own (``THREADS``, a cache per sequence, flash
     attention), every logit read: what the decoder's ceiling is before anything of the network runs."""
     from llama_cpp import llama_cpp as ll
     from llama_cpp._internals import LlamaModel
@@ -71,7 +73,7 @@ def step_ms(chats: int, prompt: int = 24, steps: int = 30) -> float:
 def step_rows() -> list[Row]:
     """The decoder's ceiling: a step of N chats against N steps of one, measured back to back."""
     one = step_ms(1)
-    rows: list[Row] = [("llama.cpp step of 1 chat (baseline)", f"{one:.1f} ms", f"{THREADS} thread, Q8_0")]
+    rows: list[Row] = [("llama.cpp step of 1 chat (baseline)", f"{one:.1f} ms", f"{THREADS} thread(s), Q8_0")]
     for chats in (2, 8, 32):
         ms = step_ms(chats)
         rows.append((f"llama.cpp step of {chats} chats", f"{ms:.1f} ms",
@@ -150,7 +152,7 @@ def run() -> list[Row]:
     direct = direct_tps()
     one, three = network_rows(1), network_rows(3)
     rows: list[Row] = [("direct llama-cpp-python, 1 stream (baseline)", f"{direct:.1f} tok/s",
-                        f"{THREADS} thread, {TOKENS} tokens, after the first token")]
+                        f"{THREADS} thread(s), {TOKENS} tokens, after the first token")]
     for name, net in (("1 host", one), ("3 hosts", three)):
         for concurrency in CONCURRENCY:
             total = net[f"total_{concurrency}"]
