@@ -7,8 +7,9 @@ other), so the two processes run side by side. The browser tests (``browser``) j
 processes take about as long. The other process's output comes as it runs; the Ray-driver process's goes to
 ``.archipelag/test-ray-driver.log``, printed when it ends.
 
-Exit status: 0 when both passed (or had nothing selected, pytest's 5), else the first failure's. Ctrl-C reaches
-both processes (they share this one's process group), and each tears down what its tests started.
+Exit status: 0 when both passed (one of them may have had nothing selected, pytest's 5), 5 when neither ran a
+test, else the first failure's. Ctrl-C reaches both processes (they share this one's process group), and each
+tears down what its tests started.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(args: list[str]) -> int:
             return 130
     sys.stdout.write(log_path.read_text())
     print(f"--- both test processes ended {time.monotonic() - started:.0f} s after they started ---")
+    if rest_rc == driver_rc == NOTHING_SELECTED:
+        return NOTHING_SELECTED  # no test ran at all
     failed = [rc for rc in (rest_rc, driver_rc) if rc not in (0, NOTHING_SELECTED)]
     return failed[0] if failed else 0
 
