@@ -63,3 +63,30 @@ def test_a_busy_moment_moves_the_average_without_deciding_alone(decoder: ModuleT
     for _ in range(20):
         costs.took(1, 0.010)
     assert costs.apart(2)
+
+
+def test_a_worker_with_one_thread_never_tries_more(decoder: ModuleType) -> None:
+    threads = decoder._Threads(1)
+    assert {threads.pick(n) for n in (1, 8) for _ in range(decoder.EXPLORE_EVERY * 2)} == {1}
+
+
+def test_each_step_size_runs_on_the_thread_count_that_cost_less_for_it(decoder: ModuleType) -> None:
+    threads = decoder._Threads(2)
+    assert threads.pick(1) == 1  # each is measured first
+    threads.took(1, 1, 0.0065)
+    assert threads.pick(1) == 2
+    threads.took(1, 2, 0.0090)  # a step of one: bound by memory, the second thread waits for a busy core
+    assert threads.pick(8) == 1
+    threads.took(8, 1, 0.034)
+    threads.took(8, 2, 0.0187)  # a step of 8: bound by compute, two threads halve it (this project's EPYC)
+    assert threads.pick(1) == 1 and threads.best(1) == 1
+    assert threads.pick(8) == 2 and threads.best(8) == 2
+
+
+def test_the_thread_count_not_taken_is_measured_again_now_and_then(decoder: ModuleType) -> None:
+    threads = decoder._Threads(2)
+    threads.took(1, 1, 0.0065)
+    threads.took(1, 2, 0.0090)
+    picks = [threads.pick(1) for _ in range(decoder.EXPLORE_EVERY * 2)]
+    assert picks.count(2) == 2 and picks[decoder.EXPLORE_EVERY - 1] == 2
+    assert threads.best(2) == 2  # a step size not measured yet: all the worker's threads

@@ -23,6 +23,13 @@ whose cache begins the way its prompt does for the most tokens (ties: the lowest
 earlier turns, are not evaluated again; a warm chat's first token costs its new tokens only, as it does in
 llama-cpp-python's own ``Llama``, which keeps the last prompt's cache the same way.
 
+The same goes for threads. A step of one chat is bound by memory, not compute: on this project's machine it costs
+the same on one thread as on two (6.4 ms), while a step of 8 takes half as long on two (18.7 ms against 34). And
+where the network's own processes share the host's cores, the second thread waits at llama.cpp's barriers for a
+core that is busy: through the network, one chat made 78 tok/s on two threads and 103 on one. So each step size
+runs on one thread or on all the worker's threads, whichever has cost less here (``_Threads``, measured as it
+goes, as ``_Costs`` is); a prompt's chunk always takes them all.
+
 Text leaves as pieces on each chat's queue: bytes that are not yet a whole UTF-8 character are held back, and so
 is the tail that could still grow into a stop string; a stop string ends the chat before it (the text after it
 is never shown). Ends: an end-of-generation token or a stop string (``stop``), ``max_tokens`` sampled
@@ -127,6 +134,38 @@ class _Costs:
             self.together[n] = _average(self.together.get(n), seconds)
 
 
+class _Threads:
+    """How many threads a step of n chats runs on: one, or all ``most`` the worker has, whichever has cost less
+    here for steps of n (each is measured first; the other is measured again once per ``EXPLORE_EVERY`` steps of
+    n). Decoder thread only."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.cost: dict[tuple[int, int], float] = {}  # (chats, threads) → a moving average, seconds
+        self._steps: dict[int, int] = {}
+
+    def pick(self, n: int) -> int:
+        if self.most == 1:
+            return 1
+        options = (1, self.most)
+        for threads in options:
+            if (n, threads) not in self.cost:
+                return threads
+        step = self._steps[n] = self._steps.get(n, 0) + 1
+        best = self.best(n)
+        if step % EXPLORE_EVERY == 0:
+            return self.most if best == 1 else 1
+        return best
+
+    def best(self, n: int) -> int:
+        """The thread count that has cost least for steps of n so far (all of them before any is measured)."""
+        measured = [threads for threads in (1, self.most) if (n, threads) in self.cost]
+        return min(measured, key=lambda threads: self.cost[(n, threads)], default=self.most)
+
+    def took(self, n: int, threads: int, seconds: float) -> None:
+        self.cost[(n, threads)] = _average(self.cost.get((n, threads)), seconds)
+
+
 def _average(old: float | None, new: float) -> float:
     return new if old is None else old + WEIGHT * (new - old)
 
@@ -194,6 +233,8 @@ class Decoder:
         self._slots: dict[int, _Slot] = {}  # by sequence id
         self._kept: dict[int, list[int]] = {}  # a free sequence → the tokens its cache still holds
         self._costs = _Costs()
+        self._threads = _Threads(threads)
+        self._threads_now = threads
         threading.Thread(target=self._loop, name="decoder", daemon=True).start()
 
     def submit(self, chat: Chat) -> Chat:
@@ -260,6 +301,10 @@ class Decoder:
     def _decode(self, timed: int | None) -> bool:
         """llama_decode on the batch as filled (its time counted as a step of ``timed`` chats); on failure every
         chat ends with it."""
+        threads = self._threads.pick(timed) if timed else self._threads.most
+        if threads != self._threads_now:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads_now = threads
         start = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
@@ -268,7 +313,10 @@ class Decoder:
                 self._end(slot, error)
             return False
         if timed:
-            self._costs.took(timed, time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self._threads.took(timed, threads, took)
+            if threads == self._threads.best(timed):  # apart or together: judged at each one's best
+                self._costs.took(timed, took)
         return True
 
     def _fill(self) -> list[tuple[int, _Slot]]:
