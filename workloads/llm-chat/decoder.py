@@ -17,18 +17,18 @@ win only from about 6 chats (8: 49 ms against 60). Where that line lies depends 
 decoder measures as it goes (``_Costs``) and, while no prompt is being read, decodes the chats apart, each in a step
 of its own, when that is what costs less here.
 
-A freed sequence keeps its cache, as llama.cpp's server keeps a slot's prompt: a new chat takes the free sequence
-whose cache begins the way its prompt does for the most tokens (ties: the lowest id), drops the rest
-(``llama_memory_seq_rm``) and evaluates only what follows. The chat template's system preamble, and a conversation's
-earlier turns, are not evaluated again; a warm chat's first token costs its new tokens only, as it does in
-llama-cpp-python's own ``Llama``, which keeps the last prompt's cache the same way.
-
 The same goes for threads. A step of one chat is bound by memory, not compute: on this project's machine it costs
 the same on one thread as on two (6.4 ms), while a step of 8 takes half as long on two (18.7 ms against 34). And
 where the network's own processes share the host's cores, the second thread waits at llama.cpp's barriers for a
 core that is busy: through the network, one chat made 78 tok/s on two threads and 103 on one. So each step size
 runs on one thread or on all the worker's threads, whichever has cost less here (``_Threads``, measured as it
 goes, as ``_Costs`` is); a prompt's chunk always takes them all.
+
+A freed sequence keeps its cache, as llama.cpp's server keeps a slot's prompt: a new chat takes the free sequence
+whose cache begins the way its prompt does for the most tokens (ties: the lowest id), drops the rest
+(``llama_memory_seq_rm``) and evaluates only what follows. The chat template's system preamble, and a conversation's
+earlier turns, are not evaluated again; a warm chat's first token costs its new tokens only, as it does in
+llama-cpp-python's own ``Llama``, which keeps the last prompt's cache the same way.
 
 Text leaves as pieces on each chat's queue: bytes that are not yet a whole UTF-8 character are held back, and so
 is the tail that could still grow into a stop string; a stop string ends the chat before it (the text after it
