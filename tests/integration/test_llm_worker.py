@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from docker_engine import DockerEnv, a_job_id, docker_env  # noqa: F401 - docker_env is a fixture
+from netutil import eventually
 from tiny_gguf import write_tiny_llama
 from workload_files import built_workload
 
@@ -363,13 +364,15 @@ def test_containers_of_a_killed_host_process_are_swept(docker_env: DockerEnv) ->
     container = docker_env.client.containers.create(docker_env.probe_image_id, labels={OWNER_LABEL: gone},
                                                     command=["true"])
     try:
-        assert sweep_orphans(docker_env.client) >= 1
-        assert not docker_env.client.containers.list(all=True, filters={"id": container.id},
-                                                     ignore_removed=True)
+        # Every host process on this machine sweeps at its start, so another test process's host may be removing
+        # it already (the engine then answers 409 to a second removal): what counts is that it goes.
+        sweep_orphans(docker_env.client)
+        assert eventually(lambda: not docker_env.client.containers.list(all=True, filters={"id": container.id},
+                                                                        ignore_removed=True), timeout_s=30)
     finally:
         import contextlib
 
         import docker.errors
 
-        with contextlib.suppress(docker.errors.NotFound):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # gone, or going
             container.remove(force=True)
