@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from netutil import eventually, free_port
 from up_process import network_processes, start_up, still_running
 
+from archipelag.nodes import runtime_dir
 from archipelag.sdk import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -127,6 +129,9 @@ def test_a_killed_up_takes_its_network_with_it_and_the_next_up_starts_on_the_sam
     first.wait(timeout=10)
     eventually(lambda: not still_running(processes), timeout_s=20)
     print(f"\nSIGKILL: {len(processes)} processes gone {time.monotonic() - killed:.1f} s after `up` was killed")
+    left = runtime_dir(tmp_path / "first")  # only a coordinator that stops removes it (the next start replaces it)
+    assert left.is_dir()
+    shutil.rmtree(left)
     second, _ = start_up(tmp_path / "second", port, head_port, hosts=1)
     try:
         processes = network_processes(second.pid)
