@@ -25,8 +25,9 @@ from archipelag.catalog import Manifest
 from archipelag.protocol import Event
 from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
-from archipelag.runtimes.container_spec import JOB_LABEL, WORKLOAD_LABEL, WORKLOAD_USER
+from archipelag.runtimes.container_spec import WORKLOAD_USER
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
+from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag
 from archipelag.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -166,9 +167,9 @@ def test_staging_needs_no_network_once_the_wheels_are_cached(
 def test_no_container_is_left_behind(workloads: dict[str, Manifest], runtime: DockerRuntime,
                                      docker_env: DockerEnv) -> None:  # noqa: F811
     run(runtime, workloads["text-stats"], {"text": "last"})
-    ours = [c for c in docker_env.client.containers.list(all=True, filters={"label": JOB_LABEL},
-                                                        ignore_removed=True)
-            if c.labels.get(WORKLOAD_LABEL) in SLUGS]  # other sessions may share the engine
+    # only this process's: other test processes and sessions share the engine and run the same workloads
+    ours = docker_env.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_tag()}"},
+                                             ignore_removed=True)
     assert ours == []
 
 

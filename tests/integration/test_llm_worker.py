@@ -36,7 +36,7 @@ from archipelag.runtimes import images
 from archipelag.runtimes.base import CancelToken, JobSpec
 from archipelag.runtimes.docker import DockerRuntime, HostFacts
 from archipelag.runtimes.models import ModelStore, file_sha256
-from archipelag.runtimes.orphans import OWNER_LABEL, sweep_orphans
+from archipelag.runtimes.orphans import OWNER_LABEL, owner_tag, sweep_orphans
 from archipelag.runtimes.workers import WorkerPool
 from archipelag.settings import REPO_ROOT, Settings
 
@@ -117,8 +117,10 @@ def together(runtime: DockerRuntime, specs: list[JobSpec]) -> list[list[Event] |
 
 
 def worker_containers(env: DockerEnv) -> list[Any]:
-    return env.client.containers.list(all=True, filters={"label": "io.archipelag.workload=llm-chat"},
-                                      ignore_removed=True)
+    """This process's llm-chat workers: another test process on the engine may run its own at the same time."""
+    return env.client.containers.list(
+        all=True, filters={"label": ["io.archipelag.workload=llm-chat", f"{OWNER_LABEL}={owner_tag()}"]},
+        ignore_removed=True)
 
 
 def test_chat_streams_tokens_and_reports_usage_and_seed(runtime: DockerRuntime, llm: Manifest) -> None:
@@ -287,9 +289,9 @@ def test_a_worker_that_breaks_the_multiplexed_protocol_is_killed_and_every_reque
         with pytest.raises(ProtocolViolation, match=says):
             next(bystander)
     deadline = time.monotonic() + 15
-    while [c for c in docker_env.client.containers.list(all=True, filters={"label": OWNER_LABEL},
-                                                         ignore_removed=True)
-           if c.labels.get("io.archipelag.workload") == "fake-worker"] and time.monotonic() < deadline:
+    while docker_env.client.containers.list(
+            all=True, filters={"label": ["io.archipelag.workload=fake-worker", f"{OWNER_LABEL}={owner_tag()}"]},
+            ignore_removed=True) and time.monotonic() < deadline:
         time.sleep(0.2)  # killed, then removed
     assert run(runtime, spec_of(fake_worker, {"act": "tokens", "n": 3}))[-1] == {
         "type": "done", "usage": {"completion_tokens": 3}}  # a fresh worker
