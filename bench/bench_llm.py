@@ -19,6 +19,10 @@ Rows:
 - tokens/s after the first token, both ways.
 - cold: direct = load the model + first token; network = first request after the host's worker was stopped
   (the sandbox starts, loads the model, answers). Both with the model file in the page cache.
+- CPU per chat (``bench.cpu``): what each of the network's processes spends on one chat of ``FIRST_TOKENS``
+  tokens, its idle background over as long taken off, against the model worker's and against the same chat
+  direct (this process's CPU time). On a machine whose cores the engine shares, the network's CPU is the first
+  token's wait.
 Aim (issue 9): the network adds ≤ 5 ms to TTFT (p50) on both APIs and keeps ≥ 99 % of the direct tokens/s.
 """
 
@@ -42,6 +46,7 @@ from archipelag.metrics import trace
 from archipelag.network import start_network
 from archipelag.runtimes.models import ModelStore
 from archipelag.settings import Settings
+from bench.cpu import Cost, cost_of
 
 Row = tuple[str, str, str]
 TOKENS = 96  # per chat when measuring tokens/s
@@ -49,6 +54,8 @@ FIRST_TOKENS = 4  # per chat when measuring TTFT
 THREADS = 1
 REPEAT = 30  # TTFT trials per API
 STREAMS = 6  # tokens/s trials
+CPU_CHATS = 20  # chats whose CPU is counted, process by process
+CPU_ROLES = 8  # the costliest roles listed
 
 
 def messages(trial: int) -> list[dict[str, str]]:
@@ -281,6 +288,31 @@ def tail_rows(api: str, streams: list[Chat], direct_tps: float) -> list[Row]:
     ]
 
 
+async def _chats(url: str, key: str, count: int) -> int:
+    """``count`` chats of ``FIRST_TOKENS`` tokens one after another (a new question each), as the TTFT trials."""
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+        for trial in range(count):
+            await _chat(http, 3000 + trial, FIRST_TOKENS)
+    return count
+
+
+def cpu_rows(cpu: Cost, direct_s: float) -> list[Row]:
+    """CPU per chat: the worker's and the network's own against the same chat direct, then the costliest roles."""
+    ms = 1000
+    worker = sum(s for role, s in cpu.per_unit.items() if role.startswith("container"))
+    own = {role: s for role, s in cpu.per_unit.items() if not role.startswith("container")}
+    costliest = sorted(own.items(), key=lambda item: -item[1])[:CPU_ROLES]
+    return [
+        ("CPU per chat, direct llama-cpp-python (baseline)", f"{ms * direct_s:.1f} ms",
+         f"{FIRST_TOKENS} tokens, this process's CPU time, {CPU_CHATS} chats"),
+        ("CPU per chat, the host's model worker (container)", f"{ms * worker:.1f} ms",
+         f"the same chats through /v1/chat/completions, one after another ({cpu.seconds:.1f} s in all)"),
+        ("CPU per chat, the network's own processes", f"{ms * sum(own.values()):.1f} ms",
+         "every other process of the network, its idle background over as long taken off"),
+        *((f"  cpu: {role}", f"{ms * s:.1f} ms", "") for role, s in costliest),
+    ]
+
+
 def run() -> list[Row]:
     from bench.bench_network import _free_port
 
@@ -295,8 +327,13 @@ def run() -> list[Row]:
         network = start_network(settings, hosts=1)
         try:
             net = asyncio.run(network_runs(network.url, network.api_key, idle_ttl_s, llm))
+            cpu = cost_of(network, lambda: asyncio.run(_chats(network.url, network.api_key, CPU_CHATS)))
         finally:
             network.stop()
+        started = time.process_time()
+        for trial in range(CPU_CHATS):
+            _direct(llm, 3000 + trial, FIRST_TOKENS)
+        direct_cpu = (time.process_time() - started) / CPU_CHATS
         stamps = trace.read(trace_file)
     ms = 1000
     del llm
@@ -328,6 +365,7 @@ def run() -> list[Row]:
         *tail_rows("/v1/chat/completions", net.streams, direct_tps),
         ("tokens/s network jobs API", f"{tps_jobs:.1f} tok/s", f"{100 * tps_jobs / direct_tps:.1f} %, to `done`"),
         *tail_rows("jobs API", net.job_streams, direct_tps),
+        *cpu_rows(cpu, direct_cpu),
         ("cold: direct load + first token (baseline)", f"{ms * direct_cold:.0f} ms", "Llama() + first token"),
         ("cold: network first token, worker stopped", f"{ms * statistics.median(c.ttft for c in net.cold):.0f} ms",
          "sandbox start + model load + first token"),
