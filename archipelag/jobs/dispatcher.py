@@ -35,6 +35,7 @@ to the relay. What the dispatcher keeps is a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -409,6 +410,7 @@ class Dispatcher:
                     lease.reschedule(loop.time() + self._rules.lease_s)  # heard from: the lease runs on
                     if not batch:
                         continue  # the host is alive; the job is quiet
+                    first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
                     if not started:
                         first = batch[0]
                         if _kind(first) == "error" and first.get("code") in _TURNED_AWAY:
@@ -417,12 +419,12 @@ class Dispatcher:
                         ticket.started_monotonic = self._clock()
                         if ticket.cancel_reason is not None:  # a cancel that came while the host admitted it
                             self._spawn(host.cancel(job_id, ticket.cancel_reason))
-                        # Assigned and started in one write, once the host has begun: until then it is queued.
-                        self._record(ticket, lambda: self._started(ticket, host_id, attempt))
-                    first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
-                    if first_output:
-                        streaming = True
+                        # Assigned, started and (with output already) streaming in one write, once the host has
+                        # begun: until then it is queued.
+                        self._record(ticket, functools.partial(self._started, ticket, host_id, attempt, first_output))
+                    elif first_output:
                         self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
+                    streaming = streaming or first_output
                     try:
                         self._metrics.heard(job_id, ticket.log.publish(attempt, batch))
                         if first_output and TRACE.on:
@@ -459,7 +461,7 @@ class Dispatcher:
             return None
         return Expected(ticket.job_id, ticket.attempt, host_id, await self._keys.public_key(host_id))
 
-    async def _started(self, ticket: Ticket, host_id: HostId, attempt: int) -> None:
+    async def _started(self, ticket: Ticket, host_id: HostId, attempt: int, streaming: bool) -> None:
         """The attempt's clearing price (the host's effective ask now, never above the bid: the ranking held it
         there, and a surge since then is not the job's), then the ledger's start."""
         ceiling = ticket.bid_micro if ticket.bid_micro is not None else ticket.manifest.price_micro
@@ -469,7 +471,7 @@ class Dispatcher:
             log.warning("job %s: no quote from placement for %s: %s", ticket.job_id, host_id, exc.message)
             quoted = None
         ticket.clearing_micro = min(ceiling, ticket.manifest.price_micro if quoted is None else quoted)
-        await self._ledger.start_job(ticket.job_id, host_id, attempt)
+        await self._ledger.start_job(ticket.job_id, host_id, attempt, streaming)
 
     async def _finish(self, ticket: Ticket, status: JobStatus, error: str | None, host_id: HostId | None,
                       code: str | None = None, karma: KarmaKind | None = None) -> None:

@@ -187,8 +187,8 @@ class LedgerClient:
         job: Job = await self._calls.call("transition", job_id, to, reason, **fields)
         return job
 
-    async def start_job(self, job_id: JobId, host_id: str, attempt: int) -> None:
-        await self._calls.call("start_job", job_id, host_id, attempt)
+    async def start_job(self, job_id: JobId, host_id: str, attempt: int, streaming: bool = False) -> None:
+        await self._calls.call("start_job", job_id, host_id, attempt, streaming)
 
     async def requeue(self, job_id: JobId, reason: str) -> Job:
         job: Job = await self._calls.call("requeue", job_id, reason)

@@ -206,9 +206,12 @@ def transition(
     return _advance(session, job_id, [(target, reason)], values, source)
 
 
-def start(session: Session, job_id: str, host_id: str, attempt: int) -> None:
-    """queued → assigned → started: the host has begun the job's ``attempt``. One guarded update, both events."""
+def start(session: Session, job_id: str, host_id: str, attempt: int, streaming: bool = False) -> None:
+    """queued → assigned → started (→ streaming, when the host's first word already holds output): the host has
+    begun the job's ``attempt``. One guarded update, every step's event."""
     steps: list[Step] = [(JobStatus.ASSIGNED, f"assigned to {host_id}"), (JobStatus.STARTED, f"started on {host_id}")]
+    if streaming:
+        steps.append((JobStatus.STREAMING, None))
     _advance(session, job_id, steps, {"host_id": host_id, "attempt": attempt}, None)
 
 

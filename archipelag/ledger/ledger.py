@@ -123,11 +123,12 @@ class Ledger(People):
             jobs.transition(session, job_id, to, reason, fields)
             return jobs.get(session, job_id)
 
-    def start_job(self, job_id: str, host_id: str, attempt: int) -> None:
-        """queued → assigned → started in one transaction (both events recorded): the host has begun the job's
-        ``attempt``. One write where the dispatcher would otherwise make two."""
+    def start_job(self, job_id: str, host_id: str, attempt: int, streaming: bool = False) -> None:
+        """queued → assigned → started in one transaction (every event recorded), and on to streaming with
+        ``streaming`` (the host's first batch held output): the host has begun the job's ``attempt``. One write
+        where the dispatcher would otherwise make three."""
         with db.write_session(self.engine) as session:
-            jobs.start(session, job_id, host_id, attempt)
+            jobs.start(session, job_id, host_id, attempt, streaming)
 
     def requeue(self, job_id: str, reason: str) -> Job:
         """assigned/started/streaming → queued, attempt + 1, host cleared (its host was lost)."""

@@ -39,11 +39,13 @@ DONE = {"type": "done", "usage": {"completion_tokens": 4}}
 class StandInHost:
     """Yields scripted events, one batch each. ``lose_after``: vanish before event N (as Ray reports a dead node);
     ``hang_after``: fall silent before event N — no keep-alive — until ``wake`` is set, then say ``late``;
-    ``hold``: after the events, stay quiet (keep-alives only) until cancelled or released."""
+    ``hold``: after the events, stay quiet (keep-alives only) until cancelled or released; ``greet``: a status
+    event in a batch of its own first (else the first batch is the first event: a warm model's first token)."""
 
     def __init__(self, events: list[Event], lose_after: int | None = None, hang_after: int | None = None,
-                 hold: bool = False, late: list[Event] | None = None) -> None:
+                 hold: bool = False, late: list[Event] | None = None, greet: bool = True) -> None:
         self.events, self.lose_after, self.hang_after, self.hold = events, lose_after, hang_after, hold
+        self.greet = greet
         self.late = late or []
         self.ran: list[JobId] = []
         self.cancelled: list[JobId] = []
@@ -52,7 +54,8 @@ class StandInHost:
 
     async def run_batches(self, spec: JobSpec) -> AsyncIterator[list[Event]]:
         self.ran.append(spec.job_id)
-        yield [{"type": "status", "message": "started", "seq": 0}]
+        if self.greet:
+            yield [{"type": "status", "message": "started", "seq": 0}]
         for index, event in enumerate(self.events):
             if index == self.lose_after:
                 raise HostLost("node died", host_id="x")
@@ -148,6 +151,21 @@ def test_a_job_runs_on_the_best_host_numbered_once_and_charged(tmp_path: Path) -
         assert job.credits_used_micro == MANIFEST.price_micro and net.hosts["b"].ran == []
         assert net.ledger.stored_output_events(job.id) == events
         assert net.ledger.total_is_zero()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("greet", [True, False], ids=["status-first", "token-first"])
+def test_the_ledger_records_every_step_whether_output_comes_first_or_later(tmp_path: Path, greet: bool) -> None:
+    """A host whose first batch already holds output is started and streaming in one write; the steps are the same."""
+    async def scenario() -> None:
+        net = Net(tmp_path, {"a": StandInHost([*SENTENCE, DONE], greet=greet)})
+        job_id = await net.submit()
+        await net.stream(job_id)
+        assert [e.to_status for e in net.ledger.job_events(job_id)] == [
+            JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.STREAMING,
+            JobStatus.SUCCEEDED]
+        assert net.ledger.audit() == []
 
     asyncio.run(scenario())
 

@@ -264,6 +264,17 @@ def test_the_settle_path_returns_each_job_as_it_is_stored(ledger: Ledger) -> Non
     assert ledger.audit() == []
 
 
+def test_a_host_whose_first_word_holds_output_starts_the_job_streaming_in_one_write(ledger: Ledger) -> None:
+    job = a_job(ledger, an_account(ledger), status=JobStatus.QUEUED)
+    ledger.start_job(job.id, "host-s", 1, streaming=True)
+    started = ledger.get_job(job.id)
+    assert (started.status, started.host_id, started.started_at is not None) == (JobStatus.STREAMING, "host-s", True)
+    assert [(e.from_status, e.to_status) for e in ledger.job_events(job.id)][-3:] == [
+        (JobStatus.QUEUED, JobStatus.ASSIGNED), (JobStatus.ASSIGNED, JobStatus.STARTED),
+        (JobStatus.STARTED, JobStatus.STREAMING)]
+    assert ledger.audit() == []
+
+
 def test_only_a_queued_job_can_be_started(ledger: Ledger) -> None:
     for status in (JobStatus.SUBMITTED, JobStatus.STARTED, JobStatus.CANCELLED):
         job = a_job(ledger, status=status)
