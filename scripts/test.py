@@ -3,8 +3,8 @@
 Tests that make the test process a Ray driver (marker ``ray_driver``) run apart from the rest, since Ray's signal
 handlers break wasmtime's trap handling in a shared process. They spend much of their time waiting on processes
 they started (about half of the two cores here sat idle through them when the processes ran one after the
-other), so the two processes run side by side. The browser tests (``browser``) join the Ray-driver ones, so both
-processes take about as long. The other process's output comes as it runs; the Ray-driver process's goes to
+other), so the two processes run side by side. The browser tests (``browser``) and a few that start the network
+in processes of their own (``beside_ray``) join the Ray-driver ones, so both processes take about as long. The other process's output comes as it runs; the Ray-driver process's goes to
 ``.archipelag/test-ray-driver.log``, printed when it ends.
 
 Exit status: 0 when both passed (one of them may have had nothing selected, pytest's 5), 5 when neither ran a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTEST = [str(ROOT / ".venv" / "bin" / "pytest"), "-q", "-ra", "--durations=20"]
-BESIDE_RAY = "ray_driver or browser"
+BESIDE_RAY = "ray_driver or browser or beside_ray"
 NOTHING_SELECTED = 5
 
 

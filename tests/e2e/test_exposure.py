@@ -24,7 +24,7 @@ from up_process import network_processes, start_up
 
 from archipelag.nodes import runtime_dir
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.beside_ray]
 
 CHAT_MODEL = "smollm2-135m-instruct"
 # Distinctive words: they cannot be in a log by chance, only because a prompt or an output was logged.
