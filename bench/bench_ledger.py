@@ -2,13 +2,15 @@
 
 One settled job is the path the coordinator takes for every job: ``create_job`` (the reservation, queued),
 ``start_job`` (assigned and started on its host), ``finish(succeeded)`` (the charge settled: the host owner's
-earnings, the platform's fee, the unused rest back to the user), each its own transaction. Measured one writer at a
+earnings, the platform's fee, the unused rest back to the user, and the host's karma event), each its own
+transaction. Measured one writer at a
 time and with 8 writer threads (best of two alternated runs), for a host that has an owner (its earnings go to the owner's book: the host's
 owner is looked up in the settling transaction) beside the baseline of a host without one (its own book, as every
 host settled before owners existed). Beside each rate, the CPU this process spent per settled job (all its threads;
 on PostgreSQL the server's own CPU is not in it): the ledger actor runs one call at a time and shares the cores with
 the LLM engine, so its CPU per job, not the rate on an idle machine, is what caps a loaded network. The books are
-audited after each run.
+audited after each run. Last, the same path on a host with a long history (``HISTORY`` karma events, a busy host
+after some months) beside a new host: what a settlement costs must not grow with the host's past.
 
 PostgreSQL comes from ARCHIPELAG_TEST_POSTGRES_URL, or a throwaway cluster started by tests/postgres.sh.
 """
@@ -26,17 +28,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from archipelag.catalog import Manifest
 from archipelag.identity import generate_key, public_hex
 from archipelag.ids import WorkloadSlug
-from archipelag.ledger import Ledger
+from archipelag.ledger import KarmaKind, Ledger
 from archipelag.lifecycle import JobStatus
 
 Row = tuple[str, str, str]
 POSTGRES_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "postgres.sh"
 PRICE_MICRO = 10_000
+HISTORY = 100_000  # karma events of the long-history host
 
 
 def _ledger(url: str) -> Ledger:
@@ -50,7 +54,8 @@ def _ledger(url: str) -> Ledger:
 def _settle_one(ledger: Ledger, account_id: int, host_id: str) -> None:
     job = ledger.create_job(account_id, "echo", {"text": "hi"}, reserve_micro=PRICE_MICRO, queue=True)
     ledger.start_job(job.id, host_id, 1)
-    ledger.finish(job.id, JobStatus.SUCCEEDED, output="hi", price_micro=PRICE_MICRO, host_id=host_id)
+    ledger.finish(job.id, JobStatus.SUCCEEDED, output="hi", price_micro=PRICE_MICRO, host_id=host_id,
+                  karma=KarmaKind.JOB_SUCCEEDED, compute_s=1.0)  # as the dispatcher settles a job
 
 
 def _rate(ledger: Ledger, host_id: str, jobs: int, threads: int) -> tuple[float, float]:
@@ -83,6 +88,7 @@ def _rows(name: str, url: str, jobs: int) -> list[Row]:
         owned = f"owned-{uuid.uuid4().hex[:8]}"
         ledger.enrol_host(owned, public_hex(generate_key()), owner.id, owned, "bench")
         stray = f"unowned-{uuid.uuid4().hex[:8]}"
+        ledger.upsert_host(stray, stray, "bench", {})  # known to the ledger (its karma), without an owner
         warm = ledger.create_account(f"warm-{uuid.uuid4().hex[:8]}@bench.example", 2 * PRICE_MICRO)
         for host in (owned, stray):  # create the books and fill the caches before timing
             _settle_one(ledger, warm.id, host)
@@ -98,12 +104,35 @@ def _rows(name: str, url: str, jobs: int) -> list[Row]:
                          f"to the host owner's earnings; baseline {base[0]:.0f} to an unowned host's own book {runs}"))
             rows.append((f"{name}: CPU ms per settled job, {writers}", f"{earned[1]:.2f}",
                          f"this process, all threads; baseline {base[1]:.2f} to an unowned host's own book {runs}"))
+        rows.append(_history_row(name, ledger, owner.id, jobs))
         problems = ledger.audit()
         rows.append((f"{name}: books after the runs", "balance" if not problems else "BROKEN",
-                     "; ".join(problems) or "sum zero, no held money below zero"))
+                     "; ".join(problems) or "sum zero, no held money below zero, each host's karma total its events'"))
         return rows
     finally:
         ledger.close()
+
+
+def _history_row(name: str, ledger: Ledger, owner_id: int, jobs: int) -> Row:
+    """CPU per settled job on a host with ``HISTORY`` karma events beside a new host's (best of two alternated runs)."""
+    old, new = f"old-{uuid.uuid4().hex[:8]}", f"new-{uuid.uuid4().hex[:8]}"
+    for host in (old, new):
+        ledger.enrol_host(host, public_hex(generate_key()), owner_id, host, "bench")
+    with ledger.engine.begin() as connection:  # the history at once, and the total its row keeps with it
+        connection.execute(text("INSERT INTO karma_events (host_id, kind, points, at) "
+                                "VALUES (:host, 'job_succeeded', 0.0001, CURRENT_TIMESTAMP)"), [{"host": old}] * HISTORY)
+        connection.execute(text("UPDATE hosts SET karma_points = (SELECT SUM(points) FROM karma_events WHERE host_id "
+                                "= :host), karma_at = (SELECT MAX(at) FROM karma_events WHERE host_id = :host) "
+                                "WHERE id = :host"), {"host": old})
+    warm = ledger.create_account(f"warm-{uuid.uuid4().hex[:8]}@bench.example", 2 * PRICE_MICRO)
+    for host in (old, new):
+        _settle_one(ledger, warm.id, host)
+    base, long = (0.0, float("inf")), (0.0, float("inf"))
+    for _ in range(2):
+        base = _best(base, _rate(ledger, new, jobs, 1))
+        long = _best(long, _rate(ledger, old, jobs, 1))
+    return (f"{name}: CPU ms per settled job, a host with {HISTORY:,} karma events", f"{long[1]:.2f}",
+            f"1 writer; baseline {base[1]:.2f} for a new host (best of 2 runs of {jobs} jobs)")
 
 
 @contextmanager

@@ -200,9 +200,19 @@ def _v7_job_receipts(connection: Connection) -> None:
 
 
 # Append new steps; never edit an applied one.
+def _v8_karma_totals(connection: Connection) -> None:
+    """Each host's karma total (its events' points summed) and its last event's time on its row, kept with every
+    event from now on: settling a job summed the host's whole history twice (25 ms a job at 100,000 events)."""
+    hosts, events = tables.HostRow.__tablename__, tables.KarmaEventRow.__tablename__
+    _add_columns(connection, hosts, {"karma_points": "FLOAT NOT NULL DEFAULT 0", "karma_at": _timestamp(connection)})
+    connection.exec_driver_sql(
+        f"UPDATE {hosts} SET karma_points = COALESCE((SELECT SUM(points) FROM {events} WHERE host_id = {hosts}.id), 0),"
+        f" karma_at = (SELECT MAX(at) FROM {events} WHERE host_id = {hosts}.id)")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _v1_initial), (2, _v2_people), (3, _v3_host_identity), (4, _v4_batches), (5, _v5_exchange),
-    (6, _v6_host_suspension), (7, _v7_job_receipts))
+    (6, _v6_host_suspension), (7, _v7_job_receipts), (8, _v8_karma_totals))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -138,23 +138,36 @@ def record_heartbeat(session: Session, host_id: str, at: datetime) -> None:
 def karma_totals(session: Session, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None,
                  host_ids: Collection[str] | None = None) -> dict[str, float]:
     """Every host's total now (or those of ``host_ids``): the sum of its events (recovery up to each one is banked
-    as an event) and the recovery since its last event. A host without events is absent."""
+    as an event; the host's row keeps the sum) and the recovery since its last event. A host without events is
+    absent."""
     now = now or utcnow()
-    query = select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at)))
+    query = select(col(HostRow.id), col(HostRow.karma_points), col(HostRow.karma_at)).where(
+        col(HostRow.karma_at).is_not(None))
     if host_ids is not None:
-        query = query.where(col(KarmaEventRow.host_id).in_(list(host_ids)))
-    rows = session.execute(query.group_by(col(KarmaEventRow.host_id))).all()
-    return {str(host_id): _now_total(rules, total, last_at, now) for host_id, total, last_at in rows}
+        query = query.where(col(HostRow.id).in_(list(host_ids)))
+    return {str(host_id): _now_total(rules, total, last_at, now) for host_id, total, last_at in session.execute(query)}
 
 
 def karma_total(session: Session, host_id: str, rules: KarmaRules = DEFAULT_RULES, now: datetime | None = None) -> float:
     """A host's total now: its events' points and a negative total's recovery since the last one (``KarmaRules``)."""
-    total, last_at = session.execute(
-        select(func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at))).where(
-            col(KarmaEventRow.host_id) == host_id
-        )
-    ).one()
-    return _now_total(rules, total, last_at, now or utcnow())
+    found = session.execute(select(col(HostRow.karma_points), col(HostRow.karma_at)).where(
+        col(HostRow.id) == host_id)).first()
+    return _now_total(rules, found[0], found[1], now or utcnow()) if found is not None else 0.0
+
+
+def karma_audit(session: Session) -> list[str]:
+    """Hosts whose kept total or last event's time is not what their events say (empty when none)."""
+    sums = {str(host_id): (float(total), last_at) for host_id, total, last_at in session.execute(
+        select(col(KarmaEventRow.host_id), func.sum(col(KarmaEventRow.points)), func.max(col(KarmaEventRow.at)))
+        .group_by(col(KarmaEventRow.host_id)))}
+    problems = []
+    for host_id, kept, kept_at in session.execute(select(col(HostRow.id), col(HostRow.karma_points),
+                                                         col(HostRow.karma_at))):
+        total, last_at = sums.get(host_id, (0.0, None))
+        if abs(kept - total) > 1e-6 or kept_at != last_at:
+            problems.append(f"host {host_id} keeps karma {kept:g} since {kept_at}; its events say {total:g} "
+                            f"since {last_at}")
+    return problems
 
 
 def _now_total(rules: KarmaRules, total: float | None, last_at: datetime | None, now: datetime) -> float:
@@ -182,11 +195,10 @@ def add_karma(
     adjustment: float,
     reason: str | None,
 ) -> KarmaEvent:
-    _row(session, host_id, lock=True)  # serialises a host's karma writes, so the boost uses the true total
+    host = _row(session, host_id, lock=True)  # serialises a host's karma writes, so the boost uses the true total
     now = utcnow()
-    raw = float(session.execute(select(func.coalesce(func.sum(col(KarmaEventRow.points)), 0.0)).where(
-        col(KarmaEventRow.host_id) == host_id)).scalar_one())
-    total = karma_total(session, host_id, rules, now)
+    raw = host.karma_points  # the sum of its events so far, kept on its row with each one
+    total = _now_total(rules, raw, host.karma_at, now)
     if total != raw:  # bank the recovery since the last event, so a total is always a sum (and says why)
         session.add(KarmaEventRow(host_id=host_id, kind=str(KarmaKind.RECOVERY), points=total - raw, job_id=None,
                                   at=now, reason=f"recovered {rules.recovery_per_day:g} a day since the last event"))
@@ -195,6 +207,7 @@ def add_karma(
         host_id=host_id, kind=str(kind), points=points, job_id=job_id, at=now, reason=reason
     )
     session.add(row)
+    host.karma_points, host.karma_at = total + points, now
     session.flush()
     return karma_record(row)
 

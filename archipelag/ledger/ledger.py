@@ -271,9 +271,10 @@ class Ledger(People):
             return credits.total_is_zero(session)
 
     def audit(self) -> list[str]:
-        """What is wrong with the books (empty when nothing): ``total_is_zero`` and no held money below zero."""
+        """What is wrong with the books (empty when nothing): ``total_is_zero``, no held money below zero, and each
+        host's kept karma total the sum of its events."""
         with db.read_session(self.engine) as session:
-            return credits.audit(session)
+            return credits.audit(session) + hosts.karma_audit(session)
 
     # --- earnings, payouts, usage ---------------------------------------------------------------------
 

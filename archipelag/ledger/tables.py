@@ -157,6 +157,10 @@ class HostRow(SQLModel, table=True):
     # new jobs, at registration too, until an admin reinstates it. Karma's suspensions are its events' (karma_rules).
     suspended_at: datetime | None = _ts()
     suspended_reason: str | None = Field(default=None, max_length=500)
+    # Added in schema version 8: the sum of the host's karma events' points and its last event's time, kept with
+    # each event (``hosts.add_karma``), so a settlement or a fleet read never sums a host's whole history.
+    karma_points: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    karma_at: datetime | None = _ts()  # None: no event yet
 
 
 class PairingRow(SQLModel, table=True):

@@ -18,7 +18,7 @@ from ledger_contract import (  # noqa: F401  (fixtures)
 from sqlalchemy import text
 
 from archipelag import errors
-from archipelag.ledger import Ledger, db
+from archipelag.ledger import KarmaKind, Ledger, db
 
 
 def test_a_suspension_is_kept_with_why_and_when_until_reinstated(ledger: Ledger) -> None:
@@ -56,6 +56,34 @@ def test_an_unknown_host_cannot_be_suspended_or_reinstated(ledger: Ledger) -> No
     with pytest.raises(errors.NotFound):
         ledger.reinstate_host("nobody")
     assert ledger.suspended_hosts() == []
+
+
+def test_a_version_7_database_upgrades_with_its_hosts_karma_totals_taken_from_their_events(ledger_url: str) -> None:
+    old = Ledger(ledger_url)
+    old.migrate()
+    owner = an_account(old)
+    for host_id in ("h-rich", "h-none"):
+        an_owned_host(old, owner, host_id)
+    for points in (3.0, -1.25, 0.5):
+        old.record_karma("h-rich", KarmaKind.ADJUSTMENT, adjustment=points)
+    state = old.karma_state("h-rich")
+    with old.engine.begin() as connection:  # back to version 7: totals not kept on the host's row
+        for column in ("karma_points", "karma_at"):
+            connection.exec_driver_sql(f"ALTER TABLE hosts DROP COLUMN {column}")
+        connection.execute(text("DELETE FROM schema_version WHERE version >= 8"))
+    old.close()
+    upgraded = Ledger(ledger_url)
+    try:
+        assert upgraded.schema_version() == 7
+        assert upgraded.migrate() == db.SCHEMA_VERSION
+        assert upgraded.audit() == []  # each row's total is its events' sum, their last time its own
+        assert upgraded.karma_state("h-rich").total == pytest.approx(state.total, abs=1e-9) == 2.25
+        assert set(upgraded.karma_states(["h-rich", "h-none"])) == {"h-rich", "h-none"}
+        upgraded.record_karma("h-none", KarmaKind.ADJUSTMENT, adjustment=-1.0)
+        assert upgraded.karma_state("h-none").total == pytest.approx(-1.0) and upgraded.audit() == []
+        assert upgraded.migrate() == db.SCHEMA_VERSION  # and again: nothing to do
+    finally:
+        upgraded.close()
 
 
 def test_a_version_5_database_upgrades_with_its_hosts(ledger_url: str) -> None:

@@ -25,7 +25,7 @@ from ledger_contract import (  # noqa: F401  (fixtures: ledger, ledger_url, post
     postgres_schema_url,
     postgres_url,
 )
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, select, text
 
 from archipelag import errors
 from archipelag.ledger import KarmaKind, Ledger, Standing, db, hosts
@@ -623,6 +623,26 @@ def test_karma_state_cools_down_suspends_and_recovers_from_event_times(ledger: L
     time.sleep(0.2)
     assert ledger.karma_state("host-s").standing is Standing.GOOD and ledger.karma_state("host-s").total == 0.0
     assert [h.karma_score for h in ledger.list_hosts() if h.id == "host-s"] == [0.5]
+
+
+def test_a_hosts_row_keeps_its_karma_total_with_each_event_and_the_audit_checks_it(ledger: Ledger) -> None:
+    """Settling a job reads the host's total from its row, not from a sum over its whole history; the row keeps
+    the events' sum and the last one's time, recovery banked included, and ``audit`` says when it does not."""
+    ledger.upsert_host("host-t", "tally", "eu-west", {}, HostStatus.ONLINE)
+    ledger.karma_rules = replace(ledger.karma_rules, recovery_per_day=86_400.0 * 10)  # 10 points a second
+    for points in (-4.0, 1.5, -2.0):
+        ledger.record_karma("host-t", KarmaKind.ADJUSTMENT, adjustment=points)
+        time.sleep(0.1)
+    events = ledger.karma_events("host-t")
+    assert KarmaKind.RECOVERY in [e.kind for e in events]
+    with db.read_session(ledger.engine) as session:
+        row = hosts.get_row(session, "host-t")
+    assert row.karma_points == pytest.approx(sum(e.points for e in events), abs=1e-9)
+    assert row.karma_at == max(e.at for e in events)
+    assert ledger.audit() == []
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE hosts SET karma_points = karma_points + 1 WHERE id = 'host-t'"))
+    assert [p for p in ledger.audit() if "host-t" in p] == [p for p in ledger.audit() if "keeps karma" in p] != []
 
 
 def test_karma_history_pages_newest_first(ledger: Ledger) -> None:
