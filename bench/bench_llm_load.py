@@ -106,7 +106,8 @@ def direct_stream(llm: Any, n: int) -> float:
 
 def direct_tps(llm: Any) -> float:
     """One direct stream's tokens/s (p50 of 3, after one that warms the caches): the totals' baseline."""
-    return sorted(direct_stream(llm, n) for n in range(4))[1:][1]
+    runs = [direct_stream(llm, n) for n in range(4)]
+    return sorted(runs[1:])[1]
 
 
 async def _chat(http: httpx.AsyncClient, n: int) -> tuple[int, float, float]:
