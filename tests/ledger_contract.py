@@ -13,12 +13,13 @@ import subprocess
 import tempfile
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from archipelag.catalog import Manifest
@@ -201,6 +202,18 @@ def an_owned_host(ledger: Ledger, owner: Account, host_id: str, karma: float = 0
     if karma:
         ledger.record_karma(host_id, KarmaKind.ADJUSTMENT, adjustment=karma, reason="builder")
     return host_id
+
+
+def taken_back(old: Ledger, url: str, version: int, dropped: Mapping[str, Sequence[str]]) -> Ledger:
+    """``old``'s database (at ``url``) as an older release left it at schema ``version``: the ``dropped`` columns
+    of each table gone and the later versions forgotten; ``old`` closed, the database opened again unmigrated."""
+    with old.engine.begin() as connection:
+        for table, columns in dropped.items():
+            for column in columns:
+                connection.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        connection.execute(text("DELETE FROM schema_version WHERE version > :version"), {"version": version})
+    old.close()
+    return Ledger(url)
 
 
 def a_settled_job(ledger: Ledger, account: Account, host_id: str | None, price_micro: int,

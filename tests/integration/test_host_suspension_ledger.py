@@ -14,8 +14,8 @@ from ledger_contract import (  # noqa: F401  (fixtures)
     ledger_url,
     postgres_schema_url,
     postgres_url,
+    taken_back,
 )
-from sqlalchemy import text
 
 from archipelag import errors
 from archipelag.ledger import KarmaKind, Ledger, db
@@ -67,12 +67,7 @@ def test_a_version_7_database_upgrades_with_its_hosts_karma_totals_taken_from_th
     for points in (3.0, -1.25, 0.5):
         old.record_karma("h-rich", KarmaKind.ADJUSTMENT, adjustment=points)
     state = old.karma_state("h-rich")
-    with old.engine.begin() as connection:  # back to version 7: totals not kept on the host's row
-        for column in ("karma_points", "karma_at"):
-            connection.exec_driver_sql(f"ALTER TABLE hosts DROP COLUMN {column}")
-        connection.execute(text("DELETE FROM schema_version WHERE version >= 8"))
-    old.close()
-    upgraded = Ledger(ledger_url)
+    upgraded = taken_back(old, ledger_url, 7, {"hosts": ("karma_points", "karma_at")})  # totals not on the rows
     try:
         assert upgraded.schema_version() == 7
         assert upgraded.migrate() == db.SCHEMA_VERSION
@@ -91,12 +86,7 @@ def test_a_version_5_database_upgrades_with_its_hosts(ledger_url: str) -> None:
     old.migrate()
     owner = an_account(old)
     an_owned_host(old, owner, "h-old")
-    with old.engine.begin() as connection:  # back to version 5: no suspension columns
-        for column in ("suspended_at", "suspended_reason"):
-            connection.exec_driver_sql(f"ALTER TABLE hosts DROP COLUMN {column}")
-        connection.execute(text("DELETE FROM schema_version WHERE version >= 6"))
-    old.close()
-    upgraded = Ledger(ledger_url)
+    upgraded = taken_back(old, ledger_url, 5, {"hosts": ("suspended_at", "suspended_reason")})  # no suspensions
     try:
         assert upgraded.schema_version() == 5
         assert upgraded.migrate() == db.SCHEMA_VERSION
