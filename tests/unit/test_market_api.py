@@ -207,6 +207,9 @@ def test_stored_asks_reach_placement_and_a_registrations_asks_are_stored(tmp_pat
         net.ledger.upsert_host("host-c", "host-c", "eu-west", {})  # as enrolment records it
         net.placement.register(a_host("host-c", runtimes=frozenset({"container"}), asks={"*": 20_000}))
         wait_for(lambda: net.ledger.asking_prices().get(HostId("host-c")) == {"*": 20_000})
+        # placement applies them when the ledger's answer to its store comes back, a moment after the ledger holds
+        # them (a fleet round's read just before the store may have shown it none meanwhile)
+        wait_for(lambda: net.placement.get(HostId("host-c")).asks == {"*": 20_000})
         assert net.ledger.asking_prices()["host-a"] == {"llm-*": 30_000}
         rate = client.get("/api/v1/market/rates/text-stats").json()["data"]
         assert (rate["lowest"], rate["highest"], rate["hosts"]) == (0.01, 0.02, 2)
