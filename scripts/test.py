@@ -5,7 +5,8 @@ handlers break wasmtime's trap handling in a shared process. They spend much of 
 they started (about half of the two cores here sat idle through them when the processes ran one after the
 other), so the two processes run side by side. The browser tests (``browser``) and a few that start the network
 in processes of their own (``beside_ray``) join the Ray-driver ones, so both processes take about as long. The other process's output comes as it runs; the Ray-driver process's goes to
-``.archipelag/test-ray-driver.log``, printed when it ends.
+``.archipelag/test-ray-driver.log``, printed when it ends. Each process's every test, with its time, is in
+``.archipelag/test-ray-driver.xml`` and ``test-rest.xml`` (JUnit XML) afterwards.
 
 Exit status: 0 when both passed (one of them may have had nothing selected, pytest's 5), 5 when neither ran a
 test, else the first failure's. Ctrl-C reaches both processes (they share this one's process group), and each
@@ -30,9 +31,10 @@ def main(args: list[str]) -> int:
     log_path.parent.mkdir(exist_ok=True)
     started = time.monotonic()
     with log_path.open("w") as log:
-        driver = subprocess.Popen([*PYTEST, "-m", BESIDE_RAY, *args], cwd=ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        rest = subprocess.Popen([*PYTEST, "-m", f"not ({BESIDE_RAY})", *args], cwd=ROOT, stdin=subprocess.DEVNULL)
+        driver = subprocess.Popen([*PYTEST, "-m", BESIDE_RAY, f"--junitxml={log_path.with_suffix('.xml')}", *args],
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        rest = subprocess.Popen([*PYTEST, "-m", f"not ({BESIDE_RAY})", f"--junitxml={log_path.parent / 'test-rest.xml'}",
+                                 *args], cwd=ROOT, stdin=subprocess.DEVNULL)
         try:
             rest_rc = rest.wait()
             print(f"\n--- the Ray-driver and browser tests ({log_path.relative_to(ROOT)}) ---", flush=True)
