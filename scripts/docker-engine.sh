@@ -32,18 +32,8 @@ alive() {  # a live (not zombie) process
 
 our_pid() { [[ -f "$PIDFILE" ]] && cat "$PIDFILE" || true; }
 
-install_engine() {
-    command -v dockerd >/dev/null 2>&1 && return 0
-    if [[ "$(id -u)" != 0 ]]; then
-        echo "dockerd is missing and installing docker.io needs root" >&2; return 1
-    fi
-    command -v apt-get >/dev/null 2>&1 || { echo "dockerd is missing and there is no apt-get to install it" >&2; return 1; }
-    echo "installing docker.io ..." >&2
-    apt-get update -qq >>"$LOG" 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >>"$LOG" 2>&1 \
-        || { echo "apt-get install docker.io failed; see $LOG" >&2; return 1; }
-    # the docker CLI may be a separate client (e.g. /usr/local/bin/docker); dockerd is what we need
-    command -v dockerd >/dev/null 2>&1
+install_engine() {  # the docker CLI may be a separate client (e.g. /usr/local/bin/docker); dockerd is what we need
+    command -v dockerd >/dev/null 2>&1 || bash "$(dirname "$0")/debian-packages.sh" docker.io
 }
 
 ensure() {
