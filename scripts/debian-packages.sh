@@ -19,18 +19,22 @@ program_of() {
 
 present() { command -v "$(program_of "$1")" >/dev/null 2>&1; }
 
-missing=()
-for package in "$@"; do
-    present "$package" || missing+=("$package")
-done
-(( ${#missing[@]} )) || exit 0
+missing() {
+    local package
+    for package in "$@"; do present "$package" || echo "$package"; done
+}
+
+for package in "$@"; do program_of "$package" >/dev/null || exit 2; done
+[[ -n "$(missing "$@")" ]] || exit 0
 if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing ${missing[*]}: installing needs root and apt-get" >&2
+    echo "missing $(missing "$@" | xargs): installing needs root and apt-get" >&2
     exit 1
 fi
 LOG="${ARCHIPELAG_APT_LOG:-/var/log/archipelag-apt.log}"
 exec 9>/var/lock/archipelag-apt.lock
 flock 9
+mapfile -t missing < <(missing "$@")  # again: a caller that held the lock may have installed them meanwhile
+(( ${#missing[@]} )) || exit 0
 echo "installing ${missing[*]} ... (log: $LOG)" >&2
 apt-get update -qq >>"$LOG" 2>&1 || true
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >>"$LOG" 2>&1 || true
