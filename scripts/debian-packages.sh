@@ -33,13 +33,13 @@ fi
 LOG="${ARCHIPELAG_APT_LOG:-/var/log/archipelag-apt.log}"
 exec 9>/var/lock/archipelag-apt.lock
 flock 9
-mapfile -t missing < <(missing "$@")  # again: a caller that held the lock may have installed them meanwhile
-(( ${#missing[@]} )) || exit 0
-echo "installing ${missing[*]} ... (log: $LOG)" >&2
+mapfile -t wanted < <(missing "$@")  # again: a caller that held the lock may have installed them meanwhile
+(( ${#wanted[@]} )) || exit 0
+echo "installing ${wanted[*]} ... (log: $LOG)" >&2
 apt-get update -qq >>"$LOG" 2>&1 || true
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >>"$LOG" 2>&1 || true
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >>"$LOG" 2>&1 || true
 status=0
-for package in "${missing[@]}"; do
+for package in "${wanted[@]}"; do
     present "$package" || { echo "apt-get could not install $package; see $LOG" >&2; status=1; }
 done
 exit "$status"
