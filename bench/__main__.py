@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "join", "jobs", "batch", "ledger", "llm", "llm-load", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "up", "join", "jobs", "batch", "ledger", "llm", "llm-load", "web")
 
 
 def _placement() -> None:
@@ -42,6 +42,12 @@ def _network() -> None:
     from bench import bench_network
 
     _table(bench_network.run())
+
+
+def _up() -> None:
+    from bench import bench_up
+
+    _table(bench_up.run())
 
 
 def _join() -> None:
@@ -88,7 +94,7 @@ def _web() -> None:
 
 
 RUNNERS: dict[str, Callable[[], None]] = {
-    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "join": _join, "jobs": _jobs,
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "up": _up, "join": _join, "jobs": _jobs,
     "batch": _batch, "ledger": _ledger, "llm": _llm,
     "web": _web, "llm-load": _llm_load,
 }
