@@ -71,7 +71,7 @@ def host_resource(host_id: str) -> str:
 #
 # `ray start` stays running beside its node, so what it imports is paid on every node. Its CLI also offers
 # `ray serve`, `ray job` and the state commands, each imported whole (Serve and FastAPI among them) before the
-# CLI parses its arguments: about a third of its start-up CPU. It adds each only if the import works, so marking
+# CLI parses its arguments: more than half of its start-up CPU. It adds each only if the import works, so marking
 # those modules absent leaves `ray start` as it is and the rest out.
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _RAY_CLI_EXTRAS = ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli")
