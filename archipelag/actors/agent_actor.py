@@ -138,8 +138,8 @@ class HostAgentActor:
             known = self._reports.beat(self._host_id, report, self._sign("heartbeat", report))
         if not known:
             self._register()
-        elif (status := self._agent.state.status) != HostStatus.ONLINE:
-            self._set_status(status)  # a host marked offline comes back paused, not online
+        else:
+            self._agent.restate(self._set_status)
 
     def report(self) -> None:
         """A signed heartbeat now, not at the next tick: placement asks when someone reported this host lost

@@ -95,6 +95,14 @@ class HostAgent:
             self._state = new
             return self.view()
 
+    def restate(self, tell: Callable[[HostStatus], None]) -> None:
+        """Tell placement this host's status again when it is not online (a host placement marked offline comes
+        back paused, not online). Under the control lock: a pause or resume being told cannot be overtaken by this
+        older word, which would leave placement with the old status for good."""
+        with self._control_lock:
+            if self._state.status != HostStatus.ONLINE:
+                tell(self._state.status)
+
     def view(self) -> AgentView:
         return AgentView(self._state, self.load().running)
 

@@ -165,6 +165,33 @@ def test_a_change_placement_refuses_changes_nothing_on_the_host() -> None:
     assert agent.state == ONLINE
 
 
+def test_a_heartbeat_restating_the_status_never_overtakes_a_resume_being_told() -> None:
+    """Seen in CI: a heartbeat read "paused" while a resume was being told to placement and sent it after the
+    resume's "online"; placement kept the host paused for good (heartbeats restate only a status that is not
+    online)."""
+    agent = HostAgent(HostId("h1"), {}, 2)
+    told: list[HostStatus] = []
+    agent.control(PAUSE, OWNER, "", 1.0, told.append)
+    telling, answer = threading.Event(), threading.Event()
+
+    def slow_placement(status: HostStatus) -> None:
+        telling.set()
+        answer.wait(5)
+        told.append(status)
+
+    resume = threading.Thread(target=agent.control, args=(RESUME, OWNER, "", 2.0, slow_placement))
+    resume.start()
+    assert telling.wait(5)
+    beat = threading.Thread(target=agent.restate, args=(told.append,))
+    beat.start()
+    beat.join(0.3)  # the heartbeat waits for the resume being told …
+    answer.set()
+    resume.join(5)
+    beat.join(5)
+    assert told == [HostStatus.PAUSED, HostStatus.ONLINE]  # … and then has nothing to restate
+    assert agent.state.status == HostStatus.ONLINE
+
+
 def test_the_agent_declines_a_job_its_owner_does_not_lend_for_whatever_placement_decided() -> None:
     share = ShareLimits(ram_mb=512, vram_mb=0, gpu=False, accepts=())
     agent = HostAgent(HostId("h1"), {"wasm": ScriptedRuntime([{"type": "done"}])}, 2, share=share)
