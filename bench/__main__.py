@@ -10,7 +10,8 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("placement", "wasm", "docker", "network", "up", "join", "jobs", "batch", "ledger", "llm", "llm-load", "web")
+SECTIONS = ("placement", "wasm", "docker", "network", "up", "join", "jobs", "batch", "ledger", "llm",
+            "llm-load", "web")
 
 
 def _placement() -> None:
@@ -94,8 +95,8 @@ def _web() -> None:
 
 
 RUNNERS: dict[str, Callable[[], None]] = {
-    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "up": _up, "join": _join, "jobs": _jobs,
-    "batch": _batch, "ledger": _ledger, "llm": _llm,
+    "placement": _placement, "wasm": _wasm, "docker": _docker, "network": _network, "up": _up, "join": _join,
+    "jobs": _jobs, "batch": _batch, "ledger": _ledger, "llm": _llm,
     "web": _web, "llm-load": _llm_load,
 }
 
