@@ -75,7 +75,8 @@ def test_a_version_7_database_upgrades_with_its_hosts_karma_totals_taken_from_th
         assert upgraded.karma_state("h-rich").total == pytest.approx(state.total, abs=1e-9) == 2.25
         assert set(upgraded.karma_states(["h-rich", "h-none"])) == {"h-rich", "h-none"}
         upgraded.record_karma("h-none", KarmaKind.ADJUSTMENT, adjustment=-1.0)
-        assert upgraded.karma_state("h-none").total == pytest.approx(-1.0) and upgraded.audit() == []
+        # a negative total recovers a point a day from its event on, so a busy machine reads it a little above -1
+        assert -1.0 <= upgraded.karma_state("h-none").total < -0.999 and upgraded.audit() == []
         assert upgraded.migrate() == db.SCHEMA_VERSION  # and again: nothing to do
     finally:
         upgraded.close()
