@@ -13,6 +13,7 @@ fresh clone, not here (README, Tests).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,6 +72,19 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _settled(host: psutil.Process, deadline: float) -> None:
+    """Wait until the host's join benchmark has run and its worker has ended (nodes.NODE_ENV): it can still be
+    running when the first job is answered, and what is measured is a host that lends, not one that joins."""
+    while time.monotonic() < deadline:
+        roles = set()
+        for process in _tree(host):
+            with contextlib.suppress(psutil.Error):  # one that ends meanwhile
+                roles.add(role_of(process))
+        if not {"_measure", "IDLE"} & roles:
+            return
+        time.sleep(0.5)
+
+
 def _first_answer(url: str, key: str, deadline: float) -> None:
     """Submit wasm-hash until a host takes it (503 while none is online yet), and read its stream to its end."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
@@ -113,6 +127,7 @@ def _up(state: Path) -> tuple[float, float, dict[str, float]]:
         answered = time.monotonic() - started
         time.sleep(2)  # the first job's work settles (its worker, its checkpoint) before memory is read
         joins = [p for p in psutil.Process(up.pid).children() if "join" in p.cmdline()]
+        _settled(joins[0], time.monotonic() + 30)
         return is_up, answered, _mib(_tree(joins[0]))
     finally:
         up.send_signal(signal.SIGINT)
