@@ -347,9 +347,13 @@ class RunAs:
 
 # What a node of ours leaves out, since nothing here uses it and each costs a Python process's start (a second
 # or more of CPU) and its polling after: the log monitor, which streams workers' output to drivers (ours say
-# log_to_driver=False; workers' logs stay in files), and the idle workers Ray starts ahead for the first driver.
+# log_to_driver=False; workers' logs stay in files), the idle workers Ray starts ahead for the first driver, and
+# idle workers kept for later tasks. Ray keeps up to a node's CPU count of those (its soft limit); on a host the
+# only tasks are its join benchmark's, after which two workers sat idle for good: 47 MiB each of the lender's
+# memory and, like every Ray worker, ~8 ms of CPU a second (its core worker checks for signals every 10 ms). With
+# the limit at 0 a worker idle for a second ends; our services and host agents are actors, which keep theirs.
 NODE_OPTIONS = ("--include-log-monitor=false",)
-NODE_ENV = {"RAY_prestart_worker_first_driver": "0"}
+NODE_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_num_workers_soft_limit": "0"}
 
 
 def _spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None,

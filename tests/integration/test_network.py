@@ -6,6 +6,7 @@ One network for the module (starting it costs ~15 s); the tests that kill a host
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import ray
 from catalog_builders import network_catalog
@@ -25,7 +27,7 @@ from netutil import api_client, eventually, network_settings
 from archipelag.bridge.client import BridgedAgent
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId, WorkloadSlug
-from archipelag.network import EmbeddedNetwork, start_network
+from archipelag.network import EmbeddedNetwork, LocalHost, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
 from archipelag.runtimes.base import JobSpec
 from archipelag.sdk import Job
@@ -254,6 +256,27 @@ def test_the_join_benchmark_runs_on_the_hosts_node_through_the_bridge(network: E
 
     view = eventually(measured, timeout_s=30)
     assert "benchmark_failed" not in view["flags"] and view["benchmark"]["cpu_single_mb_s"] > 0, view
+
+
+def test_after_its_join_benchmark_a_hosts_node_keeps_no_idle_ray_worker(network: EmbeddedNetwork,
+                                                                        http: httpx.Client) -> None:
+    """The benchmark is the only Ray task a host runs; the workers Ray started for it end instead of sitting on the
+    lender's machine (47 MiB and a core worker's polling each). The host's agent, an actor, keeps its own."""
+    for host in network.hosts:
+        eventually(lambda h=host: http.get(f"/api/v1/hosts/{h.host_id}").json()["data"]["measured"]["benchmark"],
+                   timeout_s=30)
+
+    def workers(host: LocalHost) -> list[str]:
+        assert host.record(network.settings) and host.ray_pid is not None
+        names = []
+        for process in psutil.Process(host.ray_pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                names.append(process.cmdline()[0])
+        return [name for name in names if name.startswith("ray::")]
+
+    for host in network.hosts:
+        eventually(lambda h=host: "ray::IDLE" not in workers(h), timeout_s=10)
+        assert "ray::HostAgentActor" in workers(host)
 
 
 def test_a_run_whose_caller_leaves_the_bridge_is_cancelled_on_the_host(network: EmbeddedNetwork) -> None:
