@@ -62,8 +62,13 @@ url_of() {
 start() {
     local dir=${1:-}
     local bindir
+    # `make test`'s two pytest processes may each start a cluster at once: one installs, the other waits for it.
+    exec 9>/tmp/archipelag-postgres-setup.lock
+    flock 9
     bindir=$(find_bindir) || { install_postgres; bindir=$(find_bindir) || die "install gave no initdb"; }
     ensure_owner
+    flock -u 9
+    exec 9>&-
     if [[ -z "$dir" ]]; then
         dir=$(mktemp -d /tmp/archipelag-pg.XXXXXX)
     fi

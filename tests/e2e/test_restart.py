@@ -26,7 +26,7 @@ from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.sdk import Client
 from archipelag.settings import Settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.beside_ray]
 
 TICKS = 40
 
