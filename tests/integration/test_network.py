@@ -263,8 +263,8 @@ def test_after_its_join_benchmark_a_hosts_node_keeps_no_idle_ray_worker(network:
     """The benchmark is the only Ray task a host runs; the workers Ray started for it end instead of sitting on the
     lender's machine (47 MiB and a core worker's polling each). The host's agent, an actor, keeps its own."""
     for host in network.hosts:
-        eventually(lambda h=host: http.get(f"/api/v1/hosts/{h.host_id}").json()["data"]["measured"]["benchmark"],
-                   timeout_s=30)
+        eventually(lambda h=host: (http.get(f"/api/v1/hosts/{h.host_id}").json()["data"]["measured"] or {}
+                                   ).get("benchmark"), timeout_s=30)
 
     def workers(host: LocalHost) -> list[str]:
         assert host.record(network.settings) and host.ray_pid is not None
