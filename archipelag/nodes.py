@@ -198,6 +198,7 @@ class RayNodeProcess:
     watchdog: subprocess.Popen[bytes] | None = None
     log_offset: int = 0  # where this run's output starts in a log that earlier runs wrote to
     _tree: set[int] = field(default_factory=set)
+    _raylet: psutil.Process | None = None
 
     @property
     def pid(self) -> int:
@@ -205,6 +206,23 @@ class RayNodeProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def raylet_exited(self) -> bool:
+        """Whether the node's raylet started and is gone. `ray start --block` exits within a second of that once
+        the node has registered, but a raylet that aborts before it registers (on a loaded machine: Ray gives
+        the node's dashboard agent 15 s to write its port, then the raylet aborts) leaves `ray start` waiting
+        30 s for a node that will not come."""
+        if self._raylet is None:
+            try:
+                children = psutil.Process(self.process.pid).children()
+            except psutil.NoSuchProcess:
+                return False
+            self._raylet = next((p for p in children if _named(p, "raylet")), None)
+            return False
+        try:
+            return bool(self._raylet.status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
 
     def remember_tree(self) -> None:
         """Record the node's descendants now, so they can be stopped even after the parent is gone."""
@@ -286,6 +304,13 @@ def _alive(pid: int) -> list[psutil.Process]:
         return [psutil.Process(pid)]
     except psutil.NoSuchProcess:
         return []
+
+
+def _named(process: psutil.Process, name: str) -> bool:
+    try:
+        return bool(process.name() == name)
+    except psutil.Error:
+        return False
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # Between two tries to rejoin a coordinator that is not (yet) back: short, as a restarted head is
 # usually up within seconds, and a try costs nothing but a TCP connect while it is away.
 REJOIN_INTERVAL_S = 2.0
+# Starts of a host's Ray node per join: on a loaded machine a raylet may abort as it starts (Ray gives the node's
+# dashboard agent 15 s to say its port), and the same start a moment later succeeds.
+NODE_START_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -172,34 +175,22 @@ def _reachable(address: str, timeout_s: float = 1.0) -> bool:
 def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostDriver]:
     """Start this host's node against its coordinator, then its driver, which starts its agent there; record who
     runs it. The driver is this process where the node runs as its account, and a process of the node's account
-    where it runs as another (`--ray-user`): this one must then read nothing back through Ray (actors/driver.py)."""
-    from archipelag.actors.driver import InProcessDriver, SeparateDriver
-
+    where it runs as another (`--ray-user`): this one must then read nothing back through Ray (actors/driver.py).
+    A node that dies while it starts is started again, up to ``NODE_START_TRIES`` times."""
     if not _reachable(request.coordinator):
         raise HostLost(f"the coordinator at {request.coordinator} does not answer", host_id=request.host_id)
-    settings = request.settings
-    log_dir = (settings.state_dir / "logs").resolve()
-    env, temp_dir = settings.ray_env(), _own_temp_dir(settings.ray_temp_dir, request.host_id)
-    if request.run_as is not None:
-        env, temp_dir = _hand_over(request, request.run_as, env)
-    node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
-                           log_dir, node_ip=request.node_ip, env=env, temp_dir=temp_dir, run_as=request.run_as)
-    joining = (settings, request.host_id, request.name, request.region, request.hardware, request.accepts,
-               request.asks, request.coordinator, request.timeout_s)
-
-    def node_alive() -> str | None:
-        return None if node.alive() else f"see {node.log_path}"
-
-    try:
-        if request.run_as is None:
-            driver: HostDriver = InProcessDriver.start(*joining, node_alive)
-        else:
-            driver = SeparateDriver.start(*joining, node_alive, request.run_as, env, temp_dir,
-                                          log_dir / f"driver-{request.host_id}.log")
-        node.remember_tree()
-    except BaseException:
-        node.stop(grace_s=0)
-        raise
+    for attempt in range(1, NODE_START_TRIES + 1):
+        node, env, temp_dir = _start_node(request)
+        try:
+            driver = _start_driver(request, node, env, temp_dir)
+            break
+        except BaseException as exc:
+            failed = _node_failed(node)
+            node.stop(grace_s=0)
+            if failed is None or attempt == NODE_START_TRIES or not isinstance(exc, Exception):
+                raise
+            log.warning("host %s: its Ray node failed to start (%s); starting it again (try %d of %d)",
+                        request.host_id, failed, attempt + 1, NODE_START_TRIES)
     request.record_path.parent.mkdir(parents=True, exist_ok=True)
     written = request.record_path.with_suffix(".tmp")  # renamed into place: readers never see half of it
     written.write_text(json.dumps({
@@ -207,6 +198,46 @@ def _connect(request: JoinRequest) -> tuple[RayNodeProcess, HostDriver]:
         "region": request.region}))
     written.replace(request.record_path)
     return node, driver
+
+
+def _start_node(request: JoinRequest) -> tuple[RayNodeProcess, dict[str, str], Path]:
+    """The host's node, started; the environment and temp dir it was started with."""
+    settings = request.settings
+    log_dir = (settings.state_dir / "logs").resolve()
+    env, temp_dir = settings.ray_env(), _own_temp_dir(settings.ray_temp_dir, request.host_id)
+    if request.run_as is not None:  # a new folder at every start (`_hand_over`)
+        env, temp_dir = _hand_over(request, request.run_as, env)
+    node = start_host_node(request.coordinator, request.host_id, request.region, request.hardware.cpu_cores,
+                           log_dir, node_ip=request.node_ip, env=env, temp_dir=temp_dir, run_as=request.run_as)
+    return node, env, temp_dir
+
+
+def _start_driver(request: JoinRequest, node: RayNodeProcess, env: dict[str, str], temp_dir: Path) -> HostDriver:
+    from archipelag.actors.driver import InProcessDriver, SeparateDriver
+
+    joining = (request.settings, request.host_id, request.name, request.region, request.hardware, request.accepts,
+               request.asks, request.coordinator, request.timeout_s)
+
+    def node_alive() -> str | None:
+        return _node_failed(node)
+
+    if request.run_as is None:
+        driver: HostDriver = InProcessDriver.start(*joining, node_alive)
+    else:
+        log_dir = (request.settings.state_dir / "logs").resolve()
+        driver = SeparateDriver.start(*joining, node_alive, request.run_as, env, temp_dir,
+                                      log_dir / f"driver-{request.host_id}.log")
+    node.remember_tree()
+    return driver
+
+
+def _node_failed(node: RayNodeProcess) -> str | None:
+    """Why the node will not run (None while it may)."""
+    if not node.alive():
+        return f"see {node.log_path}"
+    if node.raylet_exited():
+        return f"its raylet exited; see {node.log_path}"
+    return None
 
 
 def _own_temp_dir(ray_temp_dir: Path, host_id: HostId) -> Path:
