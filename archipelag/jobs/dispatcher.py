@@ -411,6 +411,7 @@ class Dispatcher:
                     if not batch:
                         continue  # the host is alive; the job is quiet
                     first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
+                    write: Callable[[], Awaitable[Any]] | None = None
                     if not started:
                         first = batch[0]
                         if _kind(first) == "error" and first.get("code") in _TURNED_AWAY:
@@ -421,14 +422,15 @@ class Dispatcher:
                             self._spawn(host.cancel(job_id, ticket.cancel_reason))
                         # Assigned, started and (with output already) streaming in one write, once the host has
                         # begun: until then it is queued.
-                        self._record(ticket, functools.partial(self._started, ticket, host_id, attempt, first_output))
+                        write = functools.partial(self._started, ticket, host_id, attempt, first_output)
                     elif first_output:
-                        self._record(ticket, lambda: self._ledger.transition(job_id, JobStatus.STREAMING))
+                        write = functools.partial(self._ledger.transition, job_id, JobStatus.STREAMING)
                     streaming = streaming or first_output
                     try:
-                        self._metrics.heard(job_id, ticket.log.publish(attempt, batch))
+                        published = ticket.log.publish(attempt, batch)
                         if first_output and TRACE.on:
                             TRACE.stamp(job_id, "relayed")
+                        self._metrics.heard(job_id, published)
                     except Diverged as exc:
                         ticket.log.note(diverged_error(exc))
                         self._spawn(host.cancel(job_id, "the retry diverged"))
@@ -438,6 +440,9 @@ class Dispatcher:
                         ticket.log.note(error_event(exc.message, exc.code))
                         self._spawn(host.cancel(job_id, "what it sent was refused"))
                         return _Ended(JobStatus.FAILED, exc.message, KarmaKind.BAD_RECEIPT)
+                    finally:
+                        if write is not None:  # after the batch is out: its readers' wake runs before the write
+                            self._record(ticket, write)
                     final = ticket.log.final
                     if final is not None:
                         if final["type"] == "done":

@@ -81,7 +81,7 @@ class JobLog:
         self.ended = False
         self._visible = len(self.events)
         self._replay: Replay | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # a reader each: one wakes in one step of the loop
 
     @property
     def final(self) -> Event | None:
@@ -153,12 +153,16 @@ class JobLog:
         batch = self.read(after)
         if batch.events or batch.ended or wait_s <= 0:
             return batch
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), wait_s)
+            async with asyncio.timeout(wait_s):
+                await waiter
         except TimeoutError:
             pass
+        finally:
+            if waiter in self._waiters:  # not woken: it timed out, or its reader left
+                self._waiters.remove(waiter)
         return self.read(after)
 
     def _append(self, event: Event) -> Event:
@@ -170,9 +174,10 @@ class JobLog:
         return event
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class Relay:

@@ -98,6 +98,27 @@ def test_a_waiting_reader_wakes_on_the_next_event() -> None:
     asyncio.run(scenario())
 
 
+def test_a_reader_that_leaves_or_times_out_leaves_the_others_waiting_and_each_wakes_in_one_step() -> None:
+    """Readers of one job on several replicas: one cancelled (its client left), one whose wait ran out; the others
+    still wake on the next event, each on the loop's next step after it is published (the first token's hop)."""
+    async def scenario() -> None:
+        log = JobLog(JOB)
+        log.begin(1)
+        readers = [asyncio.ensure_future(log.wait(-1, wait_s=5)) for _ in range(3)]
+        brief = asyncio.ensure_future(log.wait(-1, wait_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not (await brief).events
+        readers[0].cancel()
+        await asyncio.sleep(0)
+        log.publish(1, tokens("a"))
+        await asyncio.sleep(0)  # one step of the loop
+        assert all(r.done() for r in readers[1:])
+        assert [[e["content"] for e in r.result().events] for r in readers[1:]] == [["a"], ["a"]]
+        assert readers[0].cancelled()
+
+    asyncio.run(scenario())
+
+
 def test_a_checkpoint_seeds_a_resumed_stream_and_a_retry_continues_it() -> None:
     log = JobLog(JOB, [{"type": "status", "message": "s", "seq": 0}, *tokens("The")])
     assert [e["seq"] for e in log.read(-1).events] == [0, 1]
