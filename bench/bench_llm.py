@@ -258,7 +258,9 @@ STAGE_NAMES = {
     ("handler", "submit"): "Ray call replica → jobs service",
     ("submit", "ranked"): "admission + placement's ranking",
     ("ranked", "dispatched"): "dispatch",
-    ("dispatched", "host"): "Ray call jobs service → host",
+    ("dispatched", "host"): "Ray call jobs service → host",  # a host reached without the bridge
+    ("dispatched", "bridge_in"): "jobs service → bridge (Unix socket)",
+    ("bridge_in", "host"): "Ray call bridge → host",
     ("host", "sandbox_in"): "host: catalog check, slot",
     ("sandbox_in", "sandbox_out"): "sandbox: worker I/O + engine",  # a job no warm worker served
     ("sandbox_in", "worker_in"): "host: worker slot, request to stdin",
@@ -271,6 +273,8 @@ STAGE_NAMES = {
     ("gate_out", "sandbox_out"): "gate → host (Unix socket)",
     ("sandbox_out", "host_out"): "host: batching",
     ("host_out", "relayed"): "Ray stream host → relay",
+    ("host_out", "bridge_out"): "Ray stream host → bridge",
+    ("bridge_out", "relayed"): "bridge → relay (Unix socket)",
     ("relayed", "replica"): "Ray stream relay → replica",
     ("replica", "written"): "replica: SSE frame",
     ("written", "first"): "HTTP out (replica → client)",

@@ -23,6 +23,8 @@ from archipelag.catalog import Manifest, load_catalog, lookup
 from archipelag.errors import ArchipelagError, HostLost, ValidationFailed
 from archipelag.gate.wire import TICKET_BYTES
 from archipelag.ids import HostId
+from archipelag.metrics.trace import TRACE
+from archipelag.protocol import OUTPUT_TYPES
 from archipelag.runtimes.base import JobSpec
 from archipelag.settings import Settings
 
@@ -131,9 +133,11 @@ class Bridge:
         spec = JobSpec(job.job_id, lookup(self._catalog, job.workload), job.input, job.limits, job.ticket,
                        job.attempt)
         handle = await self._agent(request.host)
+        if TRACE.on:
+            TRACE.stamp(job.job_id, "bridge_in")
         stream = handle.run.remote(spec)
         left = asyncio.ensure_future(reader.read(1))  # the caller closing its end
-        forward = asyncio.ensure_future(self._forward(request.host, stream, writer))
+        forward = asyncio.ensure_future(self._forward(request.host, job.job_id, stream, writer))
         done, _ = await asyncio.wait({left, forward}, return_when=asyncio.FIRST_COMPLETED)
         if forward in done and not isinstance(forward.exception(), ConnectionError):
             left.cancel()
@@ -145,15 +149,20 @@ class Bridge:
         except Exception:  # best effort: the dispatcher's lease fenced this run already
             log.debug("could not cancel the run of %s on %s", job.job_id, request.host, exc_info=True)
 
-    async def _forward(self, host_id: HostId, stream: Any, writer: asyncio.StreamWriter) -> None:
+    async def _forward(self, host_id: HostId, job_id: str, stream: Any, writer: asyncio.StreamWriter) -> None:
         from ray.exceptions import RayTaskError, TaskCancelledError
 
         from archipelag.actors.client import LOST
 
         last: dict[str, Any]
+        first = TRACE.on
         try:
             async for ref in stream:
-                writer.write(wire.encode({"batch": list(await ref)}))
+                batch = list(await ref)
+                if first and any(isinstance(e, dict) and e.get("type") in OUTPUT_TYPES for e in batch):
+                    TRACE.stamp(job_id, "bridge_out")
+                    first = False
+                writer.write(wire.encode({"batch": batch}))
                 await writer.drain()
             last = {"end": True}
         except LOST as exc:
@@ -183,6 +192,7 @@ class Bridge:
 
 
 async def _serve(settings: Settings, path: Path, replies: Any) -> None:
+    TRACE.configure(settings.trace_file)
     bridge = Bridge(settings, load_catalog(settings.workloads_dir))
     path.unlink(missing_ok=True)  # one left by a bridge that was killed
     server = await asyncio.start_unix_server(bridge.connection, path=str(path),

@@ -1,23 +1,23 @@
 """Trace: where the time to a job's first output goes, stage by stage, across the processes it passes through.
 
-With ``ARCHIPELAG_TRACE_FILE`` set, each process on a job's path (an API replica, the jobs actor, the host actor,
-the host's gate) appends one line per stage it passes, ``<job id> <stage> <wall-clock seconds>``, to that file
+With ``ARCHIPELAG_TRACE_FILE`` set, each process on a job's path (an API replica, the jobs actor, the bridge, the
+host actor, the host's gate) appends one line per stage it passes, ``<job id> <stage> <wall-clock seconds>``, to that file
 (one short appending write each, so lines of several processes never mix); the benchmark
 (``bench/bench_llm.py``) reads them back and prints the breakdown of the first token's path. Unset (the default),
 ``stamp`` costs one attribute test. Stamps are wall-clock times, so the breakdown holds for processes on one
 machine, which is where the benchmark runs them.
 
 The stages, in the order a streamed chat passes them (``STAGES``): the API replica receives the request
-(``arrived``), has authenticated and parsed it (``handler``); the jobs service receives the submission
-(``submit``), has ranked hosts (``ranked``), sends it to its host (``dispatched``); the host receives it
-(``host``), hands it to its sandbox (``sandbox_in``); the host's gate reads the request (``gate_in``) and has
-checked its ticket against the signed catalog (``admitted``); the request is written to the warm model worker's
-stdin (``worker_in``) and its first output read back (``worker_out``: between the two, the container alone, where
-the engine's own time to first token is), the gate sends that on (``gate_out``); the host reads it
-(``sandbox_out``) and sends it on (``host_out``); the jobs service's relay has it (``relayed``); the replica has it
-(``replica``) and writes it to the client (``written``). A host whose runtime runs in-process stamps no gate
-stages; a job without a warm worker, no worker stages. ``created`` (the ledger has recorded the job) runs beside
-the path.
+(``arrived``), has authenticated and parsed it (``handler``); the jobs service receives the submission (``submit``),
+has ranked hosts (``ranked``), sends it to its host (``dispatched``); the bridge to the hosts' cluster reads it and
+calls the host (``bridge_in``); the host receives it (``host``), hands it to its sandbox (``sandbox_in``); the
+host's gate reads the request (``gate_in``) and has checked its ticket against the signed catalog (``admitted``);
+the request is written to the warm model worker's stdin (``worker_in``) and its first output read back
+(``worker_out``: between the two, the container alone, where the engine's own time to first token is), the gate
+sends that on (``gate_out``); the host reads it (``sandbox_out``) and sends it on (``host_out``); the bridge has it
+and writes it on (``bridge_out``); the jobs service's relay has it (``relayed``); the replica has it (``replica``)
+and writes it to the client (``written``). A host whose runtime runs in-process stamps no gate stages; a job without
+a warm worker, no worker stages. ``created`` (the ledger has recorded the job) runs beside the path.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Final, TextIO
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-STAGES: Final = ("arrived", "handler", "submit", "ranked", "dispatched", "host", "sandbox_in", "gate_in", "admitted",
-                 "worker_in", "worker_out", "gate_out", "sandbox_out", "host_out", "relayed", "replica", "written")
+STAGES: Final = ("arrived", "handler", "submit", "ranked", "dispatched", "bridge_in", "host", "sandbox_in", "gate_in",
+                 "admitted", "worker_in", "worker_out", "gate_out", "sandbox_out", "host_out", "bridge_out", "relayed",
+                 "replica", "written")
 BESIDE: Final = ("created",)  # stages off the first output's path
 
 
