@@ -16,7 +16,7 @@ import pytest
 from archipelag.actors.controls import Command, Controller
 from archipelag.bridge import client as client_module
 from archipelag.bridge import wire
-from archipelag.bridge.client import BridgedAgent
+from archipelag.bridge.client import BridgedAgent, BridgeHosts
 from archipelag.catalog import Manifest
 from archipelag.errors import BridgeDown, Conflict, HostLost, ValidationFailed, WorkloadRefused
 from archipelag.ids import HostId, JobId, WorkloadSlug
@@ -54,9 +54,15 @@ class FakeBridge:
         self._hold = hold
         self.requests: list[dict[str, object]] = []
         self.callers_left = 0
+        self.open: set[asyncio.StreamWriter] = set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = json.loads(await reader.readline())
+        self.open.add(writer)
+        raw = await reader.readline()
+        if not raw:  # a connection closed before its request
+            writer.close()
+            return
+        request = json.loads(raw)
         self.requests.append(request)
         writer.write(self._script(request))
         await writer.drain()
@@ -157,6 +163,28 @@ async def test_a_caller_that_leaves_a_run_closes_its_connection(tmp_path: Path) 
                 break
             await asyncio.sleep(0.01)
     assert fake.callers_left == 1
+
+
+@sync
+async def test_the_jobs_services_runs_take_a_connection_opened_ahead_and_one_a_restart_closed_is_dropped(
+        tmp_path: Path) -> None:
+    """The next run's connection is open before it comes (no connect on the first token's path); the bridge
+    restarting closes it, and the run after goes through on a new one."""
+    token = {"type": "token", "text": "hi"}
+    hosts = BridgeHosts(tmp_path / "b.sock")
+    first = FakeBridge(tmp_path / "b.sock", lambda _: line({"batch": [token]}) + line({"end": True}))
+    async with await serving(first):
+        assert await run_all(hosts(HOST)) == [[token]]
+        assert await run_all(hosts(HostId("h2"))) == [[token]]
+        await asyncio.sleep(0.05)
+        assert [r["host"] for r in first.requests] == [HOST, "h2"] and len(first.open) == 3  # one spare waits
+        for writer in first.open:  # the bridge goes, and with it the connections it held
+            writer.close()
+    await asyncio.sleep(0.05)
+    second = FakeBridge(tmp_path / "b.sock", lambda _: line({"batch": [token]}) + line({"end": True}))
+    async with await serving(second):
+        assert await run_all(hosts(HOST)) == [[token]]
+    assert [r["host"] for r in second.requests] == [HOST]
 
 
 @sync
