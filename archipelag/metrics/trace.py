@@ -1,8 +1,8 @@
 """Trace: where the time to a job's first output goes, stage by stage, across the processes it passes through.
 
 With ``ARCHIPELAG_TRACE_FILE`` set, each process on a job's path (an API replica, the jobs actor, the bridge, the
-host actor, the host's gate) appends one line per stage it passes, ``<job id> <stage> <wall-clock seconds>``, to that file
-(one short appending write each, so lines of several processes never mix); the benchmark
+host actor, the host's gate) appends one line per stage it passes, ``<job id> <stage> <wall-clock seconds>``, to
+that file (one short appending write each, so lines of several processes never mix); the benchmark
 (``bench/bench_llm.py``) reads them back and prints the breakdown of the first token's path. Unset (the default),
 ``stamp`` costs one attribute test. Stamps are wall-clock times, so the breakdown holds for processes on one
 machine, which is where the benchmark runs them.
