@@ -132,7 +132,13 @@ def leave(host: subprocess.Popen[bytes]) -> None:
 
 
 def raylet_of(join_pid: int) -> psutil.Process | None:
-    return next((p for p in network_processes(join_pid) if p.name() == "raylet"), None)
+    for proc in network_processes(join_pid):
+        try:
+            if proc.name() == "raylet":
+                return proc
+        except psutil.Error:  # one that ended meanwhile
+            continue
+    return None
 
 
 @pytest.mark.ray_driver
