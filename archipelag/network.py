@@ -45,8 +45,12 @@ class LocalHost:
     ray_pid: int | None = None  # its Ray node's `ray start`, a session leader; known once it has joined
 
     def record(self, settings: Settings) -> dict[str, object]:
-        path = settings.state_dir / "hosts" / f"{self.host_id}.json"
-        record = dict(json.loads(path.read_text())) if path.exists() else {}
+        """What the host wrote of itself once it joined; empty before, and once it drops it as it leaves (which
+        may come between any two looks at the file)."""
+        try:
+            record = dict(json.loads((settings.state_dir / "hosts" / f"{self.host_id}.json").read_text()))
+        except FileNotFoundError:
+            return {}
         ray_pid = record.get("ray_pid")
         if isinstance(ray_pid, int):
             self.ray_pid = ray_pid
@@ -173,13 +177,15 @@ class EmbeddedNetwork:
         """Stop everything within seconds. Hosts leave all at once; the head stops as soon as they are off
         the cluster (each then stops its own node, in parallel with the head); a host still there after
         ``leave_grace_s`` is killed with its node."""
-        for host in self.hosts:
-            host.record(self.settings)  # remember its node, in case it must be killed
-            host.ask_to_leave()
         deadline = time.monotonic() + leave_grace_s
-        while time.monotonic() < deadline and not all(h.off_cluster(self.settings) for h in self.hosts):
-            time.sleep(0.05)
-        self.coordinator.stop()
+        try:
+            for host in self.hosts:
+                host.record(self.settings)  # remember its node, in case it must be killed
+                host.ask_to_leave()
+            while time.monotonic() < deadline and not all(h.off_cluster(self.settings) for h in self.hosts):
+                time.sleep(0.05)
+        finally:  # whatever went wrong with a host, the coordinator goes (and this process leaves its cluster)
+            self.coordinator.stop()
         deadline = max(deadline, time.monotonic() + 1.0)
         for host in self.hosts:
             host.wait_gone(self.settings, max(0.0, deadline - time.monotonic()))
