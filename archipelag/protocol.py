@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, Final
 
 from archipelag.errors import BadReceipt, ProtocolViolation
@@ -29,6 +30,12 @@ _FIELDS: Final[dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
 EVENT_TYPES: Final = frozenset(_FIELDS)
 FINAL_TYPES: Final = frozenset({"done", "error"})
 OUTPUT_TYPES: Final = frozenset({"token", "progress", "image"})  # what the workload makes (a job is streaming)
+
+
+def holds_output(events: Iterable[Any]) -> bool:
+    """Whether any of ``events`` is output (``OUTPUT_TYPES``); what is not an event (a host may send anything) is
+    not."""
+    return any(isinstance(e, dict) and e.get("type") in OUTPUT_TYPES for e in events)
 
 
 def validate(event: Any) -> Event:

@@ -24,7 +24,7 @@ from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.lifecycle import HostStatus
 from archipelag.metrics.trace import TRACE
 from archipelag.placement.scoring import HostSnapshot, accepts
-from archipelag.protocol import OUTPUT_TYPES, Event
+from archipelag.protocol import Event, holds_output
 from archipelag.runtimes.base import JobSpec, Runtime
 from archipelag.runtimes.models import ModelStore
 from archipelag.settings import Settings
@@ -179,7 +179,7 @@ class HostAgentActor:
         first = True
         try:
             for batch in batches:
-                if first and any(e.get("type") in OUTPUT_TYPES for e in batch):
+                if first and holds_output(batch):
                     TRACE.stamp(spec.job_id, "host_out")
                     first = False
                 yield batch

@@ -24,7 +24,7 @@ from archipelag.errors import ArchipelagError, HostLost, ValidationFailed
 from archipelag.gate.wire import TICKET_BYTES
 from archipelag.ids import HostId
 from archipelag.metrics.trace import TRACE
-from archipelag.protocol import OUTPUT_TYPES
+from archipelag.protocol import holds_output
 from archipelag.runtimes.base import JobSpec
 from archipelag.settings import Settings
 
@@ -159,7 +159,7 @@ class Bridge:
         try:
             async for ref in stream:
                 batch = list(await ref)
-                if first and any(isinstance(e, dict) and e.get("type") in OUTPUT_TYPES for e in batch):
+                if first and holds_output(batch):
                     TRACE.stamp(job_id, "bridge_out")
                     first = False
                 writer.write(wire.encode({"batch": batch}))

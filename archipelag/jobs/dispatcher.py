@@ -57,7 +57,7 @@ from archipelag.lifecycle import JobStatus
 from archipelag.metrics.network import NetworkMetrics
 from archipelag.metrics.trace import TRACE
 from archipelag.placement.scoring import JobRequest
-from archipelag.protocol import OUTPUT_TYPES, collect_output, error_event
+from archipelag.protocol import collect_output, error_event, holds_output
 from archipelag.receipts import Expected
 from archipelag.remote import Unreachable
 from archipelag.runtimes.base import JobSpec
@@ -410,7 +410,7 @@ class Dispatcher:
                     lease.reschedule(loop.time() + self._rules.lease_s)  # heard from: the lease runs on
                     if not batch:
                         continue  # the host is alive; the job is quiet
-                    first_output = not streaming and any(_kind(e) in OUTPUT_TYPES for e in batch)
+                    first_output = not streaming and holds_output(batch)
                     write: Callable[[], Awaitable[Any]] | None = None
                     if not started:
                         first = batch[0]

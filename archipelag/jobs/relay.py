@@ -29,11 +29,11 @@ from archipelag.ids import JobId
 from archipelag.jobs.replay import Diverged, Replay
 from archipelag.protocol import (
     FINAL_TYPES,
-    OUTPUT_TYPES,
     Event,
     checked_usage,
     collect_output,
     error_event,
+    holds_output,
     received,
 )
 from archipelag.receipts import Expected, Receipt
@@ -214,8 +214,7 @@ class Relay:
     def unsaved(self) -> list[JobLog]:
         """Running jobs whose output (tokens, progress, images) their last checkpoint lacks: what a restart
         would have to say again. Status events alone are not worth a write."""
-        return [log for log in self._logs.values() if not log.ended and any(
-            e["type"] in OUTPUT_TYPES for e in log.events[log.saved:])]
+        return [log for log in self._logs.values() if not log.ended and holds_output(log.events[log.saved:])]
 
     def _forget_old(self) -> None:
         cutoff = self._clock() - self._keep_ended_s

@@ -20,7 +20,7 @@ from archipelag.jobs.queue import MAX_PRIORITY
 from archipelag.jobs.relay import Batch
 from archipelag.lifecycle import TERMINAL_JOB_STATES
 from archipelag.metrics.trace import TRACE
-from archipelag.protocol import OUTPUT_TYPES, Event, to_api_event
+from archipelag.protocol import Event, holds_output, to_api_event
 from archipelag.remote import Unreachable
 from archipelag.serve.auth import Caller, require
 from archipelag.serve.responses import data, page
@@ -146,7 +146,7 @@ async def stream_job(job_id: JobIdPath, caller: Reader, svc: Svc,
         batch: list[Event] | None = first
         traced = not TRACE.on
         while batch is not None:  # one write per burst of events
-            if not traced and any(e["type"] in OUTPUT_TYPES for e in batch):
+            if not traced and holds_output(batch):
                 TRACE.stamp(job_id, "replica")
                 traced = True
             yield b"".join(sse(event) for event in batch) if batch else KEEP_ALIVE
