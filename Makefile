@@ -38,17 +38,19 @@ llama-wheel: $(LLAMA_WHEEL)
 
 # Every dependency but llama-cpp-python (the `llama` extra), so they install while it compiles; then it joins them.
 # uv installs them (pip puts uv itself in the venv): from its cache outside the checkout (~/.cache/uv) a clean
-# checkout's venv takes about 11 s here, where pip took 78 s for the same versions (README, Tests).
+# checkout's venv takes about 25 s here, where pip took 78 s for the same versions (README, Tests). Compiled to
+# bytecode at install, as pip does: without it the tests' first networks compiled Ray as they started, and their
+# nodes' dashboard agents took over the 15 s their raylets wait for them.
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
 $(DEPS): pyproject.toml | $(UV)
-	$(UV) pip install -q --python $(PY) --find-links $(WHEELS) -e '.[dev]'
+	$(UV) pip install -q --compile-bytecode --python $(PY) --find-links $(WHEELS) -e '.[dev]'
 	touch $(DEPS)
 
 $(STAMP): $(DEPS) $(LLAMA_WHEEL)
-	$(UV) pip install -q --python $(PY) --no-deps --reinstall $(LLAMA_WHEEL)
+	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps --reinstall $(LLAMA_WHEEL)
 	touch $(STAMP)
 
 env: $(STAMP)
