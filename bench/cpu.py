@@ -2,6 +2,10 @@
 own processes (the API replicas, the jobs service, the ledger, the host's agent, Ray's daemons …) against the model
 worker in its container, with the same stretch's idle background taken off.
 
+``python -m bench.cpu -- CMD`` runs a command (``make test``, ``.ci/run`` …) and prints the whole machine's CPU
+over it by role, every process sampled each second: a process that starts and ends between two samples is missed,
+and one that ends loses what it used since the last, so short-lived processes are undercounted.
+
 Roles come from process titles: Ray names an actor's worker ``ray::JobsActor`` (``ray::JobsActor.submit`` while
 it runs a method); daemons and Python scripts go by their executable or script. Each is prefixed with the part of
 the network it belongs to (the services' head, the hosts' head, a host, the container).
@@ -9,8 +13,11 @@ the network it belongs to (the services' head, the hosts' head, a host, the cont
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -115,3 +122,57 @@ def cost_of(network: EmbeddedNetwork, work: Callable[[], int], idle_s: float = 5
     busy = by_role(before, snapshot(network_processes(network) | roles))
     per_unit = {role: (cpu - idle.get(role, 0.0) * seconds / idle_s) / max(units, 1) for role, cpu in busy.items()}
     return Cost(per_unit, units, seconds)
+
+
+def machine_by_role(command: list[str], interval_s: float = 1.0) -> tuple[dict[str, float], float, int]:
+    """Run ``command``; every process's CPU while it ran, by role (each sample's role: a fork has its parent's
+    command line until it execs, and Ray's processes take their titles as they start), the machine's CPU over the
+    same span, and the command's exit status."""
+    seen: dict[tuple[int, float], float] = {}
+    spent: dict[str, float] = defaultdict(float)
+
+    def sample() -> None:
+        for process in psutil.process_iter():
+            try:
+                key = (process.pid, process.create_time())
+                times = process.cpu_times()
+                role = role_of(process)
+            except psutil.Error:  # ended meanwhile, or not ours to read
+                continue
+            spent[role] += times.user + times.system - seen.get(key, 0.0)
+            seen[key] = times.user + times.system
+
+    sample()
+    spent.clear()  # what ran before the command is not its
+    machine_before = sum(psutil.cpu_times()[:3])  # user, nice, system: every core
+    child = subprocess.Popen(command)
+    try:
+        while child.poll() is None:
+            time.sleep(interval_s)
+            sample()
+    except KeyboardInterrupt:
+        child.wait()
+    return dict(spent), sum(psutil.cpu_times()[:3]) - machine_before, child.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description="a command's CPU by process role")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    started = time.monotonic()
+    spent, machine, status = machine_by_role(command, args.interval)
+    print(f"\n{'role':<56} {'CPU s':>9}")
+    for role, cpu in sorted(spent.items(), key=lambda item: -item[1]):
+        if cpu >= 0.05:
+            print(f"{role[:56]:<56} {cpu:9.1f}")
+    print(f"{'sampled, all roles':<56} {sum(spent.values()):9.1f}")
+    print(f"{'the machine (all cores), same span':<56} {machine:9.1f}   over {time.monotonic() - started:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
