@@ -124,32 +124,32 @@ def cost_of(network: EmbeddedNetwork, work: Callable[[], int], idle_s: float = 5
     return Cost(per_unit, units, seconds)
 
 
+def machine_roles() -> dict[int, str]:
+    """pid → role of every process on the machine, read now (a fork has its parent's command line until it execs,
+    and Ray's processes take their titles as they start)."""
+    roles: dict[int, str] = {}
+    for process in psutil.process_iter():
+        try:
+            roles[process.pid] = role_of(process)
+        except psutil.Error:  # ended meanwhile, or not ours to read
+            continue
+    return roles
+
+
 def machine_by_role(command: list[str], interval_s: float = 1.0) -> tuple[dict[str, float], float, int]:
-    """Run ``command``; every process's CPU while it ran, by role (each sample's role: a fork has its parent's
-    command line until it execs, and Ray's processes take their titles as they start), the machine's CPU over the
-    same span, and the command's exit status."""
-    seen: dict[tuple[int, float], float] = {}
+    """Run ``command``; every process's CPU while it ran, by role, the machine's CPU over the same span, and the
+    command's exit status."""
     spent: dict[str, float] = defaultdict(float)
-
-    def sample() -> None:
-        for process in psutil.process_iter():
-            try:
-                key = (process.pid, process.create_time())
-                times = process.cpu_times()
-                role = role_of(process)
-            except psutil.Error:  # ended meanwhile, or not ours to read
-                continue
-            spent[role] += times.user + times.system - seen.get(key, 0.0)
-            seen[key] = times.user + times.system
-
-    sample()
-    spent.clear()  # what ran before the command is not its
+    last = snapshot(machine_roles())
     machine_before = sum(psutil.cpu_times()[:3])  # user, nice, system: every core
     child = subprocess.Popen(command)
     try:
         while child.poll() is None:
             time.sleep(interval_s)
-            sample()
+            now = snapshot(machine_roles())
+            for role, cpu in by_role(last, now).items():
+                spent[role] += cpu
+            last = now
     except KeyboardInterrupt:
         child.wait()
     return dict(spent), sum(psutil.cpu_times()[:3]) - machine_before, child.returncode
