@@ -102,17 +102,10 @@ def audit_ledger(url: str) -> list[str]:
         engine.dispose()
 
 
-# The databases a whole network runs its suites on: the embedded SQLite, and PostgreSQL.
-NETWORK_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
 @contextmanager
 def network_database(request: pytest.FixtureRequest) -> Iterator[str]:
-    """ARCHIPELAG_DATABASE_URL for a network on ``request.param``: "" (SQLite in its state dir) or a fresh
-    PostgreSQL schema of the tests' own server."""
-    if request.param == "sqlite":
-        yield ""
-        return
+    """ARCHIPELAG_DATABASE_URL for a network on PostgreSQL: a fresh schema of the tests' own server. (`up` on
+    SQLite, its own default, needs none.)"""
     with fresh_schema(request.getfixturevalue("postgres_url")) as url:
         yield url
 

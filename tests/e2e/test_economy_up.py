@@ -1,5 +1,6 @@
-"""The economy on the network started the way `make up` starts it, one `up` per database for both tests (in this
-order):
+"""The economy on the network started the way `make up` starts it, one `up` on PostgreSQL for both tests (in this
+order). `up` on SQLite runs in test_up.py; the ledger's earnings and market calls run on both databases in
+tests/integration/test_earnings_ledger.py and test_market_ledger.py.
 
 - earnings: `up`'s local hosts belong to the network's own account, so what its jobs pay (less the platform fee set
   in the environment) is that account's earnings, shown by the API and the CLI; a payout waits for the karma
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from ledger_contract import NETWORK_DATABASES, network_database, postgres_url  # noqa: F401 - a fixture
+from ledger_contract import network_database, postgres_url  # noqa: F401 - a fixture
 from netutil import free_port
 from up_process import start_up
 
@@ -29,7 +30,7 @@ FEE_BPS = 2_000
 ASK = 0.002  # credits: twice wasm-hash's catalog price of 0.001
 
 
-@pytest.fixture(scope="module", params=NETWORK_DATABASES)
+@pytest.fixture(scope="module", params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def up(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     state = tmp_path_factory.mktemp("up")
     with network_database(request) as database_url:

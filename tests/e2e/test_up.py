@@ -31,6 +31,8 @@ class Up:
     api_key: str
     process: subprocess.Popen[str]
     state_dir: Path
+    port: int
+    head_port: int
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,10 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     # On `make up`'s own database, SQLite in the state dir. The same network on PostgreSQL runs in
     # test_restart.py and test_economy_up.py; the ledger's contract tests cover both databases call by call.
     state_dir = tmp_path_factory.mktemp("up")
-    port = free_port()
-    process, _ = start_up(state_dir, port, free_port(), hosts=3)
+    port, head_port = free_port(), free_port()
+    process, _ = start_up(state_dir, port, head_port, hosts=3)
     api_key = (state_dir / "api_key").read_text().strip()
-    yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir)
+    yield Up(f"http://127.0.0.1:{port}", api_key, process, state_dir, port, head_port)
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=120)
@@ -106,37 +108,29 @@ def test_the_cli_submits_streams_and_lists(up: Up) -> None:
     assert failed.returncode == 1 and "unknown workload" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_ctrl_c_stops_everything_up_started_within_seconds(up: Up) -> None:
+def test_a_killed_up_takes_its_network_with_it_and_the_next_up_on_its_ports_stops_on_ctrl_c(
+        up: Up, tmp_path: Path) -> None:
+    """Last: it kills the module's `up`. The next `up`, on the same ports, is the one stopped as users stop it."""
     records = [json.loads(p.read_text()) for p in (up.state_dir / "hosts").glob("*.json")]
     assert len(records) == 3
     processes = network_processes(up.process.pid)
-    up.process.send_signal(signal.SIGINT)
-    stopping = time.monotonic()
-    assert up.process.wait(timeout=60) == 0
-    # Ray's own node processes run in their own sessions; none may outlive `up`.
-    eventually(lambda: not still_running(processes), timeout_s=20)
-    print(f"\nCtrl-C: {len(processes)} processes gone {time.monotonic() - stopping:.1f} s after SIGINT")
-
-
-def test_a_killed_up_takes_its_network_with_it_and_the_next_up_starts_on_the_same_ports(
-        tmp_path: Path) -> None:
-    port, head_port = free_port(), free_port()
-    first, _ = start_up(tmp_path / "first", port, head_port, hosts=1)
-    processes = network_processes(first.pid)
-    assert len(processes) > 4  # a host's join, two Ray nodes and their processes
-    first.kill()
+    assert len(processes) > 4  # the hosts' joins, five Ray nodes and their processes
+    up.process.kill()
     killed = time.monotonic()
-    first.wait(timeout=10)
+    up.process.wait(timeout=10)
     eventually(lambda: not still_running(processes), timeout_s=20)
     print(f"\nSIGKILL: {len(processes)} processes gone {time.monotonic() - killed:.1f} s after `up` was killed")
-    left = runtime_dir(tmp_path / "first")  # only a coordinator that stops removes it (the next start replaces it)
+    left = runtime_dir(up.state_dir)  # only a coordinator that stops removes it (the next start replaces it)
     assert left.is_dir()
     shutil.rmtree(left)
-    second, _ = start_up(tmp_path / "second", port, head_port, hosts=1)
+    second, _ = start_up(tmp_path / "second", up.port, up.head_port, hosts=1)
     try:
         processes = network_processes(second.pid)
         second.send_signal(signal.SIGINT)
+        stopping = time.monotonic()
         assert second.wait(timeout=60) == 0
+        # Ray's own node processes run in their own sessions; none may outlive `up`.
         eventually(lambda: not still_running(processes), timeout_s=20)
+        print(f"Ctrl-C: {len(processes)} processes gone {time.monotonic() - stopping:.1f} s after SIGINT")
     finally:
         second.kill()  # nothing, when the test passed; otherwise its network goes with it
