@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from archipelag.errors import LedgerError
 from archipelag.ids import AccountId, HostId, JobId
-from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import KarmaKind, KarmaRules, KarmaState
-from archipelag.ledger.ledger import Ledger
 from archipelag.ledger.records import (
     Account,
     ApiKey,
+    Earnings,
     Host,
     HostIdentity,
     Invite,
@@ -26,13 +25,18 @@ from archipelag.ledger.records import (
     JobBatch,
     KarmaEvent,
     Pairing,
+    Payout,
     Session,
+    Usage,
     Workload,
 )
 from archipelag.lifecycle import HostStatus, JobStatus
 from archipelag.receipts import Receipt
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
+
+if TYPE_CHECKING:  # SQL: only the ledger's own process (and `start`, which creates it) loads it
+    from archipelag.ledger.ledger import Ledger
 
 ACTOR_NAME = "ledger"
 
@@ -44,6 +48,8 @@ class LedgerClient:
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> LedgerClient:
         import ray
+
+        from archipelag.ledger.ledger import Ledger
 
         actor: Any = ray.remote(Ledger)
         handle = actor.options(

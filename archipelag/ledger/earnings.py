@@ -16,7 +16,6 @@ Days are UTC dates; a period is ``[start, end]``, both days included. Functions 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, select
@@ -27,53 +26,8 @@ from archipelag.catalog import MICRO
 from archipelag.errors import Conflict, Forbidden, PaymentRequired
 from archipelag.ledger import credits, hosts
 from archipelag.ledger.karma_rules import KarmaRules
+from archipelag.ledger.records import DayAmount, Earnings, Payout, Usage
 from archipelag.ledger.tables import CreditAccountRow, HostRow, JobRow, PostingRow, TransferRow, WorkloadRow
-
-
-@dataclass(frozen=True)
-class DayAmount:
-    day: date
-    key: str  # the host id (earnings) or workload slug (usage)
-    amount_micro: int
-    jobs: int
-
-
-@dataclass(frozen=True)
-class Earnings:
-    """An owner's earnings in a period, by day and host, and the book's standing now."""
-
-    start: date
-    end: date
-    days: list[DayAmount]  # by day, then host
-    by_host_micro: dict[str, int]  # in the period
-    period_micro: int  # in the period
-    earned_micro: int  # ever (all hosts, or the one host asked for)
-    paid_out_micro: int  # ever
-    unpaid_micro: int  # what a payout may take now
-
-
-@dataclass(frozen=True)
-class Usage:
-    """A user's spend in a period, by day and workload."""
-
-    start: date
-    end: date
-    days: list[DayAmount]  # by day, then workload
-    by_workload_micro: dict[str, int]
-    total_micro: int
-
-
-@dataclass(frozen=True)
-class Payout:
-    id: int
-    amount_micro: int
-    at: datetime
-
-
-def period(start: date | None, end: date | None, today: date, default_days: int = 30) -> tuple[date, date]:
-    """The days asked for: ``end`` defaults to today, ``start`` to ``default_days`` before it."""
-    end = end or today
-    return start or end - timedelta(days=default_days - 1), end
 
 
 def _bounds(start: date, end: date) -> tuple[datetime, datetime]:

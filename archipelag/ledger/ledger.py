@@ -33,10 +33,10 @@ from archipelag.errors import InvalidTransition
 from archipelag.ids import AccountId, HostId, JobId
 from archipelag.ledger import batches, credits, db, enrolment, hosts, jobs, market, workloads
 from archipelag.ledger import earnings as earnings_ledger
-from archipelag.ledger.earnings import Earnings, Payout, Usage
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaKind, KarmaRules, KarmaState
 from archipelag.ledger.people import People
 from archipelag.ledger.records import (
+    Earnings,
     Host,
     HostIdentity,
     Job,
@@ -44,7 +44,10 @@ from archipelag.ledger.records import (
     JobEvent,
     KarmaEvent,
     Pairing,
+    Payout,
+    Usage,
     Workload,
+    period,
 )
 from archipelag.ledger.tables import utcnow
 from archipelag.lifecycle import TERMINAL_JOB_STATES, HostStatus, JobStatus
@@ -281,13 +284,13 @@ class Ledger(People):
     def earnings(self, account_id: int, start: date | None = None, end: date | None = None,
                  host_id: str | None = None) -> Earnings:
         """The owner's hosts' earnings per day and host over ``[start, end]`` (default: the last 30 days)."""
-        start, end = earnings_ledger.period(start, end, utcnow().date())
+        start, end = period(start, end, utcnow().date())
         with db.read_session(self.engine) as session:
             return earnings_ledger.earnings(session, account_id, start, end, host_id)
 
     def usage(self, account_id: int, start: date | None = None, end: date | None = None) -> Usage:
         """The account's spend per day and workload over ``[start, end]`` (default: the last 30 days)."""
-        start, end = earnings_ledger.period(start, end, utcnow().date())
+        start, end = period(start, end, utcnow().date())
         with db.read_session(self.engine) as session:
             return earnings_ledger.usage(session, account_id, start, end)
 

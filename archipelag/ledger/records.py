@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from archipelag.catalog import MICRO
@@ -212,3 +212,52 @@ class KarmaEvent:
     job_id: JobId | None
     at: datetime
     reason: str | None
+
+
+# --- earnings and usage (archipelag/ledger/earnings.py reads them from the books) ---------------------------
+
+
+@dataclass(frozen=True)
+class DayAmount:
+    day: date
+    key: str  # the host id (earnings) or workload slug (usage)
+    amount_micro: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class Earnings:
+    """An owner's earnings in a period, by day and host, and the book's standing now."""
+
+    start: date
+    end: date
+    days: list[DayAmount]  # by day, then host
+    by_host_micro: dict[str, int]  # in the period
+    period_micro: int  # in the period
+    earned_micro: int  # ever (all hosts, or the one host asked for)
+    paid_out_micro: int  # ever
+    unpaid_micro: int  # what a payout may take now
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A user's spend in a period, by day and workload."""
+
+    start: date
+    end: date
+    days: list[DayAmount]  # by day, then workload
+    by_workload_micro: dict[str, int]
+    total_micro: int
+
+
+@dataclass(frozen=True)
+class Payout:
+    id: int
+    amount_micro: int
+    at: datetime
+
+
+def period(start: date | None, end: date | None, today: date, default_days: int = 30) -> tuple[date, date]:
+    """The days asked for: ``end`` defaults to today, ``start`` to ``default_days`` before it."""
+    end = end or today
+    return start or end - timedelta(days=default_days - 1), end

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from archipelag.catalog import MICRO
 from archipelag.errors import ValidationFailed
-from archipelag.ledger.earnings import DayAmount, Payout, period
+from archipelag.ledger.records import DayAmount, Payout, period
 from archipelag.serve.api_jobs import Reader, Svc, Writer
 from archipelag.serve.responses import data, page
 from archipelag.serve.views import iso
