@@ -291,8 +291,8 @@ class Settings(BaseSettings):
     def services_ray_env(self) -> dict[str, str]:
         """Environment for the coordinator's own Ray cluster: a token no host is given. Serve's controller checks
         its deployments every 0.5 s instead of Ray's 0.1 s: each check asks the GCS for the nodes' resources and
-        drains, which kept the idle controller at ~40 mcore and its GCS at ~15; the ingress deploys as fast
-        (README, Benchmarks)."""
+        drains, which kept the idle controller at 39–48 mcore (15–21 now) and its GCS at 24–30 (13–17); the
+        ingress deploys as fast (README, Benchmarks)."""
         return {**self._ray_env(self.state_dir / "services_ray_token"), "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
     def _ray_env(self, token: Path) -> dict[str, str]:
