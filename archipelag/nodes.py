@@ -73,13 +73,16 @@ def host_resource(host_id: str) -> str:
 # `ray serve`, `ray job` and the state commands, each imported whole (Serve and FastAPI among them) before the
 # CLI parses its arguments: more than half of its start-up CPU. It adds each only if the import works, so marking
 # those modules absent leaves `ray start` as it is and the rest out.
+#
+# Nothing here reads Ray's dashboard (`leave_out_ray_dashboard`).
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _RAY_CLI_EXTRAS = ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli")
 _RAY_START = f"""
 import sys
 sys.modules.update(dict.fromkeys({_RAY_CLI_EXTRAS!r}))
-from archipelag.nodes import keep_loopback_node_addresses
+from archipelag.nodes import keep_loopback_node_addresses, leave_out_ray_dashboard
 keep_loopback_node_addresses()
+leave_out_ray_dashboard()
 from ray.scripts import scripts
 scripts.get_ray_client_dependency_error = lambda: "Archipelag starts no Ray Client server"
 sys.argv[0] = "ray"
@@ -100,6 +103,33 @@ def keep_loopback_node_addresses() -> None:
 
     keep_loopback.keeps_loopback = True  # type: ignore[attr-defined]
     services.resolve_ip_for_localhost = keep_loopback
+
+
+def leave_out_ray_dashboard() -> None:
+    """In this `ray start` process: a head starts no dashboard, and each node's dashboard agent runs as in Ray's
+    minimal install (`ray_agent`), with no modules and no servers.
+
+    Nothing here reads them: no Ray metrics, state API, job submission or dashboard. Ray starts the dashboard even
+    with ``--include-dashboard=false``, and a full agent starts gRPC and HTTP servers and reports every 5 s. A node
+    cannot run without its agent: the raylet waits for the agent's ports and ends when it ends. A minimal agent
+    writes "no port" (-1) for each, which the raylet and the core workers read as "no metrics"."""
+    from ray._private import node, ray_constants, services, utils
+
+    missing = ImportError("Archipelag runs Ray without its dashboard")
+    utils.get_dashboard_dependency_error = lambda: missing  # the agent's command gets `--minimal`
+    python_command = services._build_python_executable_command_memory_profileable
+
+    def agent_command(component: str, session_dir: str, unbuffered: bool = True) -> list[str]:
+        command: list[str] = python_command(component, session_dir, unbuffered)
+        if component == ray_constants.PROCESS_TYPE_DASHBOARD_AGENT:
+            command += ["-m", "archipelag.ray_agent"]  # then the agent's script and its arguments
+        return command
+
+    def no_dashboard(self: node.Node, **_: object) -> None:
+        self._webui_url = None  # as Ray leaves it when its dashboard fails to start
+
+    services._build_python_executable_command_memory_profileable = agent_command
+    node.Node.start_api_server = no_dashboard  # type: ignore[method-assign]
 
 
 def ray_start_command() -> list[str]:

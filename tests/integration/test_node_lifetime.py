@@ -68,12 +68,18 @@ def test_a_node_goes_with_the_process_that_started_it_even_when_that_is_killed(t
         owner.wait()
 
 
-def test_a_stopped_node_leaves_no_process(tmp_path: Path) -> None:
+def test_a_node_runs_no_ray_dashboard_and_once_stopped_leaves_no_process(tmp_path: Path) -> None:
     settings = network_settings(tmp_path / "state")
     head = start_head(settings.ray_head_port, settings.ray_temp_dir, tmp_path / "logs", env=prepare_ray_env(settings))
     try:
         head.wait_started()
         processes = node_processes(head.pid)
+        commands = {p.pid: " ".join(p.cmdline()) for p in processes}
+        assert not any("dashboard/dashboard.py" in command for command in commands.values())
+        agent = next(p for p in processes if "dashboard/agent.py" in commands[p.pid])
+        assert "-m archipelag.ray_agent" in commands[agent.pid] and "--minimal" in commands[agent.pid]
+        agent_log = settings.ray_temp_dir / "session_latest" / "logs" / "dashboard_agent.log"
+        eventually(lambda: agent_log.exists() and "Loaded 0 modules" in agent_log.read_text(), timeout_s=30)
         started = time.monotonic()
         head.stop()
         print(f"\nthe head stopped in {time.monotonic() - started:.1f} s")
