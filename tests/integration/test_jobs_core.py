@@ -452,12 +452,14 @@ def test_a_short_balance_refuses_the_job_and_stops_it_on_the_host_that_already_b
         poor = net.ledger.create_account("poor@example.org", 0).id
         with pytest.raises(PaymentRequired):
             await anext(net.service.submit_and_follow(poor, "wasm-hash", {"text": "x"}, None))
+        host = net.hosts["a"]
         async with asyncio.timeout(5):
-            while not net.hosts["a"].cancelled:
+            while not host.cancelled:
                 await asyncio.sleep(0.05)
-        assert set(net.hosts["a"].cancelled) == set(net.hosts["a"].ran)  # it had begun; it was told to stop
         with contextlib.suppress(NotFound):  # the ledger never had it: NotFound once the dispatcher let it go
-            await net.service.cancel(net.hosts["a"].ran[0])  # returns once the dispatcher has let the job go
+            await net.service.cancel(host.cancelled[0])  # returns once the dispatcher has let the job go
+        # The refusal may reach the host before the run's first step does: what it began, it was told to stop.
+        assert host.ran and set(host.ran) <= set(host.cancelled)
         assert net.ledger.list_jobs(poor)[1] == 0 and net.ledger.total_is_zero()
 
     asyncio.run(scenario())
