@@ -113,10 +113,11 @@ def leave_out_ray_dashboard() -> None:
     with ``--include-dashboard=false``, and a full agent starts gRPC and HTTP servers and reports every 5 s. A node
     cannot run without its agent: the raylet waits for the agent's ports and ends when it ends. A minimal agent
     writes "no port" (-1) for each, which the raylet and the core workers read as "no metrics"."""
-    from ray._private import node, ray_constants, services, utils
+    from ray._private import node, ray_constants, services
 
-    missing = ImportError("Archipelag runs Ray without its dashboard")
-    utils.get_dashboard_dependency_error = lambda: missing  # the agent's command gets `--minimal`
+    from archipelag.ray_agent import read_dashboard_as_missing
+
+    read_dashboard_as_missing()  # the agent's command gets `--minimal`
     python_command = services._build_python_executable_command_memory_profileable
 
     def agent_command(component: str, session_dir: str, unbuffered: bool = True) -> list[str]:
