@@ -106,24 +106,25 @@ def keep_loopback_node_addresses() -> None:
 
 
 def leave_out_ray_dashboard() -> None:
-    """In this `ray start` process: a head starts no dashboard, and each node's dashboard agent runs as in Ray's
-    minimal install (`ray_agent`), with no modules and no servers.
+    """In this `ray start` process: a head starts no dashboard, and each node's two agents run as `ray_agent`.
 
-    Nothing here reads them: no Ray metrics, state API, job submission or dashboard. Ray starts the dashboard even
-    with ``--include-dashboard=false``, and a full agent starts gRPC and HTTP servers and reports every 5 s. A node
-    cannot run without its agent: the raylet waits for the agent's ports and ends when it ends. A minimal agent
-    writes "no port" (-1) for each, which the raylet and the core workers read as "no metrics"."""
+    Nothing here reads the dashboard or its agent: no Ray metrics, state API or job submission. Ray starts the
+    dashboard even with ``--include-dashboard=false``, and a full agent starts gRPC and HTTP servers and reports
+    every 5 s. A node cannot run without its agents: the raylet waits for their ports and ends when one ends. The
+    dashboard agent writes "no port" (-1) for each of its ports, as Ray's agent does in its minimal mode (the raylet
+    and the core workers read it as "no metrics"); the runtime-env agent holds its port and becomes Ray's agent
+    only if a runtime environment is ever asked for."""
     from ray._private import node, ray_constants, services
 
     from archipelag.ray_agent import read_dashboard_as_missing
 
-    read_dashboard_as_missing()  # the agent's command gets `--minimal`
+    read_dashboard_as_missing()  # `ray start` checks none of the dashboard's dependencies
     python_command = services._build_python_executable_command_memory_profileable
 
     def agent_command(component: str, session_dir: str, unbuffered: bool = True) -> list[str]:
         command: list[str] = python_command(component, session_dir, unbuffered)
-        if component == ray_constants.PROCESS_TYPE_DASHBOARD_AGENT:
-            command += ["-m", "archipelag.ray_agent"]  # then the agent's script and its arguments
+        if component in (ray_constants.PROCESS_TYPE_DASHBOARD_AGENT, ray_constants.PROCESS_TYPE_RUNTIME_ENV_AGENT):
+            command += ["-m", "archipelag.ray_agent"]  # then Ray's agent script and its arguments
         return command
 
     def no_dashboard(self: node.Node, **_: object) -> None:

@@ -1,20 +1,54 @@
-"""A Ray node's dashboard agent as Ray's minimal install runs it: no modules, no gRPC or HTTP server, no reports.
+"""A Ray node's two agents, reduced to what a node here needs of them.
 
-`ray start` passes the agent's command to the raylet as ``python -u -m archipelag.ray_agent AGENT_SCRIPT ARGS``
-(`nodes.leave_out_ray_dashboard`, which also adds ``--minimal``). An agent with ``--minimal`` still loads every
-module it can import, so here Ray reads its dashboard's dependencies as missing before the script runs.
+A raylet starts two agents, waits for the ports they write and ends when either ends. Nothing here reads the
+dashboard agent's (Ray's metrics, state API, job submission and dashboard), and nothing here asks for a runtime
+environment, yet each agent imports Ray and its servers before it writes a port: 1.1–1.8 and 0.6–1.1 CPU-s to
+start on this machine, 66 and 45 MiB, on every node. So `ray start` (`nodes.leave_out_ray_dashboard`) gives the
+raylet ``python -u -m archipelag.ray_agent SCRIPT ARGS`` for each, where SCRIPT is Ray's own agent, and here:
+
+- the dashboard agent writes "no port" (-1) for the metrics agent, the metrics export and its HTTP server, as Ray's
+  agent does in its minimal mode, and waits;
+- the runtime-env agent binds its port as Ray's does and writes it, then waits for a first request. Should one
+  come (a task or actor with a runtime environment), it becomes Ray's agent on that port (``exec``, same pid): the
+  raylet retries its request meanwhile. Without an agent on the port the raylet ends at such a request.
+
+Neither imports anything beyond the standard library until then. Both end with their raylet.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-import runpy
+import select
+import signal
+import socket
 import sys
+from pathlib import Path
+
+# The port files the raylet waits for, named as Ray 2.60 names them (`ray._raylet.get_port_filename`; a unit test
+# checks both against Ray's).
+NO_PORTS = ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port")
+RUNTIME_ENV_PORT = "runtime_env_agent_port"
+RUNTIME_ENV_AGENT_SCRIPT = os.path.join("runtime_env", "agent", "main.py")
+NO_PORT = -1
+_PR_SET_PDEATHSIG = 1
+
+
+def port_file(session_dir: Path, node_id: str, name: str) -> Path:
+    return session_dir / f"{name}_{node_id}"
+
+
+def write_port(session_dir: Path, node_id: str, name: str, port: int) -> None:
+    """A port for the raylet, written whole before it can be seen."""
+    path = port_file(session_dir, node_id, name)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(str(port))
+    partial.replace(path)
 
 
 def read_dashboard_as_missing() -> None:
-    """In this process, Ray reads its dashboard's dependencies as not installed: `ray start` then adds ``--minimal``
-    to the agent's command, and the agent loads no modules."""
+    """In this process, Ray reads its dashboard's dependencies as not installed: `ray start` then checks no more
+    of them (it imported them whole to see that they were there)."""
     from ray._private import utils
     from ray.dashboard import utils as dashboard_utils
 
@@ -23,13 +57,54 @@ def read_dashboard_as_missing() -> None:
     dashboard_utils.get_dashboard_dependency_error = lambda: missing  # type: ignore[attr-defined]  # its own import
 
 
-def main() -> None:
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    sys.path[0] = os.path.dirname(script)  # as if the script had been run itself
-    read_dashboard_as_missing()
-    runpy.run_path(script, run_name="__main__")
+def option(args: list[str], name: str) -> str:
+    """``--name=value`` among the agent's arguments (the raylet passes them so)."""
+    prefix = f"--{name}="
+    found = [arg[len(prefix):] for arg in args if arg.startswith(prefix)]
+    if not found:
+        raise SystemExit(f"archipelag.ray_agent: no {prefix}… among the agent's arguments")
+    return found[-1]
+
+
+def with_option(args: list[str], name: str, value: str) -> list[str]:
+    prefix = f"--{name}="
+    return [f"{prefix}{value}" if arg.startswith(prefix) else arg for arg in args]
+
+
+def dashboard_agent(args: list[str]) -> None:
+    session_dir, node_id = Path(option(args, "session-dir")), option(args, "node-id")
+    for name in NO_PORTS:
+        write_port(session_dir, node_id, name, NO_PORT)
+    while True:
+        signal.pause()  # SIGTERM (from the raylet as the node stops, or from the kernel as it ends) ends it
+
+
+def runtime_env_agent(script: str, args: list[str]) -> None:
+    """Ray's runtime-env agent once it is asked for: until then a bound port and nothing else."""
+    host, port = option(args, "node-ip-address"), int(option(args, "runtime-env-agent-port") or 0)
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as listener:  # as Ray's agent binds it
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen()
+        port = listener.getsockname()[1]
+        write_port(Path(option(args, "session-dir")), option(args, "node-id"), RUNTIME_ENV_PORT, port)
+        select.select([listener], [], [])  # a first request: the raylet retries it while Ray's agent starts
+    os.execv(sys.executable, [sys.executable, "-u", script, *with_option(args, "runtime-env-agent-port", str(port))])
+
+
+def main(argv: list[str]) -> None:
+    script, args = argv[0], argv[1:]
+    raylet = int(os.environ["RAY_RAYLET_PID"])
+    # Ends with its raylet, however the raylet ends (Ray's agents check every few seconds; here the kernel tells).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != raylet:
+        return  # the raylet ended before the line above
+    if script.endswith(RUNTIME_ENV_AGENT_SCRIPT):
+        runtime_env_agent(script, args)
+    else:
+        dashboard_agent(args)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -87,6 +87,25 @@ def test_hosts_join_a_cluster_of_their_own_which_holds_none_of_the_coordinators_
     assert {a["name"] for a in named} == {f"host-agent:island-{i}" for i in (1, 2, 3)}, named
 
 
+def test_a_task_with_a_runtime_environment_starts_rays_runtime_env_agent_on_its_node(
+        network: EmbeddedNetwork) -> None:
+    """Each node's runtime-env agent holds its port and nothing else (`archipelag.ray_agent`) until a task or actor
+    asks for a runtime environment; then it becomes Ray's agent, and the task runs in its environment."""
+    @ray.remote(num_cpus=0)
+    def read_env() -> tuple[int, str | None]:
+        return os.getppid(), os.environ.get("ARCHIPELAG_TEST_ENV")
+
+    raylet, unset = ray.get(read_env.remote(), timeout=60)  # a worker's parent is its node's raylet
+    assert unset is None
+    agent = next(p for p in psutil.Process(raylet).children()
+                 if "runtime_env/agent/main.py" in " ".join(p.cmdline()))
+    assert agent.cmdline()[1:4] == ["-u", "-m", "archipelag.ray_agent"] and agent.memory_full_info().uss < 20 * 2**20
+    _, value = ray.get(read_env.options(runtime_env={"env_vars": {"ARCHIPELAG_TEST_ENV": "set"}}).remote(),
+                       timeout=120)
+    assert value == "set"
+    assert agent.is_running() and agent.cmdline()[0].startswith("ray::RuntimeEnvAgent")  # the same process, Ray's
+
+
 def test_hosts_are_listed_online_with_their_capabilities(http: httpx.Client) -> None:
     hosts = http.get("/api/v1/hosts").json()["data"]
     assert {h["id"] for h in hosts} == {"island-1", "island-2", "island-3"}

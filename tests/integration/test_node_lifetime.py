@@ -19,6 +19,7 @@ import ray
 from netutil import enrol_local_host, eventually, network_settings
 from up_process import network_processes, still_running
 
+from archipelag import ray_agent
 from archipelag.bridge.client import BridgedAgent, socket_path
 from archipelag.catalog_signing import ensure_dev_signed_catalog
 from archipelag.coordinator import Coordinator, prepare_ray_env, start_coordinator
@@ -68,7 +69,7 @@ def test_a_node_goes_with_the_process_that_started_it_even_when_that_is_killed(t
         owner.wait()
 
 
-def test_a_node_runs_no_ray_dashboard_and_once_stopped_leaves_no_process(tmp_path: Path) -> None:
+def test_a_node_runs_neither_rays_dashboard_nor_its_agents_and_once_stopped_leaves_no_process(tmp_path: Path) -> None:
     settings = network_settings(tmp_path / "state")
     head = start_head(settings.ray_head_port, settings.ray_temp_dir, tmp_path / "logs", env=prepare_ray_env(settings))
     try:
@@ -76,10 +77,14 @@ def test_a_node_runs_no_ray_dashboard_and_once_stopped_leaves_no_process(tmp_pat
         processes = node_processes(head.pid)
         commands = {p.pid: " ".join(p.cmdline()) for p in processes}
         assert not any("dashboard/dashboard.py" in command for command in commands.values())
-        agent = next(p for p in processes if "dashboard/agent.py" in commands[p.pid])
-        assert "-m archipelag.ray_agent" in commands[agent.pid] and "--minimal" in commands[agent.pid]
-        agent_log = settings.ray_temp_dir / "session_latest" / "logs" / "dashboard_agent.log"
-        eventually(lambda: agent_log.exists() and "Loaded 0 modules" in agent_log.read_text(), timeout_s=30)
+        agents = {p.cmdline()[4]: p for p in processes if p.cmdline()[1:4] == ["-u", "-m", "archipelag.ray_agent"]}
+        assert sorted(agents) == sorted(str(Path(ray.__file__).parent / script) for script in (
+            "dashboard/agent.py", "_private/runtime_env/agent/main.py"))  # both of the raylet's agents are ours
+        assert not any("_raylet" in (m.path or "") for a in agents.values() for m in a.memory_maps())  # no Ray
+        session = settings.ray_temp_dir / "session_latest"  # the raylet read their ports: the head is up
+        for name in ray_agent.NO_PORTS:
+            assert [p.read_text() for p in session.glob(f"{name}_*")] == ["-1"]
+        assert [int(p.read_text()) > 0 for p in session.glob(f"{ray_agent.RUNTIME_ENV_PORT}_*")] == [True]
         started = time.monotonic()
         head.stop()
         print(f"\nthe head stopped in {time.monotonic() - started:.1f} s")
