@@ -27,6 +27,7 @@ from pathlib import Path
 import docker
 import psutil
 
+from archipelag import ray_agent
 from archipelag.network import EmbeddedNetwork
 from archipelag.runtimes.orphans import OWNER_LABEL
 
@@ -39,6 +40,9 @@ def role_of(process: psutil.Process) -> str:
     first = command[0]
     if first.startswith("ray::"):
         return re.split(r"[.\s]", first[len("ray::"):], maxsplit=1)[0] or "idle Ray worker"
+    if "archipelag.ray_agent" in command[:-1]:  # a node's agent, named by the one of Ray's it stands for
+        script = command[command.index("archipelag.ray_agent") + 1]
+        return f"ray_agent ({'runtime env' if ray_agent.RUNTIME_ENV_AGENT_SCRIPT in script else 'dashboard'})"
     for flag in ("-m", "-c"):  # a module and its first argument; a script given inline, by its first argument
         if flag in command[:-1]:
             at = command.index(flag)
