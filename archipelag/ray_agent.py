@@ -12,7 +12,7 @@ raylet ``python -u -m archipelag.ray_agent SCRIPT ARGS`` for each, where SCRIPT 
   come (a task or actor with a runtime environment), it becomes Ray's agent on that port (``exec``, same pid): the
   raylet retries its request meanwhile. Without an agent on the port the raylet ends at such a request.
 
-Neither imports anything beyond the standard library until then. Both end with their raylet.
+Neither imports anything beyond the standard library until then. Both end with their raylet (`end_with`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def dashboard_agent(args: list[str]) -> None:
     for name in NO_PORTS:
         write_port(session_dir, node_id, name, NO_PORT)
     while True:
-        signal.pause()  # SIGTERM (from the raylet as the node stops, or from the kernel as it ends) ends it
+        signal.pause()  # until SIGTERM (from the raylet as the node stops) or its raylet's end
 
 
 def runtime_env_agent(script: str, args: list[str]) -> None:
@@ -90,16 +90,31 @@ def runtime_env_agent(script: str, args: list[str]) -> None:
         port = listener.getsockname()[1]
         write_port(Path(option(args, "session-dir")), option(args, "node-id"), RUNTIME_ENV_PORT, port)
         select.select([listener], [], [])  # a first request: the raylet retries it while Ray's agent starts
+    _prctl(_PR_SET_PDEATHSIG, 0)  # Ray's agent watches its raylet itself
     os.execv(sys.executable, [sys.executable, "-u", script, *with_option(args, "runtime-env-agent-port", str(port))])
+
+
+def end_with(raylet: int) -> bool:
+    """This process ends once its raylet has (Ray's agents check every few seconds; here the kernel tells). The
+    kernel signals when the raylet's thread that started it ends, so the signal is checked against the parent, not
+    taken as the end. Whether the raylet is still there now."""
+    def parent_gone(*_: object) -> None:
+        if os.getppid() != raylet:
+            os._exit(0)
+
+    signal.signal(signal.SIGUSR1, parent_gone)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
+    return os.getppid() == raylet  # else it ended before the line above
+
+
+def _prctl(option: int, value: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(option, value)
 
 
 def main(argv: list[str]) -> None:
     script, args = argv[0], argv[1:]
-    raylet = int(os.environ["RAY_RAYLET_PID"])
-    # Ends with its raylet, however the raylet ends (Ray's agents check every few seconds; here the kernel tells).
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != raylet:
-        return  # the raylet ended before the line above
+    if not end_with(int(os.environ["RAY_RAYLET_PID"])):
+        return
     if script.endswith(RUNTIME_ENV_AGENT_SCRIPT):
         runtime_env_agent(script, args)
     else:

@@ -86,6 +86,42 @@ def test_the_agent_ends_when_its_raylet_ends(tmp_path: Path) -> None:
             agent.kill()
 
 
+RAYLET_THREAD = """
+import os, pathlib, subprocess, sys, threading, time
+started = []
+
+def start():  # and stay until the agent has written its ports (so it listens for its parent's end by then)
+    started.append(subprocess.Popen(sys.argv[2:], env={**os.environ, "RAY_RAYLET_PID": str(os.getpid())}))
+    while not pathlib.Path(sys.argv[1]).exists():
+        time.sleep(0.02)
+
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()  # the thread that started the agent has ended; the process goes on
+print(started[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_agent_outlives_the_raylet_thread_that_started_it(tmp_path: Path) -> None:
+    """The kernel's parent-death signal comes when the parent *thread* ends: that is not the raylet's end."""
+    written = ray_agent.port_file(tmp_path, NODE_ID, ray_agent.NO_PORTS[-1])
+    parent = subprocess.Popen([sys.executable, "-c", RAYLET_THREAD, str(written), *agent_command(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    agent = psutil.Process(int(parent.stdout.readline()))
+    try:
+        time.sleep(1)
+        assert agent.status() != psutil.STATUS_ZOMBIE and agent.is_running()
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not agent.is_running() or agent.status() == psutil.STATUS_ZOMBIE, timeout_s=10)
+    finally:
+        parent.kill()
+        if agent.is_running():
+            agent.kill()
+
+
 def test_an_agent_whose_raylet_is_already_gone_writes_nothing_and_ends(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_RAYLET_PID": "1"}  # not its parent
     assert subprocess.run(agent_command(tmp_path), env=env, timeout=30, check=False).returncode == 0
