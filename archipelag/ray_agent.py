@@ -46,17 +46,6 @@ def write_port(session_dir: Path, node_id: str, name: str, port: int) -> None:
     partial.replace(path)
 
 
-def read_dashboard_as_missing() -> None:
-    """In this process, Ray reads its dashboard's dependencies as not installed: `ray start` then checks no more
-    of them (it imported them whole to see that they were there)."""
-    from ray._private import utils
-    from ray.dashboard import utils as dashboard_utils
-
-    missing = ImportError("Archipelag runs Ray without its dashboard")
-    utils.get_dashboard_dependency_error = lambda: missing
-    dashboard_utils.get_dashboard_dependency_error = lambda: missing  # type: ignore[attr-defined]  # its own import
-
-
 def option(args: list[str], name: str) -> str:
     """``--name=value`` among the agent's arguments (the raylet passes them so)."""
     prefix = f"--{name}="
