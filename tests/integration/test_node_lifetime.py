@@ -81,8 +81,9 @@ def test_a_node_runs_neither_rays_dashboard_nor_its_agents_and_once_stopped_leav
         assert sorted(agents) == sorted(str(Path(ray.__file__).parent / script) for script in (
             "dashboard/agent.py", "_private/runtime_env/agent/main.py"))  # both of the raylet's agents are ours
         assert not any("_raylet" in (m.path or "") for a in agents.values() for m in a.memory_maps())  # no Ray
-        session = settings.ray_temp_dir / "session_latest"  # the raylet read their ports: the head is up
-        for name in ray_agent.NO_PORTS:
+        raylet = next(c for c in map(psutil.Process.cmdline, processes) if c[0].endswith("/raylet"))
+        session = Path(next(a for a in raylet if a.startswith("--session_dir=")).split("=", 1)[1])  # this head's
+        for name in ray_agent.NO_PORTS:  # the ports the raylet read: the head is up
             assert [p.read_text() for p in session.glob(f"{name}_*")] == ["-1"]
         assert [int(p.read_text()) > 0 for p in session.glob(f"{ray_agent.RUNTIME_ENV_PORT}_*")] == [True]
         started = time.monotonic()
