@@ -115,13 +115,11 @@ def leave_out_ray_dashboard() -> None:
     and the core workers read it as "no metrics"); the runtime-env agent holds its port and becomes Ray's agent
     only if a runtime environment is ever asked for."""
     from ray._private import node, ray_constants, services, utils
-    from ray.dashboard import utils as dashboard_utils
 
     # Ray reads its dashboard's dependencies as not installed, so `ray start` checks none of them (it imported
     # them whole to see that they were there).
     missing = ImportError("Archipelag runs Ray without its dashboard")
     utils.get_dashboard_dependency_error = lambda: missing
-    dashboard_utils.get_dashboard_dependency_error = lambda: missing  # type: ignore[attr-defined]  # its own import
     python_command = services._build_python_executable_command_memory_profileable
 
     def agent_command(component: str, session_dir: str, unbuffered: bool = True) -> list[str]:
