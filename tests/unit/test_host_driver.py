@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +19,9 @@ from archipelag.actors import driver as driver_module
 from archipelag.actors.controls import Command, Controller
 from archipelag.actors.driver import SeparateDriver, read_view
 from archipelag.errors import Conflict, HostLost
+from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
+from archipelag.settings import Settings
 
 GOOD = {"state": {"status": "paused", "by": "owner", "reason": "lunch", "since": 1.5}, "running": ["j1", "j2"]}
 
@@ -128,3 +133,37 @@ def test_a_driver_that_ignores_its_closed_input_is_killed(monkeypatch: pytest.Mo
 def test_read_view_takes_an_honest_view() -> None:
     view = read_view({"state": {"status": "online", "by": None, "reason": "", "since": 0}, "running": []})
     assert view.state.status == HostStatus.ONLINE and view.running == ()
+
+
+def test_a_host_waiting_for_its_coordinators_api_asks_over_one_connection(tmp_path: Path) -> None:
+    """A host that starts with its coordinator asks for the API every 0.2 s until it answers, on the cores the
+    coordinator is starting on: over one kept-alive connection, not a new client (and TLS context) per try."""
+    seen: list[tuple[str, int]] = []
+
+    class Health(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def do_GET(self) -> None:
+            seen.append(self.client_address)
+            self.send_response(200 if len(seen) > 3 else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(state_dir=tmp_path, coordinator_api=f"http://127.0.0.1:{server.server_address[1]}")
+        driver_module._wait_for_api(settings, HostId("h1"), timeout_s=10, node_alive=lambda: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(seen) == 4 and len(set(seen)) == 1  # three refusals, then the answer, all from one client socket
+
+
+def test_a_host_stops_waiting_for_the_api_once_its_node_is_gone(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, coordinator_api="http://127.0.0.1:9")  # nothing answers there
+    with pytest.raises(HostLost, match="raylet exited"):
+        driver_module._wait_for_api(settings, HostId("h1"), timeout_s=10, node_alive=lambda: "its raylet exited")
