@@ -11,6 +11,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from archipelag.bridge.client import BridgeProcess
 from archipelag.catalog import load_catalog
@@ -27,6 +28,9 @@ from archipelag.nodes import (
 from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The services' actors are up, and the jobs service has resumed what a previous run left (a long ledger's worth).
+SERVICES_TIMEOUT_S = 120
 
 
 def prepare_ray_env(settings: Settings, rotate_token: bool = False) -> dict[str, str]:
@@ -133,21 +137,34 @@ class Coordinator:
     bridge: BridgeProcess | None = None
 
     def start_services(self) -> None:
-        """The ledger, revocations, placement and jobs actors on the services' head, the bridge to the hosts,
-        then the API."""
-        from archipelag.accounts.revocations import RevocationsClient
-        from archipelag.jobs.client import JobsClient
-        from archipelag.ledger.client import LedgerClient
-        from archipelag.placement.client import PlacementClient
+        """The ledger, revocations, placement and jobs actors on the services' head, the bridge to the hosts and
+        the API, starting side by side (each in a process of its own, most of it `import`: one after another, a
+        test network's services took 11 s to come up here, side by side 8), then wait until every one is up and
+        the jobs service has resumed what a previous run left. A constructor finds the other actors by name:
+        they are all created before the API's replicas start."""
+        import ray
+
+        from archipelag.accounts import revocations
+        from archipelag.jobs import client as jobs
+        from archipelag.ledger import client as ledger
+        from archipelag.placement import client as placement
         from archipelag.serve.app import deploy
 
-        LedgerClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
-        RevocationsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
-        PlacementClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})
+        on_head: dict[str, float] = {COORDINATOR_RESOURCE: 1}
+        ledger.LedgerClient.start(self.settings, resources=on_head)
+        revocations.RevocationsClient.start(self.settings, resources=on_head)
+        placement.PlacementClient.start(self.settings, resources=on_head)
         self.bridge = BridgeProcess(self.settings, self.address, self.settings.state_dir / "logs" / "bridge.log",
                                     hosts_env(self.settings), hosts_account(self.settings)).start()
-        JobsClient.start(self.settings, resources={COORDINATOR_RESOURCE: 1})  # resumes what a previous run left
-        deploy(self.settings)
+        jobs.JobsClient.start(self.settings, resources=on_head)
+        deploy(self.settings)  # returns once the API's replicas are ready, while the others start too
+
+        def actor(name: str) -> Any:
+            return ray.get_actor(name, namespace=self.settings.ray_namespace)
+
+        services = (ledger.ACTOR_NAME, revocations.ACTOR_NAME, placement.ACTOR_NAME)
+        ray.get([actor(name).__ray_ready__.remote() for name in services], timeout=SERVICES_TIMEOUT_S)
+        ray.get(actor(jobs.ACTOR_NAME).start.remote(), timeout=SERVICES_TIMEOUT_S)  # its resumption, once
 
     def stop(self) -> None:
         """Take the coordinator down: each head goes with everything it runs (Serve's graceful shutdown would

@@ -25,7 +25,8 @@ class JobsClient:
 
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> JobsClient:
-        """Create the named, detached jobs actor (or find the running one); it resumes unfinished jobs."""
+        """Create the named, detached jobs actor (or find the running one) and return at once; it resumes
+        unfinished jobs as it starts, and calls wait for that."""
         import ray
 
         from archipelag.jobs.actor import JobsActor
@@ -36,7 +37,7 @@ class JobsClient:
             num_cpus=0, max_restarts=-1, max_task_retries=0, resources=resources or {},
             max_concurrency=10_000,  # every reader's long wait is a pending call
         ).remote(settings)
-        ray.get(handle.start.remote(), timeout=120)
+        handle.start.remote()
         return cls(RayCalls(handle, "jobs service"))
 
     @classmethod

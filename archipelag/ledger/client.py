@@ -47,6 +47,8 @@ class LedgerClient:
 
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> LedgerClient:
+        """Create the named, detached ledger actor (or find the running one) and return at once: calls wait for
+        it to be up (``Coordinator.start_services`` waits for every service together)."""
         import ray
 
         from archipelag.ledger.ledger import Ledger
@@ -57,7 +59,6 @@ class LedgerClient:
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
         ).remote(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps,
                  karma_rules=KarmaRules.from_settings(settings.karma))
-        ray.get(handle.schema_version.remote(), timeout=60)
         return cls(RayCalls(handle, "ledger"))
 
     @classmethod

@@ -169,7 +169,8 @@ class PlacementClient:
 
     @classmethod
     def start(cls, settings: Settings, resources: dict[str, float] | None = None) -> PlacementClient:
-        """Create the named, detached placement actor (or find the running one) and wait until it answers."""
+        """Create the named, detached placement actor (or find the running one) and return at once: calls wait
+        for it to be up."""
         import ray
 
         from archipelag.bridge.client import socket_path
@@ -184,9 +185,7 @@ class PlacementClient:
             max_concurrency=1,  # one call at a time, in each caller's order: see actor.py
         ).remote(settings, time.time, prober, identities=LedgerIdentities(settings.ray_namespace), witness=witness,
                  book=LedgerBook(settings.ray_namespace), book_thread=True)
-        client = cls(_RayCalls(handle))
-        client.ping()
-        return client
+        return cls(_RayCalls(handle))
 
     @classmethod
     def connect(cls, settings: Settings) -> PlacementClient:
