@@ -76,7 +76,9 @@ def test_closing_a_chat_stream_early_cancels_its_job(client: Client, net: ModelN
     job_id = stream.job_id
     assert job_id is not None
     eventually(lambda: net.job(job_id).status == JobStatus.CANCELLED)
-    assert net.host.cancelled == [job_id]
+    # Its host is told to stop it, maybe twice: a cancel that reaches the host while it is still admitting the job
+    # is sent again once the host starts it (jobs/dispatcher.py), as the first may have come before the host knew it.
+    assert set(net.host.cancelled) == {job_id}
 
 
 def test_a_failure_mid_stream_raises_job_failed_after_the_first_pieces(client: Client) -> None:
