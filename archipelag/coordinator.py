@@ -29,7 +29,8 @@ from archipelag.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The services' actors are up, and the jobs service has resumed what a previous run left (a long ledger's worth).
+# How long a start waits for the services' actors to be up and for the jobs service to resume what a previous run
+# left (as long as the jobs service waited alone before).
 SERVICES_TIMEOUT_S = 120
 
 
