@@ -23,6 +23,7 @@ from archipelag.nodes import (
     head_address,
     hosts_dir,
     runtime_dir,
+    services_dir,
     start_head,
 )
 from archipelag.settings import Settings
@@ -97,7 +98,7 @@ def _fresh_runtime_dir(settings: Settings, run_as: RunAs | None) -> tuple[Path, 
         pass
     root.mkdir(mode=0o711)  # fails if someone made the name again meanwhile
     root.chmod(0o711)
-    services, hosts = root / "services", hosts_dir(settings.state_dir)
+    services, hosts = services_dir(settings.state_dir), hosts_dir(settings.state_dir)
     services.mkdir(mode=0o700)
     hosts.mkdir(mode=0o700)
     (hosts / "ray").mkdir(mode=0o700)
@@ -211,14 +212,14 @@ def open_coordinator(settings: Settings, log_dir: Path, timeout_s: float = 90,
         log.warning("the hosts' head listens on %s and runs as this account: any host may run code as it and read "
                     "the coordinator's state; set ARCHIPELAG_HOSTS_RAY_USER (README, \"Two Ray clusters\")",
                     settings.ray_head_ip)
-    services_dir, hosts_dir = _fresh_runtime_dir(settings, run_as)
-    head = start_head(0, services_dir, log_dir, env=env)  # loopback, on a port Ray picks: for this machine only
-    hosts_head = start_head(settings.ray_head_port, hosts_dir / "ray", log_dir, node_ip=settings.ray_head_ip,
+    services_temp, hosts_folder = _fresh_runtime_dir(settings, run_as)
+    head = start_head(0, services_temp, log_dir, env=env)  # loopback, on a port Ray picks: for this machine only
+    hosts_head = start_head(settings.ray_head_port, hosts_folder / "ray", log_dir, node_ip=settings.ray_head_ip,
                             env=hosts_env(settings), name="hosts-head", resources={}, num_cpus=0, run_as=run_as)
     try:
         head.wait_started(timeout_s)
         hosts_head.wait_started(timeout_s)
-        services_address = head_address(services_dir)
+        services_address = head_address(services_temp)
         ray.init(address=services_address, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)
     except BaseException:

@@ -45,6 +45,12 @@ def runtime_dir(state_dir: Path) -> Path:
     return Path("/tmp") / f"ap-{tag}"
 
 
+def services_dir(state_dir: Path) -> Path:
+    """The services' folder in the runtime folder, the coordinator's account's alone: their Ray head's temp dir and
+    the jobs service's socket (``jobs.client.socket_path``)."""
+    return runtime_dir(state_dir) / "services"
+
+
 def hosts_dir(state_dir: Path) -> Path:
     """The hosts' head's folder in the runtime folder: its Ray temp dir, its copy of the hosts' token, the bridge's
     socket. The hosts' account's, when the hosts' head runs as one."""

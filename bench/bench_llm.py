@@ -255,7 +255,7 @@ def stage_rows(chats: list[Chat], stamps: dict[str, dict[str, float]], engine_s:
 STAGE_NAMES = {
     ("sent", "arrived"): "HTTP in (client → replica)",
     ("arrived", "handler"): "auth, body checks, parsing",
-    ("handler", "submit"): "Ray call replica → jobs service",
+    ("handler", "submit"): "replica → jobs service (Unix socket)",
     ("submit", "ranked"): "admission + placement's ranking",
     ("ranked", "dispatched"): "dispatch",
     ("dispatched", "host"): "Ray call jobs service → host",  # a host reached without the bridge
@@ -275,7 +275,7 @@ STAGE_NAMES = {
     ("host_out", "relayed"): "Ray stream host → relay",
     ("host_out", "bridge_out"): "Ray stream host → bridge",
     ("bridge_out", "relayed"): "bridge → relay (Unix socket)",
-    ("relayed", "replica"): "Ray stream relay → replica",
+    ("relayed", "replica"): "relay → replica (Unix socket)",
     ("replica", "written"): "replica: SSE frame",
     ("written", "first"): "HTTP out (replica → client)",
 }

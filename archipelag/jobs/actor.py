@@ -3,6 +3,9 @@
 An async actor: the dispatcher, the relay and every reader's wait share one event loop, so no lock is needed.
 Ray restarts it if its process dies; the new one resumes unfinished jobs from the ledger (``JobService.start``),
 as a restarted coordinator does.
+
+The API's replicas call it over its socket (``socket_calls``; ``JobsClient.connect``), which it opens as it starts:
+a replica that finds nobody there asks for ``start`` through Ray, then connects.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from archipelag.bridge.client import BridgeHosts, socket_path
+from archipelag.bridge import client as bridge
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId
+from archipelag.jobs.client import CALLED, socket_path
 from archipelag.jobs.relay import Batch
 from archipelag.jobs.service import JobService
 from archipelag.ledger.client import LedgerClient
@@ -23,6 +27,7 @@ from archipelag.metrics.network import NetworkStatus, RequestCounts
 from archipelag.placement.client import PlacementClient
 from archipelag.placement.scoring import HostSnapshot
 from archipelag.settings import Settings
+from archipelag.socket_calls import CallServer
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,13 @@ class JobsActor:
         logging.basicConfig(level=logging.INFO)
         ledger = LedgerClient.connect(settings)
         self._service = JobService(settings, load_catalog(settings.workloads_dir), ledger,
-                                   PlacementClient.connect(settings), BridgeHosts(socket_path(settings)),
+                                   PlacementClient.connect(settings), bridge.BridgeHosts(bridge.socket_path(settings)),
                                    identities=ledger.host_identity)  # every host enrols: receipts are checked
         self._starting: asyncio.Task[None] | None = None
+        self._socket = CallServer(self, CALLED, socket_path(settings), "jobs service")
 
     async def start(self) -> None:
+        await self._socket.listen()
         if self._starting is None:
             self._starting = asyncio.get_running_loop().create_task(self._service.start())
         await asyncio.shield(self._starting)

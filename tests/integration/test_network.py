@@ -27,6 +27,7 @@ from netutil import api_client, eventually, network_settings
 from archipelag.bridge.client import BridgedAgent
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId, WorkloadSlug
+from archipelag.jobs import client as jobs_client
 from archipelag.network import EmbeddedNetwork, LocalHost, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
 from archipelag.runtimes.base import JobSpec
@@ -337,6 +338,31 @@ def test_a_killed_bridge_is_started_again_and_jobs_run_through_the_new_one(netwo
     assert not [e for e in events if e.get("retry")] and events[-1]["type"] == "done", events[-3:]
     job, _ = run_job(http, "wasm-echo-stream", {"text": "after the restart", "repeat": 2})
     assert job["status"] == "completed", job
+
+
+def test_the_api_reaches_the_jobs_service_over_its_socket_and_again_once_ray_restarted_it(
+        network: EmbeddedNetwork, http: httpx.Client) -> None:
+    """The replicas call the jobs service over its Unix socket. Ray restarts the service when its process dies; the
+    new one listens once started, and a request that finds nobody there starts it through Ray (while Ray restarts
+    it, a request is told 503, retry shortly, as it was when the replicas called it through Ray)."""
+    jobs = ray.get_actor("jobs", namespace=network.settings.ray_namespace)
+    before = ray.get(jobs.__ray_call__.remote(lambda actor: os.getpid()))
+    socket_path = jobs_client.socket_path(network.settings)
+    served = {c.raddr for c in psutil.Process(before).net_connections("unix") if c.laddr == str(socket_path)}
+    assert served, "no replica is connected to the jobs service's socket"
+    ray.kill(jobs, no_restart=False)
+    eventually(lambda: not psutil.pid_exists(before), timeout_s=30)
+    assert not answers(socket_path)  # the dead one's file is left; nobody listens there
+    created: list[httpx.Response] = []
+    body = {"workload": "wasm-echo-stream", "input": {"text": "after the restart", "repeat": 2}}
+    eventually(lambda: created.append(http.post("/api/v1/jobs", json=body)) or created[-1].status_code != 503,
+               timeout_s=60)
+    assert created[-1].status_code == 201, created[-1].text
+    assert {r.json()["error"]["code"] for r in created[:-1]} <= {"service_unavailable"}
+    job_id = created[-1].json()["data"]["id"]
+    assert stream(http, job_id)[-1]["type"] == "done"
+    assert ray.get(jobs.__ray_call__.remote(lambda actor: os.getpid())) != before
+    assert answers(socket_path)
 
 
 def test_a_host_lost_mid_job_sends_the_job_to_another_host_then_goes_offline(network: EmbeddedNetwork,
