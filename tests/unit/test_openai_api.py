@@ -4,6 +4,7 @@ chat (whole and streamed), models, images, limits, errors, a client that leaves,
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import threading
 import time
@@ -473,3 +474,29 @@ def test_a_chat_without_a_seed_gets_one_at_the_ingress_so_a_retry_replays_the_sa
     first = chat_input(ChatRequest.model_validate(chat("hi")))
     assert isinstance(first["seed"], int) and 0 <= first["seed"] <= 2**31 - 1
     assert chat_input(ChatRequest.model_validate(chat("hi", seed=5)))["seed"] == 5
+
+
+def test_no_route_runs_its_endpoint_or_a_dependency_in_the_thread_pool(net: ModelNetwork) -> None:
+    """FastAPI calls a plain function, endpoint or dependency, in its thread pool: a hop to a thread and back on
+    every request (0.5 ms of a first token, `bench llm`). Every one the API's routes use is a coroutine."""
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    def calls(dependant: Dependant) -> Iterator[Any]:
+        if dependant.call is not None:
+            yield dependant.call
+        for inner in dependant.dependencies:
+            yield from calls(inner)
+
+    def routes(of: list[Any]) -> Iterator[APIRoute]:
+        for route in of:
+            if isinstance(route, APIRoute):
+                yield route
+            elif hasattr(route, "original_router"):  # an included router (FastAPI 0.165)
+                yield from routes(route.original_router.routes)
+
+    found = list(routes(net.app.router.routes))
+    assert any(r.path == "/v1/chat/completions" for r in found) and len(found) > 50
+    plain = {f"{r.path}: {getattr(c, '__qualname__', c)}" for r in found for c in calls(r.dependant)
+             if not inspect.iscoroutinefunction(c) and not inspect.isasyncgenfunction(c)}
+    assert not plain, sorted(plain)
