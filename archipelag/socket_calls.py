@@ -14,10 +14,13 @@ reader leaves early is cancelled where it runs, as ``RayCalls.stream`` cancels i
 from __future__ import annotations
 
 import asyncio
+import collections
+import inspect
 import logging
 import os
 import pickle
 import struct
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -109,7 +112,7 @@ class CallServer:
                 ahead = b""
                 if kind == "send":
                     if method in self._methods:
-                        self._spawn(getattr(self._target, method)(*args, **kwargs))
+                        self._sent(method, args, kwargs)
                     continue  # no answer
                 if method not in self._methods:
                     writer.write(_frame(("raise", ArchipelagError(f"{self._what} has no method {method!r}"))))
@@ -124,11 +127,26 @@ class CallServer:
             writer.close()
 
     async def _called(self, method: str, args: Any, kwargs: Any) -> tuple[str, Any]:
-        task = self._spawn(getattr(self._target, method)(*args, **kwargs))  # runs on if this connection goes
+        """A plain method runs here, before the connection's next frame is read (so a target that runs one call
+        at a time answers them in order); a coroutine as a task that runs on if this connection goes."""
         try:
-            return "ok", await asyncio.shield(task)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            result = getattr(self._target, method)(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await asyncio.shield(self._spawn(result))
+        except Exception as exc:  # handed to the caller
+            if not isinstance(exc, ArchipelagError):
+                log.warning("%s.%s failed", self._what, method, exc_info=exc)
             return "raise", _as_raised(exc, self._what)
+        return "ok", result
+
+    def _sent(self, method: str, args: Any, kwargs: Any) -> None:
+        try:
+            result = getattr(self._target, method)(*args, **kwargs)
+        except Exception:  # a notice's failure is nobody's to hear
+            log.warning("%s.%s failed", self._what, method, exc_info=True)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(result).add_done_callback(self._said)
 
     async def _streamed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
                         args: Any) -> bytes | None:
@@ -163,14 +181,12 @@ class CallServer:
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._tasks.discard)
         return task
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(),
-                                                                                   ArchipelagError):
-            log.warning("%s: a call failed", self._what, exc_info=task.exception())
+    def _said(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: a notice failed", self._what, exc_info=task.exception())
 
 
 class SocketCalls:
@@ -273,24 +289,149 @@ class SocketCalls:
             writer.close()
 
     async def _connect(self) -> Connection:
-        try:
-            return await self._open()
-        except OSError as exc:
-            if self._wake is None:
-                raise self._lost(exc) from None
-        await self._wake()
-        try:
-            return await self._open()
-        except OSError as exc:
-            raise self._lost(exc) from None
-
-    async def _open(self) -> Connection:
-        reader, writer = await asyncio.open_unix_connection(str(self._path))
-        if not _own_account(writer):
-            writer.close()
-            raise ConnectionRefusedError(f"{self._path} is not served by this account")
-        return reader, writer
+        return await _connect(self._path, self._what, self._wake)
 
     def _lost(self, exc: BaseException | None = None) -> Unreachable:
-        why = f" ({type(exc).__name__})" if exc is not None else ""
-        return Unreachable(f"the {self._what} is not answering{why}; retry shortly")
+        return _lost(self._what, exc)
+
+
+async def _connect(path: Path, what: str, wake: Callable[[], Awaitable[None]] | None) -> Connection:
+    """A connection to the server at ``path``, which must run as this account; ``wake`` it once if nobody answers."""
+    try:
+        return await _open(path)
+    except OSError as exc:
+        if wake is None:
+            raise _lost(what, exc) from None
+    await wake()
+    try:
+        return await _open(path)
+    except OSError as exc:
+        raise _lost(what, exc) from None
+
+
+async def _open(path: Path) -> Connection:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    if not _own_account(writer):
+        writer.close()
+        raise ConnectionRefusedError(f"{path} is not served by this account")
+    return reader, writer
+
+
+def _lost(what: str, exc: BaseException | None = None) -> Unreachable:
+    why = f" ({type(exc).__name__})" if exc is not None else ""
+    return Unreachable(f"the {what} is not answering{why}; retry shortly")
+
+
+class OrderedCalls:
+    """Calls and notices over one connection, handled in the order they are made, as Ray keeps one caller's calls
+    to an actor that runs one call at a time (placement): a notice made before a call is handled before it. Each
+    frame is written as it is made (pipelined); the answers come back in order, each to its call. Used on one
+    event loop. ``wake``: what brings the server up when nothing answers (a Ray call that returns once the actor
+    is up), tried once per connection before its calls fail as ``Unreachable``."""
+
+    def __init__(self, path: Path, what: str, wake: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._path = path
+        self._what = what
+        self._wake = wake
+        self._link: _Link | None = None
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """The call's answer, to await; the call goes out now, before anything made after it (as Ray's ``remote``
+        sends it), whenever the answer is awaited."""
+        answer: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._issue(("call", method, args, kwargs), answer)
+        return _answer(answer)
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Fire-and-forget: lost if the connection is (logged)."""
+        self._issue(("send", method, args, kwargs), None)
+
+    def _issue(self, request: tuple[str, str, Any, Any], answer: asyncio.Future[tuple[str, Any]] | None) -> None:
+        if self._link is None or self._link.closed:
+            self._link = _Link(self._path, self._what, self._wake)
+        self._link.issue(_frame(request), answer)
+
+
+async def _answer(answer: asyncio.Future[tuple[str, Any]]) -> Any:
+    kind, value = await answer  # a caller that leaves does not stop the call: its answer is dropped
+    if kind == "raise":
+        raise value
+    return value
+
+
+class _Link:
+    """One connection of ``OrderedCalls``: frames made while it connects wait, in order, and go out once it is up;
+    the answers are matched to their calls in order. When it fails, every call still waiting on it fails."""
+
+    def __init__(self, path: Path, what: str, wake: Callable[[], Awaitable[None]] | None) -> None:
+        self._what = what
+        self.closed = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._held: list[tuple[bytes, asyncio.Future[tuple[str, Any]] | None]] = []
+        self._waiting: collections.deque[asyncio.Future[tuple[str, Any]]] = collections.deque()
+        self._task = asyncio.get_running_loop().create_task(self._run(path, wake))
+
+    def issue(self, frame: bytes, answer: asyncio.Future[tuple[str, Any]] | None) -> None:
+        if self._writer is None:
+            self._held.append((frame, answer))
+            return
+        self._write(frame, answer)
+
+    def _write(self, frame: bytes, answer: asyncio.Future[tuple[str, Any]] | None) -> None:
+        assert self._writer is not None
+        if answer is not None:
+            self._waiting.append(answer)
+        self._writer.write(frame)
+
+    async def _run(self, path: Path, wake: Callable[[], Awaitable[None]] | None) -> None:
+        writer: asyncio.StreamWriter | None = None
+        failure: BaseException | None = None
+        try:
+            reader, writer = await _connect(path, self._what, wake)
+            self._writer = writer
+            for frame, answer in self._held:
+                self._write(frame, answer)
+            self._held.clear()
+            while (answer := await _read_frame(reader)) is not None:
+                waiting = self._waiting.popleft()
+                if not waiting.done():
+                    waiting.set_result(answer)
+        except (ArchipelagError, OSError, asyncio.IncompleteReadError, IndexError, pickle.UnpicklingError) as exc:
+            failure = exc
+        finally:
+            self.closed = True
+            if writer is not None:
+                writer.close()
+            lost = failure if isinstance(failure, Unreachable) else _lost(self._what, failure)
+            for waiting in [*self._waiting, *(a for _, a in self._held if a is not None)]:
+                if not waiting.done():
+                    waiting.set_exception(lost)
+            dropped = sum(1 for _, a in self._held if a is None)
+            if dropped:
+                log.warning("%s: %d notices were not sent", self._what, dropped)
+
+
+def serve_in_thread(target: Any, methods: Iterable[str], path: Path, what: str,
+                    timeout_s: float = 10.0) -> CallServer:
+    """A ``CallServer`` for ``target`` on an event loop of its own, in a daemon thread, listening when this
+    returns: for an actor whose own thread Ray holds (a plain, one-call-at-a-time actor; the target then takes
+    its own lock, since Ray's calls run beside these)."""
+    server = CallServer(target, methods, path, what)
+    listening = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(server.listen())
+        except BaseException as exc:  # noqa: BLE001 - said to the starting thread
+            failed.append(exc)
+            listening.set()
+            return
+        listening.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, name=f"{what} socket", daemon=True).start()
+    if not listening.wait(timeout_s) or failed:
+        raise ArchipelagError(f"the {what} could not listen at {path}: {failed[0] if failed else 'timed out'}")
+    return server

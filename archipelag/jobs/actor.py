@@ -39,7 +39,7 @@ class JobsActor:
         logging.basicConfig(level=logging.INFO)
         ledger = LedgerClient.connect(settings)
         self._service = JobService(settings, load_catalog(settings.workloads_dir), ledger,
-                                   PlacementClient.connect(settings), bridge.BridgeHosts(bridge.socket_path(settings)),
+                                   PlacementClient.nearby(settings), bridge.BridgeHosts(bridge.socket_path(settings)),
                                    identities=ledger.host_identity)  # every host enrols: receipts are checked
         self._starting: asyncio.Task[None] | None = None
         self._socket = CallServer(self, CALLED, socket_path(settings), "jobs service")

@@ -17,7 +17,7 @@ import pytest
 
 from archipelag.errors import ArchipelagError, NotFound
 from archipelag.remote import Unreachable
-from archipelag.socket_calls import CallServer, SocketCalls
+from archipelag.socket_calls import CallServer, OrderedCalls, SocketCalls, serve_in_thread
 
 
 class Target:
@@ -261,3 +261,81 @@ def test_a_client_does_not_call_a_socket_another_account_serves(open_dir: Path) 
 
     _, said = asyncio.run(run())
     assert said.strip() == b"b''"  # the client sent nothing
+
+
+class OneAtATime:
+    """A plain target, as placement is: each call runs at once, in turn."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.handled.append(text)
+
+    def rank(self, text: str) -> list[str]:
+        self.handled.append(text)
+        return list(self.handled)
+
+    def refuse(self) -> None:
+        raise NotFound("no such host")
+
+
+def test_ordered_calls_are_handled_in_the_order_made_notices_included(tmp_path: Path) -> None:
+    """As Ray runs one caller's calls to a one-at-a-time actor: a notice made before a call is handled first."""
+    target = OneAtATime()
+    server = serve_in_thread(target, ("note", "rank", "refuse"), tmp_path / "placement.sock", "placement")
+
+    async def run() -> None:
+        calls = OrderedCalls(server.path, "placement")
+        calls.send("note", "assigned h1")
+        first = asyncio.ensure_future(calls.call("rank", "rank 1"))
+        calls.send("note", "released h1")
+        second = asyncio.ensure_future(calls.call("rank", "rank 2"))
+        assert await first == ["assigned h1", "rank 1"]
+        assert await second == ["assigned h1", "rank 1", "released h1", "rank 2"]
+        with pytest.raises(NotFound, match="no such host"):
+            await calls.call("refuse")
+        assert await calls.call("rank", "after") == [*target.handled]
+
+    asyncio.run(run())
+    assert target.handled[-1] == "after"
+
+
+def test_ordered_calls_made_before_the_server_listens_wait_for_it_in_order(tmp_path: Path) -> None:
+    target = OneAtATime()
+    path = tmp_path / "placement.sock"
+    servers: list[CallServer] = []
+
+    async def wake() -> None:  # as a Ray call waits for the actor to be up
+        servers.append(serve_in_thread(target, ("note", "rank"), path, "placement"))
+
+    async def run() -> None:
+        calls = OrderedCalls(path, "placement", wake)
+        calls.send("note", "first")
+        assert await calls.call("rank", "second") == ["first", "second"]
+
+    asyncio.run(run())
+    assert len(servers) == 1
+
+
+def test_ordered_calls_waiting_when_the_server_goes_fail_and_the_next_connects_again(tmp_path: Path) -> None:
+    path = tmp_path / "placement.sock"
+
+    async def run() -> None:
+        first = CallServer(Target(), METHODS, path, "placement")
+        await first.listen()
+        calls = OrderedCalls(path, "placement")
+        waiting = asyncio.ensure_future(calls.call("slow", 5))
+        await asyncio.sleep(0.1)
+        first.close()
+        for task in asyncio.all_tasks() - {asyncio.current_task(), waiting}:
+            if "_serve" in repr(task.get_coro()):
+                task.cancel()  # the server's end of the connection closes
+        with pytest.raises(Unreachable, match="placement is not answering"):
+            await asyncio.wait_for(waiting, 5)
+        second = CallServer(Target(), METHODS, path, "placement")
+        await second.listen()
+        assert await calls.call("add", 2, 3) == 5
+        second.close()
+
+    asyncio.run(run())
