@@ -257,6 +257,8 @@ STAGE_NAMES = {
     ("arrived", "handler"): "auth, body checks, parsing",
     ("handler", "submit"): "replica → jobs service (Unix socket)",
     ("submit", "ranked"): "admission + placement's ranking",
+    ("submit", "placing"): "admission: catalog, bid, reserve",
+    ("placing", "ranked"): "jobs service → placement (Unix socket), ranking",
     ("ranked", "dispatched"): "dispatch",
     ("dispatched", "host"): "Ray call jobs service → host",  # a host reached without the bridge
     ("dispatched", "bridge_in"): "jobs service → bridge (Unix socket)",

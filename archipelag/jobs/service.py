@@ -97,6 +97,7 @@ class JobService:
         bid = self._exchange.bid_for(account_id, manifest, bid_micro)
         reserve = reserve_micro(manifest, job_input, bid)
         self._dispatcher.admit()
+        placing = time.time()
         ranking: list[HostId] | NoCapacity
         try:
             ranking = await self._placement.rank_async(job_request(manifest, region, bid))
@@ -106,6 +107,7 @@ class JobService:
         job_id = new_job_id()
         if TRACE.on:
             TRACE.stamp(job_id, "submit", arrived)
+            TRACE.stamp(job_id, "placing", placing)
             TRACE.stamp(job_id, "ranked")
         ticket = Ticket(job_id, manifest, job_input, manifest.limits_under(self._settings.limits_for(manifest.tier)),
                         region, priority, attempt=1, log=self._relay.open(job_id, owner=account_id), ranked=ranked,

@@ -9,7 +9,7 @@ machine, which is where the benchmark runs them.
 
 The stages, in the order a streamed chat passes them (``STAGES``): the API replica receives the request
 (``arrived``), has authenticated and parsed it (``handler``); the jobs service receives the submission (``submit``),
-has ranked hosts (``ranked``), sends it to its host (``dispatched``); the bridge to the hosts' cluster reads it and
+has admitted it and asks placement (``placing``), has ranked hosts (``ranked``), sends it to its host (``dispatched``); the bridge to the hosts' cluster reads it and
 calls the host (``bridge_in``); the host receives it (``host``), hands it to its sandbox (``sandbox_in``); the
 host's gate reads the request (``gate_in``) and has checked its ticket against the signed catalog (``admitted``);
 the request is written to the warm model worker's stdin (``worker_in``) and its first output read back
@@ -29,9 +29,9 @@ from typing import Final, TextIO
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-STAGES: Final = ("arrived", "handler", "submit", "ranked", "dispatched", "bridge_in", "host", "sandbox_in", "gate_in",
-                 "admitted", "worker_in", "worker_out", "gate_out", "sandbox_out", "host_out", "bridge_out", "relayed",
-                 "replica", "written")
+STAGES: Final = ("arrived", "handler", "submit", "placing", "ranked", "dispatched", "bridge_in", "host", "sandbox_in",
+                 "gate_in", "admitted", "worker_in", "worker_out", "gate_out", "sandbox_out", "host_out", "bridge_out",
+                 "relayed", "replica", "written")
 BESIDE: Final = ("created",)  # stages off the first output's path
 
 
