@@ -10,14 +10,15 @@ machine, which is where the benchmark runs them.
 The stages, in the order a streamed chat passes them (``STAGES``): the API replica receives the request
 (``arrived``), has authenticated and parsed it (``handler``); the jobs service receives the submission (``submit``),
 has admitted it and asks placement (``placing``), has ranked hosts (``ranked``), sends it to its host
-(``dispatched``); the bridge to the hosts' cluster reads it and calls the host (``bridge_in``); the host receives
-it (``host``), hands it to its sandbox (``sandbox_in``); the host's gate reads the request (``gate_in``) and has checked its ticket against the signed catalog (``admitted``);
-the request is written to the warm model worker's stdin (``worker_in``) and its first output read back
-(``worker_out``: between the two, the container alone, where the engine's own time to first token is), the gate
-sends that on (``gate_out``); the host reads it (``sandbox_out``) and sends it on (``host_out``); the bridge has it
-and writes it on (``bridge_out``); the jobs service's relay has it (``relayed``); the replica has it (``replica``)
-and writes it to the client (``written``). A host whose runtime runs in-process stamps no gate stages; a job without
-a warm worker, no worker stages. ``created`` (the ledger has recorded the job) runs beside the path.
+(``dispatched``); the bridge to the hosts' cluster reads it and calls the host (``bridge_in``); the host receives it
+(``host``), hands it to its sandbox (``sandbox_in``); the host's gate reads the request (``gate_in``) and has
+checked its ticket against the signed catalog (``admitted``); the request is written to the warm model worker's
+stdin (``worker_in``) and its first output read back (``worker_out``: between the two, the container alone, where
+the engine's own time to first token is), the gate sends that on (``gate_out``); the host reads it (``sandbox_out``)
+and sends it on (``host_out``); the bridge has it and writes it on (``bridge_out``); the jobs service's relay has it
+(``relayed``); the replica has it (``replica``) and writes it to the client (``written``). A host whose runtime runs
+in-process stamps no gate stages; a job without a warm worker, no worker stages. ``created`` (the ledger has
+recorded the job) runs beside the path.
 """
 
 from __future__ import annotations
