@@ -1,11 +1,13 @@
 """Calls over a local Unix socket: how a client on the same machine reaches an object in an actor without a Ray
-hop each way (``SocketCalls``, a ``remote.Calls``), and the actor's side that answers them (``CallServer``).
+hop each way (``SocketCalls``, a ``remote.Calls``; ``OrderedCalls``, which keeps one caller's calls in order), and
+the actor's side that answers them (``CallServer``, or ``serve_in_thread`` for an actor whose thread Ray holds).
 
 On the first token's path each Ray call or streamed item between two of the coordinator's processes took 1–2.5 ms
 (0.7–1.0 ms on an idle machine), where a frame over a kept Unix socket took 0.1–0.4 ms. The API's replicas run on
-the jobs service's machine (the coordinator's resource), so they reach it this way. Frames are pickles, as Ray's
-are between the same processes: both ends check that the other runs as their own account (SO_PEERCRED), and the
-socket lies in a folder only that account may enter.
+the jobs service's machine (the coordinator's resource), so they reach it this way, as the jobs service reaches
+placement. Frames are pickles, as Ray's are between the same processes: both ends check that the other runs as
+their own account (SO_PEERCRED), and the sockets lie in a folder only that account may enter
+(``nodes.services_dir``).
 
 A call runs to its end even when its caller leaves (as ``remote.remote_apart`` sends Ray calls); a stream whose
 reader leaves early is cancelled where it runs, as ``RayCalls.stream`` cancels its generator.
@@ -73,8 +75,9 @@ def _as_raised(exc: BaseException, what: str) -> ArchipelagError:
 
 
 class CallServer:
-    """Answers ``SocketCalls`` for ``target``'s ``methods`` (coroutine functions, or async generators for
-    streams), on the event loop it is started on."""
+    """Answers ``SocketCalls`` and ``OrderedCalls`` for ``target``'s ``methods`` (coroutine functions; plain
+    methods, run in turn as their frames come; async generators, for streams), on the event loop it is started
+    on."""
 
     def __init__(self, target: Any, methods: Iterable[str], path: Path, what: str) -> None:
         self._target = target
