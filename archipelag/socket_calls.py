@@ -120,7 +120,7 @@ class CallServer:
                 if method not in self._methods:
                     writer.write(_frame(("raise", ArchipelagError(f"{self._what} has no method {method!r}"))))
                 elif kind == "call":
-                    writer.write(_frame(await self._called(method, args, kwargs)))
+                    writer.write(await self._called(method, args, kwargs))
                 else:
                     ahead = await self._streamed(reader, writer, method, args)  # None: the reader left
                 await writer.drain()
@@ -129,18 +129,19 @@ class CallServer:
         finally:
             writer.close()
 
-    async def _called(self, method: str, args: Any, kwargs: Any) -> tuple[str, Any]:
-        """A plain method runs here, before the connection's next frame is read (so a target that runs one call
-        at a time answers them in order); a coroutine as a task that runs on if this connection goes."""
+    async def _called(self, method: str, args: Any, kwargs: Any) -> bytes:
+        """The answer's frame. A plain method runs here, before the connection's next frame is read (so a target
+        that runs one call at a time answers them in order); a coroutine as a task that runs on if this connection
+        goes."""
         try:
             result = getattr(self._target, method)(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await asyncio.shield(self._spawn(result))
-        except Exception as exc:  # handed to the caller
+            return _frame(("ok", result))
+        except Exception as exc:  # handed to the caller (a value that does not pickle too)
             if not isinstance(exc, ArchipelagError):
                 log.warning("%s.%s failed", self._what, method, exc_info=exc)
-            return "raise", _as_raised(exc, self._what)
-        return "ok", result
+            return _frame(("raise", _as_raised(exc, self._what)))
 
     def _sent(self, method: str, args: Any, kwargs: Any) -> None:
         try:

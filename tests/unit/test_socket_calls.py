@@ -66,8 +66,11 @@ class Target:
     async def hidden(self) -> int:
         return 42
 
+    async def unpicklable(self) -> Any:
+        return lambda: "a closure cannot travel"
 
-METHODS = ("add", "missing", "broken", "slow", "note", "count", "forever", "fails_midway")
+
+METHODS = ("add", "missing", "broken", "slow", "note", "count", "forever", "fails_midway", "unpicklable")
 
 
 class CountingServer(CallServer):
@@ -110,6 +113,8 @@ def test_an_error_raised_on_purpose_comes_back_as_itself_and_a_bug_in_words(tmp_
         assert type(raised.value) is ArchipelagError
         with pytest.raises(ArchipelagError, match="has no method 'hidden'"):
             await calls.call("hidden")
+        with pytest.raises(ArchipelagError, match="test service failed: .*pickle"):
+            await calls.call("unpicklable")
         assert await calls.call("add", 2, 3) == 5  # the connection is still good
         assert server.accepted == 1
 
@@ -222,12 +227,12 @@ def test_another_account_is_refused_even_where_the_files_mode_lets_it_connect(op
         request = (b"import os, pickle, socket, struct, sys\n"
                    b"os.setgid(65534); os.setuid(65534)\n"
                    b"s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
-                   b"data = pickle.dumps(('send', 'note', ('intruder',), {}))\n"
-                   b"s.sendall(struct.pack('!I', len(data)) + data)\n"
-                   b"data = pickle.dumps(('call', 'add', (1,), {}))\n"
+                   b"notice = pickle.dumps(('send', 'note', ('intruder',), {}))\n"
+                   b"call = pickle.dumps(('call', 'add', (1,), {}))\n"
                    b"try:\n"
-                   b"    s.sendall(struct.pack('!I', len(data)) + data); print(repr(s.recv(100)))\n"
-                   b"except ConnectionResetError:\n"
+                   b"    s.sendall(struct.pack('!I', len(notice)) + notice)\n"
+                   b"    s.sendall(struct.pack('!I', len(call)) + call); print(repr(s.recv(100)))\n"
+                   b"except (ConnectionResetError, BrokenPipeError):\n"
                    b"    print('reset')\n")
         child = await asyncio.create_subprocess_exec(sys.executable, "-c", request, str(server.path),
                                                      stdout=asyncio.subprocess.PIPE)
