@@ -32,6 +32,7 @@ from archipelag.placement.book import Book
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.remote import Unreachable, remote_apart
 from archipelag.settings import Settings
+from archipelag.socket_calls import OrderedCalls, serve_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ class _SocketCalls:
     for one event loop on placement's machine; a blocking call goes through Ray."""
 
     def __init__(self, path: Path, handle: Any) -> None:
-        from archipelag.socket_calls import OrderedCalls
-
         self._ray = _RayCalls(handle)
 
         async def wake() -> None:  # a call through Ray returns once the actor (and so its socket) is up
@@ -135,8 +134,6 @@ class _OneAtATime(PlacementActor):
     at a time, as Ray alone ran them (``max_concurrency=1``)."""
 
     def __init__(self, settings: Settings, *args: Any, **kwargs: Any) -> None:
-        from archipelag.socket_calls import serve_in_thread
-
         self._turn = threading.RLock()
         with self._turn:
             super().__init__(settings, *args, **kwargs)
