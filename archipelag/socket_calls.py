@@ -220,10 +220,7 @@ class SocketCalls:
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise self._lost(exc) from None
         finally:
-            if kept:
-                self._give(reader, writer)
-            else:
-                writer.close()
+            self._release(reader, writer, kept)
         kind, value = answer
         if kind == "raise":
             raise value
@@ -243,7 +240,7 @@ class SocketCalls:
         except (ArchipelagError, OSError):
             log.warning("%s.%s was not sent", self._what, method, exc_info=True)
         else:
-            self._give(reader, writer)
+            self._release(reader, writer, True)
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         """The items the generator ``method`` yields, each as it comes. Leaving early closes the connection,
@@ -268,10 +265,7 @@ class SocketCalls:
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise self._lost(exc) from None
         finally:
-            if finished:
-                self._give(reader, writer)
-            else:
-                writer.close()
+            self._release(reader, writer, finished)
 
     async def _take(self) -> Connection:
         loop = asyncio.get_running_loop()
@@ -285,9 +279,10 @@ class SocketCalls:
                 writer.close()
         return await self._connect()
 
-    def _give(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Keep a connection for the next call, unless it is another loop's or enough are kept."""
-        if asyncio.get_running_loop() is self._loop and len(self._idle) < MAX_IDLE_CONNECTIONS:
+    def _release(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, whole: bool) -> None:
+        """Keep a connection whose exchange ended whole for the next call, unless it is another loop's or enough
+        are kept; close any other."""
+        if whole and asyncio.get_running_loop() is self._loop and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append((reader, writer))
         else:
             writer.close()
