@@ -181,9 +181,10 @@ class Worker:
             request = _Request(self._next_id, spec.limits, spec.job_id)
             self._next_id += 1
             self._requests[request.ident] = request
+        sent_at = time.time()  # before the write: a quick worker may answer before this thread goes on
         self._send({"id": request.ident, "input": spec.input})
         if TRACE.on:
-            TRACE.stamp(spec.job_id, "worker_in")
+            TRACE.stamp(spec.job_id, "worker_in", sent_at)
         return request
 
     def stream(self, request: _Request, cancel: CancelToken) -> Generator[Event, None, None]:

@@ -346,4 +346,5 @@ def test_traced_a_request_is_stamped_on_the_workers_stdin_and_at_its_first_outpu
     finally:
         TRACE.configure(None)
     stamps = read_trace(tmp_path / "trace.txt")["job-llm-chat"]
-    assert list(stamps) == ["worker_in", "worker_out"] and stamps["worker_in"] <= stamps["worker_out"]
+    # By time, not by line: the reader thread may write its stamp before the writer's.
+    assert set(stamps) == {"worker_in", "worker_out"} and stamps["worker_in"] <= stamps["worker_out"]
