@@ -221,10 +221,7 @@ class SocketCalls:
             raise self._lost(exc) from None
         finally:
             self._release(reader, writer, kept)
-        kind, value = answer
-        if kind == "raise":
-            raise value
-        return value
+        return _value(answer)
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Fire-and-forget: a lost notice is logged, never raised."""
@@ -352,7 +349,12 @@ class OrderedCalls:
 
 
 async def _answer(answer: asyncio.Future[tuple[str, Any]]) -> Any:
-    kind, value = await answer  # a caller that leaves does not stop the call: its answer is dropped
+    return _value(await answer)  # a caller that leaves does not stop the call: its answer is dropped
+
+
+def _value(answer: tuple[str, Any]) -> Any:
+    """A call's answer frame as its caller gets it: the value, or the error raised."""
+    kind, value = answer
     if kind == "raise":
         raise value
     return value
