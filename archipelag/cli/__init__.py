@@ -74,7 +74,9 @@ def up(
     except ArchipelagError as exc:
         _fail(exc.message)
         return
-    typer.echo(f"""
+    stop = _stop_on_signal()  # before the banner: a Ctrl-C as soon as it is read stops the network, exit 0
+    try:
+        typer.echo(f"""
 Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.region}]' for h in network.hosts)})
 
   export ARCHIPELAG_API_KEY=$(cat {shlex.quote(str((settings.state_dir / 'api_key').resolve()))})
@@ -85,9 +87,8 @@ Archipelag is up: {network.url}   ({hosts} hosts: {', '.join(f'{h.host_id} [{h.r
   OpenAI clients: base_url={network.url}/v1, api_key=$ARCHIPELAG_API_KEY, model=smollm2-135m-instruct
 
 Ctrl-C stops everything this command started.""", err=False)
-    sys.stdout.flush()
-    try:
-        _stop_on_signal().wait()
+        sys.stdout.flush()
+        stop.wait()
     finally:
         typer.echo("stopping the network …")
         started = time.monotonic()
@@ -147,6 +148,8 @@ def host_join(
     except ArchipelagError as exc:
         _fail(exc.message)
         return
+    # From here Ctrl-C drains and SIGTERM leaves, also one that comes before the line below is read.
+    leave_now, leave_asked = _leave_on_signals(settings.drain_timeout_s)
     hw = joined.hardware
     runtimes = joined.driver.capabilities()["runtimes"]
     controls = joined.controls(hours)
@@ -160,7 +163,6 @@ def host_join(
                f"GPU {hw.gpu_model or 'none'}, runtimes {', '.join(runtimes)}"
                + (f", schedule {hours}" if hours else "") + ". Ctrl-C drains and leaves; twice leaves at once.")
     sys.stdout.flush()
-    leave_now, leave_asked = _leave_on_signals(settings.drain_timeout_s)
     try:
         joined.stay(leave_now, controls, leave_asked)
     finally:
