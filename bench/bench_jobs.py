@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from archipelag.network import EmbeddedNetwork, start_network
-from archipelag.settings import Settings
+from archipelag.settings import KarmaSettings, Settings
 from bench.bench_network import _free_port, _jobs_rps, _noop_rps, _pct
 
 Row = tuple[str, str, str]
@@ -111,9 +111,12 @@ def _fault_gap(network: EmbeddedNetwork, http: httpx.Client, fault: str, moment:
 
 def failover_rows(trials: int = 20) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="archipelag-bench-") as state:
-        # Heartbeats every second: a hung host that wakes comes back online quickly for the next trial.
+        # Heartbeats every second: a hung host that wakes comes back online quickly for the next trial. A drop
+        # costs no karma here: 20 hangs on 3 hosts would suspend them all (-2 each, -10 suspends), and the trials
+        # after would measure a 503 instead of a failover (karma's consequences: tests/*/test_karma*).
         network = start_network(_settings(state, workloads_dir=_with_ticks(state), host_slots=2,
-                                          heartbeat_interval_s=1.0), hosts=3)
+                                          heartbeat_interval_s=1.0, karma=KarmaSettings(dropped_points=0.0)),
+                                hosts=3)
         try:
             with httpx.Client(base_url=network.url, timeout=120,
                               headers={"Authorization": f"Bearer {network.api_key}"}) as http:
