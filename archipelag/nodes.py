@@ -47,7 +47,8 @@ def runtime_dir(state_dir: Path) -> Path:
 
 def services_dir(state_dir: Path) -> Path:
     """The services' folder in the runtime folder, the coordinator's account's alone: their Ray head's temp dir, and
-    the sockets of the jobs service and placement (``jobs.client.socket_path``, ``placement.client.socket_path``)."""
+    the sockets of the jobs service, placement and the ledger (``socket_path`` in ``jobs.client``,
+    ``placement.client`` and ``ledger.client``)."""
     return runtime_dir(state_dir) / "services"
 
 

@@ -37,7 +37,7 @@ class JobsActor:
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
-        ledger = LedgerClient.connect(settings)
+        ledger = LedgerClient.nearby(settings)
         self._service = JobService(settings, load_catalog(settings.workloads_dir), ledger,
                                    PlacementClient.nearby(settings), bridge.BridgeHosts(bridge.socket_path(settings)),
                                    identities=ledger.host_identity)  # every host enrols: receipts are checked

@@ -7,8 +7,10 @@ process, its calls in threads, for tests that do not start Ray.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Mapping
 from datetime import date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archipelag.errors import LedgerError
@@ -31,14 +33,44 @@ from archipelag.ledger.records import (
     Workload,
 )
 from archipelag.lifecycle import HostStatus, JobStatus
+from archipelag.nodes import services_dir
 from archipelag.receipts import Receipt
 from archipelag.remote import Calls, LocalCalls, RayCalls
 from archipelag.settings import Settings
+from archipelag.socket_calls import OrderedCalls
 
 if TYPE_CHECKING:  # SQL: only the ledger's own process (and `start`, which creates it) loads it
     from archipelag.ledger.ledger import Ledger
 
 ACTOR_NAME = "ledger"
+log = logging.getLogger(__name__)
+
+
+def socket_path(settings: Settings) -> Path:
+    return services_dir(settings.state_dir) / "ledger.sock"
+
+
+class _SocketCalls:
+    """Calls over the ledger's socket (``socket_calls.OrderedCalls``), in the order they are made. When nothing
+    answers there (Ray is restarting the ledger), a call through Ray waits for it to be up, then it connects."""
+
+    def __init__(self, path: Path, ray_calls: RayCalls) -> None:
+        async def wake() -> None:
+            await ray_calls.call("schema_version")
+
+        self._socket = OrderedCalls(path, "ledger", wake)
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._socket.call(method, *args, **kwargs)
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            self._socket.send(method, *args, **kwargs)
+        except Exception:  # fire-and-forget: the caller never fails for a lost notice
+            log.warning("ledger.%s was not sent", method, exc_info=True)
+
+    def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        raise NotImplementedError("the ledger streams nothing")
 
 
 class LedgerClient:
@@ -51,14 +83,14 @@ class LedgerClient:
         it to be up (``Coordinator.start_services`` waits for every service together)."""
         import ray
 
-        from archipelag.ledger.ledger import Ledger
+        from archipelag.ledger.served import ServedLedger
 
-        actor: Any = ray.remote(Ledger)
+        actor: Any = ray.remote(ServedLedger)
         handle = actor.options(
             name=ACTOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=1, max_restarts=-1, resources=resources or {},
-        ).remote(settings.effective_database_url(), platform_fee_bps=settings.platform_fee_bps,
-                 karma_rules=KarmaRules.from_settings(settings.karma))
+        ).remote(settings.effective_database_url(), socket=socket_path(settings),
+                 platform_fee_bps=settings.platform_fee_bps, karma_rules=KarmaRules.from_settings(settings.karma))
         return cls(RayCalls(handle, "ledger"))
 
     @classmethod
@@ -69,6 +101,18 @@ class LedgerClient:
             return cls(RayCalls(ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace), "ledger"))
         except ValueError:
             raise LedgerError("the ledger actor is not running; start the coordinator first") from None
+
+    @classmethod
+    def nearby(cls, settings: Settings) -> LedgerClient:
+        """The running ledger over its socket, for a caller on its machine that calls it from one event loop (the
+        jobs service): its calls keep their order, as through Ray (``ledger/served.py``)."""
+        import ray
+
+        try:
+            handle = ray.get_actor(ACTOR_NAME, namespace=settings.ray_namespace)
+        except ValueError:
+            raise LedgerError("the ledger actor is not running; start the coordinator first") from None
+        return cls(_SocketCalls(socket_path(settings), RayCalls(handle, "ledger")))
 
     @classmethod
     def local(cls, ledger: Ledger) -> LedgerClient:

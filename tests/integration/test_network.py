@@ -28,6 +28,7 @@ from archipelag.bridge.client import BridgedAgent
 from archipelag.catalog import load_catalog
 from archipelag.ids import HostId, JobId, WorkloadSlug
 from archipelag.jobs import client as jobs_client
+from archipelag.ledger import client as ledger_client
 from archipelag.network import EmbeddedNetwork, LocalHost, start_network
 from archipelag.nodes import COORDINATOR_RESOURCE, HOST_RESOURCE
 from archipelag.runtimes.base import JobSpec
@@ -363,6 +364,32 @@ def test_the_api_reaches_the_jobs_service_over_its_socket_and_again_once_ray_res
     assert stream(http, job_id)[-1]["type"] == "done"
     assert ray.get(jobs.__ray_call__.remote(lambda actor: os.getpid())) != before
     assert answers(socket_path)
+
+
+def test_the_jobs_service_reaches_the_ledger_over_its_socket_and_again_once_ray_restarted_it(
+        network: EmbeddedNetwork, http: httpx.Client) -> None:
+    """The jobs service makes its calls to the ledger over the ledger's Unix socket, in order. Ray restarts the
+    ledger when its process dies; the jobs service's next call finds nobody there, waits for the new one through
+    Ray, and connects again: a job submitted meanwhile is recorded, runs and is settled."""
+    ledger = ray.get_actor(ledger_client.ACTOR_NAME, namespace=network.settings.ray_namespace)
+    before = ray.get(ledger.__ray_call__.remote(lambda actor: os.getpid()))
+    socket_path = ledger_client.socket_path(network.settings)
+    accepted = [c for c in psutil.Process(before).net_connections("unix") if c.laddr == str(socket_path)]
+    assert accepted, "the jobs service is not connected to the ledger's socket"
+    ray.kill(ledger, no_restart=False)
+    eventually(lambda: not psutil.pid_exists(before), timeout_s=30)
+    created: list[httpx.Response] = []
+    body = {"workload": "wasm-echo-stream", "input": {"text": "after the ledger's restart", "repeat": 2}}
+    eventually(lambda: created.append(http.post("/api/v1/jobs", json=body)) or created[-1].status_code != 503,
+               timeout_s=60)
+    assert created[-1].status_code == 201, created[-1].text
+    assert {r.json()["error"]["code"] for r in created[:-1]} <= {"service_unavailable"}
+    job_id = created[-1].json()["data"]["id"]
+    assert stream(http, job_id)[-1]["type"] == "done"
+    eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] == "completed", timeout_s=30)
+    after = ray.get(ledger.__ray_call__.remote(lambda actor: os.getpid()))
+    assert after != before
+    assert [c for c in psutil.Process(after).net_connections("unix") if c.laddr == str(socket_path)]
 
 
 def test_a_host_lost_mid_job_sends_the_job_to_another_host_then_goes_offline(network: EmbeddedNetwork,
