@@ -7,7 +7,8 @@ chat asks for `TOKENS` tokens at temperature 0 with a prompt of its own. Total t
 every chat reported (`usage`), over the wall time from the first request to the last `[DONE]`. Single stream:
 tokens/s after the first token of one chat alone, network ÷ the same chat direct right after it.
 Aims (issue 9): ≥ 2.5× the direct single stream at 8 concurrent on one host; single-stream ratio ≥ 0.99.
-First rows: the decoder's own ceiling, a llama.cpp step of N chats against a step of one (no network).
+First rows: the decoder's own ceiling, a llama.cpp step of N chats against a step of one (no network). Last: the
+CPU per token of 8 concurrent chats on one host, the model worker's and each of the network's processes'.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 from archipelag.network import start_network
 from archipelag.settings import Settings
 from bench.bench_llm import model_path, stream_chat
+from bench.cpu import Cost, cost_of
 
 Row = tuple[str, str, str]
 TOKENS = 64
@@ -138,7 +140,19 @@ async def _load(url: str, key: str, llm: Any) -> dict[str, float]:
         return results
 
 
-def network_rows(hosts: int, llm: Any) -> dict[str, float]:
+async def _rounds(url: str, key: str, chats: int, rounds: int) -> int:
+    """``rounds`` times ``chats`` concurrent chats; the completion tokens they made."""
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
+                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)) as http:
+        made = 0
+        for round_ in range(rounds):
+            made += sum(c[0] for c in await asyncio.gather(*(_chat(http, 500 + 10 * round_ + n)
+                                                             for n in range(chats))))
+        return made
+
+
+def network_rows(hosts: int, llm: Any) -> tuple[dict[str, float], Cost | None]:
+    """The totals and single-stream rates; on one host also the CPU per token by process at 8 chats."""
     from bench.bench_network import _free_port
 
     with tempfile.TemporaryDirectory(prefix="archipelag-bench-load-") as state:
@@ -147,9 +161,28 @@ def network_rows(hosts: int, llm: Any) -> dict[str, float]:
         settings.tiers.standard.cpus = float(THREADS)  # each worker gets as many cores as the direct run
         network = start_network(settings, hosts=hosts)
         try:
-            return asyncio.run(_load(network.url, network.api_key, llm))
+            results = asyncio.run(_load(network.url, network.api_key, llm))
+            cost = cost_of(network, lambda: asyncio.run(_rounds(network.url, network.api_key, 8, 3))) \
+                if hosts == 1 else None
+            return results, cost
         finally:
             network.stop()
+
+
+def cpu_rows(cost: Cost) -> list[Row]:
+    """Where the CPU of 8 concurrent chats goes, per token: the model worker, the network's own processes, and
+    the costliest of those (what takes the cores a decoder's second thread would use)."""
+    ms = 1000
+    worker = sum(s for role, s in cost.per_unit.items() if role.startswith("container"))
+    own = {role: s for role, s in cost.per_unit.items() if not role.startswith("container")}
+    rows: list[Row] = [
+        ("network 1 host, 8 concurrent: CPU per token, the model worker", f"{ms * worker:.2f} ms",
+         f"{cost.units} tokens in {cost.seconds:.1f} s ({cost.units / cost.seconds:.1f} tok/s)"),
+        ("network 1 host, 8 concurrent: CPU per token, the network's own", f"{ms * sum(own.values()):.2f} ms",
+         "every other process of the network, its idle background over as long taken off"),
+    ]
+    costliest = sorted(own.items(), key=lambda item: -item[1])[:6]
+    return rows + [(f"  cpu: {role}", f"{ms * s:.2f} ms", "") for role, s in costliest]
 
 
 def run() -> list[Row]:
@@ -157,7 +190,7 @@ def run() -> list[Row]:
     steps = step_rows()
     llm = direct_model()
     direct = direct_tps(llm)
-    one, three = network_rows(1, llm), network_rows(3, llm)
+    (one, cost), (three, _) = network_rows(1, llm), network_rows(3, llm)
     rows: list[Row] = [("direct llama-cpp-python, 1 stream (baseline)", f"{direct:.1f} tok/s",
                         f"{THREADS} thread(s), {TOKENS} tokens, after the first token")]
     for name, net in (("1 host", one), ("3 hosts", three)):
@@ -169,6 +202,8 @@ def run() -> list[Row]:
         rows.append((f"network {name}, 1 stream after first token", f"{net['single']:.1f} tok/s",
                      (f"{net['single'] / net['single_direct']:.3f} of direct run right after each "
                       f"({net['single_direct']:.1f} tok/s; aim ≥ 0.99)")))
+    if cost is not None:
+        rows += cpu_rows(cost)
     rows.append(("machine load (1-min average) at start", f"{load:.2f}", f"{os.cpu_count()} cores"))
     return steps + rows
 
