@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import logging
 import os
@@ -410,6 +411,23 @@ class _Link:
             dropped = sum(1 for _, a in self._held if a is None)
             if dropped:
                 log.warning("%s: %d notices were not sent", self._what, dropped)
+
+
+def take_turns(cls: type, methods: Iterable[str]) -> None:
+    """Make each of ``cls``'s ``methods`` run under its instance's ``_turn`` lock (a ``threading.RLock`` the
+    instance sets first): for an actor that Ray runs one call at a time and that also serves a socket
+    (``serve_in_thread``), so a call from either runs alone, as Ray alone ran them."""
+    for name in methods:
+        setattr(cls, name, _in_turn(getattr(cls, name)))
+
+
+def _in_turn(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def in_turn(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._turn:
+            return method(self, *args, **kwargs)
+
+    return in_turn
 
 
 def serve_in_thread(target: Any, methods: Iterable[str], path: Path, what: str,

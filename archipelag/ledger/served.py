@@ -10,15 +10,13 @@ Ray's thread run one at a time, as Ray alone ran them (``max_concurrency=1``).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from archipelag.ledger.ledger import Ledger
-from archipelag.socket_calls import serve_in_thread
+from archipelag.socket_calls import serve_in_thread, take_turns
 
 # Every public method: over the socket the jobs service may call what it may call through Ray.
 SOCKET_METHODS: Final = tuple(name for name, _ in inspect.getmembers(Ledger, inspect.isfunction)
@@ -33,16 +31,6 @@ class _OneAtATime(Ledger):
         serve_in_thread(self, SOCKET_METHODS, socket, "ledger")
 
 
-def _in_turn(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def in_turn(self: _OneAtATime, *args: Any, **kwargs: Any) -> Any:
-        with self._turn:
-            return method(self, *args, **kwargs)
-
-    return in_turn
-
-
-for _name in SOCKET_METHODS:
-    setattr(_OneAtATime, _name, _in_turn(getattr(Ledger, _name)))
+take_turns(_OneAtATime, SOCKET_METHODS)
 _OneAtATime.__name__ = "Ledger"  # Ray names its process by it (`ray::Ledger`)
 ServedLedger: Final = _OneAtATime

@@ -10,7 +10,6 @@ block a heartbeat thread or the API's event loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import threading
@@ -32,7 +31,7 @@ from archipelag.placement.book import Book
 from archipelag.placement.scoring import HostSnapshot, JobRequest
 from archipelag.remote import Unreachable, remote_apart
 from archipelag.settings import Settings
-from archipelag.socket_calls import OrderedCalls, serve_in_thread
+from archipelag.socket_calls import OrderedCalls, serve_in_thread, take_turns
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +139,8 @@ class _OneAtATime(PlacementActor):
         serve_in_thread(self, SOCKET_METHODS, socket_path(settings), "placement")
 
 
-def _in_turn(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def in_turn(self: _OneAtATime, *args: Any, **kwargs: Any) -> Any:
-        with self._turn:
-            return method(self, *args, **kwargs)
-
-    return in_turn
-
-
-for _name, _method in inspect.getmembers(PlacementActor, inspect.isfunction):
-    if not _name.startswith("_"):
-        setattr(_OneAtATime, _name, _in_turn(_method))
+take_turns(_OneAtATime, [name for name, _ in inspect.getmembers(PlacementActor, inspect.isfunction)
+                         if not name.startswith("_")])
 _OneAtATime.__name__ = "PlacementActor"  # Ray names its process by it (`ray::PlacementActor`)
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -347,22 +348,15 @@ def test_the_api_reaches_the_jobs_service_over_its_socket_and_again_once_ray_res
     new one listens once started, and a request that finds nobody there starts it through Ray (while Ray restarts
     it, a request is told 503, retry shortly, as it was when the replicas called it through Ray)."""
     jobs = ray.get_actor("jobs", namespace=network.settings.ray_namespace)
-    before = ray.get(jobs.__ray_call__.remote(lambda actor: os.getpid()))
+    before = pid_of(jobs)
     socket_path = jobs_client.socket_path(network.settings)
-    accepted = [c for c in psutil.Process(before).net_connections("unix") if c.laddr == str(socket_path)]
-    assert accepted, "no replica is connected to the jobs service's socket"
+    assert connected(before, socket_path), "no replica is connected to the jobs service's socket"
     ray.kill(jobs, no_restart=False)
     eventually(lambda: not psutil.pid_exists(before), timeout_s=30)
     assert not answers(socket_path)  # the dead one's file is left; nobody listens there
-    created: list[httpx.Response] = []
-    body = {"workload": "wasm-echo-stream", "input": {"text": "after the restart", "repeat": 2}}
-    eventually(lambda: created.append(http.post("/api/v1/jobs", json=body)) or created[-1].status_code != 503,
-               timeout_s=60)
-    assert created[-1].status_code == 201, created[-1].text
-    assert {r.json()["error"]["code"] for r in created[:-1]} <= {"service_unavailable"}
-    job_id = created[-1].json()["data"]["id"]
+    job_id = submitted_once_served(http, "after the restart")
     assert stream(http, job_id)[-1]["type"] == "done"
-    assert ray.get(jobs.__ray_call__.remote(lambda actor: os.getpid())) != before
+    assert pid_of(jobs) != before
     assert answers(socket_path)
 
 
@@ -372,24 +366,42 @@ def test_the_jobs_service_reaches_the_ledger_over_its_socket_and_again_once_ray_
     ledger when its process dies; the jobs service's next call finds nobody there, waits for the new one through
     Ray, and connects again: a job submitted meanwhile is recorded, runs and is settled."""
     ledger = ray.get_actor(ledger_client.ACTOR_NAME, namespace=network.settings.ray_namespace)
-    before = ray.get(ledger.__ray_call__.remote(lambda actor: os.getpid()))
+    before = pid_of(ledger)
     socket_path = ledger_client.socket_path(network.settings)
-    accepted = [c for c in psutil.Process(before).net_connections("unix") if c.laddr == str(socket_path)]
-    assert accepted, "the jobs service is not connected to the ledger's socket"
+    assert connected(before, socket_path), "the jobs service is not connected to the ledger's socket"
     ray.kill(ledger, no_restart=False)
     eventually(lambda: not psutil.pid_exists(before), timeout_s=30)
-    created: list[httpx.Response] = []
-    body = {"workload": "wasm-echo-stream", "input": {"text": "after the ledger's restart", "repeat": 2}}
-    eventually(lambda: created.append(http.post("/api/v1/jobs", json=body)) or created[-1].status_code != 503,
-               timeout_s=60)
-    assert created[-1].status_code == 201, created[-1].text
-    assert {r.json()["error"]["code"] for r in created[:-1]} <= {"service_unavailable"}
-    job_id = created[-1].json()["data"]["id"]
+    job_id = submitted_once_served(http, "after the ledger's restart")
     assert stream(http, job_id)[-1]["type"] == "done"
     eventually(lambda: http.get(f"/api/v1/jobs/{job_id}").json()["data"]["status"] == "completed", timeout_s=30)
-    after = ray.get(ledger.__ray_call__.remote(lambda actor: os.getpid()))
+    after = pid_of(ledger)
     assert after != before
-    assert [c for c in psutil.Process(after).net_connections("unix") if c.laddr == str(socket_path)]
+    assert connected(after, socket_path)
+
+
+def pid_of(actor: Any) -> int:
+    return int(ray.get(actor.__ray_call__.remote(lambda _: os.getpid())))
+
+
+def connected(pid: int, socket_path: Path) -> bool:
+    """Whether the process ``pid`` has a connection accepted on ``socket_path``."""
+    return any(c.laddr == str(socket_path) for c in psutil.Process(pid).net_connections("unix"))
+
+
+def submitted_once_served(http: httpx.Client, text: str) -> str:
+    """A job POSTed until the API stops answering 503 (a service restarting; retry shortly, and nothing else): its
+    id, once created."""
+    created: list[httpx.Response] = []
+    body = {"workload": "wasm-echo-stream", "input": {"text": text, "repeat": 2}}
+
+    def served() -> bool:
+        created.append(http.post("/api/v1/jobs", json=body))
+        return created[-1].status_code != 503
+
+    eventually(served, timeout_s=60)
+    assert created[-1].status_code == 201, created[-1].text
+    assert {r.json()["error"]["code"] for r in created[:-1]} <= {"service_unavailable"}
+    return str(created[-1].json()["data"]["id"])
 
 
 def test_a_host_lost_mid_job_sends_the_job_to_another_host_then_goes_offline(network: EmbeddedNetwork,
