@@ -340,8 +340,11 @@ class OrderedCalls:
         return _answer(answer)
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Fire-and-forget: lost if the connection is (logged)."""
-        self._issue(("send", method, args, kwargs), None)
+        """Fire-and-forget: a notice that cannot go (or is lost with its connection) is logged, never raised."""
+        try:
+            self._issue(("send", method, args, kwargs), None)
+        except Exception:  # e.g. an argument that does not pickle
+            log.warning("%s.%s was not sent", self._what, method, exc_info=True)
 
     def _issue(self, request: tuple[str, str, Any, Any], answer: asyncio.Future[tuple[str, Any]] | None) -> None:
         if self._link is None or self._link.closed:

@@ -112,6 +112,12 @@ def direct_tps(llm: Any) -> float:
     return sorted(runs[1:])[1]
 
 
+def _client(url: str, key: str) -> httpx.AsyncClient:
+    """The load's client: room for every chat of the largest concurrency on kept connections."""
+    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
+                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+
 async def _chat(http: httpx.AsyncClient, n: int) -> tuple[int, float, float]:
     """(completion tokens, first token at, done at) of one streamed chat."""
     chat = await stream_chat(http, _messages(n), TOKENS)
@@ -122,9 +128,7 @@ async def _load(url: str, key: str, llm: Any) -> dict[str, float]:
     """Total tokens/s at each concurrency, and one chat's tokens/s after its first token, each of those trials
     followed by the same chat direct (``single_direct``): on these shared cores the direct rate drifts within
     minutes, so the single stream is compared with direct runs of the same moments, as ``bench llm`` does."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
-                                 limits=limits) as http:
+    async with _client(url, key) as http:
         await asyncio.gather(*(_chat(http, 100 + n) for n in range(8)))  # warm every worker placement picks
         results: dict[str, float] = {}
         singles, directs = [], []
@@ -142,8 +146,7 @@ async def _load(url: str, key: str, llm: Any) -> dict[str, float]:
 
 async def _rounds(url: str, key: str, chats: int, rounds: int) -> int:
     """``rounds`` times ``chats`` concurrent chats; the completion tokens they made."""
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)) as http:
+    async with _client(url, key) as http:
         made = 0
         for round_ in range(rounds):
             made += sum(c[0] for c in await asyncio.gather(*(_chat(http, 500 + 10 * round_ + n)

@@ -7,7 +7,6 @@ process, its calls in threads, for tests that do not start Ray.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -43,7 +42,6 @@ if TYPE_CHECKING:  # SQL: only the ledger's own process (and `start`, which crea
     from archipelag.ledger.ledger import Ledger
 
 ACTOR_NAME = "ledger"
-log = logging.getLogger(__name__)
 
 
 def socket_path(settings: Settings) -> Path:
@@ -64,10 +62,7 @@ class _SocketCalls:
         return await self._socket.call(method, *args, **kwargs)
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None:
-        try:
-            self._socket.send(method, *args, **kwargs)
-        except Exception:  # fire-and-forget: the caller never fails for a lost notice
-            log.warning("ledger.%s was not sent", method, exc_info=True)
+        self._socket.send(method, *args, **kwargs)  # never raises: a lost notice is logged
 
     def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         raise NotImplementedError("the ledger streams nothing")

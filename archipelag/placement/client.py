@@ -106,10 +106,7 @@ class _SocketCalls:
         return self._ray.call(method, *args)
 
     def send(self, method: str, *args: Any) -> None:
-        try:
-            self._socket.send(method, *args)
-        except Exception:  # a lost update is repaired by the next heartbeat; never fail the caller for it
-            log.warning("placement.%s was not sent", method, exc_info=True)
+        self._socket.send(method, *args)  # never raises: a lost update is repaired by the next heartbeat
 
     async def call_async(self, method: str, *args: Any) -> Any:
         try:
