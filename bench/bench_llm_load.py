@@ -7,16 +7,22 @@ chat asks for `TOKENS` tokens at temperature 0 with a prompt of its own. Total t
 every chat reported (`usage`), over the wall time from the first request to the last `[DONE]`. Single stream:
 tokens/s after the first token of one chat alone, network ÷ the same chat direct right after it.
 Aims (issue 9): ≥ 2.5× the direct single stream at 8 concurrent on one host; single-stream ratio ≥ 0.99.
-First rows: the decoder's own ceiling, a llama.cpp step of N chats against a step of one (no network). Last: the
-CPU per token of 8 concurrent chats on one host, the model worker's and each of the network's processes'.
+First rows: the decoder's own ceiling, a llama.cpp step of N chats against a step of one (no network); then llm-chat's
+batched decoder itself generating 8 chats in process, timed as the network's totals are: what the network's 8 chats
+could make at most. Last: the CPU per token of 8 concurrent chats on one host, the model worker's and each of the
+network's processes'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +87,52 @@ def step_rows() -> list[Row]:
         rows.append((f"llama.cpp step of {chats} chats", f"{ms:.1f} ms",
                      f"{ms / one:.1f} steps of one: batched, at most {chats * one / ms:.2f}× one stream"))
     return rows
+
+
+def decoder_tps(chats: int, rounds: int = 3) -> float:
+    """Total tokens/s of ``chats`` chats generated together by llm-chat's own batched decoder in this process (the
+    worker's decoder module, ``parallel``, context and threads as the worker sets them, prompts formatted by the
+    model's template): the engine's batched rate with nothing of the network around it. p50 of ``rounds``, after a
+    round that warms the caches; each from the first chat's submission to the last chat's end, as the network's
+    totals are timed."""
+    from llama_cpp import llama_cpp as ll
+    from llama_cpp._internals import LlamaModel
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    source = Path(__file__).resolve().parents[1] / "workloads" / "llm-chat" / "decoder.py"
+    spec = importlib.util.spec_from_file_location("llm_chat_decoder", source)
+    assert spec is not None and spec.loader is not None
+    decoder = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
+    spec.loader.exec_module(decoder)
+    model = LlamaModel(path_model=str(model_path()), params=ll.llama_model_default_params(), verbose=False)
+    template: Any = Jinja2ChatFormatter(model.metadata()["tokenizer.chat_template"],
+                                        eos_token=model.token_get_text(model.token_eos()),
+                                        bos_token=model.token_get_text(model.token_bos()))
+    engine = decoder.Decoder(model, 8, 2048, THREADS)
+
+    def chat(n: int) -> Any:
+        formatted = template(messages=_messages(n))
+        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        tokens = model.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+        return engine.submit(decoder.Chat(tokens, TOKENS, 0.0, 0.95, n, [s for s in stops if s]))
+
+    def finish(submitted: Any) -> int:
+        while not isinstance(item := submitted.next(timeout_s=60), decoder.Finish):
+            assert item is not None, "the decoder made no progress in 60 s"
+        return int(item.completion_tokens)
+
+    rates = []
+    for round_ in range(rounds + 1):
+        start = time.perf_counter()
+        made = sum(finish(c) for c in [chat(300 + 10 * round_ + n) for n in range(chats)])
+        rates.append(made / (time.perf_counter() - start))
+    return sorted(rates[1:])[len(rates[1:]) // 2]
+
+
+def decoder_alone_tps(chats: int) -> float:
+    """``decoder_tps`` in a process of its own, so its context (and its thread) go when it returns."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(decoder_tps, chats).result()
 
 
 def _messages(n: int) -> list[dict[str, str]]:
@@ -191,11 +243,15 @@ def cpu_rows(cost: Cost) -> list[Row]:
 def run() -> list[Row]:
     load = os.getloadavg()[0]
     steps = step_rows()
+    alone = decoder_alone_tps(8)
     llm = direct_model()
     direct = direct_tps(llm)
     (one, cost), (three, _) = network_rows(1, llm), network_rows(3, llm)
     rows: list[Row] = [("direct llama-cpp-python, 1 stream (baseline)", f"{direct:.1f} tok/s",
-                        f"{THREADS} thread(s), {TOKENS} tokens, after the first token")]
+                        f"{THREADS} thread(s), {TOKENS} tokens, after the first token"),
+                       ("llm-chat's batched decoder alone, 8 chats in process: total", f"{alone:.1f} tok/s",
+                        (f"{alone / direct:.2f}× direct: the engine's own batched rate, no network; "
+                         f"the 1-host network's 8 chats made {one['total_8'] / alone:.0%} of it"))]
     for name, net in (("1 host", one), ("3 hosts", three)):
         for concurrency in CONCURRENCY:
             total = net[f"total_{concurrency}"]
