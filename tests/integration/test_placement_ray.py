@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from archipelag.ledger import Ledger
 from archipelag.ledger.karma_rules import DEFAULT_RULES, KarmaState
 from archipelag.ledger.records import HostIdentity
 from archipelag.lifecycle import HostStatus
+from archipelag.nodes import runtime_dir
 from archipelag.placement.client import ACTOR_NAME, PlacementClient
 from archipelag.settings import Settings
 
@@ -50,6 +54,7 @@ def placement(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlacementCli
     finally:
         ray.shutdown()
         ledger.close()
+        shutil.rmtree(runtime_dir(settings.state_dir), ignore_errors=True)  # the actors' sockets (/tmp/ap-…)
 
 
 def register(placement: PlacementClient, host_id: str, **fields):  # type: ignore[no-untyped-def]
@@ -125,11 +130,13 @@ class HangingLedger:
 
 @contextlib.contextmanager
 def beside_a_hanging_ledger(namespace: str) -> Iterator[tuple[PlacementClient, Any]]:
-    """A placement actor of its own, in ``namespace``, whose ledger is a ``HangingLedger`` actor; both killed after."""
+    """A placement actor of its own, in ``namespace`` and a state folder of its own (its socket must not take the
+    place of another placement's), whose ledger is a ``HangingLedger`` actor; both killed after."""
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
-    settings = SETTINGS.model_copy(update={"ray_namespace": namespace})
+    state = Path(tempfile.mkdtemp(prefix="archipelag-placement-"))
+    settings = SETTINGS.model_copy(update={"ray_namespace": namespace, "state_dir": state})
     identities = {host_id: HostIdentity(HostId(host_id), identity.public_hex(key), 1, revoked=False)
                   for host_id, key in KEYS.items()}
     ledger = ray.remote(HangingLedger).options(name="ledger", namespace=namespace, num_cpus=0,
@@ -141,6 +148,8 @@ def beside_a_hanging_ledger(namespace: str) -> Iterator[tuple[PlacementClient, A
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(ACTOR_NAME, namespace=namespace), no_restart=True)
         ray.kill(ledger, no_restart=True)
+        shutil.rmtree(runtime_dir(state), ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def until_online(placement: PlacementClient, host_id: str, what: str) -> None:
