@@ -252,6 +252,48 @@ def stage_rows(chats: list[Chat], stamps: dict[str, dict[str, float]], engine_s:
     return rows
 
 
+def ray_floor(trials: int = 30) -> float:
+    """The floor of the path's two Ray hops with nothing on them: a streaming call to an actor whose run yields a
+    status at once and its first token 45 ms later (as a warm worker's engine takes), read as the bridge reads a
+    host's stream (``bridge.server._Pump``); p50 of the submission → the run's start plus the token's yield → the
+    token on the event loop, the two spans "Ray call bridge → host" and "Ray stream host → bridge" measure. One
+    call every 50 ms, as chats come. This process must be a Ray driver; the actor goes when it returns."""
+    import ray
+
+    from archipelag.bridge.server import _Pump
+
+    class Host:
+        def run(self, spec: dict[str, Any]) -> Any:
+            yield [{"type": "status", "at": time.perf_counter()}]  # perf_counter: the same clock in every process
+            time.sleep(0.045)
+            yield [{"type": "token", "content": "Hi", "at": time.perf_counter()}]
+
+    actor: Any = ray.remote(Host)
+    host = actor.options(num_cpus=0, max_concurrency=8).remote()
+
+    async def times() -> list[float]:
+        took = []
+        for trial in range(trials + 3):  # three to warm the actor and its threads
+            submitted = time.perf_counter()
+            pump = _Pump(host.run.remote({"workload": "llm-chat", "input": {"messages": messages(trial)}}))
+            try:
+                status, first = await pump.next(), await pump.next()
+                arrived = time.perf_counter()
+                assert status and first, "the bare actor's stream ended early"
+                started, token = status[0]["at"], first[0]["at"]
+            finally:
+                pump.stop()
+            if trial >= 3:
+                took.append(started - submitted + arrived - token)
+            await asyncio.sleep(0.05)
+        return took
+
+    try:
+        return statistics.median(asyncio.run(times()))
+    finally:
+        ray.kill(host)
+
+
 STAGE_NAMES = {
     ("sent", "arrived"): "HTTP in (client → replica)",
     ("arrived", "handler"): "auth, body checks, parsing",
@@ -333,6 +375,7 @@ def run() -> list[Row]:
         network = start_network(settings, hosts=1)
         try:
             net = asyncio.run(network_runs(network.url, network.api_key, idle_ttl_s, llm))
+            floor = ray_floor()
             cpu = cost_of(network, lambda: asyncio.run(_chats(network.url, network.api_key, CPU_CHATS)))
         finally:
             network.stop()
@@ -361,6 +404,8 @@ def run() -> list[Row]:
         ("TTFT network /v1/chat/completions", ttft(chat),
          f"+{ms * (statistics.median(chat) - engine):.1f} ms p50 over direct (aim ≤ +5 ms); warm worker"),
         *stage_rows(net.chats, stamps, engine),
+        ("  floor: the two Ray hops with nothing on them", f"{ms * floor:.2f} ms",
+         "baseline of the two Ray rows: a bare actor's run started, and its token 45 ms later read as the bridge reads"),
         ("TTFT network jobs API (POST + SSE)", ttft(jobs),
          (f"+{ms * (statistics.median(jobs) - engine):.1f} ms p50 over direct; two HTTP requests; the POST is "
           f"answered in {ms * posted:.1f} ms p50 (the ledger has the job) while the host already runs it")),
