@@ -17,7 +17,9 @@ network's processes'.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
+import importlib
+import io
 import os
 import sys
 import tempfile
@@ -92,31 +94,24 @@ def step_rows() -> list[Row]:
 
 
 def decoder_tps(chats: int, rounds: int = ROUNDS) -> float:
-    """Total tokens/s of ``chats`` chats generated together by llm-chat's own batched decoder in this process (the
-    worker's decoder module, ``parallel``, context and threads as the worker sets them, prompts formatted by the
-    model's template): the engine's batched rate with nothing of the network around it. p50 of ``rounds`` of the
-    network's prompts, after a round that warms the caches; each from the first chat's submission to the last
-    chat's end, as the network's totals are timed."""
-    from llama_cpp import llama_cpp as ll
-    from llama_cpp._internals import LlamaModel
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    source = Path(__file__).resolve().parents[1] / "workloads" / "llm-chat" / "decoder.py"
-    spec = importlib.util.spec_from_file_location("llm_chat_decoder", source)
-    assert spec is not None and spec.loader is not None
-    decoder = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
-    spec.loader.exec_module(decoder)
-    model = LlamaModel(path_model=str(model_path()), params=ll.llama_model_default_params(), verbose=False)
-    template: Any = Jinja2ChatFormatter(model.metadata()["tokenizer.chat_template"],
-                                        eos_token=model.token_get_text(model.token_eos()),
-                                        bos_token=model.token_get_text(model.token_bos()))
-    engine = decoder.Decoder(model, 8, 2048, THREADS)
+    """Total tokens/s of ``chats`` chats generated together by llm-chat's own worker code in this process: its
+    ``load_decoder`` (the model, the batched decoder with ``parallel`` sequences, threads) and its ``prompt_tokens``
+    (the model's template and stop strings), as a multiplexed worker runs them, without the network around it.
+    p50 of ``rounds`` of the network's prompts, after a round that warms the caches; each from the first chat's
+    submission to the last chat's end, as the network's totals are timed. Meant for a process of its own
+    (``decoder_alone_tps``): it takes the worker's environment and module path."""
+    workloads = Path(__file__).resolve().parents[1] / "workloads"
+    sys.path[:0] = [str(workloads / "llm-chat"), str(workloads / "container_sdk")]
+    os.environ.update({"ARCHIPELAG_MODEL": str(model_path()), "ARCHIPELAG_THREADS": str(THREADS),
+                       "ARCHIPELAG_WORKER": "1", "ARCHIPELAG_PARALLEL": str(chats)})
+    worker = importlib.import_module("main")  # llm-chat's program; it imports its decoder as the worker does
+    with contextlib.redirect_stdout(io.StringIO()):  # its "loading model" event
+        engine = worker.load_decoder()
+    decoder = importlib.import_module("decoder")
 
     def chat(n: int) -> Any:
-        formatted = template(messages=_messages(n))
-        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
-        tokens = model.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
-        return engine.submit(decoder.Chat(tokens, TOKENS, 0.0, 0.95, n, [s for s in stops if s]))
+        tokens, stops = worker.prompt_tokens(engine.model, _messages(n))
+        return engine.submit(decoder.Chat(tokens, TOKENS, 0.0, 0.95, n, stops))
 
     def finish(submitted: Any) -> int:
         while not isinstance(item := submitted.next(timeout_s=60), decoder.Finish):
