@@ -416,11 +416,16 @@ class _Link:
                 log.warning("%s: %d notices were not sent", self._what, dropped)
 
 
-def take_turns(cls: type, methods: Iterable[str]) -> None:
-    """Make each of ``cls``'s ``methods`` run under its instance's ``_turn`` lock (a ``threading.RLock`` the
+def public_methods(cls: type) -> tuple[str, ...]:
+    """The names of ``cls``'s public methods, its bases' included."""
+    return tuple(name for name, _ in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_"))
+
+
+def take_turns(cls: type) -> None:
+    """Make every public method of ``cls`` run under its instance's ``_turn`` lock (a ``threading.RLock`` the
     instance sets first): for an actor that Ray runs one call at a time and that also serves a socket
     (``serve_in_thread``), so a call from either runs alone, as Ray alone ran them."""
-    for name in methods:
+    for name in public_methods(cls):
         setattr(cls, name, _in_turn(getattr(cls, name)))
 
 

@@ -10,17 +10,15 @@ Ray's thread run one at a time, as Ray alone ran them (``max_concurrency=1``).
 
 from __future__ import annotations
 
-import inspect
 import threading
 from pathlib import Path
 from typing import Any, Final
 
 from archipelag.ledger.ledger import Ledger
-from archipelag.socket_calls import serve_in_thread, take_turns
+from archipelag.socket_calls import public_methods, serve_in_thread, take_turns
 
 # Every public method: over the socket the jobs service may call what it may call through Ray.
-SOCKET_METHODS: Final = tuple(name for name, _ in inspect.getmembers(Ledger, inspect.isfunction)
-                              if not name.startswith("_"))
+SOCKET_METHODS: Final = public_methods(Ledger)
 
 
 class _OneAtATime(Ledger):
@@ -31,6 +29,6 @@ class _OneAtATime(Ledger):
         serve_in_thread(self, SOCKET_METHODS, socket, "ledger")
 
 
-take_turns(_OneAtATime, SOCKET_METHODS)
+take_turns(_OneAtATime)
 _OneAtATime.__name__ = "Ledger"  # Ray names its process by it (`ray::Ledger`)
 ServedLedger: Final = _OneAtATime

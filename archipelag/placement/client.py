@@ -10,7 +10,6 @@ block a heartbeat thread or the API's event loop.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -136,8 +135,7 @@ class _OneAtATime(PlacementActor):
         serve_in_thread(self, SOCKET_METHODS, socket_path(settings), "placement")
 
 
-take_turns(_OneAtATime, [name for name, _ in inspect.getmembers(PlacementActor, inspect.isfunction)
-                         if not name.startswith("_")])
+take_turns(_OneAtATime)
 _OneAtATime.__name__ = "PlacementActor"  # Ray names its process by it (`ray::PlacementActor`)
 
 
