@@ -252,12 +252,13 @@ def stage_rows(chats: list[Chat], stamps: dict[str, dict[str, float]], engine_s:
     return rows
 
 
-def ray_floor(trials: int = 30) -> float:
+def ray_floor(trials: int = 30, token_after_s: float = 0.045, gap_s: float = 0.05) -> float:
     """The floor of the path's two Ray hops with nothing on them: a streaming call to an actor whose run yields a
-    status at once and its first token 45 ms later (as a warm worker's engine takes), read as the bridge reads a
-    host's stream (``bridge.server._Pump``); p50 of the submission → the run's start plus the token's yield → the
-    token on the event loop, the two spans "Ray call bridge → host" and "Ray stream host → bridge" measure. One
-    call every 50 ms, as chats come. This process must be a Ray driver; the actor goes when it returns."""
+    status at once and its first token ``token_after_s`` later (by default as a warm worker's engine takes), read
+    as the bridge reads a host's stream (``bridge.server._Pump``); p50 of the submission → the run's start plus the
+    token's yield → the token on the event loop, the two spans "Ray call bridge → host" and "Ray stream host →
+    bridge" measure. One call every ``gap_s``, as chats come (0 for both: the same hops back to back, every
+    process on them warm). This process must be a Ray driver; the actor goes when it returns."""
     import ray
 
     from archipelag.bridge.server import _Pump
@@ -265,7 +266,7 @@ def ray_floor(trials: int = 30) -> float:
     class Host:
         def run(self, spec: dict[str, Any]) -> Any:
             yield [{"type": "status", "at": time.perf_counter()}]  # perf_counter: the same clock in every process
-            time.sleep(0.045)
+            time.sleep(spec["token_after_s"])
             yield [{"type": "token", "content": "Hi", "at": time.perf_counter()}]
 
     actor: Any = ray.remote(Host)
@@ -275,7 +276,8 @@ def ray_floor(trials: int = 30) -> float:
         took = []
         for trial in range(trials + 3):  # three to warm the actor and its threads
             submitted = time.perf_counter()
-            pump = _Pump(host.run.remote({"workload": "llm-chat", "input": {"messages": messages(trial)}}))
+            pump = _Pump(host.run.remote({"workload": "llm-chat", "input": {"messages": messages(trial)},
+                                          "token_after_s": token_after_s}))
             try:
                 status, first = await pump.next(), await pump.next()
                 arrived = time.perf_counter()
@@ -285,13 +287,33 @@ def ray_floor(trials: int = 30) -> float:
                 pump.stop()
             if trial >= 3:
                 took.append(started - submitted + arrived - token)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(gap_s)
         return took
 
     try:
         return statistics.median(asyncio.run(times()))
     finally:
         ray.kill(host)
+
+
+def cold_read(size: int = 256 * 1024, trials: int = 60) -> tuple[float, float]:
+    """p50 µs to read ``size`` bytes (numpy's sum) right after 50 ms asleep, as every process on a chat's path
+    sleeps through the engine's first token, and back to back: how much slower this machine runs a process's
+    first work after it slept (caches refilled)."""
+    import numpy as np
+
+    data = np.ones(size // 8)
+
+    def p50(gap_s: float) -> float:
+        took = []
+        for _ in range(trials):
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            data.sum()
+            took.append(time.perf_counter() - started)
+        return statistics.median(took) * 1e6
+
+    return p50(0.05), p50(0)
 
 
 STAGE_NAMES = {
@@ -365,6 +387,7 @@ def run() -> list[Row]:
     from bench.bench_network import _free_port
 
     llm, direct_cold = direct_runs()
+    cold_us, warm_us = cold_read()
     idle_ttl_s = 2.0
     with tempfile.TemporaryDirectory(prefix="archipelag-bench-llm-") as state:
         trace_file = Path(state) / "trace.txt"
@@ -375,7 +398,7 @@ def run() -> list[Row]:
         network = start_network(settings, hosts=1)
         try:
             net = asyncio.run(network_runs(network.url, network.api_key, idle_ttl_s, llm))
-            floor = ray_floor()
+            floor, warm_floor = ray_floor(), ray_floor(token_after_s=0, gap_s=0)
             cpu = cost_of(network, lambda: asyncio.run(_chats(network.url, network.api_key, CPU_CHATS)))
         finally:
             network.stop()
@@ -406,6 +429,10 @@ def run() -> list[Row]:
         *stage_rows(net.chats, stamps, engine),
         ("  floor: the two Ray hops with nothing on them", f"{ms * floor:.2f} ms",
          "baseline of the two Ray rows: a bare actor's run started, and its token 45 ms later read as the bridge reads"),
+        ("  floor: the same two hops back to back", f"{ms * warm_floor:.2f} ms",
+         "the bare actor's token at once, the next run at once: no process on the hops slept"),
+        ("  machine: 256 KiB read after 50 ms asleep", f"{cold_us:.0f} µs",
+         f"against {warm_us:.0f} µs back to back: what a process that slept pays on its first work here"),
         ("TTFT network jobs API (POST + SSE)", ttft(jobs),
          (f"+{ms * (statistics.median(jobs) - engine):.1f} ms p50 over direct; two HTTP requests; the POST is "
           f"answered in {ms * posted:.1f} ms p50 (the ledger has the job) while the host already runs it")),
