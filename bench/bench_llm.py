@@ -299,7 +299,7 @@ def ray_floor(trials: int = 30, token_after_s: float = 0.045, gap_s: float = 0.0
 def cold_read(size: int = 256 * 1024, trials: int = 60) -> tuple[float, float]:
     """p50 µs to read ``size`` bytes (numpy's sum) right after 50 ms asleep, as every process on a chat's path
     sleeps through the engine's first token, and back to back: how much slower this machine runs a process's
-    first work after it slept (caches refilled)."""
+    first work after it slept, from cold caches."""
     import numpy as np
 
     data = np.ones(size // 8)
