@@ -252,13 +252,13 @@ def stage_rows(chats: list[Chat], stamps: dict[str, dict[str, float]], engine_s:
     return rows
 
 
-def ray_floor(trials: int = 30, token_after_s: float = 0.045, gap_s: float = 0.05) -> float:
+def ray_floor(trials: int = 30) -> tuple[float, float]:
     """The floor of the path's two Ray hops with nothing on them: a streaming call to an actor whose run yields a
-    status at once and its first token ``token_after_s`` later (by default as a warm worker's engine takes), read
-    as the bridge reads a host's stream (``bridge.server._Pump``); p50 of the submission → the run's start plus the
-    token's yield → the token on the event loop, the two spans "Ray call bridge → host" and "Ray stream host →
-    bridge" measure. One call every ``gap_s``, as chats come (0 for both: the same hops back to back, every
-    process on them warm). This process must be a Ray driver; the actor goes when it returns."""
+    status at once and its first token 45 ms later (as a warm worker's engine takes), read as the bridge reads a
+    host's stream (``bridge.server._Pump``); p50 of the submission → the run's start plus the token's yield → the
+    token on the event loop, the two spans "Ray call bridge → host" and "Ray stream host → bridge" measure. One
+    call every 50 ms, as chats come. Then the same with the token at once and the next call at once: the same hops
+    back to back, no process on them asleep. This process must be a Ray driver; the actor goes when it returns."""
     import ray
 
     from archipelag.bridge.server import _Pump
@@ -272,8 +272,8 @@ def ray_floor(trials: int = 30, token_after_s: float = 0.045, gap_s: float = 0.0
     actor: Any = ray.remote(Host)
     host = actor.options(num_cpus=0, max_concurrency=8).remote()
 
-    async def times() -> list[float]:
-        took = []
+    async def p50(token_after_s: float, gap_s: float) -> float:
+        took: list[float] = []
         for trial in range(trials + 3):  # three to warm the actor and its threads
             submitted = time.perf_counter()
             pump = _Pump(host.run.remote({"workload": "llm-chat", "input": {"messages": messages(trial)},
@@ -288,10 +288,13 @@ def ray_floor(trials: int = 30, token_after_s: float = 0.045, gap_s: float = 0.0
             if trial >= 3:
                 took.append(started - submitted + arrived - token)
             await asyncio.sleep(gap_s)
-        return took
+        return statistics.median(took)
+
+    async def both() -> tuple[float, float]:
+        return await p50(0.045, 0.05), await p50(0, 0)
 
     try:
-        return statistics.median(asyncio.run(times()))
+        return asyncio.run(both())
     finally:
         ray.kill(host)
 
@@ -398,7 +401,7 @@ def run() -> list[Row]:
         network = start_network(settings, hosts=1)
         try:
             net = asyncio.run(network_runs(network.url, network.api_key, idle_ttl_s, llm))
-            floor, warm_floor = ray_floor(), ray_floor(token_after_s=0, gap_s=0)
+            floor, warm_floor = ray_floor()
             cpu = cost_of(network, lambda: asyncio.run(_chats(network.url, network.api_key, CPU_CHATS)))
         finally:
             network.stop()
