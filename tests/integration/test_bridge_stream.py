@@ -106,17 +106,18 @@ def test_a_host_killed_mid_run_is_raised_as_ray_raises_a_lost_actor(ray: Any) ->
 def test_the_reader_of_a_hung_host_ends_soon_after_its_run_is_stopped(host: Any,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_Pump, "POLL_S", 0.1)
-    before = len(readers())
+    before = set(readers())  # an earlier test's reader may still be on its way out
+    ours: set[threading.Thread] = set()
 
     async def read_then_leave() -> None:
         pump = _Pump(host.run.options(num_returns="streaming").remote(1, "hang"))
+        ours.update(set(readers()) - before)
         assert await pump.next() is not None
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(pump.next(), 0.5)  # the host says nothing more
         pump.stop()
 
     asyncio.run(read_then_leave())
-    deadline = time.monotonic() + 10
-    while len(readers()) > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(readers()) == before
+    (reader,) = ours
+    reader.join(10)
+    assert not reader.is_alive()
