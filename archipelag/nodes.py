@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import signal
 import stat
 import subprocess
@@ -35,6 +36,9 @@ COORDINATOR_RESOURCE = "archipelag_coordinator"
 HOST_RESOURCE = "archipelag_host"
 LABEL_HOST_ID = "archipelag.io/host-id"
 LABEL_REGION = "archipelag.io/region"
+# New at every start of a host's node: which node of the cluster is this start's, where the host's previous node
+# still counts as alive (the cluster finds a node gone by its missed health checks, ~15 s).
+LABEL_NODE_START = "archipelag.io/node-start"
 
 
 def runtime_dir(state_dir: Path) -> Path:
@@ -237,6 +241,7 @@ class RayNodeProcess:
     log_path: Path
     watchdog: subprocess.Popen[bytes] | None = None
     log_offset: int = 0  # where this run's output starts in a log that earlier runs wrote to
+    start_label: str = ""  # a host's node: its LABEL_NODE_START
     _tree: set[int] = field(default_factory=set)
     _raylet: psutil.Process | None = None
 
@@ -491,7 +496,8 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
     if run_as is not None and temp_dir is None:
         raise ConfigError("a Ray node run as another user needs a temp dir of its own")
     resources = {HOST_RESOURCE: 1, host_resource(host_id): 1}
-    all_labels = {LABEL_HOST_ID: host_id, LABEL_REGION: region, **(labels or {})}
+    start_label = secrets.token_hex(8)
+    all_labels = {LABEL_HOST_ID: host_id, LABEL_REGION: region, LABEL_NODE_START: start_label, **(labels or {})}
     args = [
         f"--address={address}", f"--num-cpus={cpu_cores}", f"--resources={json.dumps(resources)}",
         "--labels=" + ",".join(f"{k}={v}" for k, v in all_labels.items()),
@@ -507,4 +513,6 @@ def start_host_node(address: str, host_id: str, region: str, cpu_cores: int, log
         run_as.own(temp_dir, mode=0o700)
         node_env |= {"HOME": str(temp_dir.resolve()), "RAY_TMPDIR": str(temp_dir.resolve()),
                      "USER": run_as.name, "LOGNAME": run_as.name}
-    return _spawn(f"host-{host_id}", args, log_dir, node_env, run_as)
+    node = _spawn(f"host-{host_id}", args, log_dir, node_env, run_as)
+    node.start_label = start_label
+    return node

@@ -4,8 +4,9 @@ errors: ``LOST``). The coordinator's services reach an agent through the bridge 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import ray
 from ray.exceptions import (
@@ -27,6 +28,8 @@ from archipelag.settings import Settings
 
 LOST = (ActorDiedError, ActorUnavailableError, RayActorError)  # what Ray raises for an agent that is gone
 log = logging.getLogger(__name__)
+STALE_AGENT_TRIES: Final = 5  # an agent left on a node that is gone, ended and started anew (``start``)
+STALE_AGENT_PAUSE_S: Final = 0.5  # for the cluster to free the ended agent's name
 
 
 def actor_name(host_id: HostId) -> str:
@@ -50,25 +53,35 @@ class HostAgentClient:
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
               accepts: tuple[str, ...], node_id: str, asks: Mapping[str, int] | None = None) -> HostAgentClient:
-        """Create the host's agent, detached and pinned to its node (it dies with the node). ``asks``: its
-        prices (``host join --price``), which its registration carries."""
-        handle = HostAgentActor.options(  # type: ignore[attr-defined]
-            name=actor_name(host_id), namespace=settings.ray_namespace, lifetime="detached",
-            get_if_exists=True, max_concurrency=settings.host_slots + 8,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(settings, host_id, name, region, hardware, accepts, dict(asks or {}))
-        client = cls(host_id, handle)
-        try:
-            ray.get(handle.ping.remote(), timeout=120)
-        except RayActorError as exc:
-            if exc.actor_init_failed:  # e.g. placement refused its registration: say why, not just that it died
-                raise HostLost(f"host {host_id}'s agent did not start: {_last_line(exc.error_msg)}",
+        """Create the host's agent, detached and pinned to its node (it dies with the node), or take the one that
+        runs there already. ``asks``: its prices (``host join --price``), which its registration carries.
+
+        An agent of this name that does not answer is the one on the host's previous node, which the cluster has
+        not yet found gone (Ray's health checks take ~15 s): it is ended, and this node's own started, instead of
+        the host rejoining only once the cluster has noticed."""
+        for attempt in range(1, STALE_AGENT_TRIES + 1):
+            handle = HostAgentActor.options(  # type: ignore[attr-defined]
+                name=actor_name(host_id), namespace=settings.ray_namespace, lifetime="detached",
+                get_if_exists=True, max_concurrency=settings.host_slots + 8,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote(settings, host_id, name, region, hardware, accepts, dict(asks or {}))
+            try:
+                ray.get(handle.ping.remote(), timeout=120)
+                break
+            except RayActorError as exc:
+                if exc.actor_init_failed:  # e.g. placement refused its registration: say why, not just that it died
+                    raise HostLost(f"host {host_id}'s agent did not start: {_last_line(exc.error_msg)}",
+                                   host_id=host_id) from None
+                if attempt == STALE_AGENT_TRIES:
+                    raise HostLost(f"host {host_id} does not answer: {type(exc).__name__}", host_id=host_id) from None
+                log.info("host %s: its agent does not answer (%s), as on a node that is gone; starting a new one",
+                         host_id, type(exc).__name__)
+                ray.kill(handle, no_restart=True)
+                time.sleep(STALE_AGENT_PAUSE_S)
+            except GetTimeoutError:
+                raise HostLost(f"host {host_id} does not answer: its agent did not start within 120 s",
                                host_id=host_id) from None
-            raise HostLost(f"host {host_id} does not answer: {type(exc).__name__}", host_id=host_id) from None
-        except GetTimeoutError:
-            raise HostLost(f"host {host_id} does not answer: its agent did not start within 120 s",
-                           host_id=host_id) from None
-        return client
+        return cls(host_id, handle)
 
     @classmethod
     def connect(cls, settings: Settings, host_id: HostId) -> HostAgentClient:

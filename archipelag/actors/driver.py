@@ -37,7 +37,7 @@ from archipelag.actors.hardware import Hardware
 from archipelag.errors import ArchipelagError, ConfigError, Conflict, HostLost, HostRefused, ValidationFailed
 from archipelag.ids import HostId, JobId
 from archipelag.lifecycle import HostStatus
-from archipelag.nodes import RunAs, host_resource
+from archipelag.nodes import LABEL_NODE_START, RunAs, host_resource
 from archipelag.settings import Settings
 
 if TYPE_CHECKING:  # the client imports Ray, which must not load before its environment is set
@@ -73,24 +73,25 @@ class HostDriver(Protocol):
 
 
 def attach(settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
-           accepts: tuple[str, ...], asks: Mapping[str, int], timeout_s: float,
+           accepts: tuple[str, ...], asks: Mapping[str, int], timeout_s: float, node_start: str,
            node_alive: Callable[[], str | None]) -> tuple[str, HostAgentClient]:
-    """In a process that is already a driver of the cluster: wait for the host's node, then for the coordinator's
-    API (the host reports there; a coordinator that is still starting has none yet), and start the host's agent on
-    the node. ``node_alive`` says why the node is gone (None while it runs)."""
+    """In a process that is already a driver of the cluster: wait for the host's node (the one labelled
+    ``node_start``: a previous one may still count as alive), then for the coordinator's API (the host reports
+    there; a coordinator that is still starting has none yet), and start the host's agent on the node.
+    ``node_alive`` says why the node is gone (None while it runs)."""
     from archipelag.actors.client import HostAgentClient
 
-    node_id = _wait_for_node(host_id, timeout_s, node_alive)
+    node_id = _wait_for_node(host_id, node_start, timeout_s, node_alive)
     _wait_for_api(settings, host_id, timeout_s, node_alive)
     agent = HostAgentClient.start(settings, host_id, name, region, hardware, accepts, node_id, asks)
     return node_id, agent
 
 
-def say_goodbye(settings: Settings, host_id: HostId, agent: HostAgentClient) -> None:
-    """The agent stops, and placement hears that the host left (signed like its other reports)."""
+def say_goodbye(settings: Settings, host_id: HostId) -> None:
+    """Placement hears that the host left, signed like its other reports: by whoever holds the host's key, the
+    owner's process (a driver of the node's account may not read it)."""
     from archipelag.actors.reports import Reports
 
-    agent.leave()
     try:
         key = identity.host_key(settings.state_dir, host_id)
         report = identity.status_report(HostStatus.OFFLINE)
@@ -100,7 +101,7 @@ def say_goodbye(settings: Settings, host_id: HostId, agent: HostAgentClient) -> 
         log.warning("could not tell placement that %s left", host_id, exc_info=True)
 
 
-def _wait_for_node(host_id: HostId, timeout_s: float, node_alive: Callable[[], str | None]) -> str:
+def _wait_for_node(host_id: HostId, node_start: str, timeout_s: float, node_alive: Callable[[], str | None]) -> str:
     import ray
 
     deadline = time.monotonic() + timeout_s
@@ -108,7 +109,8 @@ def _wait_for_node(host_id: HostId, timeout_s: float, node_alive: Callable[[], s
     while time.monotonic() < deadline:
         nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
         for info in nodes:
-            if info.get("Alive") and resource in info.get("Resources", {}):
+            if info.get("Alive") and resource in info.get("Resources", {}) \
+                    and info.get("Labels", {}).get(LABEL_NODE_START) == node_start:
                 return str(info["NodeID"])
         if (gone := node_alive()) is not None:
             raise HostLost(f"the Ray node of {host_id} exited while joining; {gone}", host_id=host_id)
@@ -156,14 +158,14 @@ class InProcessDriver:
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
               accepts: tuple[str, ...], asks: Mapping[str, int], coordinator: str, timeout_s: float,
-              node_alive: Callable[[], str | None]) -> InProcessDriver:
+              node_start: str, node_alive: Callable[[], str | None]) -> InProcessDriver:
         import ray
 
         ray.init(address=coordinator, namespace=settings.ray_namespace, logging_level=logging.WARNING,
                  log_to_driver=False)
         try:
             node_id, agent = attach(settings, host_id, name, region, hardware, accepts, asks, timeout_s,
-                                    node_alive)
+                                    node_start, node_alive)
         except BaseException:
             ray.shutdown()
             raise
@@ -183,9 +185,12 @@ class InProcessDriver:
         does not come back, and the owner pressed Ctrl-C."""
         import ray
 
+        def leave() -> None:
+            self._agent.leave()
+            say_goodbye(self._settings, self._host_id)
+
         if ray.is_initialized():
-            goodbye = threading.Thread(target=say_goodbye, args=(self._settings, self._host_id, self._agent),
-                                       name=f"goodbye-{self._host_id}", daemon=True)
+            goodbye = threading.Thread(target=leave, name=f"goodbye-{self._host_id}", daemon=True)
             goodbye.start()
             goodbye.join(LEAVE_TIMEOUT_S)
             if goodbye.is_alive():
@@ -211,8 +216,11 @@ class SeparateDriver:
     """The owner's side of a driver that runs as the node's account: requests out, checked answers back. One
     request at a time; every answer has a deadline, after which the driver counts as gone (HostLost)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], node_id: str = "", runtimes: tuple[str, ...] = ()) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], settings: Settings, host_id: HostId, node_id: str = "",
+                 runtimes: tuple[str, ...] = ()) -> None:
         self._process = process
+        self._settings = settings
+        self._host_id = host_id
         self.node_id = node_id
         self._runtimes = runtimes
         self._buffer = b""
@@ -221,8 +229,8 @@ class SeparateDriver:
     @classmethod
     def start(cls, settings: Settings, host_id: HostId, name: str, region: str, hardware: Hardware,
               accepts: tuple[str, ...], asks: Mapping[str, int], coordinator: str, timeout_s: float,
-              node_alive: Callable[[], str | None], run_as: RunAs, env: Mapping[str, str], temp_dir: Path,
-              log_path: Path) -> SeparateDriver:
+              node_start: str, node_alive: Callable[[], str | None], run_as: RunAs, env: Mapping[str, str],
+              temp_dir: Path, log_path: Path) -> SeparateDriver:
         """Start the driver as ``run_as`` with the node's environment, and have it join; its answer comes once
         the host's agent runs (HostLost, or the driver's own error, when it does not)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,11 +240,11 @@ class SeparateDriver:
                 stderr=out, env={**os.environ, **env}, cwd=temp_dir, start_new_session=True,
                 user=run_as.uid, group=run_as.gid, extra_groups=[],
             )
-        driver = cls(process)
+        driver = cls(process, settings, host_id)
         start = {"op": "start", "settings": settings.model_dump(mode="json", exclude={"smtp_password"}),
                  "host_id": host_id, "name": name, "region": region, "hardware": hardware.as_capabilities(),
                  "accepts": list(accepts), "asks": dict(asks), "coordinator": coordinator, "timeout_s": timeout_s,
-                 "temp_dir": str(temp_dir.resolve())}
+                 "node_start": node_start, "temp_dir": str(temp_dir.resolve())}
         try:
             ready = driver._ask(start, timeout_s + 150, node_alive)  # the node, placement, then the agent (120 s)
             driver.node_id = _text(ready.get("node_id"), "node_id", 64)
@@ -261,12 +269,15 @@ class SeparateDriver:
         return read_view(self._ask({"op": "view"}, VIEW_TIMEOUT_S))
 
     def leave(self) -> None:
-        """Tell the agent and placement (the driver does), at most LEAVE_TIMEOUT_S, then stop the driver."""
+        """The agent stops (the driver tells it, at most LEAVE_TIMEOUT_S), placement hears it (this process holds
+        the host's key), and the driver stops."""
         try:
             self._ask({"op": "leave"}, LEAVE_TIMEOUT_S)
         except ArchipelagError as exc:
             log.warning("the host's driver did not say goodbye: %s", exc.message)
             self._process.kill()  # it hangs on a coordinator that is gone: nothing more to wait for
+        else:
+            say_goodbye(self._settings, self._host_id)
         self.close()
 
     def close(self) -> None:
@@ -392,7 +403,7 @@ def _serve(replies: Any, start: dict[str, Any]) -> None:
     try:
         node_id, agent = attach(settings, host_id, start["name"], start["region"],
                                 Hardware.from_capabilities(start["hardware"]), tuple(start["accepts"]), start["asks"],
-                                float(start["timeout_s"]), lambda: None)
+                                float(start["timeout_s"]), str(start["node_start"]), lambda: None)
         runtimes = sorted(agent.capabilities().get("runtimes", []))
         _reply(replies, {"ok": {"node_id": node_id, "runtimes": runtimes}})
         for line in sys.stdin:
@@ -405,8 +416,8 @@ def _serve(replies: Any, start: dict[str, Any]) -> None:
                     view = agent.control(Command(request["command"]), Controller(request["by"]),
                                          str(request["reason"]))
                     _reply(replies, {"ok": view_dict(view)})
-                elif op == "leave":
-                    say_goodbye(settings, host_id, agent)
+                elif op == "leave":  # the owner tells placement: the host's key is the owner's
+                    agent.leave()
                     _reply(replies, {"ok": {}})
                     return
                 else:

@@ -216,7 +216,7 @@ def _start_driver(request: JoinRequest, node: RayNodeProcess, env: dict[str, str
     from archipelag.actors.driver import InProcessDriver, SeparateDriver
 
     joining = (request.settings, request.host_id, request.name, request.region, request.hardware, request.accepts,
-               request.asks, request.coordinator, request.timeout_s)
+               request.asks, request.coordinator, request.timeout_s, node.start_label)
 
     def node_alive() -> str | None:
         return _node_failed(node)

@@ -154,12 +154,14 @@ def raylet_of(join_pid: int) -> psutil.Process | None:
 
 
 @pytest.mark.ray_driver
-def test_a_host_starts_its_node_again_when_its_raylet_dies_at_start_and_rejoins_a_restarted_head(
+def test_a_host_starts_its_node_again_when_its_raylet_dies_at_start_or_later_and_rejoins_a_restarted_head(
         head_settings: Settings, tmp_path: Path) -> None:
     """Its first raylet is killed as it starts, as a raylet on a loaded machine aborts when its dashboard agent is
     slow to say its port: before the node has registered, so `ray start` itself would wait 30 s more before it
-    gives up. Then its coordinator's heads are killed and started again. One test, as each part needs the same
-    coordinator and host to start (half a minute here)."""
+    gives up. Then its running raylet is killed: the host rejoins at its first try, on its new node, though the
+    cluster still counts the old one (and the agent there) alive until its health checks fail (~15 s). Then its
+    coordinator's heads are killed and started again. One test, as each part needs the same coordinator and host
+    to start (half a minute here)."""
     settings, host_id, log_dir, join_log = head_settings, HostId("islet"), tmp_path / "logs", tmp_path / "join.log"
     coordinator = start_coordinator(settings, log_dir)  # its API: a host's agent reports there
     host = host_join(settings, host_id, join_log)
@@ -172,6 +174,16 @@ def test_a_host_starts_its_node_again_when_its_raylet_dies_at_start_and_rejoins_
         said = join_log.read_bytes()
         assert b"its Ray node failed to start (its raylet exited" in said and b"(try 2 of 3)" in said
 
+        raylet = raylet_of(host.pid)
+        assert raylet is not None
+        raylet.kill()
+        killed = time.monotonic()
+        eventually(lambda: b"rejoined" in join_log.read_bytes(), timeout_s=60)
+        eventually(lambda: agent_answers(settings, host_id), timeout_s=30, interval_s=0.5)
+        print(f"the host answered {time.monotonic() - killed:.1f} s after its running raylet was killed")
+        said = join_log.read_bytes()
+        assert b"(try 1)" in said and b"rejoin try" not in said  # no try failed on the old node's agent
+
         crash(coordinator)
         killed = time.monotonic()
         # Its node goes once its raylet gives up on the GCS (`ray start --head` on this machine refuses to
@@ -181,7 +193,7 @@ def test_a_host_starts_its_node_again_when_its_raylet_dies_at_start_and_rejoins_
         coordinator = start_coordinator(settings, log_dir)
         eventually(lambda: agent_answers(settings, host_id), timeout_s=120, interval_s=0.5)
         print(f"the host answered again {time.monotonic() - killed:.1f} s after its head was killed")
-        eventually(lambda: b"rejoined" in join_log.read_bytes())
+        eventually(lambda: join_log.read_bytes().count(b"rejoined") == 2)
         assert host.poll() is None
     finally:
         leave(host)

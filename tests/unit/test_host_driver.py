@@ -23,10 +23,16 @@ from archipelag.ids import HostId
 from archipelag.lifecycle import HostStatus
 from archipelag.settings import Settings
 
+HOST = HostId("h1")
 GOOD = {"state": {"status": "paused", "by": "owner", "reason": "lunch", "since": 1.5}, "running": ["j1", "j2"]}
 
 
-def a_driver(*answers: bytes, then_sleep_s: float = 0) -> SeparateDriver:
+def separate(process: subprocess.Popen[bytes], settings: Settings | None = None, node_id: str = "",
+             runtimes: tuple[str, ...] = ()) -> SeparateDriver:
+    return SeparateDriver(process, settings or Settings(state_dir=Path("/nonexistent")), HOST, node_id, runtimes)
+
+
+def a_driver(*answers: bytes, then_sleep_s: float = 0, settings: Settings | None = None) -> SeparateDriver:
     """A driver process that answers each request line with the next of ``answers`` (raw bytes), then sleeps."""
     script = (
         "import sys, time\n"
@@ -37,7 +43,7 @@ def a_driver(*answers: bytes, then_sleep_s: float = 0) -> SeparateDriver:
         f"time.sleep({then_sleep_s})\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    return SeparateDriver(process, node_id="n1", runtimes=("wasm",))
+    return separate(process, settings, node_id="n1", runtimes=("wasm",))
 
 
 @pytest.fixture
@@ -95,7 +101,7 @@ def test_a_line_longer_than_an_answer_may_be_is_refused(drivers: list[SeparateDr
     script = (f"import sys, time\nsys.stdin.readline()\nsys.stdout.write('x' * {driver_module.MAX_LINE_BYTES * 2})\n"
               "sys.stdout.flush()\ntime.sleep(30)\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    driver = SeparateDriver(process)
+    driver = separate(process)
     drivers.append(driver)
     with pytest.raises(HostLost, match="more than a line"):
         driver.view()
@@ -126,7 +132,7 @@ def test_a_driver_that_ignores_its_closed_input_is_killed(monkeypatch: pytest.Mo
     script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
     process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     started = time.monotonic()
-    SeparateDriver(process).close()
+    separate(process).close()
     assert process.returncode is not None and time.monotonic() - started < 5
 
 
@@ -167,3 +173,43 @@ def test_a_host_stops_waiting_for_the_api_once_its_node_is_gone(tmp_path: Path) 
     settings = Settings(state_dir=tmp_path, coordinator_api="http://127.0.0.1:9")  # nothing answers there
     with pytest.raises(HostLost, match="raylet exited"):
         driver_module._wait_for_api(settings, HostId("h1"), timeout_s=10, node_alive=lambda: "its raylet exited")
+
+
+def test_a_driver_of_the_nodes_account_leaves_and_the_owner_tells_placement(tmp_path: Path,
+                                                                            drivers: list[SeparateDriver]) -> None:
+    """The node's account may not read the host's key: the owner's process, which holds it, signs the goodbye."""
+    from archipelag import identity
+
+    heard: list[dict[str, object]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            heard.append({"path": self.path, **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            body = json.dumps({"data": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(state_dir=tmp_path, coordinator_api=f"http://127.0.0.1:{server.server_address[1]}")
+        key = identity.load_or_create_key(identity.named_key_path(tmp_path, HOST))
+        driver = a_driver(line({"ok": {}}), settings=settings)
+        drivers.append(driver)
+        driver.leave()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (goodbye,) = heard
+    assert goodbye["path"] == f"/api/v1/hosts/{HOST}/reports" and goodbye["purpose"] == "status"
+    report = identity.status_report(HostStatus.OFFLINE)
+    assert goodbye["report"] == identity.plain(report)
+    proof = goodbye["proof"]
+    assert isinstance(proof, dict)
+    identity.verify(identity.Proof(HOST, proof["at"], proof["digest"], bytes.fromhex(proof["signature"])), "status",
+                    identity.public_hex(key), report)
