@@ -28,7 +28,7 @@ from archipelag.settings import Settings
 
 LOST = (ActorDiedError, ActorUnavailableError, RayActorError)  # what Ray raises for an agent that is gone
 log = logging.getLogger(__name__)
-STALE_AGENT_TRIES: Final = 5  # an agent left on a node that is gone, ended and started anew (``start``)
+STALE_AGENT_TRIES: Final = 5  # tries at ending an agent left on a node that is gone and starting anew (``start``)
 STALE_AGENT_PAUSE_S: Final = 0.5  # for the cluster to free the ended agent's name
 
 
