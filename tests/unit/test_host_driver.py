@@ -4,6 +4,7 @@ never waits on it without a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -141,12 +142,29 @@ def test_read_view_takes_an_honest_view() -> None:
     assert view.state.status == HostStatus.ONLINE and view.running == ()
 
 
+class Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def api(tmp_path: Path, handler: type[BaseHTTPRequestHandler]) -> Iterator[Settings]:
+    """A coordinator's API played by ``handler`` on a port of its own; the settings of a host that reports there."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Settings(state_dir=tmp_path, coordinator_api=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_host_waiting_for_its_coordinators_api_asks_over_one_connection(tmp_path: Path) -> None:
     """A host that starts with its coordinator asks for the API every 0.2 s until it answers, on the cores the
     coordinator is starting on: over one kept-alive connection, not a new client (and TLS context) per try."""
     seen: list[tuple[str, int]] = []
 
-    class Health(BaseHTTPRequestHandler):
+    class Health(Quiet):
         protocol_version = "HTTP/1.1"  # keep-alive
 
         def do_GET(self) -> None:
@@ -155,17 +173,8 @@ def test_a_host_waiting_for_its_coordinators_api_asks_over_one_connection(tmp_pa
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = Settings(state_dir=tmp_path, coordinator_api=f"http://127.0.0.1:{server.server_address[1]}")
+    with api(tmp_path, Health) as settings:
         driver_module._wait_for_api(settings, HostId("h1"), timeout_s=10, node_alive=lambda: None)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert len(seen) == 4 and len(set(seen)) == 1  # three refusals, then the answer, all from one client socket
 
 
@@ -182,7 +191,7 @@ def test_a_driver_of_the_nodes_account_leaves_and_the_owner_tells_placement(tmp_
 
     heard: list[dict[str, object]] = []
 
-    class Api(BaseHTTPRequestHandler):
+    class Reports(Quiet):
         def do_POST(self) -> None:
             heard.append({"path": self.path, **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
             body = json.dumps({"data": {}}).encode()
@@ -191,20 +200,11 @@ def test_a_driver_of_the_nodes_account_leaves_and_the_owner_tells_placement(tmp_
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = Settings(state_dir=tmp_path, coordinator_api=f"http://127.0.0.1:{server.server_address[1]}")
+    with api(tmp_path, Reports) as settings:
         key = identity.load_or_create_key(identity.named_key_path(tmp_path, HOST))
         driver = a_driver(line({"ok": {}}), settings=settings)
         drivers.append(driver)
         driver.leave()
-    finally:
-        server.shutdown()
-        server.server_close()
     (goodbye,) = heard
     assert goodbye["path"] == f"/api/v1/hosts/{HOST}/reports" and goodbye["purpose"] == "status"
     report = identity.status_report(HostStatus.OFFLINE)
