@@ -10,8 +10,10 @@ tokens/s after the first token of one chat alone, network ÷ the same chat direc
 Aims (issue 9): ≥ 2.5× the direct single stream at 8 concurrent on one host; single-stream ratio ≥ 0.99.
 First rows: the decoder's own ceiling, a llama.cpp step of N chats against a step of one (no network); then llm-chat's
 batched decoder itself generating 8 chats in process, timed as the network's totals are: what the network's 8 chats
-could make at most. Last: the CPU per token of 8 concurrent chats on one host, the model worker's and each of the
-network's processes'.
+could make at most. Then, on one host: one account sends a burst of `BURST` chats, and a second later another
+account sends one chat; its time to first token, beside the same chat on the idle network (accounts take turns in
+the queue, `jobs/queue.py`). Last: the CPU per token of 8 concurrent chats on one host, the model worker's and
+each of the network's processes'.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ TOKENS = 64
 THREADS = int(os.environ.get("ARCHIPELAG_BENCH_THREADS", "1"))
 CONCURRENCY = (1, 2, 4, 8, 32)
 ROUNDS = 3  # rounds of up to 8 concurrent chats, each total the p50 of them (one round moved ±10 % from run to run)
+BURST = 32  # chats of one account ahead of another account's single chat: 8 run, 24 wait
 
 
 def step_ms(chats: int, prompt: int = 24, steps: int = 30) -> float:
@@ -207,6 +210,24 @@ async def _rounds(url: str, key: str, chats: int, rounds: int) -> int:
         return made
 
 
+async def _behind_a_burst(url: str, key: str, other_key: str) -> dict[str, float]:
+    """Another account's chat: its first token on the idle network, then sent a second into one account's burst
+    of ``BURST`` chats (p50 of three each)."""
+    async def first_token(http: httpx.AsyncClient, n: int) -> float:
+        chat = await stream_chat(http, _messages(n), TOKENS)
+        return chat.first - chat.started
+
+    async with _client(url, key) as burst, _client(url, other_key) as other:
+        idle = [await first_token(other, 700 + n) for n in range(3)]
+        behind = []
+        for round_ in range(3):
+            chats = [asyncio.create_task(_chat(burst, 800 + 50 * round_ + n)) for n in range(BURST)]
+            await asyncio.sleep(1.0)
+            behind.append(await first_token(other, 703 + round_))
+            await asyncio.gather(*chats)
+    return {"other_idle": sorted(idle)[1], "other_behind": sorted(behind)[1]}
+
+
 def network_rows(hosts: int, llm: Any) -> tuple[dict[str, float], Cost | None]:
     """The totals and single-stream rates; on one host also the CPU per token by process at 8 chats."""
     from bench.bench_network import _free_port
@@ -218,9 +239,13 @@ def network_rows(hosts: int, llm: Any) -> tuple[dict[str, float], Cost | None]:
         network = start_network(settings, hosts=hosts)
         try:
             results = asyncio.run(_load(network.url, network.api_key, llm))
-            cost = cost_of(network, lambda: asyncio.run(_rounds(network.url, network.api_key, 8, 3))) \
-                if hosts == 1 else None
-            return results, cost
+            if hosts > 1:
+                return results, None
+            ledger = network.coordinator.ledger
+            _, other_key = ledger.create_api_key(ledger.create_account("other@example.org", 10**12).id, "bench",
+                                                 ("read", "write"))
+            results |= asyncio.run(_behind_a_burst(network.url, network.api_key, other_key))
+            return results, cost_of(network, lambda: asyncio.run(_rounds(network.url, network.api_key, 8, 3)))
         finally:
             network.stop()
 
@@ -262,6 +287,10 @@ def run() -> list[Row]:
         rows.append((f"network {name}, 1 stream after first token", f"{net['single']:.1f} tok/s",
                      (f"{net['single'] / net['single_direct']:.3f} of direct run right after each "
                       f"({net['single_direct']:.1f} tok/s; aim ≥ 0.99)")))
+    rows += [("network 1 host, another account's chat: first token, idle network (baseline)",
+              f"{1000 * one['other_idle']:.0f} ms", "p50 of 3"),
+             (f"network 1 host, another account's chat 1 s into a burst of {BURST}: first token",
+              f"{one['other_behind']:.2f} s", "p50 of 3; the burst's account waits its turns (8 chats run at once)")]
     if cost is not None:
         rows += cpu_rows(cost)
     rows.append(("machine load (1-min average) at start", f"{load:.2f}", f"{os.cpu_count()} cores"))

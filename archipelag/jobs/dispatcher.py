@@ -102,7 +102,7 @@ class Ticket:
     host_id: HostId | None = None
     cancel_reason: str | None = None
     started_monotonic: float | None = None
-    queued_at: float | None = None  # when it first joined the queue: its age there, kept across requeues
+    queued_as: float | None = None  # the arrival it counts as in the queue (queue.py), kept across requeues
     ledger_tail: asyncio.Task[None] | None = None  # its latest ledger write; they run in order
     abandoned: bool = False  # the ledger refused to create it: stop, write nothing
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -213,9 +213,12 @@ class Dispatcher:
 
     def _push(self, ticket: Ticket) -> None:
         now = self._clock()
-        if ticket.queued_at is None:
-            ticket.queued_at = now
-        self._queue.push(ticket.job_id, ticket, ticket.priority, now + self._rules.queue_timeout_s, ticket.queued_at)
+        deadline = now + self._rules.queue_timeout_s
+        if ticket.queued_as is None:
+            ticket.queued_as = self._queue.push(ticket.job_id, ticket, ticket.priority, deadline, now,
+                                                ticket.log.owner)
+        else:
+            self._queue.put_back(ticket.job_id, ticket, deadline, ticket.queued_as, ticket.log.owner)
         self._kick.set()
 
     def creating(self, ticket: Ticket, created: Awaitable[Any]) -> None:

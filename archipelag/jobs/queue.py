@@ -5,7 +5,15 @@ Jobs go by ``priority`` (0–100, the API's field), then age, with aging: a job 
 and every second a job waits is worth ``1 / aging_s`` points: a priority-0 job that has waited ``100 × aging_s``
 seconds goes before any job that arrives after that, however high its priority; a busy network never starves it.
 (Both age at the same rate, so the order of two waiting jobs never changes while they wait: the key is fixed at
-push.) A job that cannot be placed now (its hosts are full, or none is online yet) keeps its place while jobs
+push.)
+
+Accounts take turns: each job its account (``owner``) already has waiting costs a new one a point of priority, so
+an account's burst counts as arriving ``aging_s`` apart. Alone in the queue, a burst keeps its order and runs as
+fast as hosts free up; beside it, another account's job goes after the burst's jobs that came before it plus one
+per ``aging_s`` seconds since, not after the whole burst. (Before, a burst of 100 chats on a 3-host network kept
+a later user's single chat waiting ~25 s.) A job put back after its host was lost keeps the place it had.
+
+A job that cannot be placed now (its hosts are full, or none is online yet) keeps its place while jobs
 behind it that can run go ahead. A job past its deadline leaves the queue failed; past ``max_jobs`` waiting, a
 new job is refused with a 503 and ``Retry-After`` rather than kept waiting forever.
 """
@@ -13,7 +21,8 @@ new job is refused with a 503 and ``Retry-After`` rather than kept waiting forev
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -38,6 +47,7 @@ class _Place(Generic[T]):
     job_id: JobId = field(compare=False)
     item: T = field(compare=False)
     deadline: float = field(compare=False)
+    owner: Hashable | None = field(compare=False)
 
 
 class JobQueue(Generic[T]):
@@ -47,6 +57,7 @@ class JobQueue(Generic[T]):
         self._aging_s = aging_s  # seconds of waiting worth one point of priority
         self._places: dict[JobId, _Place[T]] = {}
         self._arrivals = itertools.count()
+        self._waiting_of: Counter[Hashable] = Counter()  # jobs waiting per owner
 
     def __len__(self) -> int:
         return len(self._places)
@@ -60,15 +71,32 @@ class JobQueue(Generic[T]):
             raise QueueFull(f"{len(self._places)} jobs are already waiting for a host; retry in "
                             f"{self._retry_after_s} s", retry_after=self._retry_after_s)
 
-    def push(self, job_id: JobId, item: T, priority: int, deadline: float, arrived: float) -> None:
-        """Queue a job that first arrived at ``arrived`` (a job queued again after its host was lost keeps
-        its first arrival, and so its place)."""
-        counts_from = arrived - min(max(priority, 0), MAX_PRIORITY) * self._aging_s
-        self._places[job_id] = _Place((counts_from, next(self._arrivals)), job_id, item, deadline)
+    def push(self, job_id: JobId, item: T, priority: int, deadline: float, arrived: float,
+             owner: Hashable | None = None) -> float:
+        """Queue a job that arrived at ``arrived`` for ``owner`` (its account; None: no turns taken). Returns the
+        arrival it counts as: ``put_back`` takes it to queue the job in the same place again."""
+        points = min(max(priority, 0), MAX_PRIORITY) - self._waiting_of[owner]  # Counter: 0 for None
+        counts_from = arrived - points * self._aging_s
+        self.put_back(job_id, item, deadline, counts_from, owner)
+        return counts_from
+
+    def put_back(self, job_id: JobId, item: T, deadline: float, counts_from: float,
+                 owner: Hashable | None = None) -> None:
+        """Queue a job at the place ``push`` gave it (a job whose host was lost goes back where it stood)."""
+        self.remove(job_id)
+        self._places[job_id] = _Place((counts_from, next(self._arrivals)), job_id, item, deadline, owner)
+        if owner is not None:
+            self._waiting_of[owner] += 1
 
     def remove(self, job_id: JobId) -> T | None:
         place = self._places.pop(job_id, None)
-        return place.item if place is not None else None
+        if place is None:
+            return None
+        if place.owner is not None:
+            self._waiting_of[place.owner] -= 1
+            if not self._waiting_of[place.owner]:
+                del self._waiting_of[place.owner]
+        return place.item
 
     def in_order(self) -> Iterator[tuple[JobId, T, float]]:
         """Waiting jobs, first in line first: (job id, item, deadline)."""

@@ -281,6 +281,25 @@ def test_a_burst_beyond_capacity_waits_in_the_queue_and_runs_by_priority(tmp_pat
     asyncio.run(scenario())
 
 
+def test_another_account_s_job_does_not_wait_behind_a_whole_burst(tmp_path: Path) -> None:
+    """One account fills the host and queues three more; a second account's job, sent after them, runs after the
+    burst's first waiting job, not its last."""
+    async def scenario() -> None:
+        host = StandInHost([], hold=True)
+        net = Net(tmp_path, {"a": host}, host_slots=1)
+        burst = [await net.submit() for _ in range(4)]
+        other = net.ledger.create_account("v@example.org", CREDITS).id
+        single = (await net.service.submit(other, "wasm-hash", {"text": "y"}, None, 0)).id
+        await asyncio.sleep(0.3)
+        assert [net.job(j).status for j in [*burst[1:], single]] == [JobStatus.QUEUED] * 4
+        host.release.set()
+        for job_id in [*burst, single]:
+            await net.stream(job_id)
+        assert host.ran == [burst[0], burst[1], single, burst[2], burst[3]]
+
+    asyncio.run(scenario())
+
+
 def test_past_the_queue_limit_a_job_is_refused_with_retry_after_and_nothing_is_held(tmp_path: Path) -> None:
     async def scenario() -> None:
         host = StandInHost([], hold=True)

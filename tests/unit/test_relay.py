@@ -183,6 +183,57 @@ def test_priorities_beyond_the_range_count_as_its_ends() -> None:
     assert next(queue.in_order())[1] == "old"
 
 
+def order(queue: JobQueue[str]) -> list[str]:
+    return [item for _, item, _ in queue.in_order()]
+
+
+def test_a_burst_of_one_account_does_not_keep_another_account_s_later_job_waiting_behind_all_of_it() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=100, aging_s=1.0)
+    for n in range(10):
+        queue.push(JobId(f"a{n}"), f"a{n}", 0, deadline=1e9, arrived=100.0, owner="alice")
+    queue.push(JobId("b"), "b", 0, deadline=1e9, arrived=101.5, owner="bob")
+    assert order(queue)[:4] == ["a0", "a1", "b", "a2"]  # the burst's jobs counted a second apart
+
+
+def test_two_accounts_bursting_together_take_turns() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=100, aging_s=1.0)
+    for owner in ("alice", "bob"):
+        for n in range(3):
+            queue.push(JobId(f"{owner}{n}"), f"{owner[0]}{n}", 0, deadline=1e9, arrived=100.0, owner=owner)
+    assert order(queue) == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+def test_alone_an_account_s_jobs_keep_their_order_and_a_priority_still_goes_ahead() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=100, aging_s=1.0)
+    for n in range(3):
+        queue.push(JobId(f"a{n}"), f"a{n}", 0, deadline=1e9, arrived=100.0 + n / 10, owner="alice")
+    queue.push(JobId("urgent"), "urgent", 5, deadline=1e9, arrived=100.5, owner="alice")
+    assert order(queue) == ["urgent", "a0", "a1", "a2"]
+
+
+def test_an_account_s_turns_start_again_once_nothing_of_it_waits() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=100, aging_s=1.0)
+    for n in range(3):
+        queue.push(JobId(f"a{n}"), f"a{n}", 0, deadline=1e9, arrived=100.0, owner="alice")
+    for n in range(3):
+        queue.remove(JobId(f"a{n}"))
+    assert queue.push(JobId("later"), "later", 0, deadline=1e9, arrived=200.0, owner="alice") == 200.0
+    queue.push(JobId("b"), "b", 0, deadline=1e9, arrived=200.5, owner="bob")
+    assert order(queue) == ["later", "b"]
+
+
+def test_a_job_put_back_after_its_host_was_lost_takes_the_place_it_had() -> None:
+    queue: JobQueue[str] = JobQueue(max_jobs=100, aging_s=1.0)
+    places = [queue.push(JobId(f"a{n}"), f"a{n}", 0, deadline=1e9, arrived=100.0, owner="alice") for n in range(3)]
+    queue.remove(JobId("a0"))  # to a host, which is then lost
+    queue.push(JobId("b"), "b", 0, deadline=1e9, arrived=100.5, owner="bob")
+    queue.put_back(JobId("a0"), "a0", deadline=1e9, counts_from=places[0], owner="alice")
+    assert order(queue) == ["a0", "b", "a1", "a2"]
+    for job_id in ("a0", "a1", "a2", "b"):
+        queue.remove(JobId(job_id))
+    assert queue.push(JobId("next"), "next", 0, deadline=1e9, arrived=300.0, owner="alice") == 300.0
+
+
 def test_a_stream_resumed_from_a_checkpoint_numbers_its_events_as_the_lost_one_did() -> None:
     lost = JobLog(JOB)
     lost.begin(1)
