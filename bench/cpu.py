@@ -111,13 +111,18 @@ class Cost:
     seconds: float
 
 
-def cost_of(network: EmbeddedNetwork, work: Callable[[], int], idle_s: float = 5.0) -> Cost:
+def cost_of(network: EmbeddedNetwork, work: Callable[[], int], idle_s: float = 5.0,
+            warm: Callable[[], object] | None = None) -> Cost:
     """Run ``work`` (it returns how many units it did) and charge each role's CPU to it, less what that role
-    burns idle over as long (measured just before, for ``idle_s``)."""
+    burns idle over as long (measured just before, for ``idle_s``). ``warm`` runs between the two, uncounted:
+    what the work needs started that idleness stops (a model worker past its idle TTL), since a process that
+    starts during the work counts whole."""
     roles = network_processes(network)
     first = snapshot(roles)
     time.sleep(idle_s)
     idle = by_role(first, snapshot(roles))
+    if warm is not None:
+        warm()
     roles = network_processes(network)  # again: a worker may have come or gone
     before = snapshot(roles)
     started = time.perf_counter()
