@@ -135,7 +135,9 @@ def submit(
     stream: Annotated[bool, typer.Option("--stream", help="Print output as it comes.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; print its output.")] = False,
     region: Annotated[str | None, typer.Option(help="Your region, for placing the job near you.")] = None,
-    priority: Annotated[int | None, typer.Option(help="0-100: higher runs sooner; a waiting job gains a point per second.", min=0, max=100)] = None,
+    priority: Annotated[int | None, typer.Option(help="0-100: higher runs sooner; a waiting job gains a point per "
+                                                      "second, a new one loses one per job of yours already waiting.",
+                                                 min=0, max=100)] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds --wait waits.")] = None,
     bid: Annotated[float | None, typer.Option(help="The most to pay per job, in credits (default: your saved bid, "
                                                    "else the market rate).", min=0)] = None,
