@@ -8,6 +8,7 @@ import io
 import re
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import httpx
@@ -140,6 +141,35 @@ def test_concurrent_chats_spread_over_several_hosts(client: openai.OpenAI, http:
     assert len(answers) == 6
     hosts = {http.get(f"/api/v1/jobs/{job_id}").json()["data"]["host_id"] for job_id in answers}
     assert len(hosts) >= 2
+
+
+def test_another_account_s_chat_is_not_kept_waiting_behind_a_whole_burst(network: EmbeddedNetwork,
+                                                                          http: httpx.Client) -> None:
+    """One account sends more chats than the hosts have room for (3 hosts × 2 slots); another account's chat,
+    sent once the rest of the burst waits, starts before the burst's last waiting chats, not after all of them."""
+    ledger = network.coordinator.ledger
+    _, key = ledger.create_api_key(ledger.create_account("turns@example.org", 10**9).id, "k", ("read", "write"))
+
+    def chat(client: httpx.Client, n: int) -> str:
+        created = client.post("/api/v1/jobs", json={"workload": "llm-chat", "input": {
+            "messages": [{"role": "user", "content": f"Tell a story about the number {n}."}], "max_tokens": 24,
+            "temperature": 0}})
+        assert created.status_code == 201, created.text
+        return str(created.json()["data"]["id"])
+
+    def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()["data"]
+        return data
+
+    burst = [chat(http, n) for n in range(12)]
+    waiting = [j for j in burst if job(http, j)["status"] == "queued"]
+    assert len(waiting) >= 3, [job(http, j)["status"] for j in burst]
+    with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as other:
+        single = chat(other, 99)
+        ended = eventually(lambda: (jobs := {j: job(http, j) for j in waiting} | {single: job(other, single)})
+                           and all(j["status"] == "completed" for j in jobs.values()) and jobs, timeout_s=120)
+    started = sorted(ended[j]["started_at"] for j in waiting)
+    assert ended[single]["started_at"] < started[-1], (ended[single]["started_at"], started)
 
 
 def test_a_client_that_goes_away_mid_stream_frees_the_host(client: openai.OpenAI, http: httpx.Client) -> None:
