@@ -2,6 +2,7 @@
 
     .venv/bin/python workloads/build_containers.py                # stage and build every container workload
     .venv/bin/python workloads/build_containers.py pdf-extract    # only these slugs
+    .venv/bin/python workloads/build_containers.py --except sd-diffusers   # all but these
     .venv/bin/python workloads/build_containers.py --stage-only   # stage vendor/ dirs, no Docker needed
     .venv/bin/python workloads/build_containers.py --offline      # never download; fail if a wheel is missing
 
@@ -213,8 +214,10 @@ def main() -> None:
     parser.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS, help="the wheel cache")
     parser.add_argument("--offline", action="store_true", help="never download a wheel")
     parser.add_argument("--stage-only", action="store_true", help="stage vendor/ dirs, build no image")
+    parser.add_argument("--except", dest="skip", action="append", default=[], metavar="SLUG",
+                        help="leave this workload out (another step builds it)")
     args = parser.parse_args()
-    manifests = container_workloads(args.slugs)
+    manifests = [m for m in container_workloads(args.slugs) if m.slug not in args.skip]
     for manifest in manifests:
         if stage(Path(manifest.directory), args.wheels, args.offline):
             print(f"staged {manifest.slug}/vendor", file=sys.stderr)
