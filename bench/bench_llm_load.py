@@ -150,18 +150,22 @@ def direct_model() -> Any:
 
 def direct_chat(llm: Any, n: int) -> tuple[float, float]:
     """One streamed chat, llama-cpp-python in this process: (tokens/s after its first token, tokens/s over its
-    whole time, from the call to its last token)."""
+    whole time, from the call to its last token). Tokens are counted as pieces of text, except that a chat cut at
+    ``max_tokens`` made exactly that many (a piece may hold more than one token)."""
     first = 0.0
     pieces = 0
+    ended = None
     start = time.perf_counter()
     chunks: Any = llm.create_chat_completion(messages=_messages(n), max_tokens=TOKENS, temperature=0.0, stream=True)
     for chunk in chunks:
+        ended = chunk["choices"][0].get("finish_reason") or ended
         if chunk["choices"][0]["delta"].get("content"):
             pieces += 1
             if pieces == 1:
                 first = time.perf_counter()
     end = time.perf_counter()
-    return (pieces - 1) / max(end - first, 1e-9), pieces / max(end - start, 1e-9)
+    tokens = TOKENS if ended == "length" else pieces
+    return (tokens - 1) / max(end - first, 1e-9), tokens / max(end - start, 1e-9)
 
 
 def direct_stream(llm: Any, n: int) -> float:
