@@ -4,15 +4,19 @@ checked after every test that made a ledger."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# Ray reads these when it starts; set them before any test imports ray.
+# Ray reads these when it starts; set them before any test imports ray. Ray's files (every node's sockets and
+# session logs, this process's and the networks' its tests start) go to a folder of this pytest process's own,
+# removed when its session ends; short, as Ray's socket paths must stay under 107 bytes.
+OWN_RAY_TMPDIR = "RAY_TMPDIR" not in os.environ  # one the caller chose is the caller's to keep
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_TMPDIR", "/tmp/archipelag-test-ray")
+os.environ.setdefault("RAY_TMPDIR", f"/tmp/ap-t{os.getpid()}")
 Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -32,6 +36,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped in CI, where this capability is required: {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_files_go_with_the_session() -> Iterator[None]:
+    """Set up first and torn down last: by then every network and node the tests started has stopped."""
+    yield
+    if OWN_RAY_TMPDIR:
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 # --- the double-entry invariant after every test ------------------------------------------------------------

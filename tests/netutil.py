@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -46,7 +47,7 @@ def network_settings(state_dir: Path, **overrides: object) -> Settings:
         "api_port": free_port(),
         "ray_head_port": free_port(),
         "ray_auth": "disabled",
-        "ray_temp_dir": Path("/tmp/archipelag-test-ray"),
+        "ray_temp_dir": Path(os.environ["RAY_TMPDIR"]),  # this pytest process's (conftest)
         # Fast enough that a lost host reads offline within seconds; each beat and each fleet round (also at this
         # interval) costs the services CPU: a test network idled at 0.44 cores at 0.5 s and 0.25 at 10 s.
         "heartbeat_interval_s": 1.0,

@@ -18,6 +18,7 @@ def up_env(state_dir: Path, head_port: int, **settings: str) -> dict[str, str]:
     """The environment `archipelag up` and `archipelag host join` get: a state dir and ports of their own, and
     ``settings`` as ARCHIPELAG_* variables (e.g. ``DATABASE_URL``)."""
     env = {**os.environ, "ARCHIPELAG_STATE_DIR": str(state_dir), "ARCHIPELAG_RAY_HEAD_PORT": str(head_port),
+           "ARCHIPELAG_RAY_TEMP_DIR": os.environ["RAY_TMPDIR"],  # this pytest process's (conftest)
            "ARCHIPELAG_HEARTBEAT_INTERVAL_S": "1", "ARCHIPELAG_RAY_AUTH": "token", "PYTHONUNBUFFERED": "1",
            "ARCHIPELAG_RATE_LIMIT_PER_MIN": "6000",  # the real limiter, at a pace tests' polling does not reach
            **{f"ARCHIPELAG_{name.upper()}": value for name, value in settings.items()}}
