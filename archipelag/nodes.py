@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -124,8 +125,11 @@ def leave_out_ray_dashboard() -> None:
     every 5 s. A node cannot run without its agents: the raylet waits for their ports and ends when one ends. The
     dashboard agent writes "no port" (-1) for each of its ports, as Ray's agent does in its minimal mode (the raylet
     and the core workers read it as "no metrics"); the runtime-env agent holds its port and becomes Ray's agent
-    only if a runtime environment is ever asked for."""
+    only if a runtime environment is ever asked for. A second call changes nothing."""
     from ray._private import node, ray_constants, services, utils
+
+    if node.Node.start_api_server is _no_dashboard:
+        return
 
     # Ray reads its dashboard's dependencies as not installed, so `ray start` checks none of them (it imported
     # them whole to see that they were there).
@@ -139,11 +143,12 @@ def leave_out_ray_dashboard() -> None:
             command += ["-m", "archipelag.ray_agent"]  # then Ray's agent script and its arguments
         return command
 
-    def no_dashboard(self: node.Node, **_: object) -> None:
-        self._webui_url = None  # as Ray leaves it when its dashboard fails to start
-
     services._build_python_executable_command_memory_profileable = agent_command
-    node.Node.start_api_server = no_dashboard  # type: ignore[method-assign]
+    node.Node.start_api_server = _no_dashboard  # type: ignore[method-assign]
+
+
+def _no_dashboard(self: Any, **_: object) -> None:
+    self._webui_url = None  # as Ray leaves it when its dashboard fails to start
 
 
 def ray_start_command() -> list[str]:

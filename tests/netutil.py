@@ -58,6 +58,22 @@ def network_settings(state_dir: Path, **overrides: object) -> Settings:
 
 
 @contextmanager
+def local_ray(namespace: str, num_cpus: int = 1) -> Iterator[None]:
+    """A one-node Ray cluster for this process, started as the network's nodes start: no dashboard, and the
+    node's agents Archipelag's (``nodes.leave_out_ray_dashboard``); shut down after."""
+    import ray
+
+    from archipelag.nodes import leave_out_ray_dashboard
+
+    leave_out_ray_dashboard()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace=namespace, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
 def api_client(network: EmbeddedNetwork, timeout_s: float = 60) -> Iterator[httpx.Client]:
     """An HTTP client for a test network's API, with its account's key."""
     with httpx.Client(base_url=network.url, headers={"Authorization": f"Bearer {network.api_key}"},

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from netutil import local_ray
 
 from archipelag.bridge.server import _Pump
 
@@ -21,12 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.ray_driver]
 @pytest.fixture(scope="module")
 def ray() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="bridge-stream-test",
-             logging_level="ERROR")
-    try:
+    with local_ray("bridge-stream-test", num_cpus=2):
         yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

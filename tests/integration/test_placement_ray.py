@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from builders import a_host, a_job
+from netutil import local_ray
 
 from archipelag import identity
 from archipelag.errors import NoCapacity, NotFound
@@ -37,7 +38,7 @@ KEYS = {host_id: identity.generate_key() for host_id in ("host-eu", "host-us", "
 
 @pytest.fixture(scope="module")
 def placement(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlacementClient]:
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from archipelag.ledger.client import LedgerClient
 
     settings = SETTINGS.model_copy(update={"state_dir": tmp_path_factory.mktemp("placement")})
@@ -46,13 +47,9 @@ def placement(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlacementCli
     owner = ledger.create_account("owner@example.org", 0)
     for host_id, key in KEYS.items():
         ledger.enrol_host(host_id, identity.public_hex(key), owner.id, host_id, "eu-west")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace=SETTINGS.ray_namespace,
-             logging_level="ERROR")
-    try:
+    with local_ray(SETTINGS.ray_namespace):
         LedgerClient.start(settings)
         yield PlacementClient.start(settings)
-    finally:
-        ray.shutdown()
         ledger.close()
         shutil.rmtree(runtime_dir(settings.state_dir), ignore_errors=True)  # the actors' sockets (/tmp/ap-…)
 

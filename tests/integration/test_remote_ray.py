@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netutil import local_ray
 
 # tests/conftest.py sets RAY_AUTH_MODE=disabled and RAY_TMPDIR before any test imports ray.
 pytestmark = [pytest.mark.integration, pytest.mark.ray_driver]
@@ -22,11 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.ray_driver]
 @pytest.fixture(scope="module")
 def ray() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="remote-test", logging_level="ERROR")
-    try:
+    with local_ray("remote-test"):
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def actors(ray: Any, signals: Path) -> tuple[Any, Any]:
