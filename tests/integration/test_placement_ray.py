@@ -47,9 +47,11 @@ def placement(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlacementCli
     owner = ledger.create_account("owner@example.org", 0)
     for host_id, key in KEYS.items():
         ledger.enrol_host(host_id, identity.public_hex(key), owner.id, host_id, "eu-west")
-    with local_ray(SETTINGS.ray_namespace):
-        LedgerClient.start(settings)
-        yield PlacementClient.start(settings)
+    try:
+        with local_ray(SETTINGS.ray_namespace):
+            LedgerClient.start(settings)
+            yield PlacementClient.start(settings)
+    finally:
         ledger.close()
         shutil.rmtree(runtime_dir(settings.state_dir), ignore_errors=True)  # the actors' sockets (/tmp/ap-…)
 
