@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import importlib
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def step_ms(chats: int, prompt: int = 24, steps: int = 30) -> float:
     from llama_cpp import llama_cpp as ll
     from llama_cpp._internals import LlamaModel
 
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # not a line per graph node before the table
     model = LlamaModel(path_model=str(model_path()), params=ll.llama_model_default_params(), verbose=False)
     params = ll.llama_context_default_params()
     params.n_ctx, params.n_seq_max, params.kv_unified = 256 * chats, chats, False

@@ -19,6 +19,7 @@ between tokens. Threads: ``$ARCHIPELAG_THREADS``; layers go to the GPU when ``$A
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import threading
@@ -60,6 +61,10 @@ def load_decoder() -> Any:
             import llama_cpp
             from decoder import Decoder
             from llama_cpp._internals import LlamaModel
+
+            # llama-cpp-python prints every line llama.cpp logs (a context's set-up alone: about a thousand) unless
+            # its logger says otherwise; only errors go to stderr, whose tail the host keeps for a failure's message.
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
             params = llama_cpp.llama_model_default_params()
             params.n_gpu_layers = -1 if os.environ.get("ARCHIPELAG_GPU") == "1" else 0
